@@ -1,0 +1,187 @@
+//! Settings: `config/default.toml` (compiled in, so the binary always has
+//! every default), then `config/$CHAT_ENV.toml`, then the file named by
+//! `CHAT_CONFIG`, then `CHAT__SECTION__KEY` environment variables, then
+//! `PORT` / `MONGODB_URI` as Heroku sets them. Unknown keys and bad values
+//! are errors that name the key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use serde::Deserialize;
+
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub store: StoreSettings,
+    pub limits: Limits,
+    pub heartbeat: Heartbeat,
+    pub rate_limit: RateLimit,
+    pub security: Security,
+    pub retention: Retention,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub workers: usize,
+    pub room_threads: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub path: PathBuf,
+    pub url: String,
+    pub group_commit: bool,
+    pub max_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub max_frame_bytes: usize,
+    pub max_ciphertext_bytes: usize,
+    pub max_rooms_per_user: usize,
+    pub max_members_per_room: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub interval_secs: u64,
+    pub timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+    pub close_after: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Security {
+    pub verify_signatures: bool,
+    pub challenge_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    pub max_age_days: f64,
+    pub max_messages_per_room: u64,
+    pub purge_interval_secs: f64,
+    pub purge_batch: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// The compiled-in defaults alone (tests start from these).
+    pub fn defaults() -> Settings {
+        Self::from_builder(Config::builder().add_source(default_source()))
+            .expect("config/default.toml is valid")
+    }
+
+    /// Loads the layered configuration from the process environment.
+    pub fn load() -> Result<Settings, ConfigError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut builder = Config::builder().add_source(default_source());
+        if let Some(name) = env("CHAT_ENV") {
+            builder = builder.add_source(File::with_name(&format!("config/{name}")).required(false));
+        }
+        if let Some(path) = env("CHAT_CONFIG") {
+            builder = builder.add_source(File::with_name(&path).required(true));
+        }
+        builder = builder.add_source(
+            Environment::with_prefix("CHAT")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        if let Some(port) = env("PORT") {
+            builder = builder
+                .set_override("server.port", port)
+                .and_then(|b| b.set_override("server.host", "0.0.0.0"))
+                .map_err(|e| ConfigError(e.to_string()))?;
+        }
+        if let Some(uri) = env("MONGODB_URI") {
+            builder = builder
+                .set_override("store.url", uri)
+                .map_err(|e| ConfigError(e.to_string()))?;
+        }
+        Self::from_builder(builder)
+    }
+
+    fn from_builder(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+    ) -> Result<Settings, ConfigError> {
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if self.limits.max_frame_bytes < 1024 {
+            return bad("limits.max_frame_bytes", "must be at least 1024");
+        }
+        if self.limits.max_members_per_room == 0 {
+            return bad("limits.max_members_per_room", "must be at least 1");
+        }
+        if self.store.max_batch == 0 {
+            return bad("store.max_batch", "must be at least 1");
+        }
+        if !(self.rate_limit.per_second > 0.0) || !(self.rate_limit.burst >= 1.0) {
+            return bad("rate_limit", "per_second must be > 0 and burst >= 1");
+        }
+        if self.heartbeat.interval_secs == 0 || self.heartbeat.timeout_secs <= self.heartbeat.interval_secs {
+            return bad("heartbeat", "interval_secs must be > 0 and below timeout_secs");
+        }
+        if !(self.retention.max_age_days >= 0.0) || !(self.retention.purge_interval_secs > 0.0) {
+            return bad("retention", "max_age_days must be >= 0 and purge_interval_secs > 0");
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat.interval_secs)
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat.timeout_secs)
+    }
+
+    pub fn worker_threads(&self) -> usize {
+        or_cores(self.server.workers)
+    }
+
+    pub fn room_threads(&self) -> usize {
+        or_cores(self.server.room_threads)
+    }
+}
+
+fn or_cores(n: usize) -> usize {
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+}
+
+fn default_source() -> File<config::FileSourceString, FileFormat> {
+    File::from_str(DEFAULT_TOML, FileFormat::Toml)
+}

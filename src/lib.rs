@@ -1,0 +1,35 @@
+//! e2ee-chat: a group chat server that stores and relays end-to-end
+//! encrypted messages it cannot read, and the client library that speaks its
+//! protocol (`docs/PROTOCOL.md`).
+//!
+//! Layout, one file per concern:
+//!
+//! - [`protocol`]: requests, replies, events; the strict CBOR decoder; error codes.
+//! - [`crypto`]: key validation, signature inputs, RSA-PSS/OAEP, AES-GCM.
+//! - [`validate`]: usernames, room names, passwords.
+//! - [`session`]: the actor behind each websocket connection.
+//! - [`registry`]: the actor for accounts, login lookups, presence and the room directory.
+//! - [`room`]: one actor per room: members, checks, ordering, fan-out.
+//! - [`store`]: the `Store` trait and its SQLite implementation (group commit).
+//! - [`retention`]: the background purge of old messages.
+//! - [`server`]: actix-web wiring (`/ws`, `/healthz`, `/metrics`) and start/stop.
+//! - [`config`]: layered TOML + environment settings.
+//! - [`client`]: the protocol-level client the tests, CLI and bench use.
+//!
+//! See ARCHITECTURE.md for how a message travels through them.
+
+pub mod client;
+pub mod config;
+pub mod crypto;
+pub mod metrics;
+pub mod password;
+pub mod protocol;
+pub mod registry;
+pub mod retention;
+pub mod room;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod user;
+pub mod util;
+pub mod validate;

@@ -1,0 +1,755 @@
+//! The wire protocol (docs/PROTOCOL.md): every request, reply and event as a
+//! typed Rust value, the strict frame decoder the server uses, the encoders
+//! both sides use, and the one table of error codes.
+//!
+//! Requests are decoded by hand from a `ciborium::Value` so that the CBOR
+//! types are checked exactly as the spec says (a byte field sent as an array,
+//! or text sent as bytes, is `malformed`); serde's lenient visitors would
+//! accept both. Replies and events derive serde and are tagged by `type`.
+
+use std::collections::BTreeMap;
+
+use ciborium::Value;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// Largest `id` a client may send (2^53, so JavaScript clients can use it).
+pub const MAX_REQUEST_ID: u64 = 1 << 53;
+
+/// Every error code of PROTOCOL.md section 6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Malformed,
+    UnknownType,
+    TooLarge,
+    RateLimited,
+    NotLoggedIn,
+    AlreadyLoggedIn,
+    InvalidUsername,
+    InvalidKey,
+    UsernameTaken,
+    UnknownUser,
+    NoChallenge,
+    AuthFailed,
+    InvalidRoomName,
+    InvalidPassword,
+    RoomExists,
+    NoSuchRoom,
+    WrongPassword,
+    Banned,
+    RoomFull,
+    TooManyRooms,
+    NotMember,
+    NotOwner,
+    NoSuchMember,
+    InvalidTarget,
+    StaleMembers,
+    InvalidMessage,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The default human sentence for a code; call sites may say more.
+    pub fn default_message(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            Malformed => "the request is not a well-formed CBOR map",
+            UnknownType => "unknown request type",
+            TooLarge => "the message is too large",
+            RateLimited => "too many requests; slow down",
+            NotLoggedIn => "log in first",
+            AlreadyLoggedIn => "this connection is already logged in",
+            InvalidUsername => "usernames are 3 to 32 characters: a-z, 0-9, _ and -",
+            InvalidKey => "keys must be RSA SubjectPublicKeyInfo DER, 2048 to 4096 bits, e = 65537",
+            UsernameTaken => "that username is taken",
+            UnknownUser => "no such user",
+            NoChallenge => "no login challenge is pending (or it expired)",
+            AuthFailed => "the login signature did not verify",
+            InvalidRoomName => "room names are 1 to 64 letters, digits, spaces, _ - or .",
+            InvalidPassword => "room passwords are 1 to 128 bytes",
+            RoomExists => "a room with that name exists",
+            NoSuchRoom => "no such room",
+            WrongPassword => "wrong room password",
+            Banned => "you are banned from this room",
+            RoomFull => "the room is full",
+            TooManyRooms => "too many rooms",
+            NotMember => "you are not a member of this room",
+            NotOwner => "only the room owner may do that",
+            NoSuchMember => "that user is not a member of this room",
+            InvalidTarget => "the owner cannot do that to themself",
+            StaleMembers => "the key set does not match the room's members",
+            InvalidMessage => "the message is invalid",
+            Internal => "internal server error",
+        }
+    }
+}
+
+/// An error answer before it gets its request id.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+    pub members: Option<Vec<Member>>,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+            members: None,
+        }
+    }
+
+    pub fn into_msg(self, id: Option<u64>) -> ServerMsg {
+        ServerMsg::Error {
+            id,
+            code: self.code,
+            message: self.message,
+            members: self.members,
+        }
+    }
+}
+
+impl From<ErrorCode> for Failure {
+    fn from(code: ErrorCode) -> Self {
+        Failure::new(code, code.default_message())
+    }
+}
+
+/// A `send` request's body.
+#[derive(Debug, Clone, Serialize)]
+pub struct SendBody {
+    pub room_id: String,
+    pub msg_id: ByteBuf,
+    pub nonce: ByteBuf,
+    pub ciphertext: ByteBuf,
+    pub keys: BTreeMap<String, ByteBuf>,
+    pub signature: ByteBuf,
+}
+
+/// Every client request (without its `id`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    Register {
+        username: String,
+        sign_key: ByteBuf,
+        enc_key: ByteBuf,
+    },
+    Login {
+        username: String,
+    },
+    Prove {
+        signature: ByteBuf,
+    },
+    Ping,
+    ListRooms {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
+    CreateRoom {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hidden: Option<bool>,
+    },
+    JoinRoom {
+        room_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+    },
+    LeaveRoom {
+        room_id: String,
+    },
+    GetMembers {
+        room_id: String,
+    },
+    Kick {
+        room_id: String,
+        username: String,
+    },
+    Ban {
+        room_id: String,
+        username: String,
+    },
+    Unban {
+        room_id: String,
+        username: String,
+    },
+    RenameRoom {
+        room_id: String,
+        name: String,
+    },
+    SetPassword {
+        room_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+    },
+    DeleteRoom {
+        room_id: String,
+    },
+    Send(SendBody),
+    History {
+        room_id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        after_seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        before_seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
+}
+
+impl Request {
+    /// Encodes the request as one CBOR frame, with `id` when given.
+    pub fn encode(&self, id: Option<u64>) -> Vec<u8> {
+        let mut value = Value::serialized(self).expect("requests always serialize");
+        if let (Some(id), Value::Map(entries)) = (id, &mut value) {
+            entries.push((Value::Text("id".into()), Value::Integer(id.into())));
+        }
+        to_vec(&value)
+    }
+}
+
+/// 4.1 Room summary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub room_id: String,
+    pub name: String,
+    pub owner: String,
+    pub members: u64,
+    pub online: u64,
+    pub has_password: bool,
+    pub hidden: bool,
+    pub created_at: u64,
+    pub last_seq: u64,
+}
+
+/// 4.2 Member object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub username: String,
+    pub sign_key: ByteBuf,
+    pub enc_key: ByteBuf,
+    pub online: bool,
+    pub joined_at: u64,
+}
+
+/// A stored chat message as one recipient sees it (the `message` event, and
+/// the entries of a `history` reply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageData {
+    pub room_id: String,
+    pub seq: u64,
+    pub ts: u64,
+    pub msg_id: ByteBuf,
+    pub sender: String,
+    pub nonce: ByteBuf,
+    pub ciphertext: ByteBuf,
+    pub key: ByteBuf,
+    pub signature: ByteBuf,
+}
+
+/// Everything the server sends: direct replies (with the request's `id`) and
+/// pushed events (without).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Registered {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        username: String,
+    },
+    Challenge {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        nonce: ByteBuf,
+    },
+    LoggedIn {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        username: String,
+        server_time: u64,
+        rooms: Vec<RoomSummary>,
+    },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        server_time: u64,
+    },
+    Rooms {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        rooms: Vec<RoomSummary>,
+        total: u64,
+        connected: u64,
+    },
+    Joined {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: RoomSummary,
+        members: Vec<Member>,
+    },
+    Ok {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Members {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: String,
+        members: Vec<Member>,
+    },
+    Sent {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: String,
+        msg_id: ByteBuf,
+        seq: u64,
+        ts: u64,
+    },
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: String,
+        messages: Vec<MessageData>,
+        has_more: bool,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<Member>>,
+    },
+    MemberJoined {
+        room_id: String,
+        member: Member,
+    },
+    MemberLeft {
+        room_id: String,
+        username: String,
+        reason: String,
+    },
+    OwnerChanged {
+        room_id: String,
+        owner: String,
+    },
+    Presence {
+        room_id: String,
+        username: String,
+        online: bool,
+    },
+    Removed {
+        room_id: String,
+        reason: String,
+    },
+    RoomRenamed {
+        room_id: String,
+        name: String,
+    },
+    RoomDeleted {
+        room_id: String,
+    },
+    Message(MessageData),
+}
+
+impl ServerMsg {
+    /// The request id this message answers, if it is a direct reply.
+    pub fn reply_id(&self) -> Option<u64> {
+        use ServerMsg::*;
+        match self {
+            Registered { id, .. }
+            | Challenge { id, .. }
+            | LoggedIn { id, .. }
+            | Pong { id, .. }
+            | Rooms { id, .. }
+            | Joined { id, .. }
+            | Ok { id }
+            | Members { id, .. }
+            | Sent { id, .. }
+            | History { id, .. }
+            | Error { id, .. } => *id,
+            _ => None,
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(128);
+        ciborium::into_writer(self, &mut out).expect("server messages always serialize");
+        out
+    }
+
+    pub fn decode(frame: &[u8]) -> Result<ServerMsg, String> {
+        ciborium::from_reader(frame).map_err(|e| e.to_string())
+    }
+}
+
+/// Encodes a `message` event once for a room and then cheaply per recipient:
+/// the common fields are serialized once, and each recipient's frame is that
+/// prefix with the map header bumped by one and its own `key` appended.
+pub struct MessageFrame {
+    common: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct CommonMessage<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    room_id: &'a str,
+    seq: u64,
+    ts: u64,
+    #[serde(with = "serde_bytes")]
+    msg_id: &'a [u8],
+    sender: &'a str,
+    #[serde(with = "serde_bytes")]
+    nonce: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    ciphertext: &'a [u8],
+    #[serde(with = "serde_bytes")]
+    signature: &'a [u8],
+}
+
+impl MessageFrame {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        room_id: &str,
+        seq: u64,
+        ts: u64,
+        msg_id: &[u8],
+        sender: &str,
+        nonce: &[u8],
+        ciphertext: &[u8],
+        signature: &[u8],
+    ) -> Self {
+        let common = CommonMessage {
+            kind: "message",
+            room_id,
+            seq,
+            ts,
+            msg_id,
+            sender,
+            nonce,
+            ciphertext,
+            signature,
+        };
+        let mut out = Vec::with_capacity(ciphertext.len() + 512);
+        ciborium::into_writer(&common, &mut out).expect("message serializes");
+        debug_assert_eq!(out[0], 0xa9, "nine-entry map header");
+        MessageFrame { common: out }
+    }
+
+    /// The whole frame for one recipient.
+    pub fn for_recipient(&self, key: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.common.len() + key.len() + 16);
+        out.push(0xaa); // map of ten entries
+        out.extend_from_slice(&self.common[1..]);
+        out.extend_from_slice(&[0x63, b'k', b'e', b'y']); // text(3) "key"
+        write_bytes_header(&mut out, key.len());
+        out.extend_from_slice(key);
+        out
+    }
+}
+
+fn write_bytes_header(out: &mut Vec<u8>, len: usize) {
+    const MAJOR_BYTES: u8 = 0x40;
+    match len {
+        0..=23 => out.push(MAJOR_BYTES | len as u8),
+        24..=0xff => out.extend_from_slice(&[MAJOR_BYTES | 24, len as u8]),
+        0x100..=0xffff => {
+            out.push(MAJOR_BYTES | 25);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(MAJOR_BYTES | 26);
+            out.extend_from_slice(&(len as u32).to_be_bytes());
+        }
+    }
+}
+
+fn to_vec(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    ciborium::into_writer(value, &mut out).expect("values always serialize");
+    out
+}
+
+/// Why a frame could not be turned into a request. `id` is the request id
+/// when it could still be read, so the error can echo it.
+#[derive(Debug, Clone)]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub failure: Failure,
+}
+
+/// Decodes one binary frame into `(id, request)`, checking every CBOR type.
+pub fn decode_request(frame: &[u8]) -> Result<(Option<u64>, Request), DecodeError> {
+    let malformed = |id, why: String| DecodeError {
+        id,
+        failure: Failure::new(ErrorCode::Malformed, why),
+    };
+    let value: Value = ciborium::from_reader(frame)
+        .map_err(|e| malformed(None, format!("the frame is not CBOR: {e}")))?;
+    let Value::Map(entries) = value else {
+        return Err(malformed(None, "the frame is not a CBOR map".into()));
+    };
+    let fields = Fields(&entries);
+    let id = match fields.get("id") {
+        None => None,
+        Some(v) => match as_uint(v) {
+            Some(id) if id < MAX_REQUEST_ID => Some(id),
+            _ => {
+                return Err(malformed(
+                    None,
+                    "`id` must be an unsigned integer below 2^53".into(),
+                ))
+            }
+        },
+    };
+    let kind = match fields.get("type") {
+        Some(Value::Text(t)) => t.as_str(),
+        Some(_) => return Err(malformed(id, "`type` must be text".into())),
+        None => return Err(malformed(id, "the map has no `type`".into())),
+    };
+    let request = fields.request(kind).map_err(|e| match e {
+        FieldError::UnknownType => DecodeError {
+            id,
+            failure: Failure::new(
+                ErrorCode::UnknownType,
+                format!("unknown request type `{kind}`"),
+            ),
+        },
+        FieldError::Bad(why) => malformed(id, why),
+    })?;
+    Ok((id, request))
+}
+
+enum FieldError {
+    UnknownType,
+    Bad(String),
+}
+
+type FieldResult<T> = Result<T, FieldError>;
+
+struct Fields<'a>(&'a [(Value, Value)]);
+
+fn as_uint(v: &Value) -> Option<u64> {
+    match v {
+        Value::Integer(i) => u64::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+impl Fields<'_> {
+    /// The value for `key`; CBOR null counts as absent.
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+    }
+
+    fn missing(key: &str) -> FieldError {
+        FieldError::Bad(format!("missing `{key}`"))
+    }
+
+    fn wrong(key: &str, what: &str) -> FieldError {
+        FieldError::Bad(format!("`{key}` must be {what}"))
+    }
+
+    fn opt_text(&self, key: &str) -> FieldResult<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Text(t)) => Ok(Some(t.clone())),
+            Some(_) => Err(Self::wrong(key, "text")),
+        }
+    }
+
+    fn text(&self, key: &str) -> FieldResult<String> {
+        self.opt_text(key)?.ok_or_else(|| Self::missing(key))
+    }
+
+    fn bytes(&self, key: &str) -> FieldResult<ByteBuf> {
+        match self.get(key) {
+            None => Err(Self::missing(key)),
+            Some(Value::Bytes(b)) => Ok(ByteBuf::from(b.clone())),
+            Some(_) => Err(Self::wrong(key, "a byte string")),
+        }
+    }
+
+    fn opt_uint(&self, key: &str) -> FieldResult<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => as_uint(v)
+                .map(Some)
+                .ok_or_else(|| Self::wrong(key, "an unsigned integer")),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> FieldResult<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(Self::wrong(key, "a boolean")),
+        }
+    }
+
+    fn key_map(&self, key: &str) -> FieldResult<BTreeMap<String, ByteBuf>> {
+        let Some(Value::Map(entries)) = self.get(key) else {
+            return Err(match self.get(key) {
+                None => Self::missing(key),
+                Some(_) => Self::wrong(key, "a map"),
+            });
+        };
+        let mut out = BTreeMap::new();
+        for (k, v) in entries {
+            match (k, v) {
+                (Value::Text(name), Value::Bytes(wrapped)) => {
+                    out.insert(name.clone(), ByteBuf::from(wrapped.clone()));
+                }
+                _ => return Err(Self::wrong(key, "a map of text to byte strings")),
+            }
+        }
+        Ok(out)
+    }
+
+    fn room_user(&self) -> FieldResult<(String, String)> {
+        Ok((self.text("room_id")?, self.text("username")?))
+    }
+
+    fn request(&self, kind: &str) -> FieldResult<Request> {
+        Ok(match kind {
+            "register" => Request::Register {
+                username: self.text("username")?,
+                sign_key: self.bytes("sign_key")?,
+                enc_key: self.bytes("enc_key")?,
+            },
+            "login" => Request::Login {
+                username: self.text("username")?,
+            },
+            "prove" => Request::Prove {
+                signature: self.bytes("signature")?,
+            },
+            "ping" => Request::Ping,
+            "list_rooms" => Request::ListRooms {
+                offset: self.opt_uint("offset")?,
+                limit: self.opt_uint("limit")?,
+            },
+            "create_room" => Request::CreateRoom {
+                name: self.text("name")?,
+                password: self.opt_text("password")?,
+                hidden: self.opt_bool("hidden")?,
+            },
+            "join_room" => Request::JoinRoom {
+                room_id: self.text("room_id")?,
+                password: self.opt_text("password")?,
+            },
+            "leave_room" => Request::LeaveRoom {
+                room_id: self.text("room_id")?,
+            },
+            "get_members" => Request::GetMembers {
+                room_id: self.text("room_id")?,
+            },
+            "kick" => {
+                let (room_id, username) = self.room_user()?;
+                Request::Kick { room_id, username }
+            }
+            "ban" => {
+                let (room_id, username) = self.room_user()?;
+                Request::Ban { room_id, username }
+            }
+            "unban" => {
+                let (room_id, username) = self.room_user()?;
+                Request::Unban { room_id, username }
+            }
+            "rename_room" => Request::RenameRoom {
+                room_id: self.text("room_id")?,
+                name: self.text("name")?,
+            },
+            "set_password" => Request::SetPassword {
+                room_id: self.text("room_id")?,
+                password: self.opt_text("password")?,
+            },
+            "delete_room" => Request::DeleteRoom {
+                room_id: self.text("room_id")?,
+            },
+            "send" => Request::Send(SendBody {
+                room_id: self.text("room_id")?,
+                msg_id: self.bytes("msg_id")?,
+                nonce: self.bytes("nonce")?,
+                ciphertext: self.bytes("ciphertext")?,
+                keys: self.key_map("keys")?,
+                signature: self.bytes("signature")?,
+            }),
+            "history" => Request::History {
+                room_id: self.text("room_id")?,
+                after_seq: self.opt_uint("after_seq")?,
+                before_seq: self.opt_uint("before_seq")?,
+                limit: self.opt_uint("limit")?,
+            },
+            _ => return Err(FieldError::UnknownType),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(frame: &[u8]) -> ErrorCode {
+        decode_request(frame).unwrap_err().failure.code
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let req = Request::JoinRoom {
+            room_id: "r-1".into(),
+            password: Some("pw".into()),
+        };
+        let (id, back) = decode_request(&req.encode(Some(7))).unwrap();
+        assert_eq!(id, Some(7));
+        assert!(matches!(back, Request::JoinRoom { room_id, password: Some(p) } if room_id == "r-1" && p == "pw"));
+    }
+
+    #[test]
+    fn strict_types() {
+        // text where bytes belong
+        let v = Value::Map(vec![
+            (Value::Text("type".into()), Value::Text("prove".into())),
+            (Value::Text("signature".into()), Value::Text("abc".into())),
+        ]);
+        assert_eq!(code_of(&to_vec(&v)), ErrorCode::Malformed);
+        // unknown type, id echoed
+        let v = Value::Map(vec![
+            (Value::Text("type".into()), Value::Text("frobnicate".into())),
+            (Value::Text("id".into()), Value::Integer(9.into())),
+        ]);
+        let err = decode_request(&to_vec(&v)).unwrap_err();
+        assert_eq!(err.failure.code, ErrorCode::UnknownType);
+        assert_eq!(err.id, Some(9));
+        // negative id
+        let v = Value::Map(vec![
+            (Value::Text("type".into()), Value::Text("ping".into())),
+            (Value::Text("id".into()), Value::Integer((-1).into())),
+        ]);
+        assert_eq!(code_of(&to_vec(&v)), ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn message_frame_matches_serde() {
+        let frame = MessageFrame::new("r-1", 5, 99, &[1; 16], "alice", &[2; 12], &[3; 300], &[4; 256]);
+        let bytes = frame.for_recipient(&[5; 256]);
+        let msg = ServerMsg::decode(&bytes).unwrap();
+        let ServerMsg::Message(m) = msg else { panic!("not a message") };
+        assert_eq!(m.seq, 5);
+        assert_eq!(m.key.as_slice(), &[5; 256]);
+        assert_eq!(m.ciphertext.len(), 300);
+        assert_eq!(m.sender, "alice");
+    }
+}

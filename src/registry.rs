@@ -1,0 +1,641 @@
+//! The `Registry` actor (one per server): registration, user lookup for
+//! login, who is online, and the room directory (names, listing order,
+//! membership index). It starts `RoomActor`s on a pool of arbiters when a
+//! room is first used and forwards membership changes to them.
+//!
+//! Membership itself is owned by each room; the directory keeps an index of
+//! it (who is in which room) that it updates from the rooms' answers, because
+//! every membership change passes through here. Rooms report other changes
+//! (seq, owner, name, password flag) with `RoomChanged`.
+//!
+//! The Registry waits on rooms; rooms never wait on the Registry.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use indexmap::IndexSet;
+
+use crate::config::Settings;
+use crate::crypto::PublicKeys;
+use crate::password;
+use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
+use crate::room::{self, OwnerAction, OwnerOp, OwnerOutcome, RoomActor};
+use crate::session::{Push, SessionId};
+use crate::store::{DirectoryEntry, RoomRecord, SharedStore, StoreError, UserRecord};
+use crate::user::User;
+use crate::util::{new_room_id, now_ms};
+use crate::validate::fold_room_name;
+
+pub type RegistryResult<T> = Result<T, Failure>;
+
+struct RoomEntry {
+    record: RoomRecord,
+    members: IndexSet<String>,
+    addr: Option<Addr<RoomActor>>,
+}
+
+pub struct Registry {
+    store: SharedStore,
+    settings: Arc<Settings>,
+    arbiters: Vec<ArbiterHandle>,
+    next_arbiter: usize,
+    users: HashMap<String, Arc<User>>,
+    rooms: HashMap<String, RoomEntry>,
+    /// Case-folded room name → room id, including names reserved by a
+    /// `create_room` that is still being stored.
+    names: HashMap<String, String>,
+    user_rooms: HashMap<String, HashSet<String>>,
+    online: HashMap<String, HashMap<SessionId, Recipient<Push>>>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    log::error!("registry store error: {e}");
+    Failure::from(ErrorCode::Internal)
+}
+
+fn failed<T: 'static>(f: impl Into<Failure>) -> ResponseActFuture<Registry, RegistryResult<T>> {
+    Box::pin(fut::ready(Err(f.into())))
+}
+
+impl Registry {
+    pub fn new(store: SharedStore, settings: Arc<Settings>, arbiters: Vec<ArbiterHandle>) -> Self {
+        Registry {
+            store,
+            settings,
+            arbiters,
+            next_arbiter: 0,
+            users: HashMap::new(),
+            rooms: HashMap::new(),
+            names: HashMap::new(),
+            user_rooms: HashMap::new(),
+            online: HashMap::new(),
+        }
+    }
+
+    fn load(&mut self, entries: Vec<DirectoryEntry>) {
+        for DirectoryEntry { room, members } in entries {
+            for m in &members {
+                self.user_rooms
+                    .entry(m.clone())
+                    .or_default()
+                    .insert(room.room_id.clone());
+            }
+            self.names
+                .insert(fold_room_name(&room.name), room.room_id.clone());
+            self.rooms.insert(
+                room.room_id.clone(),
+                RoomEntry {
+                    record: room,
+                    members: members.into_iter().collect(),
+                    addr: None,
+                },
+            );
+        }
+    }
+
+    /// The room's actor, started on the next arbiter if it is not running.
+    fn room_addr(&mut self, room_id: &str, me: Addr<Registry>) -> Option<Addr<RoomActor>> {
+        let entry = self.rooms.get_mut(room_id)?;
+        if let Some(addr) = entry.addr.as_ref().filter(|a| a.connected()) {
+            return Some(addr.clone());
+        }
+        let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
+        self.next_arbiter += 1;
+        let (record, store, settings) = (entry.record.clone(), self.store.clone(), self.settings.clone());
+        let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(record, store, me, settings));
+        entry.addr = Some(addr.clone());
+        Some(addr)
+    }
+
+    fn is_online(&self, username: &str) -> bool {
+        self.online.get(username).is_some_and(|s| !s.is_empty())
+    }
+
+    fn summary(&self, entry: &RoomEntry) -> RoomSummary {
+        let r = &entry.record;
+        RoomSummary {
+            room_id: r.room_id.clone(),
+            name: r.name.clone(),
+            owner: r.owner.clone(),
+            members: entry.members.len() as u64,
+            online: entry.members.iter().filter(|m| self.is_online(m)).count() as u64,
+            has_password: r.password_hash.is_some(),
+            hidden: r.hidden,
+            created_at: r.created_at,
+            last_seq: r.last_seq,
+        }
+    }
+
+    fn sessions_of(&self, username: &str) -> Vec<(SessionId, Recipient<Push>)> {
+        self.online
+            .get(username)
+            .map(|s| s.iter().map(|(id, r)| (*id, r.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn add_membership(&mut self, room_id: &str, username: &str) {
+        if let Some(entry) = self.rooms.get_mut(room_id) {
+            entry.members.insert(username.to_owned());
+        }
+        self.user_rooms
+            .entry(username.to_owned())
+            .or_default()
+            .insert(room_id.to_owned());
+    }
+
+    fn remove_membership(&mut self, room_id: &str, username: &str) {
+        if let Some(entry) = self.rooms.get_mut(room_id) {
+            entry.members.shift_remove(username);
+        }
+        if let Some(set) = self.user_rooms.get_mut(username) {
+            set.remove(room_id);
+        }
+    }
+
+    fn forget_room(&mut self, room_id: &str) {
+        if let Some(entry) = self.rooms.remove(room_id) {
+            self.names.remove(&fold_room_name(&entry.record.name));
+            for m in &entry.members {
+                if let Some(set) = self.user_rooms.get_mut(m) {
+                    set.remove(room_id);
+                }
+            }
+        }
+    }
+
+    fn room_count(&self, username: &str) -> usize {
+        self.user_rooms.get(username).map_or(0, |s| s.len())
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        let load = self.store.load_directory();
+        ctx.wait(load.into_actor(self).map(|res, act, _| match res {
+            Ok(entries) => {
+                log::info!("directory loaded: {} rooms", entries.len());
+                act.load(entries);
+            }
+            Err(e) => log::error!("could not load the room directory: {e}"),
+        }));
+    }
+}
+
+// ---------------------------------------------------------------- accounts
+
+#[derive(Message)]
+#[rtype(result = "RegistryResult<()>")]
+pub struct Register {
+    pub username: String,
+    pub sign_key: Vec<u8>,
+    pub enc_key: Vec<u8>,
+    pub keys: PublicKeys,
+}
+
+impl Handler<Register> for Registry {
+    type Result = ResponseActFuture<Self, RegistryResult<()>>;
+
+    fn handle(&mut self, msg: Register, _: &mut Self::Context) -> Self::Result {
+        if self.users.contains_key(&msg.username) {
+            return failed(ErrorCode::UsernameTaken);
+        }
+        let record = UserRecord {
+            username: msg.username.clone(),
+            sign_key: msg.sign_key,
+            enc_key: msg.enc_key,
+            created_at: now_ms(),
+        };
+        let user = Arc::new(User {
+            username: msg.username,
+            keys: msg.keys,
+            created_at: record.created_at,
+        });
+        let create = self.store.create_user(record);
+        Box::pin(create.into_actor(self).map(move |res, act, _| match res {
+            Ok(()) => {
+                log::info!("registered {}", user.username);
+                act.users.insert(user.username.clone(), user);
+                Ok(())
+            }
+            Err(StoreError::Conflict(_)) => Err(ErrorCode::UsernameTaken.into()),
+            Err(e) => Err(internal(e)),
+        }))
+    }
+}
+
+/// Finds a user (cache, then store) for a login challenge.
+#[derive(Message)]
+#[rtype(result = "RegistryResult<Arc<User>>")]
+pub struct LookupUser {
+    pub username: String,
+}
+
+impl Handler<LookupUser> for Registry {
+    type Result = ResponseActFuture<Self, RegistryResult<Arc<User>>>;
+
+    fn handle(&mut self, msg: LookupUser, _: &mut Self::Context) -> Self::Result {
+        if let Some(user) = self.users.get(&msg.username) {
+            return Box::pin(fut::ready(Ok(user.clone())));
+        }
+        let get = self.store.get_user(&msg.username);
+        Box::pin(get.into_actor(self).map(|res, act, _| {
+            let record = res.map_err(internal)?.ok_or(Failure::from(ErrorCode::UnknownUser))?;
+            let user = User::from_record(&record).map_err(internal)?;
+            Ok(act.users.entry(record.username).or_insert(user).clone())
+        }))
+    }
+}
+
+/// A session proved its identity: record it, attach it to the user's rooms.
+#[derive(Message)]
+#[rtype(result = "OnlineInfo")]
+pub struct Online {
+    pub username: String,
+    pub session: SessionId,
+    pub recipient: Recipient<Push>,
+}
+
+pub struct OnlineInfo {
+    pub rooms: Vec<RoomSummary>,
+    pub addrs: Vec<(String, Addr<RoomActor>)>,
+}
+
+impl Handler<Online> for Registry {
+    type Result = MessageResult<Online>;
+
+    fn handle(&mut self, msg: Online, ctx: &mut Self::Context) -> Self::Result {
+        self.online
+            .entry(msg.username.clone())
+            .or_default()
+            .insert(msg.session, msg.recipient.clone());
+        let room_ids: Vec<String> = self
+            .user_rooms
+            .get(&msg.username)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        let mut addrs = Vec::with_capacity(room_ids.len());
+        for room_id in room_ids {
+            if let Some(addr) = self.room_addr(&room_id, ctx.address()) {
+                addr.do_send(room::Attach {
+                    username: msg.username.clone(),
+                    session: msg.session,
+                    recipient: msg.recipient.clone(),
+                });
+                addrs.push((room_id, addr));
+            }
+        }
+        let mut rooms: Vec<RoomSummary> = addrs
+            .iter()
+            .filter_map(|(id, _)| self.rooms.get(id).map(|e| self.summary(e)))
+            .collect();
+        rooms.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
+        MessageResult(OnlineInfo { rooms, addrs })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Offline {
+    pub username: String,
+    pub session: SessionId,
+}
+
+impl Handler<Offline> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Offline, _: &mut Self::Context) {
+        if let Some(sessions) = self.online.get_mut(&msg.username) {
+            sessions.remove(&msg.session);
+            if sessions.is_empty() {
+                self.online.remove(&msg.username);
+            }
+        }
+        for room_id in self.user_rooms.get(&msg.username).into_iter().flatten() {
+            if let Some(addr) = self.rooms.get(room_id).and_then(|e| e.addr.as_ref()) {
+                addr.do_send(room::Detach {
+                    username: msg.username.clone(),
+                    session: msg.session,
+                });
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- rooms
+
+#[derive(Message)]
+#[rtype(result = "ListedRooms")]
+pub struct ListRooms {
+    pub username: String,
+    pub offset: usize,
+    pub limit: usize,
+}
+
+pub struct ListedRooms {
+    pub rooms: Vec<RoomSummary>,
+    pub total: u64,
+    pub connected: u64,
+}
+
+impl Handler<ListRooms> for Registry {
+    type Result = MessageResult<ListRooms>;
+
+    fn handle(&mut self, msg: ListRooms, _: &mut Self::Context) -> Self::Result {
+        let mut listable: Vec<&RoomEntry> = self
+            .rooms
+            .values()
+            .filter(|e| !e.record.hidden || e.members.contains(&msg.username))
+            .collect();
+        listable.sort_by(|a, b| {
+            b.members
+                .len()
+                .cmp(&a.members.len())
+                .then(a.record.created_at.cmp(&b.record.created_at))
+                .then(a.record.name.cmp(&b.record.name))
+        });
+        let total = listable.len() as u64;
+        let rooms = listable
+            .into_iter()
+            .skip(msg.offset)
+            .take(msg.limit)
+            .map(|e| self.summary(e))
+            .collect();
+        MessageResult(ListedRooms {
+            rooms,
+            total,
+            connected: self.online.len() as u64,
+        })
+    }
+}
+
+/// Resolves a room id to its running actor (starting it if needed).
+#[derive(Message)]
+#[rtype(result = "Option<Addr<RoomActor>>")]
+pub struct Resolve {
+    pub room_id: String,
+}
+
+impl Handler<Resolve> for Registry {
+    type Result = Option<Addr<RoomActor>>;
+
+    fn handle(&mut self, msg: Resolve, ctx: &mut Self::Context) -> Self::Result {
+        self.room_addr(&msg.room_id, ctx.address())
+    }
+}
+
+/// A joined room as the session needs it: the reply and the room's address.
+pub struct JoinedRoom {
+    pub room: RoomSummary,
+    pub members: Vec<Member>,
+    pub addr: Addr<RoomActor>,
+}
+
+#[derive(Message)]
+#[rtype(result = "RegistryResult<JoinedRoom>")]
+pub struct CreateRoom {
+    pub user: Arc<User>,
+    pub name: String,
+    pub password: Option<String>,
+    pub hidden: bool,
+}
+
+impl Handler<CreateRoom> for Registry {
+    type Result = ResponseActFuture<Self, RegistryResult<JoinedRoom>>;
+
+    fn handle(&mut self, msg: CreateRoom, _: &mut Self::Context) -> Self::Result {
+        let folded = fold_room_name(&msg.name);
+        if self.names.contains_key(&folded) {
+            return failed(ErrorCode::RoomExists);
+        }
+        if self.room_count(&msg.user.username) >= self.settings.limits.max_rooms_per_user {
+            return failed(ErrorCode::TooManyRooms);
+        }
+        let room_id = new_room_id();
+        self.names.insert(folded.clone(), room_id.clone());
+        let record = RoomRecord {
+            room_id,
+            name: msg.name,
+            owner: msg.user.username.clone(),
+            password_hash: None,
+            hidden: msg.hidden,
+            created_at: now_ms(),
+            last_seq: 0,
+        };
+        let store = self.store.clone();
+        let work = async move {
+            let mut record = record;
+            if let Some(pw) = msg.password {
+                record.password_hash = Some(password::hash(pw).await.map_err(internal)?);
+            }
+            match store.create_room(record.clone()).await {
+                Ok(()) => Ok(record),
+                Err(StoreError::Conflict(_)) => Err(ErrorCode::RoomExists.into()),
+                Err(e) => Err(internal(e)),
+            }
+        };
+        let user = msg.user;
+        Box::pin(work.into_actor(self).map(move |res: RegistryResult<RoomRecord>, act, ctx| {
+            let record = match res {
+                Ok(record) => record,
+                Err(f) => {
+                    act.names.remove(&folded);
+                    return Err(f);
+                }
+            };
+            let room_id = record.room_id.clone();
+            let username = user.username.clone();
+            log::info!("{username} created room {room_id} ({:?})", record.name);
+            act.rooms.insert(
+                room_id.clone(),
+                RoomEntry {
+                    members: IndexSet::from([username.clone()]),
+                    record,
+                    addr: None,
+                },
+            );
+            act.user_rooms.entry(username.clone()).or_default().insert(room_id.clone());
+            let addr = act.room_addr(&room_id, ctx.address()).expect("just inserted");
+            for (session, recipient) in act.sessions_of(&username) {
+                addr.do_send(room::Attach {
+                    username: username.clone(),
+                    session,
+                    recipient,
+                });
+            }
+            let entry = &act.rooms[&room_id];
+            Ok(JoinedRoom {
+                room: act.summary(entry),
+                members: vec![user.member(act.is_online(&username), entry.record.created_at)],
+                addr,
+            })
+        }))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "RegistryResult<JoinedRoom>")]
+pub struct JoinRoom {
+    pub user: Arc<User>,
+    pub room_id: String,
+    pub password: Option<String>,
+}
+
+impl Handler<JoinRoom> for Registry {
+    type Result = ResponseActFuture<Self, RegistryResult<JoinedRoom>>;
+
+    fn handle(&mut self, msg: JoinRoom, ctx: &mut Self::Context) -> Self::Result {
+        let Some(addr) = self.room_addr(&msg.room_id, ctx.address()) else {
+            return failed(ErrorCode::NoSuchRoom);
+        };
+        let username = msg.user.username.clone();
+        let join = addr.send(room::Join {
+            sessions: self.sessions_of(&username),
+            room_count: self.room_count(&username),
+            user: msg.user,
+            password: msg.password,
+        });
+        let room_id = msg.room_id;
+        Box::pin(join.into_actor(self).map(move |res, act, _| {
+            let joined = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
+            if joined.added {
+                log::info!("{username} joined {room_id}");
+                act.add_membership(&room_id, &username);
+                // A session of this user that logged in while the join was in
+                // flight was not in the list the room got.
+                for (session, recipient) in act.sessions_of(&username) {
+                    addr.do_send(room::Attach {
+                        username: username.clone(),
+                        session,
+                        recipient,
+                    });
+                }
+            }
+            Ok(JoinedRoom {
+                room: joined.room,
+                members: joined.members,
+                addr,
+            })
+        }))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "RegistryResult<()>")]
+pub struct LeaveRoom {
+    pub username: String,
+    pub room_id: String,
+}
+
+impl Handler<LeaveRoom> for Registry {
+    type Result = ResponseActFuture<Self, RegistryResult<()>>;
+
+    fn handle(&mut self, msg: LeaveRoom, ctx: &mut Self::Context) -> Self::Result {
+        let Some(addr) = self.room_addr(&msg.room_id, ctx.address()) else {
+            return failed(ErrorCode::NoSuchRoom);
+        };
+        let leave = addr.send(room::Leave {
+            username: msg.username.clone(),
+        });
+        Box::pin(leave.into_actor(self).map(move |res, act, _| {
+            let left = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
+            log::info!("{} left {}", msg.username, msg.room_id);
+            if left.deleted {
+                log::info!("room {} deleted: its last member left", msg.room_id);
+                act.forget_room(&msg.room_id);
+            } else {
+                act.remove_membership(&msg.room_id, &msg.username);
+            }
+            Ok(())
+        }))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "RegistryResult<()>")]
+pub struct OwnerRequest {
+    pub username: String,
+    pub room_id: String,
+    pub action: OwnerAction,
+}
+
+impl Handler<OwnerRequest> for Registry {
+    type Result = ResponseActFuture<Self, RegistryResult<()>>;
+
+    fn handle(&mut self, msg: OwnerRequest, ctx: &mut Self::Context) -> Self::Result {
+        let Some(addr) = self.room_addr(&msg.room_id, ctx.address()) else {
+            return failed(ErrorCode::NoSuchRoom);
+        };
+        if let OwnerAction::Rename(name) = &msg.action {
+            let taken = self
+                .names
+                .get(&fold_room_name(name))
+                .is_some_and(|id| *id != msg.room_id);
+            if taken && self.rooms[&msg.room_id].record.owner == msg.username {
+                return failed(ErrorCode::RoomExists);
+            }
+        }
+        let op = addr.send(OwnerOp {
+            by: msg.username.clone(),
+            action: msg.action,
+        });
+        let room_id = msg.room_id;
+        Box::pin(op.into_actor(self).map(move |res, act, _| {
+            let outcome: OwnerOutcome = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
+            if outcome.deleted {
+                log::info!("room {room_id} deleted by {}", msg.username);
+                act.forget_room(&room_id);
+                return Ok(());
+            }
+            if let Some(removed) = outcome.removed {
+                act.remove_membership(&room_id, &removed);
+            }
+            if let Some(name) = outcome.renamed {
+                if let Some(entry) = act.rooms.get_mut(&room_id) {
+                    act.names.remove(&fold_room_name(&entry.record.name));
+                    entry.record.name = name.clone();
+                    act.names.insert(fold_room_name(&name), room_id.clone());
+                }
+            }
+            Ok(())
+        }))
+    }
+}
+
+/// A room reports a change to its record (seq, owner, name, password).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomChanged {
+    pub record: RoomRecord,
+}
+
+impl Handler<RoomChanged> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomChanged, _: &mut Self::Context) {
+        if let Some(entry) = self.rooms.get_mut(&msg.record.room_id) {
+            if entry.record.name != msg.record.name {
+                self.names.remove(&fold_room_name(&entry.record.name));
+                self.names
+                    .insert(fold_room_name(&msg.record.name), msg.record.room_id.clone());
+            }
+            entry.record = msg.record;
+        }
+    }
+}
+
+/// Counts for `/metrics` and the bench.
+#[derive(Message)]
+#[rtype(result = "(u64, u64)")]
+pub struct Stats;
+
+impl Handler<Stats> for Registry {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Self::Context) -> Self::Result {
+        MessageResult((self.online.len() as u64, self.rooms.len() as u64))
+    }
+}

@@ -1,0 +1,804 @@
+//! `RoomActor`: one per active room. It owns the room's members (with their
+//! keys), the sessions of members that are online, the bans and the owner,
+//! checks every `send` against them, hands messages to the store in order and
+//! fans them out once they are durable.
+//!
+//! Ordering: sends are submitted to the store in arrival order and the store
+//! assigns seq in that order. Their completions are collected in `pending`
+//! and released strictly from the front, so `sent` replies and `message`
+//! events leave the room in seq order even if completions were to arrive out
+//! of order.
+//!
+//! The room never waits on the Registry (it only `do_send`s updates to it),
+//! so the Registry may safely wait on rooms.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use indexmap::IndexMap;
+use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
+
+use crate::config::Settings;
+use crate::metrics;
+use crate::password;
+use crate::protocol::{
+    ErrorCode, Failure, Member, MessageData, MessageFrame, RoomSummary, SendBody, ServerMsg,
+};
+use crate::registry::{Registry, RoomChanged};
+use crate::session::{Push, SessionId};
+use crate::store::{
+    Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, RoomUpdate, SharedStore,
+    StoreError,
+};
+use crate::user::User;
+use crate::util::now_ms;
+
+/// What a room's handlers answer.
+pub type RoomResult<T> = Result<T, Failure>;
+
+struct MemberState {
+    user: Arc<User>,
+    joined_at: u64,
+    sessions: HashMap<SessionId, Recipient<Push>>,
+}
+
+/// A send that is in the store and waits for its turn to be released.
+struct Pending {
+    ticket: u64,
+    message: Arc<NewMessage>,
+    outcome: Option<Result<Appended, StoreError>>,
+    reply: oneshot::Sender<RoomResult<Appended>>,
+}
+
+pub struct RoomActor {
+    record: RoomRecord,
+    members: IndexMap<String, MemberState>,
+    bans: HashSet<String>,
+    store: SharedStore,
+    registry: Addr<Registry>,
+    settings: Arc<Settings>,
+    next_ticket: u64,
+    pending: VecDeque<Pending>,
+    deleted: bool,
+}
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    log::error!("room store error: {e}");
+    Failure::from(ErrorCode::Internal)
+}
+
+impl RoomActor {
+    pub fn new(
+        record: RoomRecord,
+        store: SharedStore,
+        registry: Addr<Registry>,
+        settings: Arc<Settings>,
+    ) -> Self {
+        RoomActor {
+            record,
+            members: IndexMap::new(),
+            bans: HashSet::new(),
+            store,
+            registry,
+            settings,
+            next_ticket: 0,
+            pending: VecDeque::new(),
+            deleted: false,
+        }
+    }
+
+    fn online_count(&self) -> usize {
+        self.members.values().filter(|m| !m.sessions.is_empty()).count()
+    }
+
+    pub fn summary(&self) -> RoomSummary {
+        RoomSummary {
+            room_id: self.record.room_id.clone(),
+            name: self.record.name.clone(),
+            owner: self.record.owner.clone(),
+            members: self.members.len() as u64,
+            online: self.online_count() as u64,
+            has_password: self.record.password_hash.is_some(),
+            hidden: self.record.hidden,
+            created_at: self.record.created_at,
+            last_seq: self.record.last_seq,
+        }
+    }
+
+    fn member_objects(&self) -> Vec<Member> {
+        self.members
+            .values()
+            .map(|m| m.user.member(!m.sessions.is_empty(), m.joined_at))
+            .collect()
+    }
+
+    fn publish(&self) {
+        self.registry.do_send(RoomChanged {
+            record: self.record.clone(),
+        });
+    }
+
+    fn push_to(&self, username: &str, frame: &Bytes) {
+        if let Some(m) = self.members.get(username) {
+            for r in m.sessions.values() {
+                r.do_send(Push(frame.clone()));
+            }
+        }
+    }
+
+    /// Sends one event to every online member except `except`.
+    fn broadcast(&self, event: &ServerMsg, except: Option<&str>) {
+        let frame = Bytes::from(event.encode());
+        for (name, _) in self.members.iter().filter(|(n, _)| Some(n.as_str()) != except) {
+            self.push_to(name, &frame);
+        }
+    }
+
+    fn is_owner(&self, username: &str) -> RoomResult<()> {
+        if self.record.owner == username {
+            Ok(())
+        } else {
+            Err(ErrorCode::NotOwner.into())
+        }
+    }
+
+    /// The checks of PROTOCOL.md "Messages" that come after the idempotency
+    /// point: key set, wrapped-key lengths, signature.
+    fn check_keys(&self, body: &SendBody, sig_ok: bool) -> RoomResult<()> {
+        let same_set = body.keys.len() == self.members.len()
+            && body.keys.keys().all(|k| self.members.contains_key(k));
+        if !same_set {
+            let mut f = Failure::new(
+                ErrorCode::StaleMembers,
+                "the keys do not match the room's current members",
+            );
+            f.members = Some(self.member_objects());
+            return Err(f);
+        }
+        for (name, wrapped) in &body.keys {
+            if wrapped.len() != self.members[name.as_str()].user.keys.enc_len {
+                return Err(Failure::new(
+                    ErrorCode::InvalidMessage,
+                    format!("the wrapped key for {name} has the wrong length"),
+                ));
+            }
+        }
+        if !sig_ok {
+            return Err(Failure::new(
+                ErrorCode::InvalidMessage,
+                "the message signature does not verify",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a store completion and releases every send at the front of
+    /// the queue that is complete, in order.
+    fn complete(&mut self, ticket: u64, outcome: Result<Appended, StoreError>) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.ticket == ticket) {
+            p.outcome = Some(outcome);
+        }
+        let mut advanced = false;
+        while self.pending.front().is_some_and(|p| p.outcome.is_some()) {
+            let p = self.pending.pop_front().expect("front exists");
+            let result = match p.outcome.expect("checked") {
+                Ok(appended) => {
+                    if !appended.duplicate {
+                        self.record.last_seq = self.record.last_seq.max(appended.seq);
+                        advanced = true;
+                        self.fan_out(&p.message, appended);
+                    }
+                    Ok(appended)
+                }
+                Err(e) => Err(internal(e)),
+            };
+            let _ = p.reply.send(result);
+        }
+        if advanced {
+            self.publish();
+        }
+    }
+
+    fn fan_out(&self, msg: &NewMessage, at: Appended) {
+        let frame = MessageFrame::new(
+            &msg.room_id,
+            at.seq,
+            at.ts,
+            &msg.msg_id,
+            &msg.sender,
+            &msg.nonce,
+            &msg.ciphertext,
+            &msg.signature,
+        );
+        let mut deliveries = 0u64;
+        for (name, key) in &msg.keys {
+            let Some(member) = self.members.get(name) else {
+                continue;
+            };
+            if member.sessions.is_empty() {
+                continue;
+            }
+            let bytes = Bytes::from(frame.for_recipient(key));
+            for r in member.sessions.values() {
+                r.do_send(Push(bytes.clone()));
+                deliveries += 1;
+            }
+        }
+        metrics::add(&metrics::MESSAGES_DELIVERED, deliveries);
+    }
+
+    fn attach(&mut self, username: &str, session: SessionId, recipient: Recipient<Push>) {
+        let Some(m) = self.members.get_mut(username) else {
+            return;
+        };
+        let was_online = !m.sessions.is_empty();
+        m.sessions.insert(session, recipient);
+        if !was_online {
+            self.presence(username, true);
+        }
+    }
+
+    fn presence(&self, username: &str, online: bool) {
+        self.broadcast(
+            &ServerMsg::Presence {
+                room_id: self.record.room_id.clone(),
+                username: username.to_owned(),
+                online,
+            },
+            Some(username),
+        );
+    }
+
+    /// Drops a member from memory: a removed member's sessions get `removed`
+    /// (unless they left on their own), everyone left gets `member_left`.
+    fn drop_member(&mut self, username: &str, reason: &str) {
+        let Some(removed) = self.members.shift_remove(username) else {
+            return;
+        };
+        if reason != "left" {
+            let frame = Bytes::from(
+                ServerMsg::Removed {
+                    room_id: self.record.room_id.clone(),
+                    reason: reason.to_owned(),
+                }
+                .encode(),
+            );
+            for r in removed.sessions.values() {
+                r.do_send(Push(frame.clone()));
+            }
+        }
+        self.broadcast(
+            &ServerMsg::MemberLeft {
+                room_id: self.record.room_id.clone(),
+                username: username.to_owned(),
+                reason: reason.to_owned(),
+            },
+            None,
+        );
+    }
+}
+
+impl Actor for RoomActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(usize::MAX);
+        let load = self.store.load_room(&self.record.room_id);
+        ctx.wait(load.into_actor(self).map(|res: Result<RoomState, StoreError>, act, ctx| {
+            match res {
+                Ok(state) => {
+                    for m in state.members {
+                        match User::from_record(&m.user) {
+                            Ok(user) => {
+                                act.members.insert(
+                                    m.user.username.clone(),
+                                    MemberState {
+                                        user,
+                                        joined_at: m.joined_at,
+                                        sessions: HashMap::new(),
+                                    },
+                                );
+                            }
+                            Err(e) => log::error!("bad stored key for {}: {e}", m.user.username),
+                        }
+                    }
+                    act.bans = state.bans.into_iter().collect();
+                    log::debug!(
+                        "room {} loaded: {} members, last seq {}",
+                        act.record.room_id,
+                        act.members.len(),
+                        act.record.last_seq
+                    );
+                }
+                Err(e) => {
+                    log::error!("room {} failed to load: {e}", act.record.room_id);
+                    ctx.stop();
+                }
+            }
+        }));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        log::debug!("room {} stopped", self.record.room_id);
+    }
+}
+
+// ---------------------------------------------------------------- sessions
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Attach {
+    pub username: String,
+    pub session: SessionId,
+    pub recipient: Recipient<Push>,
+}
+
+impl Handler<Attach> for RoomActor {
+    type Result = ();
+    fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
+        self.attach(&msg.username, msg.session, msg.recipient);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub username: String,
+    pub session: SessionId,
+}
+
+impl Handler<Detach> for RoomActor {
+    type Result = ();
+    fn handle(&mut self, msg: Detach, _: &mut Self::Context) {
+        let Some(m) = self.members.get_mut(&msg.username) else {
+            return;
+        };
+        if m.sessions.remove(&msg.session).is_some() && m.sessions.is_empty() {
+            self.presence(&msg.username, false);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- membership
+
+pub struct Joined {
+    pub room: RoomSummary,
+    pub members: Vec<Member>,
+    /// False when the user already was a member.
+    pub added: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<Joined>")]
+pub struct Join {
+    pub user: Arc<User>,
+    pub sessions: Vec<(SessionId, Recipient<Push>)>,
+    pub room_count: usize,
+    pub password: Option<String>,
+}
+
+impl RoomActor {
+    fn joined(&self, added: bool) -> Joined {
+        Joined {
+            room: self.summary(),
+            members: self.member_objects(),
+            added,
+        }
+    }
+
+    fn attach_all(&mut self, username: &str, sessions: Vec<(SessionId, Recipient<Push>)>) {
+        for (id, r) in sessions {
+            self.attach(username, id, r);
+        }
+    }
+}
+
+impl Handler<Join> for RoomActor {
+    type Result = ResponseActFuture<Self, RoomResult<Joined>>;
+
+    fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
+        let username = msg.user.username.clone();
+        if self.members.contains_key(&username) {
+            self.attach_all(&username, msg.sessions);
+            return Box::pin(fut::ready(Ok(self.joined(false))));
+        }
+        let refuse = |code: ErrorCode| -> Self::Result { Box::pin(fut::ready(Err(code.into()))) };
+        if self.bans.contains(&username) {
+            return refuse(ErrorCode::Banned);
+        }
+        if self.members.len() >= self.settings.limits.max_members_per_room {
+            return refuse(ErrorCode::RoomFull);
+        }
+        if msg.room_count >= self.settings.limits.max_rooms_per_user {
+            return refuse(ErrorCode::TooManyRooms);
+        }
+        let hash = self.record.password_hash.clone();
+        let store = self.store.clone();
+        let room_id = self.record.room_id.clone();
+        let joined_at = now_ms();
+        let name = username.clone();
+        let work = async move {
+            if let Some(hash) = hash {
+                let given = msg.password.unwrap_or_default();
+                if !password::verify(hash, given).await {
+                    return Err(Failure::from(ErrorCode::WrongPassword));
+                }
+            }
+            store.add_member(&room_id, &name, joined_at).await.map_err(internal)
+        };
+        let (user, sessions) = (msg.user, msg.sessions);
+        Box::pin(work.into_actor(self).map(move |res, act, _| {
+            res?;
+            if act.members.contains_key(&username) {
+                act.attach_all(&username, sessions);
+                return Ok(act.joined(false));
+            }
+            let member = user.member(!sessions.is_empty(), joined_at);
+            act.members.insert(
+                username.clone(),
+                MemberState {
+                    user,
+                    joined_at,
+                    sessions: HashMap::new(),
+                },
+            );
+            act.broadcast(
+                &ServerMsg::MemberJoined {
+                    room_id: act.record.room_id.clone(),
+                    member,
+                },
+                Some(&username),
+            );
+            // Attach after the join event so others see joined, then presence.
+            for (id, r) in sessions {
+                act.attach(&username, id, r);
+            }
+            Ok(act.joined(true))
+        }))
+    }
+}
+
+pub struct Left {
+    /// The room was deleted because its last member left.
+    pub deleted: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<Left>")]
+pub struct Leave {
+    pub username: String,
+}
+
+impl Handler<Leave> for RoomActor {
+    type Result = ResponseActFuture<Self, RoomResult<Left>>;
+
+    fn handle(&mut self, msg: Leave, _: &mut Self::Context) -> Self::Result {
+        if !self.members.contains_key(&msg.username) {
+            return Box::pin(fut::ready(Err(ErrorCode::NotMember.into())));
+        }
+        let store = self.store.clone();
+        let room_id = self.record.room_id.clone();
+        let username = msg.username;
+        let last = self.members.len() == 1;
+        let next_owner = (self.record.owner == username)
+            .then(|| self.members.keys().find(|k| **k != username).cloned())
+            .flatten();
+        let (name, heir) = (username.clone(), next_owner.clone());
+        let work = async move {
+            if last {
+                return store.delete_room(&room_id).await.map_err(internal);
+            }
+            store.remove_member(&room_id, &name, false).await.map_err(internal)?;
+            if let Some(owner) = heir {
+                let update = RoomUpdate {
+                    owner: Some(owner),
+                    ..RoomUpdate::default()
+                };
+                store.update_room(&room_id, update).await.map_err(internal)?;
+            }
+            Ok(())
+        };
+        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
+            res?;
+            if last {
+                act.members.clear();
+                act.deleted = true;
+                ctx.stop();
+                return Ok(Left { deleted: true });
+            }
+            act.drop_member(&username, "left");
+            if let Some(owner) = next_owner {
+                act.record.owner = owner.clone();
+                act.broadcast(
+                    &ServerMsg::OwnerChanged {
+                        room_id: act.record.room_id.clone(),
+                        owner,
+                    },
+                    None,
+                );
+                act.publish();
+            }
+            Ok(Left { deleted: false })
+        }))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<Vec<Member>>")]
+pub struct GetMembers {
+    pub username: String,
+}
+
+impl Handler<GetMembers> for RoomActor {
+    type Result = RoomResult<Vec<Member>>;
+    fn handle(&mut self, msg: GetMembers, _: &mut Self::Context) -> Self::Result {
+        if !self.members.contains_key(&msg.username) {
+            return Err(ErrorCode::NotMember.into());
+        }
+        Ok(self.member_objects())
+    }
+}
+
+// ---------------------------------------------------------------- messages
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<Appended>")]
+pub struct SendMessage {
+    pub sender: String,
+    pub body: SendBody,
+    /// Whether the signature verified (checked by the session, off this thread).
+    pub signature_ok: bool,
+}
+
+impl Handler<SendMessage> for RoomActor {
+    type Result = ResponseFuture<RoomResult<Appended>>;
+
+    fn handle(&mut self, msg: SendMessage, ctx: &mut Self::Context) -> Self::Result {
+        let refuse = |f: Failure| -> Self::Result { Box::pin(async move { Err(f) }) };
+        let body = &msg.body;
+        if !self.members.contains_key(&msg.sender) {
+            return refuse(ErrorCode::NotMember.into());
+        }
+        if body.ciphertext.len() > self.settings.limits.max_ciphertext_bytes {
+            return refuse(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "ciphertext is {} bytes; the limit is {}",
+                    body.ciphertext.len(),
+                    self.settings.limits.max_ciphertext_bytes
+                ),
+            ));
+        }
+        if body.msg_id.len() != crate::crypto::MSG_ID_LEN || body.nonce.len() != crate::crypto::NONCE_LEN {
+            return refuse(Failure::new(
+                ErrorCode::InvalidMessage,
+                "msg_id must be 16 bytes and nonce 12",
+            ));
+        }
+        if let Err(failure) = self.check_keys(body, msg.signature_ok) {
+            // The idempotency point comes before these checks: a resend of a
+            // stored message still answers its original `sent`.
+            let lookup = self.store.find_message(&body.room_id, &msg.sender, &body.msg_id);
+            return Box::pin(async move {
+                match lookup.await {
+                    Ok(Some((seq, ts))) => Ok(Appended {
+                        seq,
+                        ts,
+                        duplicate: true,
+                    }),
+                    Ok(None) => Err(failure),
+                    Err(e) => Err(internal(e)),
+                }
+            });
+        }
+        let SendMessage { sender, body, .. } = msg;
+        let message = Arc::new(NewMessage {
+            room_id: body.room_id,
+            msg_id: body.msg_id.into_vec(),
+            sender,
+            nonce: body.nonce.into_vec(),
+            ciphertext: body.ciphertext.into_vec(),
+            signature: body.signature.into_vec(),
+            keys: body.keys.into_iter().map(|(k, v)| (k, v.into_vec())).collect(),
+        });
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending.push_back(Pending {
+            ticket,
+            message: message.clone(),
+            outcome: None,
+            reply: tx,
+        });
+        let append = self.store.append_message(message);
+        ctx.spawn(append.into_actor(self).map(move |res, act, _| act.complete(ticket, res)));
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<(Vec<MessageData>, bool)>")]
+pub struct History {
+    pub username: String,
+    pub query: HistoryQuery,
+}
+
+impl Handler<History> for RoomActor {
+    type Result = ResponseFuture<RoomResult<(Vec<MessageData>, bool)>>;
+
+    fn handle(&mut self, msg: History, _: &mut Self::Context) -> Self::Result {
+        if !self.members.contains_key(&msg.username) {
+            return Box::pin(async { Err(ErrorCode::NotMember.into()) });
+        }
+        let room_id = self.record.room_id.clone();
+        let page = self.store.history(&room_id, &msg.username, msg.query);
+        Box::pin(async move {
+            let HistoryPage { messages, has_more } = page.await.map_err(internal)?;
+            let messages = messages
+                .into_iter()
+                .map(|m| MessageData {
+                    room_id: room_id.clone(),
+                    seq: m.seq,
+                    ts: m.ts,
+                    msg_id: ByteBuf::from(m.msg_id),
+                    sender: m.sender,
+                    nonce: ByteBuf::from(m.nonce),
+                    ciphertext: ByteBuf::from(m.ciphertext),
+                    key: ByteBuf::from(m.key),
+                    signature: ByteBuf::from(m.signature),
+                })
+                .collect();
+            Ok((messages, has_more))
+        })
+    }
+}
+
+// ---------------------------------------------------------------- owner operations
+
+/// An owner operation, already validated for form by the session.
+#[derive(Debug, Clone)]
+pub enum OwnerAction {
+    Kick(String),
+    Ban(String),
+    Unban(String),
+    Rename(String),
+    SetPassword(Option<String>),
+    Delete,
+}
+
+/// What an owner operation changed, for the Registry's directory.
+#[derive(Debug, Clone, Default)]
+pub struct OwnerOutcome {
+    pub removed: Option<String>,
+    pub deleted: bool,
+    pub renamed: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<OwnerOutcome>")]
+pub struct OwnerOp {
+    pub by: String,
+    pub action: OwnerAction,
+}
+
+impl Handler<OwnerOp> for RoomActor {
+    type Result = ResponseActFuture<Self, RoomResult<OwnerOutcome>>;
+
+    fn handle(&mut self, msg: OwnerOp, _: &mut Self::Context) -> Self::Result {
+        if let Err(f) = self.is_owner(&msg.by) {
+            return Box::pin(fut::ready(Err(f)));
+        }
+        let store = self.store.clone();
+        let room_id = self.record.room_id.clone();
+        match msg.action {
+            OwnerAction::Kick(target) | OwnerAction::Ban(target) if target == msg.by => {
+                Box::pin(fut::ready(Err(ErrorCode::InvalidTarget.into())))
+            }
+            OwnerAction::Kick(target) => {
+                if !self.members.contains_key(&target) {
+                    return Box::pin(fut::ready(Err(ErrorCode::NoSuchMember.into())));
+                }
+                let name = target.clone();
+                let work = async move { store.remove_member(&room_id, &name, false).await };
+                Box::pin(work.into_actor(self).map(move |res, act, _| {
+                    res.map_err(internal)?;
+                    act.drop_member(&target, "kicked");
+                    Ok(OwnerOutcome {
+                        removed: Some(target),
+                        ..OwnerOutcome::default()
+                    })
+                }))
+            }
+            OwnerAction::Ban(target) => {
+                let name = target.clone();
+                let work = async move { store.remove_member(&room_id, &name, true).await };
+                Box::pin(work.into_actor(self).map(move |res, act, _| {
+                    res.map_err(internal)?;
+                    act.bans.insert(target.clone());
+                    let was_member = act.members.contains_key(&target);
+                    act.drop_member(&target, "banned");
+                    Ok(OwnerOutcome {
+                        removed: was_member.then_some(target),
+                        ..OwnerOutcome::default()
+                    })
+                }))
+            }
+            OwnerAction::Unban(target) => {
+                let name = target.clone();
+                let work = async move { store.set_ban(&room_id, &name, false).await };
+                Box::pin(work.into_actor(self).map(move |res, act, _| {
+                    res.map_err(internal)?;
+                    act.bans.remove(&target);
+                    Ok(OwnerOutcome::default())
+                }))
+            }
+            OwnerAction::Rename(name) => {
+                let update = RoomUpdate {
+                    name: Some(name.clone()),
+                    ..RoomUpdate::default()
+                };
+                let work = async move { store.update_room(&room_id, update).await };
+                Box::pin(work.into_actor(self).map(move |res, act, _| {
+                    match res {
+                        Err(StoreError::Conflict(_)) => return Err(ErrorCode::RoomExists.into()),
+                        other => other.map_err(internal)?,
+                    }
+                    act.record.name = name.clone();
+                    act.broadcast(
+                        &ServerMsg::RoomRenamed {
+                            room_id: act.record.room_id.clone(),
+                            name: name.clone(),
+                        },
+                        None,
+                    );
+                    act.publish();
+                    Ok(OwnerOutcome {
+                        renamed: Some(name),
+                        ..OwnerOutcome::default()
+                    })
+                }))
+            }
+            OwnerAction::SetPassword(pw) => {
+                let work = async move {
+                    let hash = match pw {
+                        Some(pw) => Some(password::hash(pw).await.map_err(internal)?),
+                        None => None,
+                    };
+                    let update = RoomUpdate {
+                        password_hash: Some(hash.clone()),
+                        ..RoomUpdate::default()
+                    };
+                    store.update_room(&room_id, update).await.map_err(internal)?;
+                    Ok(hash)
+                };
+                Box::pin(work.into_actor(self).map(|res: RoomResult<Option<String>>, act, _| {
+                    act.record.password_hash = res?;
+                    act.publish();
+                    Ok(OwnerOutcome::default())
+                }))
+            }
+            OwnerAction::Delete => {
+                let work = async move { store.delete_room(&room_id).await };
+                Box::pin(work.into_actor(self).map(|res, act, ctx| {
+                    res.map_err(internal)?;
+                    act.broadcast(
+                        &ServerMsg::RoomDeleted {
+                            room_id: act.record.room_id.clone(),
+                        },
+                        None,
+                    );
+                    act.members.clear();
+                    act.deleted = true;
+                    ctx.stop();
+                    Ok(OwnerOutcome {
+                        deleted: true,
+                        ..OwnerOutcome::default()
+                    })
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Wiring: opens the store, starts the Registry and the room arbiters, and
+//! serves `/ws`, `/healthz` and `/metrics` with actix-web.
+//!
+//! [`start`] runs the whole server on a thread of its own with its own actix
+//! `System` and returns once the port is bound, so the binary and the tests
+//! start it the same way. Stopping is graceful: the HTTP server stops, the
+//! store finishes and commits every pending write, then the threads end.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web_actors::ws;
+
+use crate::config::Settings;
+use crate::registry::Registry;
+use crate::retention;
+use crate::session::Session;
+use crate::store::{sqlite::SqliteStore, SharedStore, StoreError};
+
+/// The subprotocol the server accepts.
+pub const SUBPROTOCOL: &str = "e2ee-chat.v1";
+
+#[derive(Clone)]
+struct AppState {
+    registry: Addr<Registry>,
+    settings: Arc<Settings>,
+    store: SharedStore,
+}
+
+async fn ws_route(req: HttpRequest, stream: web::Payload, state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
+    let session = Session::new(state.registry.clone(), state.settings.clone());
+    ws::WsResponseBuilder::new(session, &req, stream)
+        .protocols(&[SUBPROTOCOL])
+        .frame_size(state.settings.limits.max_frame_bytes)
+        .start()
+}
+
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable().body(format!("store: {e}\n")),
+        Err(_) => HttpResponse::ServiceUnavailable().body("store: timed out\n"),
+    }
+}
+
+async fn metrics_route() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(crate::metrics::render())
+}
+
+/// Opens the store the settings name.
+pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> {
+    if !settings.store.url.is_empty() {
+        return Err(StoreError::Unavailable("MongoDB is not supported by this build".into()));
+    }
+    let batch = if settings.store.group_commit { settings.store.max_batch } else { 1 };
+    Ok(Arc::new(SqliteStore::open(&settings.store.path, batch)?))
+}
+
+/// A server running on its own thread.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// `ws://` URL of the websocket endpoint.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops gracefully: every acknowledged write is on disk when this returns.
+    pub async fn stop(mut self) {
+        self.handle.stop(true).await;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    /// Blocks until the server stops (on SIGINT/SIGTERM when signals are on).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Starts the server; returns when it listens. With `handle_signals`,
+/// SIGINT/SIGTERM stop it gracefully.
+pub fn start(settings: Settings, handle_signals: bool) -> std::io::Result<RunningServer> {
+    let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new().name("chat-main".into()).spawn(move || {
+        let system = actix_rt::System::new();
+        system.block_on(async move {
+            match serve(settings, listener, handle_signals).await {
+                Ok((server, store, arbiters, purger)) => {
+                    let _ = tx.send(Ok(server.handle()));
+                    if let Err(e) = server.await {
+                        log::error!("http server: {e}");
+                    }
+                    purger.abort();
+                    log::info!("flushing the store");
+                    let _ = store.close().await;
+                    for a in arbiters {
+                        a.stop();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+        log::info!("server stopped");
+    })?;
+    let handle = rx
+        .recv()
+        .map_err(|_| std::io::Error::other("server thread died at start"))??;
+    log::info!("listening on {addr}");
+    Ok(RunningServer {
+        addr,
+        handle,
+        thread: Some(thread),
+    })
+}
+
+type Started = (actix_web::dev::Server, SharedStore, Vec<ArbiterHandle>, tokio::task::JoinHandle<()>);
+
+async fn serve(settings: Settings, listener: TcpListener, handle_signals: bool) -> std::io::Result<Started> {
+    let settings = Arc::new(settings);
+    let store = open_store(&settings).await.map_err(std::io::Error::other)?;
+    let arbiters: Vec<ArbiterHandle> = (0..settings.room_threads()).map(|_| Arbiter::new().handle()).collect();
+    let registry = Registry::new(store.clone(), settings.clone(), arbiters.clone()).start();
+    let purger = retention::spawn(store.clone(), settings.retention.clone());
+    let state = AppState {
+        registry,
+        settings: settings.clone(),
+        store: store.clone(),
+    };
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(state.clone()))
+            .route("/ws", web::get().to(ws_route))
+            .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(metrics_route))
+    })
+    .workers(settings.worker_threads())
+    .on_connect(|conn, _| {
+        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            let _ = tcp.set_nodelay(true);
+        }
+    })
+    .shutdown_timeout(2)
+    .listen(listener)?;
+    if !handle_signals {
+        server = server.disable_signals();
+    }
+    Ok((server.run(), store, arbiters, purger))
+}

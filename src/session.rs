@@ -1,0 +1,482 @@
+//! `Session`: one actor per websocket connection. It decodes frames, applies
+//! the rate limit and heartbeat, runs the login challenge, verifies message
+//! signatures (on the actix-web worker thread it lives on, so the work is
+//! spread over the workers and per-connection order is kept), and forwards
+//! requests to the Registry or straight to a room.
+//!
+//! The session holds no chat state of its own: only who it is logged in as,
+//! its pending challenge, and a cache of room addresses it has used.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytes::Bytes;
+use serde_bytes::ByteBuf;
+
+use crate::config::Settings;
+use crate::crypto::{self, PublicKeys};
+use crate::metrics;
+use crate::protocol::{decode_request, ErrorCode, Failure, Request, SendBody, ServerMsg};
+use crate::registry::{self, Registry};
+use crate::room::{self, OwnerAction, RoomActor};
+use crate::store::HistoryQuery;
+use crate::user::User;
+use crate::util::now_ms;
+use crate::validate;
+
+pub type SessionId = u64;
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+/// A pre-encoded frame for the session to write to its socket.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Push(pub Bytes);
+
+struct Challenge {
+    user: Arc<User>,
+    nonce: [u8; crypto::CHALLENGE_LEN],
+    expires: Instant,
+}
+
+/// Per-connection token bucket.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+pub struct Session {
+    id: SessionId,
+    registry: Addr<Registry>,
+    settings: Arc<Settings>,
+    user: Option<Arc<User>>,
+    challenge: Option<Challenge>,
+    rooms: HashMap<String, Addr<RoomActor>>,
+    last_heard: Instant,
+    bucket: Bucket,
+    refused_in_row: u32,
+}
+
+type Ctx = ws::WebsocketContext<Session>;
+
+impl Session {
+    pub fn new(registry: Addr<Registry>, settings: Arc<Settings>) -> Self {
+        Session {
+            id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
+            registry,
+            bucket: Bucket {
+                tokens: settings.rate_limit.burst,
+                last: Instant::now(),
+            },
+            settings,
+            user: None,
+            challenge: None,
+            rooms: HashMap::new(),
+            last_heard: Instant::now(),
+            refused_in_row: 0,
+        }
+    }
+
+    fn take_token(&mut self) -> bool {
+        let now = Instant::now();
+        let rl = &self.settings.rate_limit;
+        let refill = now.duration_since(self.bucket.last).as_secs_f64() * rl.per_second;
+        self.bucket.tokens = (self.bucket.tokens + refill).min(rl.burst);
+        self.bucket.last = now;
+        if self.bucket.tokens >= 1.0 {
+            self.bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn write(&self, ctx: &mut Ctx, msg: ServerMsg) {
+        if matches!(msg, ServerMsg::Error { .. }) {
+            metrics::inc(&metrics::ERRORS);
+        }
+        ctx.binary(msg.encode());
+    }
+
+    fn fail(&self, ctx: &mut Ctx, id: Option<u64>, f: impl Into<Failure>) {
+        self.write(ctx, f.into().into_msg(id));
+    }
+
+    fn username(&self) -> &str {
+        self.user.as_ref().map_or("", |u| u.username.as_str())
+    }
+
+    fn on_frame(&mut self, ctx: &mut Ctx, frame: Option<&[u8]>) {
+        metrics::inc(&metrics::REQUESTS);
+        let allowed = self.take_token();
+        let decoded = match frame {
+            Some(bytes) => decode_request(bytes),
+            None => Err(crate::protocol::DecodeError {
+                id: None,
+                failure: Failure::new(ErrorCode::Malformed, "text frames are not accepted; send CBOR in binary frames"),
+            }),
+        };
+        if !allowed {
+            self.refused_in_row += 1;
+            let id = decoded.as_ref().map_or_else(|e| e.id, |(id, _)| *id);
+            self.fail(ctx, id, ErrorCode::RateLimited);
+            if self.refused_in_row >= self.settings.rate_limit.close_after {
+                log::warn!("session {} closed for flooding", self.id);
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Policy,
+                    description: Some("rate limit exceeded".into()),
+                }));
+                ctx.stop();
+            }
+            return;
+        }
+        self.refused_in_row = 0;
+        match decoded {
+            Ok((id, request)) => self.dispatch(ctx, id, request),
+            Err(e) => self.fail(ctx, e.id, e.failure),
+        }
+    }
+
+    /// Answers a request from a future: `reply` turns the success value into
+    /// the reply message; failures become `error` with the request id.
+    fn answer<T, F>(&mut self, ctx: &mut Ctx, id: Option<u64>, fut: F, reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static)
+    where
+        T: 'static,
+        F: std::future::Future<Output = Result<T, Failure>> + 'static,
+    {
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            let msg = match res {
+                Ok(v) => reply(act, v),
+                Err(f) => f.into_msg(id),
+            };
+            act.write(ctx, msg);
+        }));
+    }
+
+    fn ask_registry<M, T>(&mut self, ctx: &mut Ctx, id: Option<u64>, msg: M, reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static)
+    where
+        M: Message<Result = Result<T, Failure>> + Send + 'static,
+        T: Send + 'static,
+        Registry: Handler<M>,
+    {
+        let req = self.registry.send(msg);
+        self.answer(ctx, id, async move { req.await.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) }, reply);
+    }
+
+    /// Sends `msg` to a room: straight away when its address is cached (so
+    /// requests to one room keep their order), else after resolving it.
+    fn ask_room<M, T>(&mut self, ctx: &mut Ctx, id: Option<u64>, room_id: String, msg: M, reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static)
+    where
+        M: Message<Result = Result<T, Failure>> + Send + 'static,
+        T: Send + 'static,
+        RoomActor: Handler<M>,
+    {
+        let gone = || Failure::from(ErrorCode::NoSuchRoom);
+        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, Failure>>>> =
+            match self.rooms.get(&room_id).filter(|a| a.connected()) {
+                Some(addr) => {
+                    let req = addr.send(msg);
+                    Box::pin(async move { req.await.unwrap_or_else(|_| Err(gone())) })
+                }
+                None => {
+                    self.rooms.remove(&room_id);
+                    let resolve = self.registry.send(registry::Resolve { room_id });
+                    Box::pin(async move {
+                        let addr = resolve.await.ok().flatten().ok_or_else(gone)?;
+                        addr.send(msg).await.unwrap_or_else(|_| Err(gone()))
+                    })
+                }
+            };
+        self.answer(ctx, id, fut, reply);
+    }
+
+    fn dispatch(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
+        match request {
+            Request::Ping => self.write(ctx, ServerMsg::Pong { id, server_time: now_ms() }),
+            Request::Register { username, sign_key, enc_key } => self.register(ctx, id, username, sign_key, enc_key),
+            Request::Login { username } => self.login(ctx, id, username),
+            Request::Prove { signature } => self.prove(ctx, id, &signature),
+            _ if self.user.is_none() => self.fail(ctx, id, ErrorCode::NotLoggedIn),
+            other => self.dispatch_logged_in(ctx, id, other),
+        }
+    }
+
+    fn register(&mut self, ctx: &mut Ctx, id: Option<u64>, username: String, sign_key: ByteBuf, enc_key: ByteBuf) {
+        if let Err(code) = validate::username(&username) {
+            return self.fail(ctx, id, code);
+        }
+        let keys = match PublicKeys::parse(&sign_key, &enc_key) {
+            Ok(k) => k,
+            Err(e) => return self.fail(ctx, id, Failure::new(ErrorCode::InvalidKey, e.to_string())),
+        };
+        let msg = registry::Register {
+            username: username.clone(),
+            sign_key: sign_key.into_vec(),
+            enc_key: enc_key.into_vec(),
+            keys,
+        };
+        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered { id, username });
+    }
+
+    fn login(&mut self, ctx: &mut Ctx, id: Option<u64>, username: String) {
+        if self.user.is_some() {
+            return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
+        }
+        if let Err(code) = validate::username(&username) {
+            return self.fail(ctx, id, code);
+        }
+        let ttl = std::time::Duration::from_secs(self.settings.security.challenge_ttl_secs);
+        self.ask_registry(ctx, id, registry::LookupUser { username }, move |act, user| {
+            let nonce = crypto::random_bytes::<{ crypto::CHALLENGE_LEN }>();
+            act.challenge = Some(Challenge {
+                user,
+                nonce,
+                expires: Instant::now() + ttl,
+            });
+            ServerMsg::Challenge {
+                id,
+                nonce: ByteBuf::from(nonce.to_vec()),
+            }
+        });
+    }
+
+    fn prove(&mut self, ctx: &mut Ctx, id: Option<u64>, signature: &[u8]) {
+        if self.user.is_some() {
+            return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
+        }
+        let Some(challenge) = self.challenge.take().filter(|c| c.expires > Instant::now()) else {
+            return self.fail(ctx, id, ErrorCode::NoChallenge);
+        };
+        let user = challenge.user;
+        let input = crypto::login_signature_input(&user.username, &challenge.nonce);
+        if !user.keys.verify(&input, signature) {
+            metrics::inc(&metrics::LOGIN_FAILURES);
+            log::info!("session {}: failed login proof for {}", self.id, user.username);
+            return self.fail(ctx, id, ErrorCode::AuthFailed);
+        }
+        metrics::inc(&metrics::LOGINS);
+        log::debug!("session {} logged in as {}", self.id, user.username);
+        let username = user.username.clone();
+        self.user = Some(user);
+        let online = self.registry.send(registry::Online {
+            username: username.clone(),
+            session: self.id,
+            recipient: ctx.address().recipient(),
+        });
+        let fut = async move { online.await.map_err(|_| Failure::from(ErrorCode::Internal)) };
+        self.answer(ctx, id, fut, move |act, info| {
+            act.rooms.extend(info.addrs);
+            ServerMsg::LoggedIn {
+                id,
+                username,
+                server_time: now_ms(),
+                rooms: info.rooms,
+            }
+        });
+    }
+
+    fn dispatch_logged_in(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
+        let user = self.user.clone().expect("checked by dispatch");
+        let username = user.username.clone();
+        match request {
+            Request::ListRooms { offset, limit } => {
+                let msg = registry::ListRooms {
+                    username,
+                    offset: offset.unwrap_or(0).min(usize::MAX as u64) as usize,
+                    limit: limit.unwrap_or(100).clamp(1, 1000) as usize,
+                };
+                let req = self.registry.send(msg);
+                let fut = async move { req.await.map_err(|_| Failure::from(ErrorCode::Internal)) };
+                self.answer(ctx, id, fut, move |_, listed| ServerMsg::Rooms {
+                    id,
+                    rooms: listed.rooms,
+                    total: listed.total,
+                    connected: listed.connected,
+                });
+            }
+            Request::CreateRoom { name, password, hidden } => {
+                if let Err(code) = validate::room_name(&name) {
+                    return self.fail(ctx, id, code);
+                }
+                if let Some(Err(code)) = password.as_deref().map(validate::password) {
+                    return self.fail(ctx, id, code);
+                }
+                let msg = registry::CreateRoom {
+                    user,
+                    name,
+                    password,
+                    hidden: hidden.unwrap_or(false),
+                };
+                self.ask_registry(ctx, id, msg, move |act, joined| act.joined_reply(id, joined));
+            }
+            Request::JoinRoom { room_id, password } => {
+                let msg = registry::JoinRoom { user, room_id, password };
+                self.ask_registry(ctx, id, msg, move |act, joined| act.joined_reply(id, joined));
+            }
+            Request::LeaveRoom { room_id } => {
+                let msg = registry::LeaveRoom {
+                    username,
+                    room_id: room_id.clone(),
+                };
+                self.ask_registry(ctx, id, msg, move |act, ()| {
+                    act.rooms.remove(&room_id);
+                    ServerMsg::Ok { id }
+                });
+            }
+            Request::GetMembers { room_id } => {
+                let rid = room_id.clone();
+                self.ask_room(ctx, id, room_id, room::GetMembers { username }, move |_, members| {
+                    ServerMsg::Members { id, room_id: rid, members }
+                });
+            }
+            Request::History { room_id, after_seq, before_seq, limit } => {
+                let query = HistoryQuery {
+                    after_seq,
+                    before_seq,
+                    limit: limit.unwrap_or(50).clamp(1, 500) as usize,
+                };
+                let rid = room_id.clone();
+                self.ask_room(ctx, id, room_id, room::History { username, query }, move |_, (messages, has_more)| {
+                    ServerMsg::History {
+                        id,
+                        room_id: rid,
+                        messages,
+                        has_more,
+                    }
+                });
+            }
+            Request::Send(body) => self.send(ctx, id, &user, body),
+            Request::Kick { room_id, username: target } => self.owner_op(ctx, id, room_id, OwnerAction::Kick(target)),
+            Request::Ban { room_id, username: target } => self.owner_op(ctx, id, room_id, OwnerAction::Ban(target)),
+            Request::Unban { room_id, username: target } => self.owner_op(ctx, id, room_id, OwnerAction::Unban(target)),
+            Request::RenameRoom { room_id, name } => {
+                if let Err(code) = validate::room_name(&name) {
+                    return self.fail(ctx, id, code);
+                }
+                self.owner_op(ctx, id, room_id, OwnerAction::Rename(name))
+            }
+            Request::SetPassword { room_id, password } => {
+                if let Some(Err(code)) = password.as_deref().map(validate::password) {
+                    return self.fail(ctx, id, code);
+                }
+                self.owner_op(ctx, id, room_id, OwnerAction::SetPassword(password))
+            }
+            Request::DeleteRoom { room_id } => self.owner_op(ctx, id, room_id, OwnerAction::Delete),
+            Request::Ping | Request::Register { .. } | Request::Login { .. } | Request::Prove { .. } => {
+                unreachable!("handled before login")
+            }
+        }
+    }
+
+    fn joined_reply(&mut self, id: Option<u64>, joined: registry::JoinedRoom) -> ServerMsg {
+        self.rooms.insert(joined.room.room_id.clone(), joined.addr);
+        ServerMsg::Joined {
+            id,
+            room: joined.room,
+            members: joined.members,
+        }
+    }
+
+    fn owner_op(&mut self, ctx: &mut Ctx, id: Option<u64>, room_id: String, action: OwnerAction) {
+        let msg = registry::OwnerRequest {
+            username: self.username().to_owned(),
+            room_id,
+            action,
+        };
+        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Ok { id });
+    }
+
+    fn send(&mut self, ctx: &mut Ctx, id: Option<u64>, user: &User, body: SendBody) {
+        let signature_ok = !self.settings.security.verify_signatures || {
+            let input = crypto::message_signature_input(&body.room_id, &body.msg_id, &body.nonce, &body.ciphertext);
+            user.keys.verify(&input, &body.signature)
+        };
+        let (room_id, msg_id) = (body.room_id.clone(), body.msg_id.clone());
+        let msg = room::SendMessage {
+            sender: user.username.clone(),
+            body,
+            signature_ok,
+        };
+        self.ask_room(ctx, id, room_id.clone(), msg, move |_, appended| {
+            if !appended.duplicate {
+                metrics::inc(&metrics::MESSAGES_SENT);
+            }
+            ServerMsg::Sent {
+                id,
+                room_id,
+                msg_id,
+                seq: appended.seq,
+                ts: appended.ts,
+            }
+        });
+    }
+}
+
+impl Actor for Session {
+    type Context = Ctx;
+
+    fn started(&mut self, ctx: &mut Ctx) {
+        metrics::inc(&metrics::CONNECTIONS_OPEN);
+        metrics::inc(&metrics::CONNECTIONS_TOTAL);
+        let timeout = self.settings.heartbeat_timeout();
+        ctx.run_interval(self.settings.heartbeat_interval(), move |act, ctx| {
+            if act.last_heard.elapsed() > timeout {
+                log::info!("session {} timed out", act.id);
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+
+    fn stopped(&mut self, _: &mut Ctx) {
+        metrics::dec(&metrics::CONNECTIONS_OPEN);
+        if let Some(user) = &self.user {
+            self.registry.do_send(registry::Offline {
+                username: user.username.clone(),
+                session: self.id,
+            });
+        }
+    }
+}
+
+impl Handler<Push> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Ctx) {
+        ctx.binary(msg.0);
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Ctx) {
+        self.last_heard = Instant::now();
+        match item {
+            Ok(ws::Message::Binary(bytes)) => self.on_frame(ctx, Some(&bytes)),
+            Ok(ws::Message::Text(_)) | Ok(ws::Message::Continuation(_)) => self.on_frame(ctx, None),
+            Ok(ws::Message::Ping(p)) => ctx.pong(&p),
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Err(ws::ProtocolError::Overflow) => {
+                log::info!("session {}: frame over the size limit", self.id);
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Size,
+                    description: Some("frame too large".into()),
+                }));
+                ctx.stop();
+            }
+            Err(e) => {
+                log::info!("session {}: websocket protocol error: {e}", self.id);
+                ctx.close(Some(ws::CloseCode::Protocol.into()));
+                ctx.stop();
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Persistence behind one trait, so the actors do not know which database
+//! they talk to.
+//!
+//! Every method returns a `'static` future: the actors hand work to the store
+//! and keep serving while it runs. A future that resolves `Ok` means the
+//! change is durable (committed and fsynced for SQLite, journaled with
+//! majority write concern for MongoDB).
+//!
+//! `append_message` assigns the room's next `seq` inside the store's own
+//! commit order and deduplicates by (room, sender, msg_id) there, so seq stays
+//! gapless even when a commit fails or two copies of one message race.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub mod sqlite;
+
+pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was broken (username or room name taken).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("not found")]
+    NotFound,
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    pub username: String,
+    pub sign_key: Vec<u8>,
+    pub enc_key: Vec<u8>,
+    pub created_at: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RoomRecord {
+    pub room_id: String,
+    pub name: String,
+    pub owner: String,
+    pub password_hash: Option<String>,
+    pub hidden: bool,
+    pub created_at: u64,
+    pub last_seq: u64,
+}
+
+/// A room as the directory loads it at start-up: the record and its members'
+/// names in join order.
+#[derive(Debug, Clone)]
+pub struct DirectoryEntry {
+    pub room: RoomRecord,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberRecord {
+    pub user: UserRecord,
+    pub joined_at: u64,
+}
+
+/// What a RoomActor loads when it starts.
+#[derive(Debug, Clone, Default)]
+pub struct RoomState {
+    /// Members in join order (earliest first), with their keys.
+    pub members: Vec<MemberRecord>,
+    pub bans: Vec<String>,
+}
+
+/// A message to store; `seq` and `ts` are assigned by the store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room_id: String,
+    pub msg_id: Vec<u8>,
+    pub sender: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub signature: Vec<u8>,
+    /// (recipient, wrapped key)
+    pub keys: Vec<(String, Vec<u8>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub ts: u64,
+    /// True when (room, sender, msg_id) was stored before: seq and ts are the
+    /// original ones and nothing new was written.
+    pub duplicate: bool,
+}
+
+/// One stored message as a given recipient sees it.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub ts: u64,
+    pub msg_id: Vec<u8>,
+    pub sender: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub after_seq: Option<u64>,
+    pub before_seq: Option<u64>,
+    pub limit: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub messages: Vec<StoredMessage>,
+    pub has_more: bool,
+}
+
+/// Changes an owner makes to a room's record.
+#[derive(Debug, Clone, Default)]
+pub struct RoomUpdate {
+    pub name: Option<String>,
+    pub owner: Option<String>,
+    /// `Some(None)` removes the password.
+    pub password_hash: Option<Option<String>>,
+}
+
+/// What retention should delete.
+#[derive(Debug, Clone, Copy)]
+pub struct PurgePolicy {
+    /// Delete messages with `ts` below this (0 = no age limit).
+    pub older_than_ts: u64,
+    /// Keep at most this many newest messages per room (0 = no limit).
+    pub max_per_room: u64,
+    /// Most messages deleted per transaction.
+    pub batch: usize,
+}
+
+pub trait Store: Send + Sync + 'static {
+    /// Answers when the store can serve requests (for /healthz).
+    fn ping(&self) -> StoreFuture<()>;
+
+    /// Stores a new user. `Conflict` when the username is taken.
+    fn create_user(&self, user: UserRecord) -> StoreFuture<()>;
+    fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>>;
+
+    /// All rooms with their member names, for the directory at start-up.
+    fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>>;
+    /// Creates a room with its owner as first member. `Conflict` when the
+    /// case-folded name is taken.
+    fn create_room(&self, room: RoomRecord) -> StoreFuture<()>;
+    fn load_room(&self, room_id: &str) -> StoreFuture<RoomState>;
+    fn update_room(&self, room_id: &str, update: RoomUpdate) -> StoreFuture<()>;
+    /// Deletes the room, its members, bans and messages.
+    fn delete_room(&self, room_id: &str) -> StoreFuture<()>;
+
+    fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()>;
+    /// Removes a member; with `ban` also records the ban, in one transaction.
+    fn remove_member(&self, room_id: &str, username: &str, ban: bool) -> StoreFuture<()>;
+    fn set_ban(&self, room_id: &str, username: &str, banned: bool) -> StoreFuture<()>;
+
+    /// Stores a message durably, assigning the room's next seq (see module doc).
+    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended>;
+    /// The stored (seq, ts) of a message, if (room, sender, msg_id) exists.
+    fn find_message(&self, room_id: &str, sender: &str, msg_id: &[u8]) -> StoreFuture<Option<(u64, u64)>>;
+    /// Messages of a room that `username` holds a key for, ascending by seq.
+    fn history(&self, room_id: &str, username: &str, query: HistoryQuery) -> StoreFuture<HistoryPage>;
+    /// Deletes at most `policy.batch` old messages in one transaction and
+    /// returns how many went; callers repeat while a full batch goes.
+    fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64>;
+
+    /// Finishes pending writes and releases the database. Later calls fail.
+    fn close(&self) -> StoreFuture<()>;
+}
+
+pub type SharedStore = Arc<dyn Store>;

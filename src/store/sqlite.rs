@@ -1,0 +1,718 @@
+//! The embedded store: SQLite (bundled) in WAL mode with `synchronous=FULL`.
+//!
+//! One writer thread owns the only writing connection. It takes every write
+//! that is waiting (up to `max_batch`), runs each inside its own SAVEPOINT
+//! within one transaction, commits once (one fsync for the whole batch), and
+//! only then completes each write's future: group commit. A failed write
+//! rolls back to its savepoint and fails alone; a failed COMMIT fails the
+//! whole batch and drops the writer's cached per-room seq counters, so seq is
+//! reloaded from disk and never skips. Batches complete in submission order.
+//!
+//! Reads run on two reader threads with their own connections; WAL lets them
+//! read committed data while the writer works.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{
+    Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PurgePolicy,
+    RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage, UserRecord,
+};
+use crate::metrics;
+use crate::util::now_ms;
+use crate::validate::fold_room_name;
+
+const READERS: usize = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    username   TEXT PRIMARY KEY,
+    sign_key   BLOB NOT NULL,
+    enc_key    BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id       TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    name_folded   TEXT NOT NULL UNIQUE,
+    owner         TEXT NOT NULL,
+    password_hash TEXT,
+    hidden        INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS members (
+    room_id   TEXT NOT NULL,
+    username  TEXT NOT NULL,
+    joined_at INTEGER NOT NULL,
+    UNIQUE (room_id, username)
+);
+CREATE INDEX IF NOT EXISTS members_by_user ON members (username);
+CREATE TABLE IF NOT EXISTS bans (
+    room_id   TEXT NOT NULL,
+    username  TEXT NOT NULL,
+    banned_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, username)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    room_id    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    ts         INTEGER NOT NULL,
+    msg_id     BLOB NOT NULL,
+    sender     TEXT NOT NULL,
+    nonce      BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    signature  BLOB NOT NULL,
+    PRIMARY KEY (room_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room_id, sender, msg_id);
+CREATE INDEX IF NOT EXISTS messages_by_ts ON messages (ts);
+CREATE TABLE IF NOT EXISTS message_keys (
+    room_id  TEXT NOT NULL,
+    username TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    key      BLOB NOT NULL,
+    PRIMARY KEY (room_id, seq, username)
+) WITHOUT ROWID;
+";
+
+/// State only the writer thread touches.
+#[derive(Default)]
+struct WriterState {
+    /// Cached `rooms.last_seq`, dropped whenever a commit fails.
+    last_seq: HashMap<String, u64>,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type WriteJob = Box<dyn FnOnce(&Connection, &mut WriterState) -> Completion + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+enum WriteOp {
+    Job(WriteJob),
+    Close(oneshot::Sender<()>),
+}
+
+enum ReadOp {
+    Job(ReadJob),
+    Close,
+}
+
+pub struct SqliteStore {
+    writes: Sender<WriteOp>,
+    reads: Sender<ReadOp>,
+}
+
+fn backend(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            StoreError::Conflict(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(backend)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` and starts the writer and
+    /// reader threads. `max_batch = 1` turns group commit off.
+    pub fn open(path: &Path, max_batch: usize) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let writer = open_connection(path)?;
+        writer.execute_batch(SCHEMA).map_err(backend)?;
+        let (wtx, wrx) = unbounded();
+        thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer, wrx, max_batch.max(1)))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let (rtx, rrx) = unbounded::<ReadOp>();
+        for i in 0..READERS {
+            let conn = open_connection(path)?;
+            let rx = rrx.clone();
+            thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || {
+                    while let Ok(ReadOp::Job(job)) = rx.recv() {
+                        job(&conn);
+                    }
+                })
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        log::info!("sqlite store open at {} (group commit batch {max_batch})", path.display());
+        Ok(SqliteStore {
+            writes: wtx,
+            reads: rtx,
+        })
+    }
+
+    fn write<T, F>(&self, f: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn, state| {
+            let result = in_savepoint(conn, |c| f(c, state));
+            Box::new(move |commit| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        let sent = self.writes.send(WriteOp::Job(job)).is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(closed());
+            }
+            rx.await.map_err(|_| closed())?
+        })
+    }
+
+    fn read<T, F>(&self, f: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .reads
+            .send(ReadOp::Job(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            })))
+            .is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(closed());
+            }
+            rx.await.map_err(|_| closed())?
+        })
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is closed".into())
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT op").map_err(backend)?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    };
+    conn.execute_batch(end).map_err(backend)?;
+    result
+}
+
+fn writer_loop(conn: Connection, rx: Receiver<WriteOp>, max_batch: usize) {
+    let mut state = WriterState::default();
+    let mut closing = None;
+    while closing.is_none() {
+        let first = match rx.recv() {
+            Ok(WriteOp::Job(job)) => job,
+            Ok(WriteOp::Close(done)) => {
+                closing = Some(done);
+                break;
+            }
+            Err(_) => break,
+        };
+        let mut jobs = vec![first];
+        while jobs.len() < max_batch {
+            match rx.try_recv() {
+                Ok(WriteOp::Job(job)) => jobs.push(job),
+                Ok(WriteOp::Close(done)) => {
+                    closing = Some(done);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let begin = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend);
+        let completions: Vec<Completion> = match &begin {
+            Ok(()) => jobs.into_iter().map(|job| job(&conn, &mut state)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let commit = begin.and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
+        if commit.is_ok() {
+            metrics::inc(&metrics::STORE_COMMITS);
+            metrics::add(&metrics::STORE_COMMITTED_WRITES, completions.len() as u64);
+            metrics::add(&metrics::STORE_COMMIT_MICROS, started.elapsed().as_micros() as u64);
+        }
+        if let Err(e) = &commit {
+            log::error!("sqlite commit of {} writes failed: {e}", completions.len());
+            let _ = conn.execute_batch("ROLLBACK");
+            state.last_seq.clear();
+        }
+        for done in completions {
+            done(commit.clone());
+        }
+    }
+    drop(conn);
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+    log::info!("sqlite writer stopped");
+}
+
+fn user_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        username: row.get(offset)?,
+        sign_key: row.get(offset + 1)?,
+        enc_key: row.get(offset + 2)?,
+        created_at: row.get::<_, i64>(offset + 3)? as u64,
+    })
+}
+
+fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        seq: row.get::<_, i64>(0)? as u64,
+        ts: row.get::<_, i64>(1)? as u64,
+        msg_id: row.get(2)?,
+        sender: row.get(3)?,
+        nonce: row.get(4)?,
+        ciphertext: row.get(5)?,
+        signature: row.get(6)?,
+        key: row.get(7)?,
+    })
+}
+
+/// Walks the room's messages in seq order and keeps those with a key for
+/// the requester (a primary-key probe per message).
+const HISTORY_COLUMNS: &str = "SELECT m.seq, m.ts, m.msg_id, m.sender, m.nonce, m.ciphertext, m.signature, k.key
+     FROM messages m JOIN message_keys k ON k.room_id = m.room_id AND k.seq = m.seq AND k.username = ?2
+     WHERE m.room_id = ?1";
+
+fn history_page(
+    conn: &Connection,
+    room_id: &str,
+    username: &str,
+    q: HistoryQuery,
+) -> Result<HistoryPage, StoreError> {
+    let limit = q.limit.max(1);
+    let fetch = (limit + 1) as i64;
+    let before = q.before_seq.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let (sql, ascending, from) = match q.after_seq {
+        Some(after) => (
+            format!("{HISTORY_COLUMNS} AND m.seq > ?3 AND m.seq < ?4 ORDER BY m.seq ASC LIMIT ?5"),
+            true,
+            after.min(i64::MAX as u64) as i64,
+        ),
+        None => (
+            format!("{HISTORY_COLUMNS} AND m.seq > ?3 AND m.seq < ?4 ORDER BY m.seq DESC LIMIT ?5"),
+            false,
+            0,
+        ),
+    };
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut messages = stmt
+        .query_map(params![room_id, username, from, before, fetch], stored_message)
+        .map_err(backend)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(backend)?;
+    let has_more = messages.len() > limit;
+    messages.truncate(limit);
+    if !ascending {
+        messages.reverse();
+    }
+    Ok(HistoryPage { messages, has_more })
+}
+
+fn append(conn: &Connection, state: &mut WriterState, msg: Arc<NewMessage>) -> Result<Appended, StoreError> {
+    let existing = conn
+        .prepare_cached("SELECT seq, ts FROM messages WHERE room_id = ?1 AND sender = ?2 AND msg_id = ?3")
+        .and_then(|mut s| {
+            s.query_row(params![msg.room_id, msg.sender, msg.msg_id], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })
+            .optional()
+        })
+        .map_err(backend)?;
+    if let Some((seq, ts)) = existing {
+        return Ok(Appended {
+            seq,
+            ts,
+            duplicate: true,
+        });
+    }
+    let last = match state.last_seq.get(&msg.room_id) {
+        Some(&last) => last,
+        None => conn
+            .query_row(
+                "SELECT last_seq FROM rooms WHERE room_id = ?1",
+                params![msg.room_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)? as u64,
+    };
+    let seq = last + 1;
+    let ts = now_ms();
+    conn.prepare_cached(
+        "INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, ciphertext, signature)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            msg.room_id,
+            seq as i64,
+            ts as i64,
+            msg.msg_id,
+            msg.sender,
+            msg.nonce,
+            msg.ciphertext,
+            msg.signature
+        ])
+    })
+    .map_err(backend)?;
+    let mut keys = conn
+        .prepare_cached("INSERT INTO message_keys (room_id, username, seq, key) VALUES (?1, ?2, ?3, ?4)")
+        .map_err(backend)?;
+    for (user, key) in &msg.keys {
+        keys.execute(params![msg.room_id, user, seq as i64, key]).map_err(backend)?;
+    }
+    conn.prepare_cached("UPDATE rooms SET last_seq = ?2 WHERE room_id = ?1")
+        .and_then(|mut s| s.execute(params![msg.room_id, seq as i64]))
+        .map_err(backend)?;
+    state.last_seq.insert(msg.room_id.clone(), seq);
+    Ok(Appended {
+        seq,
+        ts,
+        duplicate: false,
+    })
+}
+
+/// Deletes the given messages and their keys.
+fn delete_messages(conn: &Connection, doomed: &[(String, i64)]) -> Result<u64, StoreError> {
+    let mut del_msg = conn
+        .prepare_cached("DELETE FROM messages WHERE room_id = ?1 AND seq = ?2")
+        .map_err(backend)?;
+    let mut del_keys = conn
+        .prepare_cached("DELETE FROM message_keys WHERE room_id = ?1 AND seq = ?2")
+        .map_err(backend)?;
+    for (room, seq) in doomed {
+        del_keys.execute(params![room, seq]).map_err(backend)?;
+        del_msg.execute(params![room, seq]).map_err(backend)?;
+    }
+    Ok(doomed.len() as u64)
+}
+
+fn purge_batch(conn: &Connection, policy: PurgePolicy) -> Result<u64, StoreError> {
+    let batch = policy.batch.max(1) as i64;
+    let mut doomed: Vec<(String, i64)> = Vec::new();
+    if policy.older_than_ts > 0 {
+        let mut stmt = conn
+            .prepare_cached("SELECT room_id, seq FROM messages WHERE ts < ?1 ORDER BY ts LIMIT ?2")
+            .map_err(backend)?;
+        doomed = stmt
+            .query_map(params![policy.older_than_ts as i64, batch], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
+    }
+    if policy.max_per_room > 0 && (doomed.len() as i64) < batch {
+        let rooms: Vec<String> = conn
+            .prepare_cached("SELECT room_id FROM rooms")
+            .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+            .map_err(backend)?;
+        for room in rooms {
+            let room_limit = batch - doomed.len() as i64;
+            if room_limit <= 0 {
+                break;
+            }
+            // The newest seq that falls outside the kept window, if any.
+            let cutoff: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT seq FROM messages WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![room, policy.max_per_room as i64], |r| r.get(0))
+                        .optional()
+                })
+                .map_err(backend)?;
+            if let Some(cutoff) = cutoff {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT seq FROM messages WHERE room_id = ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+                    )
+                    .map_err(backend)?;
+                let seqs: Vec<i64> = stmt
+                    .query_map(params![room, cutoff, room_limit], |r| r.get(0))
+                    .map_err(backend)?
+                    .collect::<Result<_, _>>()
+                    .map_err(backend)?;
+                doomed.extend(seqs.into_iter().map(|s| (room.clone(), s)));
+            }
+        }
+    }
+    doomed.sort();
+    doomed.dedup();
+    delete_messages(conn, &doomed)
+}
+
+impl Store for SqliteStore {
+    fn ping(&self) -> StoreFuture<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+
+    fn create_user(&self, user: UserRecord) -> StoreFuture<()> {
+        self.write(move |c, _| {
+            c.execute(
+                "INSERT INTO users (username, sign_key, enc_key, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![user.username, user.sign_key, user.enc_key, user.created_at as i64],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+    }
+
+    fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| {
+            c.prepare_cached("SELECT username, sign_key, enc_key, created_at FROM users WHERE username = ?1")
+                .and_then(|mut s| s.query_row(params![username], |r| user_from_row(r, 0)).optional())
+                .map_err(backend)
+        })
+    }
+
+    fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {
+        self.read(|c| {
+            let mut rooms: Vec<DirectoryEntry> = c
+                .prepare(
+                    "SELECT room_id, name, owner, password_hash, hidden, created_at, last_seq
+                     FROM rooms ORDER BY created_at, room_id",
+                )
+                .and_then(|mut s| {
+                    s.query_map([], |r| {
+                        Ok(DirectoryEntry {
+                            room: RoomRecord {
+                                room_id: r.get(0)?,
+                                name: r.get(1)?,
+                                owner: r.get(2)?,
+                                password_hash: r.get(3)?,
+                                hidden: r.get(4)?,
+                                created_at: r.get::<_, i64>(5)? as u64,
+                                last_seq: r.get::<_, i64>(6)? as u64,
+                            },
+                            members: Vec::new(),
+                        })
+                    })?
+                    .collect()
+                })
+                .map_err(backend)?;
+            let index: HashMap<String, usize> = rooms
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.room.room_id.clone(), i))
+                .collect();
+            let mut stmt = c
+                .prepare("SELECT room_id, username FROM members ORDER BY rowid")
+                .map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(backend)?;
+            for row in rows {
+                let (room_id, username) = row.map_err(backend)?;
+                if let Some(&i) = index.get(&room_id) {
+                    rooms[i].members.push(username);
+                }
+            }
+            Ok(rooms)
+        })
+    }
+
+    fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {
+        self.write(move |c, _| {
+            c.execute(
+                "INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                params![
+                    room.room_id,
+                    room.name,
+                    fold_room_name(&room.name),
+                    room.owner,
+                    room.password_hash,
+                    room.hidden,
+                    room.created_at as i64
+                ],
+            )
+            .map_err(backend)?;
+            c.execute(
+                "INSERT INTO members (room_id, username, joined_at) VALUES (?1, ?2, ?3)",
+                params![room.room_id, room.owner, room.created_at as i64],
+            )
+            .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn load_room(&self, room_id: &str) -> StoreFuture<RoomState> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| {
+            let members = c
+                .prepare_cached(
+                    "SELECT u.username, u.sign_key, u.enc_key, u.created_at, m.joined_at
+                     FROM members m JOIN users u ON u.username = m.username
+                     WHERE m.room_id = ?1 ORDER BY m.rowid",
+                )
+                .and_then(|mut s| {
+                    s.query_map(params![room_id], |r| {
+                        Ok(MemberRecord {
+                            user: user_from_row(r, 0)?,
+                            joined_at: r.get::<_, i64>(4)? as u64,
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(backend)?;
+            let bans = c
+                .prepare_cached("SELECT username FROM bans WHERE room_id = ?1")
+                .and_then(|mut s| s.query_map(params![room_id], |r| r.get(0))?.collect())
+                .map_err(backend)?;
+            Ok(RoomState { members, bans })
+        })
+    }
+
+    fn update_room(&self, room_id: &str, update: RoomUpdate) -> StoreFuture<()> {
+        let room_id = room_id.to_owned();
+        self.write(move |c, _| {
+            if let Some(name) = &update.name {
+                c.execute(
+                    "UPDATE rooms SET name = ?2, name_folded = ?3 WHERE room_id = ?1",
+                    params![room_id, name, fold_room_name(name)],
+                )
+                .map_err(backend)?;
+            }
+            if let Some(owner) = &update.owner {
+                c.execute("UPDATE rooms SET owner = ?2 WHERE room_id = ?1", params![room_id, owner])
+                    .map_err(backend)?;
+            }
+            if let Some(hash) = &update.password_hash {
+                c.execute(
+                    "UPDATE rooms SET password_hash = ?2 WHERE room_id = ?1",
+                    params![room_id, hash],
+                )
+                .map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_room(&self, room_id: &str) -> StoreFuture<()> {
+        let room_id = room_id.to_owned();
+        self.write(move |c, state| {
+            for table in ["message_keys", "messages", "members", "bans", "rooms"] {
+                c.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), params![room_id])
+                    .map_err(backend)?;
+            }
+            state.last_seq.remove(&room_id);
+            Ok(())
+        })
+    }
+
+    fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.write(move |c, _| {
+            c.execute(
+                "INSERT OR IGNORE INTO members (room_id, username, joined_at) VALUES (?1, ?2, ?3)",
+                params![room_id, username, joined_at as i64],
+            )
+            .map(|_| ())
+            .map_err(backend)
+        })
+    }
+
+    fn remove_member(&self, room_id: &str, username: &str, ban: bool) -> StoreFuture<()> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.write(move |c, _| {
+            c.execute(
+                "DELETE FROM members WHERE room_id = ?1 AND username = ?2",
+                params![room_id, username],
+            )
+            .map_err(backend)?;
+            if ban {
+                set_ban(c, &room_id, &username, true)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn set_ban(&self, room_id: &str, username: &str, banned: bool) -> StoreFuture<()> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.write(move |c, _| set_ban(c, &room_id, &username, banned))
+    }
+
+    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended> {
+        self.write(move |c, state| append(c, state, msg))
+    }
+
+    fn find_message(&self, room_id: &str, sender: &str, msg_id: &[u8]) -> StoreFuture<Option<(u64, u64)>> {
+        let (room_id, sender, msg_id) = (room_id.to_owned(), sender.to_owned(), msg_id.to_vec());
+        self.read(move |c| {
+            c.prepare_cached("SELECT seq, ts FROM messages WHERE room_id = ?1 AND sender = ?2 AND msg_id = ?3")
+                .and_then(|mut s| {
+                    s.query_row(params![room_id, sender, msg_id], |r| {
+                        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+                    })
+                    .optional()
+                })
+                .map_err(backend)
+        })
+    }
+
+    fn history(&self, room_id: &str, username: &str, query: HistoryQuery) -> StoreFuture<HistoryPage> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.read(move |c| history_page(c, &room_id, &username, query))
+    }
+
+    fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64> {
+        self.write(move |c, _| purge_batch(c, policy))
+    }
+
+    fn close(&self) -> StoreFuture<()> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writes.send(WriteOp::Close(tx)).is_ok();
+        for _ in 0..READERS {
+            let _ = self.reads.send(ReadOp::Close);
+        }
+        Box::pin(async move {
+            if sent {
+                let _ = rx.await;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn set_ban(c: &Connection, room_id: &str, username: &str, banned: bool) -> Result<(), StoreError> {
+    let sql = if banned {
+        "INSERT OR IGNORE INTO bans (room_id, username, banned_at) VALUES (?1, ?2, ?3)"
+    } else {
+        "DELETE FROM bans WHERE room_id = ?1 AND username = ?2 AND ?3 IS NOT NULL"
+    };
+    c.execute(sql, params![room_id, username, now_ms() as i64])
+        .map(|_| ())
+        .map_err(backend)
+}

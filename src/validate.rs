@@ -1,0 +1,77 @@
+//! Validation rules of PROTOCOL.md section 5, and room-name folding for
+//! case-insensitive uniqueness.
+
+use crate::protocol::ErrorCode;
+
+/// `^[a-z0-9][a-z0-9_-]{2,31}$`
+pub fn username(name: &str) -> Result<(), ErrorCode> {
+    let bytes = name.as_bytes();
+    let ok = (3..=32).contains(&bytes.len())
+        && matches!(bytes[0], b'a'..=b'z' | b'0'..=b'9')
+        && bytes[1..]
+            .iter()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorCode::InvalidUsername)
+    }
+}
+
+/// 1 to 64 characters from letters, digits, space, `_`, `-`, `.`; no leading
+/// or trailing space.
+pub fn room_name(name: &str) -> Result<(), ErrorCode> {
+    let count = name.chars().count();
+    let ok = (1..=64).contains(&count)
+        && !name.starts_with(' ')
+        && !name.ends_with(' ')
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ErrorCode::InvalidRoomName)
+    }
+}
+
+/// 1 to 128 bytes of UTF-8.
+pub fn password(pw: &str) -> Result<(), ErrorCode> {
+    if (1..=128).contains(&pw.len()) {
+        Ok(())
+    } else {
+        Err(ErrorCode::InvalidPassword)
+    }
+}
+
+/// The form under which room names must be unique: full Unicode lowercase.
+pub fn fold_room_name(name: &str) -> String {
+    name.to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for ok in ["abc", "a-b", "0_9", "abcdefghijabcdefghijabcdefghij12"] {
+            assert!(username(ok).is_ok(), "{ok}");
+        }
+        for bad in ["ab", "Abc", "_ab", "-ab", "a b", "abcdefghijabcdefghijabcdefghij123", "ab\0c", "añb"] {
+            assert!(username(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn room_names() {
+        for ok in ["General", "a", "Ünïcödé room", "v1.2_beta-3"] {
+            assert!(room_name(ok).is_ok(), "{ok}");
+        }
+        let long = "x".repeat(65);
+        for bad in ["", " lead", "trail ", "semi;colon", "nul\0", "rtl\u{202e}mark", long.as_str()] {
+            assert!(room_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(fold_room_name("GeNeRaL"), fold_room_name("general"));
+    }
+}
