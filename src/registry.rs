@@ -173,7 +173,7 @@ impl Actor for Registry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(crate::util::MAILBOX_CAPACITY);
         let load = self.store.load_directory();
         ctx.wait(load.into_actor(self).map(|res, act, _| match res {
             Ok(entries) => {

@@ -285,7 +285,7 @@ impl Actor for RoomActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(usize::MAX);
+        ctx.set_mailbox_capacity(crate::util::MAILBOX_CAPACITY);
         let load = self.store.load_room(&self.record.room_id);
         ctx.wait(load.into_actor(self).map(|res: Result<RoomState, StoreError>, act, ctx| {
             match res {
@@ -436,13 +436,15 @@ impl Handler<Join> for RoomActor {
                 act.attach_all(&username, sessions);
                 return Ok(act.joined(false));
             }
+            // The joiner's sessions are attached as it is added: `member_joined`
+            // already says whether it is online, so no presence event follows.
             let member = user.member(!sessions.is_empty(), joined_at);
             act.members.insert(
                 username.clone(),
                 MemberState {
                     user,
                     joined_at,
-                    sessions: HashMap::new(),
+                    sessions: sessions.into_iter().collect(),
                 },
             );
             act.broadcast(
@@ -452,10 +454,6 @@ impl Handler<Join> for RoomActor {
                 },
                 Some(&username),
             );
-            // Attach after the join event so others see joined, then presence.
-            for (id, r) in sessions {
-                act.attach(&username, id, r);
-            }
             Ok(act.joined(true))
         }))
     }

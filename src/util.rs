@@ -13,3 +13,8 @@ pub fn now_ms() -> u64 {
 pub fn new_room_id() -> String {
     format!("r-{}", hex::encode(crate::crypto::random_bytes::<8>()))
 }
+
+/// Mailbox size for the Registry and rooms. `Addr::send` enqueues at once
+/// while there is room, which keeps one sender's requests in order; actix's
+/// default of 16 would make bursts wait (and possibly reorder).
+pub const MAILBOX_CAPACITY: usize = 1 << 20;

@@ -1,0 +1,179 @@
+//! Shared test harness: a real server on 127.0.0.1 (random port) with a real
+//! SQLite store in a temp dir, fixture RSA keys (made once, outside the
+//! tests, so no test waits for key generation), and logged-in clients.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use ciborium::Value;
+use e2ee_chat::client::{Client, Identity};
+use e2ee_chat::config::Settings;
+use e2ee_chat::crypto::KeyPair;
+use e2ee_chat::protocol::{ErrorCode, ServerMsg};
+use e2ee_chat::server::{self, RunningServer};
+
+pub struct Fixtures {
+    pub pairs: Vec<KeyPair>,
+    pub rsa1024_public: Vec<u8>,
+    pub rsa_e3_public: Vec<u8>,
+}
+
+fn field<'a>(map: &'a Value, key: &str) -> &'a Value {
+    map.as_map()
+        .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some(key)))
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("fixture has no {key}"))
+}
+
+fn bytes(v: &Value) -> Vec<u8> {
+    v.as_bytes().expect("bytes").clone()
+}
+
+pub fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys.cbor")).unwrap();
+        let v: Value = ciborium::from_reader(raw.as_slice()).unwrap();
+        let pairs = field(&v, "pairs")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| KeyPair::from_pkcs8_der(&bytes(field(p, "sign")), &bytes(field(p, "enc"))).unwrap())
+            .collect();
+        Fixtures {
+            pairs,
+            rsa1024_public: bytes(field(&v, "rsa1024_public")),
+            rsa_e3_public: bytes(field(&v, "rsa_e3_public")),
+        }
+    })
+}
+
+/// An identity with fixture key pair `n` (users may share pairs; the server
+/// does not care, and tests that need distinct keys use distinct `n`).
+pub fn identity(name: &str, n: usize) -> Identity {
+    let pairs = &fixtures().pairs;
+    Identity {
+        username: name.to_owned(),
+        keys: pairs[n % pairs.len()].clone(),
+    }
+}
+
+/// Settings for a test server: random port, store in `dir`, generous rate limit.
+pub fn settings(dir: &Path) -> Settings {
+    let mut s = Settings::defaults();
+    s.server.host = "127.0.0.1".into();
+    s.server.port = 0;
+    s.server.workers = 2;
+    s.server.room_threads = 2;
+    s.store.path = dir.join("chat.db");
+    s.rate_limit.per_second = 100_000.0;
+    s.rate_limit.burst = 100_000.0;
+    s
+}
+
+pub fn start(settings: Settings) -> RunningServer {
+    let _ = env_logger::builder().is_test(true).try_init();
+    server::start(settings, false).expect("server starts")
+}
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub server: Option<RunningServer>,
+}
+
+impl TestServer {
+    pub fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    pub fn with(tweak: impl FnOnce(&mut Settings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path());
+        tweak(&mut s);
+        let server = start(s);
+        TestServer {
+            dir,
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.as_ref().unwrap().ws_url()
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        self.server.as_ref().unwrap().http_url(path)
+    }
+
+    /// Stops the server gracefully and starts it again on the same store.
+    pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await
+    }
+
+    pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut Settings)) {
+        self.server.take().unwrap().stop().await;
+        let mut s = settings(self.dir.path());
+        tweak(&mut s);
+        self.server = Some(start(s));
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.url()).await.expect("connects")
+    }
+
+    /// A client registered (if needed) and logged in as `name` with key pair `n`.
+    pub async fn user(&self, name: &str, n: usize) -> Client {
+        let id = identity(name, n);
+        let mut c = self.client().await;
+        match c.register(&id).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
+            Err(e) => panic!("register {name}: {e}"),
+        }
+        c.login(&id).await.expect("login");
+        c
+    }
+
+    /// A client logged in as an already registered user.
+    pub async fn login(&self, name: &str, n: usize) -> Client {
+        let mut c = self.client().await;
+        c.login(&identity(name, n)).await.expect("login");
+        c
+    }
+}
+
+/// Asserts `res` is the server error `code`.
+#[track_caller]
+pub fn assert_code<T: std::fmt::Debug>(res: Result<T, e2ee_chat::client::ClientError>, code: ErrorCode) {
+    match res {
+        Err(e) => assert_eq!(e.code(), Some(code), "expected {code:?}, got {e}"),
+        Ok(v) => panic!("expected {code:?}, got success {v:?}"),
+    }
+}
+
+/// The error code of a raw reply.
+#[track_caller]
+pub fn code_of(msg: &ServerMsg) -> ErrorCode {
+    match msg {
+        ServerMsg::Error { code, .. } => *code,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Waits until the client has no event matching `pred` within `ms`.
+pub async fn no_event(c: &mut Client, ms: u64, pred: impl Fn(&ServerMsg) -> bool) {
+    let old = c.timeout;
+    c.timeout = std::time::Duration::from_millis(ms);
+    let res = c.wait_for(|e| pred(e)).await;
+    c.timeout = old;
+    if let Ok(e) = res {
+        panic!("unexpected event {e:?}");
+    }
+}
