@@ -98,7 +98,8 @@ impl Settings {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let mut builder = Config::builder().add_source(default_source());
         if let Some(name) = env("CHAT_ENV") {
-            builder = builder.add_source(File::with_name(&format!("config/{name}")).required(false));
+            builder =
+                builder.add_source(File::with_name(&format!("config/{name}")).required(false));
         }
         if let Some(path) = env("CHAT_CONFIG") {
             builder = builder.add_source(File::with_name(&path).required(true));
@@ -145,14 +146,27 @@ impl Settings {
         if self.store.max_batch == 0 {
             return bad("store.max_batch", "must be at least 1");
         }
-        if !(self.rate_limit.per_second > 0.0) || !(self.rate_limit.burst >= 1.0) {
-            return bad("rate_limit", "per_second must be > 0 and burst >= 1");
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let at_least = |x: f64, min: f64| x.is_finite() && x >= min;
+        if !positive(self.rate_limit.per_second) {
+            return bad("rate_limit.per_second", "must be a number above 0");
         }
-        if self.heartbeat.interval_secs == 0 || self.heartbeat.timeout_secs <= self.heartbeat.interval_secs {
-            return bad("heartbeat", "interval_secs must be > 0 and below timeout_secs");
+        if !at_least(self.rate_limit.burst, 1.0) {
+            return bad("rate_limit.burst", "must be at least 1");
         }
-        if !(self.retention.max_age_days >= 0.0) || !(self.retention.purge_interval_secs > 0.0) {
-            return bad("retention", "max_age_days must be >= 0 and purge_interval_secs > 0");
+        if self.heartbeat.interval_secs == 0
+            || self.heartbeat.timeout_secs <= self.heartbeat.interval_secs
+        {
+            return bad(
+                "heartbeat",
+                "interval_secs must be > 0 and below timeout_secs",
+            );
+        }
+        if !at_least(self.retention.max_age_days, 0.0) {
+            return bad("retention.max_age_days", "must be 0 or more");
+        }
+        if !positive(self.retention.purge_interval_secs) {
+            return bad("retention.purge_interval_secs", "must be above 0");
         }
         Ok(())
     }

@@ -243,7 +243,12 @@ pub fn seal(key: &[u8], nonce: &[u8], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
         .expect("AES-GCM encryption cannot fail for in-range input")
 }
 
-pub fn open(key: &[u8], nonce: &[u8], aad: &[u8], ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+pub fn open(
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
     if key.len() != AES_KEY_LEN || nonce.len() != NONCE_LEN {
         return Err(CryptoError::Decrypt);
     }

@@ -31,17 +31,67 @@ pub fn dec(counter: &AtomicU64) {
 /// Renders every counter in the Prometheus text exposition format.
 pub fn render() -> String {
     let rows: [(&str, &str, &str, &AtomicU64); 11] = [
-        ("chat_connections", "gauge", "open websocket connections", &CONNECTIONS_OPEN),
-        ("chat_connections_total", "counter", "websocket connections accepted", &CONNECTIONS_TOTAL),
+        (
+            "chat_connections",
+            "gauge",
+            "open websocket connections",
+            &CONNECTIONS_OPEN,
+        ),
+        (
+            "chat_connections_total",
+            "counter",
+            "websocket connections accepted",
+            &CONNECTIONS_TOTAL,
+        ),
         ("chat_logins_total", "counter", "successful logins", &LOGINS),
-        ("chat_login_failures_total", "counter", "failed login proofs", &LOGIN_FAILURES),
-        ("chat_requests_total", "counter", "requests received", &REQUESTS),
-        ("chat_errors_total", "counter", "error replies sent", &ERRORS),
-        ("chat_messages_sent_total", "counter", "messages durably stored", &MESSAGES_SENT),
-        ("chat_messages_delivered_total", "counter", "message events pushed to sessions", &MESSAGES_DELIVERED),
-        ("chat_store_commits_total", "counter", "store transactions committed", &STORE_COMMITS),
-        ("chat_store_committed_writes_total", "counter", "writes in committed transactions", &STORE_COMMITTED_WRITES),
-        ("chat_store_commit_seconds_total", "counter", "time spent committing (BEGIN to fsync)", &STORE_COMMIT_MICROS),
+        (
+            "chat_login_failures_total",
+            "counter",
+            "failed login proofs",
+            &LOGIN_FAILURES,
+        ),
+        (
+            "chat_requests_total",
+            "counter",
+            "requests received",
+            &REQUESTS,
+        ),
+        (
+            "chat_errors_total",
+            "counter",
+            "error replies sent",
+            &ERRORS,
+        ),
+        (
+            "chat_messages_sent_total",
+            "counter",
+            "messages durably stored",
+            &MESSAGES_SENT,
+        ),
+        (
+            "chat_messages_delivered_total",
+            "counter",
+            "message events pushed to sessions",
+            &MESSAGES_DELIVERED,
+        ),
+        (
+            "chat_store_commits_total",
+            "counter",
+            "store transactions committed",
+            &STORE_COMMITS,
+        ),
+        (
+            "chat_store_committed_writes_total",
+            "counter",
+            "writes in committed transactions",
+            &STORE_COMMITTED_WRITES,
+        ),
+        (
+            "chat_store_commit_seconds_total",
+            "counter",
+            "time spent committing (BEGIN to fsync)",
+            &STORE_COMMIT_MICROS,
+        ),
     ];
     let mut out = String::new();
     for (name, kind, help, counter) in rows {

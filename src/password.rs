@@ -1,7 +1,9 @@
 //! Room passwords: Argon2id hashes (PHC strings), computed on tokio's
 //! blocking pool because one hash takes tens of milliseconds.
 
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 /// Hashes a password with Argon2id and a fresh salt.
@@ -21,7 +23,11 @@ pub async fn hash(password: String) -> Result<String, String> {
 pub async fn verify(hash: String, password: String) -> bool {
     tokio::task::spawn_blocking(move || {
         PasswordHash::new(&hash)
-            .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
             .unwrap_or(false)
     })
     .await

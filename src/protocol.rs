@@ -714,7 +714,9 @@ mod tests {
         };
         let (id, back) = decode_request(&req.encode(Some(7))).unwrap();
         assert_eq!(id, Some(7));
-        assert!(matches!(back, Request::JoinRoom { room_id, password: Some(p) } if room_id == "r-1" && p == "pw"));
+        assert!(
+            matches!(back, Request::JoinRoom { room_id, password: Some(p) } if room_id == "r-1" && p == "pw")
+        );
     }
 
     #[test]
@@ -743,10 +745,14 @@ mod tests {
 
     #[test]
     fn message_frame_matches_serde() {
-        let frame = MessageFrame::new("r-1", 5, 99, &[1; 16], "alice", &[2; 12], &[3; 300], &[4; 256]);
+        let frame = MessageFrame::new(
+            "r-1", 5, 99, &[1; 16], "alice", &[2; 12], &[3; 300], &[4; 256],
+        );
         let bytes = frame.for_recipient(&[5; 256]);
         let msg = ServerMsg::decode(&bytes).unwrap();
-        let ServerMsg::Message(m) = msg else { panic!("not a message") };
+        let ServerMsg::Message(m) = msg else {
+            panic!("not a message")
+        };
         assert_eq!(m.seq, 5);
         assert_eq!(m.key.as_slice(), &[5; 256]);
         assert_eq!(m.ciphertext.len(), 300);

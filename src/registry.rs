@@ -102,8 +102,14 @@ impl Registry {
         }
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
-        let (record, store, settings) = (entry.record.clone(), self.store.clone(), self.settings.clone());
-        let addr = RoomActor::start_in_arbiter(arbiter, move |_| RoomActor::new(record, store, me, settings));
+        let (record, store, settings) = (
+            entry.record.clone(),
+            self.store.clone(),
+            self.settings.clone(),
+        );
+        let addr = RoomActor::start_in_arbiter(arbiter, move |_| {
+            RoomActor::new(record, store, me, settings)
+        });
         entry.addr = Some(addr.clone());
         Some(addr)
     }
@@ -243,7 +249,9 @@ impl Handler<LookupUser> for Registry {
         }
         let get = self.store.get_user(&msg.username);
         Box::pin(get.into_actor(self).map(|res, act, _| {
-            let record = res.map_err(internal)?.ok_or(Failure::from(ErrorCode::UnknownUser))?;
+            let record = res
+                .map_err(internal)?
+                .ok_or(Failure::from(ErrorCode::UnknownUser))?;
             let user = User::from_record(&record).map_err(internal)?;
             Ok(act.users.entry(record.username).or_insert(user).clone())
         }))
@@ -438,41 +446,51 @@ impl Handler<CreateRoom> for Registry {
             }
         };
         let user = msg.user;
-        Box::pin(work.into_actor(self).map(move |res: RegistryResult<RoomRecord>, act, ctx| {
-            let record = match res {
-                Ok(record) => record,
-                Err(f) => {
-                    act.names.remove(&folded);
-                    return Err(f);
-                }
-            };
-            let room_id = record.room_id.clone();
-            let username = user.username.clone();
-            log::info!("{username} created room {room_id} ({:?})", record.name);
-            act.rooms.insert(
-                room_id.clone(),
-                RoomEntry {
-                    members: IndexSet::from([username.clone()]),
-                    record,
-                    addr: None,
-                },
-            );
-            act.user_rooms.entry(username.clone()).or_default().insert(room_id.clone());
-            let addr = act.room_addr(&room_id, ctx.address()).expect("just inserted");
-            for (session, recipient) in act.sessions_of(&username) {
-                addr.do_send(room::Attach {
-                    username: username.clone(),
-                    session,
-                    recipient,
-                });
-            }
-            let entry = &act.rooms[&room_id];
-            Ok(JoinedRoom {
-                room: act.summary(entry),
-                members: vec![user.member(act.is_online(&username), entry.record.created_at)],
-                addr,
-            })
-        }))
+        Box::pin(
+            work.into_actor(self)
+                .map(move |res: RegistryResult<RoomRecord>, act, ctx| {
+                    let record = match res {
+                        Ok(record) => record,
+                        Err(f) => {
+                            act.names.remove(&folded);
+                            return Err(f);
+                        }
+                    };
+                    let room_id = record.room_id.clone();
+                    let username = user.username.clone();
+                    log::info!("{username} created room {room_id} ({:?})", record.name);
+                    act.rooms.insert(
+                        room_id.clone(),
+                        RoomEntry {
+                            members: IndexSet::from([username.clone()]),
+                            record,
+                            addr: None,
+                        },
+                    );
+                    act.user_rooms
+                        .entry(username.clone())
+                        .or_default()
+                        .insert(room_id.clone());
+                    let addr = act
+                        .room_addr(&room_id, ctx.address())
+                        .expect("just inserted");
+                    for (session, recipient) in act.sessions_of(&username) {
+                        addr.do_send(room::Attach {
+                            username: username.clone(),
+                            session,
+                            recipient,
+                        });
+                    }
+                    let entry = &act.rooms[&room_id];
+                    Ok(JoinedRoom {
+                        room: act.summary(entry),
+                        members: vec![
+                            user.member(act.is_online(&username), entry.record.created_at)
+                        ],
+                        addr,
+                    })
+                }),
+        )
     }
 }
 

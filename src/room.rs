@@ -30,8 +30,8 @@ use crate::protocol::{
 use crate::registry::{Registry, RoomChanged};
 use crate::session::{Push, SessionId};
 use crate::store::{
-    Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, RoomUpdate, SharedStore,
-    StoreError,
+    Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, RoomUpdate,
+    SharedStore, StoreError,
 };
 use crate::user::User;
 use crate::util::now_ms;
@@ -91,7 +91,10 @@ impl RoomActor {
     }
 
     fn online_count(&self) -> usize {
-        self.members.values().filter(|m| !m.sessions.is_empty()).count()
+        self.members
+            .values()
+            .filter(|m| !m.sessions.is_empty())
+            .count()
     }
 
     pub fn summary(&self) -> RoomSummary {
@@ -132,7 +135,11 @@ impl RoomActor {
     /// Sends one event to every online member except `except`.
     fn broadcast(&self, event: &ServerMsg, except: Option<&str>) {
         let frame = Bytes::from(event.encode());
-        for (name, _) in self.members.iter().filter(|(n, _)| Some(n.as_str()) != except) {
+        for (name, _) in self
+            .members
+            .iter()
+            .filter(|(n, _)| Some(n.as_str()) != except)
+        {
             self.push_to(name, &frame);
         }
     }
@@ -287,8 +294,8 @@ impl Actor for RoomActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::util::MAILBOX_CAPACITY);
         let load = self.store.load_room(&self.record.room_id);
-        ctx.wait(load.into_actor(self).map(|res: Result<RoomState, StoreError>, act, ctx| {
-            match res {
+        ctx.wait(load.into_actor(self).map(
+            |res: Result<RoomState, StoreError>, act, ctx| match res {
                 Ok(state) => {
                     for m in state.members {
                         match User::from_record(&m.user) {
@@ -317,8 +324,8 @@ impl Actor for RoomActor {
                     log::error!("room {} failed to load: {e}", act.record.room_id);
                     ctx.stop();
                 }
-            }
-        }));
+            },
+        ));
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -427,7 +434,10 @@ impl Handler<Join> for RoomActor {
                     return Err(Failure::from(ErrorCode::WrongPassword));
                 }
             }
-            store.add_member(&room_id, &name, joined_at).await.map_err(internal)
+            store
+                .add_member(&room_id, &name, joined_at)
+                .await
+                .map_err(internal)
         };
         let (user, sessions) = (msg.user, msg.sessions);
         Box::pin(work.into_actor(self).map(move |res, act, _| {
@@ -489,13 +499,19 @@ impl Handler<Leave> for RoomActor {
             if last {
                 return store.delete_room(&room_id).await.map_err(internal);
             }
-            store.remove_member(&room_id, &name, false).await.map_err(internal)?;
+            store
+                .remove_member(&room_id, &name, false)
+                .await
+                .map_err(internal)?;
             if let Some(owner) = heir {
                 let update = RoomUpdate {
                     owner: Some(owner),
                     ..RoomUpdate::default()
                 };
-                store.update_room(&room_id, update).await.map_err(internal)?;
+                store
+                    .update_room(&room_id, update)
+                    .await
+                    .map_err(internal)?;
             }
             Ok(())
         };
@@ -570,7 +586,9 @@ impl Handler<SendMessage> for RoomActor {
                 ),
             ));
         }
-        if body.msg_id.len() != crate::crypto::MSG_ID_LEN || body.nonce.len() != crate::crypto::NONCE_LEN {
+        if body.msg_id.len() != crate::crypto::MSG_ID_LEN
+            || body.nonce.len() != crate::crypto::NONCE_LEN
+        {
             return refuse(Failure::new(
                 ErrorCode::InvalidMessage,
                 "msg_id must be 16 bytes and nonce 12",
@@ -579,7 +597,9 @@ impl Handler<SendMessage> for RoomActor {
         if let Err(failure) = self.check_keys(body, msg.signature_ok) {
             // The idempotency point comes before these checks: a resend of a
             // stored message still answers its original `sent`.
-            let lookup = self.store.find_message(&body.room_id, &msg.sender, &body.msg_id);
+            let lookup = self
+                .store
+                .find_message(&body.room_id, &msg.sender, &body.msg_id);
             return Box::pin(async move {
                 match lookup.await {
                     Ok(Some((seq, ts))) => Ok(Appended {
@@ -600,7 +620,11 @@ impl Handler<SendMessage> for RoomActor {
             nonce: body.nonce.into_vec(),
             ciphertext: body.ciphertext.into_vec(),
             signature: body.signature.into_vec(),
-            keys: body.keys.into_iter().map(|(k, v)| (k, v.into_vec())).collect(),
+            keys: body
+                .keys
+                .into_iter()
+                .map(|(k, v)| (k, v.into_vec()))
+                .collect(),
         });
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -612,7 +636,11 @@ impl Handler<SendMessage> for RoomActor {
             reply: tx,
         });
         let append = self.store.append_message(message);
-        ctx.spawn(append.into_actor(self).map(move |res, act, _| act.complete(ticket, res)));
+        ctx.spawn(
+            append
+                .into_actor(self)
+                .map(move |res, act, _| act.complete(ticket, res)),
+        );
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) })
     }
 }
@@ -769,14 +797,20 @@ impl Handler<OwnerOp> for RoomActor {
                         password_hash: Some(hash.clone()),
                         ..RoomUpdate::default()
                     };
-                    store.update_room(&room_id, update).await.map_err(internal)?;
+                    store
+                        .update_room(&room_id, update)
+                        .await
+                        .map_err(internal)?;
                     Ok(hash)
                 };
-                Box::pin(work.into_actor(self).map(|res: RoomResult<Option<String>>, act, _| {
-                    act.record.password_hash = res?;
-                    act.publish();
-                    Ok(OwnerOutcome::default())
-                }))
+                Box::pin(
+                    work.into_actor(self)
+                        .map(|res: RoomResult<Option<String>>, act, _| {
+                            act.record.password_hash = res?;
+                            act.publish();
+                            Ok(OwnerOutcome::default())
+                        }),
+                )
             }
             OwnerAction::Delete => {
                 let work = async move { store.delete_room(&room_id).await };

@@ -31,7 +31,11 @@ struct AppState {
     store: SharedStore,
 }
 
-async fn ws_route(req: HttpRequest, stream: web::Payload, state: web::Data<AppState>) -> actix_web::Result<HttpResponse> {
+async fn ws_route(
+    req: HttpRequest,
+    stream: web::Payload,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
     let session = Session::new(state.registry.clone(), state.settings.clone());
     ws::WsResponseBuilder::new(session, &req, stream)
         .protocols(&[SUBPROTOCOL])
@@ -56,9 +60,15 @@ async fn metrics_route() -> HttpResponse {
 /// Opens the store the settings name.
 pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> {
     if !settings.store.url.is_empty() {
-        return Err(StoreError::Unavailable("MongoDB is not supported by this build".into()));
+        return Err(StoreError::Unavailable(
+            "MongoDB is not supported by this build".into(),
+        ));
     }
-    let batch = if settings.store.group_commit { settings.store.max_batch } else { 1 };
+    let batch = if settings.store.group_commit {
+        settings.store.max_batch
+    } else {
+        1
+    };
     Ok(Arc::new(SqliteStore::open(&settings.store.path, batch)?))
 }
 
@@ -101,29 +111,31 @@ pub fn start(settings: Settings, handle_signals: bool) -> std::io::Result<Runnin
     let listener = TcpListener::bind((settings.server.host.as_str(), settings.server.port))?;
     let addr = listener.local_addr()?;
     let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new().name("chat-main".into()).spawn(move || {
-        let system = actix_rt::System::new();
-        system.block_on(async move {
-            match serve(settings, listener, handle_signals).await {
-                Ok((server, store, arbiters, purger)) => {
-                    let _ = tx.send(Ok(server.handle()));
-                    if let Err(e) = server.await {
-                        log::error!("http server: {e}");
+    let thread = std::thread::Builder::new()
+        .name("chat-main".into())
+        .spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                match serve(settings, listener, handle_signals).await {
+                    Ok((server, store, arbiters, purger)) => {
+                        let _ = tx.send(Ok(server.handle()));
+                        if let Err(e) = server.await {
+                            log::error!("http server: {e}");
+                        }
+                        purger.abort();
+                        log::info!("flushing the store");
+                        let _ = store.close().await;
+                        for a in arbiters {
+                            a.stop();
+                        }
                     }
-                    purger.abort();
-                    log::info!("flushing the store");
-                    let _ = store.close().await;
-                    for a in arbiters {
-                        a.stop();
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
                     }
                 }
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                }
-            }
-        });
-        log::info!("server stopped");
-    })?;
+            });
+            log::info!("server stopped");
+        })?;
     let handle = rx
         .recv()
         .map_err(|_| std::io::Error::other("server thread died at start"))??;
@@ -135,12 +147,23 @@ pub fn start(settings: Settings, handle_signals: bool) -> std::io::Result<Runnin
     })
 }
 
-type Started = (actix_web::dev::Server, SharedStore, Vec<ArbiterHandle>, tokio::task::JoinHandle<()>);
+type Started = (
+    actix_web::dev::Server,
+    SharedStore,
+    Vec<ArbiterHandle>,
+    tokio::task::JoinHandle<()>,
+);
 
-async fn serve(settings: Settings, listener: TcpListener, handle_signals: bool) -> std::io::Result<Started> {
+async fn serve(
+    settings: Settings,
+    listener: TcpListener,
+    handle_signals: bool,
+) -> std::io::Result<Started> {
     let settings = Arc::new(settings);
     let store = open_store(&settings).await.map_err(std::io::Error::other)?;
-    let arbiters: Vec<ArbiterHandle> = (0..settings.room_threads()).map(|_| Arbiter::new().handle()).collect();
+    let arbiters: Vec<ArbiterHandle> = (0..settings.room_threads())
+        .map(|_| Arbiter::new().handle())
+        .collect();
     let registry = Registry::new(store.clone(), settings.clone(), arbiters.clone()).start();
     let purger = retention::spawn(store.clone(), settings.retention.clone());
     let state = AppState {

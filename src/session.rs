@@ -117,7 +117,10 @@ impl Session {
             Some(bytes) => decode_request(bytes),
             None => Err(crate::protocol::DecodeError {
                 id: None,
-                failure: Failure::new(ErrorCode::Malformed, "text frames are not accepted; send CBOR in binary frames"),
+                failure: Failure::new(
+                    ErrorCode::Malformed,
+                    "text frames are not accepted; send CBOR in binary frames",
+                ),
             }),
         };
         if !allowed {
@@ -143,8 +146,13 @@ impl Session {
 
     /// Answers a request from a future: `reply` turns the success value into
     /// the reply message; failures become `error` with the request id.
-    fn answer<T, F>(&mut self, ctx: &mut Ctx, id: Option<u64>, fut: F, reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static)
-    where
+    fn answer<T, F>(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        fut: F,
+        reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static,
+    ) where
         T: 'static,
         F: std::future::Future<Output = Result<T, Failure>> + 'static,
     {
@@ -157,20 +165,39 @@ impl Session {
         }));
     }
 
-    fn ask_registry<M, T>(&mut self, ctx: &mut Ctx, id: Option<u64>, msg: M, reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static)
-    where
+    fn ask_registry<M, T>(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        msg: M,
+        reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static,
+    ) where
         M: Message<Result = Result<T, Failure>> + Send + 'static,
         T: Send + 'static,
         Registry: Handler<M>,
     {
         let req = self.registry.send(msg);
-        self.answer(ctx, id, async move { req.await.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) }, reply);
+        self.answer(
+            ctx,
+            id,
+            async move {
+                req.await
+                    .unwrap_or_else(|_| Err(ErrorCode::Internal.into()))
+            },
+            reply,
+        );
     }
 
     /// Sends `msg` to a room: straight away when its address is cached (so
     /// requests to one room keep their order), else after resolving it.
-    fn ask_room<M, T>(&mut self, ctx: &mut Ctx, id: Option<u64>, room_id: String, msg: M, reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static)
-    where
+    fn ask_room<M, T>(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        room_id: String,
+        msg: M,
+        reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static,
+    ) where
         M: Message<Result = Result<T, Failure>> + Send + 'static,
         T: Send + 'static,
         RoomActor: Handler<M>,
@@ -196,8 +223,18 @@ impl Session {
 
     fn dispatch(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
         match request {
-            Request::Ping => self.write(ctx, ServerMsg::Pong { id, server_time: now_ms() }),
-            Request::Register { username, sign_key, enc_key } => self.register(ctx, id, username, sign_key, enc_key),
+            Request::Ping => self.write(
+                ctx,
+                ServerMsg::Pong {
+                    id,
+                    server_time: now_ms(),
+                },
+            ),
+            Request::Register {
+                username,
+                sign_key,
+                enc_key,
+            } => self.register(ctx, id, username, sign_key, enc_key),
             Request::Login { username } => self.login(ctx, id, username),
             Request::Prove { signature } => self.prove(ctx, id, &signature),
             _ if self.user.is_none() => self.fail(ctx, id, ErrorCode::NotLoggedIn),
@@ -205,13 +242,22 @@ impl Session {
         }
     }
 
-    fn register(&mut self, ctx: &mut Ctx, id: Option<u64>, username: String, sign_key: ByteBuf, enc_key: ByteBuf) {
+    fn register(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        username: String,
+        sign_key: ByteBuf,
+        enc_key: ByteBuf,
+    ) {
         if let Err(code) = validate::username(&username) {
             return self.fail(ctx, id, code);
         }
         let keys = match PublicKeys::parse(&sign_key, &enc_key) {
             Ok(k) => k,
-            Err(e) => return self.fail(ctx, id, Failure::new(ErrorCode::InvalidKey, e.to_string())),
+            Err(e) => {
+                return self.fail(ctx, id, Failure::new(ErrorCode::InvalidKey, e.to_string()))
+            }
         };
         let msg = registry::Register {
             username: username.clone(),
@@ -219,7 +265,10 @@ impl Session {
             enc_key: enc_key.into_vec(),
             keys,
         };
-        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered { id, username });
+        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered {
+            id,
+            username,
+        });
     }
 
     fn login(&mut self, ctx: &mut Ctx, id: Option<u64>, username: String) {
@@ -230,18 +279,23 @@ impl Session {
             return self.fail(ctx, id, code);
         }
         let ttl = std::time::Duration::from_secs(self.settings.security.challenge_ttl_secs);
-        self.ask_registry(ctx, id, registry::LookupUser { username }, move |act, user| {
-            let nonce = crypto::random_bytes::<{ crypto::CHALLENGE_LEN }>();
-            act.challenge = Some(Challenge {
-                user,
-                nonce,
-                expires: Instant::now() + ttl,
-            });
-            ServerMsg::Challenge {
-                id,
-                nonce: ByteBuf::from(nonce.to_vec()),
-            }
-        });
+        self.ask_registry(
+            ctx,
+            id,
+            registry::LookupUser { username },
+            move |act, user| {
+                let nonce = crypto::random_bytes::<{ crypto::CHALLENGE_LEN }>();
+                act.challenge = Some(Challenge {
+                    user,
+                    nonce,
+                    expires: Instant::now() + ttl,
+                });
+                ServerMsg::Challenge {
+                    id,
+                    nonce: ByteBuf::from(nonce.to_vec()),
+                }
+            },
+        );
     }
 
     fn prove(&mut self, ctx: &mut Ctx, id: Option<u64>, signature: &[u8]) {
@@ -255,7 +309,11 @@ impl Session {
         let input = crypto::login_signature_input(&user.username, &challenge.nonce);
         if !user.keys.verify(&input, signature) {
             metrics::inc(&metrics::LOGIN_FAILURES);
-            log::info!("session {}: failed login proof for {}", self.id, user.username);
+            log::info!(
+                "session {}: failed login proof for {}",
+                self.id,
+                user.username
+            );
             return self.fail(ctx, id, ErrorCode::AuthFailed);
         }
         metrics::inc(&metrics::LOGINS);
@@ -298,7 +356,11 @@ impl Session {
                     connected: listed.connected,
                 });
             }
-            Request::CreateRoom { name, password, hidden } => {
+            Request::CreateRoom {
+                name,
+                password,
+                hidden,
+            } => {
                 if let Err(code) = validate::room_name(&name) {
                     return self.fail(ctx, id, code);
                 }
@@ -311,11 +373,19 @@ impl Session {
                     password,
                     hidden: hidden.unwrap_or(false),
                 };
-                self.ask_registry(ctx, id, msg, move |act, joined| act.joined_reply(id, joined));
+                self.ask_registry(ctx, id, msg, move |act, joined| {
+                    act.joined_reply(id, joined)
+                });
             }
             Request::JoinRoom { room_id, password } => {
-                let msg = registry::JoinRoom { user, room_id, password };
-                self.ask_registry(ctx, id, msg, move |act, joined| act.joined_reply(id, joined));
+                let msg = registry::JoinRoom {
+                    user,
+                    room_id,
+                    password,
+                };
+                self.ask_registry(ctx, id, msg, move |act, joined| {
+                    act.joined_reply(id, joined)
+                });
             }
             Request::LeaveRoom { room_id } => {
                 let msg = registry::LeaveRoom {
@@ -329,30 +399,56 @@ impl Session {
             }
             Request::GetMembers { room_id } => {
                 let rid = room_id.clone();
-                self.ask_room(ctx, id, room_id, room::GetMembers { username }, move |_, members| {
-                    ServerMsg::Members { id, room_id: rid, members }
-                });
+                self.ask_room(
+                    ctx,
+                    id,
+                    room_id,
+                    room::GetMembers { username },
+                    move |_, members| ServerMsg::Members {
+                        id,
+                        room_id: rid,
+                        members,
+                    },
+                );
             }
-            Request::History { room_id, after_seq, before_seq, limit } => {
+            Request::History {
+                room_id,
+                after_seq,
+                before_seq,
+                limit,
+            } => {
                 let query = HistoryQuery {
                     after_seq,
                     before_seq,
                     limit: limit.unwrap_or(50).clamp(1, 500) as usize,
                 };
                 let rid = room_id.clone();
-                self.ask_room(ctx, id, room_id, room::History { username, query }, move |_, (messages, has_more)| {
-                    ServerMsg::History {
+                self.ask_room(
+                    ctx,
+                    id,
+                    room_id,
+                    room::History { username, query },
+                    move |_, (messages, has_more)| ServerMsg::History {
                         id,
                         room_id: rid,
                         messages,
                         has_more,
-                    }
-                });
+                    },
+                );
             }
             Request::Send(body) => self.send(ctx, id, &user, body),
-            Request::Kick { room_id, username: target } => self.owner_op(ctx, id, room_id, OwnerAction::Kick(target)),
-            Request::Ban { room_id, username: target } => self.owner_op(ctx, id, room_id, OwnerAction::Ban(target)),
-            Request::Unban { room_id, username: target } => self.owner_op(ctx, id, room_id, OwnerAction::Unban(target)),
+            Request::Kick {
+                room_id,
+                username: target,
+            } => self.owner_op(ctx, id, room_id, OwnerAction::Kick(target)),
+            Request::Ban {
+                room_id,
+                username: target,
+            } => self.owner_op(ctx, id, room_id, OwnerAction::Ban(target)),
+            Request::Unban {
+                room_id,
+                username: target,
+            } => self.owner_op(ctx, id, room_id, OwnerAction::Unban(target)),
             Request::RenameRoom { room_id, name } => {
                 if let Err(code) = validate::room_name(&name) {
                     return self.fail(ctx, id, code);
@@ -366,7 +462,10 @@ impl Session {
                 self.owner_op(ctx, id, room_id, OwnerAction::SetPassword(password))
             }
             Request::DeleteRoom { room_id } => self.owner_op(ctx, id, room_id, OwnerAction::Delete),
-            Request::Ping | Request::Register { .. } | Request::Login { .. } | Request::Prove { .. } => {
+            Request::Ping
+            | Request::Register { .. }
+            | Request::Login { .. }
+            | Request::Prove { .. } => {
                 unreachable!("handled before login")
             }
         }
@@ -392,7 +491,12 @@ impl Session {
 
     fn send(&mut self, ctx: &mut Ctx, id: Option<u64>, user: &User, body: SendBody) {
         let signature_ok = !self.settings.security.verify_signatures || {
-            let input = crypto::message_signature_input(&body.room_id, &body.msg_id, &body.nonce, &body.ciphertext);
+            let input = crypto::message_signature_input(
+                &body.room_id,
+                &body.msg_id,
+                &body.nonce,
+                &body.ciphertext,
+            );
             user.keys.verify(&input, &body.signature)
         };
         let (room_id, msg_id) = (body.room_id.clone(), body.msg_id.clone());

@@ -58,7 +58,16 @@ mod tests {
         for ok in ["abc", "a-b", "0_9", "abcdefghijabcdefghijabcdefghij12"] {
             assert!(username(ok).is_ok(), "{ok}");
         }
-        for bad in ["ab", "Abc", "_ab", "-ab", "a b", "abcdefghijabcdefghijabcdefghij123", "ab\0c", "añb"] {
+        for bad in [
+            "ab",
+            "Abc",
+            "_ab",
+            "-ab",
+            "a b",
+            "abcdefghijabcdefghijabcdefghij123",
+            "ab\0c",
+            "añb",
+        ] {
             assert!(username(bad).is_err(), "{bad:?}");
         }
     }
@@ -69,7 +78,15 @@ mod tests {
             assert!(room_name(ok).is_ok(), "{ok}");
         }
         let long = "x".repeat(65);
-        for bad in ["", " lead", "trail ", "semi;colon", "nul\0", "rtl\u{202e}mark", long.as_str()] {
+        for bad in [
+            "",
+            " lead",
+            "trail ",
+            "semi;colon",
+            "nul\0",
+            "rtl\u{202e}mark",
+            long.as_str(),
+        ] {
             assert!(room_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(fold_room_name("GeNeRaL"), fold_room_name("general"));

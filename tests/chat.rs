@@ -25,9 +25,11 @@ async fn reqwest_like_get(url: &str) -> String {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -46,31 +48,60 @@ async fn two_and_three_users_exchange_encrypted_messages() {
     let rid = room.room_id.clone();
 
     let (_, members) = bob.join_room(&rid, None).await.unwrap();
-    assert_eq!(members.iter().map(|m| m.username.as_str()).collect::<Vec<_>>(), ["alice", "bob"]);
+    assert_eq!(
+        members
+            .iter()
+            .map(|m| m.username.as_str())
+            .collect::<Vec<_>>(),
+        ["alice", "bob"]
+    );
     // Alice hears that bob joined, with his keys.
-    let ev = alice.wait_for(|e| matches!(e, ServerMsg::MemberJoined { .. })).await.unwrap();
-    let ServerMsg::MemberJoined { room_id, member } = ev else { unreachable!() };
+    let ev = alice
+        .wait_for(|e| matches!(e, ServerMsg::MemberJoined { .. }))
+        .await
+        .unwrap();
+    let ServerMsg::MemberJoined { room_id, member } = ev else {
+        unreachable!()
+    };
     assert_eq!(room_id, rid);
     assert_eq!(member.username, "bob");
-    assert_eq!(member.enc_key.as_slice(), common::identity("bob", 1).keys.enc_der.as_slice());
+    assert_eq!(
+        member.enc_key.as_slice(),
+        common::identity("bob", 1).keys.enc_der.as_slice()
+    );
 
     // Two users.
     let (seq, _) = alice.send_text(&rid, "hello bob").await.unwrap();
     assert_eq!(seq, 1);
     let got = bob.next_message(&rid).await.unwrap();
-    assert_eq!((got.sender.as_str(), got.text.as_str(), got.seq), ("alice", "hello bob", 1));
+    assert_eq!(
+        (got.sender.as_str(), got.text.as_str(), got.seq),
+        ("alice", "hello bob", 1)
+    );
     // The sender gets its own message too.
     assert_eq!(alice.next_message(&rid).await.unwrap().text, "hello bob");
 
     // Three users.
     carol.join_room(&rid, None).await.unwrap();
-    alice.wait_for(|e| matches!(e, ServerMsg::MemberJoined { member, .. } if member.username == "carol")).await.unwrap();
-    bob.wait_for(|e| matches!(e, ServerMsg::MemberJoined { member, .. } if member.username == "carol")).await.unwrap();
+    alice
+        .wait_for(
+            |e| matches!(e, ServerMsg::MemberJoined { member, .. } if member.username == "carol"),
+        )
+        .await
+        .unwrap();
+    bob.wait_for(
+        |e| matches!(e, ServerMsg::MemberJoined { member, .. } if member.username == "carol"),
+    )
+    .await
+    .unwrap();
     let (seq, _) = bob.send_text(&rid, "hi all").await.unwrap();
     assert_eq!(seq, 2);
     for c in [&mut alice, &mut carol, &mut bob] {
         let m = c.next_message(&rid).await.unwrap();
-        assert_eq!((m.sender.as_str(), m.text.as_str(), m.seq), ("bob", "hi all", 2));
+        assert_eq!(
+            (m.sender.as_str(), m.text.as_str(), m.seq),
+            ("bob", "hi all", 2)
+        );
     }
     t.stop().await;
 }
@@ -94,7 +125,9 @@ async fn stale_members_when_someone_joined_in_between() {
     // ...then bob joins before it is sent.
     bob.join_room(&rid, None).await.unwrap();
     let err = alice.request_raw(&Request::Send(body)).await.unwrap();
-    let ServerMsg::Error { code, members, .. } = err else { panic!("expected error") };
+    let ServerMsg::Error { code, members, .. } = err else {
+        panic!("expected error")
+    };
     assert_eq!(code, ErrorCode::StaleMembers);
     let names: Vec<_> = members.unwrap().into_iter().map(|m| m.username).collect();
     assert_eq!(names, ["alice", "bob"]);
@@ -124,7 +157,15 @@ async fn resending_a_msg_id_is_idempotent() {
     let body = e2ee_chat::client::seal_message(&me.keys, &rid, "once", &recipients).unwrap();
     let first = alice.request(&Request::Send(body.clone())).await.unwrap();
     let second = alice.request(&Request::Send(body.clone())).await.unwrap();
-    let (ServerMsg::Sent { seq: s1, ts: t1, .. }, ServerMsg::Sent { seq: s2, ts: t2, .. }) = (&first, &second) else {
+    let (
+        ServerMsg::Sent {
+            seq: s1, ts: t1, ..
+        },
+        ServerMsg::Sent {
+            seq: s2, ts: t2, ..
+        },
+    ) = (&first, &second)
+    else {
         panic!("{first:?} {second:?}")
     };
     assert_eq!((s1, t1), (s2, t2));
@@ -151,7 +192,8 @@ async fn history_paging_after_before_latest() {
         let (seq, _) = alice.send_text(&rid, &format!("m{i}")).await.unwrap();
         assert_eq!(seq, i);
     }
-    let seqs = |v: &Vec<e2ee_chat::protocol::MessageData>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+    let seqs =
+        |v: &Vec<e2ee_chat::protocol::MessageData>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
     // Latest.
     let (msgs, more) = alice.history(&rid, None, None, Some(5)).await.unwrap();
     assert_eq!(seqs(&msgs), [8, 9, 10, 11, 12]);
@@ -171,7 +213,10 @@ async fn history_paging_after_before_latest() {
     assert_eq!(seqs(&msgs), [11, 12]);
     assert!(!more);
     // Messages decrypt from history, in order.
-    let texts: Vec<String> = msgs.iter().map(|m| alice.decrypt(m).unwrap().text).collect();
+    let texts: Vec<String> = msgs
+        .iter()
+        .map(|m| alice.decrypt(m).unwrap().text)
+        .collect();
     assert_eq!(texts, ["m11", "m12"]);
     // Default limit is 50 and the maximum 500: a huge limit is clamped, not refused.
     let (msgs, _) = alice.history(&rid, None, None, Some(10_000)).await.unwrap();
@@ -209,7 +254,10 @@ async fn offline_user_catches_up_after_reconnect() {
     alice.send_text(&rid, "two").await.unwrap();
     alice.send_text(&rid, "three").await.unwrap();
     let mut bob = t.login("bob", 1).await;
-    let (msgs, more) = bob.history(&rid, Some(last_seen), None, None).await.unwrap();
+    let (msgs, more) = bob
+        .history(&rid, Some(last_seen), None, None)
+        .await
+        .unwrap();
     assert!(!more);
     // Bob's client learns alice's keys from the member list.
     bob.get_members(&rid).await.unwrap();
@@ -285,16 +333,31 @@ async fn hidden_room_can_be_joined_by_id_and_password_checked() {
     let t = TestServer::new();
     let mut alice = t.user("alice", 0).await;
     let mut bob = t.user("bob", 1).await;
-    let (room, _) = alice.create_room("Hideout", Some("s3cret"), true).await.unwrap();
-    assert_code(bob.join_room(&room.room_id, None).await, ErrorCode::WrongPassword);
-    assert_code(bob.join_room(&room.room_id, Some("nope")).await, ErrorCode::WrongPassword);
+    let (room, _) = alice
+        .create_room("Hideout", Some("s3cret"), true)
+        .await
+        .unwrap();
+    assert_code(
+        bob.join_room(&room.room_id, None).await,
+        ErrorCode::WrongPassword,
+    );
+    assert_code(
+        bob.join_room(&room.room_id, Some("nope")).await,
+        ErrorCode::WrongPassword,
+    );
     let (joined, members) = bob.join_room(&room.room_id, Some("s3cret")).await.unwrap();
     assert_eq!(joined.members, 2);
     assert_eq!(members.len(), 2);
     // Joining again is not an error, needs no password, and emits no event.
     bob.join_room(&room.room_id, None).await.unwrap();
-    alice.wait_for(|e| matches!(e, ServerMsg::MemberJoined { .. })).await.unwrap();
-    no_event(&mut alice, 300, |e| matches!(e, ServerMsg::MemberJoined { .. })).await;
+    alice
+        .wait_for(|e| matches!(e, ServerMsg::MemberJoined { .. }))
+        .await
+        .unwrap();
+    no_event(&mut alice, 300, |e| {
+        matches!(e, ServerMsg::MemberJoined { .. })
+    })
+    .await;
     t.stop().await;
 }
 
@@ -312,13 +375,27 @@ async fn presence_events() {
         .wait_for(|e| matches!(e, ServerMsg::Presence { username, .. } if username == "bob"))
         .await
         .unwrap();
-    assert_eq!(ev, ServerMsg::Presence { room_id: rid.clone(), username: "bob".into(), online: false });
+    assert_eq!(
+        ev,
+        ServerMsg::Presence {
+            room_id: rid.clone(),
+            username: "bob".into(),
+            online: false
+        }
+    );
     let bob = t.login("bob", 1).await;
     let ev = alice
         .wait_for(|e| matches!(e, ServerMsg::Presence { username, .. } if username == "bob"))
         .await
         .unwrap();
-    assert_eq!(ev, ServerMsg::Presence { room_id: rid.clone(), username: "bob".into(), online: true });
+    assert_eq!(
+        ev,
+        ServerMsg::Presence {
+            room_id: rid.clone(),
+            username: "bob".into(),
+            online: true
+        }
+    );
     // A second connection of an online user is not news.
     let bob2 = t.login("bob", 1).await;
     bob2.close().await;
@@ -341,10 +418,29 @@ async fn leave_passes_ownership_and_last_leave_deletes() {
     carol.join_room(&rid, None).await.unwrap();
     bob.send_text(&rid, "hello").await.unwrap();
     alice.leave_room(&rid).await.unwrap();
-    let ev = bob.wait_for(|e| matches!(e, ServerMsg::MemberLeft { .. })).await.unwrap();
-    assert_eq!(ev, ServerMsg::MemberLeft { room_id: rid.clone(), username: "alice".into(), reason: "left".into() });
-    let ev = carol.wait_for(|e| matches!(e, ServerMsg::OwnerChanged { .. })).await.unwrap();
-    assert_eq!(ev, ServerMsg::OwnerChanged { room_id: rid.clone(), owner: "bob".into() });
+    let ev = bob
+        .wait_for(|e| matches!(e, ServerMsg::MemberLeft { .. }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        ServerMsg::MemberLeft {
+            room_id: rid.clone(),
+            username: "alice".into(),
+            reason: "left".into()
+        }
+    );
+    let ev = carol
+        .wait_for(|e| matches!(e, ServerMsg::OwnerChanged { .. }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        ServerMsg::OwnerChanged {
+            room_id: rid.clone(),
+            owner: "bob".into()
+        }
+    );
     // Alice is no longer a member.
     assert_code(alice.get_members(&rid).await, ErrorCode::NotMember);
     carol.leave_room(&rid).await.unwrap();
@@ -361,11 +457,17 @@ async fn restart_keeps_users_rooms_membership_and_messages() {
     let mut t = TestServer::new();
     let mut alice = t.user("alice", 0).await;
     let mut bob = t.user("bob", 1).await;
-    let (room, _) = alice.create_room("Durable", Some("pw"), false).await.unwrap();
+    let (room, _) = alice
+        .create_room("Durable", Some("pw"), false)
+        .await
+        .unwrap();
     let rid = room.room_id;
     bob.join_room(&rid, Some("pw")).await.unwrap();
     for i in 0..5 {
-        alice.send_text(&rid, &format!("before restart {i}")).await.unwrap();
+        alice
+            .send_text(&rid, &format!("before restart {i}"))
+            .await
+            .unwrap();
     }
     alice.close().await;
     bob.close().await;
@@ -375,7 +477,10 @@ async fn restart_keeps_users_rooms_membership_and_messages() {
     let mut bob = t.login("bob", 1).await;
     let (rooms, _, _) = bob.list_rooms(None, None).await.unwrap();
     assert_eq!(rooms.len(), 1);
-    assert_eq!((rooms[0].name.as_str(), rooms[0].members, rooms[0].last_seq), ("Durable", 2, 5));
+    assert_eq!(
+        (rooms[0].name.as_str(), rooms[0].members, rooms[0].last_seq),
+        ("Durable", 2, 5)
+    );
     assert!(rooms[0].has_password);
     let members = bob.get_members(&rid).await.unwrap();
     assert_eq!(members.len(), 2);
@@ -389,7 +494,10 @@ async fn restart_keeps_users_rooms_membership_and_messages() {
     assert_eq!(bob.next_message(&rid).await.unwrap().text, "after restart");
     // The password survived (hashed).
     let mut carol = t.user("carol", 2).await;
-    assert_code(carol.join_room(&rid, Some("wrong")).await, ErrorCode::WrongPassword);
+    assert_code(
+        carol.join_room(&rid, Some("wrong")).await,
+        ErrorCode::WrongPassword,
+    );
     carol.join_room(&rid, Some("pw")).await.unwrap();
     t.stop().await;
 }
@@ -410,14 +518,22 @@ async fn pipelined_sends_keep_their_order() {
     let n = 40;
     let mut ids = Vec::new();
     for i in 0..n {
-        let body = e2ee_chat::client::seal_message(&me.keys, &rid, &format!("burst {i}"), &recipients).unwrap();
+        let body =
+            e2ee_chat::client::seal_message(&me.keys, &rid, &format!("burst {i}"), &recipients)
+                .unwrap();
         ids.push(body.msg_id.clone());
-        alice.send_raw(Request::Send(body).encode(Some(1000 + i))).await.unwrap();
+        alice
+            .send_raw(Request::Send(body).encode(Some(1000 + i)))
+            .await
+            .unwrap();
     }
     // Replies come back for every request, and seq follows the request order.
     let mut sent = Vec::new();
     while sent.len() < n as usize {
-        if let ServerMsg::Sent { id, seq, msg_id, .. } = alice.read().await.unwrap() {
+        if let ServerMsg::Sent {
+            id, seq, msg_id, ..
+        } = alice.read().await.unwrap()
+        {
             sent.push((id.unwrap(), seq, msg_id));
         }
     }

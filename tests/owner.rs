@@ -9,15 +9,24 @@ use common::{assert_code, no_event, TestServer};
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 
 fn kick(room_id: &str, user: &str) -> Request {
-    Request::Kick { room_id: room_id.into(), username: user.into() }
+    Request::Kick {
+        room_id: room_id.into(),
+        username: user.into(),
+    }
 }
 
 fn ban(room_id: &str, user: &str) -> Request {
-    Request::Ban { room_id: room_id.into(), username: user.into() }
+    Request::Ban {
+        room_id: room_id.into(),
+        username: user.into(),
+    }
 }
 
 fn unban(room_id: &str, user: &str) -> Request {
-    Request::Unban { room_id: room_id.into(), username: user.into() }
+    Request::Unban {
+        room_id: room_id.into(),
+        username: user.into(),
+    }
 }
 
 #[tokio::test]
@@ -32,24 +41,64 @@ async fn kick_removes_at_once_and_they_may_rejoin() {
     carol.join_room(&rid, None).await.unwrap();
 
     // Errors first: not_owner, invalid_target, no_such_member; nothing changes.
-    assert_code(bob.request_ok(&kick(&rid, "carol")).await, ErrorCode::NotOwner);
-    assert_code(alice.request_ok(&kick(&rid, "alice")).await, ErrorCode::InvalidTarget);
-    assert_code(alice.request_ok(&ban(&rid, "alice")).await, ErrorCode::InvalidTarget);
-    assert_code(alice.request_ok(&kick(&rid, "dave")).await, ErrorCode::NoSuchMember);
-    assert_code(alice.request_ok(&kick("r-nothere", "bob")).await, ErrorCode::NoSuchRoom);
+    assert_code(
+        bob.request_ok(&kick(&rid, "carol")).await,
+        ErrorCode::NotOwner,
+    );
+    assert_code(
+        alice.request_ok(&kick(&rid, "alice")).await,
+        ErrorCode::InvalidTarget,
+    );
+    assert_code(
+        alice.request_ok(&ban(&rid, "alice")).await,
+        ErrorCode::InvalidTarget,
+    );
+    assert_code(
+        alice.request_ok(&kick(&rid, "dave")).await,
+        ErrorCode::NoSuchMember,
+    );
+    assert_code(
+        alice.request_ok(&kick("r-nothere", "bob")).await,
+        ErrorCode::NoSuchRoom,
+    );
     assert_eq!(alice.get_members(&rid).await.unwrap().len(), 3);
 
     alice.request_ok(&kick(&rid, "bob")).await.unwrap();
-    let ev = bob.wait_for(|e| matches!(e, ServerMsg::Removed { .. })).await.unwrap();
-    assert_eq!(ev, ServerMsg::Removed { room_id: rid.clone(), reason: "kicked".into() });
-    let ev = carol.wait_for(|e| matches!(e, ServerMsg::MemberLeft { .. })).await.unwrap();
-    assert_eq!(ev, ServerMsg::MemberLeft { room_id: rid.clone(), username: "bob".into(), reason: "kicked".into() });
+    let ev = bob
+        .wait_for(|e| matches!(e, ServerMsg::Removed { .. }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        ServerMsg::Removed {
+            room_id: rid.clone(),
+            reason: "kicked".into()
+        }
+    );
+    let ev = carol
+        .wait_for(|e| matches!(e, ServerMsg::MemberLeft { .. }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        ServerMsg::MemberLeft {
+            room_id: rid.clone(),
+            username: "bob".into(),
+            reason: "kicked".into()
+        }
+    );
 
     // The next send does not include bob, and bob does not get it.
     let (seq, _) = alice.send_text(&rid, "after the kick").await.unwrap();
-    assert_eq!(carol.next_message(&rid).await.unwrap().text, "after the kick");
+    assert_eq!(
+        carol.next_message(&rid).await.unwrap().text,
+        "after the kick"
+    );
     no_event(&mut bob, 300, |e| matches!(e, ServerMsg::Message(_))).await;
-    assert_code(bob.history(&rid, None, None, None).await, ErrorCode::NotMember);
+    assert_code(
+        bob.history(&rid, None, None, None).await,
+        ErrorCode::NotMember,
+    );
     // A send still wrapped for bob is stale.
     let stale = e2ee_chat::client::seal_message(
         &common::identity("alice", 0).keys,
@@ -62,12 +111,18 @@ async fn kick_removes_at_once_and_they_may_rejoin() {
         ],
     )
     .unwrap();
-    assert_code(alice.request(&Request::Send(stale)).await, ErrorCode::StaleMembers);
+    assert_code(
+        alice.request(&Request::Send(stale)).await,
+        ErrorCode::StaleMembers,
+    );
 
     // Kicked users may rejoin.
     bob.join_room(&rid, None).await.unwrap();
     let (msgs, _) = bob.history(&rid, None, None, None).await.unwrap();
-    assert!(msgs.iter().all(|m| m.seq != seq), "bob holds no key for the message sent while out");
+    assert!(
+        msgs.iter().all(|m| m.seq != seq),
+        "bob holds no key for the message sent while out"
+    );
     t.stop().await;
 }
 
@@ -80,18 +135,43 @@ async fn ban_blocks_rejoin_even_with_password_until_unban() {
     let (room, _) = alice.create_room("Bans", Some("pw"), false).await.unwrap();
     let rid = room.room_id;
     bob.join_room(&rid, Some("pw")).await.unwrap();
-    assert_code(bob.request_ok(&ban(&rid, "alice")).await, ErrorCode::NotOwner);
+    assert_code(
+        bob.request_ok(&ban(&rid, "alice")).await,
+        ErrorCode::NotOwner,
+    );
     alice.request_ok(&ban(&rid, "bob")).await.unwrap();
-    let ev = bob.wait_for(|e| matches!(e, ServerMsg::Removed { .. })).await.unwrap();
-    assert_eq!(ev, ServerMsg::Removed { room_id: rid.clone(), reason: "banned".into() });
-    let ev = alice.wait_for(|e| matches!(e, ServerMsg::MemberLeft { .. })).await.unwrap();
-    assert_eq!(ev, ServerMsg::MemberLeft { room_id: rid.clone(), username: "bob".into(), reason: "banned".into() });
+    let ev = bob
+        .wait_for(|e| matches!(e, ServerMsg::Removed { .. }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        ServerMsg::Removed {
+            room_id: rid.clone(),
+            reason: "banned".into()
+        }
+    );
+    let ev = alice
+        .wait_for(|e| matches!(e, ServerMsg::MemberLeft { .. }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        ServerMsg::MemberLeft {
+            room_id: rid.clone(),
+            username: "bob".into(),
+            reason: "banned".into()
+        }
+    );
     assert_code(bob.join_room(&rid, Some("pw")).await, ErrorCode::Banned);
     // Banning a non-member is allowed and blocks them too.
     alice.request_ok(&ban(&rid, "carol")).await.unwrap();
     assert_code(carol.join_room(&rid, Some("pw")).await, ErrorCode::Banned);
     assert_eq!(alice.get_members(&rid).await.unwrap().len(), 1);
-    assert_code(bob.request_ok(&unban(&rid, "bob")).await, ErrorCode::NotOwner);
+    assert_code(
+        bob.request_ok(&unban(&rid, "bob")).await,
+        ErrorCode::NotOwner,
+    );
     alice.request_ok(&unban(&rid, "bob")).await.unwrap();
     bob.join_room(&rid, Some("pw")).await.unwrap();
     t.stop().await;
@@ -122,25 +202,57 @@ async fn rename_and_set_password() {
     let (_, _) = alice.create_room("Taken", None, false).await.unwrap();
     let rid = room.room_id;
     bob.join_room(&rid, None).await.unwrap();
-    let rename = |name: &str| Request::RenameRoom { room_id: rid.clone(), name: name.into() };
-    assert_code(bob.request_ok(&rename("Bobs now")).await, ErrorCode::NotOwner);
-    assert_code(alice.request_ok(&rename("tAKEN")).await, ErrorCode::RoomExists);
-    assert_code(alice.request_ok(&rename(" bad")).await, ErrorCode::InvalidRoomName);
+    let rename = |name: &str| Request::RenameRoom {
+        room_id: rid.clone(),
+        name: name.into(),
+    };
+    assert_code(
+        bob.request_ok(&rename("Bobs now")).await,
+        ErrorCode::NotOwner,
+    );
+    assert_code(
+        alice.request_ok(&rename("tAKEN")).await,
+        ErrorCode::RoomExists,
+    );
+    assert_code(
+        alice.request_ok(&rename(" bad")).await,
+        ErrorCode::InvalidRoomName,
+    );
     // Renaming to another case of its own name is fine.
     alice.request_ok(&rename("OLD NAME")).await.unwrap();
     alice.request_ok(&rename("New name")).await.unwrap();
-    let ev = bob.wait_for(|e| matches!(e, ServerMsg::RoomRenamed { name, .. } if name == "New name")).await.unwrap();
-    assert_eq!(ev, ServerMsg::RoomRenamed { room_id: rid.clone(), name: "New name".into() });
+    let ev = bob
+        .wait_for(|e| matches!(e, ServerMsg::RoomRenamed { name, .. } if name == "New name"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        ServerMsg::RoomRenamed {
+            room_id: rid.clone(),
+            name: "New name".into()
+        }
+    );
     // The old name is free again, the new one is taken.
     carol.create_room("Old name", None, false).await.unwrap();
-    assert_code(carol.create_room("new NAME", None, false).await, ErrorCode::RoomExists);
+    assert_code(
+        carol.create_room("new NAME", None, false).await,
+        ErrorCode::RoomExists,
+    );
     let (rooms, _, _) = carol.list_rooms(None, None).await.unwrap();
-    assert!(rooms.iter().any(|r| r.room_id == rid && r.name == "New name"));
+    assert!(rooms
+        .iter()
+        .any(|r| r.room_id == rid && r.name == "New name"));
 
     // set_password
-    let set = |pw: Option<&str>| Request::SetPassword { room_id: rid.clone(), password: pw.map(Into::into) };
+    let set = |pw: Option<&str>| Request::SetPassword {
+        room_id: rid.clone(),
+        password: pw.map(Into::into),
+    };
     assert_code(bob.request_ok(&set(Some("x"))).await, ErrorCode::NotOwner);
-    assert_code(alice.request_ok(&set(Some(""))).await, ErrorCode::InvalidPassword);
+    assert_code(
+        alice.request_ok(&set(Some(""))).await,
+        ErrorCode::InvalidPassword,
+    );
     alice.request_ok(&set(Some("door"))).await.unwrap();
     assert_code(carol.join_room(&rid, None).await, ErrorCode::WrongPassword);
     let (rooms, _, _) = carol.list_rooms(None, None).await.unwrap();
@@ -159,14 +271,27 @@ async fn delete_room_removes_it_and_its_history() {
     let rid = room.room_id;
     bob.join_room(&rid, None).await.unwrap();
     alice.send_text(&rid, "soon gone").await.unwrap();
-    let del = Request::DeleteRoom { room_id: rid.clone() };
+    let del = Request::DeleteRoom {
+        room_id: rid.clone(),
+    };
     assert_code(bob.request_ok(&del).await, ErrorCode::NotOwner);
     alice.request_ok(&del).await.unwrap();
-    let ev = bob.wait_for(|e| matches!(e, ServerMsg::RoomDeleted { .. })).await.unwrap();
-    assert_eq!(ev, ServerMsg::RoomDeleted { room_id: rid.clone() });
+    let ev = bob
+        .wait_for(|e| matches!(e, ServerMsg::RoomDeleted { .. }))
+        .await
+        .unwrap();
+    assert_eq!(
+        ev,
+        ServerMsg::RoomDeleted {
+            room_id: rid.clone()
+        }
+    );
     let (rooms, total, _) = bob.list_rooms(None, None).await.unwrap();
     assert!(rooms.is_empty() && total == 0);
-    assert_code(bob.history(&rid, None, None, None).await, ErrorCode::NoSuchRoom);
+    assert_code(
+        bob.history(&rid, None, None, None).await,
+        ErrorCode::NoSuchRoom,
+    );
     assert_code(bob.join_room(&rid, None).await, ErrorCode::NoSuchRoom);
     // The name is free again, and after a restart the room stays gone.
     alice.create_room("Short lived", None, false).await.unwrap();
@@ -176,7 +301,11 @@ async fn delete_room_removes_it_and_its_history() {
     assert_code(bob.join_room(&rid, None).await, ErrorCode::NoSuchRoom);
     let db = rusqlite::Connection::open(t.dir.path().join("chat.db")).unwrap();
     let n: i64 = db
-        .query_row("SELECT COUNT(*) FROM messages WHERE room_id = ?1", [&rid], |r| r.get(0))
+        .query_row(
+            "SELECT COUNT(*) FROM messages WHERE room_id = ?1",
+            [&rid],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(n, 0);
     t.stop().await;
@@ -224,12 +353,18 @@ async fn retention_by_count_keeps_the_newest() {
     let mut alice = t.user("alice", 0).await;
     let (room, _) = alice.create_room("Capped", None, false).await.unwrap();
     for i in 0..8 {
-        alice.send_text(&room.room_id, &format!("m{i}")).await.unwrap();
+        alice
+            .send_text(&room.room_id, &format!("m{i}"))
+            .await
+            .unwrap();
     }
     let mut seqs = Vec::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (msgs, _) = alice.history(&room.room_id, None, None, None).await.unwrap();
+        let (msgs, _) = alice
+            .history(&room.room_id, None, None, None)
+            .await
+            .unwrap();
         seqs = msgs.iter().map(|m| m.seq).collect();
         if seqs.len() == 3 {
             break;

@@ -7,7 +7,11 @@ use e2ee_chat::protocol::{decode_request, ErrorCode, MessageData, Request};
 use serde_bytes::ByteBuf;
 
 fn vectors() -> Value {
-    let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/v1.cbor")).unwrap();
+    let raw = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/vectors/v1.cbor"
+    ))
+    .unwrap();
     ciborium::from_reader(raw.as_slice()).unwrap()
 }
 
@@ -19,7 +23,10 @@ fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
 }
 
 fn bytes(v: &Value, key: &str) -> Vec<u8> {
-    get(v, key).as_bytes().unwrap_or_else(|| panic!("{key} is not bytes")).clone()
+    get(v, key)
+        .as_bytes()
+        .unwrap_or_else(|| panic!("{key} is not bytes"))
+        .clone()
 }
 
 fn text(v: &Value, key: &str) -> String {
@@ -31,7 +38,11 @@ fn user(v: &Value, i: usize) -> &Value {
 }
 
 fn keypair(u: &Value) -> KeyPair {
-    KeyPair::from_pkcs8_der(&bytes(u, "sign_private_pkcs8"), &bytes(u, "enc_private_pkcs8")).unwrap()
+    KeyPair::from_pkcs8_der(
+        &bytes(u, "sign_private_pkcs8"),
+        &bytes(u, "enc_private_pkcs8"),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -42,7 +53,10 @@ fn public_keys_parse_and_fingerprints_match() {
         let keys = PublicKeys::parse(&bytes(u, "sign_key"), &bytes(u, "enc_key")).unwrap();
         let fp = keys.fingerprint();
         assert_eq!(hex::encode(fp), text(u, "fingerprint"));
-        assert_eq!(crypto::fingerprint_display(&fp), text(u, "fingerprint_display"));
+        assert_eq!(
+            crypto::fingerprint_display(&fp),
+            text(u, "fingerprint_display")
+        );
         // The private keys yield the same public DER.
         let kp = keypair(u);
         assert_eq!(kp.sign_der, bytes(u, "sign_key"));
@@ -84,7 +98,12 @@ fn message_vector_decrypts_for_both_recipients() {
     );
     // AES-GCM with the given key reproduces the ciphertext exactly (deterministic).
     assert_eq!(
-        crypto::seal(&bytes(m, "aes_key"), &nonce, &bytes(m, "aad"), &bytes(m, "plaintext")),
+        crypto::seal(
+            &bytes(m, "aes_key"),
+            &nonce,
+            &bytes(m, "aad"),
+            &bytes(m, "plaintext")
+        ),
         ciphertext
     );
     let alice = user(&v, 0);
@@ -120,10 +139,15 @@ fn good_frames_decode() {
     assert_eq!(id, None);
     assert!(matches!(req, Request::Login { username } if username == "alice"));
     let (_, req) = decode_request(&bytes(frames, "send_keys_sorted_with_unknown_field")).unwrap();
-    let Request::Send(body) = req else { panic!("not a send") };
+    let Request::Send(body) = req else {
+        panic!("not a send")
+    };
     let m = get(&v, "message");
     assert_eq!(body.room_id, text(m, "room_id"));
-    assert_eq!(body.ciphertext.as_slice(), bytes(m, "ciphertext").as_slice());
+    assert_eq!(
+        body.ciphertext.as_slice(),
+        bytes(m, "ciphertext").as_slice()
+    );
     assert_eq!(body.keys.len(), 2);
     assert!(body.keys.contains_key("alice") && body.keys.contains_key("bob"));
 }
@@ -132,7 +156,11 @@ fn good_frames_decode() {
 fn bad_frames_are_malformed() {
     let v = vectors();
     let frames = get(&v, "frames");
-    for name in ["bytes_as_array_is_malformed", "not_a_map_is_malformed", "truncated_is_malformed"] {
+    for name in [
+        "bytes_as_array_is_malformed",
+        "not_a_map_is_malformed",
+        "truncated_is_malformed",
+    ] {
         let err = decode_request(&bytes(frames, name)).unwrap_err();
         assert_eq!(err.failure.code, ErrorCode::Malformed, "{name}");
     }

@@ -99,14 +99,34 @@ pub fn seal_message(
 
 /// Seals and signs a message without wrapping its key for anyone yet;
 /// returns the body and the AES key (kept to re-wrap after `stale_members`).
-fn seal_unwrapped(keys: &KeyPair, room_id: &str, text: &str) -> (SendBody, [u8; crypto::AES_KEY_LEN]) {
+fn seal_unwrapped(
+    keys: &KeyPair,
+    room_id: &str,
+    text: &str,
+) -> (SendBody, [u8; crypto::AES_KEY_LEN]) {
     let aes_key = crypto::random_bytes::<{ crypto::AES_KEY_LEN }>();
     let nonce = crypto::random_bytes::<{ crypto::NONCE_LEN }>();
     let msg_id = crypto::random_bytes::<{ crypto::MSG_ID_LEN }>();
     let mut plaintext = Vec::new();
-    ciborium::into_writer(&Plaintext { text: text.to_owned() }, &mut plaintext).expect("plaintext encodes");
-    let ciphertext = crypto::seal(&aes_key, &nonce, &crypto::message_aad(room_id, &msg_id), &plaintext);
-    let signature = keys.sign(&crypto::message_signature_input(room_id, &msg_id, &nonce, &ciphertext));
+    ciborium::into_writer(
+        &Plaintext {
+            text: text.to_owned(),
+        },
+        &mut plaintext,
+    )
+    .expect("plaintext encodes");
+    let ciphertext = crypto::seal(
+        &aes_key,
+        &nonce,
+        &crypto::message_aad(room_id, &msg_id),
+        &plaintext,
+    );
+    let signature = keys.sign(&crypto::message_signature_input(
+        room_id,
+        &msg_id,
+        &nonce,
+        &ciphertext,
+    ));
     let body = SendBody {
         room_id: room_id.to_owned(),
         msg_id: ByteBuf::from(msg_id.to_vec()),
@@ -121,8 +141,10 @@ fn seal_unwrapped(keys: &KeyPair, room_id: &str, text: &str) -> (SendBody, [u8; 
 fn wrap_for(body: &mut SendBody, aes_key: &[u8], recipients: &[(String, Vec<u8>)]) -> Result<()> {
     body.keys.clear();
     for (name, enc_der) in recipients {
-        body.keys
-            .insert(name.clone(), ByteBuf::from(crypto::wrap_key(enc_der, aes_key)?));
+        body.keys.insert(
+            name.clone(),
+            ByteBuf::from(crypto::wrap_key(enc_der, aes_key)?),
+        );
     }
     Ok(())
 }
@@ -134,9 +156,17 @@ pub fn open_message(me: &KeyPair, sender_keys: &PublicKeys, m: &MessageData) -> 
         return Err(CryptoError::BadSignature.into());
     }
     let aes_key = me.unwrap_key(&m.key)?;
-    let plaintext = crypto::open(&aes_key, &m.nonce, &crypto::message_aad(&m.room_id, &m.msg_id), &m.ciphertext)?;
-    let parsed: Plaintext = ciborium::from_reader(plaintext.as_slice())
-        .map_err(|e| ClientError::Crypto(CryptoError::Other(format!("plaintext is not a CBOR map with text: {e}"))))?;
+    let plaintext = crypto::open(
+        &aes_key,
+        &m.nonce,
+        &crypto::message_aad(&m.room_id, &m.msg_id),
+        &m.ciphertext,
+    )?;
+    let parsed: Plaintext = ciborium::from_reader(plaintext.as_slice()).map_err(|e| {
+        ClientError::Crypto(CryptoError::Other(format!(
+            "plaintext is not a CBOR map with text: {e}"
+        )))
+    })?;
     Ok(parsed.text)
 }
 
@@ -201,7 +231,9 @@ impl Client {
                     return Ok(msg);
                 }
                 Some(Ok(WsMessage::Close(frame))) => {
-                    return Err(ClientError::Closed(frame.map(|f| format!("{} {}", u16::from(f.code), f.reason))))
+                    return Err(ClientError::Closed(
+                        frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)),
+                    ))
                 }
                 Some(Ok(_)) => continue,
             }
@@ -211,9 +243,16 @@ impl Client {
     /// Keeps pins and member lists current from everything read.
     fn observe(&mut self, msg: &ServerMsg) {
         match msg {
-            ServerMsg::Joined { room, members, .. } => self.set_members(&room.room_id, members.clone()),
-            ServerMsg::Members { room_id, members, .. } => self.set_members(room_id, members.clone()),
-            ServerMsg::Error { members: Some(members), .. } => {
+            ServerMsg::Joined { room, members, .. } => {
+                self.set_members(&room.room_id, members.clone())
+            }
+            ServerMsg::Members {
+                room_id, members, ..
+            } => self.set_members(room_id, members.clone()),
+            ServerMsg::Error {
+                members: Some(members),
+                ..
+            } => {
                 for m in members {
                     self.pin(m);
                 }
@@ -224,7 +263,9 @@ impl Client {
                 list.retain(|m| m.username != member.username);
                 list.push(member.clone());
             }
-            ServerMsg::MemberLeft { room_id, username, .. } => {
+            ServerMsg::MemberLeft {
+                room_id, username, ..
+            } => {
                 if let Some(list) = self.members.get_mut(room_id) {
                     list.retain(|m| &m.username != username);
                 }
@@ -245,7 +286,8 @@ impl Client {
 
     fn pin(&mut self, m: &Member) {
         match self.pins.get(&m.username) {
-            Some(p) if p.sign_der == m.sign_key.as_slice() && p.enc_der == m.enc_key.as_slice() => {}
+            Some(p) if p.sign_der == m.sign_key.as_slice() && p.enc_der == m.enc_key.as_slice() => {
+            }
             Some(_) => {
                 if !self.key_changes.contains(&m.username) {
                     log::warn!("keys of {} changed since first seen", m.username);
@@ -283,7 +325,16 @@ impl Client {
     /// Like `request_raw`, but an `error` reply becomes `Err(Server{..})`.
     pub async fn request(&mut self, req: &Request) -> Result<ServerMsg> {
         match self.request_raw(req).await? {
-            ServerMsg::Error { code, message, members, .. } => Err(ClientError::Server { code, message, members }),
+            ServerMsg::Error {
+                code,
+                message,
+                members,
+                ..
+            } => Err(ClientError::Server {
+                code,
+                message,
+                members,
+            }),
             other => Ok(other),
         }
     }
@@ -297,7 +348,10 @@ impl Client {
     }
 
     /// Reads events until one matches, keeping the others queued in order.
-    pub async fn wait_for(&mut self, mut pred: impl FnMut(&ServerMsg) -> bool) -> Result<ServerMsg> {
+    pub async fn wait_for(
+        &mut self,
+        mut pred: impl FnMut(&ServerMsg) -> bool,
+    ) -> Result<ServerMsg> {
         if let Some(pos) = self.events.iter().position(&mut pred) {
             return Ok(self.events.remove(pos).expect("position is valid"));
         }
@@ -356,9 +410,12 @@ impl Client {
             ServerMsg::LoggedIn { rooms, .. } => {
                 self.identity = Some(identity.clone());
                 // Pin our own keys so our messages verify like anyone's.
-                self.pins.entry(identity.username.clone()).or_insert(
-                    PublicKeys::parse(&identity.keys.sign_der, &identity.keys.enc_der)?,
-                );
+                self.pins
+                    .entry(identity.username.clone())
+                    .or_insert(PublicKeys::parse(
+                        &identity.keys.sign_der,
+                        &identity.keys.enc_der,
+                    )?);
                 Ok(rooms)
             }
             other => Err(ClientError::Unexpected(Box::new(other))),
@@ -367,9 +424,18 @@ impl Client {
 
     // ------------------------------------------------------------ rooms
 
-    pub async fn list_rooms(&mut self, offset: Option<u64>, limit: Option<u64>) -> Result<(Vec<RoomSummary>, u64, u64)> {
+    pub async fn list_rooms(
+        &mut self,
+        offset: Option<u64>,
+        limit: Option<u64>,
+    ) -> Result<(Vec<RoomSummary>, u64, u64)> {
         match self.request(&Request::ListRooms { offset, limit }).await? {
-            ServerMsg::Rooms { rooms, total, connected, .. } => Ok((rooms, total, connected)),
+            ServerMsg::Rooms {
+                rooms,
+                total,
+                connected,
+                ..
+            } => Ok((rooms, total, connected)),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }
@@ -381,7 +447,12 @@ impl Client {
         }
     }
 
-    pub async fn create_room(&mut self, name: &str, password: Option<&str>, hidden: bool) -> Result<(RoomSummary, Vec<Member>)> {
+    pub async fn create_room(
+        &mut self,
+        name: &str,
+        password: Option<&str>,
+        hidden: bool,
+    ) -> Result<(RoomSummary, Vec<Member>)> {
         let req = Request::CreateRoom {
             name: name.to_owned(),
             password: password.map(str::to_owned),
@@ -390,7 +461,11 @@ impl Client {
         Self::expect_joined(self.request(&req).await?)
     }
 
-    pub async fn join_room(&mut self, room_id: &str, password: Option<&str>) -> Result<(RoomSummary, Vec<Member>)> {
+    pub async fn join_room(
+        &mut self,
+        room_id: &str,
+        password: Option<&str>,
+    ) -> Result<(RoomSummary, Vec<Member>)> {
         let req = Request::JoinRoom {
             room_id: room_id.to_owned(),
             password: password.map(str::to_owned),
@@ -461,7 +536,11 @@ impl Client {
     fn recipients(&self, room_id: &str) -> Vec<(String, Vec<u8>)> {
         self.members
             .get(room_id)
-            .map(|ms| ms.iter().map(|m| (m.username.clone(), m.enc_key.to_vec())).collect())
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| (m.username.clone(), m.enc_key.to_vec()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -507,7 +586,9 @@ impl Client {
             limit,
         };
         match self.request(&req).await? {
-            ServerMsg::History { messages, has_more, .. } => Ok((messages, has_more)),
+            ServerMsg::History {
+                messages, has_more, ..
+            } => Ok((messages, has_more)),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
     }

@@ -166,9 +166,19 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a message durably, assigning the room's next seq (see module doc).
     fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended>;
     /// The stored (seq, ts) of a message, if (room, sender, msg_id) exists.
-    fn find_message(&self, room_id: &str, sender: &str, msg_id: &[u8]) -> StoreFuture<Option<(u64, u64)>>;
+    fn find_message(
+        &self,
+        room_id: &str,
+        sender: &str,
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>>;
     /// Messages of a room that `username` holds a key for, ascending by seq.
-    fn history(&self, room_id: &str, username: &str, query: HistoryQuery) -> StoreFuture<HistoryPage>;
+    fn history(
+        &self,
+        room_id: &str,
+        username: &str,
+        query: HistoryQuery,
+    ) -> StoreFuture<HistoryPage>;
     /// Deletes at most `policy.batch` old messages in one transaction and
     /// returns how many went; callers repeat while a full batch goes.
     fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64>;

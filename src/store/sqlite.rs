@@ -110,7 +110,9 @@ pub struct SqliteStore {
 
 fn backend(e: rusqlite::Error) -> StoreError {
     match &e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
             StoreError::Conflict(e.to_string())
         }
         _ => StoreError::Backend(e.to_string()),
@@ -157,7 +159,10 @@ impl SqliteStore {
                 })
                 .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         }
-        log::info!("sqlite store open at {} (group commit batch {max_batch})", path.display());
+        log::info!(
+            "sqlite store open at {} (group commit batch {max_batch})",
+            path.display()
+        );
         Ok(SqliteStore {
             writes: wtx,
             reads: rtx,
@@ -258,7 +263,10 @@ fn writer_loop(conn: Connection, rx: Receiver<WriteOp>, max_batch: usize) {
         if commit.is_ok() {
             metrics::inc(&metrics::STORE_COMMITS);
             metrics::add(&metrics::STORE_COMMITTED_WRITES, completions.len() as u64);
-            metrics::add(&metrics::STORE_COMMIT_MICROS, started.elapsed().as_micros() as u64);
+            metrics::add(
+                &metrics::STORE_COMMIT_MICROS,
+                started.elapsed().as_micros() as u64,
+            );
         }
         if let Err(e) = &commit {
             log::error!("sqlite commit of {} writes failed: {e}", completions.len());
@@ -312,7 +320,9 @@ fn history_page(
 ) -> Result<HistoryPage, StoreError> {
     let limit = q.limit.max(1);
     let fetch = (limit + 1) as i64;
-    let before = q.before_seq.map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
+    let before = q
+        .before_seq
+        .map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
     let (sql, ascending, from) = match q.after_seq {
         Some(after) => (
             format!("{HISTORY_COLUMNS} AND m.seq > ?3 AND m.seq < ?4 ORDER BY m.seq ASC LIMIT ?5"),
@@ -327,7 +337,10 @@ fn history_page(
     };
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
     let mut messages = stmt
-        .query_map(params![room_id, username, from, before, fetch], stored_message)
+        .query_map(
+            params![room_id, username, from, before, fetch],
+            stored_message,
+        )
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
@@ -339,9 +352,15 @@ fn history_page(
     Ok(HistoryPage { messages, has_more })
 }
 
-fn append(conn: &Connection, state: &mut WriterState, msg: Arc<NewMessage>) -> Result<Appended, StoreError> {
+fn append(
+    conn: &Connection,
+    state: &mut WriterState,
+    msg: Arc<NewMessage>,
+) -> Result<Appended, StoreError> {
     let existing = conn
-        .prepare_cached("SELECT seq, ts FROM messages WHERE room_id = ?1 AND sender = ?2 AND msg_id = ?3")
+        .prepare_cached(
+            "SELECT seq, ts FROM messages WHERE room_id = ?1 AND sender = ?2 AND msg_id = ?3",
+        )
         .and_then(|mut s| {
             s.query_row(params![msg.room_id, msg.sender, msg.msg_id], |r| {
                 Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
@@ -388,10 +407,13 @@ fn append(conn: &Connection, state: &mut WriterState, msg: Arc<NewMessage>) -> R
     })
     .map_err(backend)?;
     let mut keys = conn
-        .prepare_cached("INSERT INTO message_keys (room_id, username, seq, key) VALUES (?1, ?2, ?3, ?4)")
+        .prepare_cached(
+            "INSERT INTO message_keys (room_id, username, seq, key) VALUES (?1, ?2, ?3, ?4)",
+        )
         .map_err(backend)?;
     for (user, key) in &msg.keys {
-        keys.execute(params![msg.room_id, user, seq as i64, key]).map_err(backend)?;
+        keys.execute(params![msg.room_id, user, seq as i64, key])
+            .map_err(backend)?;
     }
     conn.prepare_cached("UPDATE rooms SET last_seq = ?2 WHERE room_id = ?1")
         .and_then(|mut s| s.execute(params![msg.room_id, seq as i64]))
@@ -427,7 +449,9 @@ fn purge_batch(conn: &Connection, policy: PurgePolicy) -> Result<u64, StoreError
             .prepare_cached("SELECT room_id, seq FROM messages WHERE ts < ?1 ORDER BY ts LIMIT ?2")
             .map_err(backend)?;
         doomed = stmt
-            .query_map(params![policy.older_than_ts as i64, batch], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map(params![policy.older_than_ts as i64, batch], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .map_err(backend)?
             .collect::<Result<_, _>>()
             .map_err(backend)?;
@@ -491,9 +515,14 @@ impl Store for SqliteStore {
     fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>> {
         let username = username.to_owned();
         self.read(move |c| {
-            c.prepare_cached("SELECT username, sign_key, enc_key, created_at FROM users WHERE username = ?1")
-                .and_then(|mut s| s.query_row(params![username], |r| user_from_row(r, 0)).optional())
-                .map_err(backend)
+            c.prepare_cached(
+                "SELECT username, sign_key, enc_key, created_at FROM users WHERE username = ?1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![username], |r| user_from_row(r, 0))
+                    .optional()
+            })
+            .map_err(backend)
         })
     }
 
@@ -606,8 +635,11 @@ impl Store for SqliteStore {
                 .map_err(backend)?;
             }
             if let Some(owner) = &update.owner {
-                c.execute("UPDATE rooms SET owner = ?2 WHERE room_id = ?1", params![room_id, owner])
-                    .map_err(backend)?;
+                c.execute(
+                    "UPDATE rooms SET owner = ?2 WHERE room_id = ?1",
+                    params![room_id, owner],
+                )
+                .map_err(backend)?;
             }
             if let Some(hash) = &update.password_hash {
                 c.execute(
@@ -624,8 +656,11 @@ impl Store for SqliteStore {
         let room_id = room_id.to_owned();
         self.write(move |c, state| {
             for table in ["message_keys", "messages", "members", "bans", "rooms"] {
-                c.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), params![room_id])
-                    .map_err(backend)?;
+                c.execute(
+                    &format!("DELETE FROM {table} WHERE room_id = ?1"),
+                    params![room_id],
+                )
+                .map_err(backend)?;
             }
             state.last_seq.remove(&room_id);
             Ok(())
@@ -668,21 +703,33 @@ impl Store for SqliteStore {
         self.write(move |c, state| append(c, state, msg))
     }
 
-    fn find_message(&self, room_id: &str, sender: &str, msg_id: &[u8]) -> StoreFuture<Option<(u64, u64)>> {
+    fn find_message(
+        &self,
+        room_id: &str,
+        sender: &str,
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>> {
         let (room_id, sender, msg_id) = (room_id.to_owned(), sender.to_owned(), msg_id.to_vec());
         self.read(move |c| {
-            c.prepare_cached("SELECT seq, ts FROM messages WHERE room_id = ?1 AND sender = ?2 AND msg_id = ?3")
-                .and_then(|mut s| {
-                    s.query_row(params![room_id, sender, msg_id], |r| {
-                        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-                    })
-                    .optional()
+            c.prepare_cached(
+                "SELECT seq, ts FROM messages WHERE room_id = ?1 AND sender = ?2 AND msg_id = ?3",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![room_id, sender, msg_id], |r| {
+                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
                 })
-                .map_err(backend)
+                .optional()
+            })
+            .map_err(backend)
         })
     }
 
-    fn history(&self, room_id: &str, username: &str, query: HistoryQuery) -> StoreFuture<HistoryPage> {
+    fn history(
+        &self,
+        room_id: &str,
+        username: &str,
+        query: HistoryQuery,
+    ) -> StoreFuture<HistoryPage> {
         let (room_id, username) = (room_id.to_owned(), username.to_owned());
         self.read(move |c| history_page(c, &room_id, &username, query))
     }

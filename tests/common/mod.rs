@@ -33,13 +33,19 @@ fn bytes(v: &Value) -> Vec<u8> {
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let raw = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys.cbor")).unwrap();
+        let raw = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys.cbor"
+        ))
+        .unwrap();
         let v: Value = ciborium::from_reader(raw.as_slice()).unwrap();
         let pairs = field(&v, "pairs")
             .as_array()
             .unwrap()
             .iter()
-            .map(|p| KeyPair::from_pkcs8_der(&bytes(field(p, "sign")), &bytes(field(p, "enc"))).unwrap())
+            .map(|p| {
+                KeyPair::from_pkcs8_der(&bytes(field(p, "sign")), &bytes(field(p, "enc"))).unwrap()
+            })
             .collect();
         Fixtures {
             pairs,
@@ -151,7 +157,10 @@ impl TestServer {
 
 /// Asserts `res` is the server error `code`.
 #[track_caller]
-pub fn assert_code<T: std::fmt::Debug>(res: Result<T, e2ee_chat::client::ClientError>, code: ErrorCode) {
+pub fn assert_code<T: std::fmt::Debug>(
+    res: Result<T, e2ee_chat::client::ClientError>,
+    code: ErrorCode,
+) {
     match res {
         Err(e) => assert_eq!(e.code(), Some(code), "expected {code:?}, got {e}"),
         Ok(v) => panic!("expected {code:?}, got success {v:?}"),
