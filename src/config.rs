@@ -4,6 +4,7 @@
 //! `PORT` / `MONGODB_URI` as Heroku sets them. Unknown keys and bad values
 //! are errors that name the key.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -95,7 +96,13 @@ impl Settings {
 
     /// Loads the layered configuration from the process environment.
     pub fn load() -> Result<Settings, ConfigError> {
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self::load_from(std::env::vars().collect())
+    }
+
+    /// Loads the layered configuration with `vars` as the environment
+    /// (relative file names resolve against the current directory).
+    pub fn load_from(vars: HashMap<String, String>) -> Result<Settings, ConfigError> {
+        let env = |k: &str| vars.get(k).filter(|v| !v.is_empty()).cloned();
         let mut builder = Config::builder().add_source(default_source());
         if let Some(name) = env("CHAT_ENV") {
             builder =
@@ -104,22 +111,23 @@ impl Settings {
         if let Some(path) = env("CHAT_CONFIG") {
             builder = builder.add_source(File::with_name(&path).required(true));
         }
+        let (port, mongodb) = (env("PORT"), env("MONGODB_URI"));
         builder = builder.add_source(
             Environment::with_prefix("CHAT")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(vars.into_iter().collect())),
         );
-        if let Some(port) = env("PORT") {
-            builder = builder
-                .set_override("server.port", port)
-                .and_then(|b| b.set_override("server.host", "0.0.0.0"))
-                .map_err(|e| ConfigError(e.to_string()))?;
+        let set = |b: config::ConfigBuilder<config::builder::DefaultState>, k: &str, v: String| {
+            b.set_override(k, v).map_err(|e| ConfigError(e.to_string()))
+        };
+        if let Some(port) = port {
+            builder = set(builder, "server.port", port)?;
+            builder = set(builder, "server.host", "0.0.0.0".into())?;
         }
-        if let Some(uri) = env("MONGODB_URI") {
-            builder = builder
-                .set_override("store.url", uri)
-                .map_err(|e| ConfigError(e.to_string()))?;
+        if let Some(uri) = mongodb {
+            builder = set(builder, "store.url", uri)?;
         }
         Self::from_builder(builder)
     }
@@ -198,4 +206,58 @@ fn or_cores(n: usize) -> usize {
 
 fn default_source() -> File<config::FileSourceString, FileFormat> {
     File::from_str(DEFAULT_TOML, FileFormat::Toml)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load_from(HashMap::new()).unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.server.host, "127.0.0.1");
+        assert!(s.security.verify_signatures);
+    }
+
+    #[test]
+    fn production_file_and_env_layers() {
+        // Cargo runs unit tests in the package root, where config/ lives.
+        let s = Settings::load_from(vars(&[("CHAT_ENV", "production")])).unwrap();
+        assert_eq!(s.server.host, "0.0.0.0");
+        assert_eq!(s.store.path, PathBuf::from("/data/chat.db"));
+        let s = Settings::load_from(vars(&[
+            ("CHAT_ENV", "production"),
+            ("CHAT__STORE__PATH", "/x.db"),
+        ]))
+        .unwrap();
+        assert_eq!(s.store.path, PathBuf::from("/x.db"));
+    }
+
+    #[test]
+    fn port_wins_and_binds_everywhere() {
+        let s =
+            Settings::load_from(vars(&[("CHAT__SERVER__PORT", "1"), ("PORT", "5000")])).unwrap();
+        assert_eq!((s.server.host.as_str(), s.server.port), ("0.0.0.0", 5000));
+        let s = Settings::load_from(vars(&[("MONGODB_URI", "mongodb://db")])).unwrap();
+        assert_eq!(s.store.url, "mongodb://db");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err =
+            Settings::load_from(vars(&[("CHAT__LIMITS__MAX_FRAME_BYTES", "lots")])).unwrap_err();
+        assert!(err.to_string().contains("max_frame_bytes"), "{err}");
+        let err = Settings::load_from(vars(&[("CHAT__SERVER__BOGUS", "1")])).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+        let err = Settings::load_from(vars(&[("CHAT__HEARTBEAT__TIMEOUT_SECS", "1")])).unwrap_err();
+        assert!(err.to_string().contains("heartbeat"), "{err}");
+    }
 }

@@ -1,0 +1,134 @@
+//! The server binary as deployments run it: `PORT` set as on Heroku (the
+//! Procfile's `web:` line), `healthcheck` as the Dockerfile's HEALTHCHECK,
+//! SIGTERM for a graceful stop, and bad configuration failing fast.
+//!
+//! It runs the same binary target cargo built for the tests (not a second,
+//! release build), so CI compiles everything once.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_e2ee-chat-server");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn server_cmd(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CHAT_ENV")
+        .env_remove("CHAT_CONFIG")
+        .env_remove("MONGODB_URI")
+        .env("CHAT__STORE__PATH", dir.join("chat.db"))
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+#[tokio::test]
+async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = server_cmd(dir.path())
+        .env("PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        format!("listening on 0.0.0.0:{port}"),
+        "PORT binds 0.0.0.0"
+    );
+
+    let url = format!("ws://127.0.0.1:{port}/ws");
+    let mut c = e2ee_chat::client::Client::connect(&url).await.unwrap();
+    let alice = common::identity("alice", 0);
+    c.register(&alice).await.unwrap();
+    c.login(&alice).await.unwrap();
+    let (room, _) = c.create_room("Deployed", None, false).await.unwrap();
+    c.send_text(&room.room_id, "from the binary").await.unwrap();
+
+    // The Dockerfile's HEALTHCHECK command.
+    let status = Command::new(BIN)
+        .env("PORT", port.to_string())
+        .arg("healthcheck")
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    c.close().await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "graceful exit on SIGTERM: {status}");
+
+    // Everything acknowledged is on disk.
+    let db = rusqlite::Connection::open(dir.path().join("chat.db")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    // And the health check now fails: nothing listens.
+    let status = Command::new(BIN)
+        .env("PORT", port.to_string())
+        .arg("healthcheck")
+        .status()
+        .unwrap();
+    assert!(!status.success());
+}
+
+fn start_fails(envs: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = server_cmd(dir.path());
+    cmd.env("CHAT__SERVER__PORT", "0");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert_eq!(status.code(), Some(2), "config errors exit with 2");
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return err;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server started despite {envs:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn bad_config_fails_fast_naming_the_key() {
+    let err = start_fails(&[("CHAT__LIMITS__MAX_FRAME_BYTES", "lots")]);
+    assert!(err.contains("max_frame_bytes"), "{err}");
+    let err = start_fails(&[("CHAT__SERVER__BOGUS", "1")]);
+    assert!(err.contains("bogus"), "{err}");
+    let err = start_fails(&[("CHAT__RATE_LIMIT__BURST", "0")]);
+    assert!(err.contains("rate_limit.burst"), "{err}");
+    let err = start_fails(&[("CHAT_CONFIG", "/nonexistent/chat.toml")]);
+    assert!(err.contains("nonexistent"), "{err}");
+}
