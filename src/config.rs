@@ -39,6 +39,7 @@ pub struct ServerSettings {
 pub struct StoreSettings {
     pub path: PathBuf,
     pub url: String,
+    pub database: String,
     pub group_commit: bool,
     pub max_batch: usize,
 }

@@ -19,7 +19,7 @@ use crate::config::Settings;
 use crate::registry::Registry;
 use crate::retention;
 use crate::session::Session;
-use crate::store::{sqlite::SqliteStore, SharedStore, StoreError};
+use crate::store::{mongo::MongoStore, sqlite::SqliteStore, SharedStore, StoreError};
 
 /// The subprotocol the server accepts.
 pub const SUBPROTOCOL: &str = "e2ee-chat.v1";
@@ -60,9 +60,9 @@ async fn metrics_route() -> HttpResponse {
 /// Opens the store the settings name.
 pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> {
     if !settings.store.url.is_empty() {
-        return Err(StoreError::Unavailable(
-            "MongoDB is not supported by this build".into(),
-        ));
+        return MongoStore::connect(&settings.store.url, Some(&settings.store.database))
+            .await
+            .map(|s| Arc::new(s) as SharedStore);
     }
     let batch = if settings.store.group_commit {
         settings.store.max_batch

@@ -132,3 +132,24 @@ fn bad_config_fails_fast_naming_the_key() {
     let err = start_fails(&[("CHAT_CONFIG", "/nonexistent/chat.toml")]);
     assert!(err.contains("nonexistent"), "{err}");
 }
+
+#[test]
+fn unreachable_mongodb_fails_at_start_with_a_clear_message() {
+    // Nothing listens on port 1 of the loopback: the driver's server
+    // selection gives up after the short timeout and the server exits.
+    let dir = tempfile::tempdir().unwrap();
+    let out = server_cmd(dir.path())
+        .env("CHAT__SERVER__PORT", "0")
+        .env(
+            "MONGODB_URI",
+            "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300&connectTimeoutMS=300",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot start") && err.contains("store unavailable"),
+        "{err}"
+    );
+}

@@ -1,0 +1,443 @@
+//! One store conformance suite, written once, run against every store:
+//! SQLite always, MongoDB when `CHAT_TEST_MONGODB_URI` is set (otherwise a
+//! line starting `SKIP mongodb:` says why, and it is not counted as passed).
+//! For each store it also runs the websocket scenario (register → login →
+//! rooms → messages → history → restart) through the same code.
+//!
+//! A custom harness (`harness = false`) so a skipped store is reported as
+//! skipped, not as a pass; it ends with `N passed, N failed, N skipped`.
+
+mod common;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use e2ee_chat::config::Settings;
+use e2ee_chat::store::mongo::MongoStore;
+use e2ee_chat::store::sqlite::SqliteStore;
+use e2ee_chat::store::{
+    HistoryQuery, NewMessage, PurgePolicy, RoomRecord, RoomUpdate, SharedStore, StoreError,
+    UserRecord,
+};
+use e2ee_chat::util::now_ms;
+
+fn user(name: &str, n: usize) -> UserRecord {
+    let id = common::identity(name, n);
+    UserRecord {
+        username: name.into(),
+        sign_key: id.keys.sign_der,
+        enc_key: id.keys.enc_der,
+        created_at: now_ms(),
+    }
+}
+
+fn room(id: &str, name: &str, owner: &str) -> RoomRecord {
+    RoomRecord {
+        room_id: id.into(),
+        name: name.into(),
+        owner: owner.into(),
+        password_hash: None,
+        hidden: false,
+        created_at: now_ms(),
+        last_seq: 0,
+    }
+}
+
+fn message(room_id: &str, sender: &str, id: u8, recipients: &[&str]) -> Arc<NewMessage> {
+    Arc::new(NewMessage {
+        room_id: room_id.into(),
+        msg_id: vec![id; 16],
+        sender: sender.into(),
+        nonce: vec![1; 12],
+        ciphertext: vec![id; 40],
+        signature: vec![2; 256],
+        keys: recipients
+            .iter()
+            .map(|r| (r.to_string(), vec![id; 256]))
+            .collect(),
+    })
+}
+
+fn q(after: Option<u64>, before: Option<u64>, limit: usize) -> HistoryQuery {
+    HistoryQuery {
+        after_seq: after,
+        before_seq: before,
+        limit,
+    }
+}
+
+/// The conformance checks; panics on the first difference.
+async fn conformance(s: SharedStore) {
+    s.ping().await.unwrap();
+
+    // Users.
+    s.create_user(user("alice", 0)).await.unwrap();
+    s.create_user(user("bob", 1)).await.unwrap();
+    s.create_user(user("carol", 2)).await.unwrap();
+    assert!(matches!(
+        s.create_user(user("alice", 1)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let a = s.get_user("alice").await.unwrap().unwrap();
+    assert_eq!(
+        a.sign_key,
+        user("alice", 0).sign_key,
+        "the first registration wins"
+    );
+    assert!(s.get_user("nobody").await.unwrap().is_none());
+
+    // Rooms: unique without regard to case; the owner is the first member.
+    s.create_room(room("r-1", "General", "alice"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_room(room("r-2", "GENERAL", "bob")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.create_room(room("r-2", "Other", "bob")).await.unwrap();
+    s.add_member("r-1", "bob", now_ms()).await.unwrap();
+    s.add_member("r-1", "bob", now_ms()).await.unwrap(); // idempotent
+    s.add_member("r-1", "carol", now_ms() + 1).await.unwrap();
+    let dir = s.load_directory().await.unwrap();
+    let r1 = dir.iter().find(|e| e.room.room_id == "r-1").unwrap();
+    assert_eq!(r1.members, ["alice", "bob", "carol"], "join order");
+    assert_eq!(r1.room.name, "General");
+    let state = s.load_room("r-1").await.unwrap();
+    let names: Vec<_> = state
+        .members
+        .iter()
+        .map(|m| m.user.username.as_str())
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+    assert_eq!(state.members[1].user.enc_key, user("bob", 1).enc_key);
+
+    // Appends: seq from 1, gapless; idempotent by (room, sender, msg_id).
+    let m1 = s
+        .append_message(message("r-1", "alice", 1, &["alice", "bob", "carol"]))
+        .await
+        .unwrap();
+    assert_eq!((m1.seq, m1.duplicate), (1, false));
+    let again = s
+        .append_message(message("r-1", "alice", 1, &["alice", "bob"]))
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.ts, again.duplicate), (1, m1.ts, true));
+    // The same msg_id from another sender or in another room is another message.
+    assert_eq!(
+        s.append_message(message("r-1", "bob", 1, &["alice", "bob", "carol"]))
+            .await
+            .unwrap()
+            .seq,
+        2
+    );
+    assert_eq!(
+        s.append_message(message("r-2", "bob", 1, &["bob"]))
+            .await
+            .unwrap()
+            .seq,
+        1
+    );
+    // Many at once: unique, gapless, in submission order.
+    let futs: Vec<_> = (10..60u8)
+        .map(|i| s.append_message(message("r-1", "carol", i, &["alice", "carol"])))
+        .collect();
+    let mut seqs = Vec::new();
+    for f in futs {
+        seqs.push(f.await.unwrap().seq);
+    }
+    assert_eq!(seqs, (3..53).collect::<Vec<u64>>());
+    assert!(matches!(
+        s.append_message(message("r-none", "alice", 1, &["alice"]))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        s.find_message("r-1", "alice", &[1; 16]).await.unwrap(),
+        Some((1, m1.ts))
+    );
+    assert_eq!(
+        s.find_message("r-1", "alice", &[9; 16]).await.unwrap(),
+        None
+    );
+
+    // History: only messages the requester holds a key for.
+    let page = s.history("r-1", "bob", q(None, None, 50)).await.unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(!page.has_more);
+    assert_eq!(page.messages[0].key, vec![1; 256]);
+    assert_eq!(page.messages[0].ciphertext, vec![1; 40]);
+    let page = s.history("r-1", "carol", q(None, None, 5)).await.unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [48, 49, 50, 51, 52]
+    );
+    assert!(page.has_more);
+    let page = s
+        .history("r-1", "carol", q(Some(50), None, 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [51, 52]
+    );
+    assert!(!page.has_more);
+    let page = s
+        .history("r-1", "carol", q(None, Some(4), 5))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let page = s
+        .history("r-1", "carol", q(Some(1), Some(5), 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    assert!(s
+        .history("r-1", "nobody", q(None, None, 5))
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+
+    // Membership changes and bans.
+    s.remove_member("r-1", "carol", false).await.unwrap();
+    s.remove_member("r-1", "bob", true).await.unwrap();
+    let state = s.load_room("r-1").await.unwrap();
+    assert_eq!(state.members.len(), 1);
+    assert_eq!(state.bans, ["bob"]);
+    s.set_ban("r-1", "carol", true).await.unwrap();
+    s.set_ban("r-1", "bob", false).await.unwrap();
+    assert_eq!(s.load_room("r-1").await.unwrap().bans, ["carol"]);
+
+    // Room updates; a rename to a taken name conflicts and changes nothing.
+    let update = |name: Option<&str>, owner: Option<&str>, pw: Option<Option<&str>>| RoomUpdate {
+        name: name.map(Into::into),
+        owner: owner.map(Into::into),
+        password_hash: pw.map(|p| p.map(Into::into)),
+    };
+    assert!(matches!(
+        s.update_room("r-1", update(Some("other"), None, None))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.update_room(
+        "r-1",
+        update(Some("Renamed"), Some("bob"), Some(Some("$argon2id$x"))),
+    )
+    .await
+    .unwrap();
+    let dir = s.load_directory().await.unwrap();
+    let r1 = &dir.iter().find(|e| e.room.room_id == "r-1").unwrap().room;
+    assert_eq!(
+        (
+            r1.name.as_str(),
+            r1.owner.as_str(),
+            r1.password_hash.as_deref()
+        ),
+        ("Renamed", "bob", Some("$argon2id$x"))
+    );
+    assert_eq!(r1.last_seq, 52);
+    s.update_room("r-1", update(None, None, Some(None)))
+        .await
+        .unwrap();
+    let dir = s.load_directory().await.unwrap();
+    assert_eq!(
+        dir.iter()
+            .find(|e| e.room.room_id == "r-1")
+            .unwrap()
+            .room
+            .password_hash,
+        None
+    );
+    // The old name is free again.
+    s.create_room(room("r-3", "general", "carol"))
+        .await
+        .unwrap();
+
+    // Retention by count keeps the newest; by age deletes old ones; seq never goes back.
+    let policy = |older_than_ts, max_per_room| PurgePolicy {
+        older_than_ts,
+        max_per_room,
+        batch: 7,
+    };
+    let mut total = 0;
+    loop {
+        let n = s.purge(policy(0, 10)).await.unwrap();
+        total += n;
+        if n < 7 {
+            break;
+        }
+    }
+    assert_eq!(total, 42, "52 messages in r-1, 10 kept");
+    let page = s
+        .history("r-1", "carol", q(Some(0), None, 100))
+        .await
+        .unwrap();
+    assert_eq!(page.messages.first().map(|m| m.seq), Some(43));
+    let next = s
+        .append_message(message("r-1", "alice", 200, &["alice"]))
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 53);
+    while s.purge(policy(now_ms() + 1000, 0)).await.unwrap() == 7 {}
+    assert!(s
+        .history("r-1", "alice", q(None, None, 100))
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    assert_eq!(
+        s.append_message(message("r-1", "alice", 201, &["alice"]))
+            .await
+            .unwrap()
+            .seq,
+        54
+    );
+
+    // Deleting a room removes everything of it.
+    s.delete_room("r-1").await.unwrap();
+    let dir = s.load_directory().await.unwrap();
+    assert!(dir.iter().all(|e| e.room.room_id != "r-1"));
+    assert!(s
+        .history("r-1", "alice", q(None, None, 100))
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    assert!(matches!(
+        s.append_message(message("r-1", "alice", 202, &["alice"]))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    s.create_room(room("r-4", "Renamed", "alice"))
+        .await
+        .unwrap();
+
+    s.close().await.unwrap();
+}
+
+/// The websocket scenario of the server core, on whatever store `tweak` selects.
+async fn websocket_scenario(tweak: impl Fn(&mut Settings) + Copy) {
+    let mut t = common::TestServer::with(tweak);
+    let mut alice = t.user("alice", 0).await;
+    let mut bob = t.user("bob", 1).await;
+    let (room, _) = alice
+        .create_room("Scenario", Some("pw"), false)
+        .await
+        .unwrap();
+    let rid = room.room_id;
+    bob.join_room(&rid, Some("pw")).await.unwrap();
+    for i in 0..3 {
+        alice
+            .send_text(&rid, &format!("message {i}"))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        assert_eq!(
+            bob.next_message(&rid).await.unwrap().text,
+            format!("message {i}")
+        );
+    }
+    drop((alice, bob));
+    t.restart_with(tweak).await;
+    let mut bob = t.login("bob", 1).await;
+    let (rooms, _, _) = bob.list_rooms(None, None).await.unwrap();
+    assert_eq!(
+        (rooms.len(), rooms[0].members, rooms[0].last_seq),
+        (1, 2, 3)
+    );
+    bob.get_members(&rid).await.unwrap();
+    let (msgs, _) = bob.history(&rid, None, None, None).await.unwrap();
+    let texts: Vec<_> = msgs.iter().map(|m| bob.decrypt(m).unwrap().text).collect();
+    assert_eq!(texts, ["message 0", "message 1", "message 2"]);
+    assert_eq!(bob.send_text(&rid, "after restart").await.unwrap().0, 4);
+    t.stop().await;
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    async fn run<F: Future<Output = ()> + Send + 'static>(&mut self, name: &str, f: F) {
+        match tokio::spawn(f).await {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                self.passed += 1;
+            }
+            Err(e) => {
+                println!("test {name} ... FAILED: {e}");
+                self.failed += 1;
+            }
+        }
+    }
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tally = rt.block_on(async {
+        let mut tally = Tally::default();
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("c.db"), 64).unwrap());
+        tally.run("sqlite conformance", conformance(sqlite)).await;
+        tally.run("sqlite websocket scenario", websocket_scenario(|_| {})).await;
+
+        match std::env::var("CHAT_TEST_MONGODB_URI").ok().filter(|v| !v.is_empty()) {
+            None => {
+                println!("SKIP mongodb: CHAT_TEST_MONGODB_URI is not set (e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0)");
+                tally.skipped += 2;
+            }
+            Some(uri) => {
+                let db = format!("e2ee_chat_test_{}", hex::encode(e2ee_chat::crypto::random_bytes::<6>()));
+                let store = MongoStore::connect(&uri, Some(&db)).await;
+                match store {
+                    Ok(store) => tally.run("mongodb conformance", conformance(Arc::new(store))).await,
+                    Err(e) => {
+                        println!("test mongodb conformance ... FAILED: cannot connect: {e}");
+                        tally.failed += 1;
+                    }
+                }
+                // `websocket_scenario` wants a Copy closure: leak the strings once.
+                let uri_static: &'static str = Box::leak(uri.clone().into_boxed_str());
+                let db_static: &'static str = Box::leak(format!("{db}_ws").into_boxed_str());
+                tally
+                    .run(
+                        "mongodb websocket scenario",
+                        websocket_scenario(move |s: &mut Settings| {
+                            s.store.url = uri_static.into();
+                            s.store.database = db_static.into();
+                        }),
+                    )
+                    .await;
+                for name in [db.as_str(), db_static] {
+                    if let Ok(client) = mongodb::Client::with_uri_str(&uri).await {
+                        let _ = client.database(name).drop().await;
+                    }
+                }
+            }
+        }
+        tally
+    });
+    println!(
+        "store conformance: {} passed, {} failed, {} skipped",
+        tally.passed, tally.failed, tally.skipped
+    );
+    if tally.failed > 0 {
+        std::process::exit(1);
+    }
+}
