@@ -104,9 +104,24 @@ fn seal_unwrapped(
     room_id: &str,
     text: &str,
 ) -> (SendBody, [u8; crypto::AES_KEY_LEN]) {
+    seal_parts(
+        keys,
+        room_id,
+        text,
+        crypto::random_bytes::<{ crypto::MSG_ID_LEN }>(),
+    )
+}
+
+/// Seals `text` under a fresh AES key and nonce with the given `msg_id`, and
+/// signs it; `keys` in the body is left empty for the caller to wrap.
+pub fn seal_parts(
+    keys: &KeyPair,
+    room_id: &str,
+    text: &str,
+    msg_id: [u8; crypto::MSG_ID_LEN],
+) -> (SendBody, [u8; crypto::AES_KEY_LEN]) {
     let aes_key = crypto::random_bytes::<{ crypto::AES_KEY_LEN }>();
     let nonce = crypto::random_bytes::<{ crypto::NONCE_LEN }>();
-    let msg_id = crypto::random_bytes::<{ crypto::MSG_ID_LEN }>();
     let mut plaintext = Vec::new();
     ciborium::into_writer(
         &Plaintext {
@@ -591,6 +606,12 @@ impl Client {
             } => Ok((messages, has_more)),
             other => Err(ClientError::Unexpected(Box::new(other))),
         }
+    }
+
+    /// Gives up the client and returns its websocket (for load generators
+    /// that read frames themselves).
+    pub fn into_ws(self) -> Ws {
+        self.ws
     }
 
     /// Closes the connection politely.

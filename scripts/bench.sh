@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Builds in release, starts servers on temp stores (loopback only), runs the
+# benchmark scenarios and writes the results to target/bench/.
+#
+#   scripts/bench.sh                 # every scenario at its default size
+#   scripts/bench.sh fanout logins   # just these
+#   FANOUT_ARGS="--members 50" scripts/bench.sh fanout
+#
+# The per-connection rate limit is raised for load (CHAT__RATE_LIMIT__*), as
+# BENCHMARKS.md says. Every run is bounded in count and time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable idle)
+
+cargo build --release --bin e2ee-chat-server --bin e2ee-chat-bench
+server=target/release/e2ee-chat-server
+bench=target/release/e2ee-chat-bench
+
+# 10,000 connections need 10,000 descriptors on each side.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+# start_server NAME PORT [ENV=VALUE...]: sets $server_pid
+start_server() {
+  local name=$1 port=$2; shift 2
+  env CHAT__SERVER__HOST=127.0.0.1 CHAT__SERVER__PORT="$port" \
+      CHAT__STORE__PATH="$tmp/$name/chat.db" \
+      CHAT__RATE_LIMIT__PER_SECOND=1000000 CHAT__RATE_LIMIT__BURST=1000000 \
+      RUST_LOG=warn "$@" "$server" >"$tmp/$name.log" 2>&1 &
+  server_pid=$!
+  pids+=("$server_pid")
+  for _ in $(seq 100); do
+    CHAT__SERVER__PORT="$port" "$server" healthcheck 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server $name did not start:" >&2; cat "$tmp/$name.log" >&2; exit 1
+}
+
+mkdir -p target/bench
+out="target/bench/results-$(date -u +%Y%m%dT%H%M%SZ).txt"
+{
+  echo "# e2ee-chat benchmark $(date -u +%FT%TZ)"
+  echo "# $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -srm)"
+  echo "# commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+} | tee "$out"
+
+for s in "${scenarios[@]}"; do
+  echo "## $s" | tee -a "$out"
+  case $s in
+    fanout)
+      start_server fanout 18181
+      timeout 900 "$bench" --url ws://127.0.0.1:18181/ws --server-pid "$server_pid" fanout ${FANOUT_ARGS:-} | tee -a "$out"
+      timeout 900 "$bench" --url ws://127.0.0.1:18181/ws --server-pid "$server_pid" fanout --rate 0 --messages 5000 ${FANOUT_MAX_ARGS:-} | tee -a "$out"
+      ;;
+    logins)
+      start_server logins 18182
+      timeout 900 "$bench" --url ws://127.0.0.1:18182/ws --server-pid "$server_pid" logins ${LOGIN_ARGS:-} | tee -a "$out"
+      ;;
+    durable)
+      # Signatures off on both: this scenario isolates the store path.
+      start_server durable-group 18183 CHAT__SECURITY__VERIFY_SIGNATURES=false
+      group_pid=$server_pid
+      start_server durable-single 18184 CHAT__SECURITY__VERIFY_SIGNATURES=false CHAT__STORE__GROUP_COMMIT=false
+      timeout 900 "$bench" --url ws://127.0.0.1:18183/ws --server-pid "$group_pid" durable \
+        --compare-url ws://127.0.0.1:18184/ws --compare-pid "$server_pid" ${DURABLE_ARGS:-} | tee -a "$out"
+      ;;
+    idle)
+      start_server idle 18185
+      timeout 900 "$bench" --url ws://127.0.0.1:18185/ws --server-pid "$server_pid" idle ${IDLE_ARGS:-} | tee -a "$out"
+      ;;
+    *) echo "unknown scenario $s (fanout logins durable idle)" >&2; exit 2 ;;
+  esac
+done
+echo "results written to $out"

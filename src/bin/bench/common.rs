@@ -1,0 +1,198 @@
+//! Helpers every scenario shares: one key pair for all bench users, logged-in
+//! clients, the server's CPU and memory from /proc, /metrics counters,
+//! latency percentiles and report lines.
+
+use std::time::{Duration, Instant};
+
+use e2ee_chat::client::{Client, Identity};
+use e2ee_chat::crypto::KeyPair;
+use e2ee_chat::protocol::ErrorCode;
+
+pub type BenchResult<T> = Result<T, String>;
+
+/// All bench users share one key pair: the server does not care, and set-up
+/// stays fast (one key generation per run).
+pub fn shared_keys() -> KeyPair {
+    KeyPair::generate(2048).expect("key generation")
+}
+
+pub fn identity(keys: &KeyPair, name: &str) -> Identity {
+    Identity {
+        username: name.to_owned(),
+        keys: keys.clone(),
+    }
+}
+
+/// Connects, registers (an existing name is fine) and logs in.
+pub async fn logged_in(url: &str, id: &Identity) -> BenchResult<Client> {
+    let mut c = Client::connect(url)
+        .await
+        .map_err(|e| format!("connect {url}: {e}"))?;
+    c.timeout = Duration::from_secs(60);
+    match c.register(id).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
+        Err(e) => return Err(format!("register {}: {e}", id.username)),
+    }
+    c.login(id)
+        .await
+        .map_err(|e| format!("login {}: {e}", id.username))?;
+    Ok(c)
+}
+
+/// Registers many users over a few parallel connections.
+pub async fn register_all(url: &str, keys: &KeyPair, names: &[String]) -> BenchResult<()> {
+    let chunks: Vec<Vec<String>> = names
+        .chunks(names.len().div_ceil(8).max(1))
+        .map(|c| c.to_vec())
+        .collect();
+    let mut tasks = Vec::new();
+    for chunk in chunks {
+        let (url, keys) = (url.to_owned(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&url).await.map_err(|e| e.to_string())?;
+            for name in chunk {
+                match c.register(&identity(&keys, &name)).await {
+                    Ok(()) => {}
+                    Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
+                    Err(e) => return Err(format!("register {name}: {e}")),
+                }
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    Ok(())
+}
+
+/// CPU seconds (user + system) and resident memory of a process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub cpu_secs: f64,
+    pub rss_bytes: u64,
+}
+
+pub fn usage(pid: Option<u32>) -> Option<Usage> {
+    let pid = pid?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(Usage {
+        cpu_secs: ticks / clock_ticks(),
+        rss_bytes: rss_kib * 1024,
+    })
+}
+
+fn clock_ticks() -> f64 {
+    // USER_HZ is 100 on every Linux this runs on; getconf says so if present.
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Reads one counter from the server's /metrics.
+pub async fn metric(ws_url: &str, name: &str) -> Option<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = ws_url.strip_prefix("ws://")?.split('/').next()?.to_owned();
+    let mut s = tokio::net::TcpStream::connect(&host).await.ok()?;
+    s.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    body.lines()
+        .find(|l| l.starts_with(name) && l.as_bytes().get(name.len()) == Some(&b' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// p50, p95, p99 and max of latencies in microseconds.
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+    pub count: usize,
+}
+
+pub fn percentiles(mut micros: Vec<u64>) -> Percentiles {
+    micros.sort_unstable();
+    let at = |q: f64| {
+        if micros.is_empty() {
+            0.0
+        } else {
+            micros[((micros.len() as f64 - 1.0) * q).round() as usize] as f64 / 1000.0
+        }
+    };
+    Percentiles {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        max: at(1.0),
+        count: micros.len(),
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms, max {:.2} ms (n={})",
+            self.p50, self.p95, self.p99, self.max, self.count
+        )
+    }
+}
+
+/// Measures the server around a timed phase.
+pub struct Meter {
+    pid: Option<u32>,
+    before: Option<Usage>,
+    started: Instant,
+}
+
+impl Meter {
+    pub fn start(pid: Option<u32>) -> Self {
+        Meter {
+            pid,
+            before: usage(pid),
+            started: Instant::now(),
+        }
+    }
+
+    /// (wall seconds, server CPU seconds, server RSS bytes at the end)
+    pub fn stop(&self) -> (f64, Option<f64>, Option<u64>) {
+        let wall = self.started.elapsed().as_secs_f64();
+        let after = usage(self.pid);
+        let cpu = match (self.before, after) {
+            (Some(b), Some(a)) => Some(a.cpu_secs - b.cpu_secs),
+            _ => None,
+        };
+        (wall, cpu, after.map(|a| a.rss_bytes))
+    }
+}
+
+pub fn fmt_opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.3} {unit}"))
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}

@@ -1,0 +1,84 @@
+//! `logins`: N registered users log in at once over pre-opened connections,
+//! C at a time. Reports logins/s, login latency and the server's CPU per
+//! login (the client's PSS signing, ~1.5 ms each, shares the machine, so
+//! server CPU per login is the number that speaks for the server).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use e2ee_chat::client::Client;
+use e2ee_chat::crypto::KeyPair;
+use tokio::sync::Mutex;
+
+use crate::common::{self, percentiles, BenchResult, Meter};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LoginOpts {
+    /// Users (and connections).
+    #[arg(long, default_value_t = 2000)]
+    pub users: usize,
+    /// Logins in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
+pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> BenchResult<bool> {
+    let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
+    let names: Vec<String> = (0..o.users).map(|i| format!("l{run}-{i}")).collect();
+    common::register_all(url, keys, &names).await?;
+    let mut conns = Vec::with_capacity(o.users);
+    for _ in 0..o.users {
+        conns.push(
+            Client::connect(url)
+                .await
+                .map_err(|e| format!("connect: {e}"))?,
+        );
+    }
+    // Work queue: (name, connection) handed out to C workers.
+    let queue = Arc::new(Mutex::new(names.into_iter().zip(conns).collect::<Vec<_>>()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let meter = Meter::start(pid);
+    let mut workers = Vec::new();
+    for _ in 0..o.concurrency.max(1) {
+        let (queue, failures, keys) = (queue.clone(), failures.clone(), keys.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut done = Vec::new();
+            loop {
+                let Some((name, mut c)) = queue.lock().await.pop() else {
+                    break;
+                };
+                let started = Instant::now();
+                match c.login(&common::identity(&keys, &name)).await {
+                    Ok(_) => latencies.push(started.elapsed().as_micros() as u64),
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done.push(c);
+            }
+            (latencies, done)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut keep = Vec::new();
+    for w in workers {
+        let (l, d) = w.await.map_err(|e| e.to_string())?;
+        latencies.extend(l);
+        keep.extend(d);
+    }
+    let (wall, cpu, _) = meter.stop();
+    let n = latencies.len();
+    let failed = failures.load(Ordering::Relaxed);
+    println!(
+        "logins: {n} in {wall:.2} s = {:.0} logins/s (concurrency {}); latency {}; server CPU {} = {} per login; failures {failed}",
+        n as f64 / wall,
+        o.concurrency,
+        percentiles(latencies),
+        common::fmt_opt(cpu, "s"),
+        cpu.map_or("n/a".into(), |c| format!("{:.3} ms", c * 1000.0 / n.max(1) as f64)),
+    );
+    drop(keep);
+    Ok(failed == 0 && n == o.users)
+}

@@ -1,0 +1,194 @@
+//! `e2ee-chat-bench`: a load generator for a running e2ee-chat server, over
+//! real websockets. Every scenario is bounded in count and time and stops by
+//! itself. See scripts/bench.sh and BENCHMARKS.md.
+//!
+//! Scenarios: `fanout` (with the baseline relay in the same run), `logins`,
+//! `durable`, `idle`, and `smoke` (all of them, tiny, for the test suite).
+
+mod common;
+mod durable;
+mod fanout;
+mod idle;
+mod logins;
+mod relay;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(version, about = "Load generator for e2ee-chat (loopback only)")]
+struct Cli {
+    /// Websocket URL of the server under test.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws", global = true)]
+    url: String,
+    /// The server's process id, to read its CPU time and RSS from /proc.
+    #[arg(long, global = true)]
+    server_pid: Option<u32>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// R rooms × M members, S senders; plus the same through a bare relay.
+    Fanout {
+        #[command(flatten)]
+        opts: fanout::FanoutOpts,
+        /// Skip the baseline relay run.
+        #[arg(long)]
+        no_baseline: bool,
+    },
+    /// Concurrent logins.
+    Logins {
+        #[command(flatten)]
+        opts: logins::LoginOpts,
+    },
+    /// Acknowledged (durable) sends per second.
+    Durable {
+        #[command(flatten)]
+        opts: durable::DurableOpts,
+        /// A second server with `store.group_commit = false`, for the ratio.
+        #[arg(long)]
+        compare_url: Option<String>,
+        #[arg(long)]
+        compare_pid: Option<u32>,
+    },
+    /// Memory per idle logged-in connection.
+    Idle {
+        #[command(flatten)]
+        opts: idle::IdleOpts,
+    },
+    /// Every scenario at a tiny size (a few seconds), to keep the bench working.
+    Smoke,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ok = rt.block_on(run(cli));
+    match ok {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("e2ee-chat-bench: the run had failures (see above)");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("e2ee-chat-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(cli: Cli) -> common::BenchResult<bool> {
+    let keys = tokio::task::spawn_blocking(common::shared_keys)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (url, pid) = (cli.url.as_str(), cli.server_pid);
+    match cli.command {
+        Command::Fanout { opts, no_baseline } => {
+            fanout_with_baseline(url, pid, &keys, &opts, !no_baseline).await
+        }
+        Command::Logins { opts } => logins::run(url, pid, &keys, &opts).await,
+        Command::Durable {
+            opts,
+            compare_url,
+            compare_pid,
+        } => {
+            let group = durable::run(url, "group commit", pid, &keys, &opts).await?;
+            let mut ok = group.errors == 0;
+            if let Some(other) = compare_url {
+                let single =
+                    durable::run(&other, "one commit per message", compare_pid, &keys, &opts)
+                        .await?;
+                println!(
+                    "durable: group commit is {:.1}x one-commit-per-message",
+                    group.per_sec() / single.per_sec().max(1e-9)
+                );
+                ok &= single.errors == 0;
+            }
+            Ok(ok)
+        }
+        Command::Idle { opts } => idle::run(url, pid, &keys, &opts).await,
+        Command::Smoke => smoke(url, pid, &keys).await,
+    }
+}
+
+async fn fanout_with_baseline(
+    url: &str,
+    pid: Option<u32>,
+    keys: &e2ee_chat::crypto::KeyPair,
+    opts: &fanout::FanoutOpts,
+    baseline: bool,
+) -> common::BenchResult<bool> {
+    let server = fanout::run_server(url, pid, keys, opts).await?;
+    server.print();
+    let mut ok = server.deliveries == server.expected && server.errors == 0;
+    if baseline {
+        let relay_url = relay::start(2);
+        let base = fanout::run_relay(&relay_url, keys, opts).await?;
+        base.print();
+        println!(
+            "fanout: server delivers {:.0}% of the baseline relay's deliveries/s",
+            100.0 * server.per_sec() / base.per_sec().max(1e-9)
+        );
+        ok &= base.deliveries == base.expected;
+    }
+    Ok(ok)
+}
+
+async fn smoke(
+    url: &str,
+    pid: Option<u32>,
+    keys: &e2ee_chat::crypto::KeyPair,
+) -> common::BenchResult<bool> {
+    let fo = fanout::FanoutOpts {
+        rooms: 2,
+        members: 3,
+        senders: 2,
+        rate: 0.0,
+        messages: 20,
+        window: 4,
+        text_bytes: 50,
+    };
+    let mut ok = fanout_with_baseline(url, pid, keys, &fo, true).await?;
+    let rated = fanout::FanoutOpts {
+        rate: 200.0,
+        rooms: 1,
+        ..fo
+    };
+    let r = fanout::run_server(url, pid, keys, &rated).await?;
+    r.print();
+    ok &= r.deliveries == r.expected;
+    ok &= logins::run(
+        url,
+        pid,
+        keys,
+        &logins::LoginOpts {
+            users: 10,
+            concurrency: 3,
+        },
+    )
+    .await?;
+    let d = durable::DurableOpts {
+        senders: 3,
+        messages: 30,
+        window: 4,
+        sign: true,
+    };
+    let report = durable::run(url, "group commit", pid, keys, &d).await?;
+    ok &= report.acked == 30 && report.errors == 0;
+    ok &= idle::run(
+        url,
+        pid,
+        keys,
+        &idle::IdleOpts {
+            connections: 10,
+            concurrency: 4,
+        },
+    )
+    .await?;
+    println!("smoke: {}", if ok { "ok" } else { "FAILED" });
+    Ok(ok)
+}
