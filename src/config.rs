@@ -51,6 +51,12 @@ pub struct Limits {
     pub max_ciphertext_bytes: usize,
     pub max_rooms_per_user: usize,
     pub max_members_per_room: usize,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub send_queue: usize,
+    pub login_attempts_per_minute: u32,
+    pub handshake_timeout_secs: u64,
+    pub tcp_user_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +154,12 @@ impl Settings {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
         if self.limits.max_frame_bytes < 1024 {
             return bad("limits.max_frame_bytes", "must be at least 1024");
+        }
+        if self.limits.send_queue < 16 {
+            return bad("limits.send_queue", "must be at least 16");
+        }
+        if self.limits.max_connections_per_user == 0 {
+            return bad("limits.max_connections_per_user", "must be at least 1");
         }
         if self.limits.max_members_per_room == 0 {
             return bad("limits.max_members_per_room", "must be at least 1");

@@ -21,7 +21,7 @@ use crate::crypto::PublicKeys;
 use crate::password;
 use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
 use crate::room::{self, OwnerAction, OwnerOp, OwnerOutcome, RoomActor};
-use crate::session::{Push, SessionId};
+use crate::session::{SessionHandle, SessionId};
 use crate::store::{DirectoryEntry, RoomRecord, SharedStore, StoreError, UserRecord};
 use crate::user::User;
 use crate::util::{new_room_id, now_ms};
@@ -46,7 +46,7 @@ pub struct Registry {
     /// `create_room` that is still being stored.
     names: HashMap<String, String>,
     user_rooms: HashMap<String, HashSet<String>>,
-    online: HashMap<String, HashMap<SessionId, Recipient<Push>>>,
+    online: HashMap<String, HashMap<SessionId, SessionHandle>>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -133,10 +133,10 @@ impl Registry {
         }
     }
 
-    fn sessions_of(&self, username: &str) -> Vec<(SessionId, Recipient<Push>)> {
+    fn sessions_of(&self, username: &str) -> Vec<SessionHandle> {
         self.online
             .get(username)
-            .map(|s| s.iter().map(|(id, r)| (*id, r.clone())).collect())
+            .map(|s| s.values().cloned().collect())
             .unwrap_or_default()
     }
 
@@ -259,12 +259,13 @@ impl Handler<LookupUser> for Registry {
 }
 
 /// A session proved its identity: record it, attach it to the user's rooms.
+/// Refused (`rate_limited`) when the user already has
+/// `limits.max_connections_per_user` sessions.
 #[derive(Message)]
-#[rtype(result = "OnlineInfo")]
+#[rtype(result = "RegistryResult<OnlineInfo>")]
 pub struct Online {
     pub username: String,
-    pub session: SessionId,
-    pub recipient: Recipient<Push>,
+    pub handle: SessionHandle,
 }
 
 pub struct OnlineInfo {
@@ -273,13 +274,22 @@ pub struct OnlineInfo {
 }
 
 impl Handler<Online> for Registry {
-    type Result = MessageResult<Online>;
+    type Result = RegistryResult<OnlineInfo>;
 
     fn handle(&mut self, msg: Online, ctx: &mut Self::Context) -> Self::Result {
-        self.online
-            .entry(msg.username.clone())
-            .or_default()
-            .insert(msg.session, msg.recipient.clone());
+        let sessions = self.online.entry(msg.username.clone()).or_default();
+        if sessions.len() >= self.settings.limits.max_connections_per_user {
+            log::warn!(
+                "{} refused a connection: {} already open",
+                msg.username,
+                sessions.len()
+            );
+            return Err(Failure::new(
+                ErrorCode::RateLimited,
+                "too many connections for this user; close one first",
+            ));
+        }
+        sessions.insert(msg.handle.id, msg.handle.clone());
         let room_ids: Vec<String> = self
             .user_rooms
             .get(&msg.username)
@@ -290,8 +300,7 @@ impl Handler<Online> for Registry {
             if let Some(addr) = self.room_addr(&room_id, ctx.address()) {
                 addr.do_send(room::Attach {
                     username: msg.username.clone(),
-                    session: msg.session,
-                    recipient: msg.recipient.clone(),
+                    handle: msg.handle.clone(),
                 });
                 addrs.push((room_id, addr));
             }
@@ -301,7 +310,7 @@ impl Handler<Online> for Registry {
             .filter_map(|(id, _)| self.rooms.get(id).map(|e| self.summary(e)))
             .collect();
         rooms.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
-        MessageResult(OnlineInfo { rooms, addrs })
+        Ok(OnlineInfo { rooms, addrs })
     }
 }
 
@@ -474,11 +483,10 @@ impl Handler<CreateRoom> for Registry {
                     let addr = act
                         .room_addr(&room_id, ctx.address())
                         .expect("just inserted");
-                    for (session, recipient) in act.sessions_of(&username) {
+                    for handle in act.sessions_of(&username) {
                         addr.do_send(room::Attach {
                             username: username.clone(),
-                            session,
-                            recipient,
+                            handle,
                         });
                     }
                     let entry = &act.rooms[&room_id];
@@ -524,11 +532,10 @@ impl Handler<JoinRoom> for Registry {
                 act.add_membership(&room_id, &username);
                 // A session of this user that logged in while the join was in
                 // flight was not in the list the room got.
-                for (session, recipient) in act.sessions_of(&username) {
+                for handle in act.sessions_of(&username) {
                     addr.do_send(room::Attach {
                         username: username.clone(),
-                        session,
-                        recipient,
+                        handle,
                     });
                 }
             }

@@ -28,7 +28,7 @@ use crate::protocol::{
     ErrorCode, Failure, Member, MessageData, MessageFrame, RoomSummary, SendBody, ServerMsg,
 };
 use crate::registry::{Registry, RoomChanged};
-use crate::session::{Push, SessionId};
+use crate::session::{SessionHandle, SessionId};
 use crate::store::{
     Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, RoomUpdate,
     SharedStore, StoreError,
@@ -42,7 +42,7 @@ pub type RoomResult<T> = Result<T, Failure>;
 struct MemberState {
     user: Arc<User>,
     joined_at: u64,
-    sessions: HashMap<SessionId, Recipient<Push>>,
+    sessions: HashMap<SessionId, SessionHandle>,
 }
 
 /// A send that is in the store and waits for its turn to be released.
@@ -63,6 +63,9 @@ pub struct RoomActor {
     next_ticket: u64,
     pending: VecDeque<Pending>,
     deleted: bool,
+    /// Members whose last session was just dropped (gone or too slow); their
+    /// `presence` goes out from `flush_offline`.
+    went_offline: Vec<String>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -87,6 +90,7 @@ impl RoomActor {
             next_ticket: 0,
             pending: VecDeque::new(),
             deleted: false,
+            went_offline: Vec::new(),
         }
     }
 
@@ -124,24 +128,50 @@ impl RoomActor {
         });
     }
 
-    fn push_to(&self, username: &str, frame: &Bytes) {
-        if let Some(m) = self.members.get(username) {
-            for r in m.sessions.values() {
-                r.do_send(Push(frame.clone()));
+    /// Queues a frame for every session of `username`, dropping sessions
+    /// that are gone or whose send queue is full. Returns how many got it.
+    fn push_to(&mut self, username: &str, frame: &Bytes) -> u64 {
+        let Some(m) = self.members.get_mut(username) else {
+            return 0;
+        };
+        let had = m.sessions.len();
+        m.sessions.retain(|_, s| s.deliver(frame.clone()));
+        if had > 0 && m.sessions.is_empty() {
+            self.went_offline.push(username.to_owned());
+        }
+        m.sessions.len() as u64
+    }
+
+    /// Announces members whose last session was dropped while delivering.
+    fn flush_offline(&mut self) {
+        while let Some(username) = self.went_offline.pop() {
+            if self
+                .members
+                .get(&username)
+                .is_some_and(|m| m.sessions.is_empty())
+            {
+                log::info!(
+                    "room {}: {username} dropped (connection gone or too slow)",
+                    self.record.room_id
+                );
+                self.presence(&username, false);
             }
         }
     }
 
     /// Sends one event to every online member except `except`.
-    fn broadcast(&self, event: &ServerMsg, except: Option<&str>) {
+    fn broadcast(&mut self, event: &ServerMsg, except: Option<&str>) {
         let frame = Bytes::from(event.encode());
-        for (name, _) in self
+        let names: Vec<String> = self
             .members
             .iter()
-            .filter(|(n, _)| Some(n.as_str()) != except)
-        {
-            self.push_to(name, &frame);
+            .filter(|(n, m)| Some(n.as_str()) != except && !m.sessions.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            self.push_to(&name, &frame);
         }
+        self.flush_offline();
     }
 
     fn is_owner(&self, username: &str) -> RoomResult<()> {
@@ -209,7 +239,7 @@ impl RoomActor {
         }
     }
 
-    fn fan_out(&self, msg: &NewMessage, at: Appended) {
+    fn fan_out(&mut self, msg: &NewMessage, at: Appended) {
         let frame = MessageFrame::new(
             &msg.room_id,
             at.seq,
@@ -222,33 +252,27 @@ impl RoomActor {
         );
         let mut deliveries = 0u64;
         for (name, key) in &msg.keys {
-            let Some(member) = self.members.get(name) else {
-                continue;
-            };
-            if member.sessions.is_empty() {
+            if self.members.get(name).is_none_or(|m| m.sessions.is_empty()) {
                 continue;
             }
-            let bytes = Bytes::from(frame.for_recipient(key));
-            for r in member.sessions.values() {
-                r.do_send(Push(bytes.clone()));
-                deliveries += 1;
-            }
+            deliveries += self.push_to(name, &Bytes::from(frame.for_recipient(key)));
         }
         metrics::add(&metrics::MESSAGES_DELIVERED, deliveries);
+        self.flush_offline();
     }
 
-    fn attach(&mut self, username: &str, session: SessionId, recipient: Recipient<Push>) {
+    fn attach(&mut self, username: &str, handle: SessionHandle) {
         let Some(m) = self.members.get_mut(username) else {
             return;
         };
         let was_online = !m.sessions.is_empty();
-        m.sessions.insert(session, recipient);
+        m.sessions.insert(handle.id, handle);
         if !was_online {
             self.presence(username, true);
         }
     }
 
-    fn presence(&self, username: &str, online: bool) {
+    fn presence(&mut self, username: &str, online: bool) {
         self.broadcast(
             &ServerMsg::Presence {
                 room_id: self.record.room_id.clone(),
@@ -273,8 +297,8 @@ impl RoomActor {
                 }
                 .encode(),
             );
-            for r in removed.sessions.values() {
-                r.do_send(Push(frame.clone()));
+            for s in removed.sessions.values() {
+                s.deliver(frame.clone());
             }
         }
         self.broadcast(
@@ -339,14 +363,13 @@ impl Actor for RoomActor {
 #[rtype(result = "()")]
 pub struct Attach {
     pub username: String,
-    pub session: SessionId,
-    pub recipient: Recipient<Push>,
+    pub handle: SessionHandle,
 }
 
 impl Handler<Attach> for RoomActor {
     type Result = ();
     fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
-        self.attach(&msg.username, msg.session, msg.recipient);
+        self.attach(&msg.username, msg.handle);
     }
 }
 
@@ -382,7 +405,7 @@ pub struct Joined {
 #[rtype(result = "RoomResult<Joined>")]
 pub struct Join {
     pub user: Arc<User>,
-    pub sessions: Vec<(SessionId, Recipient<Push>)>,
+    pub sessions: Vec<SessionHandle>,
     pub room_count: usize,
     pub password: Option<String>,
 }
@@ -396,9 +419,9 @@ impl RoomActor {
         }
     }
 
-    fn attach_all(&mut self, username: &str, sessions: Vec<(SessionId, Recipient<Push>)>) {
-        for (id, r) in sessions {
-            self.attach(username, id, r);
+    fn attach_all(&mut self, username: &str, sessions: Vec<SessionHandle>) {
+        for handle in sessions {
+            self.attach(username, handle);
         }
     }
 }
@@ -454,7 +477,7 @@ impl Handler<Join> for RoomActor {
                 MemberState {
                     user,
                     joined_at,
-                    sessions: sessions.into_iter().collect(),
+                    sessions: sessions.into_iter().map(|h| (h.id, h)).collect(),
                 },
             );
             act.broadcast(

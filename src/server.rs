@@ -29,6 +29,8 @@ struct AppState {
     registry: Addr<Registry>,
     settings: Arc<Settings>,
     store: SharedStore,
+    /// Open websocket sessions of this server (limits.max_connections).
+    open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 async fn ws_route(
@@ -36,7 +38,11 @@ async fn ws_route(
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
-    let session = Session::new(state.registry.clone(), state.settings.clone());
+    let session = Session::new(
+        state.registry.clone(),
+        state.settings.clone(),
+        state.open.clone(),
+    );
     ws::WsResponseBuilder::new(session, &req, stream)
         .protocols(&[SUBPROTOCOL])
         .frame_size(state.settings.limits.max_frame_bytes)
@@ -170,6 +176,7 @@ async fn serve(
         registry,
         settings: settings.clone(),
         store: store.clone(),
+        open: Default::default(),
     };
     let mut server = HttpServer::new(move || {
         App::new()
@@ -179,9 +186,17 @@ async fn serve(
             .route("/metrics", web::get().to(metrics_route))
     })
     .workers(settings.worker_threads())
-    .on_connect(|conn, _| {
-        if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-            let _ = tcp.set_nodelay(true);
+    .client_request_timeout(Duration::from_secs(settings.limits.handshake_timeout_secs))
+    .on_connect({
+        let user_timeout = settings.limits.tcp_user_timeout_secs;
+        move |conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+                if user_timeout > 0 {
+                    let sock = socket2::SockRef::from(tcp);
+                    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(user_timeout)));
+                }
+            }
         }
     })
     .shutdown_timeout(2)

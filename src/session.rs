@@ -8,10 +8,11 @@
 //! its pending challenge, and a cache of room addresses it has used.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use actix::dev::SendError;
 use actix::prelude::*;
 use actix_web_actors::ws;
 use bytes::Bytes;
@@ -37,6 +38,31 @@ static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 #[rtype(result = "()")]
 pub struct Push(pub Bytes);
 
+/// How rooms reach a session: its address plus a flag the sender raises
+/// when the session's bounded send queue (`limits.send_queue`) is full.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub id: SessionId,
+    recipient: Recipient<Push>,
+    overflow: Arc<AtomicBool>,
+}
+
+impl SessionHandle {
+    /// Queues a frame. False when the session is gone or too slow; the
+    /// caller then forgets the handle, and a slow session closes itself
+    /// (1008) as soon as it runs again.
+    pub fn deliver(&self, frame: Bytes) -> bool {
+        match self.recipient.try_send(Push(frame)) {
+            Ok(()) => true,
+            Err(SendError::Full(_)) => {
+                self.overflow.store(true, Ordering::Relaxed);
+                false
+            }
+            Err(SendError::Closed(_)) => false,
+        }
+    }
+}
+
 struct Challenge {
     user: Arc<User>,
     nonce: [u8; crypto::CHALLENGE_LEN],
@@ -59,12 +85,18 @@ pub struct Session {
     last_heard: Instant,
     bucket: Bucket,
     refused_in_row: u32,
+    /// Raised by a room when this session's send queue was full.
+    overflow: Arc<AtomicBool>,
+    /// `login` requests in the current minute (limits.login_attempts_per_minute).
+    logins: (Instant, u32),
+    /// The server's count of open sessions.
+    open: Arc<AtomicUsize>,
 }
 
 type Ctx = ws::WebsocketContext<Session>;
 
 impl Session {
-    pub fn new(registry: Addr<Registry>, settings: Arc<Settings>) -> Self {
+    pub fn new(registry: Addr<Registry>, settings: Arc<Settings>, open: Arc<AtomicUsize>) -> Self {
         Session {
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             registry,
@@ -78,7 +110,25 @@ impl Session {
             rooms: HashMap::new(),
             last_heard: Instant::now(),
             refused_in_row: 0,
+            overflow: Arc::new(AtomicBool::new(false)),
+            logins: (Instant::now(), 0),
+            open,
         }
+    }
+
+    /// Closes the connection (1008) if a room found its send queue full:
+    /// it has missed events, so it must reconnect and catch up from history.
+    fn check_overflow(&mut self, ctx: &mut Ctx) -> bool {
+        if !self.overflow.load(Ordering::Relaxed) {
+            return false;
+        }
+        log::warn!("session {} closed: too slow to read its messages", self.id);
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Policy,
+            description: Some("send queue full: reconnect and catch up from history".into()),
+        }));
+        ctx.stop();
+        true
     }
 
     fn take_token(&mut self) -> bool {
@@ -275,6 +325,20 @@ impl Session {
         if self.user.is_some() {
             return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
         }
+        if self.logins.0.elapsed() >= std::time::Duration::from_secs(60) {
+            self.logins = (Instant::now(), 0);
+        }
+        self.logins.1 += 1;
+        if self.logins.1 > self.settings.limits.login_attempts_per_minute {
+            return self.fail(
+                ctx,
+                id,
+                Failure::new(
+                    ErrorCode::RateLimited,
+                    "too many login attempts on this connection; wait a minute",
+                ),
+            );
+        }
         if let Err(code) = validate::username(&username) {
             return self.fail(ctx, id, code);
         }
@@ -316,17 +380,25 @@ impl Session {
             );
             return self.fail(ctx, id, ErrorCode::AuthFailed);
         }
-        metrics::inc(&metrics::LOGINS);
-        log::debug!("session {} logged in as {}", self.id, user.username);
         let username = user.username.clone();
-        self.user = Some(user);
+        let handle = SessionHandle {
+            id: self.id,
+            recipient: ctx.address().recipient(),
+            overflow: self.overflow.clone(),
+        };
         let online = self.registry.send(registry::Online {
             username: username.clone(),
-            session: self.id,
-            recipient: ctx.address().recipient(),
+            handle,
         });
-        let fut = async move { online.await.map_err(|_| Failure::from(ErrorCode::Internal)) };
+        let fut = async move {
+            online
+                .await
+                .unwrap_or_else(|_| Err(ErrorCode::Internal.into()))
+        };
         self.answer(ctx, id, fut, move |act, info| {
+            metrics::inc(&metrics::LOGINS);
+            log::debug!("session {} logged in as {username}", act.id);
+            act.user = Some(user);
             act.rooms.extend(info.addrs);
             ServerMsg::LoggedIn {
                 id,
@@ -524,6 +596,8 @@ impl Actor for Session {
     type Context = Ctx;
 
     fn started(&mut self, ctx: &mut Ctx) {
+        ctx.set_mailbox_capacity(self.settings.limits.send_queue);
+        self.open.fetch_add(1, Ordering::Relaxed);
         metrics::inc(&metrics::CONNECTIONS_OPEN);
         metrics::inc(&metrics::CONNECTIONS_TOTAL);
         let timeout = self.settings.heartbeat_timeout();
@@ -531,7 +605,7 @@ impl Actor for Session {
             if act.last_heard.elapsed() > timeout {
                 log::info!("session {} timed out", act.id);
                 ctx.stop();
-            } else {
+            } else if !act.check_overflow(ctx) {
                 ctx.ping(b"");
             }
         });
@@ -539,6 +613,7 @@ impl Actor for Session {
 
     fn stopped(&mut self, _: &mut Ctx) {
         metrics::dec(&metrics::CONNECTIONS_OPEN);
+        self.open.fetch_sub(1, Ordering::Relaxed);
         if let Some(user) = &self.user {
             self.registry.do_send(registry::Offline {
                 username: user.username.clone(),
@@ -552,7 +627,9 @@ impl Handler<Push> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Ctx) {
-        ctx.binary(msg.0);
+        if !self.check_overflow(ctx) {
+            ctx.binary(msg.0);
+        }
     }
 }
 
