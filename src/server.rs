@@ -38,6 +38,11 @@ async fn ws_route(
     stream: web::Payload,
     state: web::Data<AppState>,
 ) -> actix_web::Result<HttpResponse> {
+    let open = state.open.load(std::sync::atomic::Ordering::Relaxed);
+    if open >= state.settings.limits.max_connections {
+        log::warn!("refusing a connection: {open} open (limits.max_connections)");
+        return Ok(HttpResponse::ServiceUnavailable().body("too many connections\n"));
+    }
     let session = Session::new(
         state.registry.clone(),
         state.settings.clone(),

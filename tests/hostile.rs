@@ -1,0 +1,410 @@
+//! Hostile clients over real sockets: each gets the specified error or close
+//! code, and a well-behaved client is served throughout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_code, identity, TestServer};
+use e2ee_chat::client::{seal_message, Client};
+use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn still_serves(c: &mut Client) {
+    assert!(matches!(
+        c.request(&Request::Ping).await.unwrap(),
+        ServerMsg::Pong { .. }
+    ));
+}
+
+#[tokio::test]
+async fn half_open_handshakes_are_dropped_and_others_served() {
+    let t = TestServer::with(|s| s.limits.handshake_timeout_secs = 1);
+    let addr = t.server.as_ref().unwrap().addr;
+    let mut polite = t.user("alice", 0).await;
+    // 50 connections that never finish the HTTP upgrade.
+    let mut half = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+            .await
+            .unwrap();
+        half.push(s);
+    }
+    still_serves(&mut polite).await;
+    // Each is closed by the server after the handshake timeout.
+    for mut s in half {
+        let mut buf = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+        assert!(read.is_ok(), "the server kept a half-open connection");
+    }
+    still_serves(&mut polite).await;
+    t.stop().await;
+}
+
+/// The `type` of a server frame without decoding it (the server writes `type` first).
+fn frame_kind(frame: &[u8]) -> &[u8] {
+    if frame.len() > 7 && &frame[1..6] == b"\x64type" {
+        let len = (frame[6] & 0x1f) as usize;
+        frame.get(7..7 + len).unwrap_or(b"")
+    } else {
+        b""
+    }
+}
+
+/// Reads frames from a raw websocket until `n` of `kind` arrived.
+async fn count_frames(
+    ws: e2ee_chat::client::Ws,
+    kind: &'static str,
+    n: usize,
+) -> e2ee_chat::client::Ws {
+    use futures_util::StreamExt;
+    let mut ws = ws;
+    let mut seen = 0;
+    while seen < n {
+        let frame = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("frames keep coming")
+            .expect("open")
+            .expect("readable");
+        if let tokio_tungstenite::tungstenite::Message::Binary(b) = frame {
+            if frame_kind(&b) == kind.as_bytes() {
+                seen += 1;
+            }
+        }
+    }
+    ws
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
+    let t = TestServer::with(|s| {
+        s.limits.send_queue = 128;
+        s.limits.tcp_user_timeout_secs = 2;
+    });
+    let alice = t.user("alice", 0).await;
+    let mut bob = t.user("bob", 1).await;
+    let mut alice = alice;
+    let (room, _) = alice.create_room("Firehose", None, false).await.unwrap();
+    let rid = room.room_id;
+    bob.join_room(&rid, None).await.unwrap();
+    let mut sloth = t.user("carol", 2).await;
+    sloth.join_room(&rid, None).await.unwrap();
+    alice.get_members(&rid).await.unwrap();
+    let me = identity("alice", 0);
+    let recipients: Vec<(String, Vec<u8>)> = [("alice", 0), ("bob", 1), ("carol", 2)]
+        .iter()
+        .map(|(n, k)| (n.to_string(), identity(n, *k).keys.enc_der))
+        .collect();
+    let body = seal_message(&me.keys, &rid, &"x".repeat(16 * 1024), &recipients).unwrap();
+    // carol never reads. alice sends far more than carol's queue (128 frames)
+    // and socket buffers hold (1500 × 16 KiB ≈ 24 MiB, pipelined) while alice
+    // and bob read.
+    let n = 1500usize;
+    let bob_reads = tokio::spawn(count_frames(bob.into_ws(), "message", n));
+    use futures_util::{SinkExt, StreamExt};
+    let (mut sink, stream) = alice.into_ws().split();
+    let alice_reads = tokio::spawn(async move {
+        let mut ws = stream;
+        let mut acks = 0;
+        while acks < n {
+            let f = tokio::time::timeout(Duration::from_secs(60), ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let tokio_tungstenite::tungstenite::Message::Binary(b) = f {
+                if frame_kind(&b) == b"sent" {
+                    acks += 1;
+                }
+            }
+        }
+        ws
+    });
+    for i in 0..n as u64 {
+        let mut b = body.clone();
+        let mut id = vec![0u8; 16];
+        id[..8].copy_from_slice(&i.to_be_bytes());
+        b.msg_id = ByteBuf::from(id);
+        // Same ciphertext under a new msg_id: re-sign, as the signature covers msg_id.
+        b.signature = ByteBuf::from(me.keys.sign(&e2ee_chat::crypto::message_signature_input(
+            &rid,
+            &b.msg_id,
+            &b.nonce,
+            &b.ciphertext,
+        )));
+        let frame = Request::Send(b).encode(Some(i));
+        sink.send(tokio_tungstenite::tungstenite::Message::Binary(
+            frame.into(),
+        ))
+        .await
+        .unwrap();
+    }
+    // bob got every message, alice every ack.
+    bob_reads.await.unwrap();
+    alice_reads.await.unwrap();
+    // When carol finally reads, she finds fewer messages than were sent, then the end.
+    sloth.timeout = Duration::from_secs(20);
+    let mut seen = 0;
+    let end = loop {
+        match sloth.read().await {
+            Ok(ServerMsg::Message(_)) => seen += 1,
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(
+        seen < n,
+        "carol received {seen} of {n}: nothing was dropped"
+    );
+    assert!(
+        end.contains("1008") || end.contains("reset") || end.contains("closed"),
+        "{end}"
+    );
+    // She can reconnect and catch up from history.
+    let mut carol = t.login("carol", 2).await;
+    let mut caught_up = 0;
+    let mut after = 0;
+    loop {
+        let (msgs, more) = carol
+            .history(&rid, Some(after), None, Some(500))
+            .await
+            .unwrap();
+        caught_up += msgs.len();
+        after = msgs.last().map_or(after, |m| m.seq);
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(caught_up, n);
+    let mut polite = t.user("dave", 3).await;
+    still_serves(&mut polite).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn login_floods_without_prove_are_limited() {
+    let t = TestServer::with(|s| s.limits.login_attempts_per_minute = 30);
+    let mut setup = t.client().await;
+    setup.register(&identity("alice", 0)).await.unwrap();
+    let mut flood = t.client().await;
+    let mut codes = Vec::new();
+    for _ in 0..40 {
+        match flood
+            .request(&Request::Login {
+                username: "alice".into(),
+            })
+            .await
+        {
+            Ok(ServerMsg::Challenge { .. }) => codes.push(None),
+            Err(e) => codes.push(e.code()),
+            Ok(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 30);
+    assert!(codes[30..]
+        .iter()
+        .all(|c| *c == Some(ErrorCode::RateLimited)));
+    // Thousands of other connections doing the same do not stop a real login.
+    let mut floods = Vec::new();
+    for _ in 0..20 {
+        let mut c = t.client().await;
+        for i in 0..30 {
+            c.send_raw(
+                Request::Login {
+                    username: "alice".into(),
+                }
+                .encode(Some(i)),
+            )
+            .await
+            .unwrap();
+        }
+        floods.push(c);
+    }
+    let mut alice = t.login("alice", 0).await;
+    still_serves(&mut alice).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_connections_for_one_user() {
+    let t = TestServer::with(|s| s.limits.max_connections_per_user = 2);
+    let _a1 = t.user("alice", 0).await;
+    let _a2 = t.login("alice", 0).await;
+    let mut a3 = t.client().await;
+    assert_code(
+        a3.login(&identity("alice", 0)).await,
+        ErrorCode::RateLimited,
+    );
+    assert_code(a3.list_rooms(None, None).await, ErrorCode::NotLoggedIn);
+    drop(_a2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut a4 = t.login("alice", 0).await;
+    still_serves(&mut a4).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_connections_in_all_get_503() {
+    let t = TestServer::with(|s| s.limits.max_connections = 3);
+    let _c: Vec<Client> = vec![t.client().await, t.client().await, t.client().await];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err = Client::connect(&t.url())
+        .await
+        .err()
+        .expect("the fourth is refused");
+    assert!(err.to_string().contains("503"), "{err}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn huge_keys_map_is_stale_members_or_too_large() {
+    let t = TestServer::new();
+    let mut alice = t.user("alice", 0).await;
+    let (room, _) = alice.create_room("Keys", None, false).await.unwrap();
+    let me = identity("alice", 0);
+    let mut body = seal_message(
+        &me.keys,
+        &room.room_id,
+        "hi",
+        &[("alice".into(), me.keys.enc_der.clone())],
+    )
+    .unwrap();
+    for i in 0..30_000 {
+        body.keys
+            .insert(format!("u{i:05}"), ByteBuf::from(vec![0u8; 4]));
+    }
+    assert_code(
+        alice.request(&Request::Send(body.clone())).await,
+        ErrorCode::StaleMembers,
+    );
+    // Over the frame limit: closed with 1009.
+    for i in 0..5_000 {
+        body.keys
+            .insert(format!("v{i:05}"), ByteBuf::from(vec![0u8; 256]));
+    }
+    let mut big = t.login("alice", 0).await;
+    big.send_raw(Request::Send(body).encode(Some(1)))
+        .await
+        .unwrap();
+    let end = loop {
+        match big.read().await {
+            Ok(_) => continue,
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(end.contains("1009"), "{end}");
+    still_serves(&mut alice).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn msg_id_collisions_across_rooms_and_senders_are_separate_messages() {
+    let t = TestServer::new();
+    let mut alice = t.user("alice", 0).await;
+    let mut bob = t.user("bob", 1).await;
+    let (a, _) = alice.create_room("Room A", None, false).await.unwrap();
+    let (b, _) = alice.create_room("Room B", None, false).await.unwrap();
+    bob.join_room(&a.room_id, None).await.unwrap();
+    let keys_for = |names: &[(&str, usize)]| -> Vec<(String, Vec<u8>)> {
+        names
+            .iter()
+            .map(|(n, k)| (n.to_string(), identity(n, *k).keys.enc_der))
+            .collect()
+    };
+    let fixed = |mut body: e2ee_chat::protocol::SendBody, signer: &e2ee_chat::crypto::KeyPair| {
+        body.msg_id = ByteBuf::from(vec![0x42; 16]);
+        body.signature = ByteBuf::from(signer.sign(&e2ee_chat::crypto::message_signature_input(
+            &body.room_id,
+            &body.msg_id,
+            &body.nonce,
+            &body.ciphertext,
+        )));
+        body
+    };
+    let alice_k = identity("alice", 0).keys;
+    let bob_k = identity("bob", 1).keys;
+    let in_a = fixed(
+        seal_message(
+            &alice_k,
+            &a.room_id,
+            "a1",
+            &keys_for(&[("alice", 0), ("bob", 1)]),
+        )
+        .unwrap(),
+        &alice_k,
+    );
+    let in_b = fixed(
+        seal_message(&alice_k, &b.room_id, "b1", &keys_for(&[("alice", 0)])).unwrap(),
+        &alice_k,
+    );
+    let by_bob = fixed(
+        seal_message(
+            &bob_k,
+            &a.room_id,
+            "a2",
+            &keys_for(&[("alice", 0), ("bob", 1)]),
+        )
+        .unwrap(),
+        &bob_k,
+    );
+    let seq = |m: ServerMsg| match m {
+        ServerMsg::Sent { seq, .. } => seq,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        seq(alice.request(&Request::Send(in_a.clone())).await.unwrap()),
+        1
+    );
+    assert_eq!(seq(alice.request(&Request::Send(in_b)).await.unwrap()), 1);
+    assert_eq!(seq(bob.request(&Request::Send(by_bob)).await.unwrap()), 2);
+    assert_eq!(
+        seq(alice.request(&Request::Send(in_a)).await.unwrap()),
+        1,
+        "a resend is still the original"
+    );
+    let (msgs, _) = bob.history(&a.room_id, None, None, None).await.unwrap();
+    assert_eq!(msgs.len(), 2);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn unicode_tricks_in_names() {
+    let t = TestServer::new();
+    let mut alice = t.user("alice", 0).await;
+    // Case folding: É/é and the Kelvin sign (U+212A) fold onto plain letters.
+    alice.create_room("Café", None, false).await.unwrap();
+    assert_code(
+        alice.create_room("CAFÉ", None, false).await,
+        ErrorCode::RoomExists,
+    );
+    alice.create_room("kitchen", None, false).await.unwrap();
+    assert_code(
+        alice.create_room("\u{212A}itchen", None, false).await,
+        ErrorCode::RoomExists,
+    );
+    // Direction marks, zero-width and control characters are not name characters.
+    for bad in [
+        "evil\u{202e}txt",
+        "zero\u{200b}width",
+        "nul\0",
+        "tab\there",
+        "new\nline",
+    ] {
+        assert_code(
+            alice.create_room(bad, None, false).await,
+            ErrorCode::InvalidRoomName,
+        );
+    }
+    // Usernames: ASCII only; look-alikes (Cyrillic а) and NUL are refused.
+    let mut c = t.client().await;
+    for bad in ["\u{430}lice", "al\0ce", "ALICE", "alice\u{202e}"] {
+        let mut id = identity("x", 1);
+        id.username = bad.into();
+        assert_code(c.register(&id).await, ErrorCode::InvalidUsername);
+    }
+    let (rooms, total, _) = alice.list_rooms(None, None).await.unwrap();
+    assert_eq!(total, 2, "{rooms:?}");
+    t.stop().await;
+}
