@@ -21,6 +21,7 @@
 pub mod client;
 pub mod config;
 pub mod crypto;
+pub mod fuzzing;
 pub mod metrics;
 pub mod password;
 pub mod protocol;

@@ -272,6 +272,19 @@ impl Session {
     }
 
     fn dispatch(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
+        let before_login = matches!(
+            request,
+            Request::Ping
+                | Request::Register { .. }
+                | Request::Login { .. }
+                | Request::Prove { .. }
+        );
+        if !before_login && self.user.is_none() {
+            return self.fail(ctx, id, ErrorCode::NotLoggedIn);
+        }
+        if let Err(code) = validate::request(&request) {
+            return self.fail(ctx, id, code);
+        }
         match request {
             Request::Ping => self.write(
                 ctx,
@@ -287,7 +300,6 @@ impl Session {
             } => self.register(ctx, id, username, sign_key, enc_key),
             Request::Login { username } => self.login(ctx, id, username),
             Request::Prove { signature } => self.prove(ctx, id, &signature),
-            _ if self.user.is_none() => self.fail(ctx, id, ErrorCode::NotLoggedIn),
             other => self.dispatch_logged_in(ctx, id, other),
         }
     }
@@ -300,9 +312,6 @@ impl Session {
         sign_key: ByteBuf,
         enc_key: ByteBuf,
     ) {
-        if let Err(code) = validate::username(&username) {
-            return self.fail(ctx, id, code);
-        }
         let keys = match PublicKeys::parse(&sign_key, &enc_key) {
             Ok(k) => k,
             Err(e) => {
@@ -338,9 +347,6 @@ impl Session {
                     "too many login attempts on this connection; wait a minute",
                 ),
             );
-        }
-        if let Err(code) = validate::username(&username) {
-            return self.fail(ctx, id, code);
         }
         let ttl = std::time::Duration::from_secs(self.settings.security.challenge_ttl_secs);
         self.ask_registry(
@@ -433,12 +439,6 @@ impl Session {
                 password,
                 hidden,
             } => {
-                if let Err(code) = validate::room_name(&name) {
-                    return self.fail(ctx, id, code);
-                }
-                if let Some(Err(code)) = password.as_deref().map(validate::password) {
-                    return self.fail(ctx, id, code);
-                }
                 let msg = registry::CreateRoom {
                     user,
                     name,
@@ -522,15 +522,9 @@ impl Session {
                 username: target,
             } => self.owner_op(ctx, id, room_id, OwnerAction::Unban(target)),
             Request::RenameRoom { room_id, name } => {
-                if let Err(code) = validate::room_name(&name) {
-                    return self.fail(ctx, id, code);
-                }
                 self.owner_op(ctx, id, room_id, OwnerAction::Rename(name))
             }
             Request::SetPassword { room_id, password } => {
-                if let Some(Err(code)) = password.as_deref().map(validate::password) {
-                    return self.fail(ctx, id, code);
-                }
                 self.owner_op(ctx, id, room_id, OwnerAction::SetPassword(password))
             }
             Request::DeleteRoom { room_id } => self.owner_op(ctx, id, room_id, OwnerAction::Delete),

@@ -1,7 +1,7 @@
 //! Validation rules of PROTOCOL.md section 5, and room-name folding for
 //! case-insensitive uniqueness.
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, Request};
 
 /// `^[a-z0-9][a-z0-9_-]{2,31}$`
 pub fn username(name: &str) -> Result<(), ErrorCode> {
@@ -41,6 +41,24 @@ pub fn password(pw: &str) -> Result<(), ErrorCode> {
         Ok(())
     } else {
         Err(ErrorCode::InvalidPassword)
+    }
+}
+
+/// The stateless checks of a request's fields (section 5), made by the
+/// session before anything else sees the request. Key material is checked
+/// where it is parsed (registration).
+pub fn request(req: &Request) -> Result<(), ErrorCode> {
+    match req {
+        Request::Register { username, .. } | Request::Login { username } => {
+            self::username(username)
+        }
+        Request::CreateRoom { name, password, .. } => {
+            room_name(name)?;
+            password.as_deref().map_or(Ok(()), self::password)
+        }
+        Request::RenameRoom { name, .. } => room_name(name),
+        Request::SetPassword { password, .. } => password.as_deref().map_or(Ok(()), self::password),
+        _ => Ok(()),
     }
 }
 
