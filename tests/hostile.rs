@@ -142,8 +142,8 @@ async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
         .unwrap();
     }
     // bob got every message, alice every ack.
-    bob_reads.await.unwrap();
-    alice_reads.await.unwrap();
+    let _bob = bob_reads.await.unwrap();
+    let _alice = alice_reads.await.unwrap();
     // When carol finally reads, she finds fewer messages than were sent, then the end.
     sloth.timeout = Duration::from_secs(20);
     let mut seen = 0;
