@@ -16,7 +16,6 @@ use std::time::Duration;
 use e2ee_chat::client::{seal_message, Client};
 use e2ee_chat::protocol::{Request, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
-use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
