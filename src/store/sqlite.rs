@@ -10,6 +10,12 @@
 //!
 //! Reads run on two reader threads with their own connections; WAL lets them
 //! read committed data while the writer works.
+//!
+//! A message's wrapped keys are one blob in its row (see [`encode_keys`]):
+//! one insert per message however large the room. History finds a user's
+//! messages through `member_periods` (the seq ranges during which the user
+//! was a member) and takes the user's key out of each row's blob, skipping
+//! the rare row without one (a member who joined while it was in flight).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -69,16 +75,17 @@ CREATE TABLE IF NOT EXISTS messages (
     nonce      BLOB NOT NULL,
     ciphertext BLOB NOT NULL,
     signature  BLOB NOT NULL,
+    keys       BLOB NOT NULL,
     PRIMARY KEY (room_id, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room_id, sender, msg_id);
 CREATE INDEX IF NOT EXISTS messages_by_ts ON messages (ts);
-CREATE TABLE IF NOT EXISTS message_keys (
+CREATE TABLE IF NOT EXISTS member_periods (
     room_id  TEXT NOT NULL,
     username TEXT NOT NULL,
-    seq      INTEGER NOT NULL,
-    key      BLOB NOT NULL,
-    PRIMARY KEY (room_id, seq, username)
+    from_seq INTEGER NOT NULL,
+    to_seq   INTEGER,
+    PRIMARY KEY (room_id, username, from_seq)
 ) WITHOUT ROWID;
 ";
 
@@ -119,6 +126,33 @@ fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// The schema version this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// Creates the schema in a new database; refuses one of another version
+/// rather than guessing.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if version != SCHEMA_VERSION && (version != 0 || tables > 0) {
+        return Err(StoreError::Unavailable(format!(
+            "{} has schema version {version}; this server uses version {SCHEMA_VERSION}",
+            path.display()
+        )));
+    }
+    conn.execute_batch(SCHEMA).map_err(backend)?;
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+        .map_err(backend)
+}
+
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(backend)?;
     conn.execute_batch(
@@ -140,7 +174,7 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
         }
         let writer = open_connection(path)?;
-        writer.execute_batch(SCHEMA).map_err(backend)?;
+        migrate(&writer, path)?;
         let (wtx, wrx) = unbounded();
         thread::Builder::new()
             .name("sqlite-writer".into())
@@ -293,24 +327,45 @@ fn user_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<Use
     })
 }
 
-fn stored_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredMessage> {
-    Ok(StoredMessage {
-        seq: row.get::<_, i64>(0)? as u64,
-        ts: row.get::<_, i64>(1)? as u64,
-        msg_id: row.get(2)?,
-        sender: row.get(3)?,
-        nonce: row.get(4)?,
-        ciphertext: row.get(5)?,
-        signature: row.get(6)?,
-        key: row.get(7)?,
-    })
+const MESSAGE_COLUMNS: &str = "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys
+     FROM messages WHERE room_id = ?1 AND seq BETWEEN ?2 AND ?3";
+
+/// Wrapped keys as one blob: `u16 count`, then per recipient (in name order)
+/// `u8 name length, name, u16 key length, key`, all big-endian.
+pub fn encode_keys(keys: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        2 + keys
+            .iter()
+            .map(|(n, k)| 3 + n.len() + k.len())
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(&(keys.len() as u16).to_be_bytes());
+    for (name, key) in keys {
+        out.push(name.len() as u8);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+        out.extend_from_slice(key);
+    }
+    out
 }
 
-/// Walks the room's messages in seq order and keeps those with a key for
-/// the requester (a primary-key probe per message).
-const HISTORY_COLUMNS: &str = "SELECT m.seq, m.ts, m.msg_id, m.sender, m.nonce, m.ciphertext, m.signature, k.key
-     FROM messages m JOIN message_keys k ON k.room_id = m.room_id AND k.seq = m.seq AND k.username = ?2
-     WHERE m.room_id = ?1";
+/// The key for `username` in a blob made by [`encode_keys`].
+pub fn find_key(blob: &[u8], username: &str) -> Option<Vec<u8>> {
+    let count = u16::from_be_bytes(blob.get(0..2)?.try_into().ok()?);
+    let mut at = 2;
+    for _ in 0..count {
+        let name_len = *blob.get(at)? as usize;
+        let name = blob.get(at + 1..at + 1 + name_len)?;
+        at += 1 + name_len;
+        let key_len = u16::from_be_bytes(blob.get(at..at + 2)?.try_into().ok()?) as usize;
+        at += 2;
+        if name == username.as_bytes() {
+            return blob.get(at..at + key_len).map(<[u8]>::to_vec);
+        }
+        at += key_len;
+    }
+    None
+}
 
 fn history_page(
     conn: &Connection,
@@ -318,38 +373,88 @@ fn history_page(
     username: &str,
     q: HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
+    const OPEN: i64 = i64::MAX;
     let limit = q.limit.max(1);
-    let fetch = (limit + 1) as i64;
-    let before = q
+    let lo = q
+        .after_seq
+        .map_or(1, |a| a.saturating_add(1).min(OPEN as u64) as i64);
+    let hi = q
         .before_seq
-        .map_or(i64::MAX, |b| b.min(i64::MAX as u64) as i64);
-    let (sql, ascending, from) = match q.after_seq {
-        Some(after) => (
-            format!("{HISTORY_COLUMNS} AND m.seq > ?3 AND m.seq < ?4 ORDER BY m.seq ASC LIMIT ?5"),
-            true,
-            after.min(i64::MAX as u64) as i64,
-        ),
-        None => (
-            format!("{HISTORY_COLUMNS} AND m.seq > ?3 AND m.seq < ?4 ORDER BY m.seq DESC LIMIT ?5"),
-            false,
-            0,
-        ),
-    };
-    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let mut messages = stmt
-        .query_map(
-            params![room_id, username, from, before, fetch],
-            stored_message,
+        .map_or(OPEN, |b| b.saturating_sub(1).min(OPEN as u64) as i64);
+    let ascending = q.after_seq.is_some();
+    let mut periods: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT from_seq, IFNULL(to_seq, 9223372036854775807) FROM member_periods
+             WHERE room_id = ?1 AND username = ?2 ORDER BY from_seq",
         )
-        .map_err(backend)?
-        .collect::<Result<Vec<_>, _>>()
+        .and_then(|mut s| {
+            s.query_map(params![room_id, username], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+        })
         .map_err(backend)?;
+    if !ascending {
+        periods.reverse();
+    }
+    let sql = format!(
+        "{MESSAGE_COLUMNS} ORDER BY seq {}",
+        if ascending { "ASC" } else { "DESC" }
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let mut messages = Vec::with_capacity(limit + 1);
+    'periods: for (from, to) in periods {
+        let (a, b) = (from.max(lo), to.min(hi));
+        if a > b {
+            continue;
+        }
+        let mut rows = stmt.query(params![room_id, a, b]).map_err(backend)?;
+        while let Some(row) = rows.next().map_err(backend)? {
+            let blob: Vec<u8> = row.get(7).map_err(backend)?;
+            let Some(key) = find_key(&blob, username) else {
+                continue;
+            };
+            messages.push(StoredMessage {
+                seq: row.get::<_, i64>(0).map_err(backend)? as u64,
+                ts: row.get::<_, i64>(1).map_err(backend)? as u64,
+                msg_id: row.get(2).map_err(backend)?,
+                sender: row.get(3).map_err(backend)?,
+                nonce: row.get(4).map_err(backend)?,
+                ciphertext: row.get(5).map_err(backend)?,
+                signature: row.get(6).map_err(backend)?,
+                key,
+            });
+            if messages.len() > limit {
+                break 'periods;
+            }
+        }
+    }
     let has_more = messages.len() > limit;
     messages.truncate(limit);
     if !ascending {
         messages.reverse();
     }
     Ok(HistoryPage { messages, has_more })
+}
+
+/// Opens a membership period at the room's next seq.
+fn open_period(c: &Connection, room_id: &str, username: &str) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO member_periods (room_id, username, from_seq, to_seq)
+         SELECT room_id, ?2, last_seq + 1, NULL FROM rooms WHERE room_id = ?1",
+    )
+    .and_then(|mut s| s.execute(params![room_id, username]))
+    .map(|_| ())
+    .map_err(backend)
+}
+
+/// Closes a user's open membership period at the room's current seq.
+fn close_period(c: &Connection, room_id: &str, username: &str) -> Result<(), StoreError> {
+    c.prepare_cached(
+        "UPDATE member_periods SET to_seq = (SELECT last_seq FROM rooms WHERE room_id = ?1)
+         WHERE room_id = ?1 AND username = ?2 AND to_seq IS NULL",
+    )
+    .and_then(|mut s| s.execute(params![room_id, username]))
+    .map(|_| ())
+    .map_err(backend)
 }
 
 fn append(
@@ -390,8 +495,8 @@ fn append(
     let seq = last + 1;
     let ts = now_ms();
     conn.prepare_cached(
-        "INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, ciphertext, signature)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, ciphertext, signature, keys)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -402,19 +507,11 @@ fn append(
             msg.sender,
             msg.nonce,
             msg.ciphertext,
-            msg.signature
+            msg.signature,
+            encode_keys(&msg.keys)
         ])
     })
     .map_err(backend)?;
-    let mut keys = conn
-        .prepare_cached(
-            "INSERT INTO message_keys (room_id, username, seq, key) VALUES (?1, ?2, ?3, ?4)",
-        )
-        .map_err(backend)?;
-    for (user, key) in &msg.keys {
-        keys.execute(params![msg.room_id, user, seq as i64, key])
-            .map_err(backend)?;
-    }
     conn.prepare_cached("UPDATE rooms SET last_seq = ?2 WHERE room_id = ?1")
         .and_then(|mut s| s.execute(params![msg.room_id, seq as i64]))
         .map_err(backend)?;
@@ -426,17 +523,13 @@ fn append(
     })
 }
 
-/// Deletes the given messages and their keys.
+/// Deletes the given messages.
 fn delete_messages(conn: &Connection, doomed: &[(String, i64)]) -> Result<u64, StoreError> {
-    let mut del_msg = conn
+    let mut del = conn
         .prepare_cached("DELETE FROM messages WHERE room_id = ?1 AND seq = ?2")
         .map_err(backend)?;
-    let mut del_keys = conn
-        .prepare_cached("DELETE FROM message_keys WHERE room_id = ?1 AND seq = ?2")
-        .map_err(backend)?;
     for (room, seq) in doomed {
-        del_keys.execute(params![room, seq]).map_err(backend)?;
-        del_msg.execute(params![room, seq]).map_err(backend)?;
+        del.execute(params![room, seq]).map_err(backend)?;
     }
     Ok(doomed.len() as u64)
 }
@@ -593,6 +686,7 @@ impl Store for SqliteStore {
                 params![room.room_id, room.owner, room.created_at as i64],
             )
             .map_err(backend)?;
+            open_period(c, &room.room_id, &room.owner)?;
             Ok(())
         })
     }
@@ -655,7 +749,7 @@ impl Store for SqliteStore {
     fn delete_room(&self, room_id: &str) -> StoreFuture<()> {
         let room_id = room_id.to_owned();
         self.write(move |c, state| {
-            for table in ["message_keys", "messages", "members", "bans", "rooms"] {
+            for table in ["messages", "member_periods", "members", "bans", "rooms"] {
                 c.execute(
                     &format!("DELETE FROM {table} WHERE room_id = ?1"),
                     params![room_id],
@@ -670,23 +764,31 @@ impl Store for SqliteStore {
     fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
         let (room_id, username) = (room_id.to_owned(), username.to_owned());
         self.write(move |c, _| {
-            c.execute(
-                "INSERT OR IGNORE INTO members (room_id, username, joined_at) VALUES (?1, ?2, ?3)",
-                params![room_id, username, joined_at as i64],
-            )
-            .map(|_| ())
-            .map_err(backend)
+            let added = c
+                .execute(
+                    "INSERT OR IGNORE INTO members (room_id, username, joined_at) VALUES (?1, ?2, ?3)",
+                    params![room_id, username, joined_at as i64],
+                )
+                .map_err(backend)?;
+            if added > 0 {
+                open_period(c, &room_id, &username)?;
+            }
+            Ok(())
         })
     }
 
     fn remove_member(&self, room_id: &str, username: &str, ban: bool) -> StoreFuture<()> {
         let (room_id, username) = (room_id.to_owned(), username.to_owned());
         self.write(move |c, _| {
-            c.execute(
-                "DELETE FROM members WHERE room_id = ?1 AND username = ?2",
-                params![room_id, username],
-            )
-            .map_err(backend)?;
+            let removed = c
+                .execute(
+                    "DELETE FROM members WHERE room_id = ?1 AND username = ?2",
+                    params![room_id, username],
+                )
+                .map_err(backend)?;
+            if removed > 0 {
+                close_period(c, &room_id, &username)?;
+            }
             if ban {
                 set_ban(c, &room_id, &username, true)?;
             }
@@ -762,4 +864,27 @@ fn set_ban(c: &Connection, room_id: &str, username: &str, banned: bool) -> Resul
     c.execute(sql, params![room_id, username, now_ms() as i64])
         .map(|_| ())
         .map_err(backend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_blob_round_trip() {
+        let keys = vec![
+            ("alice".to_string(), vec![1u8; 256]),
+            ("bob".to_string(), vec![2u8; 512]),
+        ];
+        let blob = encode_keys(&keys);
+        assert_eq!(find_key(&blob, "alice"), Some(vec![1u8; 256]));
+        assert_eq!(find_key(&blob, "bob"), Some(vec![2u8; 512]));
+        assert_eq!(find_key(&blob, "carol"), None);
+        assert_eq!(
+            find_key(&blob[..100], "bob"),
+            None,
+            "a truncated blob finds nothing"
+        );
+        assert_eq!(find_key(&[], "bob"), None);
+    }
 }

@@ -196,3 +196,43 @@ pub fn fmt_opt(v: Option<f64>, unit: &str) -> String {
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+/// The store's commit counters from /metrics, to report group-commit batch
+/// sizes and commit latency over a phase.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitStats {
+    commits: Option<f64>,
+    writes: Option<f64>,
+    secs: Option<f64>,
+}
+
+impl CommitStats {
+    pub async fn snapshot(url: &str) -> Self {
+        CommitStats {
+            commits: metric(url, "chat_store_commits_total").await,
+            writes: metric(url, "chat_store_committed_writes_total").await,
+            secs: metric(url, "chat_store_commit_seconds_total").await,
+        }
+    }
+
+    /// (mean writes per commit, mean commit time in ms) since `before`.
+    pub fn since(&self, before: &CommitStats) -> (Option<f64>, Option<f64>) {
+        let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
+        let commits = delta(before.commits, self.commits).map(|c| c.max(1.0));
+        let writes = delta(before.writes, self.writes);
+        let secs = delta(before.secs, self.secs);
+        (
+            writes.zip(commits).map(|(w, c)| w / c),
+            secs.zip(commits).map(|(s, c)| s * 1000.0 / c),
+        )
+    }
+
+    pub fn describe(&self, before: &CommitStats) -> String {
+        let (batch, ms) = self.since(before);
+        format!(
+            "mean commit batch {}, mean commit {}",
+            batch.map_or("n/a".into(), |b| format!("{b:.1} writes")),
+            ms.map_or("n/a".into(), |m| format!("{m:.2} ms")),
+        )
+    }
+}

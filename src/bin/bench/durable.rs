@@ -92,9 +92,7 @@ pub async fn run(
         }
         frames.push(list);
     }
-    let commits0 = common::metric(url, "chat_store_commits_total").await;
-    let writes0 = common::metric(url, "chat_store_committed_writes_total").await;
-    let secs0 = common::metric(url, "chat_store_commit_seconds_total").await;
+    let commits_before = common::CommitStats::snapshot(url).await;
     let meter = Meter::start(pid);
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -143,25 +141,15 @@ pub async fn run(
     }
     let wall = t0.elapsed().as_secs_f64();
     let (_, cpu, _) = meter.stop();
-    let delta = |a: Option<f64>, b: Option<f64>| Some(b? - a?);
-    let commits = delta(
-        commits0,
-        common::metric(url, "chat_store_commits_total").await,
-    );
-    let writes = delta(
-        writes0,
-        common::metric(url, "chat_store_committed_writes_total").await,
-    );
-    let secs = delta(
-        secs0,
-        common::metric(url, "chat_store_commit_seconds_total").await,
-    );
+    let (mean_batch, mean_commit_ms) = common::CommitStats::snapshot(url)
+        .await
+        .since(&commits_before);
     let report = DurableReport {
         acked,
         errors,
         wall,
-        mean_batch: writes.zip(commits).map(|(w, c)| w / c.max(1.0)),
-        mean_commit_ms: secs.zip(commits).map(|(s, c)| s * 1000.0 / c.max(1.0)),
+        mean_batch,
+        mean_commit_ms,
     };
     println!(
         "durable[{label}]: {acked} acked in {wall:.2} s = {:.0} sends/s; mean commit batch {}; mean commit {}; server CPU {}; errors {errors}",

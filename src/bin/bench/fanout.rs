@@ -225,7 +225,13 @@ pub async fn run_server(
     }
     let prepared = prepare(keys, &room_ids, &members, o, false);
     let ws = conns.into_iter().map(|c| c.into_ws()).collect();
-    drive("server", ws, prepared, o, pid).await
+    let before = common::CommitStats::snapshot(url).await;
+    let report = drive("server", ws, prepared, o, pid).await?;
+    println!(
+        "fanout[server] store: {}",
+        common::CommitStats::snapshot(url).await.describe(&before)
+    );
+    Ok(report)
 }
 
 /// Runs the same fan-out through the bare relay.
