@@ -47,6 +47,8 @@ pub enum ClientError {
     UnknownSender(String),
     #[error("not logged in")]
     NotLoggedIn,
+    #[error("the keys of {0} changed since they were first seen; check the new fingerprint with them and trust it before sending")]
+    KeyChanged(String),
 }
 
 impl ClientError {
@@ -322,6 +324,25 @@ impl Client {
         self.pins.get(username)
     }
 
+    /// Pins keys known from earlier sessions (a persistent pin store), or
+    /// replaces a pin the user decided to trust again.
+    pub fn pin_keys(&mut self, username: &str, sign_der: &[u8], enc_der: &[u8]) -> Result<()> {
+        let keys = PublicKeys::parse(sign_der, enc_der)?;
+        self.pins.insert(username.to_owned(), keys);
+        self.key_changes.retain(|u| u != username);
+        Ok(())
+    }
+
+    /// Every pinned user and the fingerprint of the pinned keys.
+    pub fn pins(&self) -> impl Iterator<Item = (&str, [u8; 32])> {
+        self.pins.iter().map(|(u, k)| (u.as_str(), k.fingerprint()))
+    }
+
+    /// The last member list seen for a room.
+    pub fn members_of(&self, room_id: &str) -> Option<&[Member]> {
+        self.members.get(room_id).map(Vec::as_slice)
+    }
+
     /// Sends a request and waits for its reply; events read meanwhile are queued.
     pub async fn request_raw(&mut self, req: &Request) -> Result<ServerMsg> {
         let id = self.next_id;
@@ -528,7 +549,7 @@ impl Client {
             self.get_members(room_id).await?;
         }
         let (mut body, aes_key) = seal_unwrapped(&identity.keys, room_id, text);
-        wrap_for(&mut body, &aes_key, &self.recipients(room_id))?;
+        wrap_for(&mut body, &aes_key, &self.recipients(room_id)?)?;
         for attempt in 0..3 {
             match self.request(&Request::Send(body.clone())).await {
                 Ok(ServerMsg::Sent { seq, ts, .. }) => return Ok((seq, ts)),
@@ -539,7 +560,7 @@ impl Client {
                     ..
                 }) if attempt < 2 => {
                     self.set_members(room_id, members);
-                    let recipients = self.recipients(room_id);
+                    let recipients = self.recipients(room_id)?;
                     wrap_for(&mut body, &aes_key, &recipients)?;
                 }
                 Err(e) => return Err(e),
@@ -548,15 +569,25 @@ impl Client {
         unreachable!("the loop returns")
     }
 
-    fn recipients(&self, room_id: &str) -> Vec<(String, Vec<u8>)> {
-        self.members
+    /// Who to wrap for: the room's members, each with the enc key pinned
+    /// for them. A member whose keys differ from the pin stops the send.
+    fn recipients(&self, room_id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let members = self
+            .members
             .get(room_id)
-            .map(|ms| {
-                ms.iter()
-                    .map(|m| (m.username.clone(), m.enc_key.to_vec()))
-                    .collect()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        members
+            .iter()
+            .map(|m| match self.pins.get(&m.username) {
+                Some(p)
+                    if p.sign_der == m.sign_key.as_slice() && p.enc_der == m.enc_key.as_slice() =>
+                {
+                    Ok((m.username.clone(), p.enc_der.clone()))
+                }
+                _ => Err(ClientError::KeyChanged(m.username.clone())),
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Verifies and decrypts a message with the sender's pinned keys.

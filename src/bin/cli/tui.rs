@@ -1,0 +1,602 @@
+//! `e2ee-chat chat`: the interactive full-screen client (ratatui + crossterm).
+//!
+//! Two halves joined by channels. The network task owns the connection and
+//! does every RSA operation (unwrapping, signing, wrapping for every member),
+//! so the terminal stays responsive however big the room; it reconnects with
+//! backoff and catches up from history. The UI loop only draws and reads keys.
+
+use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+use e2ee_chat::crypto::KeyPair;
+use e2ee_chat::protocol::{MessageData, RoomSummary, ServerMsg};
+use ratatui::layout::{Constraint, Direction, Layout};
+use ratatui::style::{Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph, Wrap};
+use tokio::sync::mpsc;
+
+use crate::profile::{CliResult, Profile};
+use crate::{connect, fmt_time, render, Connected};
+
+/// What the network task tells the screen.
+enum Ui {
+    Status(String),
+    Rooms(Vec<RoomSummary>),
+    Members(String, Vec<(String, bool)>),
+    Message(String, Shown),
+    Info(Option<String>, String),
+}
+
+/// One message line as shown.
+struct Shown {
+    seq: u64,
+    ts: u64,
+    sender: String,
+    mark: &'static str,
+    text: String,
+}
+
+/// What the screen asks the network task to do.
+enum Cmd {
+    Send(String, String),
+    Join(String, Option<String>),
+    Create(String, Option<String>),
+    Leave(String),
+    Members(String),
+}
+
+pub async fn run(profile: Profile, url: String, keys: KeyPair) -> CliResult<()> {
+    let (ui_tx, ui_rx) = std_mpsc::channel();
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let me = profile.config.username.clone();
+    let net = tokio::spawn(network(profile, url, keys, cmd_rx, ui_tx));
+    let ui = tokio::task::spawn_blocking(move || screen(me, ui_rx, cmd_tx));
+    let result = ui.await.map_err(|e| e.to_string())?;
+    net.abort();
+    result
+}
+
+// ------------------------------------------------------------------ network
+
+fn shown(c: &Connected, m: &MessageData) -> Shown {
+    let (mark, text) = render(&c.client, m);
+    Shown {
+        seq: m.seq,
+        ts: m.ts,
+        sender: m.sender.clone(),
+        mark,
+        text,
+    }
+}
+
+async fn network(
+    profile: Profile,
+    url: String,
+    keys: KeyPair,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    ui: std_mpsc::Sender<Ui>,
+) {
+    let dir = profile.dir.clone();
+    let mut profile = Some(profile);
+    let mut last_seq: HashMap<String, u64> = HashMap::new();
+    let mut backoff = 1u64;
+    loop {
+        let p = match profile.take() {
+            Some(p) => p,
+            None => match Profile::open(&dir) {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = ui.send(Ui::Status(e));
+                    return;
+                }
+            },
+        };
+        let _ = ui.send(Ui::Status(format!("connecting to {url}...")));
+        match connect(p, &url, &keys).await {
+            Ok(mut c) => {
+                backoff = 1;
+                c.client.timeout = Duration::from_secs(60);
+                let _ = ui.send(Ui::Status(format!(
+                    "connected to {url} as {}",
+                    c.profile.config.username
+                )));
+                if let Err(e) = session(&mut c, &mut cmds, &ui, &mut last_seq).await {
+                    let _ = ui.send(Ui::Info(None, format!("connection lost: {e}")));
+                }
+                if cmds.is_closed() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = ui.send(Ui::Status(e));
+            }
+        }
+        let _ = ui.send(Ui::Status(format!("disconnected; retrying in {backoff} s")));
+        tokio::time::sleep(Duration::from_secs(backoff)).await;
+        backoff = (backoff * 2).min(30);
+    }
+}
+
+fn warn_changes(c: &mut Connected, ui: &std_mpsc::Sender<Ui>) {
+    if let Ok(changed) = c.persist_pins() {
+        for user in changed {
+            let _ = ui.send(Ui::Info(
+                None,
+                format!("WARNING: {user}'s keys CHANGED. Their messages are untrusted and sends to rooms with them are refused until `e2ee-chat trust {user}`."),
+            ));
+        }
+    }
+}
+
+async fn refresh_room(
+    c: &mut Connected,
+    room_id: &str,
+    ui: &std_mpsc::Sender<Ui>,
+    last_seq: &mut HashMap<String, u64>,
+) -> CliResult<()> {
+    let members = c
+        .client
+        .get_members(room_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = ui.send(Ui::Members(
+        room_id.to_owned(),
+        members
+            .iter()
+            .map(|m| (m.username.clone(), m.online))
+            .collect(),
+    ));
+    warn_changes(c, ui);
+    // Catch up: everything after what we have, or the latest page.
+    let after = last_seq.get(room_id).copied();
+    let mut cursor = after;
+    loop {
+        let (msgs, more) = c
+            .client
+            .history(
+                room_id,
+                cursor,
+                None,
+                Some(if cursor.is_some() { 200 } else { 50 }),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        for m in &msgs {
+            let _ = ui.send(Ui::Message(room_id.to_owned(), shown(c, m)));
+            last_seq.insert(room_id.to_owned(), m.seq);
+        }
+        cursor = msgs.last().map(|m| m.seq).or(cursor);
+        if !(more && after.is_some()) {
+            return Ok(());
+        }
+    }
+}
+
+async fn session(
+    c: &mut Connected,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    ui: &std_mpsc::Sender<Ui>,
+    last_seq: &mut HashMap<String, u64>,
+) -> CliResult<()> {
+    let _ = ui.send(Ui::Rooms(c.rooms.clone()));
+    for r in c.rooms.clone() {
+        refresh_room(c, &r.room_id, ui, last_seq).await?;
+    }
+    let mut members: HashMap<String, Vec<(String, bool)>> = HashMap::new();
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => {
+                let Some(cmd) = cmd else { return Ok(()) };
+                if let Err(e) = command(c, cmd, ui, last_seq).await {
+                    let _ = ui.send(Ui::Info(None, e));
+                }
+            }
+            ev = c.client.next_event() => {
+                let ev = ev.map_err(|e| e.to_string())?;
+                event(c, ev, ui, last_seq, &mut members);
+            }
+        }
+    }
+}
+
+fn event(
+    c: &mut Connected,
+    ev: ServerMsg,
+    ui: &std_mpsc::Sender<Ui>,
+    last_seq: &mut HashMap<String, u64>,
+    members: &mut HashMap<String, Vec<(String, bool)>>,
+) {
+    let mut member_list = |room: &str, c: &Connected| {
+        let list: Vec<(String, bool)> = c
+            .client
+            .members_of(room)
+            .map(|ms| ms.iter().map(|m| (m.username.clone(), m.online)).collect())
+            .unwrap_or_default();
+        members.insert(room.to_owned(), list.clone());
+        let _ = ui.send(Ui::Members(room.to_owned(), list));
+    };
+    match ev {
+        ServerMsg::Message(m) => {
+            last_seq.insert(m.room_id.clone(), m.seq);
+            let s = shown(c, &m);
+            let _ = ui.send(Ui::Message(m.room_id, s));
+        }
+        ServerMsg::MemberJoined { room_id, member } => {
+            warn_changes(c, ui);
+            let _ = ui.send(Ui::Info(
+                Some(room_id.clone()),
+                format!("{} joined", member.username),
+            ));
+            member_list(&room_id, c);
+        }
+        ServerMsg::MemberLeft {
+            room_id,
+            username,
+            reason,
+        } => {
+            let _ = ui.send(Ui::Info(
+                Some(room_id.clone()),
+                format!("{username} left ({reason})"),
+            ));
+            member_list(&room_id, c);
+        }
+        ServerMsg::Presence {
+            room_id,
+            username,
+            online,
+        } => {
+            if let Some(list) = members.get_mut(&room_id) {
+                for (_, o) in list.iter_mut().filter(|(u, _)| *u == username) {
+                    *o = online;
+                }
+                let _ = ui.send(Ui::Members(room_id, list.clone()));
+            }
+        }
+        ServerMsg::OwnerChanged { room_id, owner } => {
+            let _ = ui.send(Ui::Info(Some(room_id), format!("{owner} is now the owner")));
+        }
+        ServerMsg::RoomRenamed { room_id, name } => {
+            if let Some(r) = c.rooms.iter_mut().find(|r| r.room_id == room_id) {
+                r.name = name.clone();
+            }
+            let _ = ui.send(Ui::Rooms(c.rooms.clone()));
+            let _ = ui.send(Ui::Info(Some(room_id), format!("room renamed to {name}")));
+        }
+        ServerMsg::Removed { room_id, reason } => {
+            c.rooms.retain(|r| r.room_id != room_id);
+            let _ = ui.send(Ui::Rooms(c.rooms.clone()));
+            let _ = ui.send(Ui::Info(None, format!("you were {reason} from a room")));
+        }
+        ServerMsg::RoomDeleted { room_id } => {
+            c.rooms.retain(|r| r.room_id != room_id);
+            let _ = ui.send(Ui::Rooms(c.rooms.clone()));
+            let _ = ui.send(Ui::Info(None, "a room you were in was deleted".into()));
+        }
+        _ => {}
+    }
+}
+
+async fn command(
+    c: &mut Connected,
+    cmd: Cmd,
+    ui: &std_mpsc::Sender<Ui>,
+    last_seq: &mut HashMap<String, u64>,
+) -> CliResult<()> {
+    let err = |e: e2ee_chat::client::ClientError| e.to_string();
+    match cmd {
+        Cmd::Send(room_id, text) => {
+            if c.client.members_of(&room_id).is_none() {
+                c.client.get_members(&room_id).await.map_err(err)?;
+            }
+            warn_changes(c, ui);
+            // The echo of our own message arrives as an event like anyone's.
+            c.client.send_text(&room_id, &text).await.map_err(err)?;
+        }
+        Cmd::Join(room, password) => {
+            let id = if room.starts_with("r-") {
+                room
+            } else {
+                c.resolve(&room).await?.room_id
+            };
+            let (r, _) = c
+                .client
+                .join_room(&id, password.as_deref())
+                .await
+                .map_err(err)?;
+            if !c.rooms.iter().any(|x| x.room_id == r.room_id) {
+                c.rooms.push(r.clone());
+            }
+            let _ = ui.send(Ui::Rooms(c.rooms.clone()));
+            refresh_room(c, &r.room_id, ui, last_seq).await?;
+        }
+        Cmd::Create(name, password) => {
+            let (r, _) = c
+                .client
+                .create_room(&name, password.as_deref(), false)
+                .await
+                .map_err(err)?;
+            c.rooms.push(r.clone());
+            let _ = ui.send(Ui::Rooms(c.rooms.clone()));
+            refresh_room(c, &r.room_id, ui, last_seq).await?;
+        }
+        Cmd::Leave(room_id) => {
+            c.client.leave_room(&room_id).await.map_err(err)?;
+            c.rooms.retain(|r| r.room_id != room_id);
+            let _ = ui.send(Ui::Rooms(c.rooms.clone()));
+        }
+        Cmd::Members(room_id) => {
+            let members = c.client.get_members(&room_id).await.map_err(err)?;
+            warn_changes(c, ui);
+            for m in members {
+                let fp = e2ee_chat::crypto::fingerprint_display(&e2ee_chat::crypto::fingerprint(
+                    &m.sign_key,
+                    &m.enc_key,
+                ));
+                let changed = if c.client.key_changes.contains(&m.username) {
+                    " KEY CHANGED"
+                } else {
+                    ""
+                };
+                let _ = ui.send(Ui::Info(
+                    Some(room_id.clone()),
+                    format!("{} {fp}{changed}", m.username),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ screen
+
+#[derive(Default)]
+struct Screen {
+    me: String,
+    status: String,
+    rooms: Vec<RoomSummary>,
+    current: usize,
+    lines: HashMap<String, Vec<Line<'static>>>,
+    seen: HashMap<String, u64>,
+    unread: HashMap<String, usize>,
+    members: HashMap<String, Vec<(String, bool)>>,
+    notices: Vec<String>,
+    input: String,
+}
+
+impl Screen {
+    fn room_id(&self) -> Option<String> {
+        self.rooms.get(self.current).map(|r| r.room_id.clone())
+    }
+
+    fn apply(&mut self, u: Ui) {
+        match u {
+            Ui::Status(s) => self.status = s,
+            Ui::Rooms(rooms) => {
+                let keep = self.room_id();
+                self.rooms = rooms;
+                self.current = keep
+                    .and_then(|id| self.rooms.iter().position(|r| r.room_id == id))
+                    .unwrap_or(self.rooms.len().saturating_sub(1));
+            }
+            Ui::Members(room, list) => {
+                self.members.insert(room, list);
+            }
+            Ui::Message(room, m) => {
+                // Catch-up after a reconnect may repeat what we already show.
+                let seen = self.seen.entry(room.clone()).or_default();
+                if m.seq <= *seen {
+                    return;
+                }
+                *seen = m.seq;
+                let style = match m.mark {
+                    "✓" => Style::default(),
+                    _ => Style::default().add_modifier(Modifier::DIM),
+                };
+                let line = Line::from(vec![
+                    Span::raw(format!("{} ", &fmt_time(m.ts)[11..16])),
+                    Span::styled(
+                        m.sender.clone(),
+                        Style::default().add_modifier(Modifier::BOLD),
+                    ),
+                    Span::raw(format!(" {} ", m.mark)),
+                    Span::styled(m.text, style),
+                ]);
+                if Some(&room) != self.room_id().as_ref() {
+                    *self.unread.entry(room.clone()).or_default() += 1;
+                }
+                self.lines.entry(room).or_default().push(line);
+            }
+            Ui::Info(Some(room), text) => {
+                self.lines.entry(room).or_default().push(Line::styled(
+                    format!("-- {text}"),
+                    Style::default().add_modifier(Modifier::ITALIC),
+                ));
+            }
+            Ui::Info(None, text) => self.notices.push(text),
+        }
+    }
+
+    fn switch(&mut self, delta: isize) {
+        if self.rooms.is_empty() {
+            return;
+        }
+        let n = self.rooms.len() as isize;
+        self.current = ((self.current as isize + delta).rem_euclid(n)) as usize;
+        if let Some(id) = self.room_id() {
+            self.unread.remove(&id);
+        }
+    }
+
+    fn draw(&self, f: &mut ratatui::Frame) {
+        let rows = Layout::default()
+            .direction(Direction::Vertical)
+            .constraints([
+                Constraint::Length(1),
+                Constraint::Min(3),
+                Constraint::Length(3),
+            ])
+            .split(f.area());
+        let notice = self
+            .notices
+            .last()
+            .map(|n| format!(" | {n}"))
+            .unwrap_or_default();
+        f.render_widget(
+            Paragraph::new(format!("{} | {}{notice}", self.me, self.status)),
+            rows[0],
+        );
+        let cols = Layout::default()
+            .direction(Direction::Horizontal)
+            .constraints([
+                Constraint::Percentage(20),
+                Constraint::Percentage(60),
+                Constraint::Percentage(20),
+            ])
+            .split(rows[1]);
+        let rooms: Vec<ListItem> = self
+            .rooms
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let unread = self.unread.get(&r.room_id).copied().unwrap_or(0);
+                let label = if unread > 0 {
+                    format!("{} ({unread})", r.name)
+                } else {
+                    r.name.clone()
+                };
+                let style = if i == self.current {
+                    Style::default().add_modifier(Modifier::REVERSED)
+                } else {
+                    Style::default()
+                };
+                ListItem::new(label).style(style)
+            })
+            .collect();
+        f.render_widget(
+            List::new(rooms).block(Block::default().borders(Borders::ALL).title("rooms")),
+            cols[0],
+        );
+        let id = self.room_id().unwrap_or_default();
+        let title = self
+            .rooms
+            .get(self.current)
+            .map_or("no room: /join NAME or /create NAME".to_string(), |r| {
+                r.name.clone()
+            });
+        let lines = self.lines.get(&id).cloned().unwrap_or_default();
+        let height = cols[1].height.saturating_sub(2) as usize;
+        let start = lines.len().saturating_sub(height);
+        f.render_widget(
+            Paragraph::new(lines[start..].to_vec())
+                .wrap(Wrap { trim: false })
+                .block(Block::default().borders(Borders::ALL).title(title)),
+            cols[1],
+        );
+        let members: Vec<ListItem> = self
+            .members
+            .get(&id)
+            .map(|ms| {
+                ms.iter()
+                    .map(|(u, online)| {
+                        ListItem::new(format!("{} {u}", if *online { "●" } else { "○" }))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        f.render_widget(
+            List::new(members).block(Block::default().borders(Borders::ALL).title("members")),
+            cols[2],
+        );
+        f.render_widget(
+            Paragraph::new(self.input.as_str()).block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title("message (/join /leave /create /members /quit; Tab: next room)"),
+            ),
+            rows[2],
+        );
+    }
+
+    /// Turns the input line into a command; false means quit.
+    fn submit(&mut self, cmds: &mpsc::UnboundedSender<Cmd>) -> bool {
+        let input = std::mem::take(&mut self.input);
+        let text = input.trim();
+        if text.is_empty() {
+            return true;
+        }
+        let mut words = text.split_whitespace();
+        let room = self.room_id();
+        let cmd = match words.next() {
+            Some("/quit") => return false,
+            Some("/join") => words
+                .next()
+                .map(|r| Cmd::Join(r.to_owned(), words.next().map(str::to_owned))),
+            Some("/create") => words
+                .next()
+                .map(|n| Cmd::Create(n.to_owned(), words.next().map(str::to_owned))),
+            Some("/leave") => room.map(Cmd::Leave),
+            Some("/members") => room.map(Cmd::Members),
+            Some(w) if w.starts_with('/') => {
+                self.notices.push(format!("unknown command {w}"));
+                None
+            }
+            _ => match room {
+                Some(r) => Some(Cmd::Send(r, text.to_owned())),
+                None => {
+                    self.notices.push("join or create a room first".into());
+                    None
+                }
+            },
+        };
+        if let Some(cmd) = cmd {
+            let _ = cmds.send(cmd);
+        }
+        true
+    }
+}
+
+fn screen(
+    me: String,
+    updates: std_mpsc::Receiver<Ui>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+) -> CliResult<()> {
+    let mut terminal = ratatui::init();
+    let mut s = Screen {
+        me,
+        status: "starting".into(),
+        ..Screen::default()
+    };
+    let result = (|| -> std::io::Result<()> {
+        loop {
+            while let Ok(u) = updates.try_recv() {
+                s.apply(u);
+            }
+            terminal.draw(|f| s.draw(f))?;
+            if !event::poll(Duration::from_millis(50))? {
+                continue;
+            }
+            let Event::Key(key) = event::read()? else {
+                continue;
+            };
+            if key.kind != KeyEventKind::Press {
+                continue;
+            }
+            match (key.code, key.modifiers) {
+                (KeyCode::Char('c'), KeyModifiers::CONTROL) | (KeyCode::Esc, _) => return Ok(()),
+                (KeyCode::Tab, _) | (KeyCode::Char('n'), KeyModifiers::CONTROL) => s.switch(1),
+                (KeyCode::BackTab, _) | (KeyCode::Char('p'), KeyModifiers::CONTROL) => s.switch(-1),
+                (KeyCode::Enter, _) if !s.submit(&cmds) => return Ok(()),
+                (KeyCode::Backspace, _) => {
+                    s.input.pop();
+                }
+                (KeyCode::Char(ch), _) => s.input.push(ch),
+                _ => {}
+            }
+        }
+    })();
+    ratatui::restore();
+    result.map_err(|e| format!("terminal: {e}"))
+}

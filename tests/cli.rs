@@ -1,0 +1,285 @@
+//! The terminal client binary against a real server: the command flow, trust
+//! on first use, key files and passphrases, and the interactive mode in a
+//! real terminal under tmux.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+
+const CLI: &str = env!("CARGO_BIN_EXE_e2ee-chat");
+
+struct Run {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn cli(server: &str, profile: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(CLI);
+    cmd.arg("--profile")
+        .arg(profile)
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env_remove("E2EE_CHAT_PASSPHRASE")
+        .env_remove("E2EE_CHAT_SERVER")
+        .env_remove("E2EE_CHAT_PROFILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().unwrap();
+    Run {
+        ok: status.success(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Runs the CLI off the async runtime (the server runs in this process).
+async fn run(server: &str, profile: &Path, args: &[&str]) -> Run {
+    run_env(server, profile, args, &[]).await
+}
+
+async fn run_env(server: &str, profile: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let (server, profile) = (server.to_owned(), profile.to_path_buf());
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        cli(&server, &profile, &args, &env)
+    })
+    .await
+    .unwrap()
+}
+
+#[track_caller]
+fn ok(r: &Run) -> &str {
+    assert!(r.ok, "failed:\nstdout: {}\nstderr: {}", r.stdout, r.stderr);
+    &r.stdout
+}
+
+async fn identity(url: &str, dir: &Path, user: &str) {
+    ok(&run(url, dir, &["keygen", "--user", user]).await);
+    ok(&run(url, dir, &["register"]).await);
+}
+
+#[tokio::test]
+async fn keygen_register_create_join_send_history() {
+    let t = TestServer::new();
+    let url = t.url();
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = (home.path().join("alice"), home.path().join("bob"));
+    identity(&url, &a, "alice").await;
+    identity(&url, &b, "bob").await;
+    let out = ok(&run(&url, &a, &["create", "Lobby"]).await).to_owned();
+    assert!(out.contains("created Lobby"), "{out}");
+    assert!(ok(&run(&url, &b, &["join", "lobby"]).await).contains("with 2 members"));
+    ok(&run(&url, &a, &["send", "Lobby", "hello", "bob"]).await);
+    ok(&run(&url, &b, &["send", "Lobby", "hi alice"]).await);
+    for dir in [&a, &b] {
+        let h = ok(&run(&url, dir, &["history", "Lobby"]).await).to_owned();
+        assert!(h.contains("alice ✓ hello bob"), "{h}");
+        assert!(h.contains("bob ✓ hi alice"), "{h}");
+    }
+    let rooms = ok(&run(&url, &b, &["rooms"]).await).to_owned();
+    assert!(
+        rooms.contains("Lobby") && rooms.contains("alice"),
+        "{rooms}"
+    );
+    let members = ok(&run(&url, &a, &["members", "Lobby"]).await).to_owned();
+    assert!(
+        members.contains("bob") && members.contains("pinned"),
+        "{members}"
+    );
+    // The fingerprint alice pinned for bob is the one bob shows.
+    let bob_says = ok(&run(&url, &b, &["fingerprint"]).await).to_owned();
+    let alice_pinned = ok(&run(&url, &a, &["fingerprint", "bob"]).await).to_owned();
+    assert_eq!(bob_says, alice_pinned);
+    // Refuses to overwrite keys without --force.
+    let again = run(&url, &a, &["keygen", "--user", "alice"]).await;
+    assert!(
+        !again.ok && again.stderr.contains("--force"),
+        "{}",
+        again.stderr
+    );
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn changed_keys_are_refused_loudly_until_trusted() {
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = (home.path().join("alice"), home.path().join("bob"));
+    // First server: alice sees bob's keys and pins them.
+    let t = TestServer::new();
+    let url = t.url();
+    identity(&url, &a, "alice").await;
+    identity(&url, &b, "bob").await;
+    ok(&run(&url, &a, &["create", "Team"]).await);
+    ok(&run(&url, &b, &["join", "Team"]).await);
+    ok(&run(&url, &a, &["members", "Team"]).await);
+    t.stop().await;
+    // A fresh server store: someone registers "bob" with other keys.
+    let t = TestServer::new();
+    let url = t.url();
+    ok(&run(&url, &a, &["register"]).await);
+    ok(&run(&url, &b, &["keygen", "--user", "bob", "--force"]).await);
+    ok(&run(&url, &b, &["register"]).await);
+    ok(&run(&url, &a, &["create", "Team"]).await);
+    ok(&run(&url, &b, &["join", "Team"]).await);
+    ok(&run(&url, &b, &["send", "Team", "trust me"]).await);
+    let members = run(&url, &a, &["members", "Team"]).await;
+    assert!(members.stdout.contains("KEY CHANGED"), "{}", members.stdout);
+    assert!(
+        members
+            .stderr
+            .contains("WARNING: the keys of bob have CHANGED"),
+        "{}",
+        members.stderr
+    );
+    let send = run(&url, &a, &["send", "Team", "secret"]).await;
+    assert!(
+        !send.ok && send.stderr.contains("keys of bob changed"),
+        "{}",
+        send.stderr
+    );
+    let history = ok(&run(&url, &a, &["history", "Team"]).await).to_owned();
+    assert!(
+        history.contains("bob ! [untrusted") && !history.contains("trust me"),
+        "{history}"
+    );
+    // After an out-of-band check, alice trusts the new keys.
+    let trusted = ok(&run(&url, &a, &["trust", "bob"]).await).to_owned();
+    assert!(trusted.contains("now trusted"), "{trusted}");
+    ok(&run(&url, &a, &["send", "Team", "secret"]).await);
+    let history = ok(&run(&url, &b, &["history", "Team"]).await).to_owned();
+    assert!(history.contains("alice ✓ secret"), "{history}");
+    t.stop().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn key_files_are_private_and_a_passphrase_is_required() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestServer::new();
+    let url = t.url();
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("carol");
+    let pw = [("E2EE_CHAT_PASSPHRASE", "correct horse")];
+    ok(&run_env(&url, &dir, &["keygen", "--user", "carol", "--encrypt"], &pw).await);
+    for f in ["sign_key.pem", "enc_key.pem", "pins.toml", "profile.toml"] {
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    let pem = std::fs::read_to_string(dir.join("sign_key.pem")).unwrap();
+    assert!(pem.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"));
+    // Without the passphrase (and no terminal to ask on): refused.
+    let r = run(&url, &dir, &["register"]).await;
+    assert!(
+        !r.ok && r.stderr.contains("passphrase-protected"),
+        "{}",
+        r.stderr
+    );
+    // With a wrong one: refused.
+    let r = run_env(
+        &url,
+        &dir,
+        &["register"],
+        &[("E2EE_CHAT_PASSPHRASE", "wrong")],
+    )
+    .await;
+    assert!(
+        !r.ok && r.stderr.contains("wrong passphrase"),
+        "{}",
+        r.stderr
+    );
+    // With the right one: works.
+    ok(&run_env(&url, &dir, &["register"], &pw).await);
+    ok(&run_env(&url, &dir, &["rooms"], &pw).await);
+    t.stop().await;
+}
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux").args(args).output().expect("tmux runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn screen_shows(session: &str, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let screen = tmux(&["capture-pane", "-t", session, "-p"]);
+        if screen.contains(text) || Instant::now() > deadline {
+            return screen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn interactive_chat_in_a_real_terminal() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "tmux is needed for this test (apt-get install tmux)"
+        );
+        eprintln!("SKIP interactive chat: tmux is not installed");
+        return;
+    }
+    let t = TestServer::new();
+    let url = t.url();
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = (home.path().join("alice"), home.path().join("bob"));
+    identity(&url, &a, "alice").await;
+    identity(&url, &b, "bob").await;
+    ok(&run(&url, &a, &["create", "Terminal"]).await);
+    ok(&run(&url, &b, &["join", "Terminal"]).await);
+    let session = format!("e2ee-test-{}", std::process::id());
+    let command = format!("{CLI} --profile {} --server {url} chat", a.display());
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "140",
+        "-y",
+        "30",
+        &command,
+    ]);
+    let screen = screen_shows(&session, "connected to").await;
+    assert!(screen.contains("Terminal"), "{screen}");
+    // A message from bob appears on alice's screen, verified.
+    ok(&run(&url, &b, &["send", "Terminal", "hello over tmux"]).await);
+    let screen = screen_shows(&session, "hello over tmux").await;
+    assert!(screen.contains("bob ✓ hello over tmux"), "{screen}");
+    // Alice types a message; bob reads it.
+    tmux(&[
+        "send-keys",
+        "-t",
+        &session,
+        "typed in the terminal",
+        "Enter",
+    ]);
+    let screen = screen_shows(&session, "alice ✓ typed").await;
+    assert!(screen.contains("alice ✓ typed in the terminal"), "{screen}");
+    let history = ok(&run(&url, &b, &["history", "Terminal"]).await).to_owned();
+    assert!(
+        history.contains("alice ✓ typed in the terminal"),
+        "{history}"
+    );
+    tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tmux(&["kill-session", "-t", &session]);
+    t.stop().await;
+}
