@@ -43,7 +43,7 @@ fn deeply_nested_frames_do_not_overflow_the_stack() {
     let mut frame = vec![0x81u8; 100_000];
     frame.push(0);
     e2ee_chat::fuzzing::decode_frame(&frame);
-    let mut frame = vec![0xa1u8, 0x61, b'a'].repeat(50_000);
+    let mut frame = [0xa1u8, 0x61, b'a'].repeat(50_000);
     frame.push(0);
     e2ee_chat::fuzzing::decode_frame(&frame);
 }
