@@ -144,16 +144,9 @@ async fn stale_members_when_someone_joined_in_between() {
 #[tokio::test]
 async fn resending_a_msg_id_is_idempotent() {
     let t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let (room, _) = alice.create_room("Idem", None, false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, None).await.unwrap();
+    let (mut alice, mut bob, rid) = t.pair("Idem").await;
     let me = alice.identity().unwrap().clone();
-    let recipients = vec![
-        ("alice".to_string(), me.keys.enc_der.clone()),
-        ("bob".to_string(), common::identity("bob", 1).keys.enc_der),
-    ];
+    let recipients = common::recipients(&[("alice", 0), ("bob", 1)]);
     let body = e2ee_chat::client::seal_message(&me.keys, &rid, "once", &recipients).unwrap();
     let first = alice.request(&Request::Send(body.clone())).await.unwrap();
     let second = alice.request(&Request::Send(body.clone())).await.unwrap();
@@ -243,11 +236,7 @@ async fn history_only_holds_messages_sent_while_a_member() {
 #[tokio::test]
 async fn offline_user_catches_up_after_reconnect() {
     let t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let (room, _) = alice.create_room("Catchup", None, false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, None).await.unwrap();
+    let (mut alice, mut bob, rid) = t.pair("Catchup").await;
     alice.send_text(&rid, "one").await.unwrap();
     let last_seen = bob.next_message(&rid).await.unwrap().seq;
     bob.close().await;
@@ -409,13 +398,7 @@ async fn presence_events() {
 #[tokio::test]
 async fn leave_passes_ownership_and_last_leave_deletes() {
     let t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let mut carol = t.user("carol", 2).await;
-    let (room, _) = alice.create_room("Handover", None, false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, None).await.unwrap();
-    carol.join_room(&rid, None).await.unwrap();
+    let (mut alice, mut bob, mut carol, rid) = t.trio("Handover").await;
     bob.send_text(&rid, "hello").await.unwrap();
     alice.leave_room(&rid).await.unwrap();
     let ev = bob
@@ -505,16 +488,9 @@ async fn restart_keeps_users_rooms_membership_and_messages() {
 #[tokio::test]
 async fn pipelined_sends_keep_their_order() {
     let t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let (room, _) = alice.create_room("Burst", None, false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, None).await.unwrap();
+    let (mut alice, mut bob, rid) = t.pair("Burst").await;
     let me = alice.identity().unwrap().clone();
-    let recipients = vec![
-        ("alice".to_string(), me.keys.enc_der.clone()),
-        ("bob".to_string(), common::identity("bob", 1).keys.enc_der),
-    ];
+    let recipients = common::recipients(&[("alice", 0), ("bob", 1)]);
     let n = 40;
     let mut ids = Vec::new();
     for i in 0..n {

@@ -10,7 +10,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use e2ee_chat::client::{seal_message, Client};
@@ -19,16 +19,12 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-const BIN: &str = env!("CARGO_BIN_EXE_e2ee-chat-server");
 const USERS: [(&str, usize); 3] = [("alice", 0), ("bob", 1), ("carol", 2)];
 
 /// Starts the server binary on `dir`; returns it and its ws URL.
 fn start(dir: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .env_remove("CHAT_ENV")
-        .env_remove("MONGODB_URI")
+    let mut child = common::server_command(dir)
         .env("CHAT__SERVER__PORT", "0")
-        .env("CHAT__STORE__PATH", dir.join("chat.db"))
         .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
         .env("CHAT__RATE_LIMIT__BURST", "100000")
         .env("RUST_LOG", "error")
@@ -63,10 +59,7 @@ async fn login(url: &str, name: &str, n: usize) -> Client {
 /// Runs one round: load until `kill_at` acks, SIGKILL, then every ack read
 /// before the connection died. Returns all acks.
 async fn load_and_kill(url: &str, room_id: &str, kill_at: usize, mut child: Child) -> Vec<Acked> {
-    let recipients: Vec<(String, Vec<u8>)> = USERS
-        .iter()
-        .map(|(n, k)| (n.to_string(), common::identity(n, *k).keys.enc_der))
-        .collect();
+    let recipients = common::recipients(&USERS);
     let (tx, mut rx) = mpsc::unbounded_channel::<Acked>();
     let mut tasks = Vec::new();
     for (name, n) in USERS {

@@ -21,22 +21,11 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn server_cmd(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("CHAT_ENV")
-        .env_remove("CHAT_CONFIG")
-        .env_remove("MONGODB_URI")
-        .env("CHAT__STORE__PATH", dir.join("chat.db"))
-        .env("RUST_LOG", "warn");
-    cmd
-}
-
 #[tokio::test]
 async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = server_cmd(dir.path())
+    let mut child = common::server_command(dir.path())
         .env("PORT", port.to_string())
         .stdout(Stdio::piped())
         .spawn()
@@ -95,7 +84,7 @@ async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
 
 fn start_fails(envs: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = server_cmd(dir.path());
+    let mut cmd = common::server_command(dir.path());
     cmd.env("CHAT__SERVER__PORT", "0");
     for (k, v) in envs {
         cmd.env(k, v);
@@ -138,7 +127,7 @@ fn unreachable_mongodb_fails_at_start_with_a_clear_message() {
     // Nothing listens on port 1 of the loopback: the driver's server
     // selection gives up after the short timeout and the server exits.
     let dir = tempfile::tempdir().unwrap();
-    let out = server_cmd(dir.path())
+    let out = common::server_command(dir.path())
         .env("CHAT__SERVER__PORT", "0")
         .env(
             "MONGODB_URI",

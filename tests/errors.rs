@@ -5,7 +5,7 @@
 mod common;
 
 use ciborium::Value;
-use common::{assert_code, code_of, identity, TestServer};
+use common::{assert_code, code_of, identity, still_serves, TestServer};
 use e2ee_chat::client::seal_message;
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 use serde_bytes::ByteBuf;
@@ -21,14 +21,6 @@ fn map(entries: Vec<(&str, Value)>) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(&v, &mut out).unwrap();
     out
-}
-
-/// The connection still serves after an error.
-async fn still_serves(c: &mut e2ee_chat::client::Client) {
-    assert!(matches!(
-        c.request(&Request::Ping).await.unwrap(),
-        ServerMsg::Pong { .. }
-    ));
 }
 
 #[tokio::test]
@@ -406,16 +398,9 @@ async fn not_member_errors() {
 #[tokio::test]
 async fn message_errors_too_large_and_invalid_message() {
     let t = TestServer::with(|s| s.limits.max_ciphertext_bytes = 1024);
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let (room, _) = alice.create_room("Checks", None, false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, None).await.unwrap();
+    let (mut alice, mut bob, rid) = t.pair("Checks").await;
     let me = identity("alice", 0);
-    let recipients = vec![
-        ("alice".to_string(), me.keys.enc_der.clone()),
-        ("bob".to_string(), identity("bob", 1).keys.enc_der),
-    ];
+    let recipients = common::recipients(&[("alice", 0), ("bob", 1)]);
     let good = seal_message(&me.keys, &rid, "fine", &recipients).unwrap();
 
     // too_large

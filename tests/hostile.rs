@@ -5,18 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_code, identity, TestServer};
+use common::{assert_code, identity, recipients, still_serves, TestServer};
 use e2ee_chat::client::{seal_message, Client};
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn still_serves(c: &mut Client) {
-    assert!(matches!(
-        c.request(&Request::Ping).await.unwrap(),
-        ServerMsg::Pong { .. }
-    ));
-}
 
 #[tokio::test]
 async fn half_open_handshakes_are_dropped_and_others_served() {
@@ -93,10 +86,7 @@ async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     sloth.join_room(&rid, None).await.unwrap();
     alice.get_members(&rid).await.unwrap();
     let me = identity("alice", 0);
-    let recipients: Vec<(String, Vec<u8>)> = [("alice", 0), ("bob", 1), ("carol", 2)]
-        .iter()
-        .map(|(n, k)| (n.to_string(), identity(n, *k).keys.enc_der))
-        .collect();
+    let recipients = recipients(&[("alice", 0), ("bob", 1), ("carol", 2)]);
     let body = seal_message(&me.keys, &rid, &"x".repeat(16 * 1024), &recipients).unwrap();
     // carol never reads. alice sends far more than carol's queue (128 frames)
     // and socket buffers hold (1500 × 16 KiB ≈ 24 MiB, pipelined) while alice
@@ -307,12 +297,6 @@ async fn msg_id_collisions_across_rooms_and_senders_are_separate_messages() {
     let (a, _) = alice.create_room("Room A", None, false).await.unwrap();
     let (b, _) = alice.create_room("Room B", None, false).await.unwrap();
     bob.join_room(&a.room_id, None).await.unwrap();
-    let keys_for = |names: &[(&str, usize)]| -> Vec<(String, Vec<u8>)> {
-        names
-            .iter()
-            .map(|(n, k)| (n.to_string(), identity(n, *k).keys.enc_der))
-            .collect()
-    };
     let fixed = |mut body: e2ee_chat::protocol::SendBody, signer: &e2ee_chat::crypto::KeyPair| {
         body.msg_id = ByteBuf::from(vec![0x42; 16]);
         body.signature = ByteBuf::from(signer.sign(&e2ee_chat::crypto::message_signature_input(
@@ -330,13 +314,13 @@ async fn msg_id_collisions_across_rooms_and_senders_are_separate_messages() {
             &alice_k,
             &a.room_id,
             "a1",
-            &keys_for(&[("alice", 0), ("bob", 1)]),
+            &recipients(&[("alice", 0), ("bob", 1)]),
         )
         .unwrap(),
         &alice_k,
     );
     let in_b = fixed(
-        seal_message(&alice_k, &b.room_id, "b1", &keys_for(&[("alice", 0)])).unwrap(),
+        seal_message(&alice_k, &b.room_id, "b1", &recipients(&[("alice", 0)])).unwrap(),
         &alice_k,
     );
     let by_bob = fixed(
@@ -344,7 +328,7 @@ async fn msg_id_collisions_across_rooms_and_senders_are_separate_messages() {
             &bob_k,
             &a.room_id,
             "a2",
-            &keys_for(&[("alice", 0), ("bob", 1)]),
+            &recipients(&[("alice", 0), ("bob", 1)]),
         )
         .unwrap(),
         &bob_k,

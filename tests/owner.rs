@@ -32,13 +32,7 @@ fn unban(room_id: &str, user: &str) -> Request {
 #[tokio::test]
 async fn kick_removes_at_once_and_they_may_rejoin() {
     let t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let mut carol = t.user("carol", 2).await;
-    let (room, _) = alice.create_room("Kicks", None, false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, None).await.unwrap();
-    carol.join_room(&rid, None).await.unwrap();
+    let (mut alice, mut bob, mut carol, rid) = t.trio("Kicks").await;
 
     // Errors first: not_owner, invalid_target, no_such_member; nothing changes.
     assert_code(
@@ -104,11 +98,7 @@ async fn kick_removes_at_once_and_they_may_rejoin() {
         &common::identity("alice", 0).keys,
         &rid,
         "old set",
-        &[
-            ("alice".into(), common::identity("alice", 0).keys.enc_der),
-            ("bob".into(), common::identity("bob", 1).keys.enc_der),
-            ("carol".into(), common::identity("carol", 2).keys.enc_der),
-        ],
+        &common::recipients(&[("alice", 0), ("bob", 1), ("carol", 2)]),
     )
     .unwrap();
     assert_code(
@@ -265,11 +255,7 @@ async fn rename_and_set_password() {
 #[tokio::test]
 async fn delete_room_removes_it_and_its_history() {
     let mut t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let (room, _) = alice.create_room("Short lived", None, false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, None).await.unwrap();
+    let (mut alice, mut bob, rid) = t.pair("Short lived").await;
     alice.send_text(&rid, "soon gone").await.unwrap();
     let del = Request::DeleteRoom {
         room_id: rid.clone(),

@@ -147,6 +147,27 @@ impl TestServer {
         c
     }
 
+    /// alice and bob, and a room (no password) that alice created and bob
+    /// joined: (alice, bob, room_id).
+    pub async fn pair(&self, room: &str) -> (Client, Client, String) {
+        let mut alice = self.user("alice", 0).await;
+        let mut bob = self.user("bob", 1).await;
+        let (r, _) = alice
+            .create_room(room, None, false)
+            .await
+            .expect("create room");
+        bob.join_room(&r.room_id, None).await.expect("join room");
+        (alice, bob, r.room_id)
+    }
+
+    /// As `pair`, with carol joined too: (alice, bob, carol, room_id).
+    pub async fn trio(&self, room: &str) -> (Client, Client, Client, String) {
+        let (alice, bob, rid) = self.pair(room).await;
+        let mut carol = self.user("carol", 2).await;
+        carol.join_room(&rid, None).await.expect("join room");
+        (alice, bob, carol, rid)
+    }
+
     /// A client logged in as an already registered user.
     pub async fn login(&self, name: &str, n: usize) -> Client {
         let mut c = self.client().await;
@@ -185,4 +206,35 @@ pub async fn no_event(c: &mut Client, ms: u64, pred: impl Fn(&ServerMsg) -> bool
     if let Ok(e) = res {
         panic!("unexpected event {e:?}");
     }
+}
+
+/// The connection still serves: a ping gets its pong.
+pub async fn still_serves(c: &mut Client) {
+    assert!(matches!(
+        c.request(&e2ee_chat::protocol::Request::Ping)
+            .await
+            .unwrap(),
+        ServerMsg::Pong { .. }
+    ));
+}
+
+/// `(username, enc_key)` pairs for fixture users, to wrap messages for them.
+pub fn recipients(users: &[(&str, usize)]) -> Vec<(String, Vec<u8>)> {
+    users
+        .iter()
+        .map(|(n, k)| (n.to_string(), identity(n, *k).keys.enc_der))
+        .collect()
+}
+
+/// The server binary with a clean environment and its store in `dir`, as
+/// deployments run it (tests that need a real process: SIGTERM, SIGKILL).
+pub fn server_command(dir: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_e2ee-chat-server"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CHAT_ENV")
+        .env_remove("CHAT_CONFIG")
+        .env_remove("MONGODB_URI")
+        .env("CHAT__STORE__PATH", dir.join("chat.db"))
+        .env("RUST_LOG", "warn");
+    cmd
 }
