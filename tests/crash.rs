@@ -9,8 +9,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use e2ee_chat::client::{seal_message, Client};
@@ -23,23 +22,13 @@ const USERS: [(&str, usize); 3] = [("alice", 0), ("bob", 1), ("carol", 2)];
 
 /// Starts the server binary on `dir`; returns it and its ws URL.
 fn start(dir: &std::path::Path) -> (Child, String) {
-    let mut child = common::server_command(dir)
-        .env("CHAT__SERVER__PORT", "0")
-        .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
-        .env("CHAT__RATE_LIMIT__BURST", "100000")
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .to_owned();
+    let (child, addr) = common::spawn_listening(
+        common::server_command(dir)
+            .env("CHAT__SERVER__PORT", "0")
+            .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
+            .env("CHAT__RATE_LIMIT__BURST", "100000")
+            .env("RUST_LOG", "error"),
+    );
     (child, format!("ws://{addr}/ws"))
 }
 

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -25,20 +24,9 @@ fn free_port() -> u16 {
 async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = common::server_command(dir.path())
-        .env("PORT", port.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(
-        line.trim(),
-        format!("listening on 0.0.0.0:{port}"),
-        "PORT binds 0.0.0.0"
-    );
+    let (mut child, addr) =
+        common::spawn_listening(common::server_command(dir.path()).env("PORT", port.to_string()));
+    assert_eq!(addr, format!("0.0.0.0:{port}"), "PORT binds 0.0.0.0");
 
     let url = format!("ws://127.0.0.1:{port}/ws");
     let mut c = e2ee_chat::client::Client::connect(&url).await.unwrap();

@@ -238,3 +238,23 @@ pub fn server_command(dir: &Path) -> std::process::Command {
         .env("RUST_LOG", "warn");
     cmd
 }
+
+/// Spawns a server command and waits for its `listening on ADDR` line;
+/// returns the process and ADDR.
+pub fn spawn_listening(cmd: &mut std::process::Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped"))
+        .read_line(&mut line)
+        .expect("server prints its address");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .expect("a `listening on` line")
+        .to_owned();
+    (child, addr)
+}
