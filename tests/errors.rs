@@ -188,6 +188,20 @@ async fn account_errors() {
     t.stop().await;
 }
 
+/// Asks for a login challenge and returns its nonce.
+async fn challenge(c: &mut e2ee_chat::client::Client, username: &str) -> Vec<u8> {
+    match c
+        .request(&Request::Login {
+            username: username.into(),
+        })
+        .await
+        .unwrap()
+    {
+        ServerMsg::Challenge { nonce, .. } => nonce.into_vec(),
+        other => panic!("expected a challenge, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn challenge_errors() {
     let t = TestServer::new();
@@ -206,15 +220,7 @@ async fn challenge_errors() {
         ErrorCode::NoChallenge,
     );
     // auth_failed: a signature by bob's key over alice's challenge...
-    let ServerMsg::Challenge { nonce, .. } = c
-        .request(&Request::Login {
-            username: "alice".into(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let nonce = challenge(&mut c, "alice").await;
     let input = e2ee_chat::crypto::login_signature_input("alice", &nonce);
     assert_code(
         c.request(&prove(bob.keys.sign(&input))).await,
@@ -226,30 +232,14 @@ async fn challenge_errors() {
         ErrorCode::NoChallenge,
     );
     // A signature for another username's input does not work either.
-    let ServerMsg::Challenge { nonce, .. } = c
-        .request(&Request::Login {
-            username: "alice".into(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    let nonce = challenge(&mut c, "alice").await;
     let wrong_user = e2ee_chat::crypto::login_signature_input("bob", &nonce);
     assert_code(
         c.request(&prove(alice.keys.sign(&wrong_user))).await,
         ErrorCode::AuthFailed,
     );
     // A replayed (old) signature fails against a fresh challenge.
-    let ServerMsg::Challenge { .. } = c
-        .request(&Request::Login {
-            username: "alice".into(),
-        })
-        .await
-        .unwrap()
-    else {
-        panic!()
-    };
+    challenge(&mut c, "alice").await;
     assert_code(
         c.request(&prove(alice.keys.sign(&input))).await,
         ErrorCode::AuthFailed,
