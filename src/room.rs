@@ -62,7 +62,6 @@ pub struct RoomActor {
     settings: Arc<Settings>,
     next_ticket: u64,
     pending: VecDeque<Pending>,
-    deleted: bool,
     /// Members whose last session was just dropped (gone or too slow); their
     /// `presence` goes out from `flush_offline`.
     went_offline: Vec<String>,
@@ -89,7 +88,6 @@ impl RoomActor {
             settings,
             next_ticket: 0,
             pending: VecDeque::new(),
-            deleted: false,
             went_offline: Vec::new(),
         }
     }
@@ -542,7 +540,6 @@ impl Handler<Leave> for RoomActor {
             res?;
             if last {
                 act.members.clear();
-                act.deleted = true;
                 ctx.stop();
                 return Ok(Left { deleted: true });
             }
@@ -846,7 +843,6 @@ impl Handler<OwnerOp> for RoomActor {
                         None,
                     );
                     act.members.clear();
-                    act.deleted = true;
                     ctx.stop();
                     Ok(OwnerOutcome {
                         deleted: true,

@@ -62,10 +62,17 @@ async fn healthz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
-async fn metrics_route() -> HttpResponse {
+async fn metrics_route(state: web::Data<AppState>) -> HttpResponse {
+    let mut body = crate::metrics::render();
+    if let Ok((users, rooms)) = state.registry.send(crate::registry::Stats).await {
+        body.push_str(&format!(
+            "# HELP chat_users_online users with a logged-in connection\n# TYPE chat_users_online gauge\nchat_users_online {users}\n\
+             # HELP chat_rooms rooms in the directory\n# TYPE chat_rooms gauge\nchat_rooms {rooms}\n"
+        ));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(crate::metrics::render())
+        .body(body)
 }
 
 /// Opens the store the settings name.

@@ -91,6 +91,8 @@ pub struct Session {
     logins: (Instant, u32),
     /// The server's count of open sessions.
     open: Arc<AtomicUsize>,
+    /// The user this session announced to the Registry as online.
+    announced: Option<String>,
 }
 
 type Ctx = ws::WebsocketContext<Session>;
@@ -113,6 +115,7 @@ impl Session {
             overflow: Arc::new(AtomicBool::new(false)),
             logins: (Instant::now(), 0),
             open,
+            announced: None,
         }
     }
 
@@ -392,6 +395,7 @@ impl Session {
             recipient: ctx.address().recipient(),
             overflow: self.overflow.clone(),
         };
+        self.announced = Some(username.clone());
         let online = self.registry.send(registry::Online {
             username: username.clone(),
             handle,
@@ -608,9 +612,16 @@ impl Actor for Session {
     fn stopped(&mut self, _: &mut Ctx) {
         metrics::dec(&metrics::CONNECTIONS_OPEN);
         self.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(user) = &self.user {
+        // Also when a login was still on its way to the Registry: it may
+        // already have recorded this session.
+        let name = self
+            .user
+            .as_ref()
+            .map(|u| u.username.clone())
+            .or(self.announced.take());
+        if let Some(username) = name {
             self.registry.do_send(registry::Offline {
-                username: user.username.clone(),
+                username,
                 session: self.id,
             });
         }

@@ -16,6 +16,13 @@ async fn register_login_and_ping() {
     // The subprotocol is accepted when offered, and /healthz answers.
     let body = reqwest_like_get(&t.http("/healthz")).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    // /metrics: Prometheus text with this server's gauges.
+    let metrics = reqwest_like_get(&t.http("/metrics")).await;
+    assert!(metrics.contains("chat_users_online 1\n"), "{metrics}");
+    assert!(
+        metrics.contains("chat_rooms 0\n") && metrics.contains("# TYPE chat_logins_total counter"),
+        "{metrics}"
+    );
     t.stop().await;
 }
 

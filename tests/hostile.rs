@@ -73,7 +73,7 @@ async fn count_frames(
 #[tokio::test]
 async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let t = TestServer::with(|s| {
-        s.limits.send_queue = 128;
+        s.limits.send_queue = 512;
         s.limits.tcp_user_timeout_secs = 2;
     });
     let alice = t.user("alice", 0).await;
@@ -88,10 +88,11 @@ async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let me = identity("alice", 0);
     let recipients = recipients(&[("alice", 0), ("bob", 1), ("carol", 2)]);
     let body = seal_message(&me.keys, &rid, &"x".repeat(16 * 1024), &recipients).unwrap();
-    // carol never reads. alice sends far more than carol's queue (128 frames)
-    // and socket buffers hold (1500 × 16 KiB ≈ 24 MiB, pipelined) while alice
-    // and bob read.
-    let n = 1500usize;
+    // carol never reads. alice sends far more than carol's queue (512 frames)
+    // and socket buffers (~10 MiB on loopback) hold: 2,500 × 16 KiB ≈ 40 MiB,
+    // pipelined, while alice and bob read (with room to spare, so a loaded
+    // machine does not make them "slow" too).
+    let n = 2500usize;
     let bob_reads = tokio::spawn(count_frames(bob.into_ws(), "message", n));
     use futures_util::{SinkExt, StreamExt};
     let (mut sink, stream) = alice.into_ws().split();
