@@ -15,6 +15,12 @@
 //! - [`server`]: actix-web wiring (`/ws`, `/healthz`, `/metrics`) and start/stop.
 //! - [`config`]: layered TOML + environment settings.
 //! - [`client`]: the protocol-level client the tests, CLI and bench use.
+//! - Small pieces: [`user`] (a user's parsed keys), [`password`] (Argon2id off
+//!   the actor threads), [`metrics`] (counters for `/metrics`), [`util`]
+//!   (clock, ids), [`fuzzing`] (the fuzz targets' bodies).
+//!
+//! The binaries are in `src/bin/`: `e2ee-chat-server`, `e2ee-chat` (the
+//! terminal client) and `e2ee-chat-bench` (the load generator).
 //!
 //! See ARCHITECTURE.md for how a message travels through them.
 
