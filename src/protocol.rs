@@ -391,6 +391,21 @@ impl ServerMsg {
     }
 }
 
+/// The `type` of a server frame without decoding it: every frame the server
+/// writes starts with the map header and then `type` and its short text
+/// (serde puts the tag first; `MessageFrame` keeps it first). For load
+/// generators and tests that count frames; empty for anything else.
+pub fn peek_type(frame: &[u8]) -> &[u8] {
+    const TYPE_KEY: &[u8] = b"\x64type"; // text(4) "type"
+    match frame.get(1..6) {
+        Some(key) if key == TYPE_KEY && frame.len() > 7 && frame[6] & 0xe0 == 0x60 => {
+            let len = (frame[6] & 0x1f) as usize;
+            frame.get(7..7 + len).unwrap_or(b"")
+        }
+        _ => b"",
+    }
+}
+
 /// Encodes a `message` event once for a room and then cheaply per recipient:
 /// the common fields are serialized once, and each recipient's frame is that
 /// prefix with the map header bumped by one and its own `key` appended.
@@ -757,5 +772,15 @@ mod tests {
         assert_eq!(m.key.as_slice(), &[5; 256]);
         assert_eq!(m.ciphertext.len(), 300);
         assert_eq!(m.sender, "alice");
+        assert_eq!(peek_type(&bytes), b"message");
+        let sent = ServerMsg::Sent {
+            id: Some(1),
+            room_id: "r".into(),
+            msg_id: ByteBuf::from(vec![0; 16]),
+            seq: 1,
+            ts: 2,
+        };
+        assert_eq!(peek_type(&sent.encode()), b"sent");
+        assert_eq!(peek_type(b"\xa0"), b"");
     }
 }

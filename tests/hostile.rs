@@ -36,16 +36,6 @@ async fn half_open_handshakes_are_dropped_and_others_served() {
     t.stop().await;
 }
 
-/// The `type` of a server frame without decoding it (the server writes `type` first).
-fn frame_kind(frame: &[u8]) -> &[u8] {
-    if frame.len() > 7 && &frame[1..6] == b"\x64type" {
-        let len = (frame[6] & 0x1f) as usize;
-        frame.get(7..7 + len).unwrap_or(b"")
-    } else {
-        b""
-    }
-}
-
 /// Reads frames from a raw websocket until `n` of `kind` arrived.
 async fn count_frames(
     ws: e2ee_chat::client::Ws,
@@ -62,7 +52,7 @@ async fn count_frames(
             .expect("open")
             .expect("readable");
         if let tokio_tungstenite::tungstenite::Message::Binary(b) = frame {
-            if frame_kind(&b) == kind.as_bytes() {
+            if e2ee_chat::protocol::peek_type(&b) == kind.as_bytes() {
                 seen += 1;
             }
         }
@@ -106,7 +96,7 @@ async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
                 .unwrap()
                 .unwrap();
             if let tokio_tungstenite::tungstenite::Message::Binary(b) = f {
-                if frame_kind(&b) == b"sent" {
+                if e2ee_chat::protocol::peek_type(&b) == b"sent" {
                     acks += 1;
                 }
             }
@@ -137,14 +127,7 @@ async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let _alice = alice_reads.await.unwrap();
     // When carol finally reads, she finds fewer messages than were sent, then the end.
     sloth.timeout = Duration::from_secs(20);
-    let mut seen = 0;
-    let end = loop {
-        match sloth.read().await {
-            Ok(ServerMsg::Message(_)) => seen += 1,
-            Ok(_) => {}
-            Err(e) => break e.to_string(),
-        }
-    };
+    let (seen, end) = common::read_until_closed(&mut sloth).await;
     assert!(
         seen < n,
         "carol received {seen} of {n}: nothing was dropped"
@@ -279,12 +262,7 @@ async fn huge_keys_map_is_stale_members_or_too_large() {
     big.send_raw(Request::Send(body).encode(Some(1)))
         .await
         .unwrap();
-    let end = loop {
-        match big.read().await {
-            Ok(_) => continue,
-            Err(e) => break e.to_string(),
-        }
-    };
+    let (_, end) = common::read_until_closed(&mut big).await;
     assert!(end.contains("1009"), "{end}");
     still_serves(&mut alice).await;
     t.stop().await;

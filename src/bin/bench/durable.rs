@@ -117,7 +117,7 @@ pub async fn run(
                 }
                 match tokio::time::timeout_at(deadline.into(), stream.next()).await {
                     Ok(Some(Ok(WsMessage::Binary(f)))) => {
-                        let kind = crate::fanout::frame_kind(&f);
+                        let kind = e2ee_chat::protocol::peek_type(&f);
                         if kind == b"sent" {
                             acked += 1;
                             in_flight -= 1;

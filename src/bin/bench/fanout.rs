@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use e2ee_chat::client::seal_parts;
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::{MessageFrame, Request};
+use e2ee_chat::protocol::{peek_type, MessageFrame, Request};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -78,17 +78,6 @@ impl FanoutReport {
 }
 
 const MSG_ID_KEY: [u8; 8] = [0x66, b'm', b's', b'g', b'_', b'i', b'd', 0x50];
-
-/// What kind of frame this is, from the `type` the server always puts first.
-pub fn frame_kind(frame: &[u8]) -> &[u8] {
-    // map header, 0x64 "type", then a short text
-    if frame.len() > 7 && &frame[1..6] == b"\x64type" {
-        let len = (frame[6] & 0x1f) as usize;
-        frame.get(7..7 + len).unwrap_or(b"")
-    } else {
-        b""
-    }
-}
 
 fn message_index(frame: &[u8]) -> Option<usize> {
     let at = frame
@@ -302,7 +291,7 @@ async fn drive(
                     }
                     break;
                 };
-                match frame_kind(&frame) {
+                match peek_type(&frame) {
                     b"message" => {
                         if let Some(idx) = message_index(&frame).filter(|i| *i < sent_at.len()) {
                             let now = t0.elapsed().as_nanos() as u64;
