@@ -156,43 +156,26 @@ impl Collections {
     }
 
     async fn create_indexes(&self) -> Result<(), StoreError> {
-        let unique = || IndexOptions::builder().unique(true).build();
-        let idx = |keys: Document, unique_idx: bool| {
-            let b = IndexModel::builder().keys(keys);
-            if unique_idx {
-                b.options(unique()).build()
-            } else {
-                b.build()
-            }
-        };
-        self.rooms
-            .create_index(idx(doc! {"name_folded": 1}, true))
-            .await
-            .map_err(err)?;
-        self.members
-            .create_index(idx(doc! {"room_id": 1, "username": 1}, true))
-            .await
-            .map_err(err)?;
-        self.members
-            .create_index(idx(doc! {"username": 1}, false))
-            .await
-            .map_err(err)?;
-        self.bans
-            .create_index(idx(doc! {"room_id": 1, "username": 1}, true))
-            .await
-            .map_err(err)?;
-        self.messages
-            .create_index(idx(doc! {"room_id": 1, "seq": 1}, true))
-            .await
-            .map_err(err)?;
-        self.messages
-            .create_index(idx(doc! {"room_id": 1, "sender": 1, "msg_id": 1}, true))
-            .await
-            .map_err(err)?;
-        self.messages
-            .create_index(idx(doc! {"ts": 1}, false))
-            .await
-            .map_err(err)?;
+        let indexes = [
+            (&self.rooms, doc! {"name_folded": 1}, true),
+            (&self.members, doc! {"room_id": 1, "username": 1}, true),
+            (&self.members, doc! {"username": 1}, false),
+            (&self.bans, doc! {"room_id": 1, "username": 1}, true),
+            (&self.messages, doc! {"room_id": 1, "seq": 1}, true),
+            (
+                &self.messages,
+                doc! {"room_id": 1, "sender": 1, "msg_id": 1},
+                true,
+            ),
+            (&self.messages, doc! {"ts": 1}, false),
+        ];
+        for (collection, keys, unique) in indexes {
+            let model = IndexModel::builder()
+                .keys(keys)
+                .options(IndexOptions::builder().unique(unique).build())
+                .build();
+            collection.create_index(model).await.map_err(err)?;
+        }
         Ok(())
     }
 }
