@@ -75,14 +75,29 @@ async fn identity(url: &str, dir: &Path, user: &str) {
     ok(&run(url, dir, &["register"]).await);
 }
 
+/// Profiles for alice and bob under `home`, registered at `url`; with a
+/// room, alice creates it and bob joins.
+async fn alice_and_bob(
+    url: &str,
+    home: &Path,
+    room: Option<&str>,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (a, b) = (home.join("alice"), home.join("bob"));
+    identity(url, &a, "alice").await;
+    identity(url, &b, "bob").await;
+    if let Some(room) = room {
+        ok(&run(url, &a, &["create", room]).await);
+        ok(&run(url, &b, &["join", room]).await);
+    }
+    (a, b)
+}
+
 #[tokio::test]
 async fn keygen_register_create_join_send_history() {
     let t = TestServer::new();
     let url = t.url();
     let home = tempfile::tempdir().unwrap();
-    let (a, b) = (home.path().join("alice"), home.path().join("bob"));
-    identity(&url, &a, "alice").await;
-    identity(&url, &b, "bob").await;
+    let (a, b) = alice_and_bob(&url, home.path(), None).await;
     let out = ok(&run(&url, &a, &["create", "Lobby"]).await).to_owned();
     assert!(out.contains("created Lobby"), "{out}");
     assert!(ok(&run(&url, &b, &["join", "lobby"]).await).contains("with 2 members"));
@@ -120,14 +135,10 @@ async fn keygen_register_create_join_send_history() {
 #[tokio::test]
 async fn changed_keys_are_refused_loudly_until_trusted() {
     let home = tempfile::tempdir().unwrap();
-    let (a, b) = (home.path().join("alice"), home.path().join("bob"));
     // First server: alice sees bob's keys and pins them.
     let t = TestServer::new();
     let url = t.url();
-    identity(&url, &a, "alice").await;
-    identity(&url, &b, "bob").await;
-    ok(&run(&url, &a, &["create", "Team"]).await);
-    ok(&run(&url, &b, &["join", "Team"]).await);
+    let (a, b) = alice_and_bob(&url, home.path(), Some("Team")).await;
     ok(&run(&url, &a, &["members", "Team"]).await);
     t.stop().await;
     // A fresh server store: someone registers "bob" with other keys.
@@ -239,11 +250,7 @@ async fn interactive_chat_in_a_real_terminal() {
     let t = TestServer::new();
     let url = t.url();
     let home = tempfile::tempdir().unwrap();
-    let (a, b) = (home.path().join("alice"), home.path().join("bob"));
-    identity(&url, &a, "alice").await;
-    identity(&url, &b, "bob").await;
-    ok(&run(&url, &a, &["create", "Terminal"]).await);
-    ok(&run(&url, &b, &["join", "Terminal"]).await);
+    let (a, b) = alice_and_bob(&url, home.path(), Some("Terminal")).await;
     let session = format!("e2ee-test-{}", std::process::id());
     let command = format!("{CLI} --profile {} --server {url} chat", a.display());
     tmux(&[

@@ -504,12 +504,7 @@ async fn rate_limited_then_closed_with_1008_while_others_are_served() {
             break;
         }
     }
-    let closed = loop {
-        match flooder.read().await {
-            Ok(_) => continue,
-            Err(e) => break e.to_string(),
-        }
-    };
+    let (_, closed) = common::read_until_closed(&mut flooder).await;
     assert!(closed.contains("1008"), "{closed}");
     still_serves(&mut polite).await;
     t.stop().await;
@@ -521,12 +516,7 @@ async fn oversized_frame_closes_with_1009_and_others_are_served() {
     let mut big = t.client().await;
     let mut polite = t.client().await;
     big.send_raw(vec![0xa0; 10_000]).await.unwrap();
-    let closed = loop {
-        match big.read().await {
-            Ok(_) => continue,
-            Err(e) => break e.to_string(),
-        }
-    };
+    let (_, closed) = common::read_until_closed(&mut big).await;
     assert!(closed.contains("1009"), "{closed}");
     still_serves(&mut polite).await;
     t.stop().await;

@@ -258,3 +258,17 @@ pub fn spawn_listening(cmd: &mut std::process::Command) -> (std::process::Child,
         .to_owned();
     (child, addr)
 }
+
+/// Reads until the server ends the connection; returns how many `message`
+/// events arrived on the way and how the connection ended (with its close
+/// code, when there was one).
+pub async fn read_until_closed(c: &mut Client) -> (usize, String) {
+    let mut messages = 0;
+    loop {
+        match c.read().await {
+            Ok(ServerMsg::Message(_)) => messages += 1,
+            Ok(_) => {}
+            Err(e) => return (messages, e.to_string()),
+        }
+    }
+}
