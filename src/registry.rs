@@ -471,15 +471,12 @@ impl Handler<CreateRoom> for Registry {
                     act.rooms.insert(
                         room_id.clone(),
                         RoomEntry {
-                            members: IndexSet::from([username.clone()]),
+                            members: IndexSet::new(),
                             record,
                             addr: None,
                         },
                     );
-                    act.user_rooms
-                        .entry(username.clone())
-                        .or_default()
-                        .insert(room_id.clone());
+                    act.add_membership(&room_id, &username);
                     let addr = act
                         .room_addr(&room_id, ctx.address())
                         .expect("just inserted");
