@@ -187,6 +187,11 @@ pub fn open_message(me: &KeyPair, sender_keys: &PublicKeys, m: &MessageData) -> 
     Ok(parsed.text)
 }
 
+/// Whether a member object carries exactly the pinned keys.
+fn same_keys(pinned: &PublicKeys, m: &Member) -> bool {
+    pinned.sign_der == m.sign_key.as_slice() && pinned.enc_der == m.enc_key.as_slice()
+}
+
 pub struct Client {
     ws: Ws,
     next_id: u64,
@@ -303,8 +308,7 @@ impl Client {
 
     fn pin(&mut self, m: &Member) {
         match self.pins.get(&m.username) {
-            Some(p) if p.sign_der == m.sign_key.as_slice() && p.enc_der == m.enc_key.as_slice() => {
-            }
+            Some(p) if same_keys(p, m) => {}
             Some(_) => {
                 if !self.key_changes.contains(&m.username) {
                     log::warn!("keys of {} changed since first seen", m.username);
@@ -580,11 +584,7 @@ impl Client {
         members
             .iter()
             .map(|m| match self.pins.get(&m.username) {
-                Some(p)
-                    if p.sign_der == m.sign_key.as_slice() && p.enc_der == m.enc_key.as_slice() =>
-                {
-                    Ok((m.username.clone(), p.enc_der.clone()))
-                }
+                Some(p) if same_keys(p, m) => Ok((m.username.clone(), p.enc_der.clone())),
                 _ => Err(ClientError::KeyChanged(m.username.clone())),
             })
             .collect()
