@@ -32,6 +32,10 @@ pub struct ServerSettings {
     pub port: u16,
     pub workers: usize,
     pub room_threads: usize,
+    /// The names clients dial (`chat.example.org`, `host:port` for a port
+    /// other than the scheme's default): a login proof must sign one of them.
+    /// Empty: the websocket request's `Host` header is used.
+    pub public_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +59,7 @@ pub struct Limits {
     pub max_connections_per_user: usize,
     pub send_queue: usize,
     pub login_attempts_per_minute: u32,
+    pub password_attempts_per_minute: u32,
     pub handshake_timeout_secs: u64,
     pub tcp_user_timeout_secs: u64,
 }
@@ -124,6 +129,8 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("server.public_hosts")
                 .source(Some(vars.into_iter().collect())),
         );
         let set = |b: config::ConfigBuilder<config::builder::DefaultState>, k: &str, v: String| {
@@ -146,12 +153,26 @@ impl Settings {
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError(e.to_string()))?;
+        let mut settings = settings;
         settings.validate()?;
+        settings.server.public_hosts = settings
+            .server
+            .public_hosts
+            .iter()
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect();
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        let not_a_host = |h: &&String| crate::crypto::normalize_host(h, false).is_none();
+        if let Some(h) = self.server.public_hosts.iter().find(not_a_host) {
+            return Err(ConfigError(format!(
+                "server.public_hosts: {h:?} is not a host name with an optional :port \
+                 (write chat.example.org, not https://chat.example.org/)"
+            )));
+        }
         if self.limits.max_frame_bytes < 1024 {
             return bad("limits.max_frame_bytes", "must be at least 1024");
         }
@@ -261,6 +282,26 @@ mod tests {
         assert_eq!((s.server.host.as_str(), s.server.port), ("0.0.0.0", 5000));
         let s = Settings::load_from(vars(&[("MONGODB_URI", "mongodb://db")])).unwrap();
         assert_eq!(s.store.url, "mongodb://db");
+    }
+
+    #[test]
+    fn public_hosts_from_env() {
+        let s = Settings::load_from(vars(&[(
+            "CHAT__SERVER__PUBLIC_HOSTS",
+            "Chat.Example.org,example.herokuapp.com",
+        )]))
+        .unwrap();
+        assert_eq!(
+            s.server.public_hosts,
+            vec!["chat.example.org", "example.herokuapp.com"]
+        );
+        assert!(Settings::defaults().server.public_hosts.is_empty());
+        let err = Settings::load_from(vars(&[(
+            "CHAT__SERVER__PUBLIC_HOSTS",
+            "https://chat.example.org/",
+        )]))
+        .unwrap_err();
+        assert!(err.to_string().contains("public_hosts"), "{err}");
     }
 
     #[test]

@@ -17,8 +17,10 @@ use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, Oaep, RsaPrivateKey, RsaPublicKey};
 use sha2::{Digest, Sha256};
 
-pub const LOGIN_CONTEXT: &[u8] = b"e2ee-chat login v1";
-pub const MESSAGE_CONTEXT: &[u8] = b"e2ee-chat msg v1";
+pub const LOGIN_CONTEXT: &[u8] = b"e2ee-chat login v2";
+pub const MESSAGE_CONTEXT: &[u8] = b"e2ee-chat msg v2";
+pub const KEY_COMMITMENT_CONTEXT: &[u8] = b"e2ee-chat key v2";
+pub const KEY_COMMITMENT_LEN: usize = 32;
 pub const MIN_BITS: usize = 2048;
 pub const MAX_BITS: usize = 4096;
 pub const MSG_ID_LEN: usize = 16;
@@ -118,10 +120,14 @@ pub fn fingerprint_display(fp: &[u8; 32]) -> String {
         .join(" ")
 }
 
-/// `"e2ee-chat login v1" || 0x00 || username || 0x00 || nonce`.
-pub fn login_signature_input(username: &str, nonce: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(LOGIN_CONTEXT.len() + username.len() + nonce.len() + 2);
+/// `"e2ee-chat login v2" || 0x00 || host || 0x00 || username || 0x00 || nonce`,
+/// where `host` is the normalized authority the client dialed ([`normalize_host`]).
+pub fn login_signature_input(host: &str, username: &str, nonce: &[u8]) -> Vec<u8> {
+    let mut v =
+        Vec::with_capacity(LOGIN_CONTEXT.len() + host.len() + username.len() + nonce.len() + 3);
     v.extend_from_slice(LOGIN_CONTEXT);
+    v.push(0);
+    v.extend_from_slice(host.as_bytes());
     v.push(0);
     v.extend_from_slice(username.as_bytes());
     v.push(0);
@@ -129,15 +135,77 @@ pub fn login_signature_input(username: &str, nonce: &[u8]) -> Vec<u8> {
     v
 }
 
-/// `"e2ee-chat msg v1" || 0x00 || room_id || 0x00 || msg_id || nonce || ciphertext`.
+/// The `host` a login proof signs (PROTOCOL.md section 3, Account): the
+/// authority in lowercase, with `:port` only when the port is not the
+/// scheme's default (80 for `ws`/`http`, 443 for `wss`/`https`).
+///
+/// `authority` is a URL authority or a `Host` header (`Example.org:443`,
+/// `[::1]:8080`); `secure` says whether the scheme is `wss`/`https`.
+/// Answers `None` for something that is not a host with an optional port.
+pub fn normalize_host(authority: &str, secure: bool) -> Option<String> {
+    let authority = authority.trim();
+    if authority.is_empty() || !authority.is_ascii() || authority.contains(['/', '@', ' ']) {
+        return None;
+    }
+    let (host, port) = match authority.rfind(':') {
+        // An IPv6 literal's colons are inside the brackets.
+        Some(i) if !authority[i..].contains(']') => (&authority[..i], Some(&authority[i + 1..])),
+        _ => (authority, None),
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let host = host.to_ascii_lowercase();
+    let default = if secure { 443 } else { 80 };
+    match port {
+        None | Some("") => Some(host),
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n == default => Some(host),
+            Ok(n) => Some(format!("{host}:{n}")),
+            Err(_) => None,
+        },
+    }
+}
+
+/// The login `host` for a `ws://` or `wss://` URL.
+pub fn host_of_url(url: &str) -> Option<String> {
+    let parsed = url::Url::parse(url).ok()?;
+    let secure = matches!(parsed.scheme(), "wss" | "https");
+    let host = parsed.host_str()?;
+    // `Url` drops a port equal to the scheme's default, and lowercases.
+    let authority = match parsed.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    normalize_host(&authority, secure)
+}
+
+/// SHA-256(`"e2ee-chat key v2" || 0x00 || K`): binds a message to one AES key.
+pub fn key_commitment(aes_key: &[u8]) -> [u8; KEY_COMMITMENT_LEN] {
+    let mut h = Sha256::new();
+    h.update(KEY_COMMITMENT_CONTEXT);
+    h.update([0u8]);
+    h.update(aes_key);
+    h.finalize().into()
+}
+
+/// `"e2ee-chat msg v2" || 0x00 || room_id || 0x00 || msg_id || nonce ||
+/// key_commitment || ciphertext`.
 pub fn message_signature_input(
     room_id: &str,
     msg_id: &[u8],
     nonce: &[u8],
+    key_commitment: &[u8],
     ciphertext: &[u8],
 ) -> Vec<u8> {
     let mut v = Vec::with_capacity(
-        MESSAGE_CONTEXT.len() + room_id.len() + msg_id.len() + nonce.len() + ciphertext.len() + 2,
+        MESSAGE_CONTEXT.len()
+            + room_id.len()
+            + msg_id.len()
+            + nonce.len()
+            + key_commitment.len()
+            + ciphertext.len()
+            + 2,
     );
     v.extend_from_slice(MESSAGE_CONTEXT);
     v.push(0);
@@ -145,6 +213,7 @@ pub fn message_signature_input(
     v.push(0);
     v.extend_from_slice(msg_id);
     v.extend_from_slice(nonce);
+    v.extend_from_slice(key_commitment);
     v.extend_from_slice(ciphertext);
     v
 }
@@ -270,4 +339,47 @@ pub fn open(
             },
         )
         .map_err(|_| CryptoError::Decrypt)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_normalize_like_the_protocol_says() {
+        assert_eq!(
+            normalize_host("Chat.Example.org", true).unwrap(),
+            "chat.example.org"
+        );
+        assert_eq!(
+            normalize_host("chat.example.org:443", true).unwrap(),
+            "chat.example.org"
+        );
+        assert_eq!(
+            normalize_host("chat.example.org:443", false).unwrap(),
+            "chat.example.org:443"
+        );
+        assert_eq!(
+            normalize_host("127.0.0.1:8080", false).unwrap(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(normalize_host("localhost:80", false).unwrap(), "localhost");
+        assert_eq!(normalize_host("[::1]:8080", false).unwrap(), "[::1]:8080");
+        assert_eq!(normalize_host("[::1]", false).unwrap(), "[::1]");
+        for bad in ["", ":80", "a b", "h:x", "h:99999", "user@h", "h/p", "hé"] {
+            assert!(normalize_host(bad, false).is_none(), "{bad:?}");
+        }
+        assert_eq!(
+            host_of_url("ws://127.0.0.1:8080/ws").unwrap(),
+            "127.0.0.1:8080"
+        );
+        assert_eq!(
+            host_of_url("wss://Chat.Example.org:443/ws").unwrap(),
+            "chat.example.org"
+        );
+        assert_eq!(
+            host_of_url("ws://chat.example.org:443/ws").unwrap(),
+            "chat.example.org:443"
+        );
+    }
 }

@@ -32,12 +32,7 @@ pub fn dispatch(data: &[u8]) {
             let _ = PublicKeys::parse(sign_key, enc_key);
         }
         Request::Send(body) => {
-            let _ = crate::crypto::message_signature_input(
-                &body.room_id,
-                &body.msg_id,
-                &body.nonce,
-                &body.ciphertext,
-            );
+            let _ = body.signature_input();
         }
         _ => {}
     }

@@ -124,9 +124,23 @@ pub struct SendBody {
     pub room_id: String,
     pub msg_id: ByteBuf,
     pub nonce: ByteBuf,
+    pub key_commitment: ByteBuf,
     pub ciphertext: ByteBuf,
     pub keys: BTreeMap<String, ByteBuf>,
     pub signature: ByteBuf,
+}
+
+impl SendBody {
+    /// The bytes the sender signs (PROTOCOL.md section 3, Messages, step 5).
+    pub fn signature_input(&self) -> Vec<u8> {
+        crate::crypto::message_signature_input(
+            &self.room_id,
+            &self.msg_id,
+            &self.nonce,
+            &self.key_commitment,
+            &self.ciphertext,
+        )
+    }
 }
 
 /// Every client request (without its `id`).
@@ -250,6 +264,7 @@ pub struct MessageData {
     pub msg_id: ByteBuf,
     pub sender: String,
     pub nonce: ByteBuf,
+    pub key_commitment: ByteBuf,
     pub ciphertext: ByteBuf,
     pub key: ByteBuf,
     pub signature: ByteBuf,
@@ -426,6 +441,8 @@ struct CommonMessage<'a> {
     #[serde(with = "serde_bytes")]
     nonce: &'a [u8],
     #[serde(with = "serde_bytes")]
+    key_commitment: &'a [u8],
+    #[serde(with = "serde_bytes")]
     ciphertext: &'a [u8],
     #[serde(with = "serde_bytes")]
     signature: &'a [u8],
@@ -440,6 +457,7 @@ impl MessageFrame {
         msg_id: &[u8],
         sender: &str,
         nonce: &[u8],
+        key_commitment: &[u8],
         ciphertext: &[u8],
         signature: &[u8],
     ) -> Self {
@@ -451,19 +469,20 @@ impl MessageFrame {
             msg_id,
             sender,
             nonce,
+            key_commitment,
             ciphertext,
             signature,
         };
         let mut out = Vec::with_capacity(ciphertext.len() + 512);
         ciborium::into_writer(&common, &mut out).expect("message serializes");
-        debug_assert_eq!(out[0], 0xa9, "nine-entry map header");
+        debug_assert_eq!(out[0], 0xaa, "ten-entry map header");
         MessageFrame { common: out }
     }
 
     /// The whole frame for one recipient.
     pub fn for_recipient(&self, key: &[u8]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.common.len() + key.len() + 16);
-        out.push(0xaa); // map of ten entries
+        out.push(0xab); // map of eleven entries
         out.extend_from_slice(&self.common[1..]);
         out.extend_from_slice(&[0x63, b'k', b'e', b'y']); // text(3) "key"
         write_bytes_header(&mut out, key.len());
@@ -698,6 +717,7 @@ impl Fields<'_> {
                 room_id: self.text("room_id")?,
                 msg_id: self.bytes("msg_id")?,
                 nonce: self.bytes("nonce")?,
+                key_commitment: self.bytes("key_commitment")?,
                 ciphertext: self.bytes("ciphertext")?,
                 keys: self.key_map("keys")?,
                 signature: self.bytes("signature")?,
@@ -761,7 +781,7 @@ mod tests {
     #[test]
     fn message_frame_matches_serde() {
         let frame = MessageFrame::new(
-            "r-1", 5, 99, &[1; 16], "alice", &[2; 12], &[3; 300], &[4; 256],
+            "r-1", 5, 99, &[1; 16], "alice", &[2; 12], &[6; 32], &[3; 300], &[4; 256],
         );
         let bytes = frame.for_recipient(&[5; 256]);
         let msg = ServerMsg::decode(&bytes).unwrap();
@@ -771,6 +791,7 @@ mod tests {
         assert_eq!(m.seq, 5);
         assert_eq!(m.key.as_slice(), &[5; 256]);
         assert_eq!(m.ciphertext.len(), 300);
+        assert_eq!(m.key_commitment.as_slice(), &[6; 32]);
         assert_eq!(m.sender, "alice");
         assert_eq!(peek_type(&bytes), b"message");
         let sent = ServerMsg::Sent {

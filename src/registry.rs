@@ -47,6 +47,10 @@ pub struct Registry {
     names: HashMap<String, String>,
     user_rooms: HashMap<String, HashSet<String>>,
     online: HashMap<String, HashMap<SessionId, SessionHandle>>,
+    /// Joins and creations in flight per user: each counts against
+    /// `max_rooms_per_user` until it is done, so racing requests cannot
+    /// exceed the limit.
+    pending_rooms: HashMap<String, usize>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -70,6 +74,7 @@ impl Registry {
             names: HashMap::new(),
             user_rooms: HashMap::new(),
             online: HashMap::new(),
+            pending_rooms: HashMap::new(),
         }
     }
 
@@ -170,8 +175,37 @@ impl Registry {
         }
     }
 
+    /// Rooms the user belongs to, plus joins and creations in flight.
     fn room_count(&self, username: &str) -> usize {
         self.user_rooms.get(username).map_or(0, |s| s.len())
+            + self.pending_rooms.get(username).copied().unwrap_or(0)
+    }
+
+    fn reserve_room(&mut self, username: &str) {
+        *self.pending_rooms.entry(username.to_owned()).or_default() += 1;
+    }
+
+    fn release_room(&mut self, username: &str) {
+        if let Some(n) = self.pending_rooms.get_mut(username) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_rooms.remove(username);
+            }
+        }
+    }
+
+    /// `unknown_user` unless `username` is registered (cache, then store).
+    fn user_exists(&self, username: &str) -> impl std::future::Future<Output = RegistryResult<()>> {
+        let lookup = (!self.users.contains_key(username)).then(|| self.store.get_user(username));
+        async move {
+            match lookup {
+                None => Ok(()),
+                Some(get) => match get.await.map_err(internal)? {
+                    Some(_) => Ok(()),
+                    None => Err(ErrorCode::UnknownUser.into()),
+                },
+            }
+        }
     }
 }
 
@@ -433,6 +467,7 @@ impl Handler<CreateRoom> for Registry {
         }
         let room_id = new_room_id();
         self.names.insert(folded.clone(), room_id.clone());
+        self.reserve_room(&msg.user.username);
         let record = RoomRecord {
             room_id,
             name: msg.name,
@@ -458,6 +493,7 @@ impl Handler<CreateRoom> for Registry {
         Box::pin(
             work.into_actor(self)
                 .map(move |res: RegistryResult<RoomRecord>, act, ctx| {
+                    act.release_room(&user.username);
                     let record = match res {
                         Ok(record) => record,
                         Err(f) => {
@@ -521,8 +557,10 @@ impl Handler<JoinRoom> for Registry {
             user: msg.user,
             password: msg.password,
         });
+        self.reserve_room(&username);
         let room_id = msg.room_id;
         Box::pin(join.into_actor(self).map(move |res, act, _| {
+            act.release_room(&username);
             let joined = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
             if joined.added {
                 log::info!("{username} joined {room_id}");
@@ -600,13 +638,27 @@ impl Handler<OwnerRequest> for Registry {
                 return failed(ErrorCode::RoomExists);
             }
         }
-        let op = addr.send(OwnerOp {
+        let target_known = match &msg.action {
+            OwnerAction::Kick(target) | OwnerAction::Ban(target) | OwnerAction::Unban(target) => {
+                Some(self.user_exists(target))
+            }
+            _ => None,
+        };
+        let op = OwnerOp {
             by: msg.username.clone(),
             action: msg.action,
-        });
+        };
+        let work = async move {
+            if let Some(known) = target_known {
+                known.await?;
+            }
+            addr.send(op)
+                .await
+                .map_err(|_| Failure::from(ErrorCode::NoSuchRoom))?
+        };
         let room_id = msg.room_id;
-        Box::pin(op.into_actor(self).map(move |res, act, _| {
-            let outcome: OwnerOutcome = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
+        Box::pin(work.into_actor(self).map(move |res, act, _| {
+            let outcome: OwnerOutcome = res?;
             if outcome.deleted {
                 log::info!("room {room_id} deleted by {}", msg.username);
                 act.forget_room(&room_id);

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -65,7 +66,16 @@ pub struct RoomActor {
     /// Members whose last session was just dropped (gone or too slow); their
     /// `presence` goes out from `flush_offline`.
     went_offline: Vec<String>,
+    /// Joins in flight (password check or membership write), by user: each
+    /// holds a seat against `max_members_per_room`.
+    joining: HashMap<String, usize>,
+    /// Password attempts per user in the current window (see
+    /// `take_password_attempt`).
+    password_attempts: HashMap<String, (Instant, u32)>,
 }
+
+/// The window of `limits.password_attempts_per_minute`.
+const PASSWORD_WINDOW: Duration = Duration::from_secs(60);
 
 fn internal(e: impl std::fmt::Display) -> Failure {
     log::error!("room store error: {e}");
@@ -89,6 +99,8 @@ impl RoomActor {
             next_ticket: 0,
             pending: VecDeque::new(),
             went_offline: Vec::new(),
+            joining: HashMap::new(),
+            password_attempts: HashMap::new(),
         }
     }
 
@@ -245,6 +257,7 @@ impl RoomActor {
             &msg.msg_id,
             &msg.sender,
             &msg.nonce,
+            &msg.key_commitment,
             &msg.ciphertext,
             &msg.signature,
         );
@@ -427,42 +440,73 @@ impl RoomActor {
 impl Handler<Join> for RoomActor {
     type Result = ResponseActFuture<Self, RoomResult<Joined>>;
 
+    /// Checks, then (for a password room) verifies the password off the
+    /// actor, re-checks the ban, stores the membership and adds the member.
+    /// A join in flight holds a seat (`joining`), so racing joins cannot
+    /// overfill the room; a ban is recorded in `bans` before its write, so a
+    /// join that finishes after it is refused.
     fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
         let username = msg.user.username.clone();
         if self.members.contains_key(&username) {
             self.attach_all(&username, msg.sessions);
             return Box::pin(fut::ready(Ok(self.joined(false))));
         }
-        let refuse = |code: ErrorCode| -> Self::Result { Box::pin(fut::ready(Err(code.into()))) };
+        let refuse = |f: Failure| -> Self::Result { Box::pin(fut::ready(Err(f))) };
         if self.bans.contains(&username) {
-            return refuse(ErrorCode::Banned);
+            return refuse(ErrorCode::Banned.into());
         }
-        if self.members.len() >= self.settings.limits.max_members_per_room {
-            return refuse(ErrorCode::RoomFull);
+        let seats = self.members.len() + self.joining.len()
+            - usize::from(self.joining.contains_key(&username));
+        if seats >= self.settings.limits.max_members_per_room {
+            return refuse(ErrorCode::RoomFull.into());
         }
         if msg.room_count >= self.settings.limits.max_rooms_per_user {
-            return refuse(ErrorCode::TooManyRooms);
+            return refuse(ErrorCode::TooManyRooms.into());
         }
         let hash = self.record.password_hash.clone();
-        let store = self.store.clone();
-        let room_id = self.record.room_id.clone();
+        if hash.is_some() {
+            if let Err(f) = self.take_password_attempt(&username) {
+                return refuse(f);
+            }
+        }
+        *self.joining.entry(username.clone()).or_default() += 1;
+        let given = msg.password.unwrap_or_default();
+        let checked_password = hash.is_some();
+        let verify = async move {
+            match hash {
+                Some(hash) => password::verify(hash, given).await,
+                None => true,
+            }
+        };
         let joined_at = now_ms();
         let name = username.clone();
-        let work = async move {
-            if let Some(hash) = hash {
-                let given = msg.password.unwrap_or_default();
-                if !password::verify(hash, given).await {
-                    return Err(Failure::from(ErrorCode::WrongPassword));
-                }
-            }
-            store
-                .add_member(&room_id, &name, joined_at)
-                .await
-                .map_err(internal)
-        };
         let (user, sessions) = (msg.user, msg.sessions);
-        Box::pin(work.into_actor(self).map(move |res, act, _| {
+        let stored = verify.into_actor(self).then(move |ok, act, _| {
+            let admitted = if !ok {
+                Err(Failure::from(ErrorCode::WrongPassword))
+            } else if act.bans.contains(&name) {
+                // Banned while the password was being checked.
+                Err(Failure::from(ErrorCode::Banned))
+            } else {
+                if checked_password {
+                    act.refund_password_attempt(&name);
+                }
+                Ok(())
+            };
+            // Submitted now, in this actor turn, so the store orders it
+            // before any ban this room submits later.
+            let write =
+                admitted.map(|()| act.store.add_member(&act.record.room_id, &name, joined_at));
+            async move { write?.await.map_err(internal) }.into_actor(act)
+        });
+        Box::pin(stored.map(move |res, act, _| {
+            act.release_seat(&username);
             res?;
+            if act.bans.contains(&username) {
+                // Banned while the membership was being written: the ban's
+                // own write, queued after ours, removes it again.
+                return Err(ErrorCode::Banned.into());
+            }
             if act.members.contains_key(&username) {
                 act.attach_all(&username, sessions);
                 return Ok(act.joined(false));
@@ -487,6 +531,46 @@ impl Handler<Join> for RoomActor {
             );
             Ok(act.joined(true))
         }))
+    }
+}
+
+impl RoomActor {
+    /// Counts one password attempt of `username` against
+    /// `limits.password_attempts_per_minute`; past it, `rate_limited`
+    /// without hashing. Counted before the hash runs, so racing attempts
+    /// cannot exceed the limit; a right password gives its attempt back.
+    fn take_password_attempt(&mut self, username: &str) -> RoomResult<()> {
+        let now = Instant::now();
+        let limit = self.settings.limits.password_attempts_per_minute;
+        self.password_attempts
+            .retain(|_, (since, _)| now.duration_since(*since) < PASSWORD_WINDOW);
+        let (_, count) = self
+            .password_attempts
+            .entry(username.to_owned())
+            .or_insert((now, 0));
+        if *count >= limit {
+            return Err(Failure::new(
+                ErrorCode::RateLimited,
+                "too many password attempts for this room; wait a minute",
+            ));
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    fn refund_password_attempt(&mut self, username: &str) {
+        if let Some((_, count)) = self.password_attempts.get_mut(username) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    fn release_seat(&mut self, username: &str) {
+        if let Some(n) = self.joining.get_mut(username) {
+            *n -= 1;
+            if *n == 0 {
+                self.joining.remove(username);
+            }
+        }
     }
 }
 
@@ -608,10 +692,11 @@ impl Handler<SendMessage> for RoomActor {
         }
         if body.msg_id.len() != crate::crypto::MSG_ID_LEN
             || body.nonce.len() != crate::crypto::NONCE_LEN
+            || body.key_commitment.len() != crate::crypto::KEY_COMMITMENT_LEN
         {
             return refuse(Failure::new(
                 ErrorCode::InvalidMessage,
-                "msg_id must be 16 bytes and nonce 12",
+                "msg_id must be 16 bytes, nonce 12 and key_commitment 32",
             ));
         }
         if let Err(failure) = self.check_keys(body, msg.signature_ok) {
@@ -638,6 +723,7 @@ impl Handler<SendMessage> for RoomActor {
             msg_id: body.msg_id.into_vec(),
             sender,
             nonce: body.nonce.into_vec(),
+            key_commitment: body.key_commitment.into_vec(),
             ciphertext: body.ciphertext.into_vec(),
             signature: body.signature.into_vec(),
             keys: body
@@ -692,6 +778,7 @@ impl Handler<History> for RoomActor {
                     msg_id: ByteBuf::from(m.msg_id),
                     sender: m.sender,
                     nonce: ByteBuf::from(m.nonce),
+                    key_commitment: ByteBuf::from(m.key_commitment),
                     ciphertext: ByteBuf::from(m.ciphertext),
                     key: ByteBuf::from(m.key),
                     signature: ByteBuf::from(m.signature),
@@ -759,11 +846,18 @@ impl Handler<OwnerOp> for RoomActor {
                 }))
             }
             OwnerAction::Ban(target) => {
+                // Recorded before the write, so a join that is in flight now
+                // is refused when it finishes (see `Join`).
+                let newly = self.bans.insert(target.clone());
                 let name = target.clone();
                 let work = async move { store.remove_member(&room_id, &name, true).await };
                 Box::pin(work.into_actor(self).map(move |res, act, _| {
-                    res.map_err(internal)?;
-                    act.bans.insert(target.clone());
+                    if let Err(e) = res {
+                        if newly {
+                            act.bans.remove(&target);
+                        }
+                        return Err(internal(e));
+                    }
                     let was_member = act.members.contains_key(&target);
                     act.drop_member(&target, "banned");
                     Ok(OwnerOutcome {

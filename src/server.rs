@@ -22,7 +22,7 @@ use crate::session::Session;
 use crate::store::{mongo::MongoStore, sqlite::SqliteStore, SharedStore, StoreError};
 
 /// The subprotocol the server accepts.
-pub const SUBPROTOCOL: &str = "e2ee-chat.v1";
+pub const SUBPROTOCOL: &str = "e2ee-chat.v2";
 
 #[derive(Clone)]
 struct AppState {
@@ -47,11 +47,32 @@ async fn ws_route(
         state.registry.clone(),
         state.settings.clone(),
         state.open.clone(),
+        login_hosts(&state.settings, &req),
     );
     ws::WsResponseBuilder::new(session, &req, stream)
         .protocols(&[SUBPROTOCOL])
         .frame_size(state.settings.limits.max_frame_bytes)
         .start()
+}
+
+/// The hosts a login proof on this connection may sign: the configured
+/// public names, else the request's `Host` header (as `ws` and as `wss`, since
+/// behind a TLS proxy the server cannot tell which one the client dialed).
+fn login_hosts(settings: &Settings, req: &HttpRequest) -> Arc<[String]> {
+    if !settings.server.public_hosts.is_empty() {
+        return settings.server.public_hosts.clone().into();
+    }
+    let header = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let mut hosts: Vec<String> = [false, true]
+        .into_iter()
+        .filter_map(|secure| crate::crypto::normalize_host(header, secure))
+        .collect();
+    hosts.dedup();
+    hosts.into()
 }
 
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {

@@ -93,13 +93,22 @@ pub struct Session {
     open: Arc<AtomicUsize>,
     /// The user this session announced to the Registry as online.
     announced: Option<String>,
+    /// The hosts a login proof may sign (PROTOCOL.md section 3, Account):
+    /// `server.public_hosts`, or the upgrade request's `Host` header.
+    hosts: Arc<[String]>,
 }
 
 type Ctx = ws::WebsocketContext<Session>;
 
 impl Session {
-    pub fn new(registry: Addr<Registry>, settings: Arc<Settings>, open: Arc<AtomicUsize>) -> Self {
+    pub fn new(
+        registry: Addr<Registry>,
+        settings: Arc<Settings>,
+        open: Arc<AtomicUsize>,
+        hosts: Arc<[String]>,
+    ) -> Self {
         Session {
+            hosts,
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             registry,
             bucket: Bucket {
@@ -379,8 +388,11 @@ impl Session {
             return self.fail(ctx, id, ErrorCode::NoChallenge);
         };
         let user = challenge.user;
-        let input = crypto::login_signature_input(&user.username, &challenge.nonce);
-        if !user.keys.verify(&input, signature) {
+        let proves = |host: &String| {
+            let input = crypto::login_signature_input(host, &user.username, &challenge.nonce);
+            user.keys.verify(&input, signature)
+        };
+        if !self.hosts.iter().any(proves) {
             metrics::inc(&metrics::LOGIN_FAILURES);
             log::info!(
                 "session {}: failed login proof for {}",
@@ -561,12 +573,7 @@ impl Session {
 
     fn send(&mut self, ctx: &mut Ctx, id: Option<u64>, user: &User, body: SendBody) {
         let signature_ok = !self.settings.security.verify_signatures || {
-            let input = crypto::message_signature_input(
-                &body.room_id,
-                &body.msg_id,
-                &body.nonce,
-                &body.ciphertext,
-            );
+            let input = body.signature_input();
             user.keys.verify(&input, &body.signature)
         };
         let (room_id, msg_id) = (body.room_id.clone(), body.msg_id.clone());

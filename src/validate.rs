@@ -56,6 +56,9 @@ pub fn request(req: &Request) -> Result<(), ErrorCode> {
             room_name(name)?;
             password.as_deref().map_or(Ok(()), self::password)
         }
+        Request::Kick { username, .. }
+        | Request::Ban { username, .. }
+        | Request::Unban { username, .. } => self::username(username),
         Request::RenameRoom { name, .. } => room_name(name),
         Request::SetPassword { password, .. } => password.as_deref().map_or(Ok(()), self::password),
         _ => Ok(()),

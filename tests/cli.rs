@@ -101,7 +101,19 @@ async fn keygen_register_create_join_send_history() {
     let out = ok(&run(&url, &a, &["create", "Lobby"]).await).to_owned();
     assert!(out.contains("created Lobby"), "{out}");
     assert!(ok(&run(&url, &b, &["join", "lobby"]).await).contains("with 2 members"));
-    ok(&run(&url, &a, &["send", "Lobby", "hello", "bob"]).await);
+    // The first send announces bob, with his fingerprint, before sending;
+    // the next one does not repeat it.
+    let first = run(&url, &a, &["send", "Lobby", "hello", "bob"]).await;
+    ok(&first);
+    let bob_fp = ok(&run(&url, &b, &["fingerprint"]).await).to_owned();
+    let bob_fp = bob_fp.trim().trim_start_matches("bob: ");
+    assert!(
+        first.stderr.contains("NEW RECIPIENT") && first.stderr.contains(bob_fp),
+        "{}",
+        first.stderr
+    );
+    let second = run(&url, &a, &["send", "Lobby", "again"]).await;
+    assert!(!ok(&second).is_empty() && !second.stderr.contains("NEW RECIPIENT"));
     ok(&run(&url, &b, &["send", "Lobby", "hi alice"]).await);
     for dir in [&a, &b] {
         let h = ok(&run(&url, dir, &["history", "Lobby"]).await).to_owned();
@@ -170,12 +182,67 @@ async fn changed_keys_are_refused_loudly_until_trusted() {
         history.contains("bob ! [untrusted") && !history.contains("trust me"),
         "{history}"
     );
-    // After an out-of-band check, alice trusts the new keys.
-    let trusted = ok(&run(&url, &a, &["trust", "bob"]).await).to_owned();
+    // Trust takes the fingerprint alice compared with bob, never whatever
+    // the server serves: a different one is refused and changes nothing.
+    let wrong = "00".repeat(32);
+    let refused = run(&url, &a, &["trust", "bob", &wrong]).await;
+    assert!(
+        !refused.ok && refused.stderr.contains("NOT trusted"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!run(&url, &a, &["send", "Team", "secret"]).await.ok);
+    // After an out-of-band check, alice trusts the new keys, typed as shown.
+    let bob_says = ok(&run(&url, &b, &["fingerprint"]).await).to_owned();
+    let fp = bob_says.trim().trim_start_matches("bob: ");
+    let mut args = vec!["trust", "bob"];
+    args.extend(fp.split(' '));
+    let trusted = ok(&run(&url, &a, &args).await).to_owned();
     assert!(trusted.contains("now trusted"), "{trusted}");
     ok(&run(&url, &a, &["send", "Team", "secret"]).await);
     let history = ok(&run(&url, &b, &["history", "Team"]).await).to_owned();
     assert!(history.contains("alice ✓ secret"), "{history}");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn owner_subcommands() {
+    let t = TestServer::new();
+    let url = t.url();
+    let home = tempfile::tempdir().unwrap();
+    let (a, b) = alice_and_bob(&url, home.path(), Some("Club")).await;
+    let not_owner = run(&url, &b, &["kick", "Club", "alice"]).await;
+    assert!(
+        !not_owner.ok && not_owner.stderr.contains("NotOwner"),
+        "{}",
+        not_owner.stderr
+    );
+    let unknown = run(&url, &a, &["ban", "Club", "nobody"]).await;
+    assert!(
+        !unknown.ok && unknown.stderr.contains("UnknownUser"),
+        "{}",
+        unknown.stderr
+    );
+    assert!(ok(&run(&url, &a, &["kick", "Club", "bob"]).await).contains("kicked bob"));
+    ok(&run(&url, &b, &["join", "Club"]).await);
+    ok(&run(&url, &a, &["ban", "Club", "bob"]).await);
+    let banned = run(&url, &b, &["join", "Club"]).await;
+    assert!(
+        !banned.ok && banned.stderr.contains("Banned"),
+        "{}",
+        banned.stderr
+    );
+    ok(&run(&url, &a, &["unban", "Club", "bob"]).await);
+    ok(&run(&url, &a, &["set-password", "Club", "s3cret"]).await);
+    assert!(!run(&url, &b, &["join", "Club"]).await.ok);
+    ok(&run(&url, &b, &["join", "Club", "--password", "s3cret"]).await);
+    ok(&run(&url, &a, &["set-password", "Club"]).await);
+    assert!(
+        ok(&run(&url, &a, &["rename", "Club", "Salon"]).await).contains("renamed Club to Salon")
+    );
+    assert!(ok(&run(&url, &b, &["rooms"]).await).contains("Salon"));
+    assert!(ok(&run(&url, &a, &["delete", "Salon"]).await).contains("deleted Salon"));
+    assert!(!ok(&run(&url, &b, &["rooms"]).await).contains("Salon"));
     t.stop().await;
 }
 
@@ -285,6 +352,17 @@ async fn interactive_chat_in_a_real_terminal() {
         history.contains("alice ✓ typed in the terminal"),
         "{history}"
     );
+    // /help lists the owner commands; an unknown command says so; /kick
+    // works from the chat window and shows in the timeline.
+    tmux(&["send-keys", "-t", &session, "/help", "Enter"]);
+    let screen = screen_shows(&session, "/kick USER").await;
+    assert!(screen.contains("/kick USER"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "/frobnicate", "Enter"]);
+    let screen = screen_shows(&session, "unknown command /frobnicate").await;
+    assert!(screen.contains("unknown command /frobnicate"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "/kick bob", "Enter"]);
+    let screen = screen_shows(&session, "bob left (kicked)").await;
+    assert!(screen.contains("bob left (kicked)"), "{screen}");
     tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     tmux(&["kill-session", "-t", &session]);

@@ -221,7 +221,7 @@ async fn challenge_errors() {
     );
     // auth_failed: a signature by bob's key over alice's challenge...
     let nonce = challenge(&mut c, "alice").await;
-    let input = e2ee_chat::crypto::login_signature_input("alice", &nonce);
+    let input = e2ee_chat::crypto::login_signature_input(c.host(), "alice", &nonce);
     assert_code(
         c.request(&prove(bob.keys.sign(&input))).await,
         ErrorCode::AuthFailed,
@@ -233,7 +233,7 @@ async fn challenge_errors() {
     );
     // A signature for another username's input does not work either.
     let nonce = challenge(&mut c, "alice").await;
-    let wrong_user = e2ee_chat::crypto::login_signature_input("bob", &nonce);
+    let wrong_user = e2ee_chat::crypto::login_signature_input(c.host(), "bob", &nonce);
     assert_code(
         c.request(&prove(alice.keys.sign(&wrong_user))).await,
         ErrorCode::AuthFailed,
@@ -430,9 +430,7 @@ async fn message_errors_too_large_and_invalid_message() {
     );
     // invalid_message: someone else's signature
     let mut b = good.clone();
-    b.signature = ByteBuf::from(identity("bob", 1).keys.sign(
-        &e2ee_chat::crypto::message_signature_input(&rid, &b.msg_id, &b.nonce, &b.ciphertext),
-    ));
+    b.signature = ByteBuf::from(identity("bob", 1).keys.sign(&b.signature_input()));
     assert_code(
         alice.request(&Request::Send(b)).await,
         ErrorCode::InvalidMessage,

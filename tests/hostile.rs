@@ -109,12 +109,7 @@ async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
         id[..8].copy_from_slice(&i.to_be_bytes());
         b.msg_id = ByteBuf::from(id);
         // Same ciphertext under a new msg_id: re-sign, as the signature covers msg_id.
-        b.signature = ByteBuf::from(me.keys.sign(&e2ee_chat::crypto::message_signature_input(
-            &rid,
-            &b.msg_id,
-            &b.nonce,
-            &b.ciphertext,
-        )));
+        b.signature = ByteBuf::from(me.keys.sign(&b.signature_input()));
         let frame = Request::Send(b).encode(Some(i));
         sink.send(tokio_tungstenite::tungstenite::Message::Binary(
             frame.into(),
@@ -278,12 +273,7 @@ async fn msg_id_collisions_across_rooms_and_senders_are_separate_messages() {
     bob.join_room(&a.room_id, None).await.unwrap();
     let fixed = |mut body: e2ee_chat::protocol::SendBody, signer: &e2ee_chat::crypto::KeyPair| {
         body.msg_id = ByteBuf::from(vec![0x42; 16]);
-        body.signature = ByteBuf::from(signer.sign(&e2ee_chat::crypto::message_signature_input(
-            &body.room_id,
-            &body.msg_id,
-            &body.nonce,
-            &body.ciphertext,
-        )));
+        body.signature = ByteBuf::from(signer.sign(&body.signature_input()));
         body
     };
     let alice_k = identity("alice", 0).keys;

@@ -47,6 +47,17 @@ async fn kick_removes_at_once_and_they_may_rejoin() {
         alice.request_ok(&ban(&rid, "alice")).await,
         ErrorCode::InvalidTarget,
     );
+    // The target must be a valid username of a registered user.
+    for req in [kick(&rid, "dave"), ban(&rid, "dave"), unban(&rid, "dave")] {
+        assert_code(alice.request_ok(&req).await, ErrorCode::UnknownUser);
+    }
+    let junk = "x".repeat(100_000);
+    for name in ["Dave!", junk.as_str(), ""] {
+        for req in [kick(&rid, name), ban(&rid, name), unban(&rid, name)] {
+            assert_code(alice.request_ok(&req).await, ErrorCode::InvalidUsername);
+        }
+    }
+    t.user("dave", 3).await.close().await;
     assert_code(
         alice.request_ok(&kick(&rid, "dave")).await,
         ErrorCode::NoSuchMember,

@@ -49,6 +49,7 @@ fn message(room_id: &str, sender: &str, id: u8, recipients: &[&str]) -> Arc<NewM
         msg_id: vec![id; 16],
         sender: sender.into(),
         nonce: vec![1; 12],
+        key_commitment: vec![3; 32],
         ciphertext: vec![id; 40],
         signature: vec![2; 256],
         keys: recipients

@@ -1,5 +1,6 @@
-//! The independent test vectors (tests/vectors/v1.cbor, made with Python's
-//! `cryptography` and `cbor2`): our crypto and codec must agree with them.
+//! The independent test vectors (tests/vectors/v2.cbor, a copy of
+//! ../shared/vectors/v2.cbor made with Python's `cryptography` and `cbor2`):
+//! our crypto and codec must agree with them byte for byte.
 
 use ciborium::Value;
 use e2ee_chat::crypto::{self, KeyPair, PublicKeys};
@@ -9,7 +10,7 @@ use serde_bytes::ByteBuf;
 fn vectors() -> Value {
     let raw = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/vectors/v1.cbor"
+        "/tests/vectors/v2.cbor"
     ))
     .unwrap();
     ciborium::from_reader(raw.as_slice()).unwrap()
@@ -69,8 +70,14 @@ fn login_signature_input_and_signature() {
     let v = vectors();
     let login = get(&v, "login");
     let username = text(login, "username");
-    let input = crypto::login_signature_input(&username, &bytes(login, "nonce"));
+    let host = text(login, "host");
+    let input = crypto::login_signature_input(&host, &username, &bytes(login, "nonce"));
     assert_eq!(input, bytes(login, "signature_input"));
+    // The host is what a client dialing wss://chat.example.org/ws signs.
+    assert_eq!(
+        crypto::host_of_url("wss://Chat.Example.org:443/ws").as_deref(),
+        Some(host.as_str())
+    );
     let alice = user(&v, 0);
     let keys = PublicKeys::parse(&bytes(alice, "sign_key"), &bytes(alice, "enc_key")).unwrap();
     assert!(keys.verify(&input, &bytes(login, "signature")));
@@ -81,6 +88,10 @@ fn login_signature_input_and_signature() {
     // Our own signature verifies with the same key.
     let ours = keypair(alice).sign(&input);
     assert!(keys.verify(&input, &ours));
+    // A proof for another host (a relaying look-alike) does not verify.
+    let relayed =
+        crypto::login_signature_input("chat.example.org.evil", &username, &bytes(login, "nonce"));
+    assert!(!keys.verify(&relayed, &bytes(login, "signature")));
 }
 
 #[test]
@@ -91,11 +102,27 @@ fn message_vector_decrypts_for_both_recipients() {
     let msg_id = bytes(m, "msg_id");
     let nonce = bytes(m, "nonce");
     let ciphertext = bytes(m, "ciphertext");
+    let commitment = bytes(m, "key_commitment");
     assert_eq!(crypto::message_aad(&room_id, &msg_id), bytes(m, "aad"));
     assert_eq!(
-        crypto::message_signature_input(&room_id, &msg_id, &nonce, &ciphertext),
+        crypto::key_commitment(&bytes(m, "aes_key")).as_slice(),
+        commitment.as_slice()
+    );
+    assert_eq!(
+        crypto::message_signature_input(&room_id, &msg_id, &nonce, &commitment, &ciphertext),
         bytes(m, "signature_input")
     );
+    // Our plaintext encoding is the vector's, byte for byte.
+    let sent_at = get(m, "sent_at")
+        .as_integer()
+        .map(u64::try_from)
+        .unwrap()
+        .unwrap();
+    let plaintext = e2ee_chat::client::Plaintext {
+        text: text(m, "text"),
+        sent_at,
+    };
+    assert_eq!(plaintext.encode(), bytes(m, "plaintext"));
     // AES-GCM with the given key reproduces the ciphertext exactly (deterministic).
     assert_eq!(
         crypto::seal(
@@ -119,12 +146,18 @@ fn message_vector_decrypts_for_both_recipients() {
             msg_id: ByteBuf::from(msg_id.clone()),
             sender: "alice".into(),
             nonce: ByteBuf::from(nonce.clone()),
+            key_commitment: ByteBuf::from(commitment.clone()),
             ciphertext: ByteBuf::from(ciphertext.clone()),
             key: ByteBuf::from(key),
             signature: ByteBuf::from(bytes(m, "signature")),
         };
-        let text_out = e2ee_chat::client::open_message(&me, &sender, &data).unwrap();
-        assert_eq!(text_out, text(m, "text"));
+        let opened = e2ee_chat::client::open_message(&me, &sender, &data).unwrap();
+        assert_eq!(opened, plaintext);
+        // A different commitment breaks the signature; a matching signature
+        // over another commitment fails the commitment check.
+        let mut wrong = data.clone();
+        wrong.key_commitment[0] ^= 1;
+        assert!(e2ee_chat::client::open_message(&me, &sender, &wrong).is_err());
     }
 }
 
@@ -147,6 +180,10 @@ fn good_frames_decode() {
     assert_eq!(
         body.ciphertext.as_slice(),
         bytes(m, "ciphertext").as_slice()
+    );
+    assert_eq!(
+        body.key_commitment.as_slice(),
+        bytes(m, "key_commitment").as_slice()
     );
     assert_eq!(body.keys.len(), 2);
     assert!(body.keys.contains_key("alice") && body.keys.contains_key("bob"));

@@ -8,18 +8,22 @@
 //! `next_event` hands them out. The tests, the CLI and the load generator all
 //! use it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+pub mod display;
+pub mod envelope;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::crypto::{self, CryptoError, KeyPair, PublicKeys};
-use crate::protocol::{ErrorCode, Member, MessageData, Request, RoomSummary, SendBody, ServerMsg};
+use crate::protocol::{ErrorCode, Member, MessageData, Request, RoomSummary, ServerMsg};
+
+pub use envelope::{open_message, seal_message, seal_parts, Plaintext};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -49,6 +53,10 @@ pub enum ClientError {
     NotLoggedIn,
     #[error("the keys of {0} changed since they were first seen; check the new fingerprint with them and trust it before sending")]
     KeyChanged(String),
+    #[error("the server sent a username that breaks the protocol's pattern: {}", display::escape(.0))]
+    BadName(String),
+    #[error("cannot tell which host the URL names; login proofs sign it")]
+    NoHost,
 }
 
 impl ClientError {
@@ -70,122 +78,36 @@ pub struct Identity {
     pub keys: KeyPair,
 }
 
-/// The plaintext inside a message's ciphertext (a CBOR map with `text`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Plaintext {
-    pub text: String,
-}
-
 /// A message after verification and decryption.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decrypted {
     pub room_id: String,
     pub seq: u64,
+    /// The server's time of storing (its claim only).
     pub ts: u64,
+    /// The sender's time, from the signed plaintext: the one to show.
+    pub sent_at: u64,
+    pub msg_id: Vec<u8>,
     pub sender: String,
     pub text: String,
 }
 
-/// Builds a complete `send` body: fresh AES key, nonce and msg_id; the
-/// plaintext sealed once; the key wrapped for every recipient; signed.
-pub fn seal_message(
-    keys: &KeyPair,
-    room_id: &str,
-    text: &str,
-    recipients: &[(String, Vec<u8>)],
-) -> Result<SendBody> {
-    let (mut body, aes_key) = seal_unwrapped(keys, room_id, text);
-    wrap_for(&mut body, &aes_key, recipients)?;
-    Ok(body)
+/// Something the user must be told that the server cannot be trusted with
+/// (PROTOCOL.md section 7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// About to encrypt to a member this client has not encrypted to in
+    /// this room before.
+    NewRecipient {
+        room_id: String,
+        username: String,
+        fingerprint: [u8; 32],
+    },
 }
 
-/// Seals and signs a message without wrapping its key for anyone yet;
-/// returns the body and the AES key (kept to re-wrap after `stale_members`).
-fn seal_unwrapped(
-    keys: &KeyPair,
-    room_id: &str,
-    text: &str,
-) -> (SendBody, [u8; crypto::AES_KEY_LEN]) {
-    seal_parts(
-        keys,
-        room_id,
-        text,
-        crypto::random_bytes::<{ crypto::MSG_ID_LEN }>(),
-    )
-}
-
-/// Seals `text` under a fresh AES key and nonce with the given `msg_id`, and
-/// signs it; `keys` in the body is left empty for the caller to wrap.
-pub fn seal_parts(
-    keys: &KeyPair,
-    room_id: &str,
-    text: &str,
-    msg_id: [u8; crypto::MSG_ID_LEN],
-) -> (SendBody, [u8; crypto::AES_KEY_LEN]) {
-    let aes_key = crypto::random_bytes::<{ crypto::AES_KEY_LEN }>();
-    let nonce = crypto::random_bytes::<{ crypto::NONCE_LEN }>();
-    let mut plaintext = Vec::new();
-    ciborium::into_writer(
-        &Plaintext {
-            text: text.to_owned(),
-        },
-        &mut plaintext,
-    )
-    .expect("plaintext encodes");
-    let ciphertext = crypto::seal(
-        &aes_key,
-        &nonce,
-        &crypto::message_aad(room_id, &msg_id),
-        &plaintext,
-    );
-    let signature = keys.sign(&crypto::message_signature_input(
-        room_id,
-        &msg_id,
-        &nonce,
-        &ciphertext,
-    ));
-    let body = SendBody {
-        room_id: room_id.to_owned(),
-        msg_id: ByteBuf::from(msg_id.to_vec()),
-        nonce: ByteBuf::from(nonce.to_vec()),
-        ciphertext: ByteBuf::from(ciphertext),
-        keys: BTreeMap::new(),
-        signature: ByteBuf::from(signature),
-    };
-    (body, aes_key)
-}
-
-fn wrap_for(body: &mut SendBody, aes_key: &[u8], recipients: &[(String, Vec<u8>)]) -> Result<()> {
-    body.keys.clear();
-    for (name, enc_der) in recipients {
-        body.keys.insert(
-            name.clone(),
-            ByteBuf::from(crypto::wrap_key(enc_der, aes_key)?),
-        );
-    }
-    Ok(())
-}
-
-/// Verifies, unwraps and decrypts one message with the sender's pinned keys.
-pub fn open_message(me: &KeyPair, sender_keys: &PublicKeys, m: &MessageData) -> Result<String> {
-    let input = crypto::message_signature_input(&m.room_id, &m.msg_id, &m.nonce, &m.ciphertext);
-    if !sender_keys.verify(&input, &m.signature) {
-        return Err(CryptoError::BadSignature.into());
-    }
-    let aes_key = me.unwrap_key(&m.key)?;
-    let plaintext = crypto::open(
-        &aes_key,
-        &m.nonce,
-        &crypto::message_aad(&m.room_id, &m.msg_id),
-        &m.ciphertext,
-    )?;
-    let parsed: Plaintext = ciborium::from_reader(plaintext.as_slice()).map_err(|e| {
-        ClientError::Crypto(CryptoError::Other(format!(
-            "plaintext is not a CBOR map with text: {e}"
-        )))
-    })?;
-    Ok(parsed.text)
-}
+/// Called with each notice before the client acts on it (e.g. before it
+/// encrypts to a new recipient).
+pub type NoticeHook = Box<dyn FnMut(&Notice) + Send>;
 
 /// Whether a member object carries exactly the pinned keys.
 fn same_keys(pinned: &PublicKeys, m: &Member) -> bool {
@@ -203,14 +125,29 @@ pub struct Client {
     pub key_changes: Vec<String>,
     /// Last known member list per room.
     members: HashMap<String, Vec<Member>>,
+    /// The host login proofs sign: the authority of the URL dialed.
+    host: String,
+    /// Signed messages already shown, by (sender, msg_id): a replay is dropped.
+    seen: HashSet<(String, Vec<u8>)>,
+    /// Per room, the users this client has encrypted to (or was told of).
+    recipients_told: HashMap<String, HashSet<String>>,
+    /// Notices not yet taken with `take_notices`.
+    notices: Vec<Notice>,
+    notice_hook: Option<NoticeHook>,
     pub timeout: Duration,
 }
 
 impl Client {
     /// Connects to a `ws://` (or `wss://`) URL, with TCP_NODELAY.
     pub async fn connect(url: &str) -> Result<Client> {
+        let host = crypto::host_of_url(url).ok_or(ClientError::NoHost)?;
         let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
         Ok(Client {
+            host,
+            seen: HashSet::new(),
+            recipients_told: HashMap::new(),
+            notices: Vec::new(),
+            notice_hook: None,
             ws,
             next_id: 1,
             events: VecDeque::new(),
@@ -224,6 +161,49 @@ impl Client {
 
     pub fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
+    }
+
+    /// The host this client's login proofs sign.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Signs login proofs for `host` instead of the dialed one (tests of a
+    /// relayed login; a real client never needs it).
+    pub fn set_host(&mut self, host: &str) {
+        self.host = host.to_owned();
+    }
+
+    /// Calls `hook` with every notice, before the client acts on it.
+    pub fn on_notice(&mut self, hook: NoticeHook) {
+        self.notice_hook = Some(hook);
+    }
+
+    /// Notices so far (also given to the hook), oldest first.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Per room, the users already announced as recipients (for a client
+    /// that keeps them across runs).
+    pub fn told_recipients(&self) -> &HashMap<String, HashSet<String>> {
+        &self.recipients_told
+    }
+
+    /// Records users the user was told of in an earlier run.
+    pub fn set_told_recipients(&mut self, room_id: &str, users: impl IntoIterator<Item = String>) {
+        self.recipients_told
+            .entry(room_id.to_owned())
+            .or_default()
+            .extend(users);
+    }
+
+    fn notify(&mut self, notice: Notice) {
+        match &mut self.notice_hook {
+            Some(hook) => hook(&notice),
+            None => log::warn!("{notice:?}"),
+        }
+        self.notices.push(notice);
     }
 
     /// Sends raw bytes as one binary frame (for tests of bad input).
@@ -307,6 +287,9 @@ impl Client {
     }
 
     fn pin(&mut self, m: &Member) {
+        if crate::validate::username(&m.username).is_err() {
+            return;
+        }
         match self.pins.get(&m.username) {
             Some(p) if same_keys(p, m) => {}
             Some(_) => {
@@ -340,6 +323,15 @@ impl Client {
     /// Every pinned user and the fingerprint of the pinned keys.
     pub fn pins(&self) -> impl Iterator<Item = (&str, [u8; 32])> {
         self.pins.iter().map(|(u, k)| (u.as_str(), k.fingerprint()))
+    }
+
+    /// `username`'s member object from any room's last member list.
+    pub fn members_of_any(&self, username: &str) -> Option<Member> {
+        self.members
+            .values()
+            .flatten()
+            .find(|m| m.username == username)
+            .cloned()
     }
 
     /// The last member list seen for a room.
@@ -438,9 +430,11 @@ impl Client {
             ServerMsg::Challenge { nonce, .. } => nonce,
             other => return Err(ClientError::Unexpected(Box::new(other))),
         };
-        let signature = identity
-            .keys
-            .sign(&crypto::login_signature_input(&identity.username, &nonce));
+        let signature = identity.keys.sign(&crypto::login_signature_input(
+            &self.host,
+            &identity.username,
+            &nonce,
+        ));
         match self
             .request(&Request::Prove {
                 signature: ByteBuf::from(signature),
@@ -552,8 +546,10 @@ impl Client {
         if !self.members.contains_key(room_id) {
             self.get_members(room_id).await?;
         }
-        let (mut body, aes_key) = seal_unwrapped(&identity.keys, room_id, text);
-        wrap_for(&mut body, &aes_key, &self.recipients(room_id)?)?;
+        let msg_id = crypto::random_bytes::<{ crypto::MSG_ID_LEN }>();
+        let (mut body, aes_key) = seal_parts(&identity.keys, room_id, text, msg_id);
+        let recipients = self.recipients(room_id)?;
+        envelope::wrap_for(&mut body, &aes_key, &recipients)?;
         for attempt in 0..3 {
             match self.request(&Request::Send(body.clone())).await {
                 Ok(ServerMsg::Sent { seq, ts, .. }) => return Ok((seq, ts)),
@@ -565,7 +561,7 @@ impl Client {
                 }) if attempt < 2 => {
                     self.set_members(room_id, members);
                     let recipients = self.recipients(room_id)?;
-                    wrap_for(&mut body, &aes_key, &recipients)?;
+                    envelope::wrap_for(&mut body, &aes_key, &recipients)?;
                 }
                 Err(e) => return Err(e),
             }
@@ -574,47 +570,83 @@ impl Client {
     }
 
     /// Who to wrap for: the room's members, each with the enc key pinned
-    /// for them. A member whose keys differ from the pin stops the send.
-    fn recipients(&self, room_id: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let members = self
-            .members
-            .get(room_id)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        members
-            .iter()
-            .map(|m| match self.pins.get(&m.username) {
-                Some(p) if same_keys(p, m) => Ok((m.username.clone(), p.enc_der.clone())),
-                _ => Err(ClientError::KeyChanged(m.username.clone())),
-            })
-            .collect()
+    /// for them. A member whose keys differ from the pin, or whose name
+    /// breaks the protocol's pattern, stops the send. Every member this
+    /// client has not encrypted to in the room before is announced first.
+    fn recipients(&mut self, room_id: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        let members = self.members.get(room_id).cloned().unwrap_or_default();
+        let mut out = Vec::with_capacity(members.len());
+        for m in &members {
+            if crate::validate::username(&m.username).is_err() {
+                return Err(ClientError::BadName(m.username.clone()));
+            }
+            match self.pins.get(&m.username) {
+                Some(p) if same_keys(p, m) => out.push((m.username.clone(), p.enc_der.clone())),
+                _ => return Err(ClientError::KeyChanged(m.username.clone())),
+            }
+        }
+        let me = self.identity.as_ref().map(|i| i.username.clone());
+        for (name, _) in &out {
+            let told = self.recipients_told.entry(room_id.to_owned()).or_default();
+            if Some(name) == me.as_ref() || !told.insert(name.clone()) {
+                continue;
+            }
+            let fingerprint = self.pins[name].fingerprint();
+            self.notify(Notice::NewRecipient {
+                room_id: room_id.to_owned(),
+                username: name.clone(),
+                fingerprint,
+            });
+        }
+        Ok(out)
     }
 
-    /// Verifies and decrypts a message with the sender's pinned keys.
+    /// Verifies and decrypts a message with the sender's pinned keys. Does
+    /// not deduplicate: see [`Client::accept`].
     pub fn decrypt(&self, m: &MessageData) -> Result<Decrypted> {
         let identity = self.identity.as_ref().ok_or(ClientError::NotLoggedIn)?;
+        if crate::validate::username(&m.sender).is_err() {
+            return Err(ClientError::BadName(m.sender.clone()));
+        }
         let sender = self
             .pins
             .get(&m.sender)
             .ok_or_else(|| ClientError::UnknownSender(m.sender.clone()))?;
-        let text = open_message(&identity.keys, sender, m)?;
+        let plaintext = open_message(&identity.keys, sender, m)?;
         Ok(Decrypted {
             room_id: m.room_id.clone(),
             seq: m.seq,
             ts: m.ts,
+            sent_at: plaintext.sent_at,
+            msg_id: m.msg_id.to_vec(),
             sender: m.sender.clone(),
-            text,
+            text: plaintext.text,
         })
     }
 
-    /// Waits for the next `message` event in `room_id` and decrypts it.
+    /// Decrypts a message to show it: `Ok(None)` when this signed message
+    /// (sender, msg_id) was already shown, e.g. replayed by the server under
+    /// another seq. Only messages that verify are remembered, so a forged
+    /// copy cannot hide the real one.
+    pub fn accept(&mut self, m: &MessageData) -> Result<Option<Decrypted>> {
+        let d = self.decrypt(m)?;
+        let fresh = self.seen.insert((d.sender.clone(), d.msg_id.clone()));
+        Ok(fresh.then_some(d))
+    }
+
+    /// Waits for the next `message` event in `room_id` that was not shown
+    /// before, and decrypts it.
     pub async fn next_message(&mut self, room_id: &str) -> Result<Decrypted> {
-        let msg = self
-            .wait_for(|e| matches!(e, ServerMsg::Message(m) if m.room_id == room_id))
-            .await?;
-        match msg {
-            ServerMsg::Message(m) => self.decrypt(&m),
-            _ => unreachable!("matched above"),
+        loop {
+            let msg = self
+                .wait_for(|e| matches!(e, ServerMsg::Message(m) if m.room_id == room_id))
+                .await?;
+            let ServerMsg::Message(m) = msg else {
+                unreachable!("matched above")
+            };
+            if let Some(d) = self.accept(&m)? {
+                return Ok(d);
+            }
         }
     }
 

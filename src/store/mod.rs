@@ -80,6 +80,7 @@ pub struct NewMessage {
     pub msg_id: Vec<u8>,
     pub sender: String,
     pub nonce: Vec<u8>,
+    pub key_commitment: Vec<u8>,
     pub ciphertext: Vec<u8>,
     pub signature: Vec<u8>,
     /// (recipient, wrapped key)
@@ -103,6 +104,7 @@ pub struct StoredMessage {
     pub msg_id: Vec<u8>,
     pub sender: String,
     pub nonce: Vec<u8>,
+    pub key_commitment: Vec<u8>,
     pub ciphertext: Vec<u8>,
     pub signature: Vec<u8>,
     pub key: Vec<u8>,

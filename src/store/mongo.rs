@@ -382,6 +382,7 @@ async fn append_one(
             "msg_id": bin(&m.msg_id),
             "sender": &m.sender,
             "nonce": bin(&m.nonce),
+            "key_commitment": bin(&m.key_commitment),
             "ciphertext": bin(&m.ciphertext),
             "signature": bin(&m.signature),
             "keys": keys,
@@ -719,7 +720,7 @@ impl Store for MongoStore {
                     .sort(doc! {"seq": if ascending { 1 } else { -1 }})
                     .limit(limit as i64 + 1)
                     .projection(doc! {
-                        "seq": 1, "ts": 1, "msg_id": 1, "sender": 1, "nonce": 1,
+                        "seq": 1, "ts": 1, "msg_id": 1, "sender": 1, "nonce": 1, "key_commitment": 1,
                         "ciphertext": 1, "signature": 1, &key_field: 1,
                     })
                     .await
@@ -739,6 +740,7 @@ impl Store for MongoStore {
                     msg_id: get_bin(d, "msg_id")?,
                     sender: get_str(d, "sender")?,
                     nonce: get_bin(d, "nonce")?,
+                    key_commitment: get_bin(d, "key_commitment")?,
                     ciphertext: get_bin(d, "ciphertext")?,
                     signature: get_bin(d, "signature")?,
                     key,

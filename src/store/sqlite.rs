@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS messages (
     msg_id     BLOB NOT NULL,
     sender     TEXT NOT NULL,
     nonce      BLOB NOT NULL,
+    key_commitment BLOB NOT NULL,
     ciphertext BLOB NOT NULL,
     signature  BLOB NOT NULL,
     keys       BLOB NOT NULL,
@@ -133,7 +134,10 @@ fn backend(e: rusqlite::Error) -> StoreError {
 }
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+///
+/// 2: protocol v2 (messages carry `key_commitment`). A version-1 database
+/// holds v1 messages that no v2 client can verify, so it is refused.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Creates the schema in a new database; refuses one of another version
 /// rather than guessing.
@@ -353,7 +357,8 @@ fn user_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<Use
     })
 }
 
-const MESSAGE_COLUMNS: &str = "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys
+const MESSAGE_COLUMNS: &str =
+    "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys, key_commitment
      FROM messages WHERE room_id = ?1 AND seq BETWEEN ?2 AND ?3";
 
 /// Wrapped keys as one blob: `u16 count`, then per recipient (in name order)
@@ -446,6 +451,7 @@ fn history_page(
                 nonce: row.get(4).map_err(backend)?,
                 ciphertext: row.get(5).map_err(backend)?,
                 signature: row.get(6).map_err(backend)?,
+                key_commitment: row.get(8).map_err(backend)?,
                 key,
             });
             if messages.len() > limit {
@@ -521,8 +527,9 @@ fn append(
     let seq = last + 1;
     let ts = now_ms();
     conn.prepare_cached(
-        "INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, ciphertext, signature, keys)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, ciphertext, signature, keys,
+                               key_commitment)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -534,7 +541,8 @@ fn append(
             msg.nonce,
             msg.ciphertext,
             msg.signature,
-            encode_keys(&msg.keys)
+            encode_keys(&msg.keys),
+            msg.key_commitment
         ])
     })
     .map_err(backend)?;

@@ -170,13 +170,18 @@ fn unsigned(room_id: &str, msg_id: [u8; 16]) -> (e2ee_chat::protocol::SendBody, 
         &key,
         &nonce,
         &e2ee_chat::crypto::message_aad(room_id, &msg_id),
-        b"\xa1dtextgdurable",
+        &e2ee_chat::client::Plaintext {
+            text: "durable".into(),
+            sent_at: 0,
+        }
+        .encode(),
     );
     (
         e2ee_chat::protocol::SendBody {
             room_id: room_id.to_owned(),
             msg_id: ByteBuf::from(msg_id.to_vec()),
             nonce: ByteBuf::from(nonce.to_vec()),
+            key_commitment: ByteBuf::from(e2ee_chat::crypto::key_commitment(&key).to_vec()),
             ciphertext: ByteBuf::from(ct),
             keys: Default::default(),
             signature: ByteBuf::from(vec![0u8; 256]),

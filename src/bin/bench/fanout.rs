@@ -147,6 +147,7 @@ fn prepare(
                                     &body.msg_id,
                                     &members[r][0],
                                     &body.nonce,
+                                    &body.key_commitment,
                                     &body.ciphertext,
                                     &body.signature,
                                 )

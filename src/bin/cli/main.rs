@@ -8,9 +8,10 @@ mod tui;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use e2ee_chat::client::{Client, ClientError, Identity};
+use e2ee_chat::client::display::escape;
+use e2ee_chat::client::{Client, ClientError, Identity, Notice};
 use e2ee_chat::crypto::{fingerprint_display, KeyPair};
-use e2ee_chat::protocol::{MessageData, RoomSummary};
+use e2ee_chat::protocol::{MessageData, Request, RoomSummary};
 
 use profile::{CliResult, Pin, Pins, Profile, ProfileConfig};
 
@@ -85,8 +86,30 @@ enum Command {
     Members { room: String },
     /// Your fingerprint, or the pinned fingerprint of USER.
     Fingerprint { user: Option<String> },
-    /// Accept USER's current keys after checking the fingerprint with them.
-    Trust { user: String },
+    /// Trust USER's keys with FINGERPRINT, which you compared with them (in
+    /// person, or over another channel): refused unless the server serves
+    /// exactly those keys.
+    Trust {
+        user: String,
+        /// 64 hex digits, spaces allowed (as `e2ee-chat fingerprint` prints them).
+        #[arg(required = true, num_args = 1..)]
+        fingerprint: Vec<String>,
+    },
+    /// Remove USER from a room you own (they may rejoin).
+    Kick { room: String, user: String },
+    /// Remove USER from a room you own and keep them out.
+    Ban { room: String, user: String },
+    /// Let a banned USER join again.
+    Unban { room: String, user: String },
+    /// Rename a room you own.
+    Rename { room: String, name: String },
+    /// Set the password of a room you own (without one: remove it).
+    SetPassword {
+        room: String,
+        password: Option<String>,
+    },
+    /// Delete a room you own, with all its messages.
+    Delete { room: String },
     /// Interactive full-screen chat.
     Chat,
 }
@@ -137,6 +160,10 @@ pub async fn connect(profile: Profile, url: &str, keys: &KeyPair) -> CliResult<C
             .pin_keys(user, &sign, &enc)
             .map_err(|e| e.to_string())?;
     }
+    for (room_id, users) in &pins.recipients {
+        client.set_told_recipients(room_id, users.iter().cloned());
+    }
+    client.on_notice(Box::new(|n| eprintln!("{}", describe(n))));
     let identity = Identity {
         username: profile.config.username.clone(),
         keys: keys.clone(),
@@ -158,10 +185,49 @@ pub async fn connect(profile: Profile, url: &str, keys: &KeyPair) -> CliResult<C
     })
 }
 
+/// A notice as a line for people.
+pub fn describe(n: &Notice) -> String {
+    match n {
+        Notice::NewRecipient {
+            room_id,
+            username,
+            fingerprint,
+        } => format!(
+            "NEW RECIPIENT in {}: {} (fingerprint {}) will be able to read what you send there",
+            escape(room_id),
+            escape(username),
+            fingerprint_display(fingerprint)
+        ),
+    }
+}
+
+/// A fingerprint as typed by a person: hex digits, any case, spaces ignored.
+pub fn parse_fingerprint(words: &[String]) -> CliResult<[u8; 32]> {
+    let hex_digits: String = words
+        .concat()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let bytes = hex::decode(hex_digits.to_ascii_lowercase())
+        .ok()
+        .filter(|b| b.len() == 32)
+        .ok_or("a fingerprint is 64 hex digits (spaces allowed)")?;
+    let mut fp = [0u8; 32];
+    fp.copy_from_slice(&bytes);
+    Ok(fp)
+}
+
 impl Connected {
-    /// Saves users seen for the first time and warns loudly about changed keys.
+    /// Saves users seen for the first time and the recipients announced, and
+    /// returns the users whose keys changed.
     pub fn persist_pins(&mut self) -> CliResult<Vec<String>> {
         let mut changed = false;
+        for (room_id, users) in self.client.told_recipients() {
+            let saved = self.pins.recipients.entry(room_id.clone()).or_default();
+            for u in users {
+                changed |= saved.insert(u.clone());
+            }
+        }
         let new: Vec<(String, Pin)> = self
             .client
             .pins()
@@ -186,7 +252,7 @@ impl Connected {
             eprintln!(
                 "WARNING: the keys of {user} have CHANGED since you first saw them. Their messages are \
                  shown as untrusted and sending to rooms with them is refused. Compare fingerprints \
-                 with {user} in person, then run `e2ee-chat trust {user}`."
+                 with {user} in person, then run `e2ee-chat trust {user} FINGERPRINT`."
             );
         }
         Ok(())
@@ -235,18 +301,42 @@ pub fn fmt_time(ms: u64) -> String {
     )
 }
 
+/// One message as shown: the sender's signed time when it verified (else
+/// the server's), the mark, and the escaped text.
+pub struct Shown {
+    pub seq: u64,
+    pub time: u64,
+    pub sender: String,
+    pub mark: &'static str,
+    pub text: String,
+}
+
 /// How a message is shown: its text only when it verified and decrypted
-/// with the sender's pinned keys. Returns (mark, text).
-pub fn render(client: &Client, m: &MessageData) -> (&'static str, String) {
+/// with the sender's pinned keys; `None` for a copy of one already shown
+/// (a replay). Everything from the network is escaped.
+pub fn render(client: &mut Client, m: &MessageData) -> Option<Shown> {
+    let shown = |time, mark, text: String| Shown {
+        seq: m.seq,
+        time,
+        sender: escape(&m.sender),
+        mark,
+        text,
+    };
     if client.key_changes.contains(&m.sender) {
-        return (
+        return Some(shown(
+            m.ts,
             "!",
             "[untrusted: the sender's keys changed; not shown]".into(),
-        );
+        ));
     }
-    match client.decrypt(m) {
-        Ok(d) => ("✓", d.text),
-        Err(e) => ("✗", format!("[failed: {e}]")),
+    match client.accept(m) {
+        Ok(Some(d)) => Some(shown(d.sent_at, "✓", escape(&d.text))),
+        Ok(None) => None,
+        Err(e) => Some(shown(
+            m.ts,
+            "✗",
+            format!("[failed: {}]", escape(&e.to_string())),
+        )),
     }
 }
 
@@ -330,12 +420,12 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
             for r in &rooms {
                 println!(
                     "{:<24} {:>7} {:>6} {:>8} {:<12} {}",
-                    r.name,
+                    escape(&r.name),
                     r.members,
                     r.online,
                     if r.has_password { "yes" } else { "no" },
-                    r.owner,
-                    r.room_id
+                    escape(&r.owner),
+                    escape(&r.room_id)
                 );
             }
             println!("{total} rooms, {connected} users online");
@@ -350,7 +440,7 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
                 .create_room(&name, password.as_deref(), hidden)
                 .await
                 .map_err(err)?;
-            println!("created {} ({})", room.name, room.room_id);
+            println!("created {} ({})", escape(&room.name), escape(&room.room_id));
         }
         Command::Join { room, password } => {
             let id = if room.starts_with("r-") {
@@ -365,26 +455,25 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
                 .map_err(err)?;
             println!(
                 "joined {} ({}) with {} members",
-                r.name,
-                r.room_id,
+                escape(&r.name),
+                escape(&r.room_id),
                 members.len()
             );
         }
         Command::Leave { room } => {
             let r = s.resolve(&room).await?;
             s.client.leave_room(&r.room_id).await.map_err(err)?;
-            println!("left {}", r.name);
+            println!("left {}", escape(&r.name));
         }
         Command::Send { room, text } => {
             let r = s.resolve(&room).await?;
             s.client.get_members(&r.room_id).await.map_err(err)?;
             s.persist_pins()?;
-            let (seq, _) = s
-                .client
-                .send_text(&r.room_id, &text.join(" "))
-                .await
-                .map_err(err)?;
-            println!("sent to {} as #{seq}", r.name);
+            let sent = s.client.send_text(&r.room_id, &text.join(" ")).await;
+            // Whatever happened, remember who was announced.
+            s.persist_pins()?;
+            let (seq, _) = sent.map_err(err)?;
+            println!("sent to {} as #{seq}", escape(&r.name));
         }
         Command::History { room, n } => {
             let r = s.resolve(&room).await?;
@@ -396,8 +485,16 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
                 .await
                 .map_err(err)?;
             for m in &msgs {
-                let (mark, text) = render(&s.client, m);
-                println!("[{}] #{} {} {mark} {text}", fmt_time(m.ts), m.seq, m.sender);
+                if let Some(l) = render(&mut s.client, m) {
+                    println!(
+                        "[{}] #{} {} {} {}",
+                        fmt_time(l.time),
+                        l.seq,
+                        l.sender,
+                        l.mark,
+                        l.text
+                    );
+                }
             }
         }
         Command::Members { room } => {
@@ -413,10 +510,11 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
                     "pinned"
                 };
                 let online = if m.online { "online" } else { "offline" };
-                println!("{:<16} {online:<8} {trust:<12} {fp}", m.username);
+                println!("{:<16} {online:<8} {trust:<12} {fp}", escape(&m.username));
             }
         }
-        Command::Trust { user } => {
+        Command::Trust { user, fingerprint } => {
+            let wanted = parse_fingerprint(&fingerprint)?;
             let mut found = None;
             for r in s.rooms.clone() {
                 if let Ok(members) = s.client.get_members(&r.room_id).await {
@@ -429,6 +527,16 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
             let m = found.ok_or_else(|| {
                 format!("{user} is in none of your rooms; join one of theirs first")
             })?;
+            let served = e2ee_chat::crypto::fingerprint(&m.sign_key, &m.enc_key);
+            if served != wanted {
+                return Err(format!(
+                    "NOT trusted: the server serves keys for {user} with fingerprint\n  {}\n\
+                     which is not the one you gave\n  {}\n\
+                     Check it with {user} again; the server may be lying about their keys.",
+                    fingerprint_display(&served),
+                    fingerprint_display(&wanted)
+                ));
+            }
             let pin = Pin::new(&m.sign_key, &m.enc_key);
             let old = s.pins.users.insert(user.clone(), pin.clone());
             s.profile.save_pins(&s.pins)?;
@@ -440,6 +548,38 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
             }
             println!("{user}: now trusted {}", pin.display());
         }
+        Command::Kick { room, user } => {
+            let r = s.resolve(&room).await?;
+            owner_op(s, owner_request(OwnerCmd::Kick(user.clone()), &r.room_id)).await?;
+            println!("kicked {} from {}", escape(&user), escape(&r.name));
+        }
+        Command::Ban { room, user } => {
+            let r = s.resolve(&room).await?;
+            owner_op(s, owner_request(OwnerCmd::Ban(user.clone()), &r.room_id)).await?;
+            println!("banned {} from {}", escape(&user), escape(&r.name));
+        }
+        Command::Unban { room, user } => {
+            let r = s.resolve(&room).await?;
+            owner_op(s, owner_request(OwnerCmd::Unban(user.clone()), &r.room_id)).await?;
+            println!("unbanned {} in {}", escape(&user), escape(&r.name));
+        }
+        Command::Rename { room, name } => {
+            let r = s.resolve(&room).await?;
+            owner_op(s, owner_request(OwnerCmd::Rename(name.clone()), &r.room_id)).await?;
+            println!("renamed {} to {}", escape(&r.name), escape(&name));
+        }
+        Command::SetPassword { room, password } => {
+            let r = s.resolve(&room).await?;
+            let set = password.is_some();
+            owner_op(s, owner_request(OwnerCmd::Password(password), &r.room_id)).await?;
+            let what = if set { "set" } else { "removed" };
+            println!("password {what} for {}", escape(&r.name));
+        }
+        Command::Delete { room } => {
+            let r = s.resolve(&room).await?;
+            owner_op(s, owner_request(OwnerCmd::Delete, &r.room_id)).await?;
+            println!("deleted {}", escape(&r.name));
+        }
         Command::Keygen { .. }
         | Command::Register
         | Command::Fingerprint { .. }
@@ -448,4 +588,31 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
         }
     }
     Ok(())
+}
+
+/// An owner operation, as both the subcommands and the chat window name it.
+pub enum OwnerCmd {
+    Kick(String),
+    Ban(String),
+    Unban(String),
+    Rename(String),
+    Password(Option<String>),
+    Delete,
+}
+
+/// The protocol request for an owner operation in `room_id`.
+pub fn owner_request(cmd: OwnerCmd, room_id: &str) -> Request {
+    let room_id = room_id.to_owned();
+    match cmd {
+        OwnerCmd::Kick(username) => Request::Kick { room_id, username },
+        OwnerCmd::Ban(username) => Request::Ban { room_id, username },
+        OwnerCmd::Unban(username) => Request::Unban { room_id, username },
+        OwnerCmd::Rename(name) => Request::RenameRoom { room_id, name },
+        OwnerCmd::Password(password) => Request::SetPassword { room_id, password },
+        OwnerCmd::Delete => Request::DeleteRoom { room_id },
+    }
+}
+
+async fn owner_op(s: &mut Connected, req: Request) -> CliResult<()> {
+    s.client.request_ok(&req).await.map_err(|e| e.to_string())
 }

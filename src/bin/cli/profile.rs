@@ -1,9 +1,10 @@
 //! A user's profile directory: `profile.toml` (username, server), the two
 //! private keys as PKCS#8 PEM (mode 0600, optionally passphrase-encrypted
 //! with scrypt + AES-256-CBC), and `pins.toml`, the trust-on-first-use store
-//! of every user's fingerprint and keys as first seen.
+//! of every user's fingerprint and keys as first seen, and of the recipients
+//! already announced per room.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,10 @@ pub struct Pin {
 pub struct Pins {
     #[serde(default)]
     pub users: BTreeMap<String, Pin>,
+    /// Per room id, the members you were told you encrypt to (PROTOCOL.md
+    /// section 7): anyone else is announced before the next send.
+    #[serde(default)]
+    pub recipients: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Pin {

@@ -18,8 +18,13 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, List, ListItem, Paragraph, Wrap};
 use tokio::sync::mpsc;
 
-use crate::profile::{CliResult, Profile};
-use crate::{connect, fmt_time, render, Connected};
+use e2ee_chat::client::display::escape;
+
+use crate::profile::{CliResult, Pin, Profile};
+use crate::{
+    connect, describe, fmt_time, owner_request, parse_fingerprint, render, Connected, OwnerCmd,
+    Shown,
+};
 
 /// What the network task tells the screen.
 enum Ui {
@@ -30,15 +35,6 @@ enum Ui {
     Info(Option<String>, String),
 }
 
-/// One message line as shown.
-struct Shown {
-    seq: u64,
-    ts: u64,
-    sender: String,
-    mark: &'static str,
-    text: String,
-}
-
 /// What the screen asks the network task to do.
 enum Cmd {
     Send(String, String),
@@ -46,7 +42,16 @@ enum Cmd {
     Create(String, Option<String>),
     Leave(String),
     Members(String),
+    Owner(String, OwnerCmd),
+    Trust(String, [u8; 32]),
 }
+
+const HELP: &[&str] = &[
+    "commands: /join ROOM [PASSWORD]  /create NAME [PASSWORD]  /leave  /members",
+    "          /trust USER FINGERPRINT (after comparing it with them)",
+    "  owner:  /kick USER  /ban USER  /unban USER  /rename NAME  /password [PASSWORD]  /delete",
+    "          /help  /quit  ·  Tab / Shift-Tab: next / previous room",
+];
 
 pub async fn run(profile: Profile, url: String, keys: KeyPair) -> CliResult<()> {
     let (ui_tx, ui_rx) = std_mpsc::channel();
@@ -61,14 +66,10 @@ pub async fn run(profile: Profile, url: String, keys: KeyPair) -> CliResult<()> 
 
 // ------------------------------------------------------------------ network
 
-fn shown(c: &Connected, m: &MessageData) -> Shown {
-    let (mark, text) = render(&c.client, m);
-    Shown {
-        seq: m.seq,
-        ts: m.ts,
-        sender: m.sender.clone(),
-        mark,
-        text,
+/// Sends a message line to the screen unless it is a replay.
+fn show(c: &mut Connected, m: &MessageData, ui: &std_mpsc::Sender<Ui>) {
+    if let Some(line) = render(&mut c.client, m) {
+        let _ = ui.send(Ui::Message(m.room_id.clone(), line));
     }
 }
 
@@ -99,6 +100,13 @@ async fn network(
             Ok(mut c) => {
                 backoff = 1;
                 c.client.timeout = Duration::from_secs(60);
+                let notices = ui.clone();
+                c.client.on_notice(Box::new(move |n| {
+                    let room = match n {
+                        e2ee_chat::client::Notice::NewRecipient { room_id, .. } => room_id.clone(),
+                    };
+                    let _ = notices.send(Ui::Info(Some(room), describe(n)));
+                }));
                 let _ = ui.send(Ui::Status(format!(
                     "connected to {url} as {}",
                     c.profile.config.username
@@ -125,7 +133,7 @@ fn warn_changes(c: &mut Connected, ui: &std_mpsc::Sender<Ui>) {
         for user in changed {
             let _ = ui.send(Ui::Info(
                 None,
-                format!("WARNING: {user}'s keys CHANGED. Their messages are untrusted and sends to rooms with them are refused until `e2ee-chat trust {user}`."),
+                format!("WARNING: {}'s keys CHANGED. Their messages are untrusted and sends to rooms with them are refused until you compare fingerprints and /trust them.", escape(&user)),
             ));
         }
     }
@@ -165,7 +173,7 @@ async fn refresh_room(
             .await
             .map_err(|e| e.to_string())?;
         for m in &msgs {
-            let _ = ui.send(Ui::Message(room_id.to_owned(), shown(c, m)));
+            show(c, m, ui);
             last_seq.insert(room_id.to_owned(), m.seq);
         }
         cursor = msgs.last().map(|m| m.seq).or(cursor);
@@ -221,14 +229,18 @@ fn event(
     match ev {
         ServerMsg::Message(m) => {
             last_seq.insert(m.room_id.clone(), m.seq);
-            let s = shown(c, &m);
-            let _ = ui.send(Ui::Message(m.room_id, s));
+            show(c, &m, ui);
         }
         ServerMsg::MemberJoined { room_id, member } => {
             warn_changes(c, ui);
+            let fp = e2ee_chat::crypto::fingerprint(&member.sign_key, &member.enc_key);
             let _ = ui.send(Ui::Info(
                 Some(room_id.clone()),
-                format!("{} joined", member.username),
+                format!(
+                    "{} joined (fingerprint {})",
+                    escape(&member.username),
+                    e2ee_chat::crypto::fingerprint_display(&fp)
+                ),
             ));
             member_list(&room_id, c);
         }
@@ -239,7 +251,7 @@ fn event(
         } => {
             let _ = ui.send(Ui::Info(
                 Some(room_id.clone()),
-                format!("{username} left ({reason})"),
+                format!("{} left ({})", escape(&username), escape(&reason)),
             ));
             member_list(&room_id, c);
         }
@@ -256,19 +268,28 @@ fn event(
             }
         }
         ServerMsg::OwnerChanged { room_id, owner } => {
-            let _ = ui.send(Ui::Info(Some(room_id), format!("{owner} is now the owner")));
+            let _ = ui.send(Ui::Info(
+                Some(room_id),
+                format!("{} is now the owner", escape(&owner)),
+            ));
         }
         ServerMsg::RoomRenamed { room_id, name } => {
             if let Some(r) = c.rooms.iter_mut().find(|r| r.room_id == room_id) {
                 r.name = name.clone();
             }
             let _ = ui.send(Ui::Rooms(c.rooms.clone()));
-            let _ = ui.send(Ui::Info(Some(room_id), format!("room renamed to {name}")));
+            let _ = ui.send(Ui::Info(
+                Some(room_id),
+                format!("room renamed to {}", escape(&name)),
+            ));
         }
         ServerMsg::Removed { room_id, reason } => {
             c.rooms.retain(|r| r.room_id != room_id);
             let _ = ui.send(Ui::Rooms(c.rooms.clone()));
-            let _ = ui.send(Ui::Info(None, format!("you were {reason} from a room")));
+            let _ = ui.send(Ui::Info(
+                None,
+                format!("you were {} from a room", escape(&reason)),
+            ));
         }
         ServerMsg::RoomDeleted { room_id } => {
             c.rooms.retain(|r| r.room_id != room_id);
@@ -342,9 +363,37 @@ async fn command(
                 };
                 let _ = ui.send(Ui::Info(
                     Some(room_id.clone()),
-                    format!("{} {fp}{changed}", m.username),
+                    format!("{} {fp}{changed}", escape(&m.username)),
                 ));
             }
+        }
+        Cmd::Owner(room_id, op) => {
+            c.client
+                .request_ok(&owner_request(op, &room_id))
+                .await
+                .map_err(err)?;
+            let _ = ui.send(Ui::Info(Some(room_id), "done".into()));
+        }
+        Cmd::Trust(user, wanted) => {
+            let found = c
+                .client
+                .members_of_any(&user)
+                .ok_or_else(|| format!("{} is in none of your rooms", escape(&user)))?;
+            let served = e2ee_chat::crypto::fingerprint(&found.sign_key, &found.enc_key);
+            if served != wanted {
+                return Err(format!(
+                    "NOT trusted: the server serves another fingerprint for {}: {}",
+                    escape(&user),
+                    e2ee_chat::crypto::fingerprint_display(&served)
+                ));
+            }
+            let pin = Pin::new(&found.sign_key, &found.enc_key);
+            c.client
+                .pin_keys(&user, &found.sign_key, &found.enc_key)
+                .map_err(err)?;
+            c.pins.users.insert(user.clone(), pin);
+            c.profile.save_pins(&c.pins)?;
+            let _ = ui.send(Ui::Info(None, format!("{} trusted", escape(&user))));
         }
     }
     Ok(())
@@ -396,7 +445,7 @@ impl Screen {
                     _ => Style::default().add_modifier(Modifier::DIM),
                 };
                 let line = Line::from(vec![
-                    Span::raw(format!("{} ", &fmt_time(m.ts)[11..16])),
+                    Span::raw(format!("{} ", &fmt_time(m.time)[11..16])),
                     Span::styled(
                         m.sender.clone(),
                         Style::default().add_modifier(Modifier::BOLD),
@@ -463,9 +512,9 @@ impl Screen {
             .map(|(i, r)| {
                 let unread = self.unread.get(&r.room_id).copied().unwrap_or(0);
                 let label = if unread > 0 {
-                    format!("{} ({unread})", r.name)
+                    format!("{} ({unread})", escape(&r.name))
                 } else {
-                    r.name.clone()
+                    escape(&r.name)
                 };
                 let style = if i == self.current {
                     Style::default().add_modifier(Modifier::REVERSED)
@@ -484,7 +533,7 @@ impl Screen {
             .rooms
             .get(self.current)
             .map_or("no room: /join NAME or /create NAME".to_string(), |r| {
-                r.name.clone()
+                escape(&r.name)
             });
         let lines = self.lines.get(&id).cloned().unwrap_or_default();
         let height = cols[1].height.saturating_sub(2) as usize;
@@ -501,7 +550,7 @@ impl Screen {
             .map(|ms| {
                 ms.iter()
                     .map(|(u, online)| {
-                        ListItem::new(format!("{} {u}", if *online { "●" } else { "○" }))
+                        ListItem::new(format!("{} {}", if *online { "●" } else { "○" }, escape(u)))
                     })
                     .collect()
             })
@@ -514,7 +563,7 @@ impl Screen {
             Paragraph::new(self.input.as_str()).block(
                 Block::default()
                     .borders(Borders::ALL)
-                    .title("message (/join /leave /create /members /quit; Tab: next room)"),
+                    .title("message (/help for commands; Tab: next room)"),
             ),
             rows[2],
         );
@@ -529,21 +578,69 @@ impl Screen {
         }
         let mut words = text.split_whitespace();
         let room = self.room_id();
-        let cmd = match words.next() {
-            Some("/quit") => return false,
-            Some("/join") => words
-                .next()
-                .map(|r| Cmd::Join(r.to_owned(), words.next().map(str::to_owned))),
-            Some("/create") => words
-                .next()
-                .map(|n| Cmd::Create(n.to_owned(), words.next().map(str::to_owned))),
-            Some("/leave") => room.map(Cmd::Leave),
-            Some("/members") => room.map(Cmd::Members),
-            Some(w) if w.starts_with('/') => {
-                self.notices.push(format!("unknown command {w}"));
+        let first = words.next().unwrap_or_default();
+        let rest: Vec<&str> = words.collect();
+        let arg = rest.first().map(|w| w.to_string());
+        let mut usage = |what: &str| {
+            self.notices.push(format!("usage: {what}"));
+            None
+        };
+        let owner = |op: OwnerCmd| room.clone().map(|r| Cmd::Owner(r, op));
+        let cmd = match first {
+            "/quit" => return false,
+            "/help" => {
+                let lines = self
+                    .lines
+                    .entry(room.clone().unwrap_or_default())
+                    .or_default();
+                lines.extend(HELP.iter().map(|l| Line::raw(l.to_string())));
+                if room.is_none() {
+                    self.notices.push(HELP[0].into());
+                }
                 None
             }
-            _ => match room {
+            "/join" => match arg {
+                Some(r) => Some(Cmd::Join(r, rest.get(1).map(|w| w.to_string()))),
+                None => usage("/join ROOM [PASSWORD]"),
+            },
+            "/create" => match arg {
+                Some(n) => Some(Cmd::Create(n, rest.get(1).map(|w| w.to_string()))),
+                None => usage("/create NAME [PASSWORD]"),
+            },
+            "/leave" => room.clone().map(Cmd::Leave),
+            "/members" => room.clone().map(Cmd::Members),
+            "/kick" | "/ban" | "/unban" => match arg {
+                Some(u) => owner(match first {
+                    "/kick" => OwnerCmd::Kick(u),
+                    "/ban" => OwnerCmd::Ban(u),
+                    _ => OwnerCmd::Unban(u),
+                }),
+                None => usage(&format!("{first} USER")),
+            },
+            "/rename" if !rest.is_empty() => owner(OwnerCmd::Rename(rest.join(" "))),
+            "/rename" => usage("/rename NAME"),
+            "/password" => owner(OwnerCmd::Password(arg)),
+            "/delete" => owner(OwnerCmd::Delete),
+            "/trust" => match (
+                arg,
+                rest.get(1..)
+                    .map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+            ) {
+                (Some(u), Some(fp)) if !fp.is_empty() => match parse_fingerprint(&fp) {
+                    Ok(fp) => Some(Cmd::Trust(u, fp)),
+                    Err(e) => {
+                        self.notices.push(e);
+                        None
+                    }
+                },
+                _ => usage("/trust USER FINGERPRINT"),
+            },
+            w if w.starts_with('/') => {
+                self.notices
+                    .push(format!("unknown command {}; /help lists them", escape(w)));
+                None
+            }
+            _ => match room.clone() {
                 Some(r) => Some(Cmd::Send(r, text.to_owned())),
                 None => {
                     self.notices.push("join or create a room first".into());
@@ -551,6 +648,22 @@ impl Screen {
                 }
             },
         };
+        if cmd.is_none()
+            && room.is_none()
+            && matches!(
+                first,
+                "/leave"
+                    | "/members"
+                    | "/kick"
+                    | "/ban"
+                    | "/unban"
+                    | "/rename"
+                    | "/password"
+                    | "/delete"
+            )
+        {
+            self.notices.push("select a room first".into());
+        }
         if let Some(cmd) = cmd {
             let _ = cmds.send(cmd);
         }

@@ -1,0 +1,160 @@
+//! Limits and bans under racing requests (PROTOCOL.md section 3, Rooms:
+//! "Limits ... and bans hold even when requests race"), and the wrong-password
+//! limit. Each race is reproduced as an attacker would: many requests in
+//! flight at once over real sockets.
+
+mod common;
+
+use common::{assert_code, code_of, TestServer};
+use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use futures_util::future::join_all;
+
+const NAMES: [&str; 8] = [
+    "user-a", "user-b", "user-c", "user-d", "user-e", "user-f", "user-g", "user-h",
+];
+
+#[tokio::test]
+async fn concurrent_password_joins_never_overfill_a_room() {
+    let t = TestServer::with(|s| s.limits.max_members_per_room = 3);
+    let mut owner = t.user("owner", 0).await;
+    let (room, _) = owner.create_room("Small", Some("pw"), false).await.unwrap();
+    let mut joiners = Vec::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        joiners.push(t.user(name, i % 4).await);
+    }
+    let rid = room.room_id.clone();
+    let results = join_all(joiners.iter_mut().map(|c| c.join_room(&rid, Some("pw")))).await;
+    let joined = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(joined, 2, "the owner plus two fill the room");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(r.code(), Some(ErrorCode::RoomFull), "{r}");
+    }
+    assert_eq!(owner.get_members(&rid).await.unwrap().len(), 3);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn pipelined_create_room_stops_at_the_limit() {
+    let t = TestServer::with(|s| s.limits.max_rooms_per_user = 5);
+    let mut c = t.user("builder", 0).await;
+    for i in 0..30u64 {
+        let req = Request::CreateRoom {
+            name: format!("Room {i}"),
+            password: (i % 2 == 0).then(|| "pw".to_string()),
+            hidden: None,
+        };
+        c.send_raw(req.encode(Some(1000 + i))).await.unwrap();
+    }
+    let mut created = 0;
+    let mut replies = 0;
+    while replies < 30 {
+        let msg = c.read().await.unwrap();
+        match msg {
+            ServerMsg::Joined { id: Some(_), .. } => created += 1,
+            ServerMsg::Error { id: Some(_), .. } => {
+                assert_eq!(code_of(&msg), ErrorCode::TooManyRooms);
+            }
+            _ => continue,
+        }
+        replies += 1;
+    }
+    assert_eq!(created, 5);
+    let (rooms, _, _) = c.list_rooms(None, None).await.unwrap();
+    assert_eq!(rooms.len(), 5);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_ban_racing_a_password_join_keeps_the_user_out() {
+    let t = TestServer::new();
+    let mut alice = t.user("alice", 0).await;
+    let mut bob = t.user("bob", 1).await;
+    let (room, _) = alice
+        .create_room("Guarded", Some("pw"), false)
+        .await
+        .unwrap();
+    let rid = room.room_id;
+    for round in 0..5 {
+        let ban = Request::Ban {
+            room_id: rid.clone(),
+            username: "bob".into(),
+        };
+        let (joined, banned) =
+            tokio::join!(bob.join_room(&rid, Some("pw")), alice.request_ok(&ban));
+        banned.unwrap();
+        if let Err(e) = &joined {
+            assert_eq!(e.code(), Some(ErrorCode::Banned), "round {round}: {e}");
+        }
+        let members = alice.get_members(&rid).await.unwrap();
+        assert!(
+            members.iter().all(|m| m.username != "bob"),
+            "round {round}: banned bob is a member"
+        );
+        assert_code(bob.get_members(&rid).await, ErrorCode::NotMember);
+        alice
+            .request_ok(&Request::Unban {
+                room_id: rid.clone(),
+                username: "bob".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // After a restart the store agrees: bob is not a member.
+    let mut t = t;
+    t.restart().await;
+    let mut alice = t.login("alice", 0).await;
+    let members = alice.get_members(&rid).await.unwrap();
+    assert_eq!(members.len(), 1);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_passwords_are_limited_per_user_and_room() {
+    let t = TestServer::with(|s| s.limits.password_attempts_per_minute = 4);
+    let mut alice = t.user("alice", 0).await;
+    let mut bob = t.user("bob", 1).await;
+    let mut carol = t.user("carol", 2).await;
+    let (room, _) = alice
+        .create_room("Vault", Some("right"), false)
+        .await
+        .unwrap();
+    let (other, _) = alice
+        .create_room("Other", Some("right"), false)
+        .await
+        .unwrap();
+    // Fired at once: exactly the limit gets checked, the rest are refused
+    // without hashing.
+    let rid = room.room_id.clone();
+    let mut attempts = Vec::new();
+    for i in 0..10u64 {
+        let req = Request::JoinRoom {
+            room_id: rid.clone(),
+            password: Some(format!("guess-{i}")),
+        };
+        bob.send_raw(req.encode(Some(500 + i))).await.unwrap();
+    }
+    while attempts.len() < 10 {
+        let msg = bob.read().await.unwrap();
+        if msg.reply_id().is_some() {
+            attempts.push(code_of(&msg));
+        }
+    }
+    let wrong = attempts
+        .iter()
+        .filter(|c| **c == ErrorCode::WrongPassword)
+        .count();
+    let limited = attempts
+        .iter()
+        .filter(|c| **c == ErrorCode::RateLimited)
+        .count();
+    assert_eq!((wrong, limited), (4, 6), "{attempts:?}");
+    // Past the limit even the right password is refused for a while...
+    assert_code(
+        bob.join_room(&rid, Some("right")).await,
+        ErrorCode::RateLimited,
+    );
+    // ...but only for bob, and only in this room.
+    carol.join_room(&rid, Some("right")).await.unwrap();
+    bob.join_room(&other.room_id, Some("right")).await.unwrap();
+    t.stop().await;
+}
