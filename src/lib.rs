@@ -14,7 +14,9 @@
 //! - [`retention`]: the background purge of old messages.
 //! - [`server`]: actix-web wiring (`/ws`, `/healthz`, `/metrics`) and start/stop.
 //! - [`config`]: layered TOML + environment settings.
-//! - [`client`]: the protocol-level client the tests, CLI and bench use.
+//! - [`client`]: the protocol-level client the tests, CLI and bench use, with
+//!   `client::envelope` (one message's end-to-end crypto) and
+//!   `client::display` (escaping what is shown).
 //! - Small pieces: [`user`] (a user's parsed keys), [`password`] (Argon2id off
 //!   the actor threads), [`metrics`] (counters for `/metrics`), [`util`]
 //!   (clock, ids), [`fuzzing`] (the fuzz targets' bodies).
