@@ -60,6 +60,10 @@ pub struct Limits {
     pub send_queue: usize,
     pub login_attempts_per_minute: u32,
     pub password_attempts_per_minute: u32,
+    pub password_hashes: usize,
+    pub password_queue: usize,
+    pub login_frame_bytes: usize,
+    pub login_deadline_secs: u64,
     pub handshake_timeout_secs: u64,
     pub tcp_user_timeout_secs: u64,
 }
@@ -175,6 +179,15 @@ impl Settings {
         }
         if self.limits.max_frame_bytes < 1024 {
             return bad("limits.max_frame_bytes", "must be at least 1024");
+        }
+        if self.limits.login_frame_bytes < 2048 {
+            return bad(
+                "limits.login_frame_bytes",
+                "must be at least 2048 (a register frame with 4096-bit keys is about 1.2 KiB)",
+            );
+        }
+        if self.limits.login_deadline_secs == 0 {
+            return bad("limits.login_deadline_secs", "must be at least 1");
         }
         if self.limits.send_queue < 16 {
             return bad("limits.send_queue", "must be at least 16");

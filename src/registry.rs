@@ -18,7 +18,7 @@ use indexmap::IndexSet;
 
 use crate::config::Settings;
 use crate::crypto::PublicKeys;
-use crate::password;
+use crate::password::Hasher;
 use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
 use crate::room::{self, OwnerAction, OwnerOp, OwnerOutcome, RoomActor};
 use crate::session::{SessionHandle, SessionId};
@@ -51,6 +51,8 @@ pub struct Registry {
     /// `max_rooms_per_user` until it is done, so racing requests cannot
     /// exceed the limit.
     pending_rooms: HashMap<String, usize>,
+    /// The one gate for Argon2 work, shared with every room.
+    hasher: Arc<Hasher>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -65,6 +67,10 @@ fn failed<T: 'static>(f: impl Into<Failure>) -> ResponseActFuture<Registry, Regi
 impl Registry {
     pub fn new(store: SharedStore, settings: Arc<Settings>, arbiters: Vec<ArbiterHandle>) -> Self {
         Registry {
+            hasher: Hasher::new(
+                settings.limits.password_hashes,
+                settings.limits.password_queue,
+            ),
             store,
             settings,
             arbiters,
@@ -107,13 +113,14 @@ impl Registry {
         }
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
-        let (record, store, settings) = (
+        let (record, store, settings, hasher) = (
             entry.record.clone(),
             self.store.clone(),
             self.settings.clone(),
+            self.hasher.clone(),
         );
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| {
-            RoomActor::new(record, store, me, settings)
+            RoomActor::new(record, store, me, settings, hasher)
         });
         entry.addr = Some(addr.clone());
         Some(addr)
@@ -478,10 +485,11 @@ impl Handler<CreateRoom> for Registry {
             last_seq: 0,
         };
         let store = self.store.clone();
+        let hashed = msg.password.map(|pw| self.hasher.hash(pw));
         let work = async move {
             let mut record = record;
-            if let Some(pw) = msg.password {
-                record.password_hash = Some(password::hash(pw).await.map_err(internal)?);
+            if let Some(hashed) = hashed {
+                record.password_hash = Some(hashed.await?);
             }
             match store.create_room(record.clone()).await {
                 Ok(()) => Ok(record),

@@ -24,7 +24,7 @@ use tokio::sync::oneshot;
 
 use crate::config::Settings;
 use crate::metrics;
-use crate::password;
+use crate::password::Hasher;
 use crate::protocol::{
     ErrorCode, Failure, Member, MessageData, MessageFrame, RoomSummary, SendBody, ServerMsg,
 };
@@ -72,6 +72,7 @@ pub struct RoomActor {
     /// Password attempts per user in the current window (see
     /// `take_password_attempt`).
     password_attempts: HashMap<String, (Instant, u32)>,
+    hasher: Arc<Hasher>,
 }
 
 /// The window of `limits.password_attempts_per_minute`.
@@ -88,8 +89,10 @@ impl RoomActor {
         store: SharedStore,
         registry: Addr<Registry>,
         settings: Arc<Settings>,
+        hasher: Arc<Hasher>,
     ) -> Self {
         RoomActor {
+            hasher,
             record,
             members: IndexMap::new(),
             bans: HashSet::new(),
@@ -472,26 +475,25 @@ impl Handler<Join> for RoomActor {
         *self.joining.entry(username.clone()).or_default() += 1;
         let given = msg.password.unwrap_or_default();
         let checked_password = hash.is_some();
+        let check = hash.map(|hash| self.hasher.verify(hash, given));
         let verify = async move {
-            match hash {
-                Some(hash) => password::verify(hash, given).await,
-                None => true,
+            match check {
+                Some(check) => check.await,
+                None => Ok(true),
             }
         };
         let joined_at = now_ms();
         let name = username.clone();
         let (user, sessions) = (msg.user, msg.sessions);
-        let stored = verify.into_actor(self).then(move |ok, act, _| {
-            let admitted = if !ok {
-                Err(Failure::from(ErrorCode::WrongPassword))
-            } else if act.bans.contains(&name) {
-                // Banned while the password was being checked.
-                Err(Failure::from(ErrorCode::Banned))
-            } else {
-                if checked_password {
+        let stored = verify.into_actor(self).then(move |checked, act, _| {
+            let admitted = match checked {
+                Err(busy) => {
+                    // Not checked at all (the hashing queue was full).
                     act.refund_password_attempt(&name);
+                    Err(busy)
                 }
-                Ok(())
+                Ok(false) => Err(Failure::from(ErrorCode::WrongPassword)),
+                Ok(true) => act.admit(&name, checked_password),
             };
             // Submitted now, in this actor turn, so the store orders it
             // before any ban this room submits later.
@@ -562,6 +564,19 @@ impl RoomActor {
         if let Some((_, count)) = self.password_attempts.get_mut(username) {
             *count = count.saturating_sub(1);
         }
+    }
+
+    /// After a right (or no) password: refused if banned meanwhile, else
+    /// the attempt is given back.
+    fn admit(&mut self, username: &str, checked_password: bool) -> RoomResult<()> {
+        if self.bans.contains(username) {
+            // Banned while the password was being checked.
+            return Err(ErrorCode::Banned.into());
+        }
+        if checked_password {
+            self.refund_password_attempt(username);
+        }
+        Ok(())
     }
 
     fn release_seat(&mut self, username: &str) {
@@ -902,9 +917,10 @@ impl Handler<OwnerOp> for RoomActor {
                 }))
             }
             OwnerAction::SetPassword(pw) => {
+                let hashed = pw.map(|pw| self.hasher.hash(pw));
                 let work = async move {
-                    let hash = match pw {
-                        Some(pw) => Some(password::hash(pw).await.map_err(internal)?),
+                    let hash = match hashed {
+                        Some(hashed) => Some(hashed.await?),
                         None => None,
                     };
                     let update = RoomUpdate {

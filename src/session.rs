@@ -605,6 +605,17 @@ impl Actor for Session {
         self.open.fetch_add(1, Ordering::Relaxed);
         metrics::inc(&metrics::CONNECTIONS_OPEN);
         metrics::inc(&metrics::CONNECTIONS_TOTAL);
+        let deadline = std::time::Duration::from_secs(self.settings.limits.login_deadline_secs);
+        ctx.run_later(deadline, move |act, ctx| {
+            if act.user.is_none() {
+                log::info!("session {} closed: no login within {deadline:?}", act.id);
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Policy,
+                    description: Some("log in sooner (limits.login_deadline_secs)".into()),
+                }));
+                ctx.stop();
+            }
+        });
         let timeout = self.settings.heartbeat_timeout();
         ctx.run_interval(self.settings.heartbeat_interval(), move |act, ctx| {
             if act.last_heard.elapsed() > timeout {
@@ -648,6 +659,22 @@ impl Handler<Push> for Session {
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Ctx) {
         self.last_heard = Instant::now();
+        let len = match &item {
+            Ok(ws::Message::Binary(b)) => b.len(),
+            Ok(ws::Message::Text(t)) => t.len(),
+            _ => 0,
+        };
+        // Before login only small frames: an anonymous client cannot
+        // make the server decode megabytes.
+        if self.user.is_none() && len > self.settings.limits.login_frame_bytes {
+            log::info!("session {}: {len}-byte frame before login", self.id);
+            ctx.close(Some(ws::CloseReason {
+                code: ws::CloseCode::Size,
+                description: Some("frame too large before login".into()),
+            }));
+            ctx.stop();
+            return;
+        }
         match item {
             Ok(ws::Message::Binary(bytes)) => self.on_frame(ctx, Some(&bytes)),
             Ok(ws::Message::Text(_)) | Ok(ws::Message::Continuation(_)) => self.on_frame(ctx, None),

@@ -361,3 +361,86 @@ async fn unicode_tricks_in_names() {
     assert_eq!(total, 2, "{rooms:?}");
     t.stop().await;
 }
+
+/// A ping padded with an unknown field to about `bytes` bytes.
+fn padded_ping(bytes: usize) -> Vec<u8> {
+    let value = ciborium::Value::Map(vec![
+        ("type".into(), "ping".into()),
+        ("id".into(), 77.into()),
+        ("pad".into(), ciborium::Value::Bytes(vec![0; bytes])),
+    ]);
+    let mut out = Vec::new();
+    ciborium::into_writer(&value, &mut out).unwrap();
+    out
+}
+
+#[tokio::test]
+async fn anonymous_connections_get_small_frames_and_a_deadline() {
+    let t = TestServer::with(|s| {
+        s.limits.login_deadline_secs = 1;
+        s.limits.login_frame_bytes = 4096;
+    });
+    // Never logs in: closed with 1008 after the deadline.
+    let mut idle = t.client().await;
+    let started = std::time::Instant::now();
+    let (_, end) = common::read_until_closed(&mut idle).await;
+    assert!(end.contains("1008"), "{end}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A 16 KiB frame before login: closed with 1009, without decoding it.
+    let mut big = t.client().await;
+    big.send_raw(padded_ping(16 * 1024)).await.unwrap();
+    let (_, end) = common::read_until_closed(&mut big).await;
+    assert!(end.contains("1009"), "{end}");
+    // Logged in: the same frame is fine, and the deadline does not apply.
+    let mut alice = t.user("alice", 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    alice.send_raw(padded_ping(16 * 1024)).await.unwrap();
+    let pong = alice
+        .wait_for(|m| matches!(m, ServerMsg::Pong { id: Some(77), .. }))
+        .await;
+    assert!(pong.is_ok(), "{pong:?}");
+    still_serves(&mut alice).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn password_hashing_is_bounded_and_a_full_queue_answers_rate_limited() {
+    let t = TestServer::with(|s| {
+        s.limits.password_hashes = 1;
+        s.limits.password_queue = 1;
+        s.limits.password_attempts_per_minute = 1000;
+    });
+    let mut alice = t.user("alice", 0).await;
+    let (room, _) = alice
+        .create_room("Vault", Some("right"), false)
+        .await
+        .unwrap();
+    let mut bob = t.user("bob", 1).await;
+    let n = 40u64;
+    for i in 0..n {
+        let req = Request::JoinRoom {
+            room_id: room.room_id.clone(),
+            password: Some(format!("guess-{i}")),
+        };
+        bob.send_raw(req.encode(Some(100 + i))).await.unwrap();
+    }
+    let (mut wrong, mut busy) = (0, 0);
+    while wrong + busy < n {
+        match bob.read().await.unwrap() {
+            ServerMsg::Error {
+                id: Some(_), code, ..
+            } => match code {
+                ErrorCode::WrongPassword => wrong += 1,
+                ErrorCode::RateLimited => busy += 1,
+                other => panic!("unexpected {other:?}"),
+            },
+            _ => {}
+        }
+    }
+    // One hash runs and one waits; everything else is refused at once.
+    assert!(busy > 0 && wrong >= 2, "wrong {wrong}, busy {busy}");
+    // Refused attempts were not counted: the right password still works.
+    bob.join_room(&room.room_id, Some("right")).await.unwrap();
+    still_serves(&mut alice).await;
+    t.stop().await;
+}
