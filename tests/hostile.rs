@@ -426,15 +426,15 @@ async fn password_hashing_is_bounded_and_a_full_queue_answers_rate_limited() {
     }
     let (mut wrong, mut busy) = (0, 0);
     while wrong + busy < n {
-        match bob.read().await.unwrap() {
-            ServerMsg::Error {
-                id: Some(_), code, ..
-            } => match code {
+        if let ServerMsg::Error {
+            id: Some(_), code, ..
+        } = bob.read().await.unwrap()
+        {
+            match code {
                 ErrorCode::WrongPassword => wrong += 1,
                 ErrorCode::RateLimited => busy += 1,
                 other => panic!("unexpected {other:?}"),
-            },
-            _ => {}
+            }
         }
     }
     // One hash runs and one waits; everything else is refused at once.
