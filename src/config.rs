@@ -64,6 +64,8 @@ pub struct Limits {
     pub password_queue: usize,
     pub login_frame_bytes: usize,
     pub login_deadline_secs: u64,
+    pub send_queue_bytes: usize,
+    pub history_page_bytes: usize,
     pub handshake_timeout_secs: u64,
     pub tcp_user_timeout_secs: u64,
 }
@@ -188,6 +190,12 @@ impl Settings {
         }
         if self.limits.login_deadline_secs == 0 {
             return bad("limits.login_deadline_secs", "must be at least 1");
+        }
+        if self.limits.send_queue_bytes < self.limits.max_frame_bytes {
+            return bad(
+                "limits.send_queue_bytes",
+                "must be at least limits.max_frame_bytes",
+            );
         }
         if self.limits.send_queue < 16 {
             return bad("limits.send_queue", "must be at least 16");

@@ -21,7 +21,7 @@ use serde_bytes::ByteBuf;
 use crate::config::Settings;
 use crate::crypto::{self, PublicKeys};
 use crate::metrics;
-use crate::protocol::{decode_request, ErrorCode, Failure, Request, SendBody, ServerMsg};
+use crate::protocol::{decode_request_bounded, ErrorCode, Failure, Request, SendBody, ServerMsg};
 use crate::registry::{self, Registry};
 use crate::room::{self, OwnerAction, RoomActor};
 use crate::store::HistoryQuery;
@@ -45,6 +45,10 @@ pub struct SessionHandle {
     pub id: SessionId,
     recipient: Recipient<Push>,
     overflow: Arc<AtomicBool>,
+    /// Bytes of frames queued for the session and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Most bytes that may be queued (`limits.send_queue_bytes`).
+    budget: usize,
 }
 
 impl SessionHandle {
@@ -52,13 +56,21 @@ impl SessionHandle {
     /// caller then forgets the handle, and a slow session closes itself
     /// (1008) as soon as it runs again.
     pub fn deliver(&self, frame: Bytes) -> bool {
+        let len = frame.len();
+        if self.queued.fetch_add(len, Ordering::AcqRel) + len > self.budget {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            self.overflow.store(true, Ordering::Relaxed);
+            return false;
+        }
         match self.recipient.try_send(Push(frame)) {
             Ok(()) => true,
-            Err(SendError::Full(_)) => {
-                self.overflow.store(true, Ordering::Relaxed);
+            Err(e) => {
+                self.queued.fetch_sub(len, Ordering::AcqRel);
+                if let SendError::Full(_) = e {
+                    self.overflow.store(true, Ordering::Relaxed);
+                }
                 false
             }
-            Err(SendError::Closed(_)) => false,
         }
     }
 }
@@ -87,6 +99,8 @@ pub struct Session {
     refused_in_row: u32,
     /// Raised by a room when this session's send queue was full.
     overflow: Arc<AtomicBool>,
+    /// Bytes pushed to this session and not yet written (see `SessionHandle`).
+    queued: Arc<AtomicUsize>,
     /// `login` requests in the current minute (limits.login_attempts_per_minute).
     logins: (Instant, u32),
     /// The server's count of open sessions.
@@ -122,6 +136,7 @@ impl Session {
             last_heard: Instant::now(),
             refused_in_row: 0,
             overflow: Arc::new(AtomicBool::new(false)),
+            queued: Arc::new(AtomicUsize::new(0)),
             logins: (Instant::now(), 0),
             open,
             announced: None,
@@ -175,8 +190,14 @@ impl Session {
     fn on_frame(&mut self, ctx: &mut Ctx, frame: Option<&[u8]>) {
         metrics::inc(&metrics::REQUESTS);
         let allowed = self.take_token();
+        // Over the limit, only a small frame is decoded (to echo its id).
+        let max_items = if allowed {
+            2 * self.settings.limits.max_members_per_room + 64
+        } else {
+            64
+        };
         let decoded = match frame {
-            Some(bytes) => decode_request(bytes),
+            Some(bytes) => decode_request_bounded(bytes, max_items),
             None => Err(crate::protocol::DecodeError {
                 id: None,
                 failure: Failure::new(
@@ -406,6 +427,8 @@ impl Session {
             id: self.id,
             recipient: ctx.address().recipient(),
             overflow: self.overflow.clone(),
+            queued: self.queued.clone(),
+            budget: self.settings.limits.send_queue_bytes,
         };
         self.announced = Some(username.clone());
         let online = self.registry.send(registry::Online {
@@ -509,6 +532,7 @@ impl Session {
                     after_seq,
                     before_seq,
                     limit: limit.unwrap_or(50).clamp(1, 500) as usize,
+                    max_bytes: self.settings.limits.history_page_bytes,
                 };
                 let rid = room_id.clone();
                 self.ask_room(
@@ -650,6 +674,7 @@ impl Handler<Push> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Push, ctx: &mut Ctx) {
+        self.queued.fetch_sub(msg.0.len(), Ordering::AcqRel);
         if !self.check_overflow(ctx) {
             ctx.binary(msg.0);
         }

@@ -64,6 +64,9 @@ async fn count_frames(
 async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let t = TestServer::with(|s| {
         s.limits.send_queue = 512;
+        // A group commit releases up to 512 messages at once; bob, who
+        // reads, must have room for a whole batch in bytes too.
+        s.limits.send_queue_bytes = 16 << 20;
         s.limits.tcp_user_timeout_secs = 2;
     });
     let alice = t.user("alice", 0).await;
@@ -240,13 +243,23 @@ async fn huge_keys_map_is_stale_members_or_too_large() {
         &[("alice".into(), me.keys.enc_der.clone())],
     )
     .unwrap();
-    for i in 0..30_000 {
+    for i in 0..500 {
         body.keys
             .insert(format!("u{i:05}"), ByteBuf::from(vec![0u8; 4]));
     }
     assert_code(
         alice.request(&Request::Send(body.clone())).await,
         ErrorCode::StaleMembers,
+    );
+    for i in 500..30_000 {
+        body.keys
+            .insert(format!("u{i:05}"), ByteBuf::from(vec![0u8; 4]));
+    }
+    // Far more keys than a room can have members: refused as too large
+    // before it is decoded.
+    assert_code(
+        alice.request(&Request::Send(body.clone())).await,
+        ErrorCode::TooLarge,
     );
     // Over the frame limit: closed with 1009.
     for i in 0..5_000 {
@@ -441,6 +454,103 @@ async fn password_hashing_is_bounded_and_a_full_queue_answers_rate_limited() {
     assert!(busy > 0 && wrong >= 2, "wrong {wrong}, busy {busy}");
     // Refused attempts were not counted: the right password still works.
     bob.join_room(&room.room_id, Some("right")).await.unwrap();
+    still_serves(&mut alice).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn history_pages_are_capped_in_bytes_and_page_on() {
+    let t = TestServer::with(|s| s.limits.history_page_bytes = 100_000);
+    let (mut alice, _bob, rid) = t.pair("Big").await;
+    let text = "y".repeat(30_000);
+    for _ in 0..10 {
+        alice.send_text(&rid, &text).await.unwrap();
+    }
+    // The latest page stops before the byte cap, next to the cursor...
+    let (page, more) = alice.history(&rid, None, None, Some(50)).await.unwrap();
+    assert!(
+        more && (1..10).contains(&page.len()),
+        "{} {more}",
+        page.len()
+    );
+    assert_eq!(page.last().unwrap().seq, 10);
+    // ...and paging backwards reaches everything, each page capped.
+    let mut seen = page.len();
+    let mut cursor = page[0].seq;
+    while seen < 10 {
+        let (page, _) = alice
+            .history(&rid, None, Some(cursor), Some(50))
+            .await
+            .unwrap();
+        assert!(!page.is_empty() && page.len() < 10);
+        seen += page.len();
+        cursor = page[0].seq;
+    }
+    assert_eq!(cursor, 1);
+    // Catch-up forward is capped the same way.
+    let (page, more) = alice.history(&rid, Some(0), None, Some(50)).await.unwrap();
+    assert!(more && page[0].seq == 1 && page.len() < 10);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_of_many_tiny_items_is_refused_before_decoding() {
+    let t = TestServer::new();
+    let mut mallory = t.user("mallory", 2).await;
+    let mut alice = t.user("alice", 0).await;
+    // ~1 MiB of one-byte integers: 250k items, scanned and refused.
+    let items = ciborium::Value::Array(vec![ciborium::Value::Integer(0.into()); 250_000]);
+    let frame = {
+        let mut out = Vec::new();
+        let value = ciborium::Value::Map(vec![
+            ("type".into(), "ping".into()),
+            ("id".into(), 9.into()),
+            ("pad".into(), items),
+        ]);
+        ciborium::into_writer(&value, &mut out).unwrap();
+        out
+    };
+    for _ in 0..20 {
+        mallory.send_raw(frame.clone()).await.unwrap();
+    }
+    for _ in 0..20 {
+        let msg = mallory.read().await.unwrap();
+        assert_eq!(msg.reply_id(), Some(9));
+        assert_eq!(common::code_of(&msg), ErrorCode::TooLarge);
+    }
+    still_serves(&mut alice).await;
+    still_serves(&mut mallory).await;
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn queued_bytes_are_capped_for_a_client_that_never_reads() {
+    // 16 frames would fit the frame cap; 1 MiB of bytes does not.
+    let t = TestServer::with(|s| {
+        s.limits.send_queue_bytes = 1 << 20;
+        // Neither the kernel nor the heartbeat may be what drops carol; the
+        // heartbeat tick only lets the session notice its overflow.
+        s.limits.tcp_user_timeout_secs = 0;
+        s.heartbeat.interval_secs = 1;
+        s.heartbeat.timeout_secs = 600;
+    });
+    let (mut alice, _bob, rid) = t.pair("Bytes").await;
+    let mut sloth = t.user("carol", 2).await;
+    sloth.join_room(&rid, None).await.unwrap();
+    alice.get_members(&rid).await.unwrap();
+    // Enough to fill carol's socket buffers and then her 1 MiB budget.
+    let text = "z".repeat(60_000);
+    for _ in 0..400 {
+        alice.send_text(&rid, &text).await.unwrap();
+    }
+    sloth.timeout = Duration::from_secs(20);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (seen, end) = common::read_until_closed(&mut sloth).await;
+    assert!(seen < 400, "carol received all {seen}");
+    assert!(
+        end.contains("1008") || end.contains("reset") || end.contains("closed"),
+        "{end}"
+    );
     still_serves(&mut alice).await;
     t.stop().await;
 }

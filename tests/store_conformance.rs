@@ -64,6 +64,7 @@ fn q(after: Option<u64>, before: Option<u64>, limit: usize) -> HistoryQuery {
         after_seq: after,
         before_seq: before,
         limit,
+        max_bytes: usize::MAX,
     }
 }
 
@@ -168,6 +169,20 @@ async fn conformance(s: SharedStore) {
         [1, 2]
     );
     assert!(!page.has_more);
+    assert!(page.messages.iter().all(|m| m.key_commitment == [3; 32]));
+    // A byte cap ends the page early, next to the cursor, with has_more;
+    // a page always holds at least one message.
+    let one = page.messages[0].wire_len();
+    let capped = |after, max_bytes| HistoryQuery {
+        max_bytes,
+        ..q(after, None, 50)
+    };
+    let page = s.history("r-1", "bob", capped(None, one)).await.unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
+    assert!(page.has_more);
+    let page = s.history("r-1", "bob", capped(Some(0), 1)).await.unwrap();
+    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1]);
+    assert!(page.has_more);
     assert_eq!(page.messages[0].key, vec![1; 256]);
     assert_eq!(page.messages[0].ciphertext, vec![1; 40]);
     let page = s.history("r-1", "carol", q(None, None, 5)).await.unwrap();

@@ -115,6 +115,76 @@ pub struct HistoryQuery {
     pub after_seq: Option<u64>,
     pub before_seq: Option<u64>,
     pub limit: usize,
+    /// The page stops early (`has_more`) before the message that would take
+    /// it past this many bytes; it always holds at least one message.
+    pub max_bytes: usize,
+}
+
+impl HistoryQuery {
+    /// Pages run ascending after `after_seq`, else descending (and are
+    /// reversed at the end).
+    pub fn ascending(&self) -> bool {
+        self.after_seq.is_some()
+    }
+}
+
+impl StoredMessage {
+    /// About what this message costs on the wire.
+    pub fn wire_len(&self) -> usize {
+        const FRAMING: usize = 128;
+        self.msg_id.len()
+            + self.sender.len()
+            + self.nonce.len()
+            + self.key_commitment.len()
+            + self.ciphertext.len()
+            + self.signature.len()
+            + self.key.len()
+            + FRAMING
+    }
+}
+
+/// Builds a history page from messages read in query order, so every store
+/// applies the count and byte limits the same way.
+pub struct PageBuilder {
+    query: HistoryQuery,
+    bytes: usize,
+    page: HistoryPage,
+}
+
+impl PageBuilder {
+    pub fn new(query: HistoryQuery) -> Self {
+        PageBuilder {
+            query,
+            bytes: 0,
+            page: HistoryPage {
+                messages: Vec::with_capacity(query.limit.clamp(1, 512)),
+                has_more: false,
+            },
+        }
+    }
+
+    /// Adds the next message; false when the page is full (it then has
+    /// `has_more` set and the caller stops reading).
+    pub fn push(&mut self, m: StoredMessage) -> bool {
+        let len = m.wire_len();
+        let full = self.page.messages.len() >= self.query.limit.max(1)
+            || (!self.page.messages.is_empty() && self.bytes + len > self.query.max_bytes);
+        if full {
+            self.page.has_more = true;
+            return false;
+        }
+        self.bytes += len;
+        self.page.messages.push(m);
+        true
+    }
+
+    /// The page in ascending seq order.
+    pub fn finish(mut self) -> HistoryPage {
+        if !self.query.ascending() {
+            self.page.messages.reverse();
+        }
+        self.page
+    }
 }
 
 #[derive(Debug, Clone, Default)]

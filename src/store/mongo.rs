@@ -40,8 +40,9 @@ use mongodb::{Client, ClientSession, Collection, Database, IndexModel};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PurgePolicy,
-    RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage, UserRecord,
+    Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
+    PurgePolicy, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage,
+    UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::fold_room_name;
@@ -712,7 +713,7 @@ impl Store for MongoStore {
                 range.insert("$lt", before.min(i64::MAX as u64) as i64);
             }
             let filter = doc! {"room_id": &room_id, "seq": range, &key_field: {"$exists": true}};
-            let ascending = q.after_seq.is_some();
+            let ascending = q.ascending();
             let limit = q.limit.max(1);
             let docs = collect(
                 c.messages
@@ -727,14 +728,13 @@ impl Store for MongoStore {
                     .map_err(err)?,
             )
             .await?;
-            let has_more = docs.len() > limit;
-            let mut messages = Vec::with_capacity(limit);
-            for d in docs.iter().take(limit) {
+            let mut page = PageBuilder::new(q);
+            for d in &docs {
                 let key = d
                     .get_document("keys")
                     .map_err(|e| StoreError::Backend(e.to_string()))
                     .and_then(|k| get_bin(k, &username))?;
-                messages.push(StoredMessage {
+                let more = page.push(StoredMessage {
                     seq: get_u64(d, "seq")?,
                     ts: get_u64(d, "ts")?,
                     msg_id: get_bin(d, "msg_id")?,
@@ -745,11 +745,11 @@ impl Store for MongoStore {
                     signature: get_bin(d, "signature")?,
                     key,
                 });
+                if !more {
+                    break;
+                }
             }
-            if !ascending {
-                messages.reverse();
-            }
-            Ok(HistoryPage { messages, has_more })
+            Ok(page.finish())
         })
     }
 

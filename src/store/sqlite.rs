@@ -28,8 +28,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PurgePolicy,
-    RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage, UserRecord,
+    Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
+    PurgePolicy, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage,
+    UserRecord,
 };
 use crate::metrics;
 use crate::util::now_ms;
@@ -405,14 +406,13 @@ fn history_page(
     q: HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
     const OPEN: i64 = i64::MAX;
-    let limit = q.limit.max(1);
     let lo = q
         .after_seq
         .map_or(1, |a| a.saturating_add(1).min(OPEN as u64) as i64);
     let hi = q
         .before_seq
         .map_or(OPEN, |b| b.saturating_sub(1).min(OPEN as u64) as i64);
-    let ascending = q.after_seq.is_some();
+    let ascending = q.ascending();
     let mut periods: Vec<(i64, i64)> = conn
         .prepare_cached(
             "SELECT from_seq, IFNULL(to_seq, 9223372036854775807) FROM member_periods
@@ -431,7 +431,7 @@ fn history_page(
         if ascending { "ASC" } else { "DESC" }
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let mut messages = Vec::with_capacity(limit + 1);
+    let mut page = PageBuilder::new(q);
     'periods: for (from, to) in periods {
         let (a, b) = (from.max(lo), to.min(hi));
         if a > b {
@@ -443,7 +443,7 @@ fn history_page(
             let Some(key) = find_key(&blob, username) else {
                 continue;
             };
-            messages.push(StoredMessage {
+            let more = page.push(StoredMessage {
                 seq: row.get::<_, i64>(0).map_err(backend)? as u64,
                 ts: row.get::<_, i64>(1).map_err(backend)? as u64,
                 msg_id: row.get(2).map_err(backend)?,
@@ -454,17 +454,12 @@ fn history_page(
                 key_commitment: row.get(8).map_err(backend)?,
                 key,
             });
-            if messages.len() > limit {
+            if !more {
                 break 'periods;
             }
         }
     }
-    let has_more = messages.len() > limit;
-    messages.truncate(limit);
-    if !ascending {
-        messages.reverse();
-    }
-    Ok(HistoryPage { messages, has_more })
+    Ok(page.finish())
 }
 
 /// Opens a membership period at the room's next seq.
