@@ -36,6 +36,7 @@ start_server() {
   env CHAT__SERVER__HOST=127.0.0.1 CHAT__SERVER__PORT="$port" \
       CHAT__STORE__PATH="$tmp/$name/chat.db" \
       CHAT__RATE_LIMIT__PER_SECOND=1000000 CHAT__RATE_LIMIT__BURST=1000000 \
+      CHAT__LIMITS__MAX_CONNECTIONS_PER_IP=1000000 CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR=1000000 \
       RUST_LOG=warn "$@" "$server" >"$tmp/$name.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")

@@ -36,6 +36,9 @@ pub struct ServerSettings {
     /// other than the scheme's default): a login proof must sign one of them.
     /// Empty: the websocket request's `Host` header is used.
     pub public_hosts: Vec<String>,
+    /// Peers whose `X-Forwarded-For` names the client: IP addresses, or
+    /// `"*"` for whatever connects (a platform router such as Heroku's).
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -66,6 +69,8 @@ pub struct Limits {
     pub login_deadline_secs: u64,
     pub send_queue_bytes: usize,
     pub history_page_bytes: usize,
+    pub max_connections_per_ip: usize,
+    pub registrations_per_ip_per_hour: u32,
     pub handshake_timeout_secs: u64,
     pub tcp_user_timeout_secs: u64,
 }
@@ -137,6 +142,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("server.public_hosts")
+                .with_list_parse_key("server.trusted_proxies")
                 .source(Some(vars.into_iter().collect())),
         );
         let set = |b: config::ConfigBuilder<config::builder::DefaultState>, k: &str, v: String| {
@@ -172,6 +178,12 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("{key}: {why}")));
+        if let Err(e) = crate::peers::TrustedProxies::parse(&self.server.trusted_proxies) {
+            return Err(ConfigError(format!("server.trusted_proxies: {e}")));
+        }
+        if self.limits.max_connections_per_ip == 0 {
+            return bad("limits.max_connections_per_ip", "must be at least 1");
+        }
         let not_a_host = |h: &&String| crate::crypto::normalize_host(h, false).is_none();
         if let Some(h) = self.server.public_hosts.iter().find(not_a_host) {
             return Err(ConfigError(format!(
@@ -317,6 +329,11 @@ mod tests {
             vec!["chat.example.org", "example.herokuapp.com"]
         );
         assert!(Settings::defaults().server.public_hosts.is_empty());
+        let s = Settings::load_from(vars(&[("CHAT__SERVER__TRUSTED_PROXIES", "*")])).unwrap();
+        assert_eq!(s.server.trusted_proxies, vec!["*"]);
+        let err =
+            Settings::load_from(vars(&[("CHAT__SERVER__TRUSTED_PROXIES", "router")])).unwrap_err();
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
         let err = Settings::load_from(vars(&[(
             "CHAT__SERVER__PUBLIC_HOSTS",
             "https://chat.example.org/",

@@ -18,7 +18,8 @@
 //!   `client::envelope` (one message's end-to-end crypto) and
 //!   `client::display` (escaping what is shown).
 //! - Small pieces: [`user`] (a user's parsed keys), [`password`] (Argon2id off
-//!   the actor threads), [`metrics`] (counters for `/metrics`), [`util`]
+//!   the actor threads), [`peers`] (per-address connection and registration
+//!   budgets), [`metrics`] (counters for `/metrics`), [`util`]
 //!   (clock, ids), [`fuzzing`] (the fuzz targets' bodies).
 //!
 //! The binaries are in `src/bin/`: `e2ee-chat-server`, `e2ee-chat` (the
@@ -32,6 +33,7 @@ pub mod crypto;
 pub mod fuzzing;
 pub mod metrics;
 pub mod password;
+pub mod peers;
 pub mod protocol;
 pub mod registry;
 pub mod retention;

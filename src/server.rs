@@ -16,6 +16,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
 
 use crate::config::Settings;
+use crate::peers::{Peers, TrustedProxies};
 use crate::registry::Registry;
 use crate::retention;
 use crate::session::Session;
@@ -31,6 +32,8 @@ struct AppState {
     store: SharedStore,
     /// Open websocket sessions of this server (limits.max_connections).
     open: Arc<std::sync::atomic::AtomicUsize>,
+    peers: Arc<Peers>,
+    proxies: TrustedProxies,
 }
 
 async fn ws_route(
@@ -43,11 +46,24 @@ async fn ws_route(
         log::warn!("refusing a connection: {open} open (limits.max_connections)");
         return Ok(HttpResponse::ServiceUnavailable().body("too many connections\n"));
     }
+    let Some(peer) = req.peer_addr() else {
+        return Ok(HttpResponse::BadRequest().body("no peer address\n"));
+    };
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|h| h.to_str().ok());
+    let ip = state.proxies.client_ip(peer.ip(), forwarded);
+    let Some(slot) = state.peers.connect(ip) else {
+        log::warn!("refusing a connection from {ip}: limits.max_connections_per_ip");
+        return Ok(HttpResponse::TooManyRequests().body("too many connections from your address\n"));
+    };
     let session = Session::new(
         state.registry.clone(),
         state.settings.clone(),
         state.open.clone(),
         login_hosts(&state.settings, &req),
+        slot,
     );
     ws::WsResponseBuilder::new(session, &req, stream)
         .protocols(&[SUBPROTOCOL])
@@ -210,6 +226,12 @@ async fn serve(
         settings: settings.clone(),
         store: store.clone(),
         open: Default::default(),
+        peers: Peers::new(
+            settings.limits.max_connections_per_ip,
+            settings.limits.registrations_per_ip_per_hour,
+        ),
+        proxies: TrustedProxies::parse(&settings.server.trusted_proxies)
+            .map_err(std::io::Error::other)?,
     };
     let mut server = HttpServer::new(move || {
         App::new()

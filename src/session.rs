@@ -21,6 +21,7 @@ use serde_bytes::ByteBuf;
 use crate::config::Settings;
 use crate::crypto::{self, PublicKeys};
 use crate::metrics;
+use crate::peers::Slot;
 use crate::protocol::{decode_request_bounded, ErrorCode, Failure, Request, SendBody, ServerMsg};
 use crate::registry::{self, Registry};
 use crate::room::{self, OwnerAction, RoomActor};
@@ -110,6 +111,8 @@ pub struct Session {
     /// The hosts a login proof may sign (PROTOCOL.md section 3, Account):
     /// `server.public_hosts`, or the upgrade request's `Host` header.
     hosts: Arc<[String]>,
+    /// This connection's place in its address's budget (given back on drop).
+    peer: Slot,
 }
 
 type Ctx = ws::WebsocketContext<Session>;
@@ -120,9 +123,11 @@ impl Session {
         settings: Arc<Settings>,
         open: Arc<AtomicUsize>,
         hosts: Arc<[String]>,
+        peer: Slot,
     ) -> Self {
         Session {
             hosts,
+            peer,
             id: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             registry,
             bucket: Bucket {
@@ -351,6 +356,21 @@ impl Session {
                 return self.fail(ctx, id, Failure::new(ErrorCode::InvalidKey, e.to_string()))
             }
         };
+        if !self.peer.register() {
+            log::warn!(
+                "session {}: registrations from {} over the limit",
+                self.id,
+                self.peer.ip
+            );
+            return self.fail(
+                ctx,
+                id,
+                Failure::new(
+                    ErrorCode::RateLimited,
+                    "too many registrations from your address; try again later",
+                ),
+            );
+        }
         let msg = registry::Register {
             username: username.clone(),
             sign_key: sign_key.into_vec(),

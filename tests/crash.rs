@@ -27,6 +27,8 @@ fn start(dir: &std::path::Path) -> (Child, String) {
             .env("CHAT__SERVER__PORT", "0")
             .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
             .env("CHAT__RATE_LIMIT__BURST", "100000")
+            .env("CHAT__LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
+            .env("CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR", "100000")
             .env("RUST_LOG", "error"),
     );
     (child, format!("ws://{addr}/ws"))

@@ -554,3 +554,54 @@ async fn queued_bytes_are_capped_for_a_client_that_never_reads() {
     still_serves(&mut alice).await;
     t.stop().await;
 }
+
+#[tokio::test]
+async fn connections_and_registrations_are_limited_per_address() {
+    let t = TestServer::with(|s| {
+        s.limits.max_connections_per_ip = 3;
+        s.limits.registrations_per_ip_per_hour = 2;
+        s.server.trusted_proxies = vec!["127.0.0.1".into()];
+    });
+    let from = |ip: &'static str| [("X-Forwarded-For", ip)];
+    let url = t.url();
+    // Three connections from 203.0.113.7 (as the trusted proxy says); the
+    // fourth is refused with 429, while another address still gets in.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            Client::connect_with_headers(&url, &from("203.0.113.7"))
+                .await
+                .unwrap(),
+        );
+    }
+    let err = Client::connect_with_headers(&url, &from("203.0.113.7"))
+        .await
+        .err()
+        .expect("a fourth connection from one address is refused");
+    assert!(err.to_string().contains("429"), "{err}");
+    // A client's own claim to the left of the proxy's entry is ignored.
+    let err = Client::connect_with_headers(&url, &from("198.51.100.1, 203.0.113.7"))
+        .await
+        .err()
+        .expect("spoofed left entries do not help");
+    assert!(err.to_string().contains("429"), "{err}");
+    let mut other = Client::connect_with_headers(&url, &from("198.51.100.1"))
+        .await
+        .unwrap();
+    // Closing one gives its place back.
+    held.pop().unwrap().close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut again = Client::connect_with_headers(&url, &from("203.0.113.7"))
+        .await
+        .unwrap();
+    // Two registrations per hour from one address, then rate_limited.
+    again.register(&identity("reg-one", 0)).await.unwrap();
+    again.register(&identity("reg-two", 1)).await.unwrap();
+    assert_code(
+        again.register(&identity("reg-three", 2)).await,
+        ErrorCode::RateLimited,
+    );
+    other.register(&identity("reg-four", 3)).await.unwrap();
+    still_serves(&mut other).await;
+    t.stop().await;
+}

@@ -140,8 +140,24 @@ pub struct Client {
 impl Client {
     /// Connects to a `ws://` (or `wss://`) URL, with TCP_NODELAY.
     pub async fn connect(url: &str) -> Result<Client> {
+        Self::connect_with_headers(url, &[]).await
+    }
+
+    /// Connects with extra HTTP headers on the upgrade request (e.g. what a
+    /// proxy adds, for tests).
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Client> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
         let host = crypto::host_of_url(url).ok_or(ClientError::NoHost)?;
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await?;
+        let mut request = url.into_client_request()?;
+        for (name, value) in headers {
+            let bad = |e: String| ClientError::Decode(format!("header {name}: {e}"));
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.to_string()))?,
+                HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?,
+            );
+        }
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
         Ok(Client {
             host,
             seen: HashSet::new(),
