@@ -10,7 +10,8 @@
 //!
 //! The Registry waits on rooms; rooms never wait on the Registry.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -35,6 +36,40 @@ struct RoomEntry {
     addr: Option<Addr<RoomActor>>,
 }
 
+/// A room's place in `list_rooms` order: member count descending, then
+/// `created_at`, then name (room id last, to make keys unique).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ListKey {
+    members: Reverse<usize>,
+    created_at: u64,
+    name: String,
+    room_id: String,
+}
+
+impl RoomEntry {
+    fn list_key(&self) -> ListKey {
+        ListKey {
+            members: Reverse(self.members.len()),
+            created_at: self.record.created_at,
+            name: self.record.name.clone(),
+            room_id: self.record.room_id.clone(),
+        }
+    }
+}
+
+/// Merges two ascending iterators.
+fn merge<'a>(
+    a: impl Iterator<Item = &'a ListKey>,
+    b: impl Iterator<Item = &'a ListKey>,
+) -> impl Iterator<Item = &'a ListKey> {
+    let (mut a, mut b) = (a.peekable(), b.peekable());
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y < x => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+}
+
 pub struct Registry {
     store: SharedStore,
     settings: Arc<Settings>,
@@ -42,6 +77,9 @@ pub struct Registry {
     next_arbiter: usize,
     users: HashMap<String, Arc<User>>,
     rooms: HashMap<String, RoomEntry>,
+    /// The public (not hidden) rooms in listing order, kept current on every
+    /// change so `list_rooms` pages without sorting.
+    listing: BTreeSet<ListKey>,
     /// Case-folded room name → room id, including names reserved by a
     /// `create_room` that is still being stored.
     names: HashMap<String, String>,
@@ -77,6 +115,7 @@ impl Registry {
             next_arbiter: 0,
             users: HashMap::new(),
             rooms: HashMap::new(),
+            listing: BTreeSet::new(),
             names: HashMap::new(),
             user_rooms: HashMap::new(),
             online: HashMap::new(),
@@ -94,14 +133,33 @@ impl Registry {
             }
             self.names
                 .insert(fold_room_name(&room.name), room.room_id.clone());
-            self.rooms.insert(
-                room.room_id.clone(),
-                RoomEntry {
-                    record: room,
-                    members: members.into_iter().collect(),
-                    addr: None,
-                },
-            );
+            self.insert_room(RoomEntry {
+                record: room,
+                members: members.into_iter().collect(),
+                addr: None,
+            });
+        }
+    }
+
+    fn insert_room(&mut self, entry: RoomEntry) {
+        if !entry.record.hidden {
+            self.listing.insert(entry.list_key());
+        }
+        self.rooms.insert(entry.record.room_id.clone(), entry);
+    }
+
+    /// Changes a room's entry and keeps its place in `listing` current.
+    fn edit_room(&mut self, room_id: &str, edit: impl FnOnce(&mut RoomEntry)) {
+        let Some(entry) = self.rooms.get_mut(room_id) else {
+            return;
+        };
+        let listed = !entry.record.hidden;
+        if listed {
+            self.listing.remove(&entry.list_key());
+        }
+        edit(entry);
+        if listed {
+            self.listing.insert(entry.list_key());
         }
     }
 
@@ -153,9 +211,9 @@ impl Registry {
     }
 
     fn add_membership(&mut self, room_id: &str, username: &str) {
-        if let Some(entry) = self.rooms.get_mut(room_id) {
+        self.edit_room(room_id, |entry| {
             entry.members.insert(username.to_owned());
-        }
+        });
         self.user_rooms
             .entry(username.to_owned())
             .or_default()
@@ -163,9 +221,9 @@ impl Registry {
     }
 
     fn remove_membership(&mut self, room_id: &str, username: &str) {
-        if let Some(entry) = self.rooms.get_mut(room_id) {
+        self.edit_room(room_id, |entry| {
             entry.members.shift_remove(username);
-        }
+        });
         if let Some(set) = self.user_rooms.get_mut(username) {
             set.remove(room_id);
         }
@@ -173,6 +231,7 @@ impl Registry {
 
     fn forget_room(&mut self, room_id: &str) {
         if let Some(entry) = self.rooms.remove(room_id) {
+            self.listing.remove(&entry.list_key());
             self.names.remove(&fold_room_name(&entry.record.name));
             for m in &entry.members {
                 if let Some(set) = self.user_rooms.get_mut(m) {
@@ -402,24 +461,25 @@ pub struct ListedRooms {
 impl Handler<ListRooms> for Registry {
     type Result = MessageResult<ListRooms>;
 
+    /// Pages the public rooms from the kept order, merged with the
+    /// requester's own hidden rooms (at most `max_rooms_per_user`): no
+    /// sorting and no pass over every room per request.
     fn handle(&mut self, msg: ListRooms, _: &mut Self::Context) -> Self::Result {
-        let mut listable: Vec<&RoomEntry> = self
-            .rooms
-            .values()
-            .filter(|e| !e.record.hidden || e.members.contains(&msg.username))
-            .collect();
-        listable.sort_by(|a, b| {
-            b.members
-                .len()
-                .cmp(&a.members.len())
-                .then(a.record.created_at.cmp(&b.record.created_at))
-                .then(a.record.name.cmp(&b.record.name))
-        });
-        let total = listable.len() as u64;
-        let rooms = listable
+        let mut mine: Vec<ListKey> = self
+            .user_rooms
+            .get(&msg.username)
             .into_iter()
+            .flatten()
+            .filter_map(|id| self.rooms.get(id))
+            .filter(|e| e.record.hidden)
+            .map(RoomEntry::list_key)
+            .collect();
+        mine.sort();
+        let total = (self.listing.len() + mine.len()) as u64;
+        let rooms = merge(self.listing.iter(), mine.iter())
             .skip(msg.offset)
             .take(msg.limit)
+            .filter_map(|k| self.rooms.get(&k.room_id))
             .map(|e| self.summary(e))
             .collect();
         MessageResult(ListedRooms {
@@ -512,14 +572,11 @@ impl Handler<CreateRoom> for Registry {
                     let room_id = record.room_id.clone();
                     let username = user.username.clone();
                     log::info!("{username} created room {room_id} ({:?})", record.name);
-                    act.rooms.insert(
-                        room_id.clone(),
-                        RoomEntry {
-                            members: IndexSet::new(),
-                            record,
-                            addr: None,
-                        },
-                    );
+                    act.insert_room(RoomEntry {
+                        members: IndexSet::new(),
+                        record,
+                        addr: None,
+                    });
                     act.add_membership(&room_id, &username);
                     let addr = act
                         .room_addr(&room_id, ctx.address())
@@ -676,9 +733,12 @@ impl Handler<OwnerRequest> for Registry {
                 act.remove_membership(&room_id, &removed);
             }
             if let Some(name) = outcome.renamed {
-                if let Some(entry) = act.rooms.get_mut(&room_id) {
-                    act.names.remove(&fold_room_name(&entry.record.name));
-                    entry.record.name = name.clone();
+                let mut old = None;
+                act.edit_room(&room_id, |entry| {
+                    old = Some(std::mem::replace(&mut entry.record.name, name.clone()));
+                });
+                if let Some(old) = old {
+                    act.names.remove(&fold_room_name(&old));
                     act.names.insert(fold_room_name(&name), room_id.clone());
                 }
             }
@@ -698,13 +758,17 @@ impl Handler<RoomChanged> for Registry {
     type Result = ();
 
     fn handle(&mut self, msg: RoomChanged, _: &mut Self::Context) {
-        if let Some(entry) = self.rooms.get_mut(&msg.record.room_id) {
+        let room_id = msg.record.room_id.clone();
+        let mut renamed = None;
+        self.edit_room(&room_id, |entry| {
             if entry.record.name != msg.record.name {
-                self.names.remove(&fold_room_name(&entry.record.name));
-                self.names
-                    .insert(fold_room_name(&msg.record.name), msg.record.room_id.clone());
+                renamed = Some((entry.record.name.clone(), msg.record.name.clone()));
             }
             entry.record = msg.record;
+        });
+        if let Some((old, new)) = renamed {
+            self.names.remove(&fold_room_name(&old));
+            self.names.insert(fold_room_name(&new), room_id);
         }
     }
 }

@@ -321,6 +321,31 @@ async fn list_rooms_order_hidden_and_paging() {
     assert_eq!(total, 3);
     assert_eq!(rooms.len(), 1);
     assert_eq!(rooms[0].name, "Small");
+    // A member's own hidden room takes its place in the same order.
+    let names = |rooms: Vec<e2ee_chat::protocol::RoomSummary>| {
+        rooms.into_iter().map(|r| r.name).collect::<Vec<_>>()
+    };
+    let (rooms, _, _) = alice.list_rooms(None, None).await.unwrap();
+    assert_eq!(names(rooms), ["Big", "Small", "Secret", "Also small"]);
+    let (rooms, _, _) = alice.list_rooms(Some(2), Some(1)).await.unwrap();
+    assert_eq!(names(rooms), ["Secret"]);
+    // The order follows membership changes and renames as they happen.
+    bob.leave_room(&big.room_id).await.unwrap();
+    carol.leave_room(&big.room_id).await.unwrap();
+    alice
+        .request_ok(&e2ee_chat::protocol::Request::RenameRoom {
+            room_id: small.room_id.clone(),
+            name: "Tiny".into(),
+        })
+        .await
+        .unwrap();
+    let (rooms, _, _) = alice.list_rooms(None, None).await.unwrap();
+    assert_eq!(names(rooms), ["Tiny", "Big", "Secret", "Also small"]);
+    carol.join_room(&small.room_id, None).await.unwrap();
+    let (rooms, _, _) = bob.list_rooms(None, None).await.unwrap();
+    assert_eq!(names(rooms), ["Tiny", "Big", "Also small"]);
+    let (rooms, total, _) = bob.list_rooms(Some(5), None).await.unwrap();
+    assert!(rooms.is_empty() && total == 3);
     t.stop().await;
 }
 
