@@ -1,7 +1,7 @@
 //! Settings: `config/default.toml` (compiled in, so the binary always has
 //! every default), then `config/$CHAT_ENV.toml`, then the file named by
 //! `CHAT_CONFIG`, then `CHAT__SECTION__KEY` environment variables, then
-//! `PORT` / `MONGODB_URI` as Heroku sets them. Unknown keys and bad values
+//! `PORT` / `MONGODB_URI` / `DATABASE_URL` as Heroku sets them. Unknown keys and bad values
 //! are errors that name the key.
 
 use std::collections::HashMap;
@@ -134,7 +134,7 @@ impl Settings {
         if let Some(path) = env("CHAT_CONFIG") {
             builder = builder.add_source(File::with_name(&path).required(true));
         }
-        let (port, mongodb) = (env("PORT"), env("MONGODB_URI"));
+        let (port, mongodb, database) = (env("PORT"), env("MONGODB_URI"), env("DATABASE_URL"));
         builder = builder.add_source(
             Environment::with_prefix("CHAT")
                 .prefix_separator("__")
@@ -152,8 +152,12 @@ impl Settings {
             builder = set(builder, "server.port", port)?;
             builder = set(builder, "server.host", "0.0.0.0".into())?;
         }
+        // Heroku add-ons set these; DATABASE_URL (PostgreSQL) wins if both are.
         if let Some(uri) = mongodb {
             builder = set(builder, "store.url", uri)?;
+        }
+        if let Some(url) = database {
+            builder = set(builder, "store.url", url)?;
         }
         Self::from_builder(builder)
     }
@@ -315,6 +319,8 @@ mod tests {
         assert_eq!((s.server.host.as_str(), s.server.port), ("0.0.0.0", 5000));
         let s = Settings::load_from(vars(&[("MONGODB_URI", "mongodb://db")])).unwrap();
         assert_eq!(s.store.url, "mongodb://db");
+        let s = Settings::load_from(vars(&[("DATABASE_URL", "postgres://u@db/chat")])).unwrap();
+        assert_eq!(s.store.url, "postgres://u@db/chat");
     }
 
     #[test]

@@ -29,6 +29,13 @@ pub fn dec(counter: &AtomicU64) {
 }
 
 /// Renders every counter in the Prometheus text exposition format.
+/// Records one committed store batch of `writes` writes.
+pub fn observe_commit(writes: usize, took: std::time::Duration) {
+    inc(&STORE_COMMITS);
+    add(&STORE_COMMITTED_WRITES, writes as u64);
+    add(&STORE_COMMIT_MICROS, took.as_micros() as u64);
+}
+
 pub fn render() -> String {
     let rows: [(&str, &str, &str, &AtomicU64); 11] = [
         (

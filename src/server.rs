@@ -20,7 +20,9 @@ use crate::peers::{Peers, TrustedProxies};
 use crate::registry::Registry;
 use crate::retention;
 use crate::session::Session;
-use crate::store::{mongo::MongoStore, sqlite::SqliteStore, SharedStore, StoreError};
+use crate::store::{
+    mongo::MongoStore, postgres::PostgresStore, sqlite::SqliteStore, SharedStore, StoreError,
+};
 
 /// The subprotocol the server accepts.
 pub const SUBPROTOCOL: &str = "e2ee-chat.v2";
@@ -112,18 +114,32 @@ async fn metrics_route(state: web::Data<AppState>) -> HttpResponse {
         .body(body)
 }
 
-/// Opens the store the settings name.
+/// Opens the store the settings name: `postgres://` (or `postgresql://`)
+/// and `mongodb://` (or `mongodb+srv://`) URLs choose those databases; no
+/// URL keeps the embedded SQLite store.
 pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> {
-    if !settings.store.url.is_empty() {
-        return MongoStore::connect(&settings.store.url, Some(&settings.store.database))
-            .await
-            .map(|s| Arc::new(s) as SharedStore);
-    }
+    let url = settings.store.url.as_str();
     let batch = if settings.store.group_commit {
         settings.store.max_batch
     } else {
         1
     };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return PostgresStore::connect(url, batch)
+            .await
+            .map(|s| Arc::new(s) as SharedStore);
+    }
+    if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
+        return MongoStore::connect(url, Some(&settings.store.database))
+            .await
+            .map(|s| Arc::new(s) as SharedStore);
+    }
+    if !url.is_empty() {
+        return Err(StoreError::Unavailable(
+            "store.url must start with postgres://, postgresql://, mongodb:// or mongodb+srv://"
+                .into(),
+        ));
+    }
     Ok(Arc::new(SqliteStore::open(&settings.store.path, batch)?))
 }
 

@@ -1,6 +1,8 @@
 //! One store conformance suite, written once, run against every store:
-//! SQLite always, MongoDB when `CHAT_TEST_MONGODB_URI` is set (otherwise a
-//! line starting `SKIP mongodb:` says why, and it is not counted as passed).
+//! SQLite always, PostgreSQL when `CHAT_TEST_POSTGRES_URL` is set (a fresh
+//! database per run, dropped after), MongoDB when `CHAT_TEST_MONGODB_URI` is
+//! set (otherwise a line starting `SKIP postgres:` / `SKIP mongodb:` says why,
+//! and it is not counted as passed).
 //! For each store it also runs the websocket scenario (register → login →
 //! rooms → messages → history → restart) through the same code.
 //!
@@ -14,6 +16,7 @@ use std::sync::Arc;
 
 use e2ee_chat::config::Settings;
 use e2ee_chat::store::mongo::MongoStore;
+use e2ee_chat::store::postgres::PostgresStore;
 use e2ee_chat::store::sqlite::SqliteStore;
 use e2ee_chat::store::{
     HistoryQuery, NewMessage, PurgePolicy, RoomRecord, RoomUpdate, SharedStore, StoreError,
@@ -412,6 +415,39 @@ fn main() {
         let sqlite: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("c.db"), 64).unwrap());
         tally.run("sqlite conformance", conformance(sqlite)).await;
         tally.run("sqlite websocket scenario", websocket_scenario(|_| {})).await;
+
+        match common::PgDatabase::create().await {
+            Err(why) => {
+                println!("SKIP postgres: {why}");
+                tally.skipped += 2;
+            }
+            Ok(db) => {
+                match PostgresStore::connect(&db.url, 64).await {
+                    Ok(store) => tally.run("postgres conformance", conformance(Arc::new(store))).await,
+                    Err(e) => {
+                        println!("test postgres conformance ... FAILED: cannot connect: {e}");
+                        tally.failed += 1;
+                    }
+                }
+                db.drop_now().await;
+                match common::PgDatabase::create().await {
+                    Ok(db) => {
+                        let url: &'static str = Box::leak(db.url.clone().into_boxed_str());
+                        tally
+                            .run(
+                                "postgres websocket scenario",
+                                websocket_scenario(move |s: &mut Settings| s.store.url = url.into()),
+                            )
+                            .await;
+                        db.drop_now().await;
+                    }
+                    Err(e) => {
+                        println!("test postgres websocket scenario ... FAILED: {e}");
+                        tally.failed += 1;
+                    }
+                }
+            }
+        }
 
         match std::env::var("CHAT_TEST_MONGODB_URI").ok().filter(|v| !v.is_empty()) {
             None => {

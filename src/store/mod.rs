@@ -1,5 +1,7 @@
 //! Persistence behind one trait, so the actors do not know which database
-//! they talk to.
+//! they talk to: [`sqlite`] (embedded, the default), [`postgres`] and
+//! [`mongo`], chosen by `store.url`; [`keyblob`] is the wrapped-key format
+//! the SQL stores share.
 //!
 //! Every method returns a `'static` future: the actors hand work to the store
 //! and keep serving while it runs. A future that resolves `Ok` means the
@@ -14,7 +16,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub mod keyblob;
 pub mod mongo;
+pub mod postgres;
 pub mod sqlite;
 
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
@@ -176,6 +180,12 @@ impl PageBuilder {
         self.bytes += len;
         self.page.messages.push(m);
         true
+    }
+
+    /// Marks that more messages exist beyond what was read (a store that
+    /// read a bounded number of rows and used them all).
+    pub fn more(&mut self) {
+        self.page.has_more = true;
     }
 
     /// The page in ascending seq order.

@@ -27,6 +27,7 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
+use super::keyblob::{encode_keys, find_key};
 use super::{
     Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
     PurgePolicy, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage,
@@ -326,12 +327,7 @@ fn writer_loop(conn: Connection, rx: Receiver<WriteOp>, max_batch: usize) {
         };
         let commit = begin.and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
         if commit.is_ok() {
-            metrics::inc(&metrics::STORE_COMMITS);
-            metrics::add(&metrics::STORE_COMMITTED_WRITES, completions.len() as u64);
-            metrics::add(
-                &metrics::STORE_COMMIT_MICROS,
-                started.elapsed().as_micros() as u64,
-            );
+            metrics::observe_commit(completions.len(), started.elapsed());
         }
         if let Err(e) = &commit {
             log::error!("sqlite commit of {} writes failed: {e}", completions.len());
@@ -361,43 +357,6 @@ fn user_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<Use
 const MESSAGE_COLUMNS: &str =
     "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys, key_commitment
      FROM messages WHERE room_id = ?1 AND seq BETWEEN ?2 AND ?3";
-
-/// Wrapped keys as one blob: `u16 count`, then per recipient (in name order)
-/// `u8 name length, name, u16 key length, key`, all big-endian.
-pub fn encode_keys(keys: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        2 + keys
-            .iter()
-            .map(|(n, k)| 3 + n.len() + k.len())
-            .sum::<usize>(),
-    );
-    out.extend_from_slice(&(keys.len() as u16).to_be_bytes());
-    for (name, key) in keys {
-        out.push(name.len() as u8);
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&(key.len() as u16).to_be_bytes());
-        out.extend_from_slice(key);
-    }
-    out
-}
-
-/// The key for `username` in a blob made by [`encode_keys`].
-pub fn find_key(blob: &[u8], username: &str) -> Option<Vec<u8>> {
-    let count = u16::from_be_bytes(blob.get(0..2)?.try_into().ok()?);
-    let mut at = 2;
-    for _ in 0..count {
-        let name_len = *blob.get(at)? as usize;
-        let name = blob.get(at + 1..at + 1 + name_len)?;
-        at += 1 + name_len;
-        let key_len = u16::from_be_bytes(blob.get(at..at + 2)?.try_into().ok()?) as usize;
-        at += 2;
-        if name == username.as_bytes() {
-            return blob.get(at..at + key_len).map(<[u8]>::to_vec);
-        }
-        at += key_len;
-    }
-    None
-}
 
 fn history_page(
     conn: &Connection,
@@ -894,27 +853,4 @@ fn set_ban(c: &Connection, room_id: &str, username: &str, banned: bool) -> Resul
     c.execute(sql, params![room_id, username, now_ms() as i64])
         .map(|_| ())
         .map_err(backend)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn key_blob_round_trip() {
-        let keys = vec![
-            ("alice".to_string(), vec![1u8; 256]),
-            ("bob".to_string(), vec![2u8; 512]),
-        ];
-        let blob = encode_keys(&keys);
-        assert_eq!(find_key(&blob, "alice"), Some(vec![1u8; 256]));
-        assert_eq!(find_key(&blob, "bob"), Some(vec![2u8; 512]));
-        assert_eq!(find_key(&blob, "carol"), None);
-        assert_eq!(
-            find_key(&blob[..100], "bob"),
-            None,
-            "a truncated blob finds nothing"
-        );
-        assert_eq!(find_key(&[], "bob"), None);
-    }
 }

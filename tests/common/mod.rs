@@ -275,3 +275,58 @@ pub async fn read_until_closed(c: &mut Client) -> (usize, String) {
         }
     }
 }
+
+/// A fresh PostgreSQL database for one test run, on the server named by
+/// `CHAT_TEST_POSTGRES_URL`; dropped by [`PgDatabase::drop_now`]. `Err` says
+/// why there is none (for a `SKIP postgres:` line).
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Result<PgDatabase, String> {
+        let admin_url = std::env::var("CHAT_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or(
+                "CHAT_TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)",
+            )?;
+        let name = format!(
+            "e2ee_chat_test_{}",
+            hex::encode(e2ee_chat::crypto::random_bytes::<6>())
+        );
+        let client = pg_connect(&admin_url).await?;
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .map_err(|e| format!("cannot create a test database: {e}"))?;
+        let mut url = url::Url::parse(&admin_url).map_err(|e| e.to_string())?;
+        url.set_path(&format!("/{name}"));
+        Ok(PgDatabase {
+            url: url.to_string(),
+            admin_url,
+            name,
+        })
+    }
+
+    pub async fn drop_now(self) {
+        if let Ok(client) = pg_connect(&self.admin_url).await {
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await;
+        }
+    }
+}
+
+pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to {url}: {e}"))?;
+    tokio::spawn(conn);
+    Ok(client)
+}

@@ -1,0 +1,826 @@
+//! The PostgreSQL store (`store.url = "postgres://…"` or `DATABASE_URL`), on
+//! `tokio-postgres` with a `deadpool-postgres` pool: for deployments without
+//! a lasting disk (Heroku) and for several server processes on one database.
+//!
+//! Same guarantees as SQLite. One writer task takes every write that is
+//! waiting (up to `store.max_batch`), runs each in its own SAVEPOINT inside
+//! one transaction, COMMITs once (synchronous commit on) and only then
+//! completes the writes: group commit. A message's seq comes from
+//! `UPDATE rooms SET last_seq = last_seq + 1 … RETURNING` inside that
+//! transaction: the room row stays locked until COMMIT, so seq is gapless and
+//! unique even when several processes append to one room, and a message that
+//! turns out to be a duplicate rolls its savepoint (and the increment) back.
+//!
+//! Reads take a pooled connection each. A lost database makes writes and
+//! reads fail fast (`Unavailable`, so sends answer `internal` and `/healthz`
+//! 503); the pool replaces broken connections, so the server serves again
+//! when the database returns, without a restart.
+//!
+//! Wrapped keys are one blob per message, in the SQLite store's format
+//! ([`encode_keys`]); history walks the user's membership periods.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{NoTls, Row, Transaction};
+
+use super::keyblob::{encode_keys, find_key};
+use super::{
+    Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
+    PurgePolicy, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage,
+    UserRecord,
+};
+use crate::metrics;
+use crate::util::now_ms;
+use crate::validate::fold_room_name;
+
+/// The schema version this code writes (table `schema_version`).
+const SCHEMA_VERSION: i32 = 1;
+
+/// Any fixed number: the advisory lock that serializes schema creation
+/// between processes starting at once.
+const MIGRATION_LOCK: i64 = 0x0e2e_c4a7;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    username   TEXT PRIMARY KEY,
+    sign_key   BYTEA NOT NULL,
+    enc_key    BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id       TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    name_folded   TEXT NOT NULL UNIQUE,
+    owner         TEXT NOT NULL,
+    password_hash TEXT,
+    hidden        BOOLEAN NOT NULL,
+    created_at    BIGINT NOT NULL,
+    last_seq      BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS members (
+    id        BIGSERIAL PRIMARY KEY,
+    room_id   TEXT NOT NULL,
+    username  TEXT NOT NULL,
+    joined_at BIGINT NOT NULL,
+    UNIQUE (room_id, username)
+);
+CREATE INDEX IF NOT EXISTS members_by_user ON members (username);
+CREATE TABLE IF NOT EXISTS bans (
+    room_id   TEXT NOT NULL,
+    username  TEXT NOT NULL,
+    banned_at BIGINT NOT NULL,
+    PRIMARY KEY (room_id, username)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    room_id        TEXT NOT NULL,
+    seq            BIGINT NOT NULL,
+    ts             BIGINT NOT NULL,
+    msg_id         BYTEA NOT NULL,
+    sender         TEXT NOT NULL,
+    nonce          BYTEA NOT NULL,
+    key_commitment BYTEA NOT NULL,
+    ciphertext     BYTEA NOT NULL,
+    signature      BYTEA NOT NULL,
+    keys           BYTEA NOT NULL,
+    PRIMARY KEY (room_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room_id, sender, msg_id);
+CREATE INDEX IF NOT EXISTS messages_by_ts ON messages (ts);
+CREATE TABLE IF NOT EXISTS member_periods (
+    room_id  TEXT NOT NULL,
+    username TEXT NOT NULL,
+    from_seq BIGINT NOT NULL,
+    to_seq   BIGINT,
+    PRIMARY KEY (room_id, username, from_seq)
+);
+";
+
+/// One write, run by the writer inside the batch transaction.
+enum WriteOp {
+    CreateUser(UserRecord),
+    CreateRoom(RoomRecord),
+    UpdateRoom(String, RoomUpdate),
+    DeleteRoom(String),
+    AddMember(String, String, u64),
+    RemoveMember(String, String, bool),
+    SetBan(String, String, bool),
+    Append(Arc<NewMessage>),
+    Purge(PurgePolicy),
+}
+
+enum Done {
+    Unit,
+    Appended(Appended),
+    Count(u64),
+}
+
+/// How one write ends inside the batch: `Undo` rolls its savepoint back but
+/// still answers (a duplicate message, whose seq increment must not stay).
+enum Outcome {
+    Keep(Done),
+    Undo(Done),
+}
+
+type Job = (WriteOp, oneshot::Sender<Result<Done, StoreError>>);
+
+enum ToWriter {
+    Job(Job),
+    /// Finish everything queued before, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+pub struct PostgresStore {
+    pool: Pool,
+    writes: mpsc::UnboundedSender<ToWriter>,
+}
+
+fn err(e: tokio_postgres::Error) -> StoreError {
+    match e.code() {
+        Some(c) if *c == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(e.to_string()),
+        Some(_) => StoreError::Backend(e.to_string()),
+        // No SQL state: the connection itself failed.
+        None => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::Unavailable(format!("postgres: {e}"))
+}
+
+fn user_from_row(r: &Row, at: usize) -> UserRecord {
+    UserRecord {
+        username: r.get(at),
+        sign_key: r.get(at + 1),
+        enc_key: r.get(at + 2),
+        created_at: r.get::<_, i64>(at + 3) as u64,
+    }
+}
+
+impl PostgresStore {
+    /// Connects, creates or checks the schema, and starts the writer.
+    pub async fn connect(url: &str, max_batch: usize) -> Result<PostgresStore, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("store.url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(8)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(5)))
+            .create_timeout(Some(Duration::from_secs(5)))
+            .recycle_timeout(Some(Duration::from_secs(5)))
+            .build()
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        migrate(&pool).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer_loop(pool.clone(), rx, max_batch.max(1)));
+        log::info!("postgres store open (group commit batch {max_batch})");
+        Ok(PostgresStore { pool, writes: tx })
+    }
+
+    fn write<T: Send + 'static>(
+        &self,
+        op: WriteOp,
+        take: impl FnOnce(Done) -> T + Send + 'static,
+    ) -> StoreFuture<T> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writes.send(ToWriter::Job((op, tx))).is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Unavailable("the store is closed".into()));
+            }
+            let done = rx
+                .await
+                .map_err(|_| StoreError::Unavailable("the store writer stopped".into()))??;
+            Ok(take(done))
+        })
+    }
+
+    fn unit(&self, op: WriteOp) -> StoreFuture<()> {
+        self.write(op, |_| ())
+    }
+
+    /// Runs `f` with a pooled connection.
+    fn read<T, F, Fut>(&self, f: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(deadpool_postgres::Object) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send,
+    {
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let client = pool.get().await.map_err(pool_err)?;
+            f(client).await
+        })
+    }
+}
+
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let tx = client.transaction().await.map_err(err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(err)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .await
+        .map_err(err)?;
+    let found: Option<i32> = tx
+        .query_opt("SELECT version FROM schema_version", &[])
+        .await
+        .map_err(err)?
+        .map(|r| r.get(0));
+    match found {
+        Some(v) if v != SCHEMA_VERSION => {
+            return Err(StoreError::Unavailable(format!(
+                "the database has schema version {v}; this server uses version {SCHEMA_VERSION}"
+            )))
+        }
+        Some(_) => {}
+        None => {
+            tx.batch_execute(SCHEMA).await.map_err(err)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .await
+            .map_err(err)?;
+        }
+    }
+    tx.commit().await.map_err(err)
+}
+
+async fn writer_loop(pool: Pool, mut rx: mpsc::UnboundedReceiver<ToWriter>, max_batch: usize) {
+    let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut closing = None;
+    while closing.is_none() {
+        match rx.recv().await {
+            Some(ToWriter::Job(job)) => batch.push(job),
+            Some(ToWriter::Close(done)) => closing = Some(done),
+            None => break,
+        }
+        while batch.len() < max_batch && closing.is_none() {
+            match rx.try_recv() {
+                Ok(ToWriter::Job(job)) => batch.push(job),
+                Ok(ToWriter::Close(done)) => closing = Some(done),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        let ops: Vec<&WriteOp> = batch.iter().map(|(op, _)| op).collect();
+        match run_batch(&pool, &ops).await {
+            Ok(results) => {
+                metrics::observe_commit(batch.len(), started.elapsed());
+                for ((_, reply), result) in batch.drain(..).zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                log::error!("postgres commit of {} writes failed: {e}", batch.len());
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    pool.close();
+    log::info!("postgres writer stopped");
+    if let Some(done) = closing {
+        let _ = done.send(());
+    }
+}
+
+/// One transaction for the whole batch: each write in its own savepoint, so
+/// a failing write fails alone; results are only sent after COMMIT.
+async fn run_batch(
+    pool: &Pool,
+    ops: &[&WriteOp],
+) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let tx = client.transaction().await.map_err(err)?;
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        tx.batch_execute("SAVEPOINT w").await.map_err(err)?;
+        let outcome = apply(&tx, op).await;
+        let (end, result) = match outcome {
+            Ok(Outcome::Keep(done)) => ("RELEASE SAVEPOINT w", Ok(done)),
+            Ok(Outcome::Undo(done)) => ("ROLLBACK TO SAVEPOINT w", Ok(done)),
+            Err(e) => ("ROLLBACK TO SAVEPOINT w", Err(e)),
+        };
+        if let Err(StoreError::Unavailable(_)) = &result {
+            // The connection is gone: nothing in this batch can commit.
+            return Err(result.err().expect("checked"));
+        }
+        tx.batch_execute(end).await.map_err(err)?;
+        results.push(result);
+    }
+    tx.commit().await.map_err(err)?;
+    Ok(results)
+}
+
+async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<Outcome, StoreError> {
+    let unit = Ok(Outcome::Keep(Done::Unit));
+    match op {
+        WriteOp::CreateUser(u) => {
+            tx.execute(
+                "INSERT INTO users (username, sign_key, enc_key, created_at) VALUES ($1, $2, $3, $4)",
+                &[&u.username, &u.sign_key, &u.enc_key, &(u.created_at as i64)],
+            )
+            .await
+            .map_err(err)?;
+            unit
+        }
+        WriteOp::CreateRoom(r) => {
+            tx.execute(
+                "INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+                &[
+                    &r.room_id,
+                    &r.name,
+                    &fold_room_name(&r.name),
+                    &r.owner,
+                    &r.password_hash,
+                    &r.hidden,
+                    &(r.created_at as i64),
+                ],
+            )
+            .await
+            .map_err(err)?;
+            add_member(tx, &r.room_id, &r.owner, r.created_at).await?;
+            unit
+        }
+        WriteOp::UpdateRoom(room_id, update) => {
+            if let Some(name) = &update.name {
+                tx.execute(
+                    "UPDATE rooms SET name = $2, name_folded = $3 WHERE room_id = $1",
+                    &[room_id, name, &fold_room_name(name)],
+                )
+                .await
+                .map_err(err)?;
+            }
+            if let Some(owner) = &update.owner {
+                tx.execute(
+                    "UPDATE rooms SET owner = $2 WHERE room_id = $1",
+                    &[room_id, owner],
+                )
+                .await
+                .map_err(err)?;
+            }
+            if let Some(hash) = &update.password_hash {
+                tx.execute(
+                    "UPDATE rooms SET password_hash = $2 WHERE room_id = $1",
+                    &[room_id, hash],
+                )
+                .await
+                .map_err(err)?;
+            }
+            unit
+        }
+        WriteOp::DeleteRoom(room_id) => {
+            for table in ["messages", "member_periods", "members", "bans", "rooms"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE room_id = $1"),
+                    &[room_id],
+                )
+                .await
+                .map_err(err)?;
+            }
+            unit
+        }
+        WriteOp::AddMember(room_id, username, joined_at) => {
+            add_member(tx, room_id, username, *joined_at).await?;
+            unit
+        }
+        WriteOp::RemoveMember(room_id, username, ban) => {
+            let removed = tx
+                .execute(
+                    "DELETE FROM members WHERE room_id = $1 AND username = $2",
+                    &[room_id, username],
+                )
+                .await
+                .map_err(err)?;
+            if removed > 0 {
+                tx.execute(
+                    "UPDATE member_periods SET to_seq = (SELECT last_seq FROM rooms WHERE room_id = $1)
+                     WHERE room_id = $1 AND username = $2 AND to_seq IS NULL",
+                    &[room_id, username],
+                )
+                .await
+                .map_err(err)?;
+            }
+            if *ban {
+                set_ban(tx, room_id, username, true).await?;
+            }
+            unit
+        }
+        WriteOp::SetBan(room_id, username, banned) => {
+            set_ban(tx, room_id, username, *banned).await?;
+            unit
+        }
+        WriteOp::Append(msg) => append(tx, msg).await,
+        WriteOp::Purge(policy) => Ok(Outcome::Keep(Done::Count(purge(tx, *policy).await?))),
+    }
+}
+
+async fn add_member(
+    tx: &Transaction<'_>,
+    room_id: &str,
+    username: &str,
+    joined_at: u64,
+) -> Result<(), StoreError> {
+    let added = tx
+        .execute(
+            "INSERT INTO members (room_id, username, joined_at) VALUES ($1, $2, $3)
+             ON CONFLICT (room_id, username) DO NOTHING",
+            &[&room_id, &username, &(joined_at as i64)],
+        )
+        .await
+        .map_err(err)?;
+    if added > 0 {
+        tx.execute(
+            "INSERT INTO member_periods (room_id, username, from_seq, to_seq)
+             SELECT room_id, $2, last_seq + 1, NULL FROM rooms WHERE room_id = $1
+             ON CONFLICT DO NOTHING",
+            &[&room_id, &username],
+        )
+        .await
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+async fn set_ban(
+    tx: &Transaction<'_>,
+    room_id: &str,
+    username: &str,
+    banned: bool,
+) -> Result<(), StoreError> {
+    if banned {
+        tx.execute(
+            "INSERT INTO bans (room_id, username, banned_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&room_id, &username, &(now_ms() as i64)],
+        )
+        .await
+    } else {
+        tx.execute(
+            "DELETE FROM bans WHERE room_id = $1 AND username = $2",
+            &[&room_id, &username],
+        )
+        .await
+    }
+    .map(|_| ())
+    .map_err(err)
+}
+
+/// Locks the room row while taking the next seq, then checks for a copy
+/// stored before (by this process or another, committed before the lock was
+/// granted): a duplicate undoes the increment.
+async fn append(tx: &Transaction<'_>, msg: &NewMessage) -> Result<Outcome, StoreError> {
+    let seq: i64 = tx
+        .query_opt(
+            "UPDATE rooms SET last_seq = last_seq + 1 WHERE room_id = $1 RETURNING last_seq",
+            &[&msg.room_id],
+        )
+        .await
+        .map_err(err)?
+        .ok_or(StoreError::NotFound)?
+        .get(0);
+    let existing = tx
+        .query_opt(
+            "SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3",
+            &[&msg.room_id, &msg.sender, &msg.msg_id],
+        )
+        .await
+        .map_err(err)?;
+    if let Some(row) = existing {
+        return Ok(Outcome::Undo(Done::Appended(Appended {
+            seq: row.get::<_, i64>(0) as u64,
+            ts: row.get::<_, i64>(1) as u64,
+            duplicate: true,
+        })));
+    }
+    let ts = now_ms() as i64;
+    tx.execute(
+        "INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, key_commitment, ciphertext, signature, keys)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &msg.room_id,
+            &seq,
+            &ts,
+            &msg.msg_id,
+            &msg.sender,
+            &msg.nonce,
+            &msg.key_commitment,
+            &msg.ciphertext,
+            &msg.signature,
+            &encode_keys(&msg.keys),
+        ],
+    )
+    .await
+    .map_err(err)?;
+    Ok(Outcome::Keep(Done::Appended(Appended {
+        seq: seq as u64,
+        ts: ts as u64,
+        duplicate: false,
+    })))
+}
+
+async fn purge(tx: &Transaction<'_>, policy: PurgePolicy) -> Result<u64, StoreError> {
+    let batch = policy.batch.max(1) as i64;
+    let mut deleted = 0u64;
+    if policy.older_than_ts > 0 {
+        deleted += tx
+            .execute(
+                "DELETE FROM messages WHERE (room_id, seq) IN
+                   (SELECT room_id, seq FROM messages WHERE ts < $1 ORDER BY ts LIMIT $2)",
+                &[&(policy.older_than_ts as i64), &batch],
+            )
+            .await
+            .map_err(err)?;
+    }
+    if policy.max_per_room > 0 && (deleted as i64) < batch {
+        let rooms: Vec<String> = tx
+            .query("SELECT room_id FROM rooms", &[])
+            .await
+            .map_err(err)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for room in rooms {
+            let room_limit = batch - deleted as i64;
+            if room_limit <= 0 {
+                break;
+            }
+            deleted += tx
+                .execute(
+                    "DELETE FROM messages WHERE room_id = $1 AND seq IN
+                       (SELECT seq FROM messages WHERE room_id = $1 AND seq <=
+                          (SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)
+                        ORDER BY seq LIMIT $3)",
+                    &[&room, &(policy.max_per_room as i64), &room_limit],
+                )
+                .await
+                .map_err(err)?;
+        }
+    }
+    Ok(deleted)
+}
+
+async fn history_page(
+    client: &tokio_postgres::Client,
+    room_id: &str,
+    username: &str,
+    q: HistoryQuery,
+) -> Result<HistoryPage, StoreError> {
+    let lo = q
+        .after_seq
+        .map_or(1, |a| a.saturating_add(1))
+        .min(i64::MAX as u64) as i64;
+    let hi = q
+        .before_seq
+        .map_or(i64::MAX as u64, |b| b.saturating_sub(1))
+        .min(i64::MAX as u64) as i64;
+    // A few spare rows for messages in a period but without our key (a
+    // member who joined while the message was in flight).
+    let fetch = (q.limit.max(1) + 16) as i64;
+    let sql = format!(
+        "SELECT m.seq, m.ts, m.msg_id, m.sender, m.nonce, m.ciphertext, m.signature, m.keys,
+                m.key_commitment
+         FROM messages m JOIN member_periods p
+           ON p.room_id = m.room_id AND p.username = $2
+          AND m.seq >= p.from_seq AND (p.to_seq IS NULL OR m.seq <= p.to_seq)
+         WHERE m.room_id = $1 AND m.seq BETWEEN $3 AND $4
+         ORDER BY m.seq {} LIMIT $5",
+        if q.ascending() { "ASC" } else { "DESC" }
+    );
+    let rows = client
+        .query(&sql, &[&room_id, &username, &lo, &hi, &fetch])
+        .await
+        .map_err(err)?;
+    let mut page = PageBuilder::new(q);
+    let mut stopped = false;
+    for r in &rows {
+        let Some(key) = find_key(r.get::<_, &[u8]>(7), username) else {
+            continue;
+        };
+        let more = page.push(StoredMessage {
+            seq: r.get::<_, i64>(0) as u64,
+            ts: r.get::<_, i64>(1) as u64,
+            msg_id: r.get(2),
+            sender: r.get(3),
+            nonce: r.get(4),
+            ciphertext: r.get(5),
+            signature: r.get(6),
+            key_commitment: r.get(8),
+            key,
+        });
+        if !more {
+            stopped = true;
+            break;
+        }
+    }
+    if !stopped && rows.len() as i64 == fetch {
+        page.more();
+    }
+    Ok(page.finish())
+}
+
+impl Store for PostgresStore {
+    fn ping(&self) -> StoreFuture<()> {
+        self.read(|c| async move { c.execute("SELECT 1", &[]).await.map(|_| ()).map_err(err) })
+    }
+
+    fn create_user(&self, user: UserRecord) -> StoreFuture<()> {
+        self.unit(WriteOp::CreateUser(user))
+    }
+
+    fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| async move {
+            c.query_opt(
+                "SELECT username, sign_key, enc_key, created_at FROM users WHERE username = $1",
+                &[&username],
+            )
+            .await
+            .map(|r| r.map(|r| user_from_row(&r, 0)))
+            .map_err(err)
+        })
+    }
+
+    fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {
+        self.read(|c| async move {
+            let rooms = c
+                .query(
+                    "SELECT room_id, name, owner, password_hash, hidden, created_at, last_seq
+                     FROM rooms ORDER BY created_at, room_id",
+                    &[],
+                )
+                .await
+                .map_err(err)?;
+            let mut entries: Vec<DirectoryEntry> = rooms
+                .iter()
+                .map(|r| DirectoryEntry {
+                    room: RoomRecord {
+                        room_id: r.get(0),
+                        name: r.get(1),
+                        owner: r.get(2),
+                        password_hash: r.get(3),
+                        hidden: r.get(4),
+                        created_at: r.get::<_, i64>(5) as u64,
+                        last_seq: r.get::<_, i64>(6) as u64,
+                    },
+                    members: Vec::new(),
+                })
+                .collect();
+            let index: std::collections::HashMap<String, usize> = entries
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (e.room.room_id.clone(), i))
+                .collect();
+            for r in c
+                .query("SELECT room_id, username FROM members ORDER BY id", &[])
+                .await
+                .map_err(err)?
+            {
+                if let Some(&i) = index.get(r.get::<_, &str>(0)) {
+                    entries[i].members.push(r.get(1));
+                }
+            }
+            Ok(entries)
+        })
+    }
+
+    fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {
+        self.unit(WriteOp::CreateRoom(room))
+    }
+
+    fn load_room(&self, room_id: &str) -> StoreFuture<RoomState> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| async move {
+            let members = c
+                .query(
+                    "SELECT u.username, u.sign_key, u.enc_key, u.created_at, m.joined_at
+                     FROM members m JOIN users u ON u.username = m.username
+                     WHERE m.room_id = $1 ORDER BY m.id",
+                    &[&room_id],
+                )
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|r| MemberRecord {
+                    user: user_from_row(r, 0),
+                    joined_at: r.get::<_, i64>(4) as u64,
+                })
+                .collect();
+            let bans = c
+                .query("SELECT username FROM bans WHERE room_id = $1", &[&room_id])
+                .await
+                .map_err(err)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok(RoomState { members, bans })
+        })
+    }
+
+    fn update_room(&self, room_id: &str, update: RoomUpdate) -> StoreFuture<()> {
+        self.unit(WriteOp::UpdateRoom(room_id.to_owned(), update))
+    }
+
+    fn delete_room(&self, room_id: &str) -> StoreFuture<()> {
+        self.unit(WriteOp::DeleteRoom(room_id.to_owned()))
+    }
+
+    fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
+        self.unit(WriteOp::AddMember(
+            room_id.to_owned(),
+            username.to_owned(),
+            joined_at,
+        ))
+    }
+
+    fn remove_member(&self, room_id: &str, username: &str, ban: bool) -> StoreFuture<()> {
+        self.unit(WriteOp::RemoveMember(
+            room_id.to_owned(),
+            username.to_owned(),
+            ban,
+        ))
+    }
+
+    fn set_ban(&self, room_id: &str, username: &str, banned: bool) -> StoreFuture<()> {
+        self.unit(WriteOp::SetBan(
+            room_id.to_owned(),
+            username.to_owned(),
+            banned,
+        ))
+    }
+
+    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended> {
+        self.write(WriteOp::Append(msg), |done| match done {
+            Done::Appended(a) => a,
+            _ => unreachable!("an append answers Appended"),
+        })
+    }
+
+    fn find_message(
+        &self,
+        room_id: &str,
+        sender: &str,
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>> {
+        let (room_id, sender, msg_id) = (room_id.to_owned(), sender.to_owned(), msg_id.to_vec());
+        self.read(move |c| async move {
+            c.query_opt(
+                "SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3",
+                &[&room_id, &sender, &msg_id],
+            )
+            .await
+            .map(|r| r.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
+            .map_err(err)
+        })
+    }
+
+    fn history(
+        &self,
+        room_id: &str,
+        username: &str,
+        query: HistoryQuery,
+    ) -> StoreFuture<HistoryPage> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.read(move |c| async move { history_page(&c, &room_id, &username, query).await })
+    }
+
+    fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64> {
+        self.write(WriteOp::Purge(policy), |done| match done {
+            Done::Count(n) => n,
+            _ => unreachable!("a purge answers Count"),
+        })
+    }
+
+    fn close(&self) -> StoreFuture<()> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.writes.send(ToWriter::Close(tx)).is_ok();
+        Box::pin(async move {
+            if sent {
+                let _ = rx.await;
+            }
+            Ok(())
+        })
+    }
+}
