@@ -14,32 +14,16 @@ async fn register_login_and_ping() {
     let pong = alice.request(&Request::Ping).await.unwrap();
     assert!(matches!(pong, ServerMsg::Pong { id: Some(_), server_time } if server_time > 0));
     // The subprotocol is accepted when offered, and /healthz answers.
-    let body = reqwest_like_get(&t.http("/healthz")).await;
+    let body = common::http_get(&t.http("/healthz")).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     // /metrics: Prometheus text with this server's gauges.
-    let metrics = reqwest_like_get(&t.http("/metrics")).await;
+    let metrics = common::http_get(&t.http("/metrics")).await;
     assert!(metrics.contains("chat_users_online 1\n"), "{metrics}");
     assert!(
         metrics.contains("chat_rooms 0\n") && metrics.contains("# TYPE chat_logins_total counter"),
         "{metrics}"
     );
     t.stop().await;
-}
-
-/// A minimal HTTP GET over a raw socket (keeps the dev-dependencies small).
-async fn reqwest_like_get(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }
 
 #[tokio::test]

@@ -3,6 +3,9 @@
 //! message whose `sent` reply arrived must be in history with the same seq
 //! and bytes, and seq must have no gaps. Several kill points per run.
 //!
+//! Runs on SQLite, and on PostgreSQL when `CHAT_TEST_POSTGRES_URL` is set
+//! (a fresh database, dropped after; `SKIP postgres:` otherwise).
+//!
 //! `CRASH_ROUNDS` (default 3) sets the number of kill points; scripts/crash.sh
 //! runs a larger count.
 
@@ -20,10 +23,12 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 const USERS: [(&str, usize); 3] = [("alice", 0), ("bob", 1), ("carol", 2)];
 
-/// Starts the server binary on `dir`; returns it and its ws URL.
-fn start(dir: &std::path::Path) -> (Child, String) {
+/// Starts the server binary on `dir` (or the database at `store_url`);
+/// returns it and its ws URL.
+fn start(dir: &std::path::Path, store_url: &str) -> (Child, String) {
     let (child, addr) = common::spawn_listening(
         common::server_command(dir)
+            .env("CHAT__STORE__URL", store_url)
             .env("CHAT__SERVER__PORT", "0")
             .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
             .env("CHAT__RATE_LIMIT__BURST", "100000")
@@ -135,12 +140,27 @@ async fn full_history(c: &mut Client, room_id: &str) -> Vec<Acked> {
 
 #[tokio::test]
 async fn nothing_acknowledged_is_lost_across_kill_9() {
+    crash_rounds("").await;
+}
+
+#[tokio::test]
+async fn nothing_acknowledged_is_lost_across_kill_9_on_postgres() {
+    match common::PgDatabase::create().await {
+        Err(why) => println!("SKIP postgres: {why}"),
+        Ok(db) => {
+            crash_rounds(&db.url).await;
+            db.drop_now().await;
+        }
+    }
+}
+
+async fn crash_rounds(store_url: &str) {
     let rounds: usize = std::env::var("CRASH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
-    let (child, url) = start(dir.path());
+    let (child, url) = start(dir.path(), store_url);
     let mut owner = Client::connect(&url).await.unwrap();
     for (name, n) in USERS {
         owner.register(&common::identity(name, n)).await.unwrap();
@@ -167,7 +187,7 @@ async fn nothing_acknowledged_is_lost_across_kill_9() {
             acked.len()
         );
         all_acked.extend(acked);
-        let (c, u) = start(dir.path());
+        let (c, u) = start(dir.path(), store_url);
         (child, url) = (c, u);
         let mut alice = login(&url, "alice", 0).await;
         let history = full_history(&mut alice, &room.room_id).await;

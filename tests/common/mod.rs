@@ -237,6 +237,7 @@ pub fn server_command(dir: &Path) -> std::process::Command {
         .env_remove("CHAT_ENV")
         .env_remove("CHAT_CONFIG")
         .env_remove("MONGODB_URI")
+        .env_remove("DATABASE_URL")
         .env("CHAT__STORE__PATH", dir.join("chat.db"))
         .env("RUST_LOG", "warn");
     cmd
@@ -329,4 +330,20 @@ pub async fn pg_connect(url: &str) -> Result<tokio_postgres::Client, String> {
         .map_err(|e| format!("cannot connect to {url}: {e}"))?;
     tokio::spawn(conn);
     Ok(client)
+}
+
+/// A minimal HTTP GET over a raw socket (keeps the dev-dependencies small).
+pub async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }
