@@ -5,6 +5,11 @@
 #   scripts/bench.sh                 # every scenario at its default size
 #   scripts/bench.sh fanout logins   # just these
 #   FANOUT_ARGS="--members 50" scripts/bench.sh fanout
+#   scripts/bench.sh pg-fanout pg-durable   # the same on PostgreSQL
+#
+# The pg-* scenarios make a fresh database per server on the PostgreSQL at
+# $BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test) with
+# psql, and drop it after.
 #
 # The per-connection rate limit is raised for load (CHAT__RATE_LIMIT__*), as
 # BENCHMARKS.md says. Every run is bounded in count and time.
@@ -13,6 +18,8 @@ cd "$(dirname "$0")/.."
 
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable idle)
+pg_admin=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+pg_dbs=()
 
 cargo build --release --bin e2ee-chat-server --bin e2ee-chat-bench
 server=target/release/e2ee-chat-server
@@ -26,6 +33,7 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  for d in "${pg_dbs[@]}"; do psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $d" >/dev/null 2>&1 || true; done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -45,6 +53,15 @@ start_server() {
     sleep 0.1
   done
   echo "server $name did not start:" >&2; cat "$tmp/$name.log" >&2; exit 1
+}
+
+# pg_url NAME: a fresh database for one server; sets $pg_last to its URL
+# (no subshell, so cleanup knows to drop it).
+pg_url() {
+  local db="e2ee_bench_$1_$$"
+  psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  pg_dbs+=("$db")
+  pg_last="${pg_admin%/*}/$db"
 }
 
 mkdir -p target/bench
@@ -79,7 +96,23 @@ for s in "${scenarios[@]}"; do
       start_server idle 18185
       timeout 900 "$bench" --url ws://127.0.0.1:18185/ws --server-pid "$server_pid" idle ${IDLE_ARGS:-} | tee -a "$out"
       ;;
-    *) echo "unknown scenario $s (fanout logins durable idle)" >&2; exit 2 ;;
+    pg-fanout)
+      pg_url fanout
+      start_server pg-fanout 18186 CHAT__STORE__URL="$pg_last"
+      timeout 900 "$bench" --url ws://127.0.0.1:18186/ws --server-pid "$server_pid" fanout ${FANOUT_ARGS:-} | tee -a "$out"
+      timeout 900 "$bench" --url ws://127.0.0.1:18186/ws --server-pid "$server_pid" fanout --rate 0 --messages 5000 ${FANOUT_MAX_ARGS:-} | tee -a "$out"
+      ;;
+    pg-durable)
+      pg_url group
+      start_server pg-durable-group 18187 CHAT__SECURITY__VERIFY_SIGNATURES=false CHAT__STORE__URL="$pg_last"
+      group_pid=$server_pid
+      pg_url single
+      start_server pg-durable-single 18188 CHAT__SECURITY__VERIFY_SIGNATURES=false CHAT__STORE__GROUP_COMMIT=false \
+        CHAT__STORE__URL="$pg_last"
+      timeout 900 "$bench" --url ws://127.0.0.1:18187/ws --server-pid "$group_pid" durable \
+        --compare-url ws://127.0.0.1:18188/ws --compare-pid "$server_pid" ${DURABLE_ARGS:-} | tee -a "$out"
+      ;;
+    *) echo "unknown scenario $s (fanout logins durable idle pg-fanout pg-durable)" >&2; exit 2 ;;
   esac
 done
 echo "results written to $out"
