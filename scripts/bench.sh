@@ -17,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable idle)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable rooms idle)
 pg_admin=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 pg_dbs=()
 
@@ -92,6 +92,10 @@ for s in "${scenarios[@]}"; do
       timeout 900 "$bench" --url ws://127.0.0.1:18183/ws --server-pid "$group_pid" durable \
         --compare-url ws://127.0.0.1:18184/ws --compare-pid "$server_pid" ${DURABLE_ARGS:-} | tee -a "$out"
       ;;
+    rooms)
+      start_server rooms 18189
+      timeout 900 "$bench" --url ws://127.0.0.1:18189/ws --server-pid "$server_pid" rooms ${ROOMS_ARGS:-} | tee -a "$out"
+      ;;
     idle)
       start_server idle 18185
       timeout 900 "$bench" --url ws://127.0.0.1:18185/ws --server-pid "$server_pid" idle ${IDLE_ARGS:-} | tee -a "$out"
@@ -112,7 +116,7 @@ for s in "${scenarios[@]}"; do
       timeout 900 "$bench" --url ws://127.0.0.1:18187/ws --server-pid "$group_pid" durable \
         --compare-url ws://127.0.0.1:18188/ws --compare-pid "$server_pid" ${DURABLE_ARGS:-} | tee -a "$out"
       ;;
-    *) echo "unknown scenario $s (fanout logins durable idle pg-fanout pg-durable)" >&2; exit 2 ;;
+    *) echo "unknown scenario $s (fanout logins durable rooms idle pg-fanout pg-durable)" >&2; exit 2 ;;
   esac
 done
 echo "results written to $out"

@@ -34,6 +34,7 @@ async fn bench_smoke_mode_runs_every_scenario() {
         "logins:",
         "durable[group commit]",
         "idle:",
+        "rooms:",
         "smoke: ok",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");

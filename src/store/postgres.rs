@@ -3,13 +3,16 @@
 //! a lasting disk (Heroku) and for several server processes on one database.
 //!
 //! Same guarantees as SQLite. One writer task takes every write that is
-//! waiting (up to `store.max_batch`), runs each in its own SAVEPOINT inside
-//! one transaction, COMMITs once (synchronous commit on) and only then
-//! completes the writes: group commit. A message's seq comes from
+//! waiting (up to `store.max_batch`), runs them in one transaction, COMMITs
+//! once (synchronous commit on) and only then completes the writes: group
+//! commit. Each write is one statement, and a batch's statements are
+//! pipelined (sent together, in order), so a batch costs about one round
+//! trip; if one fails, the batch is redone with a savepoint per write so the
+//! failing write fails alone. A message's seq comes from
 //! `UPDATE rooms SET last_seq = last_seq + 1 … RETURNING` inside that
 //! transaction: the room row stays locked until COMMIT, so seq is gapless and
-//! unique even when several processes append to one room, and a message that
-//! turns out to be a duplicate rolls its savepoint (and the increment) back.
+//! unique even when several processes append to one room; a stored copy
+//! (same room, sender, msg_id) answers with its seq and takes none.
 //!
 //! Reads take a pooled connection each. A lost database makes writes and
 //! reads fail fast (`Unavailable`, so sends answer `internal` and `/healthz`
@@ -25,7 +28,8 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row, Statement, Transaction};
 
 use super::keyblob::{encode_keys, find_key};
 use super::{
@@ -116,13 +120,6 @@ enum Done {
     Unit,
     Appended(Appended),
     Count(u64),
-}
-
-/// How one write ends inside the batch: `Undo` rolls its savepoint back but
-/// still answers (a duplicate message, whose seq increment must not stay).
-enum Outcome {
-    Keep(Done),
-    Undo(Done),
 }
 
 type Job = (WriteOp, oneshot::Sender<Result<Done, StoreError>>);
@@ -305,240 +302,261 @@ async fn writer_loop(pool: Pool, mut rx: mpsc::UnboundedReceiver<ToWriter>, max_
     }
 }
 
-/// One transaction for the whole batch: each write in its own savepoint, so
-/// a failing write fails alone; results are only sent after COMMIT.
+/// One SQL statement per write (data-modifying CTEs where a write touches
+/// several tables), so a batch can be pipelined: every statement is sent at
+/// once, in order, on one connection, and the batch costs about one round
+/// trip instead of one per statement. Purge is the exception (`None`).
+fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
+    fn p<T: ToSql + Sync + Send + 'static>(v: T) -> Param {
+        Box::new(v)
+    }
+    let ms = |t: u64| p(t as i64);
+    Some(match op {
+        WriteOp::CreateUser(u) => (
+            "INSERT INTO users (username, sign_key, enc_key, created_at) VALUES ($1, $2, $3, $4)",
+            vec![
+                p(u.username.clone()),
+                p(u.sign_key.clone()),
+                p(u.enc_key.clone()),
+                ms(u.created_at),
+            ],
+        ),
+        WriteOp::CreateRoom(r) => (
+            "WITH r AS (
+                INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, 0) RETURNING room_id
+             ), m AS (
+                INSERT INTO members (room_id, username, joined_at) SELECT room_id, $4, $7 FROM r
+             )
+             INSERT INTO member_periods (room_id, username, from_seq, to_seq)
+             SELECT room_id, $4, 1, NULL FROM r",
+            vec![
+                p(r.room_id.clone()),
+                p(r.name.clone()),
+                p(fold_room_name(&r.name)),
+                p(r.owner.clone()),
+                p(r.password_hash.clone()),
+                p(r.hidden),
+                ms(r.created_at),
+            ],
+        ),
+        WriteOp::UpdateRoom(room_id, u) => (
+            "UPDATE rooms SET name = COALESCE($2, name), name_folded = COALESCE($3, name_folded),
+                 owner = COALESCE($4, owner),
+                 password_hash = CASE WHEN $5 THEN $6 ELSE password_hash END
+             WHERE room_id = $1",
+            vec![
+                p(room_id.clone()),
+                p(u.name.clone()),
+                p(u.name.as_deref().map(fold_room_name)),
+                p(u.owner.clone()),
+                p(u.password_hash.is_some()),
+                p(u.password_hash.clone().flatten()),
+            ],
+        ),
+        WriteOp::DeleteRoom(room_id) => (
+            "WITH a AS (DELETE FROM messages WHERE room_id = $1),
+                  b AS (DELETE FROM member_periods WHERE room_id = $1),
+                  c AS (DELETE FROM members WHERE room_id = $1),
+                  d AS (DELETE FROM bans WHERE room_id = $1)
+             DELETE FROM rooms WHERE room_id = $1",
+            vec![p(room_id.clone())],
+        ),
+        WriteOp::AddMember(room_id, username, joined_at) => (
+            // The period starts after the room's last seq as of this point
+            // in the batch (earlier statements' appends included).
+            "WITH ins AS (
+                INSERT INTO members (room_id, username, joined_at) VALUES ($1, $2, $3)
+                ON CONFLICT (room_id, username) DO NOTHING RETURNING room_id
+             )
+             INSERT INTO member_periods (room_id, username, from_seq, to_seq)
+             SELECT r.room_id, $2, r.last_seq + 1, NULL FROM rooms r JOIN ins ON ins.room_id = r.room_id
+             ON CONFLICT DO NOTHING",
+            vec![p(room_id.clone()), p(username.clone()), ms(*joined_at)],
+        ),
+        WriteOp::RemoveMember(room_id, username, ban) => (
+            "WITH del AS (
+                DELETE FROM members WHERE room_id = $1 AND username = $2 RETURNING room_id
+             ), closed AS (
+                UPDATE member_periods SET to_seq = (SELECT last_seq FROM rooms WHERE room_id = $1)
+                WHERE room_id = $1 AND username = $2 AND to_seq IS NULL AND EXISTS (SELECT 1 FROM del)
+             )
+             INSERT INTO bans (room_id, username, banned_at) SELECT $1, $2, $3 WHERE $4
+             ON CONFLICT DO NOTHING",
+            vec![
+                p(room_id.clone()),
+                p(username.clone()),
+                ms(now_ms()),
+                p(*ban),
+            ],
+        ),
+        WriteOp::SetBan(room_id, username, true) => (
+            "INSERT INTO bans (room_id, username, banned_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            vec![p(room_id.clone()), p(username.clone()), ms(now_ms())],
+        ),
+        WriteOp::SetBan(room_id, username, false) => (
+            "DELETE FROM bans WHERE room_id = $1 AND username = $2",
+            vec![p(room_id.clone()), p(username.clone())],
+        ),
+        // A copy stored before (in this transaction or committed) answers
+        // with its seq and takes no new one; otherwise the room row is
+        // locked (until COMMIT) to take the next seq. Zero rows: no room.
+        WriteOp::Append(m) => (
+            "WITH existing AS (
+                SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3
+             ), bumped AS (
+                UPDATE rooms SET last_seq = last_seq + 1
+                WHERE room_id = $1 AND NOT EXISTS (SELECT 1 FROM existing)
+                RETURNING last_seq
+             ), inserted AS (
+                INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, key_commitment,
+                                      ciphertext, signature, keys)
+                SELECT $1, last_seq, $4, $3, $2, $5, $6, $7, $8, $9 FROM bumped
+                RETURNING seq, ts
+             )
+             SELECT seq, ts, false FROM inserted
+             UNION ALL
+             SELECT seq, ts, true FROM existing",
+            vec![
+                p(m.room_id.clone()),
+                p(m.sender.clone()),
+                p(m.msg_id.clone()),
+                ms(now_ms()),
+                p(m.nonce.clone()),
+                p(m.key_commitment.clone()),
+                p(m.ciphertext.clone()),
+                p(m.signature.clone()),
+                p(encode_keys(&m.keys)),
+            ],
+        ),
+        WriteOp::Purge(_) => return None,
+    })
+}
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+fn param_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect()
+}
+
+/// What a write's statement answered.
+fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
+    match op {
+        WriteOp::Append(_) => {
+            let row = rows.first().ok_or(StoreError::NotFound)?;
+            Ok(Done::Appended(Appended {
+                seq: row.get::<_, i64>(0) as u64,
+                ts: row.get::<_, i64>(1) as u64,
+                duplicate: row.get(2),
+            }))
+        }
+        _ => Ok(Done::Unit),
+    }
+}
+
+/// One transaction for the whole batch; results are sent only after COMMIT.
+/// First every statement is pipelined; if one fails (a taken name, a rare
+/// race), that transaction is rolled back and the batch runs again one
+/// write at a time, each in its own savepoint, so the failing write fails
+/// alone.
 async fn run_batch(
     pool: &Pool,
     ops: &[&WriteOp],
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_err)?;
+    let prepared: Option<Vec<(Statement, Vec<Param>)>> = {
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            match statement(op) {
+                Some((sql, params)) => {
+                    out.push((client.prepare_cached(sql).await.map_err(err)?, params))
+                }
+                None => break,
+            }
+        }
+        (out.len() == ops.len()).then_some(out)
+    };
+    if let Some(prepared) = &prepared {
+        let tx = client.transaction().await.map_err(err)?;
+        let refs: Vec<_> = prepared
+            .iter()
+            .map(|(_, params)| param_refs(params))
+            .collect();
+        let answers = futures_util::future::join_all(
+            prepared
+                .iter()
+                .zip(&refs)
+                .map(|((stmt, _), params)| tx.query(stmt, params)),
+        )
+        .await;
+        if answers.iter().all(Result::is_ok) {
+            let results = ops
+                .iter()
+                .zip(&answers)
+                .map(|(op, rows)| done(op, rows.as_ref().expect("checked")))
+                .collect();
+            tx.commit().await.map_err(err)?;
+            return Ok(results);
+        }
+        if let Some(Err(e)) = answers
+            .iter()
+            .find(|a| a.as_ref().is_err_and(|e| e.code().is_none()))
+        {
+            return Err(StoreError::Unavailable(e.to_string()));
+        }
+        tx.rollback().await.map_err(err)?;
+    }
     let tx = client.transaction().await.map_err(err)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         tx.batch_execute("SAVEPOINT w").await.map_err(err)?;
-        let outcome = apply(&tx, op).await;
-        let (end, result) = match outcome {
-            Ok(Outcome::Keep(done)) => ("RELEASE SAVEPOINT w", Ok(done)),
-            Ok(Outcome::Undo(done)) => ("ROLLBACK TO SAVEPOINT w", Ok(done)),
-            Err(e) => ("ROLLBACK TO SAVEPOINT w", Err(e)),
+        let result = match (op, statement(op)) {
+            (WriteOp::Purge(policy), _) => purge(&tx, *policy).await.map(Done::Count),
+            (_, Some((sql, params))) => match tx.query(sql, &param_refs(&params)).await {
+                Ok(rows) => done(op, &rows),
+                Err(e) => Err(err(e)),
+            },
+            (_, None) => unreachable!("only purge has no single statement"),
         };
         if let Err(StoreError::Unavailable(_)) = &result {
             // The connection is gone: nothing in this batch can commit.
             return Err(result.err().expect("checked"));
         }
-        tx.batch_execute(end).await.map_err(err)?;
+        let result = match (op, result) {
+            // Another process stored this message between our lookup and
+            // the lock: answer with its seq.
+            (WriteOp::Append(m), Err(StoreError::Conflict(_))) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT w")
+                    .await
+                    .map_err(err)?;
+                let row = tx
+                    .query_one(
+                        "SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3",
+                        &[&m.room_id, &m.sender, &m.msg_id],
+                    )
+                    .await
+                    .map_err(err)?;
+                Ok(Done::Appended(Appended {
+                    seq: row.get::<_, i64>(0) as u64,
+                    ts: row.get::<_, i64>(1) as u64,
+                    duplicate: true,
+                }))
+            }
+            (_, Err(e)) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT w")
+                    .await
+                    .map_err(err)?;
+                Err(e)
+            }
+            (_, Ok(d)) => {
+                tx.batch_execute("RELEASE SAVEPOINT w").await.map_err(err)?;
+                Ok(d)
+            }
+        };
         results.push(result);
     }
     tx.commit().await.map_err(err)?;
     Ok(results)
-}
-
-async fn apply(tx: &Transaction<'_>, op: &WriteOp) -> Result<Outcome, StoreError> {
-    let unit = Ok(Outcome::Keep(Done::Unit));
-    match op {
-        WriteOp::CreateUser(u) => {
-            tx.execute(
-                "INSERT INTO users (username, sign_key, enc_key, created_at) VALUES ($1, $2, $3, $4)",
-                &[&u.username, &u.sign_key, &u.enc_key, &(u.created_at as i64)],
-            )
-            .await
-            .map_err(err)?;
-            unit
-        }
-        WriteOp::CreateRoom(r) => {
-            tx.execute(
-                "INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
-                &[
-                    &r.room_id,
-                    &r.name,
-                    &fold_room_name(&r.name),
-                    &r.owner,
-                    &r.password_hash,
-                    &r.hidden,
-                    &(r.created_at as i64),
-                ],
-            )
-            .await
-            .map_err(err)?;
-            add_member(tx, &r.room_id, &r.owner, r.created_at).await?;
-            unit
-        }
-        WriteOp::UpdateRoom(room_id, update) => {
-            if let Some(name) = &update.name {
-                tx.execute(
-                    "UPDATE rooms SET name = $2, name_folded = $3 WHERE room_id = $1",
-                    &[room_id, name, &fold_room_name(name)],
-                )
-                .await
-                .map_err(err)?;
-            }
-            if let Some(owner) = &update.owner {
-                tx.execute(
-                    "UPDATE rooms SET owner = $2 WHERE room_id = $1",
-                    &[room_id, owner],
-                )
-                .await
-                .map_err(err)?;
-            }
-            if let Some(hash) = &update.password_hash {
-                tx.execute(
-                    "UPDATE rooms SET password_hash = $2 WHERE room_id = $1",
-                    &[room_id, hash],
-                )
-                .await
-                .map_err(err)?;
-            }
-            unit
-        }
-        WriteOp::DeleteRoom(room_id) => {
-            for table in ["messages", "member_periods", "members", "bans", "rooms"] {
-                tx.execute(
-                    &format!("DELETE FROM {table} WHERE room_id = $1"),
-                    &[room_id],
-                )
-                .await
-                .map_err(err)?;
-            }
-            unit
-        }
-        WriteOp::AddMember(room_id, username, joined_at) => {
-            add_member(tx, room_id, username, *joined_at).await?;
-            unit
-        }
-        WriteOp::RemoveMember(room_id, username, ban) => {
-            let removed = tx
-                .execute(
-                    "DELETE FROM members WHERE room_id = $1 AND username = $2",
-                    &[room_id, username],
-                )
-                .await
-                .map_err(err)?;
-            if removed > 0 {
-                tx.execute(
-                    "UPDATE member_periods SET to_seq = (SELECT last_seq FROM rooms WHERE room_id = $1)
-                     WHERE room_id = $1 AND username = $2 AND to_seq IS NULL",
-                    &[room_id, username],
-                )
-                .await
-                .map_err(err)?;
-            }
-            if *ban {
-                set_ban(tx, room_id, username, true).await?;
-            }
-            unit
-        }
-        WriteOp::SetBan(room_id, username, banned) => {
-            set_ban(tx, room_id, username, *banned).await?;
-            unit
-        }
-        WriteOp::Append(msg) => append(tx, msg).await,
-        WriteOp::Purge(policy) => Ok(Outcome::Keep(Done::Count(purge(tx, *policy).await?))),
-    }
-}
-
-async fn add_member(
-    tx: &Transaction<'_>,
-    room_id: &str,
-    username: &str,
-    joined_at: u64,
-) -> Result<(), StoreError> {
-    let added = tx
-        .execute(
-            "INSERT INTO members (room_id, username, joined_at) VALUES ($1, $2, $3)
-             ON CONFLICT (room_id, username) DO NOTHING",
-            &[&room_id, &username, &(joined_at as i64)],
-        )
-        .await
-        .map_err(err)?;
-    if added > 0 {
-        tx.execute(
-            "INSERT INTO member_periods (room_id, username, from_seq, to_seq)
-             SELECT room_id, $2, last_seq + 1, NULL FROM rooms WHERE room_id = $1
-             ON CONFLICT DO NOTHING",
-            &[&room_id, &username],
-        )
-        .await
-        .map_err(err)?;
-    }
-    Ok(())
-}
-
-async fn set_ban(
-    tx: &Transaction<'_>,
-    room_id: &str,
-    username: &str,
-    banned: bool,
-) -> Result<(), StoreError> {
-    if banned {
-        tx.execute(
-            "INSERT INTO bans (room_id, username, banned_at) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-            &[&room_id, &username, &(now_ms() as i64)],
-        )
-        .await
-    } else {
-        tx.execute(
-            "DELETE FROM bans WHERE room_id = $1 AND username = $2",
-            &[&room_id, &username],
-        )
-        .await
-    }
-    .map(|_| ())
-    .map_err(err)
-}
-
-/// Locks the room row while taking the next seq, then checks for a copy
-/// stored before (by this process or another, committed before the lock was
-/// granted): a duplicate undoes the increment.
-async fn append(tx: &Transaction<'_>, msg: &NewMessage) -> Result<Outcome, StoreError> {
-    let seq: i64 = tx
-        .query_opt(
-            "UPDATE rooms SET last_seq = last_seq + 1 WHERE room_id = $1 RETURNING last_seq",
-            &[&msg.room_id],
-        )
-        .await
-        .map_err(err)?
-        .ok_or(StoreError::NotFound)?
-        .get(0);
-    let existing = tx
-        .query_opt(
-            "SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3",
-            &[&msg.room_id, &msg.sender, &msg.msg_id],
-        )
-        .await
-        .map_err(err)?;
-    if let Some(row) = existing {
-        return Ok(Outcome::Undo(Done::Appended(Appended {
-            seq: row.get::<_, i64>(0) as u64,
-            ts: row.get::<_, i64>(1) as u64,
-            duplicate: true,
-        })));
-    }
-    let ts = now_ms() as i64;
-    tx.execute(
-        "INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, key_commitment, ciphertext, signature, keys)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &msg.room_id,
-            &seq,
-            &ts,
-            &msg.msg_id,
-            &msg.sender,
-            &msg.nonce,
-            &msg.key_commitment,
-            &msg.ciphertext,
-            &msg.signature,
-            &encode_keys(&msg.keys),
-        ],
-    )
-    .await
-    .map_err(err)?;
-    Ok(Outcome::Keep(Done::Appended(Appended {
-        seq: seq as u64,
-        ts: ts as u64,
-        duplicate: false,
-    })))
 }
 
 async fn purge(tx: &Transaction<'_>, policy: PurgePolicy) -> Result<u64, StoreError> {

@@ -11,6 +11,7 @@ mod fanout;
 mod idle;
 mod logins;
 mod relay;
+mod rooms;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +52,11 @@ enum Command {
         compare_url: Option<String>,
         #[arg(long)]
         compare_pid: Option<u32>,
+    },
+    /// Server CPU per `list_rooms` over a large directory.
+    Rooms {
+        #[command(flatten)]
+        opts: rooms::RoomsOpts,
     },
     /// Memory per idle logged-in connection.
     Idle {
@@ -111,6 +117,7 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
             Ok(ok)
         }
         Command::Idle { opts } => idle::run(url, pid, &keys, &opts).await,
+        Command::Rooms { opts } => rooms::run(url, pid, &keys, &opts).await,
         Command::Smoke => smoke(url, pid, &keys).await,
     }
 }
@@ -186,6 +193,17 @@ async fn smoke(
         &idle::IdleOpts {
             connections: 10,
             concurrency: 4,
+        },
+    )
+    .await?;
+    ok &= rooms::run(
+        url,
+        pid,
+        keys,
+        &rooms::RoomsOpts {
+            rooms: 30,
+            lists: 20,
+            concurrency: 2,
         },
     )
     .await?;
