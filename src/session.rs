@@ -117,6 +117,15 @@ pub struct Session {
 
 type Ctx = ws::WebsocketContext<Session>;
 
+/// Closes the connection with `code` and a reason, and stops the session.
+fn close(ctx: &mut Ctx, code: ws::CloseCode, why: &str) {
+    ctx.close(Some(ws::CloseReason {
+        code,
+        description: Some(why.into()),
+    }));
+    ctx.stop();
+}
+
 impl Session {
     pub fn new(
         registry: Addr<Registry>,
@@ -155,11 +164,11 @@ impl Session {
             return false;
         }
         log::warn!("session {} closed: too slow to read its messages", self.id);
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::Policy,
-            description: Some("send queue full: reconnect and catch up from history".into()),
-        }));
-        ctx.stop();
+        close(
+            ctx,
+            ws::CloseCode::Policy,
+            "send queue full: reconnect and catch up from history",
+        );
         true
     }
 
@@ -217,11 +226,7 @@ impl Session {
             self.fail(ctx, id, ErrorCode::RateLimited);
             if self.refused_in_row >= self.settings.rate_limit.close_after {
                 log::warn!("session {} closed for flooding", self.id);
-                ctx.close(Some(ws::CloseReason {
-                    code: ws::CloseCode::Policy,
-                    description: Some("rate limit exceeded".into()),
-                }));
-                ctx.stop();
+                close(ctx, ws::CloseCode::Policy, "rate limit exceeded");
             }
             return;
         }
@@ -653,11 +658,11 @@ impl Actor for Session {
         ctx.run_later(deadline, move |act, ctx| {
             if act.user.is_none() {
                 log::info!("session {} closed: no login within {deadline:?}", act.id);
-                ctx.close(Some(ws::CloseReason {
-                    code: ws::CloseCode::Policy,
-                    description: Some("log in sooner (limits.login_deadline_secs)".into()),
-                }));
-                ctx.stop();
+                close(
+                    ctx,
+                    ws::CloseCode::Policy,
+                    "log in sooner (limits.login_deadline_secs)",
+                );
             }
         });
         let timeout = self.settings.heartbeat_timeout();
@@ -713,11 +718,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         // make the server decode megabytes.
         if self.user.is_none() && len > self.settings.limits.login_frame_bytes {
             log::info!("session {}: {len}-byte frame before login", self.id);
-            ctx.close(Some(ws::CloseReason {
-                code: ws::CloseCode::Size,
-                description: Some("frame too large before login".into()),
-            }));
-            ctx.stop();
+            close(ctx, ws::CloseCode::Size, "frame too large before login");
             return;
         }
         match item {
@@ -731,11 +732,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
             }
             Err(ws::ProtocolError::Overflow) => {
                 log::info!("session {}: frame over the size limit", self.id);
-                ctx.close(Some(ws::CloseReason {
-                    code: ws::CloseCode::Size,
-                    description: Some("frame too large".into()),
-                }));
-                ctx.stop();
+                close(ctx, ws::CloseCode::Size, "frame too large");
             }
             Err(e) => {
                 log::info!("session {}: websocket protocol error: {e}", self.id);
