@@ -30,6 +30,9 @@ use crate::validate::fold_room_name;
 
 pub type RegistryResult<T> = Result<T, Failure>;
 
+/// Most users whose parsed keys the Registry keeps (about 2 KiB each).
+const USER_CACHE: usize = 50_000;
+
 struct RoomEntry {
     record: RoomRecord,
     members: IndexSet<String>,
@@ -241,6 +244,26 @@ impl Registry {
         }
     }
 
+    /// Keeps a user's parsed keys for later logins. The cache is bounded:
+    /// past [`USER_CACHE`] entries, users without a connection are dropped
+    /// (they are read from the store again when they next log in).
+    fn cache_user(&mut self, user: Arc<User>) -> Arc<User> {
+        if self.users.len() >= USER_CACHE && !self.users.contains_key(&user.username) {
+            let before = self.users.len();
+            let online = &self.online;
+            self.users
+                .retain(|name, _| online.get(name).is_some_and(|s| !s.is_empty()));
+            log::info!(
+                "user cache full: dropped {} offline users",
+                before - self.users.len()
+            );
+        }
+        self.users
+            .entry(user.username.clone())
+            .or_insert(user)
+            .clone()
+    }
+
     /// Rooms the user belongs to, plus joins and creations in flight.
     fn room_count(&self, username: &str) -> usize {
         self.user_rooms.get(username).map_or(0, |s| s.len())
@@ -324,7 +347,7 @@ impl Handler<Register> for Registry {
         Box::pin(create.into_actor(self).map(move |res, act, _| match res {
             Ok(()) => {
                 log::info!("registered {}", user.username);
-                act.users.insert(user.username.clone(), user);
+                act.cache_user(user);
                 Ok(())
             }
             Err(StoreError::Conflict(_)) => Err(ErrorCode::UsernameTaken.into()),
@@ -353,7 +376,7 @@ impl Handler<LookupUser> for Registry {
                 .map_err(internal)?
                 .ok_or(Failure::from(ErrorCode::UnknownUser))?;
             let user = User::from_record(&record).map_err(internal)?;
-            Ok(act.users.entry(record.username).or_insert(user).clone())
+            Ok(act.cache_user(user))
         }))
     }
 }

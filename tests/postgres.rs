@@ -204,3 +204,33 @@ async fn losing_the_database_fails_sends_and_health_then_recovers() {
     proxy.cut();
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn sslmode_require_connects_over_tls() {
+    let Some(db) = database().await else { return };
+    let admin = common::pg_connect(&db.url).await.unwrap();
+    let ssl: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    if ssl != "on" {
+        println!("SKIP postgres tls: this server has ssl = {ssl}");
+        db.drop_now().await;
+        return;
+    }
+    let url = format!("{}?sslmode=require", db.url);
+    let t = TestServer::with(|s| s.store.url = url.clone());
+    let (mut alice, _bob, rid) = t.pair("Tls").await;
+    alice.send_text(&rid, "over tls").await.unwrap();
+    let name = url::Url::parse(&db.url).unwrap().path()[1..].to_owned();
+    let tls_backends: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = $1 AND s.ssl AND a.pid <> pg_backend_pid()",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tls_backends > 0, "the server's connections are not TLS");
+    t.stop().await;
+    drop(admin);
+    db.drop_now().await;
+}

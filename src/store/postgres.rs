@@ -19,6 +19,10 @@
 //! 503); the pool replaces broken connections, so the server serves again
 //! when the database returns, without a restart.
 //!
+//! Connections use TLS when the server offers it (`sslmode=prefer`, the
+//! default) or must (`sslmode=require`, as Heroku Postgres does), through
+//! rustls; like libpq's `require`, the server certificate is not verified.
+//!
 //! Wrapped keys are one blob per message, in the SQLite store's format
 //! ([`encode_keys`]); history walks the user's membership periods.
 
@@ -26,10 +30,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use rustls_tokio_postgres::{config_no_verify, MakeRustlsConnect};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row, Statement, Transaction};
+use tokio_postgres::{Row, Statement, Transaction};
 
 use super::keyblob::{encode_keys, find_key};
 use super::{
@@ -166,9 +171,14 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        // TLS as libpq's `sslmode` says: `prefer` (the default) uses it when
+        // the server offers it, `require` (Heroku Postgres) insists on it,
+        // `disable` never. Like libpq's `require`, the certificate is not
+        // verified: managed databases present certificates of their own CA.
+        let tls = MakeRustlsConnect::new(config_no_verify());
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
