@@ -258,6 +258,34 @@ impl Connected {
         Ok(())
     }
 
+    /// Trusts `m`'s keys if their fingerprint is `wanted` (the one the user
+    /// compared with them); refuses, changing nothing, if the server serves
+    /// other keys. Returns the pin it replaced, if different.
+    pub fn trust(
+        &mut self,
+        m: &e2ee_chat::protocol::Member,
+        wanted: [u8; 32],
+    ) -> CliResult<Option<Pin>> {
+        let user = escape(&m.username);
+        let served = e2ee_chat::crypto::fingerprint(&m.sign_key, &m.enc_key);
+        if served != wanted {
+            return Err(format!(
+                "NOT trusted: the server serves keys for {user} with fingerprint\n  {}\n\
+                 which is not the one you gave\n  {}\n\
+                 Check it with {user} again; the server may be lying about their keys.",
+                fingerprint_display(&served),
+                fingerprint_display(&wanted)
+            ));
+        }
+        self.client
+            .pin_keys(&m.username, &m.sign_key, &m.enc_key)
+            .map_err(|e| e.to_string())?;
+        let pin = Pin::new(&m.sign_key, &m.enc_key);
+        let old = self.pins.users.insert(m.username.clone(), pin.clone());
+        self.profile.save_pins(&self.pins)?;
+        Ok(old.filter(|o| *o != pin))
+    }
+
     /// A room by id, or by name (any case) among listed and joined rooms.
     pub async fn resolve(&mut self, room: &str) -> CliResult<RoomSummary> {
         if let Some(r) = self
@@ -527,58 +555,51 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
             let m = found.ok_or_else(|| {
                 format!("{user} is in none of your rooms; join one of theirs first")
             })?;
-            let served = e2ee_chat::crypto::fingerprint(&m.sign_key, &m.enc_key);
-            if served != wanted {
-                return Err(format!(
-                    "NOT trusted: the server serves keys for {user} with fingerprint\n  {}\n\
-                     which is not the one you gave\n  {}\n\
-                     Check it with {user} again; the server may be lying about their keys.",
-                    fingerprint_display(&served),
-                    fingerprint_display(&wanted)
-                ));
-            }
-            let pin = Pin::new(&m.sign_key, &m.enc_key);
-            let old = s.pins.users.insert(user.clone(), pin.clone());
-            s.profile.save_pins(&s.pins)?;
-            s.client
-                .pin_keys(&user, &m.sign_key, &m.enc_key)
-                .map_err(err)?;
-            if let Some(old) = old.filter(|o| *o != pin) {
+            if let Some(old) = s.trust(&m, wanted)? {
                 println!("{user}: was {}", old.display());
             }
-            println!("{user}: now trusted {}", pin.display());
+            println!(
+                "{user}: now trusted {}",
+                Pin::new(&m.sign_key, &m.enc_key).display()
+            );
         }
         Command::Kick { room, user } => {
-            let r = s.resolve(&room).await?;
-            owner_op(s, owner_request(OwnerCmd::Kick(user.clone()), &r.room_id)).await?;
-            println!("kicked {} from {}", escape(&user), escape(&r.name));
+            let who = escape(&user);
+            owner_op(s, &room, OwnerCmd::Kick(user), |r| {
+                format!("kicked {who} from {r}")
+            })
+            .await?;
         }
         Command::Ban { room, user } => {
-            let r = s.resolve(&room).await?;
-            owner_op(s, owner_request(OwnerCmd::Ban(user.clone()), &r.room_id)).await?;
-            println!("banned {} from {}", escape(&user), escape(&r.name));
+            let who = escape(&user);
+            owner_op(s, &room, OwnerCmd::Ban(user), |r| {
+                format!("banned {who} from {r}")
+            })
+            .await?;
         }
         Command::Unban { room, user } => {
-            let r = s.resolve(&room).await?;
-            owner_op(s, owner_request(OwnerCmd::Unban(user.clone()), &r.room_id)).await?;
-            println!("unbanned {} in {}", escape(&user), escape(&r.name));
+            let who = escape(&user);
+            owner_op(s, &room, OwnerCmd::Unban(user), |r| {
+                format!("unbanned {who} in {r}")
+            })
+            .await?;
         }
         Command::Rename { room, name } => {
-            let r = s.resolve(&room).await?;
-            owner_op(s, owner_request(OwnerCmd::Rename(name.clone()), &r.room_id)).await?;
-            println!("renamed {} to {}", escape(&r.name), escape(&name));
+            let new = escape(&name);
+            owner_op(s, &room, OwnerCmd::Rename(name), |r| {
+                format!("renamed {r} to {new}")
+            })
+            .await?;
         }
         Command::SetPassword { room, password } => {
-            let r = s.resolve(&room).await?;
-            let set = password.is_some();
-            owner_op(s, owner_request(OwnerCmd::Password(password), &r.room_id)).await?;
-            let what = if set { "set" } else { "removed" };
-            println!("password {what} for {}", escape(&r.name));
+            let what = if password.is_some() { "set" } else { "removed" };
+            owner_op(s, &room, OwnerCmd::Password(password), |r| {
+                format!("password {what} for {r}")
+            })
+            .await?;
         }
         Command::Delete { room } => {
-            let r = s.resolve(&room).await?;
-            owner_op(s, owner_request(OwnerCmd::Delete, &r.room_id)).await?;
-            println!("deleted {}", escape(&r.name));
+            owner_op(s, &room, OwnerCmd::Delete, |r| format!("deleted {r}")).await?
         }
         Command::Keygen { .. }
         | Command::Register
@@ -613,6 +634,19 @@ pub fn owner_request(cmd: OwnerCmd, room_id: &str) -> Request {
     }
 }
 
-async fn owner_op(s: &mut Connected, req: Request) -> CliResult<()> {
-    s.client.request_ok(&req).await.map_err(|e| e.to_string())
+/// Runs an owner operation on ROOM (id or name) and prints what `done`
+/// says of it, given the room's (escaped) name.
+async fn owner_op(
+    s: &mut Connected,
+    room: &str,
+    cmd: OwnerCmd,
+    done: impl FnOnce(&str) -> String,
+) -> CliResult<()> {
+    let r = s.resolve(room).await?;
+    s.client
+        .request_ok(&owner_request(cmd, &r.room_id))
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{}", done(&escape(&r.name)));
+    Ok(())
 }

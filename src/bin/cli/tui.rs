@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use e2ee_chat::client::display::escape;
 
-use crate::profile::{CliResult, Pin, Profile};
+use crate::profile::{CliResult, Profile};
 use crate::{
     connect, describe, fmt_time, owner_request, parse_fingerprint, render, Connected, OwnerCmd,
     Shown,
@@ -379,20 +379,7 @@ async fn command(
                 .client
                 .members_of_any(&user)
                 .ok_or_else(|| format!("{} is in none of your rooms", escape(&user)))?;
-            let served = e2ee_chat::crypto::fingerprint(&found.sign_key, &found.enc_key);
-            if served != wanted {
-                return Err(format!(
-                    "NOT trusted: the server serves another fingerprint for {}: {}",
-                    escape(&user),
-                    e2ee_chat::crypto::fingerprint_display(&served)
-                ));
-            }
-            let pin = Pin::new(&found.sign_key, &found.enc_key);
-            c.client
-                .pin_keys(&user, &found.sign_key, &found.enc_key)
-                .map_err(err)?;
-            c.pins.users.insert(user.clone(), pin);
-            c.profile.save_pins(&c.pins)?;
+            c.trust(&found, wanted)?;
             let _ = ui.send(Ui::Info(None, format!("{} trusted", escape(&user))));
         }
     }
