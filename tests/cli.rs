@@ -352,6 +352,33 @@ async fn interactive_chat_in_a_real_terminal() {
         history.contains("alice ✓ typed in the terminal"),
         "{history}"
     );
+    // More lines than the window holds: PageUp shows the older ones.
+    let mut carol = t.user("carol", 2).await;
+    let rid = carol.list_rooms(None, None).await.unwrap().0[0]
+        .room_id
+        .clone();
+    carol.join_room(&rid, None).await.unwrap();
+    for i in 0..40 {
+        carol
+            .send_text(&rid, &format!("scroll-{i:02}"))
+            .await
+            .unwrap();
+    }
+    let screen = screen_shows(&session, "scroll-39").await;
+    assert!(!screen.contains("scroll-05"), "{screen}");
+    for _ in 0..3 {
+        tmux(&["send-keys", "-t", &session, "PPage"]);
+    }
+    let screen = screen_shows(&session, "scroll-05").await;
+    assert!(
+        screen.contains("scroll-05") && screen.contains("newer lines"),
+        "{screen}"
+    );
+    for _ in 0..3 {
+        tmux(&["send-keys", "-t", &session, "NPage"]);
+    }
+    let screen = screen_shows(&session, "scroll-39").await;
+    assert!(!screen.contains("newer lines"), "{screen}");
     // /help lists the owner commands; an unknown command says so; /kick
     // works from the chat window and shows in the timeline.
     tmux(&["send-keys", "-t", &session, "/help", "Enter"]);

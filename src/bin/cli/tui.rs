@@ -50,7 +50,7 @@ const HELP: &[&str] = &[
     "commands: /join ROOM [PASSWORD]  /create NAME [PASSWORD]  /leave  /members",
     "          /trust USER FINGERPRINT (after comparing it with them)",
     "  owner:  /kick USER  /ban USER  /unban USER  /rename NAME  /password [PASSWORD]  /delete",
-    "          /help  /quit  ·  Tab / Shift-Tab: next / previous room",
+    "          /help  /quit  ·  Tab / Shift-Tab: next / previous room  ·  PageUp / PageDown: scroll",
 ];
 
 pub async fn run(profile: Profile, url: String, keys: KeyPair) -> CliResult<()> {
@@ -394,6 +394,8 @@ struct Screen {
     status: String,
     rooms: Vec<RoomSummary>,
     current: usize,
+    /// Lines scrolled up from the newest in the current room (PageUp/PageDown).
+    scroll: usize,
     lines: HashMap<String, Vec<Line<'static>>>,
     seen: HashMap<String, u64>,
     unread: HashMap<String, usize>,
@@ -461,9 +463,20 @@ impl Screen {
         }
         let n = self.rooms.len() as isize;
         self.current = ((self.current as isize + delta).rem_euclid(n)) as usize;
+        self.scroll = 0;
         if let Some(id) = self.room_id() {
             self.unread.remove(&id);
         }
+    }
+
+    /// Scrolls the current room by half a screen (`pages` > 0: back in time).
+    fn scroll_by(&mut self, pages: isize) {
+        let len = self
+            .room_id()
+            .and_then(|id| self.lines.get(&id))
+            .map_or(0, Vec::len);
+        let step = 10isize * pages;
+        self.scroll = (self.scroll as isize + step).clamp(0, len as isize) as usize;
     }
 
     fn draw(&self, f: &mut ratatui::Frame) {
@@ -516,17 +529,41 @@ impl Screen {
             cols[0],
         );
         let id = self.room_id().unwrap_or_default();
-        let title = self
-            .rooms
-            .get(self.current)
-            .map_or("no room: /join NAME or /create NAME".to_string(), |r| {
-                escape(&r.name)
-            });
         let lines = self.lines.get(&id).cloned().unwrap_or_default();
         let height = cols[1].height.saturating_sub(2) as usize;
-        let start = lines.len().saturating_sub(height);
+        // Scrolled back: the window ends `scroll` lines above the newest.
+        let end = lines
+            .len()
+            .saturating_sub(self.scroll)
+            .max(height.min(lines.len()));
+        // Walk back from `end` while the lines, wrapped, still fit.
+        let width = cols[1].width.saturating_sub(2).max(1) as usize;
+        let mut start = end;
+        let mut used = 0;
+        while start > 0 {
+            let needed = lines[start - 1].width().div_ceil(width).max(1);
+            if used + needed > height {
+                break;
+            }
+            used += needed;
+            start -= 1;
+        }
+        let title = self.rooms.get(self.current).map_or(
+            "no room: /join NAME or /create NAME".to_string(),
+            |r| {
+                let name = escape(&r.name);
+                if end < lines.len() {
+                    format!(
+                        "{name} (scrolled back: {} newer lines, PageDown)",
+                        lines.len() - end
+                    )
+                } else {
+                    name
+                }
+            },
+        );
         f.render_widget(
-            Paragraph::new(lines[start..].to_vec())
+            Paragraph::new(lines[start..end].to_vec())
                 .wrap(Wrap { trim: false })
                 .block(Block::default().borders(Borders::ALL).title(title)),
             cols[1],
@@ -689,6 +726,8 @@ fn screen(
                 (KeyCode::Tab, _) | (KeyCode::Char('n'), KeyModifiers::CONTROL) => s.switch(1),
                 (KeyCode::BackTab, _) | (KeyCode::Char('p'), KeyModifiers::CONTROL) => s.switch(-1),
                 (KeyCode::Enter, _) if !s.submit(&cmds) => return Ok(()),
+                (KeyCode::PageUp, _) => s.scroll_by(1),
+                (KeyCode::PageDown, _) => s.scroll_by(-1),
                 (KeyCode::Backspace, _) => {
                     s.input.pop();
                 }
