@@ -227,11 +227,17 @@ impl RoomActor {
 
     /// Records a store completion and releases every send at the front of
     /// the queue that is complete, in order.
-    fn complete(&mut self, ticket: u64, outcome: Result<Appended, StoreError>) {
+    fn complete(
+        &mut self,
+        ticket: u64,
+        outcome: Result<Appended, StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
         if let Some(p) = self.pending.iter_mut().find(|p| p.ticket == ticket) {
             p.outcome = Some(outcome);
         }
         let mut advanced = false;
+        let mut stale = Vec::new();
         while self.pending.front().is_some_and(|p| p.outcome.is_some()) {
             let p = self.pending.pop_front().expect("front exists");
             let result = match p.outcome.expect("checked") {
@@ -243,6 +249,10 @@ impl RoomActor {
                     }
                     Ok(appended)
                 }
+                Err(StoreError::StaleMembers) => {
+                    stale.push(p.reply);
+                    continue;
+                }
                 Err(e) => Err(internal(e)),
             };
             let _ = p.reply.send(result);
@@ -250,6 +260,80 @@ impl RoomActor {
         if advanced {
             self.publish();
         }
+        if !stale.is_empty() {
+            self.reload_members(ctx, stale);
+        }
+    }
+
+    /// The store refused sends whose key sets were this room's members:
+    /// another process changed them. Takes the committed members, then
+    /// answers those sends `stale_members` with them, so the senders re-wrap.
+    fn reload_members(
+        &mut self,
+        ctx: &mut Context<Self>,
+        waiting: Vec<oneshot::Sender<RoomResult<Appended>>>,
+    ) {
+        let load = self.store.load_room(&self.record.room_id);
+        ctx.spawn(load.into_actor(self).map(move |res, act, _| {
+            let answer = match res {
+                Ok(state) => {
+                    act.adopt(state);
+                    let mut f = Failure::new(
+                        ErrorCode::StaleMembers,
+                        "the room's members changed; re-wrap for these members",
+                    );
+                    f.members = Some(act.member_objects());
+                    Err(f)
+                }
+                Err(e) => Err(internal(e)),
+            };
+            for reply in waiting {
+                let _ = reply.send(answer.clone());
+            }
+        }));
+    }
+
+    /// Takes the store's member set (changed by another process): members
+    /// gone are dropped (`member_left`), new ones added (`member_joined`);
+    /// bans recorded there are added to ours.
+    fn adopt(&mut self, state: RoomState) {
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|name| !state.members.iter().any(|m| &m.user.username == *name))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.drop_member(&name, "left");
+        }
+        for m in state.members {
+            if self.members.contains_key(&m.user.username) {
+                continue;
+            }
+            let Ok(user) = User::from_record(&m.user) else {
+                log::error!("bad stored key for {}", m.user.username);
+                continue;
+            };
+            let member = user.member(false, m.joined_at);
+            self.members.insert(
+                m.user.username.clone(),
+                MemberState {
+                    user,
+                    joined_at: m.joined_at,
+                    sessions: HashMap::new(),
+                },
+            );
+            if self.online_count() > 0 {
+                self.broadcast(
+                    &ServerMsg::MemberJoined {
+                        room_id: self.record.room_id.clone(),
+                        member,
+                    },
+                    Some(&m.user.username),
+                );
+            }
+        }
+        self.bans.extend(state.bans);
     }
 
     fn fan_out(&mut self, msg: &NewMessage, at: Appended) {
@@ -335,22 +419,8 @@ impl Actor for RoomActor {
         ctx.wait(load.into_actor(self).map(
             |res: Result<RoomState, StoreError>, act, ctx| match res {
                 Ok(state) => {
-                    for m in state.members {
-                        match User::from_record(&m.user) {
-                            Ok(user) => {
-                                act.members.insert(
-                                    m.user.username.clone(),
-                                    MemberState {
-                                        user,
-                                        joined_at: m.joined_at,
-                                        sessions: HashMap::new(),
-                                    },
-                                );
-                            }
-                            Err(e) => log::error!("bad stored key for {}: {e}", m.user.username),
-                        }
-                    }
-                    act.bans = state.bans.into_iter().collect();
+                    // Nobody is attached yet, so adopting announces nothing.
+                    act.adopt(state);
                     log::debug!(
                         "room {} loaded: {} members, last seq {}",
                         act.record.room_id,
@@ -746,6 +816,7 @@ impl Handler<SendMessage> for RoomActor {
                 .into_iter()
                 .map(|(k, v)| (k, v.into_vec()))
                 .collect(),
+            check_members: true,
         });
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -760,7 +831,7 @@ impl Handler<SendMessage> for RoomActor {
         ctx.spawn(
             append
                 .into_actor(self)
-                .map(move |res, act, _| act.complete(ticket, res)),
+                .map(move |res, act, ctx| act.complete(ticket, res, ctx)),
         );
         Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) })
     }

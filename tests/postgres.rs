@@ -234,3 +234,45 @@ async fn sslmode_require_connects_over_tls() {
     drop(admin);
     db.drop_now().await;
 }
+
+#[tokio::test]
+async fn a_member_who_joined_on_another_process_gets_the_key() {
+    let Some(db) = database().await else { return };
+    let url = db.url.clone();
+    let a = TestServer::with(|s| s.store.url = url.clone());
+    let (mut alice, _bob, rid) = a.pair("Across").await;
+    alice.send_text(&rid, "before carol").await.unwrap();
+    // carol joins through another process; alice's process has not heard.
+    let b = TestServer::with(|s| s.store.url = url.clone());
+    let mut carol = b.user("carol", 2).await;
+    carol.join_room(&rid, None).await.unwrap();
+    // alice wraps for the members she knows (alice, bob): the store sees
+    // the committed set differs, her process takes it, and her client
+    // re-wraps for carol too (announcing her first).
+    let (seq, _) = alice.send_text(&rid, "after carol").await.unwrap();
+    assert_eq!(seq, 2);
+    let told: Vec<String> = alice
+        .take_notices()
+        .into_iter()
+        .map(|n| match n {
+            e2ee_chat::client::Notice::NewRecipient { username, .. } => username,
+        })
+        .collect();
+    assert!(told.contains(&"carol".to_string()), "{told:?}");
+    let names: Vec<String> = alice
+        .get_members(&rid)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.username)
+        .collect();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+    // carol, on the other process, holds the key for the new message.
+    carol.get_members(&rid).await.unwrap();
+    let (msgs, _) = carol.history(&rid, None, None, None).await.unwrap();
+    assert_eq!(msgs.len(), 1, "only what was sent while carol was a member");
+    assert_eq!(carol.decrypt(&msgs[0]).unwrap().text, "after carol");
+    a.stop().await;
+    b.stop().await;
+    db.drop_now().await;
+}

@@ -34,6 +34,11 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store error: {0}")]
     Backend(String),
+    /// An append whose key set is not the room's committed member set (a
+    /// store shared by several processes checks this inside the append's
+    /// transaction; another process changed the members).
+    #[error("the key set is not the room's committed member set")]
+    StaleMembers,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +94,12 @@ pub struct NewMessage {
     pub signature: Vec<u8>,
     /// (recipient, wrapped key)
     pub keys: Vec<(String, Vec<u8>)>,
+    /// Refuse (`StaleMembers`) unless the recipients are exactly the room's
+    /// committed members. The room has checked its own view already; a store
+    /// that several processes share (PostgreSQL) checks again inside the
+    /// append, where another process's membership change is visible. SQLite
+    /// serves one process, whose room view is the truth, and ignores it.
+    pub check_members: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -411,12 +411,22 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
         // A copy stored before (in this transaction or committed) answers
         // with its seq and takes no new one; otherwise the room row is
         // locked (until COMMIT) to take the next seq. Zero rows: no room.
+        // The key set must be the committed member set (several processes
+        // may change members): otherwise one row with `stale` set.
         WriteOp::Append(m) => (
             "WITH existing AS (
                 SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3
+             ), committed AS (
+                SELECT COALESCE(array_agg(username ORDER BY username COLLATE \"C\"), '{}') AS names
+                FROM members WHERE room_id = $1
+             ), stale AS (
+                SELECT 1 FROM committed
+                WHERE $11 AND names IS DISTINCT FROM $10::text[] AND NOT EXISTS (SELECT 1 FROM existing)
+                  AND EXISTS (SELECT 1 FROM rooms WHERE room_id = $1)
              ), bumped AS (
                 UPDATE rooms SET last_seq = last_seq + 1
                 WHERE room_id = $1 AND NOT EXISTS (SELECT 1 FROM existing)
+                  AND NOT EXISTS (SELECT 1 FROM stale)
                 RETURNING last_seq
              ), inserted AS (
                 INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, key_commitment,
@@ -424,9 +434,11 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 SELECT $1, last_seq, $4, $3, $2, $5, $6, $7, $8, $9 FROM bumped
                 RETURNING seq, ts
              )
-             SELECT seq, ts, false FROM inserted
+             SELECT seq, ts, false, false FROM inserted
              UNION ALL
-             SELECT seq, ts, true FROM existing",
+             SELECT seq, ts, true, false FROM existing
+             UNION ALL
+             SELECT 0, 0, false, true FROM stale",
             vec![
                 p(m.room_id.clone()),
                 p(m.sender.clone()),
@@ -437,6 +449,8 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 p(m.ciphertext.clone()),
                 p(m.signature.clone()),
                 p(encode_keys(&m.keys)),
+                p(key_names(&m.keys)),
+                p(m.check_members),
             ],
         ),
         WriteOp::Purge(_) => return None,
@@ -449,11 +463,21 @@ fn param_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect()
 }
 
+/// The recipients' names in byte order (`COLLATE "C"` in the statement).
+fn key_names(keys: &[(String, Vec<u8>)]) -> Vec<String> {
+    let mut names: Vec<String> = keys.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    names
+}
+
 /// What a write's statement answered.
 fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
     match op {
         WriteOp::Append(_) => {
             let row = rows.first().ok_or(StoreError::NotFound)?;
+            if row.get::<_, bool>(3) {
+                return Err(StoreError::StaleMembers);
+            }
             Ok(Done::Appended(Appended {
                 seq: row.get::<_, i64>(0) as u64,
                 ts: row.get::<_, i64>(1) as u64,
