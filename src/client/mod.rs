@@ -590,9 +590,13 @@ impl Client {
     /// breaks the protocol's pattern, stops the send. Every member this
     /// client has not encrypted to in the room before is announced first.
     fn recipients(&mut self, room_id: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let members = self.members.get(room_id).cloned().unwrap_or_default();
+        let members = self
+            .members
+            .get(room_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut out = Vec::with_capacity(members.len());
-        for m in &members {
+        for m in members {
             if crate::validate::username(&m.username).is_err() {
                 return Err(ClientError::BadName(m.username.clone()));
             }
