@@ -36,11 +36,13 @@ async fn half_open_handshakes_are_dropped_and_others_served() {
     t.stop().await;
 }
 
-/// Reads frames from a raw websocket until `n` of `kind` arrived.
+/// Reads frames from a raw websocket until `n` of `kind` arrived, publishing
+/// the count in `progress` as it goes.
 async fn count_frames(
     ws: e2ee_chat::client::Ws,
     kind: &'static str,
     n: usize,
+    progress: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) -> e2ee_chat::client::Ws {
     use futures_util::StreamExt;
     let mut ws = ws;
@@ -54,6 +56,7 @@ async fn count_frames(
         if let tokio_tungstenite::tungstenite::Message::Binary(b) = frame {
             if e2ee_chat::protocol::peek_type(&b) == kind.as_bytes() {
                 seen += 1;
+                progress.store(seen, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
@@ -83,10 +86,13 @@ async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
     let body = seal_message(&me.keys, &rid, &"x".repeat(16 * 1024), &recipients).unwrap();
     // carol never reads. alice sends far more than carol's queue (512 frames)
     // and socket buffers (~10 MiB on loopback) hold: 2,500 × 16 KiB ≈ 40 MiB,
-    // pipelined, while alice and bob read (with room to spare, so a loaded
-    // machine does not make them "slow" too).
+    // pipelined, while alice and bob read. alice keeps at most 256 messages
+    // ahead of what bob has read, so bob stays under his queue of 512 however
+    // loaded the machine is (CI once starved bob's reader and he was dropped
+    // as slow too); carol, who reads nothing, still overflows.
     let n = 2500usize;
-    let bob_reads = tokio::spawn(count_frames(bob.into_ws(), "message", n));
+    let bob_seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let bob_reads = tokio::spawn(count_frames(bob.into_ws(), "message", n, bob_seen.clone()));
     use futures_util::{SinkExt, StreamExt};
     let (mut sink, stream) = alice.into_ws().split();
     let alice_reads = tokio::spawn(async move {
@@ -107,6 +113,9 @@ async fn a_client_that_never_reads_is_dropped_and_memory_stays_bounded() {
         ws
     });
     for i in 0..n as u64 {
+        while i as usize >= bob_seen.load(std::sync::atomic::Ordering::Relaxed) + 256 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let mut b = body.clone();
         let mut id = vec![0u8; 16];
         id[..8].copy_from_slice(&i.to_be_bytes());
