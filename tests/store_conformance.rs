@@ -117,6 +117,11 @@ async fn conformance(s: SharedStore) {
         .collect();
     assert_eq!(names, ["alice", "bob", "carol"]);
     assert_eq!(state.members[1].user.enc_key, user("bob", 1).enc_key);
+    let record = state
+        .record
+        .expect("the room's record comes with its state");
+    assert_eq!((record.name.as_str(), record.last_seq), ("General", 0));
+    assert!(s.load_room("r-none").await.unwrap().record.is_none());
 
     // Appends: seq from 1, gapless; idempotent by (room, sender, msg_id).
     let m1 = s
@@ -165,6 +170,26 @@ async fn conformance(s: SharedStore) {
     assert_eq!(
         s.find_message("r-1", "alice", &[9; 16]).await.unwrap(),
         None
+    );
+    // Another process's gap fill: whole messages after a seq, every key.
+    let after = s.messages_after("r-1", 1, 3).await.unwrap();
+    let seqs: Vec<u64> = after.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    let sent = message("r-1", "bob", 1, &["alice", "bob", "carol"]);
+    let got = &after[0].message;
+    assert_eq!(
+        (&got.sender, &got.msg_id, &got.ciphertext, &got.keys),
+        (&sent.sender, &sent.msg_id, &sent.ciphertext, &sent.keys)
+    );
+    assert_eq!(
+        (&got.nonce, &got.key_commitment, &got.signature),
+        (&sent.nonce, &sent.key_commitment, &sent.signature)
+    );
+    assert!(after[0].ts > 0);
+    assert!(s.messages_after("r-1", 52, 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.load_room("r-1").await.unwrap().record.unwrap().last_seq,
+        52
     );
 
     // History: only messages the requester holds a key for.

@@ -39,6 +39,24 @@ pub fn find_key(blob: &[u8], username: &str) -> Option<Vec<u8>> {
     None
 }
 
+/// Every (recipient, key) of a blob made by [`encode_keys`]; `None` when it
+/// is malformed.
+pub fn decode_keys(blob: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
+    let count = u16::from_be_bytes(blob.get(0..2)?.try_into().ok()?);
+    let mut out = Vec::with_capacity(count as usize);
+    let mut at = 2;
+    for _ in 0..count {
+        let name_len = *blob.get(at)? as usize;
+        let name = std::str::from_utf8(blob.get(at + 1..at + 1 + name_len)?).ok()?;
+        at += 1 + name_len;
+        let key_len = u16::from_be_bytes(blob.get(at..at + 2)?.try_into().ok()?) as usize;
+        at += 2;
+        out.push((name.to_owned(), blob.get(at..at + key_len)?.to_vec()));
+        at += key_len;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +71,8 @@ mod tests {
         assert_eq!(find_key(&blob, "alice"), Some(vec![1u8; 256]));
         assert_eq!(find_key(&blob, "bob"), Some(vec![2u8; 512]));
         assert_eq!(find_key(&blob, "carol"), None);
+        assert_eq!(decode_keys(&blob), Some(keys.clone()));
+        assert_eq!(decode_keys(&blob[..100]), None);
         assert_eq!(
             find_key(&blob[..100], "bob"),
             None,

@@ -49,7 +49,7 @@ pub struct UserRecord {
     pub created_at: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RoomRecord {
     pub room_id: String,
     pub name: String,
@@ -77,9 +77,21 @@ pub struct MemberRecord {
 /// What a RoomActor loads when it starts.
 #[derive(Debug, Clone, Default)]
 pub struct RoomState {
+    /// The room's record as committed (`None`: the room is gone). Rooms
+    /// take `last_seq` from here as the point their live delivery starts.
+    pub record: Option<RoomRecord>,
     /// Members in join order (earliest first), with their keys.
     pub members: Vec<MemberRecord>,
     pub bans: Vec<String>,
+}
+
+/// A stored message with every recipient's wrapped key, as another process
+/// delivers it (cluster gap fill).
+#[derive(Debug, Clone)]
+pub struct RoomMessage {
+    pub seq: u64,
+    pub ts: u64,
+    pub message: NewMessage,
 }
 
 /// A message to store; `seq` and `ts` are assigned by the store.
@@ -260,6 +272,15 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a message durably, assigning the room's next seq (see module doc).
     fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended>;
     /// The stored (seq, ts) of a message, if (room, sender, msg_id) exists.
+    /// Up to `limit` messages of the room after `after_seq`, in seq order,
+    /// with all wrapped keys: what a process missed of another's live
+    /// delivery.
+    fn messages_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<RoomMessage>>;
     fn find_message(
         &self,
         room_id: &str,

@@ -41,8 +41,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
-    PurgePolicy, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage,
-    UserRecord,
+    PurgePolicy, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture,
+    StoredMessage, UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::fold_room_name;
@@ -545,7 +545,20 @@ impl Store for MongoStore {
                 .iter()
                 .map(|b| get_str(b, "username"))
                 .collect::<Result<_, _>>()?;
-            Ok(RoomState { members: out, bans })
+            let record = match c
+                .rooms
+                .find_one(doc! {"_id": &room_id})
+                .await
+                .map_err(err)?
+            {
+                Some(d) => Some(room_from(&d)?),
+                None => None,
+            };
+            Ok(RoomState {
+                record,
+                members: out,
+                bans,
+            })
         })
     }
 
@@ -680,6 +693,54 @@ impl Store for MongoStore {
             }
             rx.await
                 .map_err(|_| StoreError::Unavailable("the store is closed".into()))?
+        })
+    }
+
+    fn messages_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<RoomMessage>> {
+        let room_id = room_id.to_owned();
+        self.run(move |_, c| async move {
+            let after = after_seq.min(i64::MAX as u64) as i64;
+            let docs = collect(
+                c.messages
+                    .find(doc! {"room_id": &room_id, "seq": {"$gt": after}})
+                    .sort(doc! {"seq": 1})
+                    .limit(limit as i64)
+                    .await
+                    .map_err(err)?,
+            )
+            .await?;
+            let mut out = Vec::with_capacity(docs.len());
+            for d in &docs {
+                let keys_doc = d
+                    .get_document("keys")
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                let mut keys = Vec::with_capacity(keys_doc.len());
+                for name in keys_doc.keys() {
+                    keys.push((name.clone(), get_bin(keys_doc, name)?));
+                }
+                keys.sort();
+                out.push(RoomMessage {
+                    seq: get_u64(d, "seq")?,
+                    ts: get_u64(d, "ts")?,
+                    message: NewMessage {
+                        room_id: room_id.clone(),
+                        msg_id: get_bin(d, "msg_id")?,
+                        sender: get_str(d, "sender")?,
+                        nonce: get_bin(d, "nonce")?,
+                        key_commitment: get_bin(d, "key_commitment")?,
+                        ciphertext: get_bin(d, "ciphertext")?,
+                        signature: get_bin(d, "signature")?,
+                        keys,
+                        check_members: false,
+                    },
+                });
+            }
+            Ok(out)
         })
     }
 

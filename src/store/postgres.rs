@@ -36,11 +36,11 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement, Transaction};
 
-use super::keyblob::{encode_keys, find_key};
+use super::keyblob::{decode_keys, encode_keys, find_key};
 use super::{
     Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
-    PurgePolicy, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage,
-    UserRecord,
+    PurgePolicy, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture,
+    StoredMessage, UserRecord,
 };
 use crate::metrics;
 use crate::util::now_ms;
@@ -634,6 +634,21 @@ async fn purge(tx: &Transaction<'_>, policy: PurgePolicy) -> Result<u64, StoreEr
     Ok(deleted)
 }
 
+const ROOM_COLUMNS: &str =
+    "SELECT room_id, name, owner, password_hash, hidden, created_at, last_seq FROM rooms";
+
+fn room_from_row(r: &tokio_postgres::Row) -> RoomRecord {
+    RoomRecord {
+        room_id: r.get(0),
+        name: r.get(1),
+        owner: r.get(2),
+        password_hash: r.get(3),
+        hidden: r.get(4),
+        created_at: r.get::<_, i64>(5) as u64,
+        last_seq: r.get::<_, i64>(6) as u64,
+    }
+}
+
 async fn history_page(
     client: &tokio_postgres::Client,
     room_id: &str,
@@ -718,25 +733,13 @@ impl Store for PostgresStore {
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {
         self.read(|c| async move {
             let rooms = c
-                .query(
-                    "SELECT room_id, name, owner, password_hash, hidden, created_at, last_seq
-                     FROM rooms ORDER BY created_at, room_id",
-                    &[],
-                )
+                .query(&format!("{ROOM_COLUMNS} ORDER BY created_at, room_id"), &[])
                 .await
                 .map_err(err)?;
             let mut entries: Vec<DirectoryEntry> = rooms
                 .iter()
                 .map(|r| DirectoryEntry {
-                    room: RoomRecord {
-                        room_id: r.get(0),
-                        name: r.get(1),
-                        owner: r.get(2),
-                        password_hash: r.get(3),
-                        hidden: r.get(4),
-                        created_at: r.get::<_, i64>(5) as u64,
-                        last_seq: r.get::<_, i64>(6) as u64,
-                    },
+                    room: room_from_row(r),
                     members: Vec::new(),
                 })
                 .collect();
@@ -787,7 +790,16 @@ impl Store for PostgresStore {
                 .iter()
                 .map(|r| r.get(0))
                 .collect();
-            Ok(RoomState { members, bans })
+            let record = c
+                .query_opt(&format!("{ROOM_COLUMNS} WHERE room_id = $1"), &[&room_id])
+                .await
+                .map_err(err)?
+                .map(|r| room_from_row(&r));
+            Ok(RoomState {
+                record,
+                members,
+                bans,
+            })
         })
     }
 
@@ -827,6 +839,49 @@ impl Store for PostgresStore {
         self.write(WriteOp::Append(msg), |done| match done {
             Done::Appended(a) => a,
             _ => unreachable!("an append answers Appended"),
+        })
+    }
+
+    fn messages_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<RoomMessage>> {
+        let room_id = room_id.to_owned();
+        let after = after_seq.min(i64::MAX as u64) as i64;
+        self.read(move |c| async move {
+            let rows = c
+                .query(
+                    "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys,
+                            key_commitment
+                     FROM messages WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    &[&room_id, &after, &(limit as i64)],
+                )
+                .await
+                .map_err(err)?;
+            rows.iter()
+                .map(|r| {
+                    let seq = r.get::<_, i64>(0) as u64;
+                    let keys = decode_keys(r.get::<_, &[u8]>(7))
+                        .ok_or_else(|| StoreError::Backend(format!("bad key blob at seq {seq}")))?;
+                    Ok(RoomMessage {
+                        seq,
+                        ts: r.get::<_, i64>(1) as u64,
+                        message: NewMessage {
+                            room_id: room_id.clone(),
+                            msg_id: r.get(2),
+                            sender: r.get(3),
+                            nonce: r.get(4),
+                            ciphertext: r.get(5),
+                            signature: r.get(6),
+                            keys,
+                            key_commitment: r.get(8),
+                            check_members: false,
+                        },
+                    })
+                })
+                .collect()
         })
     }
 

@@ -27,11 +27,11 @@ use crossbeam_channel::{unbounded, Receiver, Sender};
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
-use super::keyblob::{encode_keys, find_key};
+use super::keyblob::{decode_keys, encode_keys, find_key};
 use super::{
     Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
-    PurgePolicy, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, StoredMessage,
-    UserRecord,
+    PurgePolicy, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture,
+    StoredMessage, UserRecord,
 };
 use crate::metrics;
 use crate::util::now_ms;
@@ -354,6 +354,21 @@ fn user_from_row(row: &rusqlite::Row<'_>, offset: usize) -> rusqlite::Result<Use
     })
 }
 
+const ROOM_COLUMNS: &str =
+    "SELECT room_id, name, owner, password_hash, hidden, created_at, last_seq FROM rooms";
+
+fn room_from_row(r: &rusqlite::Row) -> rusqlite::Result<RoomRecord> {
+    Ok(RoomRecord {
+        room_id: r.get(0)?,
+        name: r.get(1)?,
+        owner: r.get(2)?,
+        password_hash: r.get(3)?,
+        hidden: r.get(4)?,
+        created_at: r.get::<_, i64>(5)? as u64,
+        last_seq: r.get::<_, i64>(6)? as u64,
+    })
+}
+
 const MESSAGE_COLUMNS: &str =
     "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys, key_commitment
      FROM messages WHERE room_id = ?1 AND seq BETWEEN ?2 AND ?3";
@@ -610,22 +625,11 @@ impl Store for SqliteStore {
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {
         self.read(|c| {
             let mut rooms: Vec<DirectoryEntry> = c
-                .prepare(
-                    "SELECT room_id, name, owner, password_hash, hidden, created_at, last_seq
-                     FROM rooms ORDER BY created_at, room_id",
-                )
+                .prepare(&format!("{ROOM_COLUMNS} ORDER BY created_at, room_id"))
                 .and_then(|mut s| {
                     s.query_map([], |r| {
                         Ok(DirectoryEntry {
-                            room: RoomRecord {
-                                room_id: r.get(0)?,
-                                name: r.get(1)?,
-                                owner: r.get(2)?,
-                                password_hash: r.get(3)?,
-                                hidden: r.get(4)?,
-                                created_at: r.get::<_, i64>(5)? as u64,
-                                last_seq: r.get::<_, i64>(6)? as u64,
-                            },
+                            room: room_from_row(r)?,
                             members: Vec::new(),
                         })
                     })?
@@ -702,7 +706,15 @@ impl Store for SqliteStore {
                 .prepare_cached("SELECT username FROM bans WHERE room_id = ?1")
                 .and_then(|mut s| s.query_map(params![room_id], |r| r.get(0))?.collect())
                 .map_err(backend)?;
-            Ok(RoomState { members, bans })
+            let record = c
+                .prepare_cached(&format!("{ROOM_COLUMNS} WHERE room_id = ?1"))
+                .and_then(|mut s| s.query_row(params![room_id], room_from_row).optional())
+                .map_err(backend)?;
+            Ok(RoomState {
+                record,
+                members,
+                bans,
+            })
         })
     }
 
@@ -791,6 +803,49 @@ impl Store for SqliteStore {
 
     fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended> {
         self.write(move |c, state| append(c, state, msg))
+    }
+
+    fn messages_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<RoomMessage>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!("{MESSAGE_COLUMNS} ORDER BY seq LIMIT ?4"))
+                .map_err(backend)?;
+            let lo = after_seq.saturating_add(1).min(i64::MAX as u64) as i64;
+            let rows = stmt
+                .query_map(params![room_id, lo, i64::MAX, limit as i64], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        NewMessage {
+                            room_id: room_id.clone(),
+                            msg_id: r.get(2)?,
+                            sender: r.get(3)?,
+                            nonce: r.get(4)?,
+                            ciphertext: r.get(5)?,
+                            signature: r.get(6)?,
+                            keys: Vec::new(),
+                            key_commitment: r.get(8)?,
+                            check_members: false,
+                        },
+                        r.get::<_, Vec<u8>>(7)?,
+                    ))
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(backend)?;
+            rows.into_iter()
+                .map(|(seq, ts, mut message, blob)| {
+                    message.keys = decode_keys(&blob)
+                        .ok_or_else(|| StoreError::Backend(format!("bad key blob at seq {seq}")))?;
+                    Ok(RoomMessage { seq, ts, message })
+                })
+                .collect()
+        })
     }
 
     fn find_message(
