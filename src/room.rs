@@ -569,10 +569,20 @@ impl Handler<Join> for RoomActor {
             // before any ban this room submits later.
             let write =
                 admitted.map(|()| act.store.add_member(&act.record.room_id, &name, joined_at));
-            async move { write?.await.map_err(internal) }.into_actor(act)
+            async move {
+                match write?.await {
+                    // Banned on another process, which this one has not heard of yet.
+                    Err(StoreError::Banned) => Err(Failure::from(ErrorCode::Banned)),
+                    other => other.map_err(internal),
+                }
+            }
+            .into_actor(act)
         });
         Box::pin(stored.map(move |res, act, _| {
             act.release_seat(&username);
+            if matches!(&res, Err(f) if f.code == ErrorCode::Banned) {
+                act.bans.insert(username.clone());
+            }
             res?;
             if act.bans.contains(&username) {
                 // Banned while the membership was being written: the ban's

@@ -259,6 +259,13 @@ async fn conformance(s: SharedStore) {
     let state = s.load_room("r-1").await.unwrap();
     assert_eq!(state.members.len(), 1);
     assert_eq!(state.bans, ["bob"]);
+    assert!(
+        matches!(
+            s.add_member("r-1", "bob", now_ms()).await,
+            Err(StoreError::Banned)
+        ),
+        "a banned user is not added (another process may not know the ban yet)"
+    );
     s.set_ban("r-1", "carol", true).await.unwrap();
     s.set_ban("r-1", "bob", false).await.unwrap();
     assert_eq!(s.load_room("r-1").await.unwrap().bans, ["carol"]);

@@ -39,6 +39,10 @@ pub enum StoreError {
     /// transaction; another process changed the members).
     #[error("the key set is not the room's committed member set")]
     StaleMembers,
+    /// A join of a user the room has banned (a store shared by several
+    /// processes checks this inside the membership write).
+    #[error("the user is banned from the room")]
+    Banned,
 }
 
 #[derive(Debug, Clone)]

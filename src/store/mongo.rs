@@ -628,6 +628,17 @@ impl Store for MongoStore {
     fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
         let (room_id, username) = (room_id.to_owned(), username.to_owned());
         self.run(move |_, c| async move {
+            // Not atomic with a ban on another process (see ARCHITECTURE.md:
+            // several processes run on PostgreSQL).
+            if c
+                .bans
+                .find_one(doc! {"room_id": &room_id, "username": &username})
+                .await
+                .map_err(err)?
+                .is_some()
+            {
+                return Err(StoreError::Banned);
+            }
             let res = c
                 .members
                 .insert_one(doc! {"room_id": &room_id, "username": &username, "joined_at": joined_at as i64})

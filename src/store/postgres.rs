@@ -374,14 +374,21 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
         ),
         WriteOp::AddMember(room_id, username, joined_at) => (
             // The period starts after the room's last seq as of this point
-            // in the batch (earlier statements' appends included).
-            "WITH ins AS (
-                INSERT INTO members (room_id, username, joined_at) VALUES ($1, $2, $3)
+            // in the batch (earlier statements' appends included). A user
+            // banned by another process is not added (the room row lock,
+            // taken first, orders this after any committed ban).
+            "WITH banned AS (
+                SELECT 1 FROM bans WHERE room_id = $1 AND username = $2
+             ), ins AS (
+                INSERT INTO members (room_id, username, joined_at)
+                SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM banned)
                 ON CONFLICT (room_id, username) DO NOTHING RETURNING room_id
+             ), period AS (
+                INSERT INTO member_periods (room_id, username, from_seq, to_seq)
+                SELECT r.room_id, $2, r.last_seq + 1, NULL FROM rooms r JOIN ins ON ins.room_id = r.room_id
+                ON CONFLICT DO NOTHING
              )
-             INSERT INTO member_periods (room_id, username, from_seq, to_seq)
-             SELECT r.room_id, $2, r.last_seq + 1, NULL FROM rooms r JOIN ins ON ins.room_id = r.room_id
-             ON CONFLICT DO NOTHING",
+             SELECT EXISTS (SELECT 1 FROM banned)",
             vec![p(room_id.clone()), p(username.clone()), ms(*joined_at)],
         ),
         WriteOp::RemoveMember(room_id, username, ban) => (
@@ -470,9 +477,34 @@ fn key_names(keys: &[(String, Vec<u8>)]) -> Vec<String> {
     names
 }
 
+/// The room whose row a write locks (`FOR UPDATE`, in a statement of its
+/// own before the write's): membership changes and appends of one room are
+/// then serialized across processes, and the write's own statement, which
+/// takes a new snapshot under READ COMMITTED, sees every change committed
+/// before it. Without it, an append waiting for the row would still check
+/// the members as they were when it started, and a kick committed meanwhile
+/// would be missed.
+fn locks_room(op: &WriteOp) -> Option<&str> {
+    match op {
+        WriteOp::Append(m) => Some(&m.room_id),
+        WriteOp::AddMember(room_id, ..)
+        | WriteOp::RemoveMember(room_id, ..)
+        | WriteOp::SetBan(room_id, ..) => Some(room_id),
+        _ => None,
+    }
+}
+
+const LOCK_ROOM: &str = "SELECT 1 FROM rooms WHERE room_id = $1 FOR UPDATE";
+
 /// What a write's statement answered.
 fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
     match op {
+        WriteOp::AddMember(..) => {
+            if rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+                return Err(StoreError::Banned);
+            }
+            Ok(Done::Unit)
+        }
         WriteOp::Append(_) => {
             let row = rows.first().ok_or(StoreError::NotFound)?;
             if row.get::<_, bool>(3) {
@@ -498,17 +530,22 @@ async fn run_batch(
     ops: &[&WriteOp],
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_err)?;
+    let lock = client.prepare_cached(LOCK_ROOM).await.map_err(err)?;
+    // Each write's statements: the room lock where it takes one, then its own.
     let prepared: Option<Vec<(Statement, Vec<Param>)>> = {
-        let mut out = Vec::with_capacity(ops.len());
+        let mut out = Vec::with_capacity(ops.len() * 2);
+        let mut complete = true;
         for op in ops {
-            match statement(op) {
-                Some((sql, params)) => {
-                    out.push((client.prepare_cached(sql).await.map_err(err)?, params))
-                }
-                None => break,
+            let Some((sql, params)) = statement(op) else {
+                complete = false;
+                break;
+            };
+            if let Some(room_id) = locks_room(op) {
+                out.push((lock.clone(), vec![Box::new(room_id.to_owned()) as Param]));
             }
+            out.push((client.prepare_cached(sql).await.map_err(err)?, params));
         }
-        (out.len() == ops.len()).then_some(out)
+        complete.then_some(out)
     };
     if let Some(prepared) = &prepared {
         let tx = client.transaction().await.map_err(err)?;
@@ -516,13 +553,26 @@ async fn run_batch(
             .iter()
             .map(|(_, params)| param_refs(params))
             .collect();
-        let answers = futures_util::future::join_all(
+        let mut answers = futures_util::future::join_all(
             prepared
                 .iter()
                 .zip(&refs)
                 .map(|((stmt, _), params)| tx.query(stmt, params)),
         )
-        .await;
+        .await
+        .into_iter();
+        // Back to one answer per write: a lock's answer goes before its own.
+        let answers: Vec<_> = ops
+            .iter()
+            .map(|op| {
+                let locked = match locks_room(op) {
+                    Some(_) => answers.next().expect("one per statement").map(|_| ()),
+                    None => Ok(()),
+                };
+                let own = answers.next().expect("one per statement");
+                locked.and(own)
+            })
+            .collect();
         if answers.iter().all(Result::is_ok) {
             let results = ops
                 .iter()
@@ -544,6 +594,9 @@ async fn run_batch(
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         tx.batch_execute("SAVEPOINT w").await.map_err(err)?;
+        if let Some(room_id) = locks_room(op) {
+            tx.query(&lock, &[&room_id]).await.map_err(err)?;
+        }
         let result = match (op, statement(op)) {
             (WriteOp::Purge(policy), _) => purge(&tx, *policy).await.map(Done::Count),
             (_, Some((sql, params))) => match tx.query(sql, &param_refs(&params)).await {

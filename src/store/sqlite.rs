@@ -764,6 +764,13 @@ impl Store for SqliteStore {
     fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
         let (room_id, username) = (room_id.to_owned(), username.to_owned());
         self.write(move |c, _| {
+            let banned = c
+                .prepare_cached("SELECT 1 FROM bans WHERE room_id = ?1 AND username = ?2")
+                .and_then(|mut s| s.exists(params![room_id, username]))
+                .map_err(backend)?;
+            if banned {
+                return Err(StoreError::Banned);
+            }
             let added = c
                 .execute(
                     "INSERT OR IGNORE INTO members (room_id, username, joined_at) VALUES (?1, ?2, ?3)",
