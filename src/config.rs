@@ -23,6 +23,23 @@ pub struct Settings {
     pub rate_limit: RateLimit,
     pub security: Security,
     pub retention: Retention,
+    pub cluster: ClusterSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub redis_url: String,
+    pub redis_tls_verify: bool,
+    pub channel_prefix: String,
+    pub heartbeat_ms: u64,
+    pub peer_timeout_ms: u64,
+}
+
+impl ClusterSettings {
+    pub fn enabled(&self) -> bool {
+        !self.redis_url.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +152,7 @@ impl Settings {
             builder = builder.add_source(File::with_name(&path).required(true));
         }
         let (port, mongodb, database) = (env("PORT"), env("MONGODB_URI"), env("DATABASE_URL"));
+        let redis = env("REDIS_URL");
         builder = builder.add_source(
             Environment::with_prefix("CHAT")
                 .prefix_separator("__")
@@ -158,6 +176,9 @@ impl Settings {
         }
         if let Some(url) = database {
             builder = set(builder, "store.url", url)?;
+        }
+        if let Some(url) = redis {
+            builder = set(builder, "cluster.redis_url", url)?;
         }
         Self::from_builder(builder)
     }
@@ -194,6 +215,29 @@ impl Settings {
                 "server.public_hosts: {h:?} is not a host name with an optional :port \
                  (write chat.example.org, not https://chat.example.org/)"
             )));
+        }
+        if self.cluster.enabled() {
+            let url = self.store.url.as_str();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return bad(
+                    "cluster.redis_url",
+                    "several processes need the PostgreSQL store (store.url = \"postgres://...\" \
+                     or DATABASE_URL): the embedded SQLite file belongs to one process, and the \
+                     MongoDB store does not check membership inside its appends",
+                );
+            }
+            let redis = self.cluster.redis_url.as_str();
+            if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+                return bad("cluster.redis_url", "must start with redis:// or rediss://");
+            }
+            if self.cluster.heartbeat_ms == 0
+                || self.cluster.peer_timeout_ms < 2 * self.cluster.heartbeat_ms
+            {
+                return bad(
+                    "cluster",
+                    "heartbeat_ms must be > 0 and peer_timeout_ms at least twice it",
+                );
+            }
         }
         if self.limits.max_frame_bytes < 1024 {
             return bad("limits.max_frame_bytes", "must be at least 1024");
@@ -321,6 +365,26 @@ mod tests {
         assert_eq!(s.store.url, "mongodb://db");
         let s = Settings::load_from(vars(&[("DATABASE_URL", "postgres://u@db/chat")])).unwrap();
         assert_eq!(s.store.url, "postgres://u@db/chat");
+        assert!(!s.cluster.enabled());
+    }
+
+    #[test]
+    fn cluster_needs_postgres() {
+        let err = Settings::load_from(vars(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap_err();
+        assert!(err.to_string().contains("PostgreSQL"), "{err}");
+        let err = Settings::load_from(vars(&[
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
+            ("MONGODB_URI", "mongodb://db"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("cluster.redis_url"), "{err}");
+        let s = Settings::load_from(vars(&[
+            ("REDIS_URL", "rediss://h:6380"),
+            ("DATABASE_URL", "postgres://u@db/chat"),
+        ]))
+        .unwrap();
+        assert!(s.cluster.enabled());
+        assert_eq!(s.cluster.redis_url, "rediss://h:6380");
     }
 
     #[test]

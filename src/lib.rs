@@ -28,6 +28,7 @@
 //! See ARCHITECTURE.md for how a message travels through them.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod fuzzing;

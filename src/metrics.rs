@@ -15,6 +15,8 @@ pub static ERRORS: AtomicU64 = AtomicU64::new(0);
 pub static STORE_COMMITS: AtomicU64 = AtomicU64::new(0);
 pub static STORE_COMMITTED_WRITES: AtomicU64 = AtomicU64::new(0);
 pub static STORE_COMMIT_MICROS: AtomicU64 = AtomicU64::new(0);
+pub static CLUSTER_DROPPED: AtomicU64 = AtomicU64::new(0);
+pub static CLUSTER_GAP_FILLS: AtomicU64 = AtomicU64::new(0);
 
 pub fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -37,7 +39,19 @@ pub fn observe_commit(writes: usize, took: std::time::Duration) {
 }
 
 pub fn render() -> String {
-    let rows: [(&str, &str, &str, &AtomicU64); 11] = [
+    let rows: [(&str, &str, &str, &AtomicU64); 13] = [
+        (
+            "chat_cluster_dropped_total",
+            "counter",
+            "notifications to other processes not published (Redis away or queue full)",
+            &CLUSTER_DROPPED,
+        ),
+        (
+            "chat_cluster_gap_fills_total",
+            "counter",
+            "reads of messages another process's notification did not bring",
+            &CLUSTER_GAP_FILLS,
+        ),
         (
             "chat_connections",
             "gauge",

@@ -12,7 +12,7 @@
 //! The room never waits on the Registry (it only `do_send`s updates to it),
 //! so the Registry may safely wait on rooms.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use indexmap::IndexMap;
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
+use crate::cluster::{Cluster, RoomChange, RoomFeed};
 use crate::config::Settings;
 use crate::metrics;
 use crate::password::Hasher;
@@ -31,8 +32,8 @@ use crate::protocol::{
 use crate::registry::{Registry, RoomChanged};
 use crate::session::{SessionHandle, SessionId};
 use crate::store::{
-    Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, RoomUpdate,
-    SharedStore, StoreError,
+    Appended, HistoryPage, HistoryQuery, NewMessage, RoomMessage, RoomRecord, RoomState,
+    RoomUpdate, SharedStore, StoreError,
 };
 use crate::user::User;
 use crate::util::now_ms;
@@ -73,7 +74,24 @@ pub struct RoomActor {
     /// `take_password_attempt`).
     password_attempts: HashMap<String, (Instant, u32)>,
     hasher: Arc<Hasher>,
+    /// Set when several processes share the database (see `cluster`).
+    cluster: Option<Cluster>,
+    /// The highest seq delivered to this process's sessions: every message
+    /// is fanned out once, in seq order, whichever process stored it.
+    delivered: u64,
+    /// Stored messages above `delivered + 1`, waiting for the ones before.
+    ready: BTreeMap<u64, (Arc<NewMessage>, u64)>,
+    /// A gap fill is scheduled or running.
+    filling: bool,
+    /// Members online on another process.
+    elsewhere: HashSet<String>,
 }
+
+/// How long a seq gap may wait for the notification that fills it before
+/// the room reads the database.
+const GAP_WAIT: Duration = Duration::from_millis(25);
+/// Most messages one database read fills in.
+const FILL_BATCH: usize = 256;
 
 /// The window of `limits.password_attempts_per_minute`.
 const PASSWORD_WINDOW: Duration = Duration::from_secs(60);
@@ -90,8 +108,15 @@ impl RoomActor {
         registry: Addr<Registry>,
         settings: Arc<Settings>,
         hasher: Arc<Hasher>,
+        cluster: Option<Cluster>,
+        elsewhere: HashSet<String>,
     ) -> Self {
         RoomActor {
+            cluster,
+            delivered: record.last_seq,
+            ready: BTreeMap::new(),
+            filling: false,
+            elsewhere,
             hasher,
             record,
             members: IndexMap::new(),
@@ -109,8 +134,8 @@ impl RoomActor {
 
     fn online_count(&self) -> usize {
         self.members
-            .values()
-            .filter(|m| !m.sessions.is_empty())
+            .iter()
+            .filter(|(name, m)| !m.sessions.is_empty() || self.elsewhere.contains(*name))
             .count()
     }
 
@@ -130,8 +155,11 @@ impl RoomActor {
 
     fn member_objects(&self) -> Vec<Member> {
         self.members
-            .values()
-            .map(|m| m.user.member(!m.sessions.is_empty(), m.joined_at))
+            .iter()
+            .map(|(name, m)| {
+                let online = !m.sessions.is_empty() || self.elsewhere.contains(name);
+                m.user.member(online, m.joined_at)
+            })
             .collect()
     }
 
@@ -162,6 +190,7 @@ impl RoomActor {
                 .members
                 .get(&username)
                 .is_some_and(|m| m.sessions.is_empty())
+                && !self.elsewhere.contains(&username)
             {
                 log::info!(
                     "room {}: {username} dropped (connection gone or too slow)",
@@ -236,16 +265,16 @@ impl RoomActor {
         if let Some(p) = self.pending.iter_mut().find(|p| p.ticket == ticket) {
             p.outcome = Some(outcome);
         }
-        let mut advanced = false;
         let mut stale = Vec::new();
         while self.pending.front().is_some_and(|p| p.outcome.is_some()) {
             let p = self.pending.pop_front().expect("front exists");
             let result = match p.outcome.expect("checked") {
                 Ok(appended) => {
                     if !appended.duplicate {
-                        self.record.last_seq = self.record.last_seq.max(appended.seq);
-                        advanced = true;
-                        self.fan_out(&p.message, appended);
+                        if let Some(cluster) = &self.cluster {
+                            cluster.publish_message(&p.message, appended);
+                        }
+                        self.offer(appended.seq, appended.ts, p.message);
                     }
                     Ok(appended)
                 }
@@ -257,9 +286,7 @@ impl RoomActor {
             };
             let _ = p.reply.send(result);
         }
-        if advanced {
-            self.publish();
-        }
+        self.drain(ctx);
         if !stale.is_empty() {
             self.reload_members(ctx, stale);
         }
@@ -277,7 +304,7 @@ impl RoomActor {
         ctx.spawn(load.into_actor(self).map(move |res, act, _| {
             let answer = match res {
                 Ok(state) => {
-                    act.adopt(state);
+                    act.adopt(state, None, false);
                     let mut f = Failure::new(
                         ErrorCode::StaleMembers,
                         "the room's members changed; re-wrap for these members",
@@ -293,10 +320,12 @@ impl RoomActor {
         }));
     }
 
-    /// Takes the store's member set (changed by another process): members
-    /// gone are dropped (`member_left`), new ones added (`member_joined`);
-    /// bans recorded there are added to ours.
-    fn adopt(&mut self, state: RoomState) {
+    /// Takes the committed state (changed by another process): members
+    /// gone are dropped (`member_left`, with `removed`'s reason for that
+    /// user, else "left"), new ones added (`member_joined`), the record's
+    /// name and owner announced when they changed. Bans: `replace_bans`
+    /// takes the stored set (an unban elsewhere); otherwise they are added.
+    fn adopt(&mut self, state: RoomState, removed: Option<(&str, &str)>, replace_bans: bool) {
         let gone: Vec<String> = self
             .members
             .keys()
@@ -304,7 +333,10 @@ impl RoomActor {
             .cloned()
             .collect();
         for name in gone {
-            self.drop_member(&name, "left");
+            let reason = removed
+                .filter(|(user, _)| *user == name)
+                .map_or("left", |(_, reason)| reason);
+            self.drop_member(&name, reason);
         }
         for m in state.members {
             if self.members.contains_key(&m.user.username) {
@@ -314,7 +346,7 @@ impl RoomActor {
                 log::error!("bad stored key for {}", m.user.username);
                 continue;
             };
-            let member = user.member(false, m.joined_at);
+            let member = user.member(self.elsewhere.contains(&user.username), m.joined_at);
             self.members.insert(
                 m.user.username.clone(),
                 MemberState {
@@ -333,14 +365,136 @@ impl RoomActor {
                 );
             }
         }
-        self.bans.extend(state.bans);
+        if replace_bans {
+            self.bans = state.bans.into_iter().collect();
+        } else {
+            self.bans.extend(state.bans);
+        }
+        if let Some(record) = state.record {
+            self.take_record(record);
+        }
     }
 
-    fn fan_out(&mut self, msg: &NewMessage, at: Appended) {
+    /// The committed record: announces a new name or owner.
+    fn take_record(&mut self, record: RoomRecord) {
+        let room_id = self.record.room_id.clone();
+        if record.name != self.record.name {
+            self.record.name = record.name.clone();
+            self.broadcast(
+                &ServerMsg::RoomRenamed {
+                    room_id: room_id.clone(),
+                    name: record.name,
+                },
+                None,
+            );
+        }
+        if record.owner != self.record.owner {
+            self.record.owner = record.owner.clone();
+            self.broadcast(
+                &ServerMsg::OwnerChanged {
+                    room_id,
+                    owner: record.owner,
+                },
+                None,
+            );
+        }
+        self.record.password_hash = record.password_hash;
+        self.record.hidden = record.hidden;
+    }
+
+    // ------------------------------------------------------------ delivery order
+
+    /// A stored message, from this room's own append or from another
+    /// process: kept until every seq before it is delivered.
+    fn offer(&mut self, seq: u64, ts: u64, msg: Arc<NewMessage>) {
+        if seq > self.delivered {
+            self.ready.entry(seq).or_insert((msg, ts));
+        }
+    }
+
+    /// Delivers the messages that are next in seq order; a gap waits
+    /// `GAP_WAIT` for its notification, then is read from the database.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        let before = self.delivered;
+        while let Some(entry) = self.ready.first_entry() {
+            if *entry.key() != self.delivered + 1 {
+                break;
+            }
+            let (seq, (msg, ts)) = entry.remove_entry();
+            self.fan_out(&msg, seq, ts);
+            self.delivered = seq;
+        }
+        if self.delivered > before {
+            self.record.last_seq = self.record.last_seq.max(self.delivered);
+            self.publish();
+        }
+        if !self.ready.is_empty() && !self.filling {
+            self.filling = true;
+            ctx.run_later(GAP_WAIT, |act, ctx| act.fill(ctx, false));
+        }
+    }
+
+    /// Reads the messages after `delivered` from the database: for a seq gap
+    /// (`catch_up` false: only up to the first waiting message) or after a
+    /// (re)subscription (`catch_up`: everything there is).
+    fn fill(&mut self, ctx: &mut Context<Self>, catch_up: bool) {
+        let gap_end = self.ready.keys().next().copied();
+        if !catch_up && gap_end.is_none_or(|first| first == self.delivered + 1) {
+            self.filling = false;
+            self.drain(ctx);
+            return;
+        }
+        self.filling = true;
+        metrics::inc(&metrics::CLUSTER_GAP_FILLS);
+        let from = self.delivered;
+        let read = self
+            .store
+            .messages_after(&self.record.room_id, from, FILL_BATCH);
+        ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
+            act.filling = false;
+            let messages: Vec<RoomMessage> = match res {
+                Ok(m) => m,
+                Err(e) => {
+                    log::warn!("room {}: gap fill failed: {e}", act.record.room_id);
+                    act.filling = true;
+                    ctx.run_later(Duration::from_millis(500), move |act, ctx| {
+                        act.fill(ctx, catch_up)
+                    });
+                    return;
+                }
+            };
+            let full = messages.len() == FILL_BATCH;
+            for m in messages {
+                act.offer(m.seq, m.ts, Arc::new(m.message));
+            }
+            // Committed seqs are gapless (the room row lock orders commits),
+            // so what the database does not have below a waiting message
+            // was purged: skip it.
+            if !full {
+                if let Some(&first) = act.ready.keys().next() {
+                    if first > act.delivered + 1 {
+                        log::warn!(
+                            "room {}: seqs {}..{} are not stored (purged); skipped",
+                            act.record.room_id,
+                            act.delivered + 1,
+                            first - 1
+                        );
+                        act.delivered = first - 1;
+                    }
+                }
+            }
+            act.drain(ctx);
+            if full && catch_up {
+                act.fill(ctx, true);
+            }
+        }));
+    }
+
+    fn fan_out(&mut self, msg: &NewMessage, seq: u64, ts: u64) {
         let frame = MessageFrame::new(
             &msg.room_id,
-            at.seq,
-            at.ts,
+            seq,
+            ts,
             &msg.msg_id,
             &msg.sender,
             &msg.nonce,
@@ -363,7 +517,7 @@ impl RoomActor {
         let Some(m) = self.members.get_mut(username) else {
             return;
         };
-        let was_online = !m.sessions.is_empty();
+        let was_online = !m.sessions.is_empty() || self.elsewhere.contains(username);
         m.sessions.insert(handle.id, handle);
         if !was_online {
             self.presence(username, true);
@@ -419,8 +573,19 @@ impl Actor for RoomActor {
         ctx.wait(load.into_actor(self).map(
             |res: Result<RoomState, StoreError>, act, ctx| match res {
                 Ok(state) => {
+                    let Some(record) = state.record.clone() else {
+                        log::info!("room {} is gone", act.record.room_id);
+                        ctx.stop();
+                        return;
+                    };
+                    // Live delivery starts after what is stored now.
+                    act.delivered = record.last_seq;
+                    act.record.last_seq = record.last_seq;
                     // Nobody is attached yet, so adopting announces nothing.
-                    act.adopt(state);
+                    act.adopt(state, None, true);
+                    if let Some(cluster) = &act.cluster {
+                        cluster.subscribe_room(&act.record.room_id, ctx.address().recipient());
+                    }
                     log::debug!(
                         "room {} loaded: {} members, last seq {}",
                         act.record.room_id,
@@ -437,7 +602,93 @@ impl Actor for RoomActor {
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(cluster) = &self.cluster {
+            cluster.unsubscribe_room(&self.record.room_id);
+        }
         log::debug!("room {} stopped", self.record.room_id);
+    }
+}
+
+// ---------------------------------------------------------------- other processes
+
+impl Handler<RoomFeed> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomFeed, ctx: &mut Self::Context) {
+        match msg {
+            RoomFeed::Message(m) => {
+                self.offer(m.seq, m.ts, Arc::new(m.message));
+                self.drain(ctx);
+            }
+            RoomFeed::Subscribed => self.fill(ctx, true),
+        }
+    }
+}
+
+/// Another process committed a change to this room: the Registry read the
+/// room's state and hands it over, with the sessions here of members who
+/// joined there.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Sync {
+    pub state: RoomState,
+    pub change: RoomChange,
+    pub attach: Vec<(String, SessionHandle)>,
+    /// The members online on other processes now.
+    pub elsewhere: HashSet<String>,
+}
+
+impl Handler<Sync> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Sync, ctx: &mut Self::Context) {
+        if msg.state.record.is_none() {
+            self.broadcast(
+                &ServerMsg::RoomDeleted {
+                    room_id: self.record.room_id.clone(),
+                },
+                None,
+            );
+            self.members.clear();
+            ctx.stop();
+            return;
+        }
+        let removed = match &msg.change {
+            RoomChange::Removed { user, reason } => Some((user.as_str(), reason.as_str())),
+            _ => None,
+        };
+        self.elsewhere = msg.elsewhere;
+        self.adopt(msg.state, removed, true);
+        for (username, handle) in msg.attach {
+            self.attach(&username, handle);
+        }
+    }
+}
+
+/// A member went online or offline on the other processes (all of them).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Elsewhere {
+    pub username: String,
+    pub online: bool,
+}
+
+impl Handler<Elsewhere> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Elsewhere, _: &mut Self::Context) {
+        let changed = if msg.online {
+            self.elsewhere.insert(msg.username.clone())
+        } else {
+            self.elsewhere.remove(&msg.username)
+        };
+        let here = self
+            .members
+            .get(&msg.username)
+            .is_some_and(|m| !m.sessions.is_empty());
+        if changed && !here && self.members.contains_key(&msg.username) {
+            self.presence(&msg.username, msg.online);
+        }
     }
 }
 
@@ -470,7 +721,10 @@ impl Handler<Detach> for RoomActor {
         let Some(m) = self.members.get_mut(&msg.username) else {
             return;
         };
-        if m.sessions.remove(&msg.session).is_some() && m.sessions.is_empty() {
+        if m.sessions.remove(&msg.session).is_some()
+            && m.sessions.is_empty()
+            && !self.elsewhere.contains(&msg.username)
+        {
             self.presence(&msg.username, false);
         }
     }
@@ -595,7 +849,10 @@ impl Handler<Join> for RoomActor {
             }
             // The joiner's sessions are attached as it is added: `member_joined`
             // already says whether it is online, so no presence event follows.
-            let member = user.member(!sessions.is_empty(), joined_at);
+            let member = user.member(
+                !sessions.is_empty() || act.elsewhere.contains(&username),
+                joined_at,
+            );
             act.members.insert(
                 username.clone(),
                 MemberState {

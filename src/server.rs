@@ -15,6 +15,7 @@ use actix::prelude::*;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use actix_web_actors::ws;
 
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::peers::{Peers, TrustedProxies};
 use crate::registry::Registry;
@@ -235,7 +236,28 @@ async fn serve(
     let arbiters: Vec<ArbiterHandle> = (0..settings.room_threads())
         .map(|_| Arbiter::new().handle())
         .collect();
-    let registry = Registry::new(store.clone(), settings.clone(), arbiters.clone()).start();
+    let registry = {
+        let (store, settings, arbiters) = (store.clone(), settings.clone(), arbiters.clone());
+        let mut failed = None;
+        let registry = Registry::create(|ctx| {
+            let cluster = if settings.cluster.enabled() {
+                match Cluster::start(&settings.cluster, ctx.address().recipient()) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        failed = Some(e);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            Registry::new(store, settings, arbiters, cluster)
+        });
+        if let Some(e) = failed {
+            return Err(std::io::Error::other(e));
+        }
+        registry
+    };
     let purger = retention::spawn(store.clone(), settings.retention.clone());
     let state = AppState {
         registry,

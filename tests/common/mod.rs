@@ -238,6 +238,7 @@ pub fn server_command(dir: &Path) -> std::process::Command {
         .env_remove("CHAT_CONFIG")
         .env_remove("MONGODB_URI")
         .env_remove("DATABASE_URL")
+        .env_remove("REDIS_URL")
         .env("CHAT__STORE__PATH", dir.join("chat.db"))
         .env("RUST_LOG", "warn");
     cmd

@@ -9,6 +9,11 @@
 //! (seq, owner, name, password flag) with `RoomChanged`.
 //!
 //! The Registry waits on rooms; rooms never wait on the Registry.
+//!
+//! With several processes (`cluster`), the Registry also keeps the others'
+//! presence and applies their room changes; that part is in `cluster.rs`.
+
+mod cluster;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -17,6 +22,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use indexmap::IndexSet;
 
+use crate::cluster::{presence::Peers, Cluster, RoomChange};
 use crate::config::Settings;
 use crate::crypto::PublicKeys;
 use crate::password::Hasher;
@@ -94,6 +100,15 @@ pub struct Registry {
     pending_rooms: HashMap<String, usize>,
     /// The one gate for Argon2 work, shared with every room.
     hasher: Arc<Hasher>,
+    /// Several processes: the Redis link, the others' presence, how many
+    /// users are online on any process, this process's presence event
+    /// count, and per room (loads started, newest load applied).
+    cluster: Option<Cluster>,
+    peers: Peers,
+    anywhere: usize,
+    presence_version: u64,
+    room_loads: HashMap<String, (u64, u64)>,
+    subscriptions: u64,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -106,8 +121,19 @@ fn failed<T: 'static>(f: impl Into<Failure>) -> ResponseActFuture<Registry, Regi
 }
 
 impl Registry {
-    pub fn new(store: SharedStore, settings: Arc<Settings>, arbiters: Vec<ArbiterHandle>) -> Self {
+    pub fn new(
+        store: SharedStore,
+        settings: Arc<Settings>,
+        arbiters: Vec<ArbiterHandle>,
+        cluster: Option<Cluster>,
+    ) -> Self {
         Registry {
+            cluster,
+            peers: Peers::default(),
+            anywhere: 0,
+            presence_version: 0,
+            room_loads: HashMap::new(),
+            subscriptions: 0,
             hasher: Hasher::new(
                 settings.limits.password_hashes,
                 settings.limits.password_queue,
@@ -174,21 +200,43 @@ impl Registry {
         }
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
-        let (record, store, settings, hasher) = (
+        let elsewhere: HashSet<String> = entry
+            .members
+            .iter()
+            .filter(|m| self.peers.is_online(m))
+            .cloned()
+            .collect();
+        let (record, store, settings, hasher, cluster) = (
             entry.record.clone(),
             self.store.clone(),
             self.settings.clone(),
             self.hasher.clone(),
+            self.cluster.clone(),
         );
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| {
-            RoomActor::new(record, store, me, settings, hasher)
+            RoomActor::new(record, store, me, settings, hasher, cluster, elsewhere)
         });
         entry.addr = Some(addr.clone());
         Some(addr)
     }
 
     fn is_online(&self, username: &str) -> bool {
-        self.online.get(username).is_some_and(|s| !s.is_empty())
+        self.online.get(username).is_some_and(|s| !s.is_empty()) || self.peers.is_online(username)
+    }
+
+    /// Users online (on any process).
+    fn connected(&self) -> u64 {
+        match self.cluster {
+            Some(_) => self.anywhere as u64,
+            None => self.online.len() as u64,
+        }
+    }
+
+    /// Tells the other processes about a committed change to a room.
+    fn announce(&self, room_id: &str, change: RoomChange) {
+        if let Some(cluster) = &self.cluster {
+            cluster.room_changed(room_id, change);
+        }
     }
 
     fn summary(&self, entry: &RoomEntry) -> RoomSummary {
@@ -233,6 +281,7 @@ impl Registry {
     }
 
     fn forget_room(&mut self, room_id: &str) {
+        self.room_loads.remove(room_id);
         if let Some(entry) = self.rooms.remove(room_id) {
             self.listing.remove(&entry.list_key());
             self.names.remove(&fold_room_name(&entry.record.name));
@@ -303,6 +352,7 @@ impl Actor for Registry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::util::MAILBOX_CAPACITY);
+        self.start_heartbeat(ctx);
         let load = self.store.load_directory();
         ctx.wait(load.into_actor(self).map(|res, act, _| match res {
             Ok(entries) => {
@@ -412,7 +462,11 @@ impl Handler<Online> for Registry {
                 "too many connections for this user; close one first",
             ));
         }
+        let first = sessions.is_empty();
         sessions.insert(msg.handle.id, msg.handle.clone());
+        if first {
+            self.local_presence(&msg.username, true);
+        }
         let room_ids: Vec<String> = self
             .user_rooms
             .get(&msg.username)
@@ -449,9 +503,12 @@ impl Handler<Offline> for Registry {
 
     fn handle(&mut self, msg: Offline, _: &mut Self::Context) {
         if let Some(sessions) = self.online.get_mut(&msg.username) {
-            sessions.remove(&msg.session);
+            let had = sessions.remove(&msg.session).is_some();
             if sessions.is_empty() {
                 self.online.remove(&msg.username);
+                if had {
+                    self.local_presence(&msg.username, false);
+                }
             }
         }
         for room_id in self.user_rooms.get(&msg.username).into_iter().flatten() {
@@ -508,7 +565,7 @@ impl Handler<ListRooms> for Registry {
         MessageResult(ListedRooms {
             rooms,
             total,
-            connected: self.online.len() as u64,
+            connected: self.connected(),
         })
     }
 }
@@ -595,6 +652,7 @@ impl Handler<CreateRoom> for Registry {
                     let room_id = record.room_id.clone();
                     let username = user.username.clone();
                     log::info!("{username} created room {room_id} ({:?})", record.name);
+                    act.announce(&room_id, RoomChange::Created);
                     act.insert_room(RoomEntry {
                         members: IndexSet::new(),
                         record,
@@ -636,6 +694,10 @@ impl Handler<JoinRoom> for Registry {
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Self::Context) -> Self::Result {
         let Some(addr) = self.room_addr(&msg.room_id, ctx.address()) else {
+            if self.cluster.is_some() {
+                // Perhaps created on another process a moment ago.
+                return self.join_unknown(msg);
+            }
             return failed(ErrorCode::NoSuchRoom);
         };
         let username = msg.user.username.clone();
@@ -653,6 +715,7 @@ impl Handler<JoinRoom> for Registry {
             if joined.added {
                 log::info!("{username} joined {room_id}");
                 act.add_membership(&room_id, &username);
+                act.announce(&room_id, RoomChange::Joined(username.clone()));
                 // A session of this user that logged in while the join was in
                 // flight was not in the list the room got.
                 for handle in act.sessions_of(&username) {
@@ -694,8 +757,16 @@ impl Handler<LeaveRoom> for Registry {
             if left.deleted {
                 log::info!("room {} deleted: its last member left", msg.room_id);
                 act.forget_room(&msg.room_id);
+                act.announce(&msg.room_id, RoomChange::Deleted);
             } else {
                 act.remove_membership(&msg.room_id, &msg.username);
+                act.announce(
+                    &msg.room_id,
+                    RoomChange::Removed {
+                        user: msg.username.clone(),
+                        reason: "left".into(),
+                    },
+                );
             }
             Ok(())
         }))
@@ -732,6 +803,18 @@ impl Handler<OwnerRequest> for Registry {
             }
             _ => None,
         };
+        let change = match &msg.action {
+            OwnerAction::Kick(target) => RoomChange::Removed {
+                user: target.clone(),
+                reason: "kicked".into(),
+            },
+            OwnerAction::Ban(target) => RoomChange::Removed {
+                user: target.clone(),
+                reason: "banned".into(),
+            },
+            OwnerAction::Delete => RoomChange::Deleted,
+            _ => RoomChange::Updated,
+        };
         let op = OwnerOp {
             by: msg.username.clone(),
             action: msg.action,
@@ -747,6 +830,7 @@ impl Handler<OwnerRequest> for Registry {
         let room_id = msg.room_id;
         Box::pin(work.into_actor(self).map(move |res, act, _| {
             let outcome: OwnerOutcome = res?;
+            act.announce(&room_id, change);
             if outcome.deleted {
                 log::info!("room {room_id} deleted by {}", msg.username);
                 act.forget_room(&room_id);
@@ -805,6 +889,6 @@ impl Handler<Stats> for Registry {
     type Result = MessageResult<Stats>;
 
     fn handle(&mut self, _: Stats, _: &mut Self::Context) -> Self::Result {
-        MessageResult((self.online.len() as u64, self.rooms.len() as u64))
+        MessageResult((self.connected(), self.rooms.len() as u64))
     }
 }

@@ -1,0 +1,306 @@
+//! Several server processes behind one address (issue 16): what they tell
+//! each other over Redis, and the handle the Registry and the rooms use.
+//!
+//! The database stays the only source of truth; Redis carries
+//! notifications, never the only copy of anything:
+//!
+//! - **Messages**: a room publishes each message it stored on
+//!   `{prefix}:room:{room_id}`; every process with that room running
+//!   delivers it to its own sessions in seq order. A process that sees a
+//!   seq gap, or that (re)subscribed, reads what it missed from the
+//!   database ([`crate::store::Store::messages_after`]).
+//! - **Directory and membership** (`{prefix}:ctl`): a room was created,
+//!   joined, left, changed or deleted; the other processes reload that room
+//!   from the database ([`Ctl::Room`]).
+//! - **Presence**: each process announces its users going online and
+//!   offline, numbered, and says it is alive every `heartbeat_ms`; a process
+//!   not heard from for `peer_timeout_ms` no longer counts
+//!   ([`presence::Peers`]).
+//!
+//! The Redis side (connections, reconnects, subscriptions) is in `link`.
+
+mod link;
+pub mod presence;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+use tokio::sync::mpsc;
+
+use crate::config::ClusterSettings;
+use crate::store::{Appended, NewMessage, RoomMessage};
+
+/// A server process's identity for this run (random at start).
+pub type ProcId = u64;
+
+/// An event on the control channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Ctl {
+    /// The process is alive; `version` counts its presence events so far.
+    Alive { proc: ProcId, version: u64 },
+    /// `user` got their first (`online`) or lost their last session on `proc`.
+    Presence {
+        proc: ProcId,
+        version: u64,
+        user: String,
+        online: bool,
+    },
+    /// Asks `of` for its whole presence state.
+    SnapshotRequest { of: ProcId },
+    Snapshot {
+        proc: ProcId,
+        version: u64,
+        users: Vec<String>,
+    },
+    /// A committed change to a room: reload it from the database.
+    Room {
+        proc: ProcId,
+        room_id: String,
+        change: RoomChange,
+    },
+    /// The process is stopping.
+    Bye { proc: ProcId },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum RoomChange {
+    Created,
+    Joined(String),
+    /// Left, kicked or banned (`reason` as in `member_left`).
+    Removed { user: String, reason: String },
+    /// Owner, name, password or bans.
+    Updated,
+    Deleted,
+}
+
+impl Ctl {
+    pub fn sender(&self) -> Option<ProcId> {
+        match self {
+            Ctl::Alive { proc, .. }
+            | Ctl::Presence { proc, .. }
+            | Ctl::Snapshot { proc, .. }
+            | Ctl::Room { proc, .. }
+            | Ctl::Bye { proc } => Some(*proc),
+            Ctl::SnapshotRequest { .. } => None,
+        }
+    }
+}
+
+/// A stored message on a room channel (field names as in `WireIn`).
+#[derive(Serialize)]
+struct WireOut<'a> {
+    seq: u64,
+    ts: u64,
+    sender: &'a str,
+    msg_id: &'a serde_bytes::Bytes,
+    nonce: &'a serde_bytes::Bytes,
+    key_commitment: &'a serde_bytes::Bytes,
+    ciphertext: &'a serde_bytes::Bytes,
+    signature: &'a serde_bytes::Bytes,
+    keys: Vec<(&'a str, &'a serde_bytes::Bytes)>,
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    seq: u64,
+    ts: u64,
+    sender: String,
+    msg_id: ByteBuf,
+    nonce: ByteBuf,
+    key_commitment: ByteBuf,
+    ciphertext: ByteBuf,
+    signature: ByteBuf,
+    keys: Vec<(String, ByteBuf)>,
+}
+
+fn encode(value: &impl Serialize) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(value, &mut out).expect("writing to a Vec cannot fail");
+    out
+}
+
+fn encode_message(m: &NewMessage, at: Appended) -> Vec<u8> {
+    let b = serde_bytes::Bytes::new;
+    encode(&WireOut {
+        seq: at.seq,
+        ts: at.ts,
+        sender: &m.sender,
+        msg_id: b(&m.msg_id),
+        nonce: b(&m.nonce),
+        key_commitment: b(&m.key_commitment),
+        ciphertext: b(&m.ciphertext),
+        signature: b(&m.signature),
+        keys: m.keys.iter().map(|(n, k)| (n.as_str(), b(k))).collect(),
+    })
+}
+
+fn decode_message(room_id: &str, bytes: &[u8]) -> Option<RoomMessage> {
+    let w: WireIn = ciborium::from_reader(bytes).ok()?;
+    Some(RoomMessage {
+        seq: w.seq,
+        ts: w.ts,
+        message: NewMessage {
+            room_id: room_id.to_owned(),
+            msg_id: w.msg_id.into_vec(),
+            sender: w.sender,
+            nonce: w.nonce.into_vec(),
+            key_commitment: w.key_commitment.into_vec(),
+            ciphertext: w.ciphertext.into_vec(),
+            signature: w.signature.into_vec(),
+            keys: w.keys.into_iter().map(|(n, k)| (n, k.into_vec())).collect(),
+            check_members: false,
+        },
+    })
+}
+
+/// What the link tells a room.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum RoomFeed {
+    /// A message another process (or this one) stored.
+    Message(RoomMessage),
+    /// The room's channel is subscribed (again): read what was missed.
+    Subscribed,
+}
+
+/// What the link tells the Registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum FromCluster {
+    Ctl(Ctl),
+    /// Subscribed (again) after a start or a lost connection: anything may
+    /// have been missed.
+    Up,
+}
+
+enum SubCmd {
+    Room(String, Recipient<RoomFeed>),
+    Leave(String),
+}
+
+/// Most notifications waiting to be published; past it they are dropped
+/// (the database fills the gaps) rather than held while Redis is away.
+const PUBLISH_QUEUE: usize = 65_536;
+
+/// The handle: cheap to clone, never blocks.
+#[derive(Clone)]
+pub struct Cluster {
+    pub proc: ProcId,
+    pub settings: Arc<ClusterSettings>,
+    prefix: Arc<str>,
+    publish: mpsc::Sender<(String, Vec<u8>)>,
+    subs: mpsc::UnboundedSender<SubCmd>,
+}
+
+impl Cluster {
+    /// Starts the Redis link on the current actix system; events go to
+    /// `registry`. Connecting happens in the background, with retries.
+    pub fn start(
+        settings: &ClusterSettings,
+        registry: Recipient<FromCluster>,
+    ) -> Result<Cluster, String> {
+        let client = link::client(settings)?;
+        let proc: ProcId = rand::random();
+        let prefix: Arc<str> = settings.channel_prefix.as_str().into();
+        let (publish, published) = mpsc::channel(PUBLISH_QUEUE);
+        let (subs, sub_cmds) = mpsc::unbounded_channel();
+        actix_rt::spawn(link::publisher(client.clone(), published));
+        actix_rt::spawn(link::subscriber(
+            client,
+            prefix.clone(),
+            proc,
+            registry,
+            sub_cmds,
+        ));
+        log::info!(
+            "cluster mode: process {proc:016x}, channels {prefix}:*, redis {}",
+            link::redacted(&settings.redis_url)
+        );
+        Ok(Cluster {
+            proc,
+            settings: Arc::new(settings.clone()),
+            prefix,
+            publish,
+            subs,
+        })
+    }
+
+    fn send(&self, channel: String, payload: Vec<u8>) {
+        if self.publish.try_send((channel, payload)).is_err() {
+            crate::metrics::add(&crate::metrics::CLUSTER_DROPPED, 1);
+        }
+    }
+
+    pub fn publish_ctl(&self, ctl: &Ctl) {
+        self.send(format!("{}:ctl", self.prefix), encode(ctl));
+    }
+
+    pub fn room_changed(&self, room_id: &str, change: RoomChange) {
+        self.publish_ctl(&Ctl::Room {
+            proc: self.proc,
+            room_id: room_id.to_owned(),
+            change,
+        });
+    }
+
+    pub fn publish_message(&self, m: &NewMessage, at: Appended) {
+        self.send(
+            format!("{}:room:{}", self.prefix, m.room_id),
+            encode_message(m, at),
+        );
+    }
+
+    pub fn subscribe_room(&self, room_id: &str, room: Recipient<RoomFeed>) {
+        let _ = self.subs.send(SubCmd::Room(room_id.to_owned(), room));
+    }
+
+    pub fn unsubscribe_room(&self, room_id: &str) {
+        let _ = self.subs.send(SubCmd::Leave(room_id.to_owned()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_crosses_the_wire_whole() {
+        let m = NewMessage {
+            room_id: "r".into(),
+            msg_id: vec![1; 16],
+            sender: "alice".into(),
+            nonce: vec![2; 12],
+            key_commitment: vec![3; 32],
+            ciphertext: vec![4; 100],
+            signature: vec![5; 256],
+            keys: vec![("alice".into(), vec![6; 256]), ("bob".into(), vec![7; 256])],
+            check_members: true,
+        };
+        let at = Appended {
+            seq: 9,
+            ts: 10,
+            duplicate: false,
+        };
+        let got = decode_message("r", &encode_message(&m, at)).unwrap();
+        assert_eq!((got.seq, got.ts), (9, 10));
+        assert_eq!(got.message.keys, m.keys);
+        assert_eq!(got.message.signature, m.signature);
+        assert_eq!(got.message.msg_id, m.msg_id);
+        assert!(decode_message("r", b"junk").is_none());
+        let ctl = Ctl::Room {
+            proc: 1,
+            room_id: "r".into(),
+            change: RoomChange::Removed {
+                user: "bob".into(),
+                reason: "kicked".into(),
+            },
+        };
+        let back: Ctl = ciborium::from_reader(&encode(&ctl)[..]).unwrap();
+        assert!(matches!(back, Ctl::Room { change, .. } if change == RoomChange::Removed {
+            user: "bob".into(),
+            reason: "kicked".into()
+        }));
+    }
+}

@@ -1,0 +1,330 @@
+//! Three server processes on one PostgreSQL database and one Redis, with the
+//! members of one room spread over them: live delivery in seq order on every
+//! process, a kick on one process stopping delivery on another, presence and
+//! `connected` agreeing everywhere, a process SIGKILLed mid-load, and Redis
+//! restarted mid-load. Prints `SKIP cluster:` and passes without PostgreSQL
+//! (`CHAT_TEST_POSTGRES_URL`) or a `redis-server` binary (the test runs a
+//! Redis of its own, so it can restart it).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{identity, PgDatabase};
+use e2ee_chat::client::Client;
+use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start(port: u16) -> Result<Redis, String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server not found ({e})"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("redis-server did not start".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Redis { child, port })
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Process {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn process(dir: &std::path::Path, db: &str, redis: &str, prefix: &str) -> Process {
+    let (child, addr) = common::spawn_listening(
+        common::server_command(dir)
+            .env("CHAT__STORE__URL", db)
+            .env("CHAT__CLUSTER__REDIS_URL", redis)
+            .env("CHAT__CLUSTER__CHANNEL_PREFIX", prefix)
+            .env("CHAT__CLUSTER__HEARTBEAT_MS", "200")
+            .env("CHAT__CLUSTER__PEER_TIMEOUT_MS", "1500")
+            .env("CHAT__SERVER__PORT", "0")
+            .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
+            .env("CHAT__RATE_LIMIT__BURST", "100000")
+            .env("CHAT__LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
+            .env("CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR", "100000")
+            .env("RUST_LOG", "error"),
+    );
+    Process {
+        child,
+        url: format!("ws://{addr}/ws"),
+    }
+}
+
+async fn user(url: &str, name: &str, n: usize) -> Client {
+    let id = identity(name, n);
+    let mut c = Client::connect(url).await.expect("connects");
+    match c.register(&id).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
+        Err(e) => panic!("register {name}: {e}"),
+    }
+    c.login(&id).await.expect("login");
+    c
+}
+
+/// Polls `$cond` (an expression that may `.await`) until it holds: other
+/// processes learn things a moment later.
+macro_rules! eventually {
+    ($what:expr, $cond:expr) => {{
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !$cond {
+            assert!(Instant::now() < deadline, "never happened: {}", $what);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }};
+}
+
+async fn online(c: &mut Client, rid: &str) -> Vec<(String, bool)> {
+    c.get_members(rid)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| (m.username, m.online))
+        .collect()
+}
+
+async fn connected(c: &mut Client) -> u64 {
+    c.list_rooms(None, None).await.unwrap().2
+}
+
+/// Reads `message` events of the room until seq `upto`; returns their seqs.
+async fn messages_until(c: &mut Client, upto: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while seqs.last().is_none_or(|s| *s < upto) {
+        match c
+            .wait_for(|e| matches!(e, ServerMsg::Message(_)))
+            .await
+            .expect("messages keep coming")
+        {
+            ServerMsg::Message(m) => {
+                c.decrypt(&m).expect("verifies and decrypts");
+                seqs.push(m.seq);
+            }
+            _ => unreachable!(),
+        }
+    }
+    seqs
+}
+
+fn in_order(from: u64, to: u64) -> Vec<u64> {
+    (from..=to).collect()
+}
+
+#[tokio::test]
+async fn three_processes_behave_as_one_server() {
+    let db = match PgDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => {
+            println!("SKIP cluster: {why}");
+            return;
+        }
+    };
+    let mut redis = match Redis::start(free_port()) {
+        Ok(r) => r,
+        Err(why) => {
+            println!("SKIP cluster: {why}");
+            db.drop_now().await;
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!("test-{}", hex::encode(e2ee_chat::crypto::random_bytes::<4>()));
+    let a = process(dir.path(), &db.url, &redis.url(), &prefix);
+    let b = process(dir.path(), &db.url, &redis.url(), &prefix);
+    let c = process(dir.path(), &db.url, &redis.url(), &prefix);
+
+    // One room, members on all three: alice on A, bob on B, carol and dave on C.
+    let mut alice = user(&a.url, "alice", 0).await;
+    let (room, _) = alice.create_room("Spread", None, false).await.unwrap();
+    let rid = room.room_id.clone();
+    let mut bob = user(&b.url, "bob", 1).await;
+    let mut carol = user(&c.url, "carol", 2).await;
+    let mut dave = user(&c.url, "dave", 3).await;
+    // B and C learn of the room from the database when it is joined there.
+    bob.join_room(&rid, None).await.unwrap();
+    carol.join_room(&rid, None).await.unwrap();
+    dave.join_room(&rid, None).await.unwrap();
+
+    // Presence and `connected` agree everywhere.
+    let everyone: Vec<(String, bool)> = ["alice", "bob", "carol", "dave"]
+        .iter()
+        .map(|n| (n.to_string(), true))
+        .collect();
+    for client in [&mut alice, &mut bob, &mut carol] {
+        eventually!(
+            "every member is online on every process",
+            online(client, &rid).await == everyone
+        );
+        eventually!(
+            "connected counts every process",
+            connected(client).await == 4
+        );
+    }
+
+    // Messages from three processes at once arrive everywhere in seq order.
+    let n = 15u64;
+    async fn send(c: &mut Client, rid: &str, who: &str, n: u64) {
+        for i in 0..n {
+            c.send_text(rid, &format!("{who} {i}")).await.unwrap();
+        }
+    }
+    tokio::join!(
+        send(&mut alice, &rid, "alice", n),
+        send(&mut bob, &rid, "bob", n),
+        send(&mut carol, &rid, "carol", n)
+    );
+    let total = 3 * n;
+    for client in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        assert_eq!(messages_until(client, total).await, in_order(1, total));
+    }
+
+    // A kick on A stops delivery to dave on C at once: the next message,
+    // sent right after the kick returns, never reaches him.
+    alice
+        .request_ok(&Request::Kick {
+            room_id: rid.clone(),
+            username: "dave".into(),
+        })
+        .await
+        .unwrap();
+    let (after_kick, _) = alice.send_text(&rid, "after the kick").await.unwrap();
+    assert_eq!(after_kick, total + 1);
+    let removed = dave
+        .wait_for(|e| matches!(e, ServerMsg::Removed { .. }))
+        .await
+        .unwrap();
+    assert!(matches!(removed, ServerMsg::Removed { reason, .. } if reason == "kicked"));
+    common::no_event(&mut dave, 500, |e| matches!(e, ServerMsg::Message(_))).await;
+    assert_eq!(messages_until(&mut carol, total + 1).await, [total + 1]);
+    assert_eq!(messages_until(&mut bob, total + 1).await, [total + 1]);
+    assert_eq!(messages_until(&mut alice, total + 1).await, [total + 1]);
+    dave.close().await;
+
+    // SIGKILL of B while bob and carol send: nothing bob saw acknowledged is
+    // lost, and he catches up on A.
+    let mut b = b;
+    let carol_sends = {
+        let rid = rid.clone();
+        let mut carol = carol;
+        tokio::spawn(async move {
+            for i in 0..40 {
+                carol.send_text(&rid, &format!("carol load {i}")).await.unwrap();
+            }
+            carol
+        })
+    };
+    let mut acked = Vec::new();
+    for i in 0..1000 {
+        if i == 10 {
+            b.child.kill().unwrap();
+        }
+        match bob.send_text(&rid, &format!("bob load {i}")).await {
+            Ok((seq, _)) => acked.push(seq),
+            Err(_) => break,
+        }
+    }
+    assert!(acked.len() >= 10, "bob's sends before the kill were acknowledged");
+    let mut carol = carol_sends.await.unwrap();
+    let mut bob = user(&a.url, "bob", 1).await;
+    bob.get_members(&rid).await.unwrap();
+    let mut stored = Vec::new();
+    let mut after = 0;
+    loop {
+        let (msgs, more) = bob.history(&rid, Some(after), None, Some(100)).await.unwrap();
+        stored.extend(msgs.iter().map(|m| m.seq));
+        after = msgs.last().map_or(after, |m| m.seq);
+        if !more {
+            break;
+        }
+    }
+    for seq in &acked {
+        assert!(stored.contains(seq), "acknowledged seq {seq} lost");
+    }
+    assert_eq!(stored, in_order(1, *stored.last().unwrap()), "no seq gaps");
+    let last = *stored.last().unwrap();
+    // Everyone still connected got every message, in order.
+    let seen = messages_until(&mut alice, last).await;
+    assert_eq!(seen, in_order(total + 2, last));
+    // B's users count as offline elsewhere within the peer timeout, until
+    // bob is back (he now is, on A).
+    let three: Vec<(String, bool)> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| (n.to_string(), true))
+        .collect();
+    eventually!(
+        "presence agrees after the kill",
+        online(&mut carol, &rid).await == three
+    );
+    eventually!(
+        "connected agrees after the kill",
+        connected(&mut carol).await == 3
+    );
+
+    // Redis restarted mid-load: carol (on C) keeps sending, alice (on A)
+    // still gets every message, in order: the gap is read from the database.
+    let port = redis.port;
+    let from = last + 1;
+    let mut sent_last = last;
+    for i in 0..60 {
+        if i == 20 {
+            redis.kill();
+        }
+        if i == 40 {
+            redis = Redis::start(port).unwrap();
+        }
+        sent_last = carol.send_text(&rid, &format!("through the outage {i}")).await.unwrap().0;
+    }
+    assert_eq!(sent_last, last + 60);
+    assert_eq!(messages_until(&mut alice, sent_last).await, in_order(from, sent_last));
+    assert_eq!(
+        messages_until(&mut bob, sent_last).await,
+        in_order(from, sent_last)
+    );
+    drop((a, c));
+    db.drop_now().await;
+}
