@@ -6,6 +6,7 @@
 #   scripts/bench.sh fanout logins   # just these
 #   FANOUT_ARGS="--members 50" scripts/bench.sh fanout
 #   scripts/bench.sh pg-fanout pg-durable   # the same on PostgreSQL
+#   scripts/bench.sh cluster                # 3 processes + Redis vs 1 (PostgreSQL)
 #
 # The pg-* scenarios make a fresh database per server on the PostgreSQL at
 # $BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test) with
@@ -105,6 +106,30 @@ for s in "${scenarios[@]}"; do
       start_server pg-fanout 18186 CHAT__STORE__URL="$pg_last"
       timeout 900 "$bench" --url ws://127.0.0.1:18186/ws --server-pid "$server_pid" fanout ${FANOUT_ARGS:-} | tee -a "$out"
       timeout 900 "$bench" --url ws://127.0.0.1:18186/ws --server-pid "$server_pid" fanout --rate 0 --messages 5000 ${FANOUT_MAX_ARGS:-} | tee -a "$out"
+      ;;
+    cluster)
+      # Fan-out over three processes on one PostgreSQL database and the
+      # Redis at $BENCH_REDIS_URL (a channel prefix of its own), members
+      # spread round-robin; CPU summed over the three servers and Redis.
+      # Then the same load on one process on its own database.
+      redis_url=${BENCH_REDIS_URL:-redis://127.0.0.1:6379}
+      pg_url cluster
+      cluster_pids=()
+      for port in 18190 18191 18192; do
+        start_server "cluster-$port" "$port" CHAT__STORE__URL="$pg_last" \
+          CHAT__CLUSTER__REDIS_URL="$redis_url" CHAT__CLUSTER__CHANNEL_PREFIX="bench-$$"
+        cluster_pids+=("$server_pid")
+      done
+      more_pids="${cluster_pids[1]},${cluster_pids[2]}"
+      redis_pid=$(pgrep -x redis-server | head -1 || true)
+      [ -n "$redis_pid" ] && more_pids="$more_pids,$redis_pid"
+      timeout 900 "$bench" --url ws://127.0.0.1:18190/ws --server-pid "${cluster_pids[0]}" \
+        --more-urls ws://127.0.0.1:18191/ws,ws://127.0.0.1:18192/ws --more-pids "$more_pids" \
+        fanout --no-baseline ${FANOUT_ARGS:-} | tee -a "$out"
+      pg_url single
+      start_server cluster-single 18193 CHAT__STORE__URL="$pg_last"
+      timeout 900 "$bench" --url ws://127.0.0.1:18193/ws --server-pid "$server_pid" \
+        fanout --no-baseline ${FANOUT_ARGS:-} | tee -a "$out"
       ;;
     pg-durable)
       pg_url group

@@ -370,7 +370,8 @@ mod tests {
 
     #[test]
     fn cluster_needs_postgres() {
-        let err = Settings::load_from(vars(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap_err();
+        let err =
+            Settings::load_from(vars(&[("REDIS_URL", "redis://127.0.0.1:6379")])).unwrap_err();
         assert!(err.to_string().contains("PostgreSQL"), "{err}");
         let err = Settings::load_from(vars(&[
             ("REDIS_URL", "redis://127.0.0.1:6379"),

@@ -10,7 +10,11 @@
 //! - [`session`]: the actor behind each websocket connection.
 //! - [`registry`]: the actor for accounts, login lookups, presence and the room directory.
 //! - [`room`]: one actor per room: members, checks, ordering, fan-out.
-//! - [`store`]: the `Store` trait and its SQLite implementation (group commit).
+//! - [`store`]: the `Store` trait and its SQLite, PostgreSQL and MongoDB
+//!   implementations.
+//! - [`cluster`]: several processes on one database: messages, room changes
+//!   and presence over Redis (`cluster::link`), remote presence
+//!   (`cluster::presence`); the Registry's side is `registry::cluster`.
 //! - [`retention`]: the background purge of old messages.
 //! - [`server`]: actix-web wiring (`/ws`, `/healthz`, `/metrics`) and start/stop.
 //! - [`config`]: layered TOML + environment settings.

@@ -85,6 +85,12 @@ pub struct RoomActor {
     filling: bool,
     /// Members online on another process.
     elsewhere: HashSet<String>,
+    /// Reloads after other processes' changes: started, newest applied, the
+    /// change the newest was for, and sessions to attach after it.
+    loads_started: u64,
+    loads_applied: u64,
+    reload_change: Option<RoomChange>,
+    waiting_attach: Vec<(String, SessionHandle)>,
 }
 
 /// How long a seq gap may wait for the notification that fills it before
@@ -117,6 +123,10 @@ impl RoomActor {
             ready: BTreeMap::new(),
             filling: false,
             elsewhere,
+            loads_started: 0,
+            loads_applied: 0,
+            reload_change: None,
+            waiting_attach: Vec::new(),
             hasher,
             record,
             members: IndexMap::new(),
@@ -417,6 +427,10 @@ impl RoomActor {
     fn drain(&mut self, ctx: &mut Context<Self>) {
         let before = self.delivered;
         while let Some(entry) = self.ready.first_entry() {
+            if *entry.key() <= self.delivered {
+                entry.remove();
+                continue;
+            }
             if *entry.key() != self.delivered + 1 {
                 break;
             }
@@ -467,20 +481,21 @@ impl RoomActor {
             for m in messages {
                 act.offer(m.seq, m.ts, Arc::new(m.message));
             }
+            act.drain(ctx);
             // Committed seqs are gapless (the room row lock orders commits),
-            // so what the database does not have below a waiting message
-            // was purged: skip it.
-            if !full {
-                if let Some(&first) = act.ready.keys().next() {
-                    if first > act.delivered + 1 {
-                        log::warn!(
-                            "room {}: seqs {}..{} are not stored (purged); skipped",
-                            act.record.room_id,
-                            act.delivered + 1,
-                            first - 1
-                        );
-                        act.delivered = first - 1;
-                    }
+            // so what the read did not find below a message that was already
+            // waiting when it started was purged: skip it. (Not below one
+            // that arrived during the read: what lies between may have been
+            // committed after the read's snapshot.)
+            if let (false, Some(end)) = (full, gap_end) {
+                if end > act.delivered + 1 {
+                    log::warn!(
+                        "room {}: seqs {}..{} are not stored (purged); skipped",
+                        act.record.room_id,
+                        act.delivered + 1,
+                        end - 1
+                    );
+                    act.delivered = end - 1;
                 }
             }
             act.drain(ctx);
@@ -625,42 +640,78 @@ impl Handler<RoomFeed> for RoomActor {
     }
 }
 
-/// Another process committed a change to this room: the Registry read the
-/// room's state and hands it over, with the sessions here of members who
-/// joined there.
+/// Another process committed a change to this room: read the room again,
+/// then attach this process's sessions of members who joined there.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Sync {
-    pub state: RoomState,
+pub struct Reload {
     pub change: RoomChange,
     pub attach: Vec<(String, SessionHandle)>,
     /// The members online on other processes now.
     pub elsewhere: HashSet<String>,
 }
 
-impl Handler<Sync> for RoomActor {
+impl Handler<Reload> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Sync, ctx: &mut Self::Context) {
-        if msg.state.record.is_none() {
-            self.broadcast(
-                &ServerMsg::RoomDeleted {
-                    room_id: self.record.room_id.clone(),
-                },
-                None,
-            );
-            self.members.clear();
-            ctx.stop();
-            return;
-        }
-        let removed = match &msg.change {
-            RoomChange::Removed { user, reason } => Some((user.as_str(), reason.as_str())),
-            _ => None,
-        };
+    fn handle(&mut self, msg: Reload, ctx: &mut Self::Context) {
         self.elsewhere = msg.elsewhere;
-        self.adopt(msg.state, removed, true);
-        for (username, handle) in msg.attach {
-            self.attach(&username, handle);
+        self.waiting_attach.extend(msg.attach);
+        self.reload(msg.change, ctx);
+    }
+}
+
+impl RoomActor {
+    /// Reads the committed state and adopts it. Reads may finish out of
+    /// order, and one that started before a change this room made itself
+    /// would undo it: only the newest read counts, and a local change
+    /// (`local_change`) makes the reads in flight stale.
+    fn reload(&mut self, change: RoomChange, ctx: &mut Context<Self>) {
+        self.loads_started += 1;
+        let generation = self.loads_started;
+        self.reload_change = Some(change.clone());
+        let load = self.store.load_room(&self.record.room_id);
+        ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
+            let state = match res {
+                Ok(state) => state,
+                Err(e) => {
+                    log::warn!("room {}: reload failed: {e}", act.record.room_id);
+                    return;
+                }
+            };
+            if generation <= act.loads_applied {
+                return;
+            }
+            act.loads_applied = generation;
+            if state.record.is_none() {
+                act.broadcast(
+                    &ServerMsg::RoomDeleted {
+                        room_id: act.record.room_id.clone(),
+                    },
+                    None,
+                );
+                act.members.clear();
+                ctx.stop();
+                return;
+            }
+            let removed = match &change {
+                RoomChange::Removed { user, reason } => Some((user.as_str(), reason.as_str())),
+                _ => None,
+            };
+            act.adopt(state, removed, true);
+            for (username, handle) in std::mem::take(&mut act.waiting_attach) {
+                act.attach(&username, handle);
+            }
+        }));
+    }
+
+    /// This room committed a membership change itself: reads that started
+    /// before it are stale; read again.
+    fn local_change(&mut self, ctx: &mut Context<Self>) {
+        if self.loads_started > self.loads_applied {
+            self.loads_applied = self.loads_started;
+            let change = self.reload_change.clone().unwrap_or(RoomChange::Updated);
+            self.reload(change, ctx);
         }
     }
 }
@@ -832,7 +883,7 @@ impl Handler<Join> for RoomActor {
             }
             .into_actor(act)
         });
-        Box::pin(stored.map(move |res, act, _| {
+        Box::pin(stored.map(move |res, act, ctx| {
             act.release_seat(&username);
             if matches!(&res, Err(f) if f.code == ErrorCode::Banned) {
                 act.bans.insert(username.clone());
@@ -868,6 +919,7 @@ impl Handler<Join> for RoomActor {
                 },
                 Some(&username),
             );
+            act.local_change(ctx);
             Ok(act.joined(true))
         }))
     }
@@ -980,6 +1032,7 @@ impl Handler<Leave> for RoomActor {
                 return Ok(Left { deleted: true });
             }
             act.drop_member(&username, "left");
+            act.local_change(ctx);
             if let Some(owner) = next_owner {
                 act.record.owner = owner.clone();
                 act.broadcast(
@@ -1189,9 +1242,10 @@ impl Handler<OwnerOp> for RoomActor {
                 }
                 let name = target.clone();
                 let work = async move { store.remove_member(&room_id, &name, false).await };
-                Box::pin(work.into_actor(self).map(move |res, act, _| {
+                Box::pin(work.into_actor(self).map(move |res, act, ctx| {
                     res.map_err(internal)?;
                     act.drop_member(&target, "kicked");
+                    act.local_change(ctx);
                     Ok(OwnerOutcome {
                         removed: Some(target),
                         ..OwnerOutcome::default()
@@ -1204,7 +1258,7 @@ impl Handler<OwnerOp> for RoomActor {
                 let newly = self.bans.insert(target.clone());
                 let name = target.clone();
                 let work = async move { store.remove_member(&room_id, &name, true).await };
-                Box::pin(work.into_actor(self).map(move |res, act, _| {
+                Box::pin(work.into_actor(self).map(move |res, act, ctx| {
                     if let Err(e) = res {
                         if newly {
                             act.bans.remove(&target);
@@ -1213,6 +1267,7 @@ impl Handler<OwnerOp> for RoomActor {
                     }
                     let was_member = act.members.contains_key(&target);
                     act.drop_member(&target, "banned");
+                    act.local_change(ctx);
                     Ok(OwnerOutcome {
                         removed: was_member.then_some(target),
                         ..OwnerOutcome::default()
@@ -1222,9 +1277,10 @@ impl Handler<OwnerOp> for RoomActor {
             OwnerAction::Unban(target) => {
                 let name = target.clone();
                 let work = async move { store.set_ban(&room_id, &name, false).await };
-                Box::pin(work.into_actor(self).map(move |res, act, _| {
+                Box::pin(work.into_actor(self).map(move |res, act, ctx| {
                     res.map_err(internal)?;
                     act.bans.remove(&target);
+                    act.local_change(ctx);
                     Ok(OwnerOutcome::default())
                 }))
             }
@@ -1234,11 +1290,12 @@ impl Handler<OwnerOp> for RoomActor {
                     ..RoomUpdate::default()
                 };
                 let work = async move { store.update_room(&room_id, update).await };
-                Box::pin(work.into_actor(self).map(move |res, act, _| {
+                Box::pin(work.into_actor(self).map(move |res, act, ctx| {
                     match res {
                         Err(StoreError::Conflict(_)) => return Err(ErrorCode::RoomExists.into()),
                         other => other.map_err(internal)?,
                     }
+                    act.local_change(ctx);
                     act.record.name = name.clone();
                     act.broadcast(
                         &ServerMsg::RoomRenamed {
@@ -1273,8 +1330,9 @@ impl Handler<OwnerOp> for RoomActor {
                 };
                 Box::pin(
                     work.into_actor(self)
-                        .map(|res: RoomResult<Option<String>>, act, _| {
+                        .map(|res: RoomResult<Option<String>>, act, ctx| {
                             act.record.password_hash = res?;
+                            act.local_change(ctx);
                             act.publish();
                             Ok(OwnerOutcome::default())
                         }),

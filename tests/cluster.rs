@@ -173,7 +173,10 @@ async fn three_processes_behave_as_one_server() {
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let prefix = format!("test-{}", hex::encode(e2ee_chat::crypto::random_bytes::<4>()));
+    let prefix = format!(
+        "test-{}",
+        hex::encode(e2ee_chat::crypto::random_bytes::<4>())
+    );
     let a = process(dir.path(), &db.url, &redis.url(), &prefix);
     let b = process(dir.path(), &db.url, &redis.url(), &prefix);
     let c = process(dir.path(), &db.url, &redis.url(), &prefix);
@@ -253,7 +256,10 @@ async fn three_processes_behave_as_one_server() {
         let mut carol = carol;
         tokio::spawn(async move {
             for i in 0..40 {
-                carol.send_text(&rid, &format!("carol load {i}")).await.unwrap();
+                carol
+                    .send_text(&rid, &format!("carol load {i}"))
+                    .await
+                    .unwrap();
             }
             carol
         })
@@ -268,14 +274,20 @@ async fn three_processes_behave_as_one_server() {
             Err(_) => break,
         }
     }
-    assert!(acked.len() >= 10, "bob's sends before the kill were acknowledged");
+    assert!(
+        acked.len() >= 10,
+        "bob's sends before the kill were acknowledged"
+    );
     let mut carol = carol_sends.await.unwrap();
     let mut bob = user(&a.url, "bob", 1).await;
     bob.get_members(&rid).await.unwrap();
     let mut stored = Vec::new();
     let mut after = 0;
     loop {
-        let (msgs, more) = bob.history(&rid, Some(after), None, Some(100)).await.unwrap();
+        let (msgs, more) = bob
+            .history(&rid, Some(after), None, Some(100))
+            .await
+            .unwrap();
         stored.extend(msgs.iter().map(|m| m.seq));
         after = msgs.last().map_or(after, |m| m.seq);
         if !more {
@@ -317,14 +329,62 @@ async fn three_processes_behave_as_one_server() {
         if i == 40 {
             redis = Redis::start(port).unwrap();
         }
-        sent_last = carol.send_text(&rid, &format!("through the outage {i}")).await.unwrap().0;
+        sent_last = carol
+            .send_text(&rid, &format!("through the outage {i}"))
+            .await
+            .unwrap()
+            .0;
     }
     assert_eq!(sent_last, last + 60);
-    assert_eq!(messages_until(&mut alice, sent_last).await, in_order(from, sent_last));
+    assert_eq!(
+        messages_until(&mut alice, sent_last).await,
+        in_order(from, sent_last)
+    );
     assert_eq!(
         messages_until(&mut bob, sent_last).await,
         in_order(from, sent_last)
     );
+
+    // Subscriptions cut again and again while bob (on A) and carol (on C)
+    // send: every gap is filled from the database, nothing is delivered
+    // twice or skipped.
+    let redis_client = redis::Client::open(redis.url()).unwrap();
+    let mut admin = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    assert_eq!(
+        messages_until(&mut carol, sent_last).await,
+        in_order(total + 2, sent_last)
+    );
+    let from = sent_last + 1;
+    let bob_sends = {
+        let rid = rid.clone();
+        tokio::spawn(async move {
+            for i in 0..40 {
+                bob.send_text(&rid, &format!("bob cut {i}")).await.unwrap();
+            }
+            bob
+        })
+    };
+    for i in 0..40 {
+        if i % 8 == 4 {
+            let _: redis::Value = redis::cmd("CLIENT")
+                .arg(&["KILL", "TYPE", "pubsub"])
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+        carol
+            .send_text(&rid, &format!("carol cut {i}"))
+            .await
+            .unwrap();
+    }
+    let mut bob = bob_sends.await.unwrap();
+    let to = from + 79;
+    assert_eq!(messages_until(&mut alice, to).await, in_order(from, to));
+    assert_eq!(messages_until(&mut bob, to).await, in_order(from, to));
+    assert_eq!(messages_until(&mut carol, to).await, in_order(from, to));
     drop((a, c));
     db.drop_now().await;
 }

@@ -69,7 +69,10 @@ pub enum RoomChange {
     Created,
     Joined(String),
     /// Left, kicked or banned (`reason` as in `member_left`).
-    Removed { user: String, reason: String },
+    Removed {
+        user: String,
+        reason: String,
+    },
     /// Owner, name, password or bans.
     Updated,
     Deleted,
@@ -298,9 +301,11 @@ mod tests {
             },
         };
         let back: Ctl = ciborium::from_reader(&encode(&ctl)[..]).unwrap();
-        assert!(matches!(back, Ctl::Room { change, .. } if change == RoomChange::Removed {
-            user: "bob".into(),
-            reason: "kicked".into()
-        }));
+        assert!(
+            matches!(back, Ctl::Room { change, .. } if change == RoomChange::Removed {
+                user: "bob".into(),
+                reason: "kicked".into()
+            })
+        );
     }
 }

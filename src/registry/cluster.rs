@@ -13,7 +13,29 @@ use crate::room::{self, RoomActor};
 use crate::store::RoomState;
 use crate::validate::fold_room_name;
 
+/// Reloads of one room from the store: how many started, the newest
+/// applied, and the change the newest one was for.
+#[derive(Default)]
+pub(super) struct Loads {
+    started: u64,
+    applied: u64,
+    change: Option<RoomChange>,
+}
+
 impl Registry {
+    /// A change to the room was just committed here: a reload in flight
+    /// read the store before it and must not be applied; read again.
+    pub(super) fn superseded(&mut self, room_id: &str, ctx: &mut Context<Self>) {
+        let Some(loads) = self.room_loads.get_mut(room_id) else {
+            return;
+        };
+        if loads.started > loads.applied {
+            loads.applied = loads.started;
+            let change = loads.change.clone().unwrap_or(RoomChange::Updated);
+            self.reload_room(room_id.to_owned(), change, ctx);
+        }
+    }
+
     /// Starts the heartbeat (and peer expiry) when in cluster mode.
     pub(super) fn start_heartbeat(&mut self, ctx: &mut Context<Self>) {
         let Some(cluster) = &self.cluster else {
@@ -106,8 +128,9 @@ impl Registry {
     /// finish out of order; only one started after the last applied counts.
     fn reload_room(&mut self, room_id: String, change: RoomChange, ctx: &mut Context<Self>) {
         let loads = self.room_loads.entry(room_id.clone()).or_default();
-        loads.0 += 1;
-        let generation = loads.0;
+        loads.started += 1;
+        loads.change = Some(change.clone());
+        let generation = loads.started;
         let load = self.store.load_room(&room_id);
         ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
             let state = match res {
@@ -118,10 +141,10 @@ impl Registry {
                 }
             };
             let loads = act.room_loads.entry(room_id.clone()).or_default();
-            if generation <= loads.1 {
+            if generation <= loads.applied {
                 return;
             }
-            loads.1 = generation;
+            loads.applied = generation;
             act.apply_room_state(&room_id, state, change, ctx);
         }));
     }
@@ -137,8 +160,7 @@ impl Registry {
     ) {
         let Some(record) = state.record.clone() else {
             if let Some(addr) = self.running(room_id) {
-                addr.do_send(room::Sync {
-                    state,
+                addr.do_send(room::Reload {
                     change,
                     attach: Vec::new(),
                     elsewhere: Default::default(),
@@ -191,8 +213,7 @@ impl Registry {
             .cloned()
             .collect();
         match self.running(room_id) {
-            Some(addr) => addr.do_send(room::Sync {
-                state,
+            Some(addr) => addr.do_send(room::Reload {
                 change,
                 attach,
                 elsewhere,
@@ -219,29 +240,26 @@ impl Registry {
     ) -> ResponseActFuture<Self, super::RegistryResult<super::JoinedRoom>> {
         use crate::protocol::{ErrorCode, Failure};
         let load = self.store.load_room(&msg.room_id);
-        Box::pin(
-            load.into_actor(self)
-                .then(move |res, act, ctx| {
-                    let found = match res {
-                        Ok(state) if state.record.is_some() => {
-                            let room_id = msg.room_id.clone();
-                            act.apply_room_state(&room_id, state, RoomChange::Created, ctx);
-                            act.rooms.contains_key(&room_id)
-                        }
-                        _ => false,
-                    };
-                    let me = ctx.address();
-                    async move {
-                        if !found {
-                            return Err(Failure::from(ErrorCode::NoSuchRoom));
-                        }
-                        me.send(msg)
-                            .await
-                            .map_err(|_| Failure::from(ErrorCode::Internal))?
-                    }
-                    .into_actor(act)
-                }),
-        )
+        Box::pin(load.into_actor(self).then(move |res, act, ctx| {
+            let found = match res {
+                Ok(state) if state.record.is_some() => {
+                    let room_id = msg.room_id.clone();
+                    act.apply_room_state(&room_id, state, RoomChange::Created, ctx);
+                    act.rooms.contains_key(&room_id)
+                }
+                _ => false,
+            };
+            let me = ctx.address();
+            async move {
+                if !found {
+                    return Err(Failure::from(ErrorCode::NoSuchRoom));
+                }
+                me.send(msg)
+                    .await
+                    .map_err(|_| Failure::from(ErrorCode::Internal))?
+            }
+            .into_actor(act)
+        }))
     }
 
     /// After a lost Redis connection: anything may have been missed. Every

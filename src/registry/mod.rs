@@ -107,7 +107,7 @@ pub struct Registry {
     peers: Peers,
     anywhere: usize,
     presence_version: u64,
-    room_loads: HashMap<String, (u64, u64)>,
+    room_loads: HashMap<String, cluster::Loads>,
     subscriptions: u64,
 }
 
@@ -232,10 +232,12 @@ impl Registry {
         }
     }
 
-    /// Tells the other processes about a committed change to a room.
-    fn announce(&self, room_id: &str, change: RoomChange) {
+    /// Tells the other processes about a committed change to a room (and
+    /// makes any reload of it that started before the change read again).
+    fn announce(&mut self, room_id: &str, change: RoomChange, ctx: &mut Context<Self>) {
         if let Some(cluster) = &self.cluster {
             cluster.room_changed(room_id, change);
+            self.superseded(room_id, ctx);
         }
     }
 
@@ -652,7 +654,7 @@ impl Handler<CreateRoom> for Registry {
                     let room_id = record.room_id.clone();
                     let username = user.username.clone();
                     log::info!("{username} created room {room_id} ({:?})", record.name);
-                    act.announce(&room_id, RoomChange::Created);
+                    act.announce(&room_id, RoomChange::Created, ctx);
                     act.insert_room(RoomEntry {
                         members: IndexSet::new(),
                         record,
@@ -709,13 +711,13 @@ impl Handler<JoinRoom> for Registry {
         });
         self.reserve_room(&username);
         let room_id = msg.room_id;
-        Box::pin(join.into_actor(self).map(move |res, act, _| {
+        Box::pin(join.into_actor(self).map(move |res, act, ctx| {
             act.release_room(&username);
             let joined = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
             if joined.added {
                 log::info!("{username} joined {room_id}");
                 act.add_membership(&room_id, &username);
-                act.announce(&room_id, RoomChange::Joined(username.clone()));
+                act.announce(&room_id, RoomChange::Joined(username.clone()), ctx);
                 // A session of this user that logged in while the join was in
                 // flight was not in the list the room got.
                 for handle in act.sessions_of(&username) {
@@ -751,13 +753,13 @@ impl Handler<LeaveRoom> for Registry {
         let leave = addr.send(room::Leave {
             username: msg.username.clone(),
         });
-        Box::pin(leave.into_actor(self).map(move |res, act, _| {
+        Box::pin(leave.into_actor(self).map(move |res, act, ctx| {
             let left = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
             log::info!("{} left {}", msg.username, msg.room_id);
             if left.deleted {
                 log::info!("room {} deleted: its last member left", msg.room_id);
                 act.forget_room(&msg.room_id);
-                act.announce(&msg.room_id, RoomChange::Deleted);
+                act.announce(&msg.room_id, RoomChange::Deleted, ctx);
             } else {
                 act.remove_membership(&msg.room_id, &msg.username);
                 act.announce(
@@ -766,6 +768,7 @@ impl Handler<LeaveRoom> for Registry {
                         user: msg.username.clone(),
                         reason: "left".into(),
                     },
+                    ctx,
                 );
             }
             Ok(())
@@ -828,9 +831,9 @@ impl Handler<OwnerRequest> for Registry {
                 .map_err(|_| Failure::from(ErrorCode::NoSuchRoom))?
         };
         let room_id = msg.room_id;
-        Box::pin(work.into_actor(self).map(move |res, act, _| {
+        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
             let outcome: OwnerOutcome = res?;
-            act.announce(&room_id, change);
+            act.announce(&room_id, change, ctx);
             if outcome.deleted {
                 log::info!("room {room_id} deleted by {}", msg.username);
                 act.forget_room(&room_id);

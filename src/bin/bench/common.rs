@@ -74,8 +74,33 @@ pub struct Usage {
     pub rss_bytes: u64,
 }
 
+/// Other processes of the server under test (a cluster): their CPU and
+/// memory count with the first one's, and `fanout` spreads its members over
+/// their URLs.
+pub static MORE_PIDS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+pub static MORE_URLS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// The URL the `i`-th connection uses: round-robin over `url` and MORE_URLS.
+pub fn spread(url: &str, i: usize) -> String {
+    let more = MORE_URLS.get().map_or(&[][..], Vec::as_slice);
+    match i % (more.len() + 1) {
+        0 => url.to_owned(),
+        k => more[k - 1].clone(),
+    }
+}
+
+/// The server's usage, summed over every process of it.
 pub fn usage(pid: Option<u32>) -> Option<Usage> {
-    let pid = pid?;
+    let mut total = usage_of(pid?)?;
+    for more in MORE_PIDS.get().into_iter().flatten() {
+        let u = usage_of(*more)?;
+        total.cpu_secs += u.cpu_secs;
+        total.rss_bytes += u.rss_bytes;
+    }
+    Some(total)
+}
+
+fn usage_of(pid: u32) -> Option<Usage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at ')'.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -204,8 +204,9 @@ pub async fn run_server(
             .await
             .map_err(|e| format!("create room: {e}"))?;
         conns.push(owner);
-        for name in &names[1..] {
-            let mut c = common::logged_in(url, &common::identity(keys, name)).await?;
+        for (i, name) in names.iter().enumerate().skip(1) {
+            let at = common::spread(url, i);
+            let mut c = common::logged_in(&at, &common::identity(keys, name)).await?;
             c.join_room(&room.room_id, None)
                 .await
                 .map_err(|e| format!("join: {e}"))?;

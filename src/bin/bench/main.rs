@@ -24,6 +24,13 @@ struct Cli {
     /// The server's process id, to read its CPU time and RSS from /proc.
     #[arg(long, global = true)]
     server_pid: Option<u32>,
+    /// More processes of the same server (a cluster): `fanout` spreads its
+    /// members round-robin over `--url` and these.
+    #[arg(long, global = true, value_delimiter = ',')]
+    more_urls: Vec<String>,
+    /// Their process ids: CPU and RSS are summed over every process.
+    #[arg(long, global = true, value_delimiter = ',')]
+    more_pids: Vec<u32>,
     #[command(subcommand)]
     command: Command,
 }
@@ -92,6 +99,8 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
         .await
         .map_err(|e| e.to_string())?;
     let (url, pid) = (cli.url.as_str(), cli.server_pid);
+    let _ = common::MORE_URLS.set(cli.more_urls.clone());
+    let _ = common::MORE_PIDS.set(cli.more_pids.clone());
     match cli.command {
         Command::Fanout { opts, no_baseline } => {
             fanout_with_baseline(url, pid, &keys, &opts, !no_baseline).await
