@@ -126,7 +126,7 @@ for s in "${scenarios[@]}"; do
       timeout 900 "$bench" --url ws://127.0.0.1:18190/ws --server-pid "${cluster_pids[0]}" \
         --more-urls ws://127.0.0.1:18191/ws,ws://127.0.0.1:18192/ws --more-pids "$more_pids" \
         fanout --no-baseline ${FANOUT_ARGS:-} | tee -a "$out"
-      pg_url single
+      pg_url cluster_single
       start_server cluster-single 18193 CHAT__STORE__URL="$pg_last"
       timeout 900 "$bench" --url ws://127.0.0.1:18193/ws --server-pid "$server_pid" \
         fanout --no-baseline ${FANOUT_ARGS:-} | tee -a "$out"

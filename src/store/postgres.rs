@@ -532,15 +532,23 @@ async fn run_batch(
     let mut client = pool.get().await.map_err(pool_err)?;
     let lock = client.prepare_cached(LOCK_ROOM).await.map_err(err)?;
     // Each write's statements: the room lock where it takes one, then its own.
+    // A room's row is locked once per batch: the lock holds until COMMIT,
+    // and every later statement takes a new snapshot anyway.
+    let mut locked = std::collections::HashSet::new();
+    let first_lock: Vec<bool> = ops
+        .iter()
+        .map(|op| locks_room(op).is_some_and(|room_id| locked.insert(room_id)))
+        .collect();
     let prepared: Option<Vec<(Statement, Vec<Param>)>> = {
-        let mut out = Vec::with_capacity(ops.len() * 2);
+        let mut out = Vec::with_capacity(ops.len() + locked.len());
         let mut complete = true;
-        for op in ops {
+        for (op, &lock_first) in ops.iter().zip(&first_lock) {
             let Some((sql, params)) = statement(op) else {
                 complete = false;
                 break;
             };
-            if let Some(room_id) = locks_room(op) {
+            if lock_first {
+                let room_id = locks_room(op).expect("lock_first implies a room");
                 out.push((lock.clone(), vec![Box::new(room_id.to_owned()) as Param]));
             }
             out.push((client.prepare_cached(sql).await.map_err(err)?, params));
@@ -562,12 +570,12 @@ async fn run_batch(
         .await
         .into_iter();
         // Back to one answer per write: a lock's answer goes before its own.
-        let answers: Vec<_> = ops
+        let answers: Vec<_> = first_lock
             .iter()
-            .map(|op| {
-                let locked = match locks_room(op) {
-                    Some(_) => answers.next().expect("one per statement").map(|_| ()),
-                    None => Ok(()),
+            .map(|&lock_first| {
+                let locked = match lock_first {
+                    true => answers.next().expect("one per statement").map(|_| ()),
+                    false => Ok(()),
                 };
                 let own = answers.next().expect("one per statement");
                 locked.and(own)
