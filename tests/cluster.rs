@@ -54,14 +54,6 @@ impl Drop for Redis {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Process {
     child: Child,
     url: String,
@@ -76,18 +68,12 @@ impl Drop for Process {
 
 fn process(dir: &std::path::Path, db: &str, redis: &str, prefix: &str) -> Process {
     let (child, addr) = common::spawn_listening(
-        common::server_command(dir)
+        common::load_server_command(dir)
             .env("CHAT__STORE__URL", db)
             .env("CHAT__CLUSTER__REDIS_URL", redis)
             .env("CHAT__CLUSTER__CHANNEL_PREFIX", prefix)
             .env("CHAT__CLUSTER__HEARTBEAT_MS", "200")
-            .env("CHAT__CLUSTER__PEER_TIMEOUT_MS", "1500")
-            .env("CHAT__SERVER__PORT", "0")
-            .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
-            .env("CHAT__RATE_LIMIT__BURST", "100000")
-            .env("CHAT__LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
-            .env("CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR", "100000")
-            .env("RUST_LOG", "error"),
+            .env("CHAT__CLUSTER__PEER_TIMEOUT_MS", "1500"),
     );
     Process {
         child,
@@ -164,7 +150,7 @@ async fn three_processes_behave_as_one_server() {
             return;
         }
     };
-    let mut redis = match Redis::start(free_port()) {
+    let mut redis = match Redis::start(common::free_port()) {
         Ok(r) => r,
         Err(why) => {
             println!("SKIP cluster: {why}");

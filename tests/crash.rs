@@ -27,14 +27,7 @@ const USERS: [(&str, usize); 3] = [("alice", 0), ("bob", 1), ("carol", 2)];
 /// returns it and its ws URL.
 fn start(dir: &std::path::Path, store_url: &str) -> (Child, String) {
     let (child, addr) = common::spawn_listening(
-        common::server_command(dir)
-            .env("CHAT__STORE__URL", store_url)
-            .env("CHAT__SERVER__PORT", "0")
-            .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
-            .env("CHAT__RATE_LIMIT__BURST", "100000")
-            .env("CHAT__LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
-            .env("CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR", "100000")
-            .env("RUST_LOG", "error"),
+        common::load_server_command(dir).env("CHAT__STORE__URL", store_url),
     );
     (child, format!("ws://{addr}/ws"))
 }

@@ -12,13 +12,7 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_e2ee-chat-server");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 #[tokio::test]
 async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {

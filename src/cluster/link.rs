@@ -153,7 +153,7 @@ pub async fn subscriber(
                             rooms.get(room_id),
                             decode_message(room_id, msg.get_payload_bytes()),
                         ) {
-                            room.do_send(RoomFeed::Message(m));
+                            room.do_send(RoomFeed::Message(Box::new(m)));
                         }
                     }
                 }

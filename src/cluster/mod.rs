@@ -163,7 +163,7 @@ fn decode_message(room_id: &str, bytes: &[u8]) -> Option<RoomMessage> {
 #[rtype(result = "()")]
 pub enum RoomFeed {
     /// A message another process (or this one) stored.
-    Message(RoomMessage),
+    Message(Box<RoomMessage>),
     /// The room's channel is subscribed (again): read what was missed.
     Subscribed,
 }

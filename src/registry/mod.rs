@@ -13,7 +13,10 @@
 //! With several processes (`cluster`), the Registry also keeps the others'
 //! presence and applies their room changes; that part is in `cluster.rs`.
 
+mod accounts;
 mod cluster;
+
+pub use accounts::{LookupUser, Offline, Online, OnlineInfo, Register};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -24,12 +27,11 @@ use indexmap::IndexSet;
 
 use crate::cluster::{presence::Peers, Cluster, RoomChange};
 use crate::config::Settings;
-use crate::crypto::PublicKeys;
 use crate::password::Hasher;
 use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
 use crate::room::{self, OwnerAction, OwnerOp, OwnerOutcome, RoomActor};
 use crate::session::{SessionHandle, SessionId};
-use crate::store::{DirectoryEntry, RoomRecord, SharedStore, StoreError, UserRecord};
+use crate::store::{DirectoryEntry, RoomRecord, SharedStore, StoreError};
 use crate::user::User;
 use crate::util::{new_room_id, now_ms};
 use crate::validate::fold_room_name;
@@ -363,164 +365,6 @@ impl Actor for Registry {
             }
             Err(e) => log::error!("could not load the room directory: {e}"),
         }));
-    }
-}
-
-// ---------------------------------------------------------------- accounts
-
-#[derive(Message)]
-#[rtype(result = "RegistryResult<()>")]
-pub struct Register {
-    pub username: String,
-    pub sign_key: Vec<u8>,
-    pub enc_key: Vec<u8>,
-    pub keys: PublicKeys,
-}
-
-impl Handler<Register> for Registry {
-    type Result = ResponseActFuture<Self, RegistryResult<()>>;
-
-    fn handle(&mut self, msg: Register, _: &mut Self::Context) -> Self::Result {
-        if self.users.contains_key(&msg.username) {
-            return failed(ErrorCode::UsernameTaken);
-        }
-        let record = UserRecord {
-            username: msg.username.clone(),
-            sign_key: msg.sign_key,
-            enc_key: msg.enc_key,
-            created_at: now_ms(),
-        };
-        let user = Arc::new(User {
-            username: msg.username,
-            keys: msg.keys,
-            created_at: record.created_at,
-        });
-        let create = self.store.create_user(record);
-        Box::pin(create.into_actor(self).map(move |res, act, _| match res {
-            Ok(()) => {
-                log::info!("registered {}", user.username);
-                act.cache_user(user);
-                Ok(())
-            }
-            Err(StoreError::Conflict(_)) => Err(ErrorCode::UsernameTaken.into()),
-            Err(e) => Err(internal(e)),
-        }))
-    }
-}
-
-/// Finds a user (cache, then store) for a login challenge.
-#[derive(Message)]
-#[rtype(result = "RegistryResult<Arc<User>>")]
-pub struct LookupUser {
-    pub username: String,
-}
-
-impl Handler<LookupUser> for Registry {
-    type Result = ResponseActFuture<Self, RegistryResult<Arc<User>>>;
-
-    fn handle(&mut self, msg: LookupUser, _: &mut Self::Context) -> Self::Result {
-        if let Some(user) = self.users.get(&msg.username) {
-            return Box::pin(fut::ready(Ok(user.clone())));
-        }
-        let get = self.store.get_user(&msg.username);
-        Box::pin(get.into_actor(self).map(|res, act, _| {
-            let record = res
-                .map_err(internal)?
-                .ok_or(Failure::from(ErrorCode::UnknownUser))?;
-            let user = User::from_record(&record).map_err(internal)?;
-            Ok(act.cache_user(user))
-        }))
-    }
-}
-
-/// A session proved its identity: record it, attach it to the user's rooms.
-/// Refused (`rate_limited`) when the user already has
-/// `limits.max_connections_per_user` sessions.
-#[derive(Message)]
-#[rtype(result = "RegistryResult<OnlineInfo>")]
-pub struct Online {
-    pub username: String,
-    pub handle: SessionHandle,
-}
-
-pub struct OnlineInfo {
-    pub rooms: Vec<RoomSummary>,
-    pub addrs: Vec<(String, Addr<RoomActor>)>,
-}
-
-impl Handler<Online> for Registry {
-    type Result = RegistryResult<OnlineInfo>;
-
-    fn handle(&mut self, msg: Online, ctx: &mut Self::Context) -> Self::Result {
-        let sessions = self.online.entry(msg.username.clone()).or_default();
-        if sessions.len() >= self.settings.limits.max_connections_per_user {
-            log::warn!(
-                "{} refused a connection: {} already open",
-                msg.username,
-                sessions.len()
-            );
-            return Err(Failure::new(
-                ErrorCode::RateLimited,
-                "too many connections for this user; close one first",
-            ));
-        }
-        let first = sessions.is_empty();
-        sessions.insert(msg.handle.id, msg.handle.clone());
-        if first {
-            self.local_presence(&msg.username, true);
-        }
-        let room_ids: Vec<String> = self
-            .user_rooms
-            .get(&msg.username)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
-        let mut addrs = Vec::with_capacity(room_ids.len());
-        for room_id in room_ids {
-            if let Some(addr) = self.room_addr(&room_id, ctx.address()) {
-                addr.do_send(room::Attach {
-                    username: msg.username.clone(),
-                    handle: msg.handle.clone(),
-                });
-                addrs.push((room_id, addr));
-            }
-        }
-        let mut rooms: Vec<RoomSummary> = addrs
-            .iter()
-            .filter_map(|(id, _)| self.rooms.get(id).map(|e| self.summary(e)))
-            .collect();
-        rooms.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
-        Ok(OnlineInfo { rooms, addrs })
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Offline {
-    pub username: String,
-    pub session: SessionId,
-}
-
-impl Handler<Offline> for Registry {
-    type Result = ();
-
-    fn handle(&mut self, msg: Offline, _: &mut Self::Context) {
-        if let Some(sessions) = self.online.get_mut(&msg.username) {
-            let had = sessions.remove(&msg.session).is_some();
-            if sessions.is_empty() {
-                self.online.remove(&msg.username);
-                if had {
-                    self.local_presence(&msg.username, false);
-                }
-            }
-        }
-        for room_id in self.user_rooms.get(&msg.username).into_iter().flatten() {
-            if let Some(addr) = self.rooms.get(room_id).and_then(|e| e.addr.as_ref()) {
-                addr.do_send(room::Detach {
-                    username: msg.username.clone(),
-                    session: msg.session,
-                });
-            }
-        }
     }
 }
 

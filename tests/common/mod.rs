@@ -244,6 +244,28 @@ pub fn server_command(dir: &Path) -> std::process::Command {
     cmd
 }
 
+/// A free TCP port on 127.0.0.1 (for a server that must bind a known port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `server_command` on a free port with the rate and per-address limits
+/// raised for load, logging only errors.
+pub fn load_server_command(dir: &Path) -> std::process::Command {
+    let mut cmd = server_command(dir);
+    cmd.env("CHAT__SERVER__PORT", "0")
+        .env("CHAT__RATE_LIMIT__PER_SECOND", "100000")
+        .env("CHAT__RATE_LIMIT__BURST", "100000")
+        .env("CHAT__LIMITS__MAX_CONNECTIONS_PER_IP", "100000")
+        .env("CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR", "100000")
+        .env("RUST_LOG", "error");
+    cmd
+}
+
 /// Spawns a server command and waits for its `listening on ADDR` line;
 /// returns the process and ADDR.
 pub fn spawn_listening(cmd: &mut std::process::Command) -> (std::process::Child, String) {

@@ -1,0 +1,297 @@
+//! Joining and leaving a room: seats held by joins in flight, the
+//! per-user password attempt limit, bans re-checked after every await, and
+//! the owner's successor when the owner leaves.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::{internal, MemberState, RoomActor, RoomResult, PASSWORD_WINDOW};
+use crate::protocol::{ErrorCode, Failure, Member, RoomSummary, ServerMsg};
+use crate::session::SessionHandle;
+use crate::store::{RoomUpdate, StoreError};
+use crate::user::User;
+use crate::util::now_ms;
+
+pub struct Joined {
+    pub room: RoomSummary,
+    pub members: Vec<Member>,
+    /// False when the user already was a member.
+    pub added: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<Joined>")]
+pub struct Join {
+    pub user: Arc<User>,
+    pub sessions: Vec<SessionHandle>,
+    pub room_count: usize,
+    pub password: Option<String>,
+}
+
+impl RoomActor {
+    fn joined(&self, added: bool) -> Joined {
+        Joined {
+            room: self.summary(),
+            members: self.member_objects(),
+            added,
+        }
+    }
+
+    fn attach_all(&mut self, username: &str, sessions: Vec<SessionHandle>) {
+        for handle in sessions {
+            self.attach(username, handle);
+        }
+    }
+}
+
+impl Handler<Join> for RoomActor {
+    type Result = ResponseActFuture<Self, RoomResult<Joined>>;
+
+    /// Checks, then (for a password room) verifies the password off the
+    /// actor, re-checks the ban, stores the membership and adds the member.
+    /// A join in flight holds a seat (`joining`), so racing joins cannot
+    /// overfill the room; a ban is recorded in `bans` before its write, so a
+    /// join that finishes after it is refused.
+    fn handle(&mut self, msg: Join, _: &mut Self::Context) -> Self::Result {
+        let username = msg.user.username.clone();
+        if self.members.contains_key(&username) {
+            self.attach_all(&username, msg.sessions);
+            return Box::pin(fut::ready(Ok(self.joined(false))));
+        }
+        let refuse = |f: Failure| -> Self::Result { Box::pin(fut::ready(Err(f))) };
+        if self.bans.contains(&username) {
+            return refuse(ErrorCode::Banned.into());
+        }
+        let seats = self.members.len() + self.joining.len()
+            - usize::from(self.joining.contains_key(&username));
+        if seats >= self.settings.limits.max_members_per_room {
+            return refuse(ErrorCode::RoomFull.into());
+        }
+        if msg.room_count >= self.settings.limits.max_rooms_per_user {
+            return refuse(ErrorCode::TooManyRooms.into());
+        }
+        let hash = self.record.password_hash.clone();
+        if hash.is_some() {
+            if let Err(f) = self.take_password_attempt(&username) {
+                return refuse(f);
+            }
+        }
+        *self.joining.entry(username.clone()).or_default() += 1;
+        let given = msg.password.unwrap_or_default();
+        let checked_password = hash.is_some();
+        let check = hash.map(|hash| self.hasher.verify(hash, given));
+        let verify = async move {
+            match check {
+                Some(check) => check.await,
+                None => Ok(true),
+            }
+        };
+        let joined_at = now_ms();
+        let name = username.clone();
+        let (user, sessions) = (msg.user, msg.sessions);
+        let stored = verify.into_actor(self).then(move |checked, act, _| {
+            let admitted = match checked {
+                Err(busy) => {
+                    // Not checked at all (the hashing queue was full).
+                    act.refund_password_attempt(&name);
+                    Err(busy)
+                }
+                Ok(false) => Err(Failure::from(ErrorCode::WrongPassword)),
+                Ok(true) => act.admit(&name, checked_password),
+            };
+            // Submitted now, in this actor turn, so the store orders it
+            // before any ban this room submits later.
+            let write =
+                admitted.map(|()| act.store.add_member(&act.record.room_id, &name, joined_at));
+            async move {
+                match write?.await {
+                    // Banned on another process, which this one has not heard of yet.
+                    Err(StoreError::Banned) => Err(Failure::from(ErrorCode::Banned)),
+                    other => other.map_err(internal),
+                }
+            }
+            .into_actor(act)
+        });
+        Box::pin(stored.map(move |res, act, ctx| {
+            act.release_seat(&username);
+            if matches!(&res, Err(f) if f.code == ErrorCode::Banned) {
+                act.bans.insert(username.clone());
+            }
+            res?;
+            if act.bans.contains(&username) {
+                // Banned while the membership was being written: the ban's
+                // own write, queued after ours, removes it again.
+                return Err(ErrorCode::Banned.into());
+            }
+            if act.members.contains_key(&username) {
+                act.attach_all(&username, sessions);
+                return Ok(act.joined(false));
+            }
+            // The joiner's sessions are attached as it is added: `member_joined`
+            // already says whether it is online, so no presence event follows.
+            let member = user.member(
+                !sessions.is_empty() || act.elsewhere.contains(&username),
+                joined_at,
+            );
+            act.members.insert(
+                username.clone(),
+                MemberState {
+                    user,
+                    joined_at,
+                    sessions: sessions.into_iter().map(|h| (h.id, h)).collect(),
+                },
+            );
+            act.broadcast(
+                &ServerMsg::MemberJoined {
+                    room_id: act.record.room_id.clone(),
+                    member,
+                },
+                Some(&username),
+            );
+            act.local_change(ctx);
+            Ok(act.joined(true))
+        }))
+    }
+}
+
+impl RoomActor {
+    /// Counts one password attempt of `username` against
+    /// `limits.password_attempts_per_minute`; past it, `rate_limited`
+    /// without hashing. Counted before the hash runs, so racing attempts
+    /// cannot exceed the limit; a right password gives its attempt back.
+    fn take_password_attempt(&mut self, username: &str) -> RoomResult<()> {
+        let now = Instant::now();
+        let limit = self.settings.limits.password_attempts_per_minute;
+        self.password_attempts
+            .retain(|_, (since, _)| now.duration_since(*since) < PASSWORD_WINDOW);
+        let (_, count) = self
+            .password_attempts
+            .entry(username.to_owned())
+            .or_insert((now, 0));
+        if *count >= limit {
+            return Err(Failure::new(
+                ErrorCode::RateLimited,
+                "too many password attempts for this room; wait a minute",
+            ));
+        }
+        *count += 1;
+        Ok(())
+    }
+
+    fn refund_password_attempt(&mut self, username: &str) {
+        if let Some((_, count)) = self.password_attempts.get_mut(username) {
+            *count = count.saturating_sub(1);
+        }
+    }
+
+    /// After a right (or no) password: refused if banned meanwhile, else
+    /// the attempt is given back.
+    fn admit(&mut self, username: &str, checked_password: bool) -> RoomResult<()> {
+        if self.bans.contains(username) {
+            // Banned while the password was being checked.
+            return Err(ErrorCode::Banned.into());
+        }
+        if checked_password {
+            self.refund_password_attempt(username);
+        }
+        Ok(())
+    }
+
+    fn release_seat(&mut self, username: &str) {
+        if let Some(n) = self.joining.get_mut(username) {
+            *n -= 1;
+            if *n == 0 {
+                self.joining.remove(username);
+            }
+        }
+    }
+}
+
+pub struct Left {
+    /// The room was deleted because its last member left.
+    pub deleted: bool,
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<Left>")]
+pub struct Leave {
+    pub username: String,
+}
+
+impl Handler<Leave> for RoomActor {
+    type Result = ResponseActFuture<Self, RoomResult<Left>>;
+
+    fn handle(&mut self, msg: Leave, _: &mut Self::Context) -> Self::Result {
+        if !self.members.contains_key(&msg.username) {
+            return Box::pin(fut::ready(Err(ErrorCode::NotMember.into())));
+        }
+        let store = self.store.clone();
+        let room_id = self.record.room_id.clone();
+        let username = msg.username;
+        let last = self.members.len() == 1;
+        let next_owner = (self.record.owner == username)
+            .then(|| self.members.keys().find(|k| **k != username).cloned())
+            .flatten();
+        let (name, heir) = (username.clone(), next_owner.clone());
+        let work = async move {
+            if last {
+                return store.delete_room(&room_id).await.map_err(internal);
+            }
+            store
+                .remove_member(&room_id, &name, false)
+                .await
+                .map_err(internal)?;
+            if let Some(owner) = heir {
+                let update = RoomUpdate {
+                    owner: Some(owner),
+                    ..RoomUpdate::default()
+                };
+                store
+                    .update_room(&room_id, update)
+                    .await
+                    .map_err(internal)?;
+            }
+            Ok(())
+        };
+        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
+            res?;
+            if last {
+                act.members.clear();
+                ctx.stop();
+                return Ok(Left { deleted: true });
+            }
+            act.drop_member(&username, "left");
+            act.local_change(ctx);
+            if let Some(owner) = next_owner {
+                act.record.owner = owner.clone();
+                act.broadcast(
+                    &ServerMsg::OwnerChanged {
+                        room_id: act.record.room_id.clone(),
+                        owner,
+                    },
+                    None,
+                );
+                act.publish();
+            }
+            Ok(Left { deleted: false })
+        }))
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<Vec<Member>>")]
+pub struct GetMembers {
+    pub username: String,
+}
+
+impl Handler<GetMembers> for RoomActor {
+    type Result = RoomResult<Vec<Member>>;
+    fn handle(&mut self, msg: GetMembers, _: &mut Self::Context) -> Self::Result {
+        if !self.members.contains_key(&msg.username) {
+            return Err(ErrorCode::NotMember.into());
+        }
+        Ok(self.member_objects())
+    }
+}

@@ -1,0 +1,675 @@
+//! `RoomActor`: one per active room. It owns the room's members (with their
+//! keys), the sessions of members that are online, the bans and the owner,
+//! checks every `send` against them, hands messages to the store in order and
+//! fans them out once they are durable.
+//!
+//! Ordering: sends are submitted to the store in arrival order and the store
+//! assigns seq in that order. Their completions are collected in `pending`
+//! and released strictly from the front, so `sent` replies and `message`
+//! events leave the room in seq order even if completions were to arrive out
+//! of order.
+//!
+//! The room never waits on the Registry (it only `do_send`s updates to it),
+//! so the Registry may safely wait on rooms.
+
+mod cluster;
+mod delivery;
+mod membership;
+mod owner;
+
+pub use cluster::{Elsewhere, Reload};
+pub use membership::{GetMembers, Join, Joined, Leave, Left};
+pub use owner::{OwnerAction, OwnerOp, OwnerOutcome};
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use indexmap::IndexMap;
+use serde_bytes::ByteBuf;
+use tokio::sync::oneshot;
+
+use crate::cluster::{Cluster, RoomChange};
+use crate::config::Settings;
+use crate::password::Hasher;
+use crate::protocol::{ErrorCode, Failure, Member, MessageData, RoomSummary, SendBody, ServerMsg};
+use crate::registry::{Registry, RoomChanged};
+use crate::session::{SessionHandle, SessionId};
+use crate::store::{
+    Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, SharedStore, StoreError,
+};
+use crate::user::User;
+
+/// What a room's handlers answer.
+pub type RoomResult<T> = Result<T, Failure>;
+
+struct MemberState {
+    user: Arc<User>,
+    joined_at: u64,
+    sessions: HashMap<SessionId, SessionHandle>,
+}
+
+/// A send that is in the store and waits for its turn to be released.
+struct Pending {
+    ticket: u64,
+    message: Arc<NewMessage>,
+    outcome: Option<Result<Appended, StoreError>>,
+    reply: oneshot::Sender<RoomResult<Appended>>,
+}
+
+pub struct RoomActor {
+    record: RoomRecord,
+    members: IndexMap<String, MemberState>,
+    bans: HashSet<String>,
+    store: SharedStore,
+    registry: Addr<Registry>,
+    settings: Arc<Settings>,
+    next_ticket: u64,
+    pending: VecDeque<Pending>,
+    /// Members whose last session was just dropped (gone or too slow); their
+    /// `presence` goes out from `flush_offline`.
+    went_offline: Vec<String>,
+    /// Joins in flight (password check or membership write), by user: each
+    /// holds a seat against `max_members_per_room`.
+    joining: HashMap<String, usize>,
+    /// Password attempts per user in the current window (see
+    /// `take_password_attempt`).
+    password_attempts: HashMap<String, (Instant, u32)>,
+    hasher: Arc<Hasher>,
+    /// Set when several processes share the database (see `cluster`).
+    cluster: Option<Cluster>,
+    /// The highest seq delivered to this process's sessions: every message
+    /// is fanned out once, in seq order, whichever process stored it.
+    delivered: u64,
+    /// Stored messages above `delivered + 1`, waiting for the ones before.
+    ready: BTreeMap<u64, (Arc<NewMessage>, u64)>,
+    /// A gap fill is scheduled or running.
+    filling: bool,
+    /// Members online on another process.
+    elsewhere: HashSet<String>,
+    /// Reloads after other processes' changes: started, newest applied, the
+    /// change the newest was for, and sessions to attach after it.
+    loads_started: u64,
+    loads_applied: u64,
+    reload_change: Option<RoomChange>,
+    waiting_attach: Vec<(String, SessionHandle)>,
+}
+
+/// The window of `limits.password_attempts_per_minute`.
+const PASSWORD_WINDOW: Duration = Duration::from_secs(60);
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    log::error!("room store error: {e}");
+    Failure::from(ErrorCode::Internal)
+}
+
+impl RoomActor {
+    pub fn new(
+        record: RoomRecord,
+        store: SharedStore,
+        registry: Addr<Registry>,
+        settings: Arc<Settings>,
+        hasher: Arc<Hasher>,
+        cluster: Option<Cluster>,
+        elsewhere: HashSet<String>,
+    ) -> Self {
+        RoomActor {
+            cluster,
+            delivered: record.last_seq,
+            ready: BTreeMap::new(),
+            filling: false,
+            elsewhere,
+            loads_started: 0,
+            loads_applied: 0,
+            reload_change: None,
+            waiting_attach: Vec::new(),
+            hasher,
+            record,
+            members: IndexMap::new(),
+            bans: HashSet::new(),
+            store,
+            registry,
+            settings,
+            next_ticket: 0,
+            pending: VecDeque::new(),
+            went_offline: Vec::new(),
+            joining: HashMap::new(),
+            password_attempts: HashMap::new(),
+        }
+    }
+
+    fn online_count(&self) -> usize {
+        self.members
+            .iter()
+            .filter(|(name, m)| !m.sessions.is_empty() || self.elsewhere.contains(*name))
+            .count()
+    }
+
+    pub fn summary(&self) -> RoomSummary {
+        RoomSummary {
+            room_id: self.record.room_id.clone(),
+            name: self.record.name.clone(),
+            owner: self.record.owner.clone(),
+            members: self.members.len() as u64,
+            online: self.online_count() as u64,
+            has_password: self.record.password_hash.is_some(),
+            hidden: self.record.hidden,
+            created_at: self.record.created_at,
+            last_seq: self.record.last_seq,
+        }
+    }
+
+    fn member_objects(&self) -> Vec<Member> {
+        self.members
+            .iter()
+            .map(|(name, m)| {
+                let online = !m.sessions.is_empty() || self.elsewhere.contains(name);
+                m.user.member(online, m.joined_at)
+            })
+            .collect()
+    }
+
+    fn publish(&self) {
+        self.registry.do_send(RoomChanged {
+            record: self.record.clone(),
+        });
+    }
+
+    /// Queues a frame for every session of `username`, dropping sessions
+    /// that are gone or whose send queue is full. Returns how many got it.
+    fn push_to(&mut self, username: &str, frame: &Bytes) -> u64 {
+        let Some(m) = self.members.get_mut(username) else {
+            return 0;
+        };
+        let had = m.sessions.len();
+        m.sessions.retain(|_, s| s.deliver(frame.clone()));
+        if had > 0 && m.sessions.is_empty() {
+            self.went_offline.push(username.to_owned());
+        }
+        m.sessions.len() as u64
+    }
+
+    /// Announces members whose last session was dropped while delivering.
+    fn flush_offline(&mut self) {
+        while let Some(username) = self.went_offline.pop() {
+            if self
+                .members
+                .get(&username)
+                .is_some_and(|m| m.sessions.is_empty())
+                && !self.elsewhere.contains(&username)
+            {
+                log::info!(
+                    "room {}: {username} dropped (connection gone or too slow)",
+                    self.record.room_id
+                );
+                self.presence(&username, false);
+            }
+        }
+    }
+
+    /// Sends one event to every online member except `except`.
+    fn broadcast(&mut self, event: &ServerMsg, except: Option<&str>) {
+        let frame = Bytes::from(event.encode());
+        let names: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(n, m)| Some(n.as_str()) != except && !m.sessions.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            self.push_to(&name, &frame);
+        }
+        self.flush_offline();
+    }
+
+    fn is_owner(&self, username: &str) -> RoomResult<()> {
+        if self.record.owner == username {
+            Ok(())
+        } else {
+            Err(ErrorCode::NotOwner.into())
+        }
+    }
+
+    /// The checks of PROTOCOL.md "Messages" that come after the idempotency
+    /// point: key set, wrapped-key lengths, signature.
+    fn check_keys(&self, body: &SendBody, sig_ok: bool) -> RoomResult<()> {
+        let same_set = body.keys.len() == self.members.len()
+            && body.keys.keys().all(|k| self.members.contains_key(k));
+        if !same_set {
+            let mut f = Failure::new(
+                ErrorCode::StaleMembers,
+                "the keys do not match the room's current members",
+            );
+            f.members = Some(self.member_objects());
+            return Err(f);
+        }
+        for (name, wrapped) in &body.keys {
+            if wrapped.len() != self.members[name.as_str()].user.keys.enc_len {
+                return Err(Failure::new(
+                    ErrorCode::InvalidMessage,
+                    format!("the wrapped key for {name} has the wrong length"),
+                ));
+            }
+        }
+        if !sig_ok {
+            return Err(Failure::new(
+                ErrorCode::InvalidMessage,
+                "the message signature does not verify",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a store completion and releases every send at the front of
+    /// the queue that is complete, in order.
+    fn complete(
+        &mut self,
+        ticket: u64,
+        outcome: Result<Appended, StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if let Some(p) = self.pending.iter_mut().find(|p| p.ticket == ticket) {
+            p.outcome = Some(outcome);
+        }
+        let mut stale = Vec::new();
+        while self.pending.front().is_some_and(|p| p.outcome.is_some()) {
+            let p = self.pending.pop_front().expect("front exists");
+            let result = match p.outcome.expect("checked") {
+                Ok(appended) => {
+                    if !appended.duplicate {
+                        if let Some(cluster) = &self.cluster {
+                            cluster.publish_message(&p.message, appended);
+                        }
+                        self.offer(appended.seq, appended.ts, p.message);
+                    }
+                    Ok(appended)
+                }
+                Err(StoreError::StaleMembers) => {
+                    stale.push(p.reply);
+                    continue;
+                }
+                Err(e) => Err(internal(e)),
+            };
+            let _ = p.reply.send(result);
+        }
+        self.drain(ctx);
+        if !stale.is_empty() {
+            self.reload_members(ctx, stale);
+        }
+    }
+
+    /// The store refused sends whose key sets were this room's members:
+    /// another process changed them. Takes the committed members, then
+    /// answers those sends `stale_members` with them, so the senders re-wrap.
+    fn reload_members(
+        &mut self,
+        ctx: &mut Context<Self>,
+        waiting: Vec<oneshot::Sender<RoomResult<Appended>>>,
+    ) {
+        let load = self.store.load_room(&self.record.room_id);
+        ctx.spawn(load.into_actor(self).map(move |res, act, _| {
+            let answer = match res {
+                Ok(state) => {
+                    act.adopt(state, None, false);
+                    let mut f = Failure::new(
+                        ErrorCode::StaleMembers,
+                        "the room's members changed; re-wrap for these members",
+                    );
+                    f.members = Some(act.member_objects());
+                    Err(f)
+                }
+                Err(e) => Err(internal(e)),
+            };
+            for reply in waiting {
+                let _ = reply.send(answer.clone());
+            }
+        }));
+    }
+
+    /// Takes the committed state (changed by another process): members
+    /// gone are dropped (`member_left`, with `removed`'s reason for that
+    /// user, else "left"), new ones added (`member_joined`), the record's
+    /// name and owner announced when they changed. Bans: `replace_bans`
+    /// takes the stored set (an unban elsewhere); otherwise they are added.
+    fn adopt(&mut self, state: RoomState, removed: Option<(&str, &str)>, replace_bans: bool) {
+        let gone: Vec<String> = self
+            .members
+            .keys()
+            .filter(|name| !state.members.iter().any(|m| &m.user.username == *name))
+            .cloned()
+            .collect();
+        for name in gone {
+            let reason = removed
+                .filter(|(user, _)| *user == name)
+                .map_or("left", |(_, reason)| reason);
+            self.drop_member(&name, reason);
+        }
+        for m in state.members {
+            if self.members.contains_key(&m.user.username) {
+                continue;
+            }
+            let Ok(user) = User::from_record(&m.user) else {
+                log::error!("bad stored key for {}", m.user.username);
+                continue;
+            };
+            let member = user.member(self.elsewhere.contains(&user.username), m.joined_at);
+            self.members.insert(
+                m.user.username.clone(),
+                MemberState {
+                    user,
+                    joined_at: m.joined_at,
+                    sessions: HashMap::new(),
+                },
+            );
+            if self.online_count() > 0 {
+                self.broadcast(
+                    &ServerMsg::MemberJoined {
+                        room_id: self.record.room_id.clone(),
+                        member,
+                    },
+                    Some(&m.user.username),
+                );
+            }
+        }
+        if replace_bans {
+            self.bans = state.bans.into_iter().collect();
+        } else {
+            self.bans.extend(state.bans);
+        }
+        if let Some(record) = state.record {
+            self.take_record(record);
+        }
+    }
+
+    /// The committed record: announces a new name or owner.
+    fn take_record(&mut self, record: RoomRecord) {
+        let room_id = self.record.room_id.clone();
+        if record.name != self.record.name {
+            self.record.name = record.name.clone();
+            self.broadcast(
+                &ServerMsg::RoomRenamed {
+                    room_id: room_id.clone(),
+                    name: record.name,
+                },
+                None,
+            );
+        }
+        if record.owner != self.record.owner {
+            self.record.owner = record.owner.clone();
+            self.broadcast(
+                &ServerMsg::OwnerChanged {
+                    room_id,
+                    owner: record.owner,
+                },
+                None,
+            );
+        }
+        self.record.password_hash = record.password_hash;
+        self.record.hidden = record.hidden;
+    }
+
+    fn attach(&mut self, username: &str, handle: SessionHandle) {
+        let Some(m) = self.members.get_mut(username) else {
+            return;
+        };
+        let was_online = !m.sessions.is_empty() || self.elsewhere.contains(username);
+        m.sessions.insert(handle.id, handle);
+        if !was_online {
+            self.presence(username, true);
+        }
+    }
+
+    fn presence(&mut self, username: &str, online: bool) {
+        self.broadcast(
+            &ServerMsg::Presence {
+                room_id: self.record.room_id.clone(),
+                username: username.to_owned(),
+                online,
+            },
+            Some(username),
+        );
+    }
+
+    /// Drops a member from memory: a removed member's sessions get `removed`
+    /// (unless they left on their own), everyone left gets `member_left`.
+    fn drop_member(&mut self, username: &str, reason: &str) {
+        let Some(removed) = self.members.shift_remove(username) else {
+            return;
+        };
+        if reason != "left" {
+            let frame = Bytes::from(
+                ServerMsg::Removed {
+                    room_id: self.record.room_id.clone(),
+                    reason: reason.to_owned(),
+                }
+                .encode(),
+            );
+            for s in removed.sessions.values() {
+                s.deliver(frame.clone());
+            }
+        }
+        self.broadcast(
+            &ServerMsg::MemberLeft {
+                room_id: self.record.room_id.clone(),
+                username: username.to_owned(),
+                reason: reason.to_owned(),
+            },
+            None,
+        );
+    }
+}
+
+impl Actor for RoomActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(crate::util::MAILBOX_CAPACITY);
+        let load = self.store.load_room(&self.record.room_id);
+        ctx.wait(load.into_actor(self).map(
+            |res: Result<RoomState, StoreError>, act, ctx| match res {
+                Ok(state) => {
+                    let Some(record) = state.record.clone() else {
+                        log::info!("room {} is gone", act.record.room_id);
+                        ctx.stop();
+                        return;
+                    };
+                    // Live delivery starts after what is stored now.
+                    act.delivered = record.last_seq;
+                    act.record.last_seq = record.last_seq;
+                    // Nobody is attached yet, so adopting announces nothing.
+                    act.adopt(state, None, true);
+                    if let Some(cluster) = &act.cluster {
+                        cluster.subscribe_room(&act.record.room_id, ctx.address().recipient());
+                    }
+                    log::debug!(
+                        "room {} loaded: {} members, last seq {}",
+                        act.record.room_id,
+                        act.members.len(),
+                        act.record.last_seq
+                    );
+                }
+                Err(e) => {
+                    log::error!("room {} failed to load: {e}", act.record.room_id);
+                    ctx.stop();
+                }
+            },
+        ));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        if let Some(cluster) = &self.cluster {
+            cluster.unsubscribe_room(&self.record.room_id);
+        }
+        log::debug!("room {} stopped", self.record.room_id);
+    }
+}
+
+// ---------------------------------------------------------------- sessions
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Attach {
+    pub username: String,
+    pub handle: SessionHandle,
+}
+
+impl Handler<Attach> for RoomActor {
+    type Result = ();
+    fn handle(&mut self, msg: Attach, _: &mut Self::Context) {
+        self.attach(&msg.username, msg.handle);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Detach {
+    pub username: String,
+    pub session: SessionId,
+}
+
+impl Handler<Detach> for RoomActor {
+    type Result = ();
+    fn handle(&mut self, msg: Detach, _: &mut Self::Context) {
+        let Some(m) = self.members.get_mut(&msg.username) else {
+            return;
+        };
+        if m.sessions.remove(&msg.session).is_some()
+            && m.sessions.is_empty()
+            && !self.elsewhere.contains(&msg.username)
+        {
+            self.presence(&msg.username, false);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- messages
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<Appended>")]
+pub struct SendMessage {
+    pub sender: String,
+    pub body: SendBody,
+    /// Whether the signature verified (checked by the session, off this thread).
+    pub signature_ok: bool,
+}
+
+impl Handler<SendMessage> for RoomActor {
+    type Result = ResponseFuture<RoomResult<Appended>>;
+
+    fn handle(&mut self, msg: SendMessage, ctx: &mut Self::Context) -> Self::Result {
+        let refuse = |f: Failure| -> Self::Result { Box::pin(async move { Err(f) }) };
+        let body = &msg.body;
+        if !self.members.contains_key(&msg.sender) {
+            return refuse(ErrorCode::NotMember.into());
+        }
+        if body.ciphertext.len() > self.settings.limits.max_ciphertext_bytes {
+            return refuse(Failure::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "ciphertext is {} bytes; the limit is {}",
+                    body.ciphertext.len(),
+                    self.settings.limits.max_ciphertext_bytes
+                ),
+            ));
+        }
+        if body.msg_id.len() != crate::crypto::MSG_ID_LEN
+            || body.nonce.len() != crate::crypto::NONCE_LEN
+            || body.key_commitment.len() != crate::crypto::KEY_COMMITMENT_LEN
+        {
+            return refuse(Failure::new(
+                ErrorCode::InvalidMessage,
+                "msg_id must be 16 bytes, nonce 12 and key_commitment 32",
+            ));
+        }
+        if let Err(failure) = self.check_keys(body, msg.signature_ok) {
+            // The idempotency point comes before these checks: a resend of a
+            // stored message still answers its original `sent`.
+            let lookup = self
+                .store
+                .find_message(&body.room_id, &msg.sender, &body.msg_id);
+            return Box::pin(async move {
+                match lookup.await {
+                    Ok(Some((seq, ts))) => Ok(Appended {
+                        seq,
+                        ts,
+                        duplicate: true,
+                    }),
+                    Ok(None) => Err(failure),
+                    Err(e) => Err(internal(e)),
+                }
+            });
+        }
+        let SendMessage { sender, body, .. } = msg;
+        let message = Arc::new(NewMessage {
+            room_id: body.room_id,
+            msg_id: body.msg_id.into_vec(),
+            sender,
+            nonce: body.nonce.into_vec(),
+            key_commitment: body.key_commitment.into_vec(),
+            ciphertext: body.ciphertext.into_vec(),
+            signature: body.signature.into_vec(),
+            keys: body
+                .keys
+                .into_iter()
+                .map(|(k, v)| (k, v.into_vec()))
+                .collect(),
+            check_members: true,
+        });
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending.push_back(Pending {
+            ticket,
+            message: message.clone(),
+            outcome: None,
+            reply: tx,
+        });
+        let append = self.store.append_message(message);
+        ctx.spawn(
+            append
+                .into_actor(self)
+                .map(move |res, act, ctx| act.complete(ticket, res, ctx)),
+        );
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "RoomResult<(Vec<MessageData>, bool)>")]
+pub struct History {
+    pub username: String,
+    pub query: HistoryQuery,
+}
+
+impl Handler<History> for RoomActor {
+    type Result = ResponseFuture<RoomResult<(Vec<MessageData>, bool)>>;
+
+    fn handle(&mut self, msg: History, _: &mut Self::Context) -> Self::Result {
+        if !self.members.contains_key(&msg.username) {
+            return Box::pin(async { Err(ErrorCode::NotMember.into()) });
+        }
+        let room_id = self.record.room_id.clone();
+        let page = self.store.history(&room_id, &msg.username, msg.query);
+        Box::pin(async move {
+            let HistoryPage { messages, has_more } = page.await.map_err(internal)?;
+            let messages = messages
+                .into_iter()
+                .map(|m| MessageData {
+                    room_id: room_id.clone(),
+                    seq: m.seq,
+                    ts: m.ts,
+                    msg_id: ByteBuf::from(m.msg_id),
+                    sender: m.sender,
+                    nonce: ByteBuf::from(m.nonce),
+                    key_commitment: ByteBuf::from(m.key_commitment),
+                    ciphertext: ByteBuf::from(m.ciphertext),
+                    key: ByteBuf::from(m.key),
+                    signature: ByteBuf::from(m.signature),
+                })
+                .collect();
+            Ok((messages, has_more))
+        })
+    }
+}
