@@ -126,9 +126,9 @@ pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> 
         1
     };
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return PostgresStore::connect(url, batch)
-            .await
-            .map(|s| Arc::new(s) as SharedStore);
+        return PostgresStore::connect(url, batch).await.map(|s| {
+            Arc::new(s.with_max_members(settings.limits.max_members_per_room)) as SharedStore
+        });
     }
     if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
         return MongoStore::connect(url, Some(&settings.store.database))

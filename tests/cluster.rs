@@ -73,7 +73,8 @@ fn process(dir: &std::path::Path, db: &str, redis: &str, prefix: &str) -> Proces
             .env("CHAT__CLUSTER__REDIS_URL", redis)
             .env("CHAT__CLUSTER__CHANNEL_PREFIX", prefix)
             .env("CHAT__CLUSTER__HEARTBEAT_MS", "200")
-            .env("CHAT__CLUSTER__PEER_TIMEOUT_MS", "1500"),
+            .env("CHAT__CLUSTER__PEER_TIMEOUT_MS", "1500")
+            .env("CHAT__LIMITS__MAX_MEMBERS_PER_ROOM", "6"),
     );
     Process {
         child,
@@ -265,6 +266,8 @@ async fn three_processes_behave_as_one_server() {
         "bob's sends before the kill were acknowledged"
     );
     let mut carol = carol_sends.await.unwrap();
+    // B is replaced by a new process (as an orchestrator would).
+    let b2 = process(dir.path(), &db.url, &redis.url(), &prefix);
     let mut bob = user(&a.url, "bob", 1).await;
     bob.get_members(&rid).await.unwrap();
     let mut stored = Vec::new();
@@ -371,6 +374,31 @@ async fn three_processes_behave_as_one_server() {
     assert_eq!(messages_until(&mut alice, to).await, in_order(from, to));
     assert_eq!(messages_until(&mut bob, to).await, in_order(from, to));
     assert_eq!(messages_until(&mut carol, to).await, in_order(from, to));
-    drop((a, c));
+
+    // Room limits hold across processes: eight joins racing on B and C into
+    // a room of at most 6 members (the owner and five more).
+    let (small, _) = alice.create_room("Small", None, false).await.unwrap();
+    let mut joiners = Vec::new();
+    for i in 0..8 {
+        let url = if i % 2 == 0 { &b2.url } else { &c.url };
+        joiners.push(user(url, &format!("joiner{i}"), 4 + i).await);
+    }
+    let results = futures_util::future::join_all(
+        joiners
+            .iter_mut()
+            .map(|j| j.join_room(&small.room_id, None)),
+    )
+    .await;
+    let joined = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(joined, 5, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| e.code() == Some(ErrorCode::RoomFull)));
+    eventually!(
+        "the owner's process sees the five who joined elsewhere",
+        alice.get_members(&small.room_id).await.unwrap().len() == 6
+    );
+    drop((a, b2, c));
     db.drop_now().await;
 }

@@ -109,6 +109,8 @@ impl Handler<Join> for RoomActor {
                 match write?.await {
                     // Banned on another process, which this one has not heard of yet.
                     Err(StoreError::Banned) => Err(Failure::from(ErrorCode::Banned)),
+                    // Filled by joins on other processes.
+                    Err(StoreError::RoomFull) => Err(Failure::from(ErrorCode::RoomFull)),
                     other => other.map_err(internal),
                 }
             }

@@ -43,6 +43,10 @@ pub enum StoreError {
     /// processes checks this inside the membership write).
     #[error("the user is banned from the room")]
     Banned,
+    /// A join past the room's member limit (checked inside the membership
+    /// write by a store shared by several processes).
+    #[error("the room is full")]
+    RoomFull,
 }
 
 #[derive(Debug, Clone)]

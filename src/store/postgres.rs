@@ -114,7 +114,8 @@ enum WriteOp {
     CreateRoom(RoomRecord),
     UpdateRoom(String, RoomUpdate),
     DeleteRoom(String),
-    AddMember(String, String, u64),
+    /// room, user, joined_at, most members the room may have
+    AddMember(String, String, u64, i64),
     RemoveMember(String, String, bool),
     SetBan(String, String, bool),
     Append(Arc<NewMessage>),
@@ -138,6 +139,9 @@ enum ToWriter {
 pub struct PostgresStore {
     pool: Pool,
     writes: mpsc::UnboundedSender<ToWriter>,
+    /// Checked inside the membership write, where other processes' joins
+    /// are visible (`with_max_members`).
+    max_members: i64,
 }
 
 fn err(e: tokio_postgres::Error) -> StoreError {
@@ -195,7 +199,19 @@ impl PostgresStore {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(writer_loop(pool.clone(), rx, max_batch.max(1)));
         log::info!("postgres store open (group commit batch {max_batch})");
-        Ok(PostgresStore { pool, writes: tx })
+        Ok(PostgresStore {
+            pool,
+            writes: tx,
+            max_members: i64::MAX,
+        })
+    }
+
+    /// Joins past `max` members are refused (`StoreError::RoomFull`) inside
+    /// the membership write, so joins racing on several processes cannot
+    /// overfill a room.
+    pub fn with_max_members(mut self, max: usize) -> Self {
+        self.max_members = i64::try_from(max).unwrap_or(i64::MAX);
+        self
     }
 
     fn write<T: Send + 'static>(
@@ -372,24 +388,33 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
              DELETE FROM rooms WHERE room_id = $1",
             vec![p(room_id.clone())],
         ),
-        WriteOp::AddMember(room_id, username, joined_at) => (
+        WriteOp::AddMember(room_id, username, joined_at, max_members) => (
             // The period starts after the room's last seq as of this point
             // in the batch (earlier statements' appends included). A user
             // banned by another process is not added (the room row lock,
             // taken first, orders this after any committed ban).
             "WITH banned AS (
                 SELECT 1 FROM bans WHERE room_id = $1 AND username = $2
+             ), full_room AS (
+                SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND username = $2)
+                  AND (SELECT count(*) FROM members WHERE room_id = $1) >= $4
              ), ins AS (
                 INSERT INTO members (room_id, username, joined_at)
-                SELECT $1, $2, $3 WHERE NOT EXISTS (SELECT 1 FROM banned)
+                SELECT $1, $2, $3
+                WHERE NOT EXISTS (SELECT 1 FROM banned) AND NOT EXISTS (SELECT 1 FROM full_room)
                 ON CONFLICT (room_id, username) DO NOTHING RETURNING room_id
              ), period AS (
                 INSERT INTO member_periods (room_id, username, from_seq, to_seq)
                 SELECT r.room_id, $2, r.last_seq + 1, NULL FROM rooms r JOIN ins ON ins.room_id = r.room_id
                 ON CONFLICT DO NOTHING
              )
-             SELECT EXISTS (SELECT 1 FROM banned)",
-            vec![p(room_id.clone()), p(username.clone()), ms(*joined_at)],
+             SELECT EXISTS (SELECT 1 FROM banned), EXISTS (SELECT 1 FROM full_room)",
+            vec![
+                p(room_id.clone()),
+                p(username.clone()),
+                ms(*joined_at),
+                p(*max_members),
+            ],
         ),
         WriteOp::RemoveMember(room_id, username, ban) => (
             "WITH del AS (
@@ -502,6 +527,9 @@ fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
         WriteOp::AddMember(..) => {
             if rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
                 return Err(StoreError::Banned);
+            }
+            if rows.first().is_some_and(|r| r.get::<_, bool>(1)) {
+                return Err(StoreError::RoomFull);
             }
             Ok(Done::Unit)
         }
@@ -877,6 +905,7 @@ impl Store for PostgresStore {
             room_id.to_owned(),
             username.to_owned(),
             joined_at,
+            self.max_members,
         ))
     }
 
