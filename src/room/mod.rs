@@ -480,6 +480,9 @@ impl Actor for RoomActor {
                     act.record.last_seq = record.last_seq;
                     // Nobody is attached yet, so adopting announces nothing.
                     act.adopt(state, None, true);
+                    // The directory's copy may be older (another process
+                    // appended since it was read): listings take this one.
+                    act.publish();
                     if let Some(cluster) = &act.cluster {
                         cluster.subscribe_room(&act.record.room_id, ctx.address().recipient());
                     }

@@ -503,12 +503,12 @@ fn key_names(keys: &[(String, Vec<u8>)]) -> Vec<String> {
 }
 
 /// The room whose row a write locks (`FOR UPDATE`, in a statement of its
-/// own before the write's): membership changes and appends of one room are
-/// then serialized across processes, and the write's own statement, which
-/// takes a new snapshot under READ COMMITTED, sees every change committed
-/// before it. Without it, an append waiting for the row would still check
-/// the members as they were when it started, and a kick committed meanwhile
-/// would be missed.
+/// own at the start of the batch): membership changes and appends of one
+/// room are then serialized across processes, and the write's own statement,
+/// which takes a new snapshot under READ COMMITTED, sees every change
+/// committed before it. Without it, an append waiting for the row would
+/// still check the members as they were when it started, and a kick
+/// committed meanwhile would be missed.
 fn locks_room(op: &WriteOp) -> Option<&str> {
     match op {
         WriteOp::Append(m) => Some(&m.room_id),
@@ -519,7 +519,10 @@ fn locks_room(op: &WriteOp) -> Option<&str> {
     }
 }
 
-const LOCK_ROOM: &str = "SELECT 1 FROM rooms WHERE room_id = $1 FOR UPDATE";
+/// Locks every room of a batch in one statement, in room id order: two
+/// processes' batches that share rooms take them in the same order, so
+/// they wait for each other instead of deadlocking.
+const LOCK_ROOMS: &str = "SELECT 1 FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE";
 
 /// What a write's statement answered.
 fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
@@ -558,27 +561,25 @@ async fn run_batch(
     ops: &[&WriteOp],
 ) -> Result<Vec<Result<Done, StoreError>>, StoreError> {
     let mut client = pool.get().await.map_err(pool_err)?;
-    let lock = client.prepare_cached(LOCK_ROOM).await.map_err(err)?;
-    // Each write's statements: the room lock where it takes one, then its own.
-    // A room's row is locked once per batch: the lock holds until COMMIT,
-    // and every later statement takes a new snapshot anyway.
-    let mut locked = std::collections::HashSet::new();
-    let first_lock: Vec<bool> = ops
+    // The batch's rooms, locked first (the locks hold until COMMIT, and every
+    // later statement takes a new snapshot).
+    let mut rooms: Vec<String> = ops
         .iter()
-        .map(|op| locks_room(op).is_some_and(|room_id| locked.insert(room_id)))
+        .filter_map(|op| locks_room(op))
+        .map(str::to_owned)
         .collect();
+    rooms.sort();
+    rooms.dedup();
+    let lock = client.prepare_cached(LOCK_ROOMS).await.map_err(err)?;
     let prepared: Option<Vec<(Statement, Vec<Param>)>> = {
-        let mut out = Vec::with_capacity(ops.len() + locked.len());
+        let mut out = Vec::with_capacity(ops.len() + 1);
+        out.push((lock.clone(), vec![Box::new(rooms.clone()) as Param]));
         let mut complete = true;
-        for (op, &lock_first) in ops.iter().zip(&first_lock) {
+        for op in ops {
             let Some((sql, params)) = statement(op) else {
                 complete = false;
                 break;
             };
-            if lock_first {
-                let room_id = locks_room(op).expect("lock_first implies a room");
-                out.push((lock.clone(), vec![Box::new(room_id.to_owned()) as Param]));
-            }
             out.push((client.prepare_cached(sql).await.map_err(err)?, params));
         }
         complete.then_some(out)
@@ -597,19 +598,15 @@ async fn run_batch(
         )
         .await
         .into_iter();
-        // Back to one answer per write: a lock's answer goes before its own.
-        let answers: Vec<_> = first_lock
-            .iter()
-            .map(|&lock_first| {
-                let locked = match lock_first {
-                    true => answers.next().expect("one per statement").map(|_| ()),
-                    false => Ok(()),
-                };
-                let own = answers.next().expect("one per statement");
-                locked.and(own)
-            })
-            .collect();
-        if answers.iter().all(Result::is_ok) {
+        // The lock's answer, then one per write.
+        let locked = answers.next().expect("the lock's answer");
+        let answers: Vec<_> = answers.collect();
+        if let Err(e) = &locked {
+            if e.code().is_none() {
+                return Err(StoreError::Unavailable(e.to_string()));
+            }
+        }
+        if locked.is_ok() && answers.iter().all(Result::is_ok) {
             let results = ops
                 .iter()
                 .zip(&answers)
@@ -627,12 +624,11 @@ async fn run_batch(
         tx.rollback().await.map_err(err)?;
     }
     let tx = client.transaction().await.map_err(err)?;
+    // Outside the savepoints: a write rolled back keeps the locks.
+    tx.query(&lock, &[&rooms]).await.map_err(err)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         tx.batch_execute("SAVEPOINT w").await.map_err(err)?;
-        if let Some(room_id) = locks_room(op) {
-            tx.query(&lock, &[&room_id]).await.map_err(err)?;
-        }
         let result = match (op, statement(op)) {
             (WriteOp::Purge(policy), _) => purge(&tx, *policy).await.map(Done::Count),
             (_, Some((sql, params))) => match tx.query(sql, &param_refs(&params)).await {
