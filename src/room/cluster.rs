@@ -8,7 +8,6 @@ use actix::prelude::*;
 
 use super::RoomActor;
 use crate::cluster::RoomChange;
-use crate::protocol::ServerMsg;
 use crate::session::SessionHandle;
 
 /// Another process committed a change to this room: read the room again,
@@ -55,14 +54,7 @@ impl RoomActor {
             }
             act.loads_applied = generation;
             if state.record.is_none() {
-                act.broadcast(
-                    &ServerMsg::RoomDeleted {
-                        room_id: act.record.room_id.clone(),
-                    },
-                    None,
-                );
-                act.members.clear();
-                ctx.stop();
+                act.gone(ctx);
                 return;
             }
             let removed = match &change {

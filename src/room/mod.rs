@@ -432,6 +432,19 @@ impl RoomActor {
         );
     }
 
+    /// The room was deleted (here or on another process): everyone online
+    /// gets `room_deleted`, and the actor stops.
+    fn gone(&mut self, ctx: &mut Context<Self>) {
+        self.broadcast(
+            &ServerMsg::RoomDeleted {
+                room_id: self.record.room_id.clone(),
+            },
+            None,
+        );
+        self.members.clear();
+        ctx.stop();
+    }
+
     /// Drops a member from memory: a removed member's sessions get `removed`
     /// (unless they left on their own), everyone left gets `member_left`.
     fn drop_member(&mut self, username: &str, reason: &str) {

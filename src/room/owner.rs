@@ -152,14 +152,7 @@ impl Handler<OwnerOp> for RoomActor {
                 let work = async move { store.delete_room(&room_id).await };
                 Box::pin(work.into_actor(self).map(|res, act, ctx| {
                     res.map_err(internal)?;
-                    act.broadcast(
-                        &ServerMsg::RoomDeleted {
-                            room_id: act.record.room_id.clone(),
-                        },
-                        None,
-                    );
-                    act.members.clear();
-                    ctx.stop();
+                    act.gone(ctx);
                     Ok(OwnerOutcome {
                         deleted: true,
                         ..OwnerOutcome::default()
