@@ -270,19 +270,11 @@ async fn three_processes_behave_as_one_server() {
     let b2 = process(dir.path(), &db.url, &redis.url(), &prefix);
     let mut bob = user(&a.url, "bob", 1).await;
     bob.get_members(&rid).await.unwrap();
-    let mut stored = Vec::new();
-    let mut after = 0;
-    loop {
-        let (msgs, more) = bob
-            .history(&rid, Some(after), None, Some(100))
-            .await
-            .unwrap();
-        stored.extend(msgs.iter().map(|m| m.seq));
-        after = msgs.last().map_or(after, |m| m.seq);
-        if !more {
-            break;
-        }
-    }
+    let stored: Vec<u64> = common::all_history(&mut bob, &rid, 100)
+        .await
+        .iter()
+        .map(|m| m.seq)
+        .collect();
     for seq in &acked {
         assert!(stored.contains(seq), "acknowledged seq {seq} lost");
     }

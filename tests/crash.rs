@@ -110,25 +110,15 @@ async fn load_and_kill(url: &str, room_id: &str, kill_at: usize, mut child: Chil
 
 /// Every message in the room, by seq, as alice reads it.
 async fn full_history(c: &mut Client, room_id: &str) -> Vec<Acked> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let (msgs, more) = c
-            .history(room_id, Some(after), None, Some(500))
-            .await
-            .unwrap();
-        for m in &msgs {
-            out.push(Acked {
-                seq: m.seq,
-                msg_id: m.msg_id.to_vec(),
-                ciphertext: m.ciphertext.to_vec(),
-            });
-        }
-        after = msgs.last().map_or(after, |m| m.seq);
-        if !more {
-            return out;
-        }
-    }
+    common::all_history(c, room_id, 500)
+        .await
+        .into_iter()
+        .map(|m| Acked {
+            seq: m.seq,
+            msg_id: m.msg_id.to_vec(),
+            ciphertext: m.ciphertext.to_vec(),
+        })
+        .collect()
 }
 
 #[tokio::test]

@@ -64,19 +64,11 @@ async fn two_processes_append_to_one_room_with_gapless_unique_seqs() {
         "acks not gapless/unique"
     );
     // The stored history agrees, read through either process.
-    let mut seen = Vec::new();
-    let mut after = 0;
-    loop {
-        let (msgs, more) = alice
-            .history(&rid, Some(after), None, Some(50))
-            .await
-            .unwrap();
-        seen.extend(msgs.iter().map(|m| m.seq));
-        after = msgs.last().map_or(after, |m| m.seq);
-        if !more {
-            break;
-        }
-    }
+    let seen: Vec<u64> = common::all_history(&mut alice, &rid, 50)
+        .await
+        .iter()
+        .map(|m| m.seq)
+        .collect();
     assert_eq!(seen, (1..=2 * n as u64).collect::<Vec<_>>());
     a.stop().await;
     b.stop().await;

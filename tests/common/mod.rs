@@ -286,6 +286,29 @@ pub fn spawn_listening(cmd: &mut std::process::Command) -> (std::process::Child,
     (child, addr)
 }
 
+/// Every message of the room the client can read, paging `history` forward
+/// `page` at a time from the start.
+pub async fn all_history(
+    c: &mut Client,
+    room_id: &str,
+    page: u64,
+) -> Vec<e2ee_chat::protocol::MessageData> {
+    let mut out = Vec::new();
+    loop {
+        let after = out
+            .last()
+            .map_or(0, |m: &e2ee_chat::protocol::MessageData| m.seq);
+        let (msgs, more) = c
+            .history(room_id, Some(after), None, Some(page))
+            .await
+            .unwrap();
+        out.extend(msgs);
+        if !more {
+            return out;
+        }
+    }
+}
+
 /// Reads until the server ends the connection; returns how many `message`
 /// events arrived on the way and how the connection ended (with its close
 /// code, when there was one).
