@@ -17,6 +17,8 @@
 //!   (`cluster::presence`); the Registry's side is `registry::cluster`.
 //! - [`retention`]: the background purge of old messages.
 //! - [`server`]: actix-web wiring (`/ws`, `/healthz`, `/metrics`) and start/stop.
+//! - [`web`]: the browser client (`web/`, built into `web/dist/`), embedded and
+//!   served at `/` with its Content-Security-Policy and cache headers.
 //! - [`config`]: layered TOML + environment settings.
 //! - [`client`]: the protocol-level client the tests, CLI and bench use, with
 //!   `client::envelope` (one message's end-to-end crypto) and
@@ -49,3 +51,4 @@ pub mod store;
 pub mod user;
 pub mod util;
 pub mod validate;
+pub mod web;

@@ -1,5 +1,6 @@
 //! Wiring: opens the store, starts the Registry and the room arbiters, and
-//! serves `/ws`, `/healthz` and `/metrics` with actix-web.
+//! serves `/ws`, `/healthz`, `/metrics` and the web client ([`crate::web`])
+//! with actix-web.
 //!
 //! [`start`] runs the whole server on a thread of its own with its own actix
 //! `System` and returns once the port is bound, so the binary and the tests
@@ -274,6 +275,8 @@ async fn serve(
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
+            .wrap(crate::web::default_headers())
+            .configure(crate::web::routes)
             .route("/ws", web::get().to(ws_route))
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics_route))

@@ -1,0 +1,442 @@
+// The logged-in client: rooms, timelines, members, pins and the client
+// duties of docs/PROTOCOL.md section 7. It owns the state the UI draws and
+// calls `onChange` after every change; it never touches the DOM.
+//
+// Every server event and every timeline change runs through one promise
+// queue, so messages are checked and deduplicated one at a time.
+
+import * as p from './proto.js'
+import { Conn, ServerError } from './conn.js'
+import { kv } from './keystore.js'
+import { describe } from './errors.js'
+
+const PAGE = 50
+
+export class Chat {
+  // me: the unlocked keys ({username, sign, enc, signDer, encDer}).
+  constructor (me, { url, host, onChange }) {
+    Object.assign(this, { me, url, host, onChange })
+    this.rooms = new Map() // room_id -> Room
+    this.active = null
+    this.status = 'connecting'
+    this.notices = [] // {id, text, kind}
+    this.directory = null // list_rooms reply
+    this.pins = {} // username -> {fingerprint, sign_key, enc_key} (hex)
+    this.changed = new Map() // username -> {old, fingerprint, sign_key, enc_key}
+    this.recipients = {} // room_id -> [username]
+    this.read = {} // room_id -> seq read
+    this.queue = Promise.resolve()
+    this.noticeId = 0
+  }
+
+  async start () {
+    const me = this.me.username
+    this.pins = (await kv.get(`pins/${me}`)) || {}
+    this.recipients = (await kv.get(`recipients/${me}`)) || {}
+    this.read = (await kv.get(`read/${me}`)) || {}
+    this.myFingerprint = await p.fingerprint(this.me.signDer, this.me.encDer)
+    this.pins[me] ??= pinOf(this.myFingerprint, this.me.signDer, this.me.encDer)
+    this.conn = new Conn(this.url, {
+      onOpen: () => this.serial(() => this.login()),
+      onEvent: (e) => this.serial(() => this.event(e)),
+      onState: (state, code) => {
+        this.status = state
+        if (state === 'closed' && code === 1008) this.notify('The server closed the connection (policy). Reconnecting…', 'error')
+        this.changed_()
+      }
+    })
+  }
+
+  stop () { this.conn?.close() }
+
+  serial (fn) {
+    this.queue = this.queue.then(fn).catch((e) => this.notify(describe(e), 'error'))
+    return this.queue
+  }
+
+  changed_ () { this.onChange?.() }
+
+  notify (text, kind = 'info') {
+    const id = ++this.noticeId
+    this.notices.push({ id, text, kind })
+    if (this.notices.length > 5) this.notices.shift()
+    this.changed_()
+    setTimeout(() => { this.notices = this.notices.filter((n) => n.id !== id); this.changed_() }, 8000)
+  }
+
+  // ---- login and catch-up ----
+
+  async login () {
+    const { nonce } = await this.conn.request('login', { username: this.me.username })
+    const signature = await p.sign(this.me.sign, p.loginInput(this.host, this.me.username, nonce))
+    const reply = await this.conn.request('prove', { signature })
+    this.status = 'online'
+    const joined = new Set()
+    for (const s of reply.rooms) { joined.add(s.room_id); this.room(s) }
+    for (const id of [...this.rooms.keys()]) {
+      if (!joined.has(id)) this.dropRoom(id, 'You are no longer a member of this room.')
+    }
+    this.changed_()
+    for (const room of this.rooms.values()) {
+      if (room.loaded) await this.catchUp(room)
+    }
+    if (this.active && this.rooms.has(this.active)) await this.load(this.rooms.get(this.active))
+    await this.listRooms()
+  }
+
+  room (summary) {
+    let room = this.rooms.get(summary.room_id)
+    if (!room) {
+      room = new Room(summary)
+      this.rooms.set(summary.room_id, room)
+    } else room.summary = summary
+    return room
+  }
+
+  unread (room) {
+    const read = this.read[room.summary.room_id] || 0
+    return Math.max(0, (room.summary.last_seq || 0) - read)
+  }
+
+  async markRead (room) {
+    const seq = Math.max(room.summary.last_seq || 0, room.highest)
+    if ((this.read[room.summary.room_id] || 0) >= seq) return
+    this.read[room.summary.room_id] = seq
+    await kv.put(`read/${this.me.username}`, this.read)
+  }
+
+  // Opens a room in the main pane, loading members and the latest page.
+  select (roomId) {
+    this.active = roomId
+    this.changed_()
+    return this.serial(async () => {
+      const room = this.rooms.get(roomId)
+      if (room) await this.load(room)
+    })
+  }
+
+  async load (room) {
+    if (!room.loaded) {
+      await this.refreshMembers(room)
+      const page = await this.conn.request('history', { room_id: room.id, limit: PAGE })
+      room.hasMore = page.has_more
+      for (const m of page.messages) await this.accept(room, m)
+      room.loaded = true
+      await this.catchUp(room)
+    }
+    if (this.active === room.id) await this.markRead(room)
+    this.changed_()
+  }
+
+  // Everything after the newest seq we hold, page by page.
+  async catchUp (room) {
+    for (;;) {
+      const page = await this.conn.request('history', { room_id: room.id, after_seq: room.highest, limit: 500 })
+      for (const m of page.messages) await this.accept(room, m)
+      if (!page.has_more || page.messages.length === 0) break
+    }
+    if (this.active === room.id) await this.markRead(room)
+    this.changed_()
+  }
+
+  older (roomId) {
+    return this.serial(async () => {
+      const room = this.rooms.get(roomId)
+      if (!room || !room.hasMore) return
+      const before = room.lowest === Infinity ? undefined : room.lowest
+      const page = await this.conn.request('history', { room_id: room.id, before_seq: before, limit: PAGE })
+      room.hasMore = page.has_more
+      for (const m of page.messages) await this.accept(room, m)
+      this.changed_()
+    })
+  }
+
+  // ---- members and pins ----
+
+  async refreshMembers (room) {
+    const reply = await this.conn.request('get_members', { room_id: room.id })
+    await this.setMembers(room, reply.members)
+  }
+
+  async setMembers (room, members) {
+    room.members = new Map()
+    for (const m of members) await this.addMember(room, m)
+  }
+
+  // Pins a member's keys on first sight; a known user with other keys goes
+  // to `changed` until the user confirms the new fingerprint.
+  async addMember (room, m) {
+    if (typeof m.username !== 'string' || !p.USERNAME.test(m.username)) {
+      room.add({ kind: 'event', text: `A member with an invalid name (${p.escapeDisplay(String(m.username))}) was refused.` })
+      return false
+    }
+    const fingerprint = await p.fingerprint(m.sign_key, m.enc_key)
+    const member = { ...m, fingerprint }
+    room.members.set(m.username, member)
+    const pin = this.pins[m.username]
+    if (!pin) {
+      this.pins[m.username] = pinOf(fingerprint, m.sign_key, m.enc_key)
+      await this.savePins()
+    } else if (pin.fingerprint !== fingerprint) {
+      if (!this.changed.has(m.username)) {
+        this.changed.set(m.username, { old: pin.fingerprint, fingerprint, sign_key: m.sign_key, enc_key: m.enc_key })
+        room.add({ kind: 'warning', text: `${m.username}'s keys changed. Messages from them are untrusted and sending here is blocked until you compare and confirm their new fingerprint.` })
+      }
+    } else this.changed.delete(m.username)
+    return true
+  }
+
+  savePins () { return kv.put(`pins/${this.me.username}`, this.pins) }
+
+  // Rooms that share a member whose keys changed.
+  blockedBy (room) {
+    return [...room.members.keys()].filter((u) => this.changed.has(u))
+  }
+
+  // The user typed the fingerprint they compared out of band.
+  confirm (username, typed) {
+    return this.serial(async () => {
+      const change = this.changed.get(username)
+      if (!change) return
+      const clean = typed.replace(/[\s:]/g, '').toLowerCase()
+      if (clean !== change.fingerprint) {
+        this.notify(`That is not the fingerprint the server serves for ${username}. Nothing was changed.`, 'error')
+        return
+      }
+      this.pins[username] = pinOf(change.fingerprint, change.sign_key, change.enc_key)
+      this.changed.delete(username)
+      await this.savePins()
+      for (const room of this.rooms.values()) {
+        if (!room.members.has(username)) continue
+        room.add({ kind: 'event', text: `You confirmed ${username}'s new fingerprint.` })
+        for (const e of room.entries.filter((e) => e.kind === 'failed' && e.raw?.sender === username)) {
+          room.remove(e)
+          await this.accept(room, e.raw)
+        }
+      }
+      this.changed_()
+    })
+  }
+
+  // ---- messages ----
+
+  async accept (room, m) {
+    let entry
+    const untrusted = this.changed.has(m.sender)
+    const pin = this.pins[m.sender]
+    const seenKey = `${m.sender}/${p.hex(m.msg_id)}`
+    if (room.seen.has(seenKey)) { room.cover(m.seq); return }
+    if (untrusted) {
+      entry = { kind: 'failed', reason: `untrusted: ${m.sender}'s keys changed and are not confirmed`, raw: m }
+    } else if (!pin) {
+      entry = { kind: 'failed', reason: 'no known keys for this sender', raw: m }
+    } else {
+      try {
+        const { text, sentAt } = await p.open(this.me.enc, fromHex(pin.sign_key), m)
+        room.seen.add(seenKey)
+        entry = { kind: 'msg', text, sentAt, mine: m.sender === this.me.username }
+      } catch (e) {
+        entry = { kind: 'failed', reason: e.message, raw: m }
+      }
+    }
+    room.add({ ...entry, seq: m.seq, ts: m.ts, sender: m.sender })
+    if (m.seq > (room.summary.last_seq || 0)) room.summary.last_seq = m.seq
+  }
+
+  send (roomId, text) {
+    return this.serial(async () => {
+      const room = this.rooms.get(roomId)
+      if (!room) return false
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const blocked = this.blockedBy(room)
+        if (blocked.length) {
+          this.notify(`Not sent: confirm the new fingerprint of ${blocked.join(', ')} first.`, 'error')
+          return false
+        }
+        this.announceRecipients(room)
+        await this.saveRecipients()
+        const body = await p.seal(this.me.sign, room.id, [...room.members.values()], text)
+        try {
+          await this.conn.request('send', body)
+          return true
+        } catch (e) {
+          if (!(e instanceof ServerError) || e.code !== 'stale_members' || !e.members) throw e
+          await this.setMembers(room, e.members)
+        }
+      }
+      throw new Error('The room\'s members keep changing; not sent.')
+    })
+  }
+
+  // Section 7: before encrypting to a member for the first time in a room,
+  // say who they are.
+  announceRecipients (room) {
+    const known = new Set(this.recipients[room.id] || [])
+    for (const m of room.members.values()) {
+      if (known.has(m.username) || m.username === this.me.username) continue
+      room.add({ kind: 'recipient', text: `New recipient: your messages here are now also encrypted to ${m.username}, fingerprint ${p.fingerprintDisplay(m.fingerprint)}.` })
+      known.add(m.username)
+    }
+    this.recipients[room.id] = [...known]
+  }
+
+  saveRecipients () { return kv.put(`recipients/${this.me.username}`, this.recipients) }
+
+  // ---- server events ----
+
+  async event (e) {
+    const room = e.room_id !== undefined ? this.rooms.get(e.room_id) : null
+    switch (e.type) {
+      case 'message':
+        if (!room) return
+        if (room.loaded) await this.accept(room, e)
+        else if (e.seq > (room.summary.last_seq || 0)) room.summary.last_seq = e.seq
+        if (this.active === room.id && document.visibilityState !== 'hidden') await this.markRead(room)
+        break
+      case 'member_joined':
+        if (!room) return
+        if (await this.addMember(room, e.member)) {
+          room.add({ kind: 'event', text: `${e.member.username} joined.` })
+          room.summary.members = room.members.size
+        }
+        break
+      case 'member_left':
+        if (!room) return
+        room.members.delete(e.username)
+        room.summary.members = room.members.size
+        room.add({ kind: 'event', text: `${safeName(e.username)} ${{ kicked: 'was kicked', banned: 'was banned' }[e.reason] || 'left'}.` })
+        break
+      case 'owner_changed':
+        if (!room) return
+        room.summary.owner = e.owner
+        room.add({ kind: 'event', text: `${safeName(e.owner)} is now the owner.` })
+        break
+      case 'presence': {
+        const m = room?.members.get(e.username)
+        if (m) m.online = e.online
+        break
+      }
+      case 'room_renamed':
+        if (!room) return
+        room.add({ kind: 'event', text: `The room was renamed from "${room.summary.name}" to "${e.name}".` })
+        room.summary.name = e.name
+        break
+      case 'room_deleted':
+        if (room) this.dropRoom(room.id, `The room "${room.summary.name}" was deleted.`)
+        break
+      case 'removed':
+        if (room) this.dropRoom(room.id, `You were ${e.reason === 'banned' ? 'banned' : 'kicked'} from "${room.summary.name}".`)
+        break
+      default:
+        return
+    }
+    this.changed_()
+  }
+
+  dropRoom (roomId, why) {
+    this.rooms.delete(roomId)
+    if (this.active === roomId) this.active = null
+    this.notify(why)
+  }
+
+  // ---- requests from the UI ----
+
+  // Runs a request; on error, tells the user and answers null.
+  async ask (type, fields) {
+    try {
+      return await this.conn.request(type, fields)
+    } catch (e) {
+      this.notify(describe(e), 'error')
+      return null
+    }
+  }
+
+  async joined (reply) {
+    if (!reply) return null
+    await this.serial(async () => {
+      const room = this.room(reply.room)
+      await this.setMembers(room, reply.members)
+    })
+    await this.select(reply.room.room_id)
+    return reply
+  }
+
+  async createRoom (name, password, hidden) {
+    return this.joined(await this.ask('create_room', { name, ...(password ? { password } : {}), hidden: !!hidden }))
+  }
+
+  async joinRoom (roomId, password) {
+    return this.joined(await this.ask('join_room', { room_id: roomId, ...(password ? { password } : {}) }))
+  }
+
+  async listRooms () {
+    const reply = await this.ask('list_rooms', { limit: 100 })
+    if (reply) { this.directory = reply; this.changed_() }
+    return reply
+  }
+
+  async leave (roomId) {
+    if (await this.ask('leave_room', { room_id: roomId })) this.dropRoom(roomId, 'You left the room.')
+  }
+
+  // kick, ban, unban, rename_room, set_password, delete_room.
+  async owner (type, fields, done) {
+    const reply = await this.ask(type, fields)
+    if (reply && done) this.notify(done)
+    if (reply && type === 'delete_room') this.dropRoom(fields.room_id, 'You deleted the room.')
+    return reply
+  }
+}
+
+class Room {
+  constructor (summary) {
+    this.summary = summary
+    this.id = summary.room_id
+    this.members = new Map()
+    this.entries = [] // timeline, by seq; events without seq go at the end
+    this.seen = new Set()
+    this.loaded = false
+    this.hasMore = false
+    this.lowest = Infinity
+    this.highest = 0
+    this.counter = 0
+  }
+
+  cover (seq) {
+    if (seq === undefined) return
+    this.lowest = Math.min(this.lowest, seq)
+    this.highest = Math.max(this.highest, seq)
+  }
+
+  add (entry) {
+    entry.key = ++this.counter
+    if (entry.seq === undefined) {
+      entry.after = this.highest
+      this.entries.push(entry)
+      return
+    }
+    this.cover(entry.seq)
+    // Insert by seq; entries without one keep their place after older messages.
+    let i = this.entries.length
+    const later = (e) => e.seq === undefined ? e.after >= entry.seq : e.seq > entry.seq
+    while (i > 0 && later(this.entries[i - 1])) i--
+    this.entries.splice(i, 0, entry)
+    if (this.entries.length > 2000) this.entries.splice(0, this.entries.length - 2000)
+  }
+
+  remove (entry) {
+    this.entries = this.entries.filter((e) => e !== entry)
+  }
+}
+
+function pinOf (fingerprint, signDer, encDer) {
+  return { fingerprint, sign_key: p.hex(signDer), enc_key: p.hex(encDer) }
+}
+
+function fromHex (h) {
+  return Uint8Array.from(h.match(/../g), (b) => parseInt(b, 16))
+}
+
+function safeName (name) {
+  return typeof name === 'string' && p.USERNAME.test(name) ? name : `(invalid name ${p.escapeDisplay(String(name))})`
+}

@@ -1,0 +1,28 @@
+// Boots the page: the welcome screen until the user has unlocked keys, then
+// the chat, on a websocket to the server that served this page.
+
+import './style.css'
+import { showWelcome } from './welcome.js'
+import { Chat } from './chat.js'
+import { ChatView } from './ui.js'
+
+const root = document.getElementById('app')
+const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`
+
+function welcome () {
+  showWelcome(root, {
+    url,
+    onUnlocked: async (keys) => {
+      const chat = new Chat(keys, { url, host: location.host })
+      await chat.start()
+      root.dataset.screen = 'chat'
+      // eslint-disable-next-line no-new
+      new ChatView(root, chat, {
+        onLock: () => { chat.stop(); root.dataset.screen = 'welcome'; welcome() }
+      })
+    }
+  }).catch((e) => { root.textContent = `This browser cannot run the client: ${e.message}` })
+}
+
+root.dataset.screen = 'welcome'
+welcome()

@@ -1,0 +1,267 @@
+// The chat screen: draws a Chat's state into the DOM and turns the user's
+// clicks and keys into Chat calls. Everything from the network reaches the
+// page through textContent (never innerHTML), escaped for display first.
+
+import { escapeDisplay as esc, fingerprintDisplay } from './proto.js'
+import { profileFile } from './welcome.js'
+import { h } from './dom.js'
+
+const time = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+const full = (ms) => new Date(ms).toLocaleString()
+
+export class ChatView {
+  constructor (root, chat, { onLock }) {
+    Object.assign(this, { root, chat, onLock })
+    this.panel = null // 'rooms' | 'members' on phones
+    this.bannerKey = ''
+    this.build()
+    chat.onChange = () => this.render()
+    document.addEventListener('keydown', (e) => {
+      if (e.key === 'Escape' && this.panel) { this.panel = null; this.render() }
+    })
+    this.render()
+  }
+
+  build () {
+    const chat = this.chat
+    this.statusEl = h('span.status#status', { role: 'status' })
+    this.titleEl = h('h1.title#room-title')
+    this.roomsBtn = h('button.only-phone#show-rooms', { type: 'button', 'aria-controls': 'sidebar', text: 'Rooms', onclick: () => this.toggle('rooms') })
+    this.membersBtn = h('button.only-phone#show-members', { type: 'button', 'aria-controls': 'members', text: 'Members', onclick: () => this.toggle('members') })
+    const top = h('header.topbar', {},
+      this.roomsBtn, h('span.brand', { text: 'e2ee-chat' }), this.titleEl, this.statusEl, this.membersBtn,
+      h('button#export', { type: 'button', text: 'Export profile', onclick: () => this.exportProfile() }),
+      h('button#lock', { type: 'button', text: 'Lock', onclick: () => this.onLock() }))
+
+    this.roomList = h('ul.rooms#room-list', { 'aria-label': 'Your rooms' })
+    this.directoryEl = h('ul.rooms#directory', { 'aria-label': 'Public rooms' })
+    const create = h('form#create-room', { onsubmit: (e) => this.submit(e, async (f) => {
+      if (await chat.createRoom(f.name.value.trim(), f.password.value, f.hidden.checked)) { f.reset(); this.panel = null }
+    }) },
+    h('h3', { text: 'New room' }),
+    h('label', { text: 'Name' }, h('input', { name: 'name', required: true, maxlength: 64, autocomplete: 'off' })),
+    h('label', { text: 'Password (optional)' }, h('input', { name: 'password', type: 'password', autocomplete: 'new-password' })),
+    h('label.check', {}, h('input', { name: 'hidden', type: 'checkbox' }), 'Hidden (not listed)'),
+    h('button', { type: 'submit', text: 'Create' }))
+    const join = h('form#join-room', { onsubmit: (e) => this.submit(e, async (f) => {
+      if (await chat.joinRoom(f.room_id.value.trim(), f.password.value)) { f.reset(); this.panel = null }
+    }) },
+    h('h3', { text: 'Join by id' }),
+    h('label', { text: 'Room id' }, h('input', { name: 'room_id', required: true, autocomplete: 'off' })),
+    h('label', { text: 'Password (if any)' }, h('input', { name: 'password', type: 'password', autocomplete: 'off' })),
+    h('button', { type: 'submit', text: 'Join' }))
+    this.sidebar = h('aside.sidebar#sidebar', { 'aria-label': 'Rooms' },
+      h('p.me', {}, 'Signed in as ', h('strong#me', { text: chat.me.username })),
+      h('p.fp', { title: 'Your fingerprint: others compare it to trust you' }, fingerprintDisplay(chat.myFingerprint)),
+      h('h2', { text: 'Your rooms' }), this.roomList,
+      h('details', {}, h('summary', { text: 'Create or join a room' }), create, join),
+      h('h2', {}, 'Browse ', h('button.link#browse', { type: 'button', text: 'refresh', onclick: () => chat.listRooms() })),
+      this.directoryEl)
+
+    this.banners = h('div.banners#banners')
+    this.timeline = h('ol.timeline#timeline', { 'aria-live': 'polite', 'aria-label': 'Messages' })
+    this.olderBtn = h('button.older#older', { type: 'button', text: 'Load older messages', onclick: () => chat.older(chat.active) })
+    this.input = h('input#message', { name: 'text', autocomplete: 'off', placeholder: 'Write a message', 'aria-label': 'Message', maxlength: 20000 })
+    this.composer = h('form.composer#composer', { onsubmit: (e) => this.submit(e, async () => {
+      const text = this.input.value
+      if (!text.trim() || !chat.active) return
+      if (await chat.send(chat.active, text)) this.input.value = ''
+    }) }, this.input, h('button', { type: 'submit', text: 'Send' }))
+    this.roomInfo = h('div.roominfo#room-info')
+    this.empty = h('div.empty#empty', {}, h('p', { text: 'Pick a room, create one, or join one by id.' }))
+    this.main = h('section.room#room', { 'aria-label': 'Conversation' },
+      this.roomInfo, this.banners, this.olderBtn, this.timeline, this.composer)
+
+    this.memberList = h('ul.members#member-list')
+    this.ownerTools = h('div.owner#owner-tools')
+    this.membersPane = h('aside.memberspane#members', { 'aria-label': 'Members' },
+      h('h2', { text: 'Members' }), this.memberList, this.ownerTools)
+
+    this.noticesEl = h('div.notices#notices', { 'aria-live': 'assertive' })
+    this.root.replaceChildren(top, h('div.layout#layout', {}, this.sidebar, this.empty, this.main, this.membersPane), this.noticesEl)
+    this.buildOwnerTools()
+  }
+
+  buildOwnerTools () {
+    const chat = this.chat
+    const target = (f) => ({ room_id: chat.active, username: f.username.value.trim() })
+    const userForm = h('form#owner-user', { onsubmit: (e) => e.preventDefault() },
+      h('label', { text: 'User' }, h('input', { name: 'username', autocomplete: 'off', required: true })),
+      h('div.row', {},
+        ...['kick', 'ban', 'unban'].map((op) => h(`button#owner-${op}`, { type: 'button', text: op[0].toUpperCase() + op.slice(1),
+          onclick: (e) => this.submit(e, async (f) => {
+            if (!f.reportValidity()) return
+            if (await chat.owner(op, target(f), `${f.username.value.trim()}: ${op} done.`)) f.reset()
+          }) }))))
+    const rename = h('form#owner-rename', { onsubmit: (e) => this.submit(e, async (f) => {
+      if (await chat.owner('rename_room', { room_id: chat.active, name: f.name.value.trim() }, 'Renamed.')) f.reset()
+    }) }, h('label', { text: 'New name' }, h('input', { name: 'name', required: true, maxlength: 64, autocomplete: 'off' })),
+    h('button', { type: 'submit', text: 'Rename' }))
+    const password = h('form#owner-password', { onsubmit: (e) => this.submit(e, async (f) => {
+      const pw = f.password.value
+      if (await chat.owner('set_password', { room_id: chat.active, ...(pw ? { password: pw } : {}) }, pw ? 'Password set.' : 'Password removed.')) f.reset()
+    }) }, h('label', { text: 'Room password (empty removes it)' }, h('input', { name: 'password', type: 'password', autocomplete: 'new-password' })),
+    h('button', { type: 'submit', text: 'Set password' }))
+    const del = h('button.danger#owner-delete', { type: 'button', text: 'Delete room', onclick: () => {
+      const room = chat.rooms.get(chat.active)
+      if (room && confirm(`Delete "${esc(room.summary.name)}" and all its messages for everyone?`)) chat.owner('delete_room', { room_id: room.id })
+    } })
+    this.ownerTools.replaceChildren(h('h3', { text: 'Owner tools' }), userForm, rename, password, del)
+  }
+
+  // Runs a form's action with its submit button disabled meanwhile.
+  async submit (e, action) {
+    e.preventDefault()
+    const form = e.target.closest('form')
+    const buttons = form.querySelectorAll('button')
+    buttons.forEach((b) => { b.disabled = true })
+    try { await action(form) } finally { buttons.forEach((b) => { b.disabled = false }) }
+  }
+
+  toggle (panel) {
+    this.panel = this.panel === panel ? null : panel
+    this.render()
+  }
+
+  exportProfile () {
+    const file = profileFile(this.chat.me.username)
+    file.then((blob) => {
+      if (!blob) return
+      const a = h('a', { href: URL.createObjectURL(blob), download: `${this.chat.me.username}.e2ee-chat-profile.json` })
+      document.body.append(a)
+      a.click()
+      a.remove()
+    })
+  }
+
+  render () {
+    const chat = this.chat
+    const room = chat.active ? chat.rooms.get(chat.active) : null
+    this.statusEl.textContent = { online: 'online', open: 'logging in…', connecting: 'connecting…', closed: 'offline, reconnecting…' }[chat.status] || chat.status
+    this.statusEl.dataset.state = chat.status
+    this.root.dataset.panel = this.panel || ''
+    this.root.dataset.room = room ? 'open' : 'none'
+    this.roomsBtn.setAttribute('aria-expanded', this.panel === 'rooms')
+    this.membersBtn.setAttribute('aria-expanded', this.panel === 'members')
+    this.membersBtn.hidden = !room
+    this.titleEl.textContent = room ? esc(room.summary.name) : ''
+    this.renderRooms()
+    this.renderDirectory()
+    this.main.hidden = !room
+    this.empty.hidden = !!room
+    if (room) {
+      this.renderRoomInfo(room)
+      this.renderBanners(room)
+      this.renderTimeline(room)
+      this.renderMembers(room)
+      this.olderBtn.hidden = !room.hasMore
+      const blocked = chat.blockedBy(room).length > 0
+      this.input.disabled = blocked
+      this.input.placeholder = blocked ? 'Sending is blocked until you confirm the changed keys above' : 'Write a message'
+    }
+    this.noticesEl.replaceChildren(...chat.notices.map((n) => h(`p.notice.${n.kind}`, { text: n.text })))
+  }
+
+  renderRooms () {
+    const chat = this.chat
+    const rooms = [...chat.rooms.values()].sort((a, b) => a.summary.name.localeCompare(b.summary.name))
+    this.roomList.replaceChildren(...rooms.map((r) => {
+      const unread = chat.active === r.id ? 0 : chat.unread(r)
+      return h('li', {}, h('button.roombtn', {
+        type: 'button', 'data-room': r.id, 'aria-current': chat.active === r.id ? 'true' : null,
+        onclick: () => { this.panel = null; chat.select(r.id); this.input.focus() }
+      }, h('span.name', { text: esc(r.summary.name) }),
+      r.summary.has_password ? h('span.tag', { text: 'password', title: 'password' }) : null,
+      r.summary.hidden ? h('span.tag', { text: 'hidden' }) : null,
+      unread ? h('span.unread', { text: String(unread), 'aria-label': `${unread} unread` }) : null))
+    }))
+    if (!rooms.length) this.roomList.replaceChildren(h('li.muted', { text: 'No rooms yet.' }))
+  }
+
+  renderDirectory () {
+    const chat = this.chat
+    const list = chat.directory?.rooms || []
+    const items = list.filter((s) => !chat.rooms.has(s.room_id)).map((s) => h('li.dir', {},
+      h('span.name', { text: esc(s.name) }), h('span.muted', { text: ` ${s.members} members${s.has_password ? ', password' : ''}` }),
+      h('button', { type: 'button', text: 'Join', 'data-join': s.room_id, onclick: async () => {
+        const pw = s.has_password ? prompt(`Password for "${esc(s.name)}"`) : ''
+        if (pw === null) return
+        await chat.joinRoom(s.room_id, pw)
+        chat.listRooms()
+      } })))
+    const footer = chat.directory ? h('li.muted', { text: `${chat.directory.connected} online on the server` }) : null
+    this.directoryEl.replaceChildren(...items, footer || [])
+  }
+
+  renderRoomInfo (room) {
+    const s = room.summary
+    this.roomInfo.replaceChildren(
+      h('span.muted', {}, 'id ', h('code#room-id', { text: esc(s.room_id) })),
+      h('span.muted', { text: ` · owner ${esc(s.owner)} · ${s.members} members${s.has_password ? ' · password' : ''}${s.hidden ? ' · hidden' : ''}` }),
+      h('button.link#leave', { type: 'button', text: 'Leave', onclick: () => {
+        if (confirm(`Leave "${esc(s.name)}"?`)) this.chat.leave(room.id)
+      } }))
+  }
+
+  renderBanners (room) {
+    const chat = this.chat
+    const users = chat.blockedBy(room)
+    const key = room.id + '|' + users.map((u) => u + chat.changed.get(u).fingerprint).join(',')
+    if (key === this.bannerKey) return
+    this.bannerKey = key
+    this.banners.replaceChildren(...users.map((u) => {
+      const c = chat.changed.get(u)
+      return h('form.banner.keychange', { 'data-user': u, onsubmit: (e) => this.submit(e, (f) => chat.confirm(u, f.fingerprint.value)) },
+        h('strong', { text: `⚠ ${u}'s keys changed.` }),
+        h('p', { text: 'This can mean they set up a new device, or that someone (the server, say) is trying to read your messages. Compare the new fingerprint with them over another channel (in person, a call) before you confirm.' }),
+        h('p', {}, 'Pinned: ', h('code', { text: fingerprintDisplay(c.old) })),
+        h('p', {}, 'Served now: ', h('code.newfp', { text: fingerprintDisplay(c.fingerprint) })),
+        h('label', { text: `Type the fingerprint ${u} read to you` }, h('input', { name: 'fingerprint', autocomplete: 'off', required: true })),
+        h('button', { type: 'submit', text: 'Confirm new keys' }))
+    }))
+  }
+
+  renderTimeline (room) {
+    const tl = this.timeline
+    const atBottom = this.shownRoom !== room.id || tl.scrollHeight - tl.scrollTop - tl.clientHeight < 40
+    this.shownRoom = room.id
+    tl.replaceChildren(...room.entries.map((e) => {
+      if (e.kind === 'msg') {
+        return h(`li.msg${e.mine ? '.mine' : ''}`, { 'data-seq': e.seq },
+          h('span.who', { text: esc(e.sender) }),
+          h('time', { text: time(e.sentAt), title: `sent ${full(e.sentAt)} (sender's clock); stored ${full(e.ts)}` }),
+          h('span.text', { text: esc(e.text) }))
+      }
+      if (e.kind === 'failed') {
+        return h('li.failed', { 'data-seq': e.seq }, h('span.who', { text: safe(e.sender) }),
+          h('span.text', { text: `⚠ message #${e.seq} not shown: ${e.reason}` }))
+      }
+      return h(`li.sys.${e.kind}`, { text: e.text })
+    }))
+    if (atBottom) tl.scrollTop = tl.scrollHeight
+  }
+
+  renderMembers (room) {
+    const chat = this.chat
+    const isOwner = room.summary.owner === chat.me.username
+    const members = [...room.members.values()].sort((a, b) => a.username.localeCompare(b.username))
+    this.memberList.replaceChildren(...members.map((m) => {
+      const changed = chat.changed.has(m.username)
+      return h(`li.member${m.online ? '.online' : ''}${changed ? '.changed' : ''}`, { 'data-member': m.username },
+        h('span.dot', { 'aria-label': m.online ? 'online' : 'offline', title: m.online ? 'online' : 'offline' }),
+        h('span.name', { text: m.username + (m.username === room.summary.owner ? ' (owner)' : '') }),
+        changed ? h('span.tag.warn', { text: 'keys changed' }) : null,
+        h('code.fp', { text: fingerprintDisplay(m.fingerprint) }),
+        isOwner && m.username !== chat.me.username
+          ? h('span.row', {},
+            h('button', { type: 'button', text: 'Kick', onclick: () => chat.owner('kick', { room_id: room.id, username: m.username }, `${m.username} was kicked.`) }),
+            h('button', { type: 'button', text: 'Ban', onclick: () => chat.owner('ban', { room_id: room.id, username: m.username }, `${m.username} was banned.`) }))
+          : null)
+    }))
+    this.ownerTools.hidden = !isOwner
+  }
+}
+
+function safe (name) {
+  return typeof name === 'string' ? esc(name) : '?'
+}

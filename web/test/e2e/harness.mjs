@@ -1,0 +1,122 @@
+// What the browser tests share: a real server process on 127.0.0.1 with a
+// fresh SQLite store, Debian's Chromium through playwright-core (never a
+// downloaded browser), the Rust terminal client, and page helpers.
+import { spawn, execFile } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { chromium } from 'playwright-core'
+
+const ROOT = new URL('../../../', import.meta.url).pathname
+export const SERVER_BIN = process.env.E2E_SERVER_BIN || join(ROOT, 'target/debug/e2ee-chat-server')
+export const CLI_BIN = process.env.E2E_CLI_BIN || join(ROOT, 'target/debug/e2ee-chat')
+export const CHROMIUM = process.env.CHAT_TEST_CHROMIUM || '/usr/bin/chromium'
+export const PASSPHRASE = 'correct horse battery'
+
+// Starts the server on a free port; resolves once it prints its address.
+export async function startServer () {
+  const dir = mkdtempSync(join(tmpdir(), 'e2ee-web-'))
+  const child = spawn(SERVER_BIN, [], {
+    cwd: ROOT,
+    env: {
+      PATH: process.env.PATH,
+      RUST_LOG: 'warn',
+      CHAT__STORE__PATH: join(dir, 'chat.db'),
+      CHAT__SERVER__PORT: '0',
+      CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR: '1000'
+    },
+    stdio: ['ignore', 'pipe', 'inherit']
+  })
+  const addr = await new Promise((resolve, reject) => {
+    let out = ''
+    child.stdout.on('data', (d) => {
+      out += d
+      const m = out.match(/listening on (\S+)/)
+      if (m) resolve(m[1])
+    })
+    child.on('exit', (code) => reject(new Error(`server exited with ${code}`)))
+  })
+  child.stdout.resume()
+  return {
+    base: `http://${addr}`,
+    ws: `ws://${addr}/ws`,
+    dir,
+    stop: async () => {
+      child.kill('SIGTERM')
+      await new Promise((resolve) => child.exitCode !== null ? resolve() : child.on('exit', resolve))
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }
+}
+
+export function launch () {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync']
+  })
+}
+
+// A page in a browser context of its own (its own IndexedDB), with every
+// console error and page error collected: a CSP violation fails the test.
+export async function openPage (browser, base, options = {}) {
+  const context = await browser.newContext({ acceptDownloads: true, ...options })
+  const page = await context.newPage()
+  page.problems = []
+  page.on('console', (m) => { if (m.type() === 'error') page.problems.push(m.text()) })
+  page.on('pageerror', (e) => page.problems.push(String(e)))
+  await page.goto(base + '/')
+  return page
+}
+
+export async function createAccount (page, username) {
+  await page.fill('#create [name=username]', username)
+  await page.fill('#create [name=passphrase]', PASSPHRASE)
+  await page.fill('#create [name=confirm]', PASSPHRASE)
+  await page.click('#create button[type=submit]')
+  await online(page)
+}
+
+export async function online (page) {
+  await page.waitForSelector('#status[data-state=online]', { timeout: 30000 })
+}
+
+export async function createRoom (page, name, { password, hidden } = {}) {
+  await page.click('#sidebar details summary')
+  await page.fill('#create-room [name=name]', name)
+  if (password) await page.fill('#create-room [name=password]', password)
+  if (hidden) await page.check('#create-room [name=hidden]')
+  await page.click('#create-room button[type=submit]')
+  await page.waitForSelector('#room-id')
+  return page.textContent('#room-id')
+}
+
+export async function joinRoom (page, roomId, password) {
+  await page.click('#sidebar details summary')
+  await page.fill('#join-room [name=room_id]', roomId)
+  if (password) await page.fill('#join-room [name=password]', password)
+  await page.click('#join-room button[type=submit]')
+  await page.waitForFunction((id) => document.querySelector('#room-id')?.textContent === id, roomId)
+}
+
+export async function send (page, text) {
+  await page.fill('#message', text)
+  await page.press('#message', 'Enter')
+  await seeMessage(page, text)
+}
+
+// Waits for a verified message with this text in the open room.
+export function seeMessage (page, text, timeout = 15000) {
+  return page.waitForFunction((t) => [...document.querySelectorAll('#timeline li.msg .text')].some((e) => e.textContent === t), text, { timeout })
+}
+
+export const timelineTexts = (page) => page.$$eval('#timeline li.msg .text', (els) => els.map((e) => e.textContent))
+
+// Runs the Rust terminal client with a profile directory.
+export async function cli (profileDir, server, ...args) {
+  const { stdout } = await promisify(execFile)(CLI_BIN, ['--profile', profileDir, '--server', server, ...args], {
+    env: { PATH: process.env.PATH, E2EE_CHAT_PASSPHRASE: PASSPHRASE }, timeout: 60000
+  })
+  return stdout
+}
