@@ -395,3 +395,88 @@ async fn interactive_chat_in_a_real_terminal() {
     tmux(&["kill-session", "-t", &session]);
     t.stop().await;
 }
+
+/// `export-profile` writes the web client's profile file; `import-profile`
+/// makes a working profile of it (the same identity logs in and reads), and
+/// refuses a wrong passphrase, a tampered file and an absurd iteration count.
+#[tokio::test]
+async fn profile_files_move_an_identity_between_devices() {
+    let t = TestServer::new();
+    let url = t.url();
+    let home = tempfile::tempdir().unwrap();
+    let (laptop, phone) = (home.path().join("laptop"), home.path().join("phone"));
+    let file = home.path().join("alice.json");
+    let pass = [("E2EE_CHAT_PASSPHRASE", "a long passphrase")];
+    ok(&run_env(
+        &url,
+        &laptop,
+        &["keygen", "--user", "alice", "--encrypt"],
+        &pass,
+    )
+    .await);
+    ok(&run_env(&url, &laptop, &["register"], &pass).await);
+    ok(&run_env(&url, &laptop, &["create", "Notes"], &pass).await);
+    ok(&run_env(&url, &laptop, &["send", "Notes", "from the laptop"], &pass).await);
+    ok(&run_env(
+        &url,
+        &laptop,
+        &["export-profile", file.to_str().unwrap()],
+        &pass,
+    )
+    .await);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("\"format\": \"e2ee-chat-profile\""), "{text}");
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+
+    let wrong = [("E2EE_CHAT_PASSPHRASE", "not it")];
+    let r = run_env(
+        &url,
+        &phone,
+        &["import-profile", file.to_str().unwrap()],
+        &wrong,
+    )
+    .await;
+    assert!(
+        !r.ok && r.stderr.contains("wrong passphrase"),
+        "{}",
+        r.stderr
+    );
+    for (what, bad) in [
+        (
+            "tampered",
+            text.replacen("\"wrapped\": \"", "\"wrapped\": \"AAAA", 1),
+        ),
+        ("renamed", text.replace("\"alice\"", "\"mallory\"")),
+        ("slow", text.replace("600000", "4000000000")),
+    ] {
+        let path = home.path().join(format!("{what}.json"));
+        std::fs::write(&path, bad).unwrap();
+        let r = run_env(
+            &url,
+            &phone,
+            &["import-profile", path.to_str().unwrap()],
+            &pass,
+        )
+        .await;
+        assert!(!r.ok, "{what} was imported");
+    }
+    assert!(!phone.join("sign_key.pem").exists());
+
+    let out = ok(&run_env(
+        &url,
+        &phone,
+        &["import-profile", file.to_str().unwrap()],
+        &pass,
+    )
+    .await)
+    .to_owned();
+    let laptop_fp = ok(&run_env(&url, &laptop, &["fingerprint"], &pass).await).to_owned();
+    let fp = laptop_fp.trim().strip_prefix("alice: ").unwrap();
+    assert!(out.contains(fp), "{out} vs {laptop_fp}");
+    // The imported keys are stored encrypted, and the same identity reads.
+    let pem = std::fs::read_to_string(phone.join("sign_key.pem")).unwrap();
+    assert!(pem.contains("ENCRYPTED PRIVATE KEY"));
+    let history = ok(&run_env(&url, &phone, &["history", "Notes"], &pass).await).to_owned();
+    assert!(history.contains("from the laptop"), "{history}");
+    t.stop().await;
+}

@@ -77,8 +77,11 @@ export class Chat {
       if (!joined.has(id)) this.dropRoom(id, 'You are no longer a member of this room.')
     }
     this.changed_()
+    // Members may have joined, left or changed keys while we were away.
     for (const room of this.rooms.values()) {
-      if (room.loaded) await this.catchUp(room)
+      if (!room.loaded) continue
+      await this.refreshMembers(room)
+      await this.catchUp(room)
     }
     if (this.active && this.rooms.has(this.active)) await this.load(this.rooms.get(this.active))
     await this.listRooms()

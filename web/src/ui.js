@@ -182,7 +182,7 @@ export class ChatView {
     const chat = this.chat
     const list = chat.directory?.rooms || []
     const items = list.filter((s) => !chat.rooms.has(s.room_id)).map((s) => h('li.dir', {},
-      h('span.name', { text: esc(s.name) }), h('span.muted', { text: ` ${s.members} members${s.has_password ? ', password' : ''}` }),
+      h('span.name', { text: esc(s.name) }), h('span.muted', { text: ` ${plural(s.members, 'member')}${s.has_password ? ', password' : ''}` }),
       h('button', { type: 'button', text: 'Join', 'data-join': s.room_id, onclick: async () => {
         const pw = s.has_password ? prompt(`Password for "${esc(s.name)}"`) : ''
         if (pw === null) return
@@ -197,7 +197,7 @@ export class ChatView {
     const s = room.summary
     this.roomInfo.replaceChildren(
       h('span.muted', {}, 'id ', h('code#room-id', { text: esc(s.room_id) })),
-      h('span.muted', { text: ` · owner ${esc(s.owner)} · ${s.members} members${s.has_password ? ' · password' : ''}${s.hidden ? ' · hidden' : ''}` }),
+      h('span.muted', { text: ` · owner ${esc(s.owner)} · ${plural(s.members, 'member')}${s.has_password ? ' · password' : ''}${s.hidden ? ' · hidden' : ''}` }),
       h('button.link#leave', { type: 'button', text: 'Leave', onclick: () => {
         if (confirm(`Leave "${esc(s.name)}"?`)) this.chat.leave(room.id)
       } }))
@@ -260,6 +260,10 @@ export class ChatView {
     }))
     this.ownerTools.hidden = !isOwner
   }
+}
+
+function plural (n, word) {
+  return `${n} ${word}${n === 1 ? '' : 's'}`
 }
 
 function safe (name) {

@@ -3,6 +3,7 @@
 //! verified and decrypted here. `chat` is the interactive full-screen mode.
 
 mod profile;
+mod transfer;
 mod tui;
 
 use std::path::PathBuf;
@@ -52,6 +53,17 @@ enum Command {
     },
     /// Register the profile's public keys with the server.
     Register,
+    /// Write the profile's keys, sealed under a passphrase, to FILE: the
+    /// format the web client imports (and exports).
+    ExportProfile { file: PathBuf },
+    /// Make this profile from FILE, exported by the web client or by
+    /// `export-profile`; the keys are stored encrypted with the same passphrase.
+    ImportProfile {
+        file: PathBuf,
+        /// Replace existing keys.
+        #[arg(long)]
+        force: bool,
+    },
     /// List rooms.
     Rooms,
     /// Create a room (you become its owner).
@@ -397,8 +409,14 @@ async fn run(cli: Cli) -> CliResult<()> {
         println!("fingerprint: {}", fingerprint_display(&keys.fingerprint()));
         return Ok(());
     }
+    if let Command::ImportProfile { file, force } = &cli.command {
+        return import_profile(&cli, &dir, file, *force);
+    }
     let profile = Profile::open(&dir)?;
     let url = server_url(cli.server.as_deref(), &profile);
+    if let Command::ExportProfile { file } = &cli.command {
+        return export_profile(&profile, &url, file);
+    }
     if let Command::Fingerprint { user } = &cli.command {
         let pins = profile.pins()?;
         let name = user
@@ -602,12 +620,72 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
             owner_op(s, &room, OwnerCmd::Delete, |r| format!("deleted {r}")).await?
         }
         Command::Keygen { .. }
+        | Command::ExportProfile { .. }
+        | Command::ImportProfile { .. }
         | Command::Register
         | Command::Fingerprint { .. }
         | Command::Chat => {
             unreachable!("handled before connecting")
         }
     }
+    Ok(())
+}
+
+fn export_profile(profile: &Profile, url: &str, path: &std::path::Path) -> CliResult<()> {
+    let keys = profile.keys()?;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let pw = profile::passphrase(interactive, !profile.keys_encrypted())?.ok_or_else(|| {
+        format!(
+            "a profile file needs a passphrase: set {}",
+            profile::PASSPHRASE_ENV
+        )
+    })?;
+    let file = transfer::export(&profile.config.username, Some(url.to_owned()), &keys, &pw)?;
+    let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())? + "\n";
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!(
+        "profile of {} written to {} (import it in the web client, or with `e2ee-chat import-profile`)",
+        profile.config.username,
+        path.display()
+    );
+    Ok(())
+}
+
+fn import_profile(
+    cli: &Cli,
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    force: bool,
+) -> CliResult<()> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    if size > transfer::MAX_FILE_BYTES {
+        return Err(format!(
+            "{} is too large for a profile file",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let pw = profile::passphrase(interactive, false)?.ok_or_else(|| {
+        format!(
+            "the profile file's passphrase is needed: set {}",
+            profile::PASSPHRASE_ENV
+        )
+    })?;
+    let (file, keys) = transfer::import(&text, &pw)?;
+    let config = ProfileConfig {
+        username: file.username.clone(),
+        server: cli.server.clone().or(file.server),
+    };
+    let p = Profile::create(dir, config, &keys, Some(&pw), force)?;
+    println!(
+        "profile of {} imported into {}",
+        file.username,
+        p.dir.display()
+    );
+    println!("fingerprint: {}", fingerprint_display(&keys.fingerprint()));
     Ok(())
 }
 

@@ -82,18 +82,22 @@ export async function online (page) {
   await page.waitForSelector('#status[data-state=online]', { timeout: 30000 })
 }
 
+export async function openForms (page) {
+  await page.$eval('#sidebar details', (d) => { d.open = true })
+}
+
 export async function createRoom (page, name, { password, hidden } = {}) {
-  await page.click('#sidebar details summary')
+  await openForms(page)
   await page.fill('#create-room [name=name]', name)
   if (password) await page.fill('#create-room [name=password]', password)
   if (hidden) await page.check('#create-room [name=hidden]')
   await page.click('#create-room button[type=submit]')
-  await page.waitForSelector('#room-id')
+  await page.waitForFunction((n) => document.querySelector('#room-title')?.textContent === n && document.querySelector('#room-id'), name)
   return page.textContent('#room-id')
 }
 
 export async function joinRoom (page, roomId, password) {
-  await page.click('#sidebar details summary')
+  await openForms(page)
   await page.fill('#join-room [name=room_id]', roomId)
   if (password) await page.fill('#join-room [name=password]', password)
   await page.click('#join-room button[type=submit]')

@@ -1,0 +1,98 @@
+// Two browsers (separate contexts: separate IndexedDB) register, meet in a
+// room and talk both ways through a real server; the page's CSP holds.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import * as t from './harness.mjs'
+
+let server, browser
+before(async () => { server = await t.startServer(); browser = await t.launch() })
+after(async () => { await browser?.close(); await server?.stop() })
+
+test('two browsers register, create and join a room, and exchange messages both ways', async () => {
+  const alice = await t.openPage(browser, server.base)
+  const bob = await t.openPage(browser, server.base)
+  await t.createAccount(alice, 'alice')
+  await t.createAccount(bob, 'bob')
+  const roomId = await t.createRoom(alice, 'General')
+  await t.joinRoom(bob, roomId)
+
+  // Alice sees bob join, with his fingerprint, online.
+  await alice.waitForSelector('#timeline li.sys >> text=bob joined.')
+  await alice.waitForSelector('#member-list li.member.online[data-member=bob] code.fp')
+  const bobFp = await bob.textContent('#sidebar .fp')
+  assert.equal(await alice.textContent('#member-list li[data-member=bob] code.fp'), bobFp)
+
+  await t.send(alice, 'hello bob')
+  await t.seeMessage(bob, 'hello bob')
+  await t.send(bob, 'hi alice ✓')
+  await t.seeMessage(alice, 'hi alice ✓')
+  // Before her first message to bob, alice was told who he is.
+  const notice = await alice.textContent('#timeline li.recipient')
+  assert.match(notice, /encrypted to bob, fingerprint/)
+  assert.ok(notice.includes(bobFp))
+
+  // What the sender typed is what the reader sees, escaped: no control
+  // character reaches the page raw, and nothing is parsed as HTML.
+  await bob.fill('#message', 'line one\u202e <b>not bold</b> \u001b[2K')
+  await bob.press('#message', 'Enter')
+  await alice.waitForFunction(() => [...document.querySelectorAll('#timeline .text')].some((e) => e.textContent.startsWith('line one\\u{202e}')))
+  assert.equal(await alice.$('#timeline b'), null)
+  // Bob's messages show his own clock (sent_at), in order.
+  assert.deepEqual(await t.timelineTexts(alice), ['hello bob', 'hi alice ✓', 'line one\\u{202e} <b>not bold</b> \\u{1b}[2K'])
+  assert.deepEqual(alice.problems, [])
+  assert.deepEqual(bob.problems, [])
+})
+
+test('the Content-Security-Policy blocks injected script and other hosts', async () => {
+  const page = await t.openPage(browser, server.base)
+  const result = await page.evaluate(async () => {
+    const violations = []
+    document.addEventListener('securitypolicyviolation', (e) => violations.push(e.violatedDirective))
+    document.body.insertAdjacentHTML('beforeend', '<img src="data:," onerror="window.pwned = 1" onload="window.pwned = 1">')
+    const s = document.createElement('script')
+    s.textContent = 'window.pwned = 2'
+    document.body.append(s)
+    let fetched = 'blocked'
+    try { await fetch('http://127.0.0.2:9/'); fetched = 'reached' } catch {}
+    await new Promise((resolve) => setTimeout(resolve, 300))
+    return { pwned: window.pwned ?? null, violations, fetched }
+  })
+  assert.equal(result.pwned, null)
+  assert.equal(result.fetched, 'blocked')
+  assert.ok(result.violations.includes('script-src-attr') || result.violations.includes('script-src'), JSON.stringify(result))
+  assert.ok(result.violations.includes('connect-src'), JSON.stringify(result))
+})
+
+test('hidden and password rooms, unread counts and wrong passwords', async () => {
+  const carol = await t.openPage(browser, server.base)
+  const dave = await t.openPage(browser, server.base)
+  await t.createAccount(carol, 'carol')
+  await t.createAccount(dave, 'dave')
+  const secret = await t.createRoom(carol, 'Secret', { password: 'hunter22', hidden: true })
+  const lobby = await t.createRoom(carol, 'Lobby')
+
+  // The hidden room is not listed to dave; the public one is.
+  await dave.click('#browse')
+  await dave.waitForSelector(`#directory [data-join="${lobby}"]`)
+  assert.equal(await dave.$(`#directory [data-join="${secret}"]`), null)
+
+  // A wrong password says so; the right one gets in.
+  await t.joinRoom(dave, lobby)
+  await t.openForms(dave)
+  await dave.fill('#join-room [name=room_id]', secret)
+  await dave.fill('#join-room [name=password]', 'wrong')
+  await dave.click('#join-room button[type=submit]')
+  await dave.waitForSelector('#notices .notice.error >> text=Wrong room password.')
+  await dave.fill('#join-room [name=password]', 'hunter22')
+  await dave.click('#join-room button[type=submit]')
+  await dave.waitForFunction((id) => document.querySelector('#room-id')?.textContent === id, secret)
+
+  // Dave reads Secret; messages in Lobby count as unread there.
+  await carol.click(`#room-list [data-room="${lobby}"]`)
+  await t.send(carol, 'one')
+  await t.send(carol, 'two')
+  await dave.waitForSelector(`#room-list [data-room="${lobby}"] .unread >> text=2`)
+  await dave.click(`#room-list [data-room="${lobby}"]`)
+  await t.seeMessage(dave, 'two')
+  assert.equal(await dave.$(`#room-list [data-room="${lobby}"] .unread`), null)
+})
