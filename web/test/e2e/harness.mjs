@@ -14,16 +14,16 @@ export const CLI_BIN = process.env.E2E_CLI_BIN || join(ROOT, 'target/debug/e2ee-
 export const CHROMIUM = process.env.CHAT_TEST_CHROMIUM || '/usr/bin/chromium'
 export const PASSPHRASE = 'correct horse battery'
 
-// Starts the server on a free port; resolves once it prints its address.
-export async function startServer () {
-  const dir = mkdtempSync(join(tmpdir(), 'e2ee-web-'))
+// Starts the server (on a free port, or `port` to restart one in place on
+// the same store `dir`); resolves once it prints its address.
+export async function startServer ({ dir = mkdtempSync(join(tmpdir(), 'e2ee-web-')), port = 0 } = {}) {
   const child = spawn(SERVER_BIN, [], {
     cwd: ROOT,
     env: {
       PATH: process.env.PATH,
       RUST_LOG: 'warn',
       CHAT__STORE__PATH: join(dir, 'chat.db'),
-      CHAT__SERVER__PORT: '0',
+      CHAT__SERVER__PORT: String(port),
       CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR: '1000'
     },
     stdio: ['ignore', 'pipe', 'inherit']
@@ -41,11 +41,13 @@ export async function startServer () {
   return {
     base: `http://${addr}`,
     ws: `ws://${addr}/ws`,
+    port: Number(addr.split(':').pop()),
     dir,
-    stop: async () => {
+    // Stops the process; `keep` leaves the store for a restart.
+    stop: async ({ keep = false } = {}) => {
       child.kill('SIGTERM')
       await new Promise((resolve) => child.exitCode !== null ? resolve() : child.on('exit', resolve))
-      rmSync(dir, { recursive: true, force: true })
+      if (!keep) rmSync(dir, { recursive: true, force: true })
     }
   }
 }

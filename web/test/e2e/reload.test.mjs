@@ -1,0 +1,58 @@
+// The profile survives a reload (unlocked with its passphrase), messages
+// sent meanwhile are caught up, unread counts show where they went, and a
+// server restart is ridden out by reconnecting with backoff.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import * as t from './harness.mjs'
+
+let server, browser
+before(async () => { server = await t.startServer(); browser = await t.launch() })
+after(async () => { await browser?.close(); await server?.stop() })
+
+test('a reload keeps the profile and catches up; a restart reconnects', async () => {
+  const alice = await t.openPage(browser, server.base)
+  const bob = await t.openPage(browser, server.base)
+  await t.createAccount(alice, 'alice')
+  await t.createAccount(bob, 'bob')
+  const main = await t.createRoom(alice, 'Main')
+  const side = await t.createRoom(alice, 'Side')
+  await t.joinRoom(bob, side)
+  await t.joinRoom(bob, main)
+  await t.send(bob, 'before the reload')
+  await alice.click(`#room-list [data-room="${main}"]`)
+  await t.seeMessage(alice, 'before the reload')
+
+  // Alice reloads; while the page waits for her passphrase, bob talks.
+  await alice.reload()
+  await alice.waitForSelector('#unlock')
+  await t.send(bob, 'while you were away 1')
+  await t.send(bob, 'while you were away 2')
+  await bob.click(`#room-list [data-room="${side}"]`)
+  await t.send(bob, 'over here too')
+
+  await alice.fill('#unlock [name=passphrase]', 'not the passphrase')
+  await alice.click('#unlock button[type=submit]')
+  await alice.waitForSelector('#welcome-status.error >> text=wrong passphrase')
+  await alice.fill('#unlock [name=passphrase]', t.PASSPHRASE)
+  await alice.click('#unlock button[type=submit]')
+  await t.online(alice)
+  await alice.waitForSelector(`#room-list [data-room="${main}"] .unread >> text=2`)
+  await alice.waitForSelector(`#room-list [data-room="${side}"] .unread >> text=1`)
+  await alice.click(`#room-list [data-room="${main}"]`)
+  await t.seeMessage(alice, 'while you were away 2')
+  assert.deepEqual(await t.timelineTexts(alice), ['before the reload', 'while you were away 1', 'while you were away 2'])
+  assert.equal(await alice.$(`#room-list [data-room="${main}"] .unread`), null)
+
+  // The server restarts on the same store and port: both pages reconnect
+  // by themselves, log in again and go on, with nothing shown twice.
+  await server.stop({ keep: true })
+  await alice.waitForSelector('#status[data-state=closed]')
+  server = await t.startServer({ dir: server.dir, port: server.port })
+  await t.online(alice)
+  await t.online(bob)
+  await bob.click(`#room-list [data-room="${main}"]`)
+  await t.send(bob, 'after the restart')
+  await t.seeMessage(alice, 'after the restart')
+  assert.deepEqual(await t.timelineTexts(alice), ['before the reload', 'while you were away 1', 'while you were away 2', 'after the restart'])
+  assert.deepEqual([...alice.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p)), ...bob.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p))], [])
+})
