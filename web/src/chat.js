@@ -360,7 +360,9 @@ export class Chat {
       const room = this.room(reply.room)
       await this.setMembers(room, reply.members)
     })
-    await this.select(reply.room.room_id)
+    // Loading the room's history goes on in the background: the form that
+    // asked is done once the server said yes.
+    this.select(reply.room.room_id)
     return reply
   }
 
@@ -387,6 +389,8 @@ export class Chat {
     const reply = await this.ask(type, fields)
     if (reply && done) this.notify(done)
     if (reply && type === 'delete_room') this.dropRoom(fields.room_id, 'You deleted the room.')
+    const room = this.rooms.get(fields.room_id)
+    if (reply && room && type === 'set_password') { room.summary.has_password = 'password' in fields; this.changed_() }
     return reply
   }
 }

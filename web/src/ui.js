@@ -148,6 +148,7 @@ export class ChatView {
     this.renderRooms()
     this.renderDirectory()
     this.main.hidden = !room
+    this.membersPane.hidden = !room
     this.empty.hidden = !!room
     if (room) {
       this.renderRoomInfo(room)
@@ -158,6 +159,11 @@ export class ChatView {
       const blocked = chat.blockedBy(room).length > 0
       this.input.disabled = blocked
       this.input.placeholder = blocked ? 'Sending is blocked until you confirm the changed keys above' : 'Write a message'
+    } else {
+      // Nothing of a room left behind stays in the page.
+      for (const el of [this.roomInfo, this.banners, this.timeline, this.memberList]) el.replaceChildren()
+      this.bannerKey = ''
+      this.shownRoom = null
     }
     this.noticesEl.replaceChildren(...chat.notices.map((n) => h(`p.notice.${n.kind}`, { text: n.text })))
   }

@@ -85,7 +85,7 @@ test('hidden and password rooms, unread counts and wrong passwords', async () =>
   await dave.waitForSelector('#notices .notice.error >> text=Wrong room password.')
   await dave.fill('#join-room [name=password]', 'hunter22')
   await dave.click('#join-room button[type=submit]')
-  await dave.waitForFunction((id) => document.querySelector('#room-id')?.textContent === id, secret)
+  await dave.waitForFunction((id) => document.querySelector('#room:not([hidden]) #room-id')?.textContent === id, secret)
 
   // Dave reads Secret; messages in Lobby count as unread there.
   await carol.click(`#room-list [data-room="${lobby}"]`)
@@ -95,4 +95,58 @@ test('hidden and password rooms, unread counts and wrong passwords', async () =>
   await dave.click(`#room-list [data-room="${lobby}"]`)
   await t.seeMessage(dave, 'two')
   assert.equal(await dave.$(`#room-list [data-room="${lobby}"] .unread`), null)
+})
+
+test('owner operations: kick, ban, unban, rename, set password, delete', async () => {
+  const erin = await t.openPage(browser, server.base)
+  const fred = await t.openPage(browser, server.base)
+  await t.createAccount(erin, 'erin')
+  await t.createAccount(fred, 'fred')
+  const roomId = await t.createRoom(erin, 'Workshop')
+  await t.joinRoom(fred, roomId)
+  await erin.waitForSelector('#member-list li[data-member=fred]')
+
+  // Fred is not the owner: he has no owner tools.
+  assert.equal(await fred.isVisible('#owner-tools'), false)
+
+  await erin.fill('#owner-rename [name=name]', 'Workshop 2')
+  await erin.click('#owner-rename button[type=submit]')
+  await fred.waitForFunction(() => document.querySelector('#room-title').textContent === 'Workshop 2')
+  await fred.waitForSelector('#timeline li.sys >> text=renamed from "Workshop" to "Workshop 2"')
+
+  await erin.click('#member-list li[data-member=fred] button >> text=Kick')
+  await fred.waitForSelector('#notices .notice >> text=You were kicked from "Workshop 2".')
+  assert.equal(await fred.$(`#room-list [data-room="${roomId}"]`), null)
+  await erin.waitForSelector('#timeline li.sys >> text=fred was kicked.')
+
+  await t.joinRoom(fred, roomId)
+  await erin.fill('#owner-user [name=username]', 'fred')
+  await erin.click('#owner-ban')
+  await fred.waitForSelector('#notices .notice >> text=You were banned from "Workshop 2".')
+  await t.openForms(fred)
+  await fred.fill('#join-room [name=room_id]', roomId)
+  await fred.click('#join-room button[type=submit]')
+  await fred.waitForSelector('#notices .notice.error >> text=You are banned from that room.')
+
+  // Unknown targets get the server's answer, in words.
+  await erin.fill('#owner-user [name=username]', 'nobody-here')
+  await erin.click('#owner-unban')
+  await erin.waitForSelector('#notices .notice.error >> text=There is no user with that name on this server.')
+  await erin.fill('#owner-user [name=username]', 'fred')
+  await erin.click('#owner-unban')
+  await erin.waitForSelector('#notices .notice >> text=fred: unban done.')
+
+  await erin.fill('#owner-password [name=password]', 'open sesame')
+  await erin.click('#owner-password button[type=submit]')
+  await erin.waitForSelector('#room-info >> text=password')
+  await fred.fill('#join-room [name=password]', 'open sesame')
+  await fred.click('#join-room button[type=submit]')
+  await fred.waitForFunction((id) => document.querySelector('#room:not([hidden]) #room-id')?.textContent === id, roomId)
+
+  erin.once('dialog', (d) => d.accept())
+  await erin.click('#owner-delete')
+  await fred.waitForSelector('#notices .notice >> text=The room "Workshop 2" was deleted.')
+  assert.equal(await fred.$(`#room-list [data-room="${roomId}"]`), null)
+  assert.equal(await erin.$(`#room-list [data-room="${roomId}"]`), null)
+  assert.deepEqual([...erin.problems, ...fred.problems], [])
 })

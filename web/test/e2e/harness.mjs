@@ -95,6 +95,7 @@ export async function createRoom (page, name, { password, hidden } = {}) {
   if (hidden) await page.check('#create-room [name=hidden]')
   await page.click('#create-room button[type=submit]')
   await page.waitForFunction((n) => document.querySelector('#room-title')?.textContent === n && document.querySelector('#room-id'), name)
+    .catch(async (e) => { throw new Error(`${e.message}; page shows: ${await page.textContent('#notices')} | ${await page.textContent('#room-title')}`) })
   return page.textContent('#room-id')
 }
 
@@ -103,7 +104,7 @@ export async function joinRoom (page, roomId, password) {
   await page.fill('#join-room [name=room_id]', roomId)
   if (password) await page.fill('#join-room [name=password]', password)
   await page.click('#join-room button[type=submit]')
-  await page.waitForFunction((id) => document.querySelector('#room-id')?.textContent === id, roomId)
+  await page.waitForFunction((id) => document.querySelector('#room:not([hidden]) #room-id')?.textContent === id, roomId)
 }
 
 export async function send (page, text) {
@@ -113,8 +114,13 @@ export async function send (page, text) {
 }
 
 // Waits for a verified message with this text in the open room.
-export function seeMessage (page, text, timeout = 15000) {
-  return page.waitForFunction((t) => [...document.querySelectorAll('#timeline li.msg .text')].some((e) => e.textContent === t), text, { timeout })
+export async function seeMessage (page, text, timeout = 15000) {
+  try {
+    await page.waitForFunction((t) => [...document.querySelectorAll('#timeline li.msg .text')].some((e) => e.textContent === t), text, { timeout })
+  } catch (e) {
+    const shows = await page.evaluate(() => ['#status', '#room-title', '#notices', '#timeline'].map((s) => document.querySelector(s)?.innerText).join(' | '))
+    throw new Error(`${e.message}: no message "${text}"; the page shows: ${shows}; problems: ${page.problems}`)
+  }
 }
 
 export const timelineTexts = (page) => page.$$eval('#timeline li.msg .text', (els) => els.map((e) => e.textContent))

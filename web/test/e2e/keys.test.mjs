@@ -36,12 +36,20 @@ test('a key change shows the warning and needs the compared fingerprint', async 
   const oldFp = (await alice.textContent('#member-list li[data-member=bob] code.fp')).trim()
 
   await server.stop({ keep: true })
+  await alice.waitForSelector('#status:not([data-state=online])')
   await forgetUser(server.dir, 'bob')
   server = await t.startServer({ dir: server.dir, port: server.port })
 
   const impostor = await t.openPage(browser, server.base)
   await t.createAccount(impostor, 'bob')
   const newFp = (await impostor.textContent('#sidebar .fp')).trim()
+  // Restart once more, so the room starts with the new bob as a member
+  // whichever reconnected first (a room that started while bob had no
+  // account left him out).
+  await server.stop({ keep: true })
+  await impostor.waitForSelector('#status:not([data-state=online])')
+  server = await t.startServer({ dir: server.dir, port: server.port })
+  await t.online(impostor)
   assert.notEqual(newFp, oldFp)
   await impostor.click(`#room-list [data-room="${roomId}"]`)
   await t.send(impostor, 'trust me, I am bob')

@@ -46,7 +46,7 @@ test('a reload keeps the profile and catches up; a restart reconnects', async ()
   // The server restarts on the same store and port: both pages reconnect
   // by themselves, log in again and go on, with nothing shown twice.
   await server.stop({ keep: true })
-  await alice.waitForSelector('#status[data-state=closed]')
+  await alice.waitForSelector('#status:not([data-state=online])')
   server = await t.startServer({ dir: server.dir, port: server.port })
   await t.online(alice)
   await t.online(bob)
