@@ -16,9 +16,8 @@ function welcome () {
       const chat = new Chat(keys, { url, host: location.host })
       await chat.start()
       root.dataset.screen = 'chat'
-      // eslint-disable-next-line no-new
-      new ChatView(root, chat, {
-        onLock: () => { chat.stop(); root.dataset.screen = 'welcome'; welcome() }
+      const view = new ChatView(root, chat, {
+        onLock: () => { view.destroy(); chat.stop(); root.dataset.screen = 'welcome'; welcome() }
       })
     }
   }).catch((e) => { root.textContent = `This browser cannot run the client: ${e.message}` })

@@ -16,10 +16,28 @@ export class ChatView {
     this.bannerKey = ''
     this.build()
     chat.onChange = () => this.render()
-    document.addEventListener('keydown', (e) => {
+    // Keyboard: Escape closes a panel (phones); Alt+Up/Down moves between
+    // rooms and puts the cursor in the message box.
+    this.onKey = (e) => {
+      const chat = this.chat
       if (e.key === 'Escape' && this.panel) { this.panel = null; this.render() }
-    })
+      if (e.altKey && (e.key === 'ArrowUp' || e.key === 'ArrowDown')) {
+        const ids = this.sortedRooms().map((r) => r.id)
+        if (!ids.length) return
+        e.preventDefault()
+        const at = ids.indexOf(chat.active)
+        const next = at < 0 ? 0 : (at + (e.key === 'ArrowUp' ? ids.length - 1 : 1)) % ids.length
+        chat.select(ids[next])
+        this.input.focus()
+      }
+    }
+    document.addEventListener('keydown', this.onKey)
     this.render()
+  }
+
+  destroy () {
+    document.removeEventListener('keydown', this.onKey)
+    this.chat.onChange = null
   }
 
   build () {
@@ -36,7 +54,7 @@ export class ChatView {
     this.roomList = h('ul.rooms#room-list', { 'aria-label': 'Your rooms' })
     this.directoryEl = h('ul.rooms#directory', { 'aria-label': 'Public rooms' })
     const create = h('form#create-room', { onsubmit: (e) => this.submit(e, async (f) => {
-      if (await chat.createRoom(f.name.value.trim(), f.password.value, f.hidden.checked)) { f.reset(); this.panel = null }
+      if (await chat.createRoom(f.name.value.trim(), f.password.value, f.hidden.checked)) this.done(f)
     }) },
     h('h3', { text: 'New room' }),
     h('label', { text: 'Name' }, h('input', { name: 'name', required: true, maxlength: 64, autocomplete: 'off' })),
@@ -44,7 +62,7 @@ export class ChatView {
     h('label.check', {}, h('input', { name: 'hidden', type: 'checkbox' }), 'Hidden (not listed)'),
     h('button', { type: 'submit', text: 'Create' }))
     const join = h('form#join-room', { onsubmit: (e) => this.submit(e, async (f) => {
-      if (await chat.joinRoom(f.room_id.value.trim(), f.password.value)) { f.reset(); this.panel = null }
+      if (await chat.joinRoom(f.room_id.value.trim(), f.password.value)) this.done(f)
     }) },
     h('h3', { text: 'Join by id' }),
     h('label', { text: 'Room id' }, h('input', { name: 'room_id', required: true, autocomplete: 'off' })),
@@ -118,6 +136,14 @@ export class ChatView {
     try { await action(form) } finally { buttons.forEach((b) => { b.disabled = false }) }
   }
 
+  // A create or join form that worked: clear it, fold it away, show the room.
+  done (form) {
+    form.reset()
+    form.closest('details').open = false
+    this.panel = null
+    this.render()
+  }
+
   toggle (panel) {
     this.panel = this.panel === panel ? null : panel
     this.render()
@@ -168,9 +194,13 @@ export class ChatView {
     this.noticesEl.replaceChildren(...chat.notices.map((n) => h(`p.notice.${n.kind}`, { text: n.text })))
   }
 
+  sortedRooms () {
+    return [...this.chat.rooms.values()].sort((a, b) => a.summary.name.localeCompare(b.summary.name))
+  }
+
   renderRooms () {
     const chat = this.chat
-    const rooms = [...chat.rooms.values()].sort((a, b) => a.summary.name.localeCompare(b.summary.name))
+    const rooms = this.sortedRooms()
     this.roomList.replaceChildren(...rooms.map((r) => {
       const unread = chat.active === r.id ? 0 : chat.unread(r)
       return h('li', {}, h('button.roombtn', {
