@@ -363,6 +363,7 @@ export class Chat {
     // Loading the room's history goes on in the background: the form that
     // asked is done once the server said yes.
     this.select(reply.room.room_id)
+    this.listRooms()
     return reply
   }
 
@@ -381,7 +382,10 @@ export class Chat {
   }
 
   async leave (roomId) {
-    if (await this.ask('leave_room', { room_id: roomId })) this.dropRoom(roomId, 'You left the room.')
+    if (await this.ask('leave_room', { room_id: roomId })) {
+      this.dropRoom(roomId, 'You left the room.')
+      this.listRooms()
+    }
   }
 
   // kick, ban, unban, rename_room, set_password, delete_room.

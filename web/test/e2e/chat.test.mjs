@@ -95,6 +95,12 @@ test('hidden and password rooms, unread counts and wrong passwords', async () =>
   await dave.click(`#room-list [data-room="${lobby}"]`)
   await t.seeMessage(dave, 'two')
   assert.equal(await dave.$(`#room-list [data-room="${lobby}"] .unread`), null)
+
+  // Leaving asks first, then the room is gone and the others are told.
+  dave.once('dialog', (d) => d.accept())
+  await dave.click('#leave')
+  await dave.waitForSelector(`#room-list [data-room="${lobby}"]`, { state: 'detached' })
+  await carol.waitForSelector('#timeline li.sys >> text=dave left.')
 })
 
 test('owner operations: kick, ban, unban, rename, set password, delete', async () => {
