@@ -9,12 +9,7 @@ before(async () => { server = await t.startServer(); browser = await t.launch() 
 after(async () => { await browser?.close(); await server?.stop() })
 
 test('two browsers register, create and join a room, and exchange messages both ways', async () => {
-  const alice = await t.openPage(browser, server.base)
-  const bob = await t.openPage(browser, server.base)
-  await t.createAccount(alice, 'alice')
-  await t.createAccount(bob, 'bob')
-  const roomId = await t.createRoom(alice, 'General')
-  await t.joinRoom(bob, roomId)
+  const [alice, bob] = await t.twoInRoom(browser, server.base, ['alice', 'bob'], 'General')
 
   // Alice sees bob join, with his fingerprint, online.
   await alice.waitForSelector('#timeline li.sys >> text=bob joined.')
@@ -104,12 +99,7 @@ test('hidden and password rooms, unread counts and wrong passwords', async () =>
 })
 
 test('owner operations: kick, ban, unban, rename, set password, delete', async () => {
-  const erin = await t.openPage(browser, server.base)
-  const fred = await t.openPage(browser, server.base)
-  await t.createAccount(erin, 'erin')
-  await t.createAccount(fred, 'fred')
-  const roomId = await t.createRoom(erin, 'Workshop')
-  await t.joinRoom(fred, roomId)
+  const [erin, fred, roomId] = await t.twoInRoom(browser, server.base, ['erin', 'fred'], 'Workshop')
   await erin.waitForSelector('#member-list li[data-member=fred]')
 
   // Fred is not the owner: he has no owner tools.

@@ -80,6 +80,29 @@ export async function createAccount (page, username) {
   await online(page)
 }
 
+// Two users, each in a browser context of their own; the first creates a
+// room and the second joins it.
+export async function twoInRoom (browser, base, [owner, guest], roomName) {
+  const a = await openPage(browser, base)
+  const b = await openPage(browser, base)
+  await createAccount(a, owner)
+  await createAccount(b, guest)
+  const roomId = await createRoom(a, roomName)
+  await joinRoom(b, roomId)
+  return [a, b, roomId]
+}
+
+// Submits a passphrase form (#unlock or #import) with a wrong passphrase,
+// checks that it says so, then with the right one, and waits to be online.
+export async function wrongThenRightPassphrase (page, form) {
+  await page.fill(`${form} [name=passphrase]`, 'not the passphrase')
+  await page.click(`${form} button[type=submit]`)
+  await page.waitForSelector('#welcome-status.error >> text=wrong passphrase')
+  await page.fill(`${form} [name=passphrase]`, PASSPHRASE)
+  await page.click(`${form} button[type=submit]`)
+  await online(page)
+}
+
 export async function online (page) {
   await page.waitForSelector('#status[data-state=online]', { timeout: 30000 })
 }

@@ -25,12 +25,7 @@ async function forgetUser (dir, username) {
 }
 
 test('a key change shows the warning and needs the compared fingerprint', async () => {
-  const alice = await t.openPage(browser, server.base)
-  const bob = await t.openPage(browser, server.base)
-  await t.createAccount(alice, 'alice')
-  await t.createAccount(bob, 'bob')
-  const roomId = await t.createRoom(alice, 'Pinned')
-  await t.joinRoom(bob, roomId)
+  const [alice, bob, roomId] = await t.twoInRoom(browser, server.base, ['alice', 'bob'], 'Pinned')
   await t.send(bob, 'the real bob')
   await t.seeMessage(alice, 'the real bob')
   const oldFp = (await alice.textContent('#member-list li[data-member=bob] code.fp')).trim()
