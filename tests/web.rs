@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::TestServer;
+use common::{http_get, http_get_with, TestServer};
 use e2ee_chat::web::CONTENT_SECURITY_POLICY;
 
 fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
@@ -22,23 +22,10 @@ fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-async fn get(url: &str, extra: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_at(rest.find('/').unwrap());
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 #[tokio::test]
 async fn the_page_and_its_assets_carry_the_security_and_cache_headers() {
     let t = TestServer::new();
-    let page = get(&t.http("/"), "").await;
+    let page = http_get(&t.http("/")).await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert_eq!(
         header(&page, "content-security-policy"),
@@ -58,7 +45,7 @@ async fn the_page_and_its_assets_carry_the_security_and_cache_headers() {
 
     // A revalidation with the ETag is a 304 without a body.
     let etag = header(&page, "etag").expect("an ETag").to_owned();
-    let again = get(&t.http("/"), &format!("If-None-Match: {etag}\r\n")).await;
+    let again = http_get_with(&t.http("/"), &format!("If-None-Match: {etag}\r\n")).await;
     assert!(again.starts_with("HTTP/1.1 304"), "{again}");
 
     // Every asset the page names is served, cached for a year.
@@ -69,7 +56,7 @@ async fn the_page_and_its_assets_carry_the_security_and_cache_headers() {
         .collect();
     assert_eq!(names.len(), 2, "{page}");
     for name in names {
-        let asset = get(&t.http(&format!("/assets/{name}")), "").await;
+        let asset = http_get(&t.http(&format!("/assets/{name}"))).await;
         assert!(asset.starts_with("HTTP/1.1 200"), "{name}: {asset:.200}");
         assert_eq!(
             header(&asset, "cache-control"),
@@ -88,11 +75,11 @@ async fn the_page_and_its_assets_carry_the_security_and_cache_headers() {
         "/assets/..%2Findex.html",
         "/assets/.hidden",
     ] {
-        let r = get(&t.http(missing), "").await;
+        let r = http_get(&t.http(missing)).await;
         assert!(r.starts_with("HTTP/1.1 404"), "{missing}: {r:.200}");
     }
     // Other responses are not sniffed either.
-    let health = get(&t.http("/healthz"), "").await;
+    let health = http_get(&t.http("/healthz")).await;
     assert_eq!(header(&health, "x-content-type-options"), Some("nosniff"));
     t.stop().await;
 }

@@ -243,7 +243,7 @@ export class Chat {
       }
     }
     room.add({ ...entry, seq: m.seq, ts: m.ts, sender: m.sender })
-    if (m.seq > (room.summary.last_seq || 0)) room.summary.last_seq = m.seq
+    room.stored(m.seq)
   }
 
   send (roomId, text) {
@@ -293,7 +293,7 @@ export class Chat {
       case 'message':
         if (!room) return
         if (room.loaded) await this.accept(room, e)
-        else if (e.seq > (room.summary.last_seq || 0)) room.summary.last_seq = e.seq
+        else room.stored(e.seq)
         if (this.active === room.id && document.visibilityState !== 'hidden') await this.markRead(room)
         break
       case 'member_joined':
@@ -411,6 +411,11 @@ class Room {
     this.lowest = Infinity
     this.highest = 0
     this.counter = 0
+  }
+
+  // The server has messages up to `seq` (for unread counts).
+  stored (seq) {
+    if (seq > (this.summary.last_seq || 0)) this.summary.last_seq = seq
   }
 
   cover (seq) {
