@@ -21,21 +21,23 @@ export class Chat {
     this.status = 'connecting'
     this.notices = [] // {id, text, kind}
     this.directory = null // list_rooms reply
-    this.pins = {} // username -> {fingerprint, sign_key, enc_key} (hex)
+    // Maps, not objects: names and room ids come from the server, and a key
+    // like "__proto__" must stay just a key. IndexedDB stores Maps as they are.
+    this.pins = new Map() // username -> {fingerprint, sign_key, enc_key} (hex)
     this.changed = new Map() // username -> {old, fingerprint, sign_key, enc_key}
-    this.recipients = {} // room_id -> [username]
-    this.read = {} // room_id -> seq read
+    this.recipients = new Map() // room_id -> [username]
+    this.read = new Map() // room_id -> seq read
     this.queue = Promise.resolve()
     this.noticeId = 0
   }
 
   async start () {
     const me = this.me.username
-    this.pins = (await kv.get(`pins/${me}`)) || {}
-    this.recipients = (await kv.get(`recipients/${me}`)) || {}
-    this.read = (await kv.get(`read/${me}`)) || {}
+    this.pins = (await kv.get(`pins/${me}`)) || new Map()
+    this.recipients = (await kv.get(`recipients/${me}`)) || new Map()
+    this.read = (await kv.get(`read/${me}`)) || new Map()
     this.myFingerprint = await p.fingerprint(this.me.signDer, this.me.encDer)
-    this.pins[me] ??= pinOf(this.myFingerprint, this.me.signDer, this.me.encDer)
+    if (!this.pins.has(me)) this.pins.set(me, pinOf(this.myFingerprint, this.me.signDer, this.me.encDer))
     this.conn = new Conn(this.url, {
       onOpen: () => this.serial(() => this.login()),
       onEvent: (e) => this.serial(() => this.event(e)),
@@ -97,14 +99,14 @@ export class Chat {
   }
 
   unread (room) {
-    const read = this.read[room.summary.room_id] || 0
+    const read = this.read.get(room.id) || 0
     return Math.max(0, (room.summary.last_seq || 0) - read)
   }
 
   async markRead (room) {
     const seq = Math.max(room.summary.last_seq || 0, room.highest)
-    if ((this.read[room.summary.room_id] || 0) >= seq) return
-    this.read[room.summary.room_id] = seq
+    if ((this.read.get(room.id) || 0) >= seq) return
+    this.read.set(room.id, seq)
     await kv.put(`read/${this.me.username}`, this.read)
   }
 
@@ -170,15 +172,15 @@ export class Chat {
   // to `changed` until the user confirms the new fingerprint.
   async addMember (room, m) {
     if (typeof m.username !== 'string' || !p.USERNAME.test(m.username)) {
-      room.add({ kind: 'event', text: `A member with an invalid name (${p.escapeDisplay(String(m.username))}) was refused.` })
+      room.add({ kind: 'event', text: 'A member with an invalid name was refused.' })
       return false
     }
     const fingerprint = await p.fingerprint(m.sign_key, m.enc_key)
     const member = { ...m, fingerprint }
     room.members.set(m.username, member)
-    const pin = this.pins[m.username]
+    const pin = this.pins.get(m.username)
     if (!pin) {
-      this.pins[m.username] = pinOf(fingerprint, m.sign_key, m.enc_key)
+      this.pins.set(m.username, pinOf(fingerprint, m.sign_key, m.enc_key))
       await this.savePins()
     } else if (pin.fingerprint !== fingerprint) {
       if (!this.changed.has(m.username)) {
@@ -206,7 +208,7 @@ export class Chat {
         this.notify(`That is not the fingerprint the server serves for ${username}. Nothing was changed.`, 'error')
         return
       }
-      this.pins[username] = pinOf(change.fingerprint, change.sign_key, change.enc_key)
+      this.pins.set(username, pinOf(change.fingerprint, change.sign_key, change.enc_key))
       this.changed.delete(username)
       await this.savePins()
       for (const room of this.rooms.values()) {
@@ -226,7 +228,7 @@ export class Chat {
   async accept (room, m) {
     let entry
     const untrusted = this.changed.has(m.sender)
-    const pin = this.pins[m.sender]
+    const pin = this.pins.get(m.sender)
     const seenKey = `${m.sender}/${p.hex(m.msg_id)}`
     if (room.seen.has(seenKey)) { room.cover(m.seq); return }
     if (untrusted) {
@@ -274,13 +276,13 @@ export class Chat {
   // Section 7: before encrypting to a member for the first time in a room,
   // say who they are.
   announceRecipients (room) {
-    const known = new Set(this.recipients[room.id] || [])
+    const known = new Set(this.recipients.get(room.id) || [])
     for (const m of room.members.values()) {
       if (known.has(m.username) || m.username === this.me.username) continue
       room.add({ kind: 'recipient', text: `New recipient: your messages here are now also encrypted to ${m.username}, fingerprint ${p.fingerprintDisplay(m.fingerprint)}.` })
       known.add(m.username)
     }
-    this.recipients[room.id] = [...known]
+    this.recipients.set(room.id, [...known])
   }
 
   saveRecipients () { return kv.put(`recipients/${this.me.username}`, this.recipients) }
@@ -453,6 +455,7 @@ function fromHex (h) {
   return Uint8Array.from(h.match(/../g), (b) => parseInt(b, 16))
 }
 
+// A name from the server for an event line: the UI escapes what it shows.
 function safeName (name) {
-  return typeof name === 'string' && p.USERNAME.test(name) ? name : `(invalid name ${p.escapeDisplay(String(name))})`
+  return typeof name === 'string' && p.USERNAME.test(name) ? name : '(a member with an invalid name)'
 }

@@ -191,7 +191,7 @@ export class ChatView {
       this.bannerKey = ''
       this.shownRoom = null
     }
-    this.noticesEl.replaceChildren(...chat.notices.map((n) => h(`p.notice.${n.kind}`, { text: n.text })))
+    this.noticesEl.replaceChildren(...chat.notices.map((n) => h(`p.notice.${n.kind}`, { text: esc(n.text) })))
   }
 
   sortedRooms () {
@@ -270,9 +270,9 @@ export class ChatView {
       }
       if (e.kind === 'failed') {
         return h('li.failed', { 'data-seq': e.seq }, h('span.who', { text: safe(e.sender) }),
-          h('span.text', { text: `⚠ message #${e.seq} not shown: ${e.reason}` }))
+          h('span.text', { text: esc(`⚠ message #${e.seq} not shown: ${e.reason}`) }))
       }
-      return h(`li.sys.${e.kind}`, { text: e.text })
+      return h(`li.sys.${e.kind}`, { text: esc(e.text) })
     }))
     if (atBottom) tl.scrollTop = tl.scrollHeight
   }
