@@ -20,6 +20,8 @@ RUN set -eux; \
 
 COPY src ./src
 COPY config ./config
+# The web client's committed build, embedded into the binary (src/web.rs).
+COPY web/dist ./web/dist
 # Make sure cargo sees the real sources as newer than the stubs.
 RUN touch src/lib.rs src/bin/*.rs && cargo build --release --bin e2ee-chat-server
 

@@ -80,11 +80,18 @@ export class ChatView {
     this.timeline = h('ol.timeline#timeline', { 'aria-live': 'polite', 'aria-label': 'Messages' })
     this.olderBtn = h('button.older#older', { type: 'button', text: 'Load older messages', onclick: () => chat.older(chat.active) })
     this.input = h('input#message', { name: 'text', autocomplete: 'off', placeholder: 'Write a message', 'aria-label': 'Message', maxlength: 20000 })
-    this.composer = h('form.composer#composer', { onsubmit: (e) => this.submit(e, async () => {
+    // The box empties at once so the next message can be typed while this
+    // one is sealed and sent (sends keep their order in Chat's queue); a
+    // message that was not sent comes back into an empty box.
+    this.composer = h('form.composer#composer', { onsubmit: (e) => {
+      e.preventDefault()
       const text = this.input.value
       if (!text.trim() || !chat.active) return
-      if (await chat.send(chat.active, text)) this.input.value = ''
-    }) }, this.input, h('button', { type: 'submit', text: 'Send' }))
+      this.input.value = ''
+      chat.send(chat.active, text).then((sent) => {
+        if (!sent && !this.input.value) this.input.value = text
+      })
+    } }, this.input, h('button', { type: 'submit', text: 'Send' }))
     this.roomInfo = h('div.roominfo#room-info')
     this.empty = h('div.empty#empty', {}, h('p', { text: 'Pick a room, create one, or join one by id.' }))
     this.main = h('section.room#room', { 'aria-label': 'Conversation' },

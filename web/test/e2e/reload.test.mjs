@@ -51,3 +51,26 @@ test('a reload keeps the profile and catches up; a restart reconnects', async ()
   assert.deepEqual(await t.timelineTexts(alice), ['before the reload', 'while you were away 1', 'while you were away 2', 'after the restart'])
   assert.deepEqual([...alice.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p)), ...bob.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p))], [])
 })
+
+test('the timeline pages back through older history', async () => {
+  const page = await t.openPage(browser, server.base)
+  await t.createAccount(page, 'paula')
+  await t.createRoom(page, 'Long')
+  for (let i = 1; i <= 55; i++) {
+    await page.fill('#message', `note ${i}`)
+    await page.press('#message', 'Enter')
+  }
+  await t.seeMessage(page, 'note 55')
+  await page.reload()
+  await page.fill('#unlock [name=passphrase]', t.PASSPHRASE)
+  await page.click('#unlock button[type=submit]')
+  await t.online(page)
+  await page.click('#room-list .roombtn')
+  await t.seeMessage(page, 'note 55')
+  // The latest page is 50 messages; the rest is one click away, in order.
+  assert.equal((await t.timelineTexts(page)).length, 50)
+  await page.click('#older')
+  await t.seeMessage(page, 'note 1')
+  assert.deepEqual(await t.timelineTexts(page), Array.from({ length: 55 }, (_, i) => `note ${i + 1}`))
+  assert.equal(await page.isVisible('#older'), false)
+})
