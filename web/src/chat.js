@@ -69,9 +69,17 @@ export class Chat {
   // ---- login and catch-up ----
 
   async login () {
-    const { nonce } = await this.conn.request('login', { username: this.me.username })
-    const signature = await p.sign(this.me.sign, p.loginInput(this.host, this.me.username, nonce))
-    const reply = await this.conn.request('prove', { signature })
+    let reply
+    try {
+      const { nonce } = await this.conn.request('login', { username: this.me.username })
+      const signature = await p.sign(this.me.sign, p.loginInput(this.host, this.me.username, nonce))
+      reply = await this.conn.request('prove', { signature })
+    } catch (e) {
+      // Not a network error: this server refuses this identity (unknown
+      // user, other keys). Say so rather than show "logging in" forever.
+      if (e.code !== 'disconnected') this.status = 'refused'
+      throw e
+    }
     this.status = 'online'
     const joined = new Set()
     for (const s of reply.rooms) { joined.add(s.room_id); this.room(s) }

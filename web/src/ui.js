@@ -170,7 +170,7 @@ export class ChatView {
   render () {
     const chat = this.chat
     const room = chat.active ? chat.rooms.get(chat.active) : null
-    this.statusEl.textContent = { online: 'online', open: 'logging in…', connecting: 'connecting…', closed: 'offline, reconnecting…' }[chat.status] || chat.status
+    this.statusEl.textContent = { online: 'online', open: 'logging in…', connecting: 'connecting…', closed: 'offline, reconnecting…', refused: 'login refused' }[chat.status] || chat.status
     this.statusEl.dataset.state = chat.status
     this.root.dataset.panel = this.panel || ''
     this.root.dataset.room = room ? 'open' : 'none'

@@ -49,6 +49,10 @@ test('a key change shows the warning and needs the compared fingerprint', async 
   await impostor.click(`#room-list [data-room="${roomId}"]`)
   await t.send(impostor, 'trust me, I am bob')
 
+  // The real bob's page, still open with the old keys, is refused and says so.
+  await bob.waitForSelector('#status[data-state=refused]')
+  await bob.waitForSelector('#notices .notice.error >> text=/There is no user|did not accept your login proof/')
+
   // Alice reconnects, re-reads the members and sees the change.
   await t.online(alice)
   const banner = await alice.waitForSelector('#banners form.keychange[data-user=bob]')
