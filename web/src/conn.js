@@ -69,7 +69,9 @@ export class Conn {
     const id = this.nextId++
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject })
-      this.ws.send(encode({ type, id, ...fields }))
+      // An absent optional key is left out, never sent as CBOR undefined.
+      const body = Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined))
+      this.ws.send(encode({ type, id, ...body }))
     })
   }
 

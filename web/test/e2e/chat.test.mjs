@@ -146,3 +146,30 @@ test('owner operations: kick, ban, unban, rename, set password, delete', async (
   assert.equal(await erin.$(`#room-list [data-room="${roomId}"]`), null)
   assert.deepEqual([...erin.problems, ...fred.problems], [])
 })
+
+test('at phone width, rooms and members are panels, and the keyboard alone gets around', async () => {
+  const page = await t.openPage(browser, server.base, { viewport: { width: 390, height: 780 }, isMobile: true, hasTouch: true })
+  await t.createAccount(page, 'gina')
+  // With no room open, the rooms panel is the screen.
+  assert.equal(await page.isVisible('#sidebar'), true)
+  await t.createRoom(page, 'Alpha')
+  await page.click('#show-rooms')
+  await t.createRoom(page, 'Beta')
+  // A room open: the conversation fills the screen; panels open on demand.
+  assert.equal(await page.isVisible('#sidebar'), false)
+  assert.equal(await page.isVisible('#members'), false)
+  await page.click('#show-members')
+  await page.waitForSelector('#member-list li[data-member=gina]')
+  assert.equal(await page.isVisible('#members'), true)
+  await page.keyboard.press('Escape')
+  assert.equal(await page.isVisible('#members'), false)
+  // Alt+Up/Down moves between rooms and leaves the cursor in the message box.
+  await page.keyboard.press('Alt+ArrowUp')
+  await page.waitForFunction(() => document.querySelector('#room-title').textContent === 'Alpha')
+  assert.equal(await page.evaluate(() => document.activeElement.id), 'message')
+  await page.keyboard.type('typed without a mouse')
+  await page.keyboard.press('Enter')
+  await t.seeMessage(page, 'typed without a mouse')
+  const width = await page.evaluate(() => document.documentElement.scrollWidth)
+  assert.ok(width <= 390, `the page scrolls sideways: ${width}px`)
+})
