@@ -27,6 +27,7 @@ export class Chat {
     this.changed = new Map() // username -> {old, fingerprint, sign_key, enc_key}
     this.recipients = new Map() // room_id -> [username]
     this.read = new Map() // room_id -> seq read
+    this.outbox = [] // sends waiting for the connection: {roomId, text, body}
     this.queue = Promise.resolve()
     this.noticeId = 0
   }
@@ -94,6 +95,7 @@ export class Chat {
       await this.catchUp(room)
     }
     if (this.active && this.rooms.has(this.active)) await this.load(this.rooms.get(this.active))
+    await this.flushOutbox()
     await this.listRooms()
   }
 
@@ -257,10 +259,18 @@ export class Chat {
   }
 
   send (roomId, text) {
-    return this.serial(async () => {
-      const room = this.rooms.get(roomId)
-      if (!room) return false
-      for (let attempt = 0; attempt < 3; attempt++) {
+    return this.serial(() => this.deliver(roomId, text, null))
+  }
+
+  // Seals `text` (unless `body` is a sealed copy to send again) and sends it.
+  // Answers true once it is stored, or queued in the outbox because the
+  // connection is down: after the next login the same body goes again, and
+  // its msg_id makes that safe even if the first copy was stored after all.
+  async deliver (roomId, text, body) {
+    const room = this.rooms.get(roomId)
+    if (!room) return false
+    for (let attempt = 0; attempt < 3; attempt++) {
+      if (!body) {
         const blocked = this.blockedBy(room)
         if (blocked.length) {
           this.notify(`Not sent: confirm the new fingerprint of ${blocked.join(', ')} first.`, 'error')
@@ -268,17 +278,34 @@ export class Chat {
         }
         this.announceRecipients(room)
         await this.saveRecipients()
-        const body = await p.seal(this.me.sign, room.id, [...room.members.values()], text)
-        try {
-          await this.conn.request('send', body)
-          return true
-        } catch (e) {
-          if (!(e instanceof ServerError) || e.code !== 'stale_members' || !e.members) throw e
-          await this.setMembers(room, e.members)
-        }
+        body = await p.seal(this.me.sign, room.id, [...room.members.values()], text)
       }
-      throw new Error('The room\'s members keep changing; not sent.')
-    })
+      try {
+        await this.conn.request('send', body)
+        return true
+      } catch (e) {
+        if (e.code === 'disconnected') {
+          this.outbox.push({ roomId, text, body })
+          room.add({ kind: 'event', text: `Not connected: "${text}" will be sent when the connection is back.` })
+          return true
+        }
+        if (!(e instanceof ServerError) || e.code !== 'stale_members' || !e.members) throw e
+        await this.setMembers(room, e.members)
+        body = null
+      }
+    }
+    throw new Error('The room\'s members keep changing; not sent.')
+  }
+
+  // After a login: what could not be sent while disconnected, in order.
+  async flushOutbox () {
+    for (const { roomId, text, body } of this.outbox.splice(0)) {
+      try {
+        await this.deliver(roomId, text, body)
+      } catch (e) {
+        this.notify(`Not sent: "${text}": ${describe(e)}`, 'error')
+      }
+    }
   }
 
   // Section 7: before encrypting to a member for the first time in a room,

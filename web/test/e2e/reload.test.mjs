@@ -42,13 +42,20 @@ test('a reload keeps the profile and catches up; a restart reconnects', async ()
   // by themselves, log in again and go on, with nothing shown twice.
   await server.stop({ keep: true })
   await alice.waitForSelector('#status:not([data-state=online])')
+  // What alice sends meanwhile waits, and goes once she is back.
+  await alice.fill('#message', 'written while offline')
+  await alice.press('#message', 'Enter')
+  await alice.waitForSelector('#timeline li.sys >> text=will be sent when the connection is back')
   server = await t.startServer({ dir: server.dir, port: server.port })
   await t.online(alice)
   await t.online(bob)
   await bob.click(`#room-list [data-room="${main}"]`)
+  await t.seeMessage(bob, 'written while offline')
   await t.send(bob, 'after the restart')
   await t.seeMessage(alice, 'after the restart')
-  assert.deepEqual(await t.timelineTexts(alice), ['before the reload', 'while you were away 1', 'while you were away 2', 'after the restart'])
+  const expected = ['before the reload', 'while you were away 1', 'while you were away 2', 'written while offline', 'after the restart']
+  assert.deepEqual(await t.timelineTexts(alice), expected)
+  assert.deepEqual(await t.timelineTexts(bob), expected)
   assert.deepEqual([...alice.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p)), ...bob.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p))], [])
 })
 
