@@ -75,14 +75,6 @@ export class Conn {
     })
   }
 
-  // Reconnect now (after the user asks, or when the network comes back).
-  retry () {
-    clearTimeout(this.timer)
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return
-    this.backoff = 500
-    this.connect()
-  }
-
   close () {
     this.stopped = true
     clearTimeout(this.timer)

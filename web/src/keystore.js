@@ -122,8 +122,7 @@ async function run (store, mode, fn) {
 
 export const profiles = {
   list: () => run('profiles', 'readonly', (s) => s.getAll()),
-  put: (p) => run('profiles', 'readwrite', (s) => s.put(p)),
-  remove: (username) => run('profiles', 'readwrite', (s) => s.delete(username))
+  put: (p) => run('profiles', 'readwrite', (s) => s.put(p))
 }
 
 export const kv = {
