@@ -24,7 +24,6 @@ export class Chat {
     // Maps, not objects: names and room ids come from the server, and a key
     // like "__proto__" must stay just a key. IndexedDB stores Maps as they are.
     this.pins = new Map() // username -> {fingerprint, sign_key, enc_key} (hex)
-    this.changed = new Map() // username -> {old, fingerprint, sign_key, enc_key}
     this.recipients = new Map() // room_id -> [username]
     this.read = new Map() // room_id -> seq read
     this.outbox = [] // sends waiting for the connection: {roomId, text, body}
@@ -178,8 +177,10 @@ export class Chat {
     for (const m of members) await this.addMember(room, m)
   }
 
-  // Pins a member's keys on first sight; a known user with other keys goes
-  // to `changed` until the user confirms the new fingerprint.
+  // Pins a member's keys on first sight. A known user served with other
+  // keys is a key change in this room only: the member object keeps what the
+  // server served here, the pin stays, and the room is blocked until the
+  // user confirms that fingerprint (see keyChanges).
   async addMember (room, m) {
     if (typeof m.username !== 'string' || !p.USERNAME.test(m.username)) {
       room.add({ kind: 'event', text: 'A member with an invalid name was refused.' })
@@ -188,41 +189,69 @@ export class Chat {
     const fingerprint = await p.fingerprint(m.sign_key, m.enc_key)
     const member = { ...m, fingerprint }
     room.members.set(m.username, member)
-    const pin = this.pins.get(m.username)
-    if (!pin) {
+    if (!this.pins.has(m.username)) {
       this.pins.set(m.username, pinOf(fingerprint, m.sign_key, m.enc_key))
       await this.savePins()
-    } else if (pin.fingerprint !== fingerprint) {
-      if (!this.changed.has(m.username)) {
-        this.changed.set(m.username, { old: pin.fingerprint, fingerprint, sign_key: m.sign_key, enc_key: m.enc_key })
-        room.add({ kind: 'warning', text: `${m.username}'s keys changed. Messages from them are untrusted and sending here is blocked until you compare and confirm their new fingerprint.` })
-      }
-    } else this.changed.delete(m.username)
+    }
+    this.warnIfChanged(room, member)
     return true
   }
 
   savePins () { return kv.put(`pins/${this.me.username}`, this.pins) }
 
-  // Rooms that share a member whose keys changed.
-  blockedBy (room) {
-    return [...room.members.keys()].filter((u) => this.changed.has(u))
+  // Whether the keys the server serves for this member differ from the pin.
+  isChanged (member) {
+    const pin = this.pins.get(member.username)
+    return !pin || pin.fingerprint !== member.fingerprint
   }
 
-  // The user typed the fingerprint they compared out of band.
-  confirm (username, typed) {
+  // The members of this room whose served keys are not the pinned ones,
+  // decided from this room's own member objects: what another room serves
+  // (or a confirmation there) never lifts this room's block.
+  keyChanges (room) {
+    return [...room.members.values()].filter((m) => this.isChanged(m))
+      .map((m) => ({ username: m.username, old: this.pins.get(m.username)?.fingerprint, fingerprint: m.fingerprint }))
+  }
+
+  blockedBy (room) {
+    return this.keyChanges(room).map((c) => c.username)
+  }
+
+  // A sender is untrusted while any room serves other keys for them.
+  untrusted (username) {
+    for (const room of this.rooms.values()) {
+      const m = room.members.get(username)
+      if (m && this.isChanged(m)) return true
+    }
+    return false
+  }
+
+  // One warning line per room and served fingerprint.
+  warnIfChanged (room, member) {
+    if (!this.isChanged(member)) return
+    const key = `${member.username}/${member.fingerprint}`
+    if (room.warned.has(key)) return
+    room.warned.add(key)
+    room.add({ kind: 'warning', text: `${member.username}'s keys changed. Messages from them are untrusted and sending here is blocked until you compare and confirm their new fingerprint.` })
+  }
+
+  // The user typed the fingerprint they compared out of band, for the keys
+  // this room serves. Other rooms that serve other keys stay blocked.
+  confirm (roomId, username, typed) {
     return this.serial(async () => {
-      const change = this.changed.get(username)
-      if (!change) return
+      const member = this.rooms.get(roomId)?.members.get(username)
+      if (!member || !this.isChanged(member)) return
       const clean = typed.replace(/[\s:]/g, '').toLowerCase()
-      if (clean !== change.fingerprint) {
+      if (clean !== member.fingerprint) {
         this.notify(`That is not the fingerprint the server serves for ${username}. Nothing was changed.`, 'error')
         return
       }
-      this.pins.set(username, pinOf(change.fingerprint, change.sign_key, change.enc_key))
-      this.changed.delete(username)
+      this.pins.set(username, pinOf(member.fingerprint, member.sign_key, member.enc_key))
       await this.savePins()
       for (const room of this.rooms.values()) {
-        if (!room.members.has(username)) continue
+        const m = room.members.get(username)
+        if (!m) continue
+        if (this.isChanged(m)) { this.warnIfChanged(room, m); continue }
         room.add({ kind: 'event', text: `You confirmed ${username}'s new fingerprint.` })
         for (const e of room.entries.filter((e) => e.kind === 'failed' && e.raw?.sender === username)) {
           room.remove(e)
@@ -237,11 +266,16 @@ export class Chat {
 
   async accept (room, m) {
     let entry
-    const untrusted = this.changed.has(m.sender)
     const pin = this.pins.get(m.sender)
     const seenKey = `${m.sender}/${p.hex(m.msg_id)}`
-    if (room.seen.has(seenKey)) { room.cover(m.seq); return }
-    if (untrusted) {
+    if (m.room_id !== room.id) {
+      // A server can answer one room's history with another room's signed
+      // messages: they are not this room's, whatever they say.
+      entry = { kind: 'failed', reason: 'this message belongs to another room', raw: m }
+    } else if (room.seen.has(seenKey)) {
+      room.cover(m.seq)
+      return
+    } else if (this.untrusted(m.sender)) {
       entry = { kind: 'failed', reason: `untrusted: ${m.sender}'s keys changed and are not confirmed`, raw: m }
     } else if (!pin) {
       entry = { kind: 'failed', reason: 'no known keys for this sender', raw: m }
@@ -278,7 +312,7 @@ export class Chat {
         }
         this.announceRecipients(room)
         await this.saveRecipients()
-        body = await p.seal(this.me.sign, room.id, [...room.members.values()], text)
+        body = await p.seal(this.me.sign, room.id, this.pinnedRecipients(room), text)
       }
       try {
         await this.conn.request('send', body)
@@ -295,6 +329,16 @@ export class Chat {
       }
     }
     throw new Error('The room\'s members keep changing; not sent.')
+  }
+
+  // Every member with the keys we pinned, never the keys the server serves:
+  // a member without a pin or with other served keys stops the send.
+  pinnedRecipients (room) {
+    return [...room.members.values()].map((m) => {
+      const pin = this.pins.get(m.username)
+      if (!pin || this.isChanged(m)) throw new Error(`Not sent: ${m.username}'s keys are not confirmed.`)
+      return { username: m.username, enc_key: fromHex(pin.enc_key) }
+    })
   }
 
   // After a login: what could not be sent while disconnected, in order.
@@ -443,6 +487,7 @@ class Room {
     this.members = new Map()
     this.entries = [] // timeline, by seq; events without seq go at the end
     this.seen = new Set()
+    this.warned = new Set() // username/fingerprint of key changes told here
     this.loaded = false
     this.hasMore = false
     this.lowest = Infinity

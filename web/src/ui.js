@@ -248,13 +248,13 @@ export class ChatView {
 
   renderBanners (room) {
     const chat = this.chat
-    const users = chat.blockedBy(room)
-    const key = room.id + '|' + users.map((u) => u + chat.changed.get(u).fingerprint).join(',')
+    const changes = chat.keyChanges(room)
+    const key = room.id + '|' + changes.map((c) => c.username + c.old + c.fingerprint).join(',')
     if (key === this.bannerKey) return
     this.bannerKey = key
-    this.banners.replaceChildren(...users.map((u) => {
-      const c = chat.changed.get(u)
-      return h('form.banner.keychange', { 'data-user': u, onsubmit: (e) => this.submit(e, (f) => chat.confirm(u, f.fingerprint.value)) },
+    this.banners.replaceChildren(...changes.map((c) => {
+      const u = c.username
+      return h('form.banner.keychange', { 'data-user': u, onsubmit: (e) => this.submit(e, (f) => chat.confirm(room.id, u, f.fingerprint.value)) },
         h('strong', { text: `⚠ ${u}'s keys changed.` }),
         h('p', { text: 'This can mean they set up a new device, or that someone (the server, say) is trying to read your messages. Compare the new fingerprint with them over another channel (in person, a call) before you confirm.' }),
         h('p', {}, 'Pinned: ', h('code', { text: fingerprintDisplay(c.old) })),
@@ -289,7 +289,7 @@ export class ChatView {
     const isOwner = room.summary.owner === chat.me.username
     const members = [...room.members.values()].sort((a, b) => a.username.localeCompare(b.username))
     this.memberList.replaceChildren(...members.map((m) => {
-      const changed = chat.changed.has(m.username)
+      const changed = chat.isChanged(m)
       return h(`li.member${m.online ? '.online' : ''}${changed ? '.changed' : ''}`, { 'data-member': m.username },
         h('span.dot', { 'aria-label': m.online ? 'online' : 'offline', title: m.online ? 'online' : 'offline' }),
         h('span.name', { text: m.username + (m.username === room.summary.owner ? ' (owner)' : '') }),
