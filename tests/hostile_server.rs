@@ -34,6 +34,8 @@ struct Script {
     history: Option<HistoryFn>,
     /// Every `send` the victim made.
     sends: Vec<e2ee_chat::protocol::SendBody>,
+    /// The text of the error that answers a `send`.
+    send_error: Option<String>,
 }
 
 type HistoryFn = Box<dyn Fn(&[u8]) -> Vec<MessageData> + Send>;
@@ -129,7 +131,7 @@ fn answer(
             ServerMsg::Error {
                 id,
                 code: ErrorCode::Internal,
-                message: "fake server".into(),
+                message: s.send_error.clone().unwrap_or_else(|| "fake server".into()),
                 members: None,
             }
         }
@@ -180,9 +182,22 @@ fn message(
     msg_id: [u8; 16],
     enc: &[u8],
 ) -> MessageData {
-    let (body, aes) = seal_parts(signer, ROOM, text, msg_id);
+    message_in(ROOM, signer, sender, text, seq, msg_id, enc)
+}
+
+/// [`message`] signed for room `room`.
+fn message_in(
+    room: &str,
+    signer: &KeyPair,
+    sender: &str,
+    text: &str,
+    seq: u64,
+    msg_id: [u8; 16],
+    enc: &[u8],
+) -> MessageData {
+    let (body, aes) = seal_parts(signer, room, text, msg_id);
     MessageData {
-        room_id: ROOM.into(),
+        room_id: room.into(),
         seq,
         ts: seq * 1_000_000,
         msg_id: body.msg_id,
@@ -386,6 +401,70 @@ async fn the_terminal_client_escapes_dedups_refuses_and_announces() {
         .collect();
     assert_eq!(sent.len(), 1);
     assert!(sent[0].contains_key("eve"));
+}
+
+/// Issue 20 items 2 and 3: a server that answers one room's `history` with a
+/// message signed for another room, and server texts that carry terminal
+/// escapes (an error message, a close reason).
+#[tokio::test]
+async fn another_rooms_message_fails_and_server_texts_are_escaped() {
+    let bob = identity("bob", 1).keys;
+    let script = Arc::new(Mutex::new(Script {
+        others: vec![keys_member("bob", &bob)],
+        send_error: Some("\u{1b}]0;pwned\u{7}\u{1b}[2Jall good".into()),
+        ..Script::default()
+    }));
+    let bob_for_history = bob.clone();
+    script.lock().unwrap().history = Some(Box::new(move |enc| {
+        let secret = "the launch code is 4711";
+        let foreign = message_in("r-secret", &bob_for_history, "bob", secret, 1, [9; 16], enc);
+        let own = message(&bob_for_history, "bob", "hello team", 2, [2; 16], enc);
+        vec![foreign, own]
+    }));
+    let url = fake_server(script.clone()).await;
+
+    // The library: the entry says which room it was signed for, and that
+    // is not the room asked about.
+    let mut alice = victim(&url, &script).await;
+    alice.get_members(ROOM).await.unwrap();
+    let (msgs, _) = alice.history(ROOM, None, None, None).await.unwrap();
+    let err = alice.accept_in(ROOM, &msgs[0]).unwrap_err();
+    assert!(
+        matches!(err, e2ee_chat::client::ClientError::OtherRoom(ref r) if r == "r-secret"),
+        "{err}"
+    );
+    let own = alice.accept_in(ROOM, &msgs[1]).unwrap().unwrap();
+    assert_eq!(own.text, "hello team");
+    let closed = e2ee_chat::client::ClientError::Closed(Some("bye\u{1b}[2J".into()));
+    assert!(!closed.to_string().contains('\u{1b}'), "{closed}");
+
+    // The terminal client: the foreign entry is a failure line, and the
+    // server's error text reaches the terminal escaped.
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join("alice");
+    let (ok, _, err) = cli_async(&url, &dir, &["keygen", "--user", "alice"]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli_async(&url, &dir, &["register"]).await;
+    assert!(ok, "{err}");
+    let (ok, out, err) = cli_async(&url, &dir, &["history", "Team"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        !out.contains("4711"),
+        "another room's message shown:\n{out}"
+    );
+    let foreign = out
+        .lines()
+        .find(|l| l.contains("#1 "))
+        .expect("a line for #1");
+    assert!(
+        foreign.contains('✗') && foreign.contains("another room"),
+        "{foreign}"
+    );
+    assert!(out.contains("bob ✓ hello team"), "{out}");
+    let (ok, _, err) = cli_async(&url, &dir, &["send", "Team", "hi"]).await;
+    assert!(!ok);
+    assert!(!err.contains('\u{1b}') && !err.contains('\u{7}'), "{err:?}");
+    assert!(err.contains("all good"), "{err}");
 }
 
 #[tokio::test]

@@ -31,13 +31,13 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub enum ClientError {
     #[error("websocket: {0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
-    #[error("the server closed the connection{}", .0.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    #[error("the server closed the connection{}", .0.as_ref().map(|c| format!(" ({})", display::escape(c))).unwrap_or_default())]
     Closed(Option<String>),
     #[error("timed out waiting for the server")]
     Timeout,
     #[error("undecodable frame from the server: {0}")]
     Decode(String),
-    #[error("{code:?}: {message}")]
+    #[error("{code:?}: {}", display::escape(.message))]
     Server {
         code: ErrorCode,
         message: String,
@@ -57,6 +57,8 @@ pub enum ClientError {
     BadName(String),
     #[error("cannot tell which host the URL names; login proofs sign it")]
     NoHost,
+    #[error("this message belongs to another room ({})", display::escape(.0))]
+    OtherRoom(String),
 }
 
 impl ClientError {
@@ -652,6 +654,16 @@ impl Client {
         let d = self.decrypt(m)?;
         let fresh = self.seen.insert((d.sender.clone(), d.msg_id.clone()));
         Ok(fresh.then_some(d))
+    }
+
+    /// [`Client::accept`] for a message shown as `room_id`'s: a server can
+    /// answer one room's `history` with another room's signed messages, and
+    /// those are refused (`OtherRoom`) whatever they say.
+    pub fn accept_in(&mut self, room_id: &str, m: &MessageData) -> Result<Option<Decrypted>> {
+        if m.room_id != room_id {
+            return Err(ClientError::OtherRoom(m.room_id.clone()));
+        }
+        self.accept(m)
     }
 
     /// Waits for the next `message` event in `room_id` that was not shown

@@ -354,7 +354,7 @@ pub struct Shown {
 /// How a message is shown: its text only when it verified and decrypted
 /// with the sender's pinned keys; `None` for a copy of one already shown
 /// (a replay). Everything from the network is escaped.
-pub fn render(client: &mut Client, m: &MessageData) -> Option<Shown> {
+pub fn render(client: &mut Client, room_id: &str, m: &MessageData) -> Option<Shown> {
     let shown = |time, mark, text: String| Shown {
         seq: m.seq,
         time,
@@ -369,7 +369,7 @@ pub fn render(client: &mut Client, m: &MessageData) -> Option<Shown> {
             "[untrusted: the sender's keys changed; not shown]".into(),
         ));
     }
-    match client.accept(m) {
+    match client.accept_in(room_id, m) {
         Ok(Some(d)) => Some(shown(d.sent_at, "✓", escape(&d.text))),
         Ok(None) => None,
         Err(e) => Some(shown(
@@ -531,7 +531,7 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
                 .await
                 .map_err(err)?;
             for m in &msgs {
-                if let Some(l) = render(&mut s.client, m) {
+                if let Some(l) = render(&mut s.client, &r.room_id, m) {
                     println!(
                         "[{}] #{} {} {} {}",
                         fmt_time(l.time),

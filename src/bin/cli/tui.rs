@@ -67,9 +67,10 @@ pub async fn run(profile: Profile, url: String, keys: KeyPair) -> CliResult<()> 
 // ------------------------------------------------------------------ network
 
 /// Sends a message line to the screen unless it is a replay.
-fn show(c: &mut Connected, m: &MessageData, ui: &std_mpsc::Sender<Ui>) {
-    if let Some(line) = render(&mut c.client, m) {
-        let _ = ui.send(Ui::Message(m.room_id.clone(), line));
+/// Shows `m` in `room_id`'s timeline (a message of another room fails).
+fn show(c: &mut Connected, room_id: &str, m: &MessageData, ui: &std_mpsc::Sender<Ui>) {
+    if let Some(line) = render(&mut c.client, room_id, m) {
+        let _ = ui.send(Ui::Message(room_id.to_owned(), line));
     }
 }
 
@@ -173,7 +174,7 @@ async fn refresh_room(
             .await
             .map_err(|e| e.to_string())?;
         for m in &msgs {
-            show(c, m, ui);
+            show(c, room_id, m, ui);
             last_seq.insert(room_id.to_owned(), m.seq);
         }
         cursor = msgs.last().map(|m| m.seq).or(cursor);
@@ -229,7 +230,7 @@ fn event(
     match ev {
         ServerMsg::Message(m) => {
             last_seq.insert(m.room_id.clone(), m.seq);
-            show(c, &m, ui);
+            show(c, &m.room_id, &m, ui);
         }
         ServerMsg::MemberJoined { room_id, member } => {
             warn_changes(c, ui);
