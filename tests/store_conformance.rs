@@ -374,7 +374,49 @@ async fn conformance(s: SharedStore) {
         .await
         .unwrap();
 
+    rejoin_before_any_message_keeps_history(&s).await;
     s.close().await.unwrap();
+}
+
+/// Issue 20 item 5: a member who leaves and rejoins before anyone writes
+/// must still read what is sent after the rejoin (the empty period is
+/// reopened, not left closed).
+async fn rejoin_before_any_message_keeps_history(s: &SharedStore) {
+    s.create_room(room("r-rejoin", "Rejoin", "alice"))
+        .await
+        .unwrap();
+    s.add_member("r-rejoin", "bob", now_ms()).await.unwrap();
+    s.remove_member("r-rejoin", "bob", false).await.unwrap();
+    s.add_member("r-rejoin", "bob", now_ms()).await.unwrap();
+    let first = s
+        .append_message(message("r-rejoin", "alice", 1, &["alice", "bob"]))
+        .await
+        .unwrap();
+    let page = s
+        .history("r-rejoin", "bob", q(None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![first.seq],
+        "bob rejoined before any message: he reads what came after"
+    );
+    // The same after messages: leave, rejoin with nothing in between.
+    s.remove_member("r-rejoin", "bob", false).await.unwrap();
+    s.add_member("r-rejoin", "bob", now_ms()).await.unwrap();
+    let second = s
+        .append_message(message("r-rejoin", "alice", 2, &["alice", "bob"]))
+        .await
+        .unwrap();
+    let page = s
+        .history("r-rejoin", "bob", q(None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![first.seq, second.seq]
+    );
+    s.delete_room("r-rejoin").await.unwrap();
 }
 
 /// The websocket scenario of the server core, on whatever store `tweak` selects.

@@ -390,7 +390,9 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
         ),
         WriteOp::AddMember(room_id, username, joined_at, max_members) => (
             // The period starts after the room's last seq as of this point
-            // in the batch (earlier statements' appends included). A user
+            // in the batch (earlier statements' appends included); one that
+            // starts there already (a leave and a rejoin with no message
+            // between) is reopened, so the member reads what comes next. A user
             // banned by another process is not added (the room row lock,
             // taken first, orders this after any committed ban).
             "WITH banned AS (
@@ -406,7 +408,7 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
              ), period AS (
                 INSERT INTO member_periods (room_id, username, from_seq, to_seq)
                 SELECT r.room_id, $2, r.last_seq + 1, NULL FROM rooms r JOIN ins ON ins.room_id = r.room_id
-                ON CONFLICT DO NOTHING
+                ON CONFLICT (room_id, username, from_seq) DO UPDATE SET to_seq = NULL
              )
              SELECT EXISTS (SELECT 1 FROM banned), EXISTS (SELECT 1 FROM full_room)",
             vec![

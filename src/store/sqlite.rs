@@ -436,11 +436,15 @@ fn history_page(
     Ok(page.finish())
 }
 
-/// Opens a membership period at the room's next seq.
+/// Opens a membership period at the room's next seq. A period that starts
+/// there already was closed before any message came (a leave and a rejoin
+/// with nothing between): it is reopened, or the member would never read
+/// what comes next.
 fn open_period(c: &Connection, room_id: &str, username: &str) -> Result<(), StoreError> {
     c.prepare_cached(
-        "INSERT OR IGNORE INTO member_periods (room_id, username, from_seq, to_seq)
-         SELECT room_id, ?2, last_seq + 1, NULL FROM rooms WHERE room_id = ?1",
+        "INSERT INTO member_periods (room_id, username, from_seq, to_seq)
+         SELECT room_id, ?2, last_seq + 1, NULL FROM rooms WHERE room_id = ?1
+         ON CONFLICT (room_id, username, from_seq) DO UPDATE SET to_seq = NULL",
     )
     .and_then(|mut s| s.execute(params![room_id, username]))
     .map(|_| ())
