@@ -31,6 +31,8 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 tmp=$(mktemp -d)
 pids=()
+# The servers and the bench share the /metrics token (commit counters).
+export CHAT__SERVER__METRICS_TOKEN=${CHAT__SERVER__METRICS_TOKEN:-bench-$$}
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true

@@ -56,6 +56,24 @@ pub struct ServerSettings {
     /// Peers whose `X-Forwarded-For` names the client: IP addresses, or
     /// `"*"` for whatever connects (a platform router such as Heroku's).
     pub trusted_proxies: Vec<String>,
+    /// With `public_hosts` empty on an address other than loopback, start
+    /// anyway and take the `Host` header as the login host (a relayed login
+    /// then works): an explicit opt-out.
+    pub trust_host_header: bool,
+    /// `/metrics` answers only requests with `Authorization: Bearer <token>`;
+    /// empty: `/metrics` is off (404).
+    pub metrics_token: String,
+}
+
+impl ServerSettings {
+    /// Whether `host` only accepts connections from this machine.
+    pub fn loopback_only(&self) -> bool {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +224,18 @@ impl Settings {
         if let Err(e) = crate::peers::TrustedProxies::parse(&self.server.trusted_proxies) {
             return Err(ConfigError(format!("server.trusted_proxies: {e}")));
         }
+        if self.server.public_hosts.is_empty()
+            && !self.server.trust_host_header
+            && !self.server.loopback_only()
+        {
+            return Err(ConfigError(format!(
+                "server.public_hosts: required when the server binds {} (not loopback): set it \
+                 to the names clients dial, e.g. CHAT__SERVER__PUBLIC_HOSTS=chat.example.org \
+                 (a login proof signs that name, so a look-alike server cannot relay logins \
+                 here), or set server.trust_host_header = true to take the Host header instead",
+                self.server.host
+            )));
+        }
         if self.limits.max_connections_per_ip == 0 {
             return bad("limits.max_connections_per_ip", "must be at least 1");
         }
@@ -345,12 +375,14 @@ mod tests {
     #[test]
     fn production_file_and_env_layers() {
         // Cargo runs unit tests in the package root, where config/ lives.
-        let s = Settings::load_from(vars(&[("CHAT_ENV", "production")])).unwrap();
+        const NAME: (&str, &str) = ("CHAT__SERVER__PUBLIC_HOSTS", "chat.example.org");
+        let s = Settings::load_from(vars(&[("CHAT_ENV", "production"), NAME])).unwrap();
         assert_eq!(s.server.host, "0.0.0.0");
         assert_eq!(s.store.path, PathBuf::from("/data/chat.db"));
         let s = Settings::load_from(vars(&[
             ("CHAT_ENV", "production"),
             ("CHAT__STORE__PATH", "/x.db"),
+            NAME,
         ]))
         .unwrap();
         assert_eq!(s.store.path, PathBuf::from("/x.db"));
@@ -358,8 +390,12 @@ mod tests {
 
     #[test]
     fn port_wins_and_binds_everywhere() {
-        let s =
-            Settings::load_from(vars(&[("CHAT__SERVER__PORT", "1"), ("PORT", "5000")])).unwrap();
+        let s = Settings::load_from(vars(&[
+            ("CHAT__SERVER__PORT", "1"),
+            ("PORT", "5000"),
+            ("CHAT__SERVER__PUBLIC_HOSTS", "chat.example.org"),
+        ]))
+        .unwrap();
         assert_eq!((s.server.host.as_str(), s.server.port), ("0.0.0.0", 5000));
         let s = Settings::load_from(vars(&[("MONGODB_URI", "mongodb://db")])).unwrap();
         assert_eq!(s.store.url, "mongodb://db");
@@ -411,6 +447,31 @@ mod tests {
         )]))
         .unwrap_err();
         assert!(err.to_string().contains("public_hosts"), "{err}");
+    }
+
+    /// Issue 20 item 13: on a public address without `public_hosts`, the
+    /// Host header decided the login host, so a relayed login worked.
+    #[test]
+    fn public_hosts_required_off_loopback() {
+        let err = Settings::load_from(vars(&[("PORT", "8080")])).unwrap_err();
+        assert!(err.to_string().contains("server.public_hosts"), "{err}");
+        let err = Settings::load_from(vars(&[("CHAT_ENV", "production")])).unwrap_err();
+        assert!(err.to_string().contains("server.public_hosts"), "{err}");
+        let s = Settings::load_from(vars(&[
+            ("PORT", "8080"),
+            ("CHAT__SERVER__PUBLIC_HOSTS", "chat.example.org"),
+        ]))
+        .unwrap();
+        assert_eq!(s.server.host, "0.0.0.0");
+        let s = Settings::load_from(vars(&[
+            ("PORT", "8080"),
+            ("CHAT__SERVER__TRUST_HOST_HEADER", "true"),
+        ]))
+        .unwrap();
+        assert!(s.server.trust_host_header);
+        for host in ["127.0.0.1", "::1", "[::1]", "localhost"] {
+            Settings::load_from(vars(&[("CHAT__SERVER__HOST", host)])).unwrap();
+        }
     }
 
     #[test]

@@ -341,6 +341,12 @@ pub fn open(
         .map_err(|_| CryptoError::Decrypt)
 }
 
+/// Compares two secrets without stopping at the first difference (the
+/// length is not secret).
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,22 +46,50 @@ impl TrustedProxies {
     /// The client's address: the peer, unless the peer is a trusted proxy;
     /// then the rightmost `X-Forwarded-For` entry that is not a listed
     /// proxy (the one the first trusted hop saw). Entries further left are
-    /// the client's own claims and are never used.
-    pub fn client_ip(&self, peer: IpAddr, forwarded_for: Option<&str>) -> IpAddr {
+    /// the client's own claims and are never used. Every header line counts,
+    /// in order, as one list: a proxy that adds a line of its own instead of
+    /// appending to the client's puts its entry last, where it is read.
+    /// Entries may carry a port (`1.2.3.4:5678`, `[2001:db8::1]:443`).
+    pub fn client_ip<'a>(
+        &self,
+        peer: IpAddr,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    ) -> IpAddr {
         if !self.trusts(&peer) {
             return peer;
         }
-        let Some(header) = forwarded_for else {
-            return peer;
-        };
-        for entry in header.rsplit(',') {
-            match entry.trim().parse::<IpAddr>() {
-                Ok(ip) if self.addrs.contains(&ip) => continue,
-                Ok(ip) => return ip,
-                Err(_) => return peer,
+        for line in forwarded_for.rev() {
+            for entry in line.rsplit(',') {
+                match parse_entry(entry.trim()) {
+                    Some(ip) if self.addrs.contains(&ip) => continue,
+                    Some(ip) => return ip,
+                    None => return peer,
+                }
             }
         }
         peer
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, with or without a port.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// The key an address is budgeted under: an IPv4 address as it is, an IPv6
+/// address by its /64 (one subscriber's network: a client that holds a /64
+/// has 2^64 addresses to rotate through).
+pub fn budget_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
     }
 }
 
@@ -117,6 +145,7 @@ impl Peers {
     /// A connection slot for `ip`, or `None` when it has
     /// `max_connections_per_ip` already.
     pub fn connect(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = budget_key(ip);
         let mut c = self.counts.lock().expect("peers lock");
         let n = c.connections.entry(ip).or_default();
         if *n >= self.max_connections {
@@ -131,6 +160,7 @@ impl Peers {
 
     /// Counts one registration from `ip`; false past the hourly limit.
     pub fn register(&self, ip: IpAddr) -> bool {
+        let ip = budget_key(ip);
         let now = Instant::now();
         let mut c = self.counts.lock().expect("peers lock");
         if c.registrations.len() > 10_000 {
@@ -160,32 +190,68 @@ mod tests {
 
     #[test]
     fn forwarded_for_only_from_trusted_peers() {
+        let one = |h: &'static str| std::iter::once(h);
         let none = TrustedProxies::parse(&[]).unwrap();
         assert_eq!(
-            none.client_ip(ip("10.0.0.1"), Some("1.2.3.4")),
+            none.client_ip(ip("10.0.0.1"), one("1.2.3.4")),
             ip("10.0.0.1")
         );
         let listed = TrustedProxies::parse(&["10.0.0.1".into(), "10.0.0.2".into()]).unwrap();
         // The client's own claim (leftmost) is ignored; proxies are skipped.
         assert_eq!(
-            listed.client_ip(ip("10.0.0.1"), Some("6.6.6.6, 1.2.3.4, 10.0.0.2")),
+            listed.client_ip(ip("10.0.0.1"), one("6.6.6.6, 1.2.3.4, 10.0.0.2")),
             ip("1.2.3.4")
         );
         assert_eq!(
-            listed.client_ip(ip("10.0.0.9"), Some("1.2.3.4")),
+            listed.client_ip(ip("10.0.0.9"), one("1.2.3.4")),
             ip("10.0.0.9")
         );
         assert_eq!(
-            listed.client_ip(ip("10.0.0.1"), Some("junk")),
+            listed.client_ip(ip("10.0.0.1"), one("junk")),
             ip("10.0.0.1")
         );
-        assert_eq!(listed.client_ip(ip("10.0.0.1"), None), ip("10.0.0.1"));
+        assert_eq!(
+            listed.client_ip(ip("10.0.0.1"), std::iter::empty()),
+            ip("10.0.0.1")
+        );
         let any = TrustedProxies::parse(&["*".into()]).unwrap();
         assert_eq!(
-            any.client_ip(ip("10.1.1.1"), Some("6.6.6.6, 1.2.3.4")),
+            any.client_ip(ip("10.1.1.1"), one("6.6.6.6, 1.2.3.4")),
             ip("1.2.3.4")
         );
         assert!(TrustedProxies::parse(&["heroku".into()]).is_err());
+    }
+
+    /// Issue 20 item 14: a client-supplied first header line, `ip:port`
+    /// entries, and IPv6 clients rotating addresses in their /64.
+    #[test]
+    fn every_header_line_ports_and_ipv6_networks() {
+        let any = TrustedProxies::parse(&["*".into()]).unwrap();
+        // The client sent its own X-Forwarded-For line; the proxy added one.
+        let lines = ["6.6.6.6", "1.2.3.4"];
+        assert_eq!(
+            any.client_ip(ip("10.1.1.1"), lines.into_iter()),
+            ip("1.2.3.4")
+        );
+        // Entries with ports (as some proxies write them) are the client,
+        // not a reason to fall back to the proxy.
+        let lines = ["5.6.7.8:51234"];
+        assert_eq!(
+            any.client_ip(ip("10.1.1.1"), lines.into_iter()),
+            ip("5.6.7.8")
+        );
+        let lines = ["[2001:db8::7]:443"];
+        assert_eq!(
+            any.client_ip(ip("10.1.1.1"), lines.into_iter()),
+            ip("2001:db8::7")
+        );
+        // One /64 is one budget.
+        let peers = Peers::new(2, 100);
+        let _a = peers.connect(ip("2001:db8:1:2::1")).unwrap();
+        let _b = peers.connect(ip("2001:db8:1:2:ffff::9")).unwrap();
+        assert!(peers.connect(ip("2001:db8:1:2::3")).is_none());
+        assert!(peers.connect(ip("2001:db8:1:3::1")).is_some());
+        assert_eq!(budget_key(ip("::ffff:1.2.3.4")), ip("1.2.3.4"));
     }
 
     #[test]

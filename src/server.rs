@@ -38,6 +38,41 @@ struct AppState {
     open: Arc<std::sync::atomic::AtomicUsize>,
     peers: Arc<Peers>,
     proxies: TrustedProxies,
+    health: Arc<Health>,
+}
+
+/// `/healthz` asks the store at most once per [`Health::FRESH`]: answers in
+/// between reuse the last result, and concurrent requests wait for the one
+/// check in flight, so a flood of health checks is not a flood of queries.
+#[derive(Default)]
+struct Health {
+    last: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+}
+
+impl Health {
+    const FRESH: Duration = Duration::from_secs(1);
+
+    async fn check(&self, store: &SharedStore) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, ok)) = *last {
+            if at.elapsed() < Self::FRESH {
+                return ok;
+            }
+        }
+        let ok = match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                log::warn!("health check: {e}");
+                false
+            }
+            Err(_) => {
+                log::warn!("health check: the store did not answer within 2 s");
+                false
+            }
+        };
+        *last = Some((std::time::Instant::now(), ok));
+        ok
+    }
 }
 
 async fn ws_route(
@@ -53,11 +88,12 @@ async fn ws_route(
     let Some(peer) = req.peer_addr() else {
         return Ok(HttpResponse::BadRequest().body("no peer address\n"));
     };
-    let forwarded = req
+    let forwarded: Vec<&str> = req
         .headers()
-        .get("x-forwarded-for")
-        .and_then(|h| h.to_str().ok());
-    let ip = state.proxies.client_ip(peer.ip(), forwarded);
+        .get_all("x-forwarded-for")
+        .map(|h| h.to_str().unwrap_or("?"))
+        .collect();
+    let ip = state.proxies.client_ip(peer.ip(), forwarded.into_iter());
     let Some(slot) = state.peers.connect(ip) else {
         log::warn!("refusing a connection from {ip}: limits.max_connections_per_ip");
         return Ok(HttpResponse::TooManyRequests().body("too many connections from your address\n"));
@@ -95,15 +131,30 @@ fn login_hosts(settings: &Settings, req: &HttpRequest) -> Arc<[String]> {
     hosts.into()
 }
 
+/// 200 `ok` or 503 `unavailable`: nothing about the store's internals (the
+/// reason goes to the log).
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => HttpResponse::Ok().content_type("text/plain").body("ok\n"),
-        Ok(Err(e)) => HttpResponse::ServiceUnavailable().body(format!("store: {e}\n")),
-        Err(_) => HttpResponse::ServiceUnavailable().body("store: timed out\n"),
+    if state.health.check(&state.store).await {
+        HttpResponse::Ok().content_type("text/plain").body("ok\n")
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body("unavailable\n")
     }
 }
 
-async fn metrics_route(state: web::Data<AppState>) -> HttpResponse {
+/// Prometheus text for a scraper holding `server.metrics_token`; 404 for
+/// everyone else (users online and room counts are not public).
+async fn metrics_route(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let token = state.settings.server.metrics_token.as_bytes();
+    let given = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|h| h.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if token.is_empty() || !crate::crypto::constant_time_eq(given, token) {
+        return HttpResponse::NotFound().finish();
+    }
     let mut body = crate::metrics::render();
     if let Ok((users, rooms)) = state.registry.send(crate::registry::Stats).await {
         body.push_str(&format!(
@@ -271,6 +322,7 @@ async fn serve(
         ),
         proxies: TrustedProxies::parse(&settings.server.trusted_proxies)
             .map_err(std::io::Error::other)?,
+        health: Arc::default(),
     };
     let mut server = HttpServer::new(move || {
         App::new()

@@ -113,6 +113,9 @@ pub struct Session {
     hosts: Arc<[String]>,
     /// This connection's place in its address's budget (given back on drop).
     peer: Slot,
+    /// Bytes of the fragmented message being received (continuation frames
+    /// are never reassembled, but they count against `max_frame_bytes`).
+    fragments: usize,
 }
 
 type Ctx = ws::WebsocketContext<Session>;
@@ -154,6 +157,7 @@ impl Session {
             logins: (Instant::now(), 0),
             open,
             announced: None,
+            fragments: 0,
         }
     }
 
@@ -712,6 +716,39 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
         let len = match &item {
             Ok(ws::Message::Binary(b)) => b.len(),
             Ok(ws::Message::Text(t)) => t.len(),
+            Ok(ws::Message::Continuation(item)) => {
+                // A message in fragments: each fragment passes the codec's
+                // frame limit, so the whole is counted here. Clients send
+                // one frame per message (PROTOCOL.md section 1), so an
+                // anonymous client gets no fragments at all.
+                let (first, part) = match item {
+                    actix_http::ws::Item::FirstText(b) | actix_http::ws::Item::FirstBinary(b) => {
+                        (true, b.len())
+                    }
+                    actix_http::ws::Item::Continue(b) | actix_http::ws::Item::Last(b) => {
+                        (false, b.len())
+                    }
+                };
+                if self.user.is_none() {
+                    log::info!("session {}: fragmented frame before login", self.id);
+                    close(ctx, ws::CloseCode::Size, "fragmented frame before login");
+                    return;
+                }
+                self.fragments = if first { part } else { self.fragments + part };
+                if self.fragments > self.settings.limits.max_frame_bytes {
+                    log::info!(
+                        "session {}: fragmented message over the size limit",
+                        self.id
+                    );
+                    close(ctx, ws::CloseCode::Size, "frame too large");
+                    return;
+                }
+                if !matches!(item, actix_http::ws::Item::Last(_)) {
+                    return;
+                }
+                self.fragments = 0;
+                0
+            }
             _ => 0,
         };
         // Before login only small frames: an anonymous client cannot

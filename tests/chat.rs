@@ -9,15 +9,26 @@ use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 
 #[tokio::test]
 async fn register_login_and_ping() {
-    let t = TestServer::new();
+    let t = TestServer::with(|s| s.server.metrics_token = "scrape-me".into());
     let mut alice = t.user("alice", 0).await;
     let pong = alice.request(&Request::Ping).await.unwrap();
     assert!(matches!(pong, ServerMsg::Pong { id: Some(_), server_time } if server_time > 0));
     // The subprotocol is accepted when offered, and /healthz answers.
     let body = common::http_get(&t.http("/healthz")).await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    // /metrics: Prometheus text with this server's gauges.
-    let metrics = common::http_get(&t.http("/metrics")).await;
+    // /metrics is not public (issue 20 item 15): 404 without the token or
+    // with another one,
+    for auth in [
+        "",
+        "Authorization: Bearer scrape-you\r\n",
+        "Authorization: scrape-me\r\n",
+    ] {
+        let r = common::http_get_with(&t.http("/metrics"), auth).await;
+        assert!(r.starts_with("HTTP/1.1 404"), "{auth:?}: {r}");
+    }
+    // and Prometheus text with this server's gauges for the scraper.
+    let metrics =
+        common::http_get_with(&t.http("/metrics"), "Authorization: Bearer scrape-me\r\n").await;
     assert!(metrics.contains("chat_users_online 1\n"), "{metrics}");
     assert!(
         metrics.contains("chat_rooms 0\n") && metrics.contains("# TYPE chat_logins_total counter"),

@@ -18,8 +18,13 @@ use common::free_port;
 async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let (mut child, addr) =
-        common::spawn_listening(common::server_command(dir.path()).env("PORT", port.to_string()));
+    // Off loopback the server needs its public name (issue 20 item 13).
+    let name = format!("127.0.0.1:{port}");
+    let (mut child, addr) = common::spawn_listening(
+        common::server_command(dir.path())
+            .env("PORT", port.to_string())
+            .env("CHAT__SERVER__PUBLIC_HOSTS", &name),
+    );
     assert_eq!(addr, format!("0.0.0.0:{port}"), "PORT binds 0.0.0.0");
 
     let url = format!("ws://127.0.0.1:{port}/ws");
@@ -33,6 +38,7 @@ async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
     // The Dockerfile's HEALTHCHECK command.
     let status = Command::new(BIN)
         .env("PORT", port.to_string())
+        .env("CHAT__SERVER__PUBLIC_HOSTS", &name)
         .arg("healthcheck")
         .status()
         .unwrap();
@@ -58,6 +64,7 @@ async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
     // And the health check now fails: nothing listens.
     let status = Command::new(BIN)
         .env("PORT", port.to_string())
+        .env("CHAT__SERVER__PUBLIC_HOSTS", &name)
         .arg("healthcheck")
         .status()
         .unwrap();
@@ -102,6 +109,12 @@ fn bad_config_fails_fast_naming_the_key() {
     assert!(err.contains("rate_limit.burst"), "{err}");
     let err = start_fails(&[("CHAT_CONFIG", "/nonexistent/chat.toml")]);
     assert!(err.contains("nonexistent"), "{err}");
+    // On a public address without its public name (the production config,
+    // or PORT as on Heroku), a relayed login would work: refused at start.
+    let err = start_fails(&[("CHAT__SERVER__HOST", "0.0.0.0")]);
+    assert!(err.contains("server.public_hosts"), "{err}");
+    let err = start_fails(&[("CHAT_ENV", "production"), ("CHAT__STORE__PATH", "x.db")]);
+    assert!(err.contains("server.public_hosts"), "{err}");
 }
 
 #[test]

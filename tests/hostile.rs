@@ -581,6 +581,24 @@ async fn connections_and_registrations_are_limited_per_address() {
         .err()
         .expect("spoofed left entries do not help");
     assert!(err.to_string().contains("429"), "{err}");
+    // ... also when it comes as a header line of its own before the line
+    // the proxy added (issue 20 item 14), and with a port on the entry.
+    for lines in [
+        [
+            ("X-Forwarded-For", "198.51.100.2"),
+            ("X-Forwarded-For", "203.0.113.7"),
+        ],
+        [
+            ("X-Forwarded-For", "198.51.100.2"),
+            ("X-Forwarded-For", "203.0.113.7:4711"),
+        ],
+    ] {
+        let err = Client::connect_with_headers(&url, &lines)
+            .await
+            .err()
+            .expect("a first header line of the client's own does not help");
+        assert!(err.to_string().contains("429"), "{err}");
+    }
     let mut other = Client::connect_with_headers(&url, &from("198.51.100.1"))
         .await
         .unwrap();
@@ -599,5 +617,59 @@ async fn connections_and_registrations_are_limited_per_address() {
     );
     other.register(&identity("reg-four", 3)).await.unwrap();
     still_serves(&mut other).await;
+    t.stop().await;
+}
+
+/// Sends a message as `parts` fragments of `size` bytes each, then reads
+/// until the server closes; answers the close frame's text.
+async fn fragments(mut ws: e2ee_chat::client::Ws, parts: usize, size: usize) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    for i in 0..parts {
+        let op = OpCode::Data(if i == 0 { Data::Binary } else { Data::Continue });
+        let frame = Frame::message(vec![0xa0u8; size], op, i + 1 == parts);
+        if ws.send(WsMessage::Frame(frame)).await.is_err() {
+            break;
+        }
+    }
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(WsMessage::Close(c)))) => return format!("closed {c:?}"),
+            Ok(Some(Ok(other))) => {
+                if let WsMessage::Binary(b) = &other {
+                    if let Ok(ServerMsg::Error { code, .. }) = ServerMsg::decode(b) {
+                        return format!("error {code:?}");
+                    }
+                }
+            }
+            Ok(Some(Err(e))) => return format!("broken {e}"),
+            Ok(None) => return "ended".into(),
+            Err(_) => return "nothing".into(),
+        }
+    }
+}
+
+/// Issue 20 item 11: fragments of a message passed the 8 KiB cap before
+/// login (each fragment was checked alone), and their sum was never checked.
+#[tokio::test]
+async fn fragmented_messages_count_against_the_frame_limits() {
+    let t = TestServer::with(|s| {
+        s.limits.login_frame_bytes = 4096;
+        s.limits.max_frame_bytes = 64 * 1024;
+    });
+    // Before login no fragments at all, however small.
+    let end = fragments(t.client().await.into_ws(), 3, 1024).await;
+    assert!(end.contains("Size"), "{end}");
+    // Logged in: fragments that add up past max_frame_bytes close with 1009,
+    let alice = t.user("alice", 0).await;
+    let end = fragments(alice.into_ws(), 20, 16 * 1024).await;
+    assert!(end.contains("Size"), "{end}");
+    // and a small fragmented message is answered malformed, not served.
+    let mut bob = t.user("bob", 1).await;
+    let end = fragments(t.user("carol", 2).await.into_ws(), 3, 1024).await;
+    assert!(end.contains("Malformed"), "{end}");
+    still_serves(&mut bob).await;
     t.stop().await;
 }

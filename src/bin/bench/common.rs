@@ -131,13 +131,20 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// Reads one counter from the server's /metrics.
+/// Reads one counter from the server's /metrics, with the token in
+/// `CHAT__SERVER__METRICS_TOKEN` (scripts/bench.sh sets it for the server
+/// and the bench alike).
 pub async fn metric(ws_url: &str, name: &str) -> Option<f64> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let host = ws_url.strip_prefix("ws://")?.split('/').next()?.to_owned();
+    let token = std::env::var("CHAT__SERVER__METRICS_TOKEN").unwrap_or_default();
     let mut s = tokio::net::TcpStream::connect(&host).await.ok()?;
     s.write_all(
-        format!("GET /metrics HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!(
+            "GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .as_bytes(),
     )
     .await
     .ok()?;
