@@ -158,3 +158,63 @@ async fn wrong_passwords_are_limited_per_user_and_room() {
     bob.join_room(&other.room_id, Some("right")).await.unwrap();
     t.stop().await;
 }
+
+/// Issue 20 item 4: the last two members leaving at once left a room with
+/// 0 members whose messages stayed stored; the owner leaving while the heir
+/// left too left a non-member owner who could still kick. Both are decided
+/// when the write commits now.
+#[tokio::test]
+async fn members_leaving_at_once_never_leave_an_empty_or_ownerless_room() {
+    let t = TestServer::new();
+    let mut alice = t.user("alice", 0).await;
+    let mut bob = t.user("bob", 1).await;
+    let mut carol = t.user("carol", 2).await;
+    for i in 0..5 {
+        let (room, _) = alice
+            .create_room(&format!("Pair {i}"), None, false)
+            .await
+            .unwrap();
+        let rid = room.room_id;
+        bob.join_room(&rid, None).await.unwrap();
+        alice.send_text(&rid, "soon gone").await.unwrap();
+        let (a, b) = tokio::join!(alice.leave_room(&rid), bob.leave_room(&rid));
+        a.unwrap();
+        b.unwrap();
+        // Gone: nobody can join it, and it is not listed.
+        assert_code(carol.join_room(&rid, None).await, ErrorCode::NoSuchRoom);
+        let (rooms, _, _) = carol.list_rooms(None, None).await.unwrap();
+        assert!(rooms.iter().all(|r| r.room_id != rid), "try {i}");
+    }
+    // Owner and heir leave at once: the owner is whoever is still a member.
+    let mut dave = t.user("dave", 3).await;
+    for i in 0..3 {
+        let (room, _) = alice
+            .create_room(&format!("Trio {i}"), None, false)
+            .await
+            .unwrap();
+        let rid = room.room_id;
+        bob.join_room(&rid, None).await.unwrap();
+        carol.join_room(&rid, None).await.unwrap();
+        dave.join_room(&rid, None).await.unwrap();
+        let (a, b) = tokio::join!(alice.leave_room(&rid), bob.leave_room(&rid));
+        a.unwrap();
+        b.unwrap();
+        let (rooms, _, _) = carol.list_rooms(None, None).await.unwrap();
+        let owner = rooms
+            .iter()
+            .find(|r| r.room_id == rid)
+            .map(|r| r.owner.clone())
+            .unwrap();
+        assert_eq!(owner, "carol", "try {i}: the earliest member left");
+        assert_eq!(carol.get_members(&rid).await.unwrap().len(), 2);
+        // The new owner acts; the old owner cannot.
+        let kick = Request::Kick {
+            room_id: rid.clone(),
+            username: "dave".into(),
+        };
+        assert_code(alice.request_ok(&kick).await, ErrorCode::NotOwner);
+        carol.request_ok(&kick).await.unwrap();
+        carol.leave_room(&rid).await.unwrap();
+    }
+    t.stop().await;
+}

@@ -254,8 +254,11 @@ async fn conformance(s: SharedStore) {
         .is_empty());
 
     // Membership changes and bans.
-    s.remove_member("r-1", "carol", false).await.unwrap();
-    s.remove_member("r-1", "bob", true).await.unwrap();
+    let left = s.remove_member("r-1", "carol", false, None).await.unwrap();
+    assert_eq!((left.remaining, left.owner.as_deref()), (2, Some("alice")));
+    s.remove_member("r-1", "bob", true, Some("alice"))
+        .await
+        .unwrap();
     let state = s.load_room("r-1").await.unwrap();
     assert_eq!(state.members.len(), 1);
     assert_eq!(state.bans, ["bob"]);
@@ -275,6 +278,7 @@ async fn conformance(s: SharedStore) {
         name: name.map(Into::into),
         owner: owner.map(Into::into),
         password_hash: pw.map(|p| p.map(Into::into)),
+        by: None,
     };
     assert!(matches!(
         s.update_room("r-1", update(Some("other"), None, None))
@@ -375,7 +379,72 @@ async fn conformance(s: SharedStore) {
         .unwrap();
 
     rejoin_before_any_message_keeps_history(&s).await;
+    leaving_and_owners_are_decided_at_commit(&s).await;
     s.close().await.unwrap();
+}
+
+/// Issue 20 item 4: who is left, who owns the room and whether an owner
+/// may act are decided by the store when the write commits.
+async fn leaving_and_owners_are_decided_at_commit(s: &SharedStore) {
+    s.create_room(room("r-own", "Owned", "alice"))
+        .await
+        .unwrap();
+    s.add_member("r-own", "bob", now_ms()).await.unwrap();
+    s.add_member("r-own", "carol", now_ms() + 1).await.unwrap();
+    s.append_message(message("r-own", "alice", 1, &["alice", "bob", "carol"]))
+        .await
+        .unwrap();
+    // Only the owner, while a member, kicks, bans and renames.
+    let by_bob = RoomUpdate {
+        name: Some("Mine".into()),
+        by: Some("bob".into()),
+        ..RoomUpdate::default()
+    };
+    assert!(matches!(
+        s.update_room("r-own", by_bob.clone()).await,
+        Err(StoreError::NotOwner)
+    ));
+    assert!(matches!(
+        s.remove_member("r-own", "carol", false, Some("bob")).await,
+        Err(StoreError::NotOwner)
+    ));
+    assert_eq!(s.load_room("r-own").await.unwrap().members.len(), 3);
+    // The owner leaves: the earliest-joined member takes over, and the
+    // old owner's rights end with the write.
+    let left = s
+        .remove_member("r-own", "alice", false, None)
+        .await
+        .unwrap();
+    assert_eq!((left.remaining, left.owner.as_deref()), (2, Some("bob")));
+    assert!(matches!(
+        s.remove_member("r-own", "carol", false, Some("alice"))
+            .await,
+        Err(StoreError::NotOwner)
+    ));
+    s.update_room("r-own", by_bob).await.unwrap();
+    // The last two leave at once: the second removal finds no one left and
+    // the room goes with its messages.
+    let (a, b) = tokio::join!(
+        s.remove_member("r-own", "bob", false, None),
+        s.remove_member("r-own", "carol", false, None)
+    );
+    let mut remaining = [a.unwrap().remaining, b.unwrap().remaining];
+    remaining.sort();
+    assert_eq!(remaining, [0, 1]);
+    let state = s.load_room("r-own").await.unwrap();
+    assert!(state.record.is_none() && state.members.is_empty());
+    assert!(s
+        .history("r-own", "bob", q(None, None, 10))
+        .await
+        .unwrap()
+        .messages
+        .is_empty());
+    assert!(s
+        .load_directory()
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.room.room_id != "r-own"));
 }
 
 /// Issue 20 item 5: a member who leaves and rejoins before anyone writes
@@ -386,7 +455,9 @@ async fn rejoin_before_any_message_keeps_history(s: &SharedStore) {
         .await
         .unwrap();
     s.add_member("r-rejoin", "bob", now_ms()).await.unwrap();
-    s.remove_member("r-rejoin", "bob", false).await.unwrap();
+    s.remove_member("r-rejoin", "bob", false, None)
+        .await
+        .unwrap();
     s.add_member("r-rejoin", "bob", now_ms()).await.unwrap();
     let first = s
         .append_message(message("r-rejoin", "alice", 1, &["alice", "bob"]))
@@ -402,7 +473,9 @@ async fn rejoin_before_any_message_keeps_history(s: &SharedStore) {
         "bob rejoined before any message: he reads what came after"
     );
     // The same after messages: leave, rejoin with nothing in between.
-    s.remove_member("r-rejoin", "bob", false).await.unwrap();
+    s.remove_member("r-rejoin", "bob", false, None)
+        .await
+        .unwrap();
     s.add_member("r-rejoin", "bob", now_ms()).await.unwrap();
     let second = s
         .append_message(message("r-rejoin", "alice", 2, &["alice", "bob"]))

@@ -36,7 +36,7 @@ impl RoomActor {
     /// order, and one that started before a change this room made itself
     /// would undo it: only the newest read counts, and a local change
     /// (`local_change`) makes the reads in flight stale.
-    fn reload(&mut self, change: RoomChange, ctx: &mut Context<Self>) {
+    pub(super) fn reload(&mut self, change: RoomChange, ctx: &mut Context<Self>) {
         self.loads_started += 1;
         let generation = self.loads_started;
         self.reload_change = Some(change.clone());

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use super::{internal, MemberState, RoomActor, RoomResult, PASSWORD_WINDOW};
 use crate::protocol::{ErrorCode, Failure, Member, RoomSummary, ServerMsg};
 use crate::session::SessionHandle;
-use crate::store::{RoomUpdate, StoreError};
+use crate::store::StoreError;
 use crate::user::User;
 use crate::util::now_ms;
 
@@ -225,60 +225,48 @@ pub struct Leave {
 impl Handler<Leave> for RoomActor {
     type Result = ResponseActFuture<Self, RoomResult<Left>>;
 
+    /// The store decides, in the removal's own transaction, who is left and
+    /// who owns the room: two members leaving at once cannot both think the
+    /// other stays, and the heir is a member when the write commits.
     fn handle(&mut self, msg: Leave, _: &mut Self::Context) -> Self::Result {
         if !self.members.contains_key(&msg.username) {
             return Box::pin(fut::ready(Err(ErrorCode::NotMember.into())));
         }
-        let store = self.store.clone();
-        let room_id = self.record.room_id.clone();
+        let write = self
+            .store
+            .remove_member(&self.record.room_id, &msg.username, false, None);
         let username = msg.username;
-        let last = self.members.len() == 1;
-        let next_owner = (self.record.owner == username)
-            .then(|| self.members.keys().find(|k| **k != username).cloned())
-            .flatten();
-        let (name, heir) = (username.clone(), next_owner.clone());
-        let work = async move {
-            if last {
-                return store.delete_room(&room_id).await.map_err(internal);
-            }
-            store
-                .remove_member(&room_id, &name, false)
-                .await
-                .map_err(internal)?;
-            if let Some(owner) = heir {
-                let update = RoomUpdate {
-                    owner: Some(owner),
-                    ..RoomUpdate::default()
-                };
-                store
-                    .update_room(&room_id, update)
-                    .await
-                    .map_err(internal)?;
-            }
-            Ok(())
-        };
-        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
-            res?;
-            if last {
+        Box::pin(write.into_actor(self).map(move |res, act, ctx| {
+            let removed = res.map_err(internal)?;
+            if removed.remaining == 0 {
+                // The last member left: the store deleted the room with it.
                 act.members.clear();
                 ctx.stop();
                 return Ok(Left { deleted: true });
             }
             act.drop_member(&username, "left");
             act.local_change(ctx);
-            if let Some(owner) = next_owner {
-                act.record.owner = owner.clone();
-                act.broadcast(
-                    &ServerMsg::OwnerChanged {
-                        room_id: act.record.room_id.clone(),
-                        owner,
-                    },
-                    None,
-                );
-                act.publish();
-            }
+            act.set_owner(removed.owner);
             Ok(Left { deleted: false })
         }))
+    }
+}
+
+impl RoomActor {
+    /// Takes the owner a committed write reports; a change is announced.
+    pub(super) fn set_owner(&mut self, owner: Option<String>) {
+        let Some(owner) = owner.filter(|o| *o != self.record.owner) else {
+            return;
+        };
+        self.record.owner = owner.clone();
+        self.broadcast(
+            &ServerMsg::OwnerChanged {
+                room_id: self.record.room_id.clone(),
+                owner,
+            },
+            None,
+        );
+        self.publish();
     }
 }
 

@@ -33,6 +33,28 @@ pub struct OwnerOp {
     pub action: OwnerAction,
 }
 
+impl RoomActor {
+    /// An owner's write the store refused or failed. `NotOwner`: this
+    /// process's view of the owner was stale (another process changed it
+    /// and its notification was lost or is late), so the room reloads from
+    /// the store and converges.
+    fn owner_write_failed(
+        &mut self,
+        e: StoreError,
+        ctx: &mut Context<Self>,
+    ) -> crate::protocol::Failure {
+        if let StoreError::NotOwner = e {
+            log::info!(
+                "room {}: the store says the owner changed; reloading",
+                self.record.room_id
+            );
+            self.reload(crate::cluster::RoomChange::Updated, ctx);
+            return ErrorCode::NotOwner.into();
+        }
+        internal(e)
+    }
+}
+
 impl Handler<OwnerOp> for RoomActor {
     type Result = ResponseActFuture<Self, RoomResult<OwnerOutcome>>;
 
@@ -50,10 +72,9 @@ impl Handler<OwnerOp> for RoomActor {
                 if !self.members.contains_key(&target) {
                     return Box::pin(fut::ready(Err(ErrorCode::NoSuchMember.into())));
                 }
-                let name = target.clone();
-                let work = async move { store.remove_member(&room_id, &name, false).await };
+                let work = store.remove_member(&room_id, &target, false, Some(&msg.by));
                 Box::pin(work.into_actor(self).map(move |res, act, ctx| {
-                    res.map_err(internal)?;
+                    res.map_err(|e| act.owner_write_failed(e, ctx))?;
                     act.drop_member(&target, "kicked");
                     act.local_change(ctx);
                     Ok(OwnerOutcome {
@@ -66,14 +87,13 @@ impl Handler<OwnerOp> for RoomActor {
                 // Recorded before the write, so a join that is in flight now
                 // is refused when it finishes (see `Join`).
                 let newly = self.bans.insert(target.clone());
-                let name = target.clone();
-                let work = async move { store.remove_member(&room_id, &name, true).await };
+                let work = store.remove_member(&room_id, &target, true, Some(&msg.by));
                 Box::pin(work.into_actor(self).map(move |res, act, ctx| {
                     if let Err(e) = res {
                         if newly {
                             act.bans.remove(&target);
                         }
-                        return Err(internal(e));
+                        return Err(act.owner_write_failed(e, ctx));
                     }
                     let was_member = act.members.contains_key(&target);
                     act.drop_member(&target, "banned");
@@ -97,13 +117,14 @@ impl Handler<OwnerOp> for RoomActor {
             OwnerAction::Rename(name) => {
                 let update = RoomUpdate {
                     name: Some(name.clone()),
+                    by: Some(msg.by.clone()),
                     ..RoomUpdate::default()
                 };
                 let work = async move { store.update_room(&room_id, update).await };
                 Box::pin(work.into_actor(self).map(move |res, act, ctx| {
                     match res {
                         Err(StoreError::Conflict(_)) => return Err(ErrorCode::RoomExists.into()),
-                        other => other.map_err(internal)?,
+                        other => other.map_err(|e| act.owner_write_failed(e, ctx))?,
                     }
                     act.local_change(ctx);
                     act.record.name = name.clone();
@@ -123,6 +144,7 @@ impl Handler<OwnerOp> for RoomActor {
             }
             OwnerAction::SetPassword(pw) => {
                 let hashed = pw.map(|pw| self.hasher.hash(pw));
+                let by = msg.by.clone();
                 let work = async move {
                     let hash = match hashed {
                         Some(hashed) => Some(hashed.await?),
@@ -130,23 +152,20 @@ impl Handler<OwnerOp> for RoomActor {
                     };
                     let update = RoomUpdate {
                         password_hash: Some(hash.clone()),
+                        by: Some(by),
                         ..RoomUpdate::default()
                     };
-                    store
-                        .update_room(&room_id, update)
-                        .await
-                        .map_err(internal)?;
-                    Ok(hash)
+                    Ok(store.update_room(&room_id, update).await.map(|()| hash))
                 };
-                Box::pin(
-                    work.into_actor(self)
-                        .map(|res: RoomResult<Option<String>>, act, ctx| {
-                            act.record.password_hash = res?;
-                            act.local_change(ctx);
-                            act.publish();
-                            Ok(OwnerOutcome::default())
-                        }),
-                )
+                Box::pin(work.into_actor(self).map(
+                    |res: RoomResult<Result<Option<String>, StoreError>>, act, ctx| {
+                        act.record.password_hash =
+                            res?.map_err(|e| act.owner_write_failed(e, ctx))?;
+                        act.local_change(ctx);
+                        act.publish();
+                        Ok(OwnerOutcome::default())
+                    },
+                ))
             }
             OwnerAction::Delete => {
                 let work = async move { store.delete_room(&room_id).await };

@@ -47,6 +47,24 @@ pub enum StoreError {
     /// write by a store shared by several processes).
     #[error("the room is full")]
     RoomFull,
+    /// An owner's write (`by`) from someone who is not, at commit, the
+    /// room's recorded owner and a member: another process (or a write
+    /// committed just before) changed the owner.
+    #[error("not the room's owner")]
+    NotOwner,
+}
+
+/// What removing a member left, decided inside the removal's transaction
+/// (so two members leaving at once cannot both think the other stays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removed {
+    /// Members left. At 0 the room is gone: its record, bans, membership
+    /// periods and messages were deleted with the last member.
+    pub remaining: u64,
+    /// The room's owner after the write: when the owner left, the
+    /// earliest-joined remaining member (by `joined_at`, then name). `None`
+    /// when the room is gone.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -241,6 +259,9 @@ pub struct RoomUpdate {
     pub owner: Option<String>,
     /// `Some(None)` removes the password.
     pub password_hash: Option<Option<String>>,
+    /// The owner making the change: applied only if, at commit, `by` is the
+    /// room's recorded owner and a member (`NotOwner` otherwise).
+    pub by: Option<String>,
 }
 
 /// What retention should delete.
@@ -273,8 +294,18 @@ pub trait Store: Send + Sync + 'static {
     fn delete_room(&self, room_id: &str) -> StoreFuture<()>;
 
     fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()>;
-    /// Removes a member; with `ban` also records the ban, in one transaction.
-    fn remove_member(&self, room_id: &str, username: &str, ban: bool) -> StoreFuture<()>;
+    /// Removes a member; with `ban` also records the ban, in one
+    /// transaction. With `by` (a kick or ban), only if `by` is then the
+    /// room's owner and a member (`NotOwner` otherwise). The owner leaving
+    /// passes the room to the earliest-joined remaining member; the last
+    /// member leaving deletes the room (see [`Removed`]).
+    fn remove_member(
+        &self,
+        room_id: &str,
+        username: &str,
+        ban: bool,
+        by: Option<&str>,
+    ) -> StoreFuture<Removed>;
     fn set_ban(&self, room_id: &str, username: &str, banned: bool) -> StoreFuture<()>;
 
     /// Stores a message durably, assigning the room's next seq (see module doc).

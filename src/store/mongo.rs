@@ -41,8 +41,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
-    PurgePolicy, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture,
-    StoredMessage, UserRecord,
+    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, StoredMessage, UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::fold_room_name;
@@ -266,6 +266,49 @@ impl MongoStore {
 }
 
 /// Runs `body` in a transaction, retrying on transient transaction errors.
+/// `NotOwner` unless `by` is the room's recorded owner and a member.
+async fn check_owner(c: &Collections, room_id: &str, by: &str) -> Result<(), StoreError> {
+    let owns = c
+        .rooms
+        .find_one(doc! {"_id": room_id, "owner": by})
+        .await
+        .map_err(err)?
+        .is_some();
+    let member = c
+        .members
+        .find_one(doc! {"room_id": room_id, "username": by})
+        .await
+        .map_err(err)?
+        .is_some();
+    if owns && member {
+        Ok(())
+    } else {
+        Err(StoreError::NotOwner)
+    }
+}
+
+/// Deletes a room and everything of it. Ordered: once the room document is
+/// gone nothing else is reachable.
+async fn delete_room_docs(c: &Collections, room_id: &str) -> Result<(), StoreError> {
+    c.rooms
+        .delete_one(doc! {"_id": room_id})
+        .await
+        .map_err(err)?;
+    c.members
+        .delete_many(doc! {"room_id": room_id})
+        .await
+        .map_err(err)?;
+    c.bans
+        .delete_many(doc! {"room_id": room_id})
+        .await
+        .map_err(err)?;
+    c.messages
+        .delete_many(doc! {"room_id": room_id})
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
 async fn transaction<T, F>(client: &Client, mut body: F) -> Result<T, StoreError>
 where
     F: for<'s> FnMut(
@@ -565,6 +608,9 @@ impl Store for MongoStore {
     fn update_room(&self, room_id: &str, update: RoomUpdate) -> StoreFuture<()> {
         let room_id = room_id.to_owned();
         self.run(move |_, c| async move {
+            if let Some(by) = &update.by {
+                check_owner(&c, &room_id, by).await?;
+            }
             let mut set = Document::new();
             let mut unset = Document::new();
             if let Some(name) = &update.name {
@@ -603,26 +649,7 @@ impl Store for MongoStore {
 
     fn delete_room(&self, room_id: &str) -> StoreFuture<()> {
         let room_id = room_id.to_owned();
-        self.run(move |_, c| async move {
-            // Ordered: once the room document is gone nothing else is reachable.
-            c.rooms
-                .delete_one(doc! {"_id": &room_id})
-                .await
-                .map_err(err)?;
-            c.members
-                .delete_many(doc! {"room_id": &room_id})
-                .await
-                .map_err(err)?;
-            c.bans
-                .delete_many(doc! {"room_id": &room_id})
-                .await
-                .map_err(err)?;
-            c.messages
-                .delete_many(doc! {"room_id": &room_id})
-                .await
-                .map_err(err)?;
-            Ok(())
-        })
+        self.run(move |_, c| async move { delete_room_docs(&c, &room_id).await })
     }
 
     fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
@@ -651,10 +678,22 @@ impl Store for MongoStore {
         })
     }
 
-    fn remove_member(&self, room_id: &str, username: &str, ban: bool) -> StoreFuture<()> {
+    fn remove_member(
+        &self,
+        room_id: &str,
+        username: &str,
+        ban: bool,
+        by: Option<&str>,
+    ) -> StoreFuture<Removed> {
         let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        let by = by.map(str::to_owned);
         self.run(move |client, c| async move {
-            transaction(&client, |s| {
+            // Checked before the transaction: one process per MongoDB store
+            // (ARCHITECTURE.md), whose room actor orders owner changes.
+            if let Some(by) = &by {
+                check_owner(&c, &room_id, by).await?;
+            }
+            let removed = transaction(&client, |s| {
                 let (c, room_id, username) = (c.clone(), room_id.clone(), username.clone());
                 Box::pin(async move {
                     c.members
@@ -671,10 +710,47 @@ impl Store for MongoStore {
                             .session(&mut *s)
                             .await?;
                     }
-                    Ok(())
+                    let remaining = c
+                        .members
+                        .count_documents(doc! {"room_id": &room_id})
+                        .session(&mut *s)
+                        .await?;
+                    if remaining == 0 {
+                        return Ok(Removed {
+                            remaining: 0,
+                            owner: None,
+                        });
+                    }
+                    let heir = c
+                        .members
+                        .find_one(doc! {"room_id": &room_id})
+                        .sort(doc! {"joined_at": 1, "username": 1})
+                        .session(&mut *s)
+                        .await?
+                        .and_then(|m| m.get_str("username").ok().map(str::to_owned));
+                    if let Some(heir) = &heir {
+                        c.rooms
+                            .update_one(
+                                doc! {"_id": &room_id, "owner": &username},
+                                doc! {"$set": {"owner": heir}},
+                            )
+                            .session(&mut *s)
+                            .await?;
+                    }
+                    let owner = c
+                        .rooms
+                        .find_one(doc! {"_id": &room_id})
+                        .session(&mut *s)
+                        .await?
+                        .and_then(|r| r.get_str("owner").ok().map(str::to_owned));
+                    Ok(Removed { remaining, owner })
                 })
             })
-            .await
+            .await?;
+            if removed.remaining == 0 {
+                delete_room_docs(&c, &room_id).await?;
+            }
+            Ok(removed)
         })
     }
 

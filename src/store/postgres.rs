@@ -39,8 +39,8 @@ use tokio_postgres::{Row, Statement, Transaction};
 use super::keyblob::{decode_keys, encode_keys, find_key};
 use super::{
     Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
-    PurgePolicy, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture,
-    StoredMessage, UserRecord,
+    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, StoredMessage, UserRecord,
 };
 use crate::metrics;
 use crate::util::now_ms;
@@ -116,7 +116,8 @@ enum WriteOp {
     DeleteRoom(String),
     /// room, user, joined_at, most members the room may have
     AddMember(String, String, u64, i64),
-    RemoveMember(String, String, bool),
+    /// room, user, ban, by (the owner who kicks or bans)
+    RemoveMember(String, String, bool, Option<String>),
     SetBan(String, String, bool),
     Append(Arc<NewMessage>),
     Purge(PurgePolicy),
@@ -126,6 +127,7 @@ enum Done {
     Unit,
     Appended(Appended),
     Count(u64),
+    Removed(Removed),
 }
 
 type Job = (WriteOp, oneshot::Sender<Result<Done, StoreError>>);
@@ -366,11 +368,15 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 ms(r.created_at),
             ],
         ),
+        // With `by`, only while `by` is the owner and a member: no row
+        // comes back otherwise (NotOwner).
         WriteOp::UpdateRoom(room_id, u) => (
             "UPDATE rooms SET name = COALESCE($2, name), name_folded = COALESCE($3, name_folded),
                  owner = COALESCE($4, owner),
                  password_hash = CASE WHEN $5 THEN $6 ELSE password_hash END
-             WHERE room_id = $1",
+             WHERE room_id = $1 AND ($7::text IS NULL OR (owner = $7 AND EXISTS (
+                 SELECT 1 FROM members WHERE room_id = $1 AND username = $7)))
+             RETURNING 1",
             vec![
                 p(room_id.clone()),
                 p(u.name.clone()),
@@ -378,6 +384,7 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 p(u.owner.clone()),
                 p(u.password_hash.is_some()),
                 p(u.password_hash.clone().flatten()),
+                p(u.by.clone()),
             ],
         ),
         WriteOp::DeleteRoom(room_id) => (
@@ -418,20 +425,56 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 p(*max_members),
             ],
         ),
-        WriteOp::RemoveMember(room_id, username, ban) => (
-            "WITH del AS (
-                DELETE FROM members WHERE room_id = $1 AND username = $2 RETURNING room_id
+        // One statement decides, on what is committed (the room row is
+        // locked first): whether `by` may do it, who is left, the heir when
+        // the owner leaves, and, when no one is left, the room's deletion
+        // with everything of it. CTEs share one snapshot, so `left_over`
+        // names the leaver explicitly.
+        WriteOp::RemoveMember(room_id, username, ban, by) => (
+            "WITH auth AS (
+                SELECT 1 WHERE $5::text IS NULL OR EXISTS (
+                    SELECT 1 FROM rooms r JOIN members m ON m.room_id = r.room_id AND m.username = r.owner
+                    WHERE r.room_id = $1 AND r.owner = $5)
+             ), del AS (
+                DELETE FROM members WHERE room_id = $1 AND username = $2 AND EXISTS (SELECT 1 FROM auth)
+                RETURNING room_id
+             ), left_over AS (
+                SELECT username, joined_at FROM members
+                WHERE room_id = $1 AND (username <> $2 OR NOT EXISTS (SELECT 1 FROM auth))
+             ), heir AS (
+                SELECT username FROM left_over ORDER BY joined_at, username LIMIT 1
+             ), emptied AS (
+                SELECT 1 WHERE EXISTS (SELECT 1 FROM auth) AND NOT EXISTS (SELECT 1 FROM left_over)
              ), closed AS (
                 UPDATE member_periods SET to_seq = (SELECT last_seq FROM rooms WHERE room_id = $1)
                 WHERE room_id = $1 AND username = $2 AND to_seq IS NULL AND EXISTS (SELECT 1 FROM del)
+                  AND NOT EXISTS (SELECT 1 FROM emptied)
+             ), banned AS (
+                INSERT INTO bans (room_id, username, banned_at) SELECT $1, $2, $3
+                WHERE $4 AND EXISTS (SELECT 1 FROM auth) AND NOT EXISTS (SELECT 1 FROM emptied)
+                ON CONFLICT DO NOTHING
+             ), moved AS (
+                UPDATE rooms SET owner = (SELECT username FROM heir)
+                WHERE room_id = $1 AND owner = $2 AND EXISTS (SELECT 1 FROM del)
+                  AND EXISTS (SELECT 1 FROM heir)
+                RETURNING owner
+             ), wipe_messages AS (
+                DELETE FROM messages WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
+             ), wipe_periods AS (
+                DELETE FROM member_periods WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
+             ), wipe_bans AS (
+                DELETE FROM bans WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
+             ), wipe_room AS (
+                DELETE FROM rooms WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
              )
-             INSERT INTO bans (room_id, username, banned_at) SELECT $1, $2, $3 WHERE $4
-             ON CONFLICT DO NOTHING",
+             SELECT EXISTS (SELECT 1 FROM auth), (SELECT count(*) FROM left_over),
+                    COALESCE((SELECT owner FROM moved), (SELECT owner FROM rooms WHERE room_id = $1))",
             vec![
                 p(room_id.clone()),
                 p(username.clone()),
                 ms(now_ms()),
                 p(*ban),
+                p(by.clone()),
             ],
         ),
         WriteOp::SetBan(room_id, username, true) => (
@@ -516,7 +559,9 @@ fn locks_room(op: &WriteOp) -> Option<&str> {
         WriteOp::Append(m) => Some(&m.room_id),
         WriteOp::AddMember(room_id, ..)
         | WriteOp::RemoveMember(room_id, ..)
-        | WriteOp::SetBan(room_id, ..) => Some(room_id),
+        | WriteOp::SetBan(room_id, ..)
+        | WriteOp::UpdateRoom(room_id, ..)
+        | WriteOp::DeleteRoom(room_id) => Some(room_id),
         _ => None,
     }
 }
@@ -537,6 +582,18 @@ fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
                 return Err(StoreError::RoomFull);
             }
             Ok(Done::Unit)
+        }
+        WriteOp::UpdateRoom(_, u) if u.by.is_some() && rows.is_empty() => Err(StoreError::NotOwner),
+        WriteOp::RemoveMember(..) => {
+            let row = rows.first().ok_or(StoreError::NotFound)?;
+            if !row.get::<_, bool>(0) {
+                return Err(StoreError::NotOwner);
+            }
+            let remaining = row.get::<_, i64>(1) as u64;
+            Ok(Done::Removed(Removed {
+                remaining,
+                owner: if remaining == 0 { None } else { row.get(2) },
+            }))
         }
         WriteOp::Append(_) => {
             let row = rows.first().ok_or(StoreError::NotFound)?;
@@ -907,12 +964,23 @@ impl Store for PostgresStore {
         ))
     }
 
-    fn remove_member(&self, room_id: &str, username: &str, ban: bool) -> StoreFuture<()> {
-        self.unit(WriteOp::RemoveMember(
+    fn remove_member(
+        &self,
+        room_id: &str,
+        username: &str,
+        ban: bool,
+        by: Option<&str>,
+    ) -> StoreFuture<Removed> {
+        let op = WriteOp::RemoveMember(
             room_id.to_owned(),
             username.to_owned(),
             ban,
-        ))
+            by.map(str::to_owned),
+        );
+        self.write(op, |done| match done {
+            Done::Removed(r) => r,
+            _ => unreachable!("a removal answers Removed"),
+        })
     }
 
     fn set_ban(&self, room_id: &str, username: &str, banned: bool) -> StoreFuture<()> {

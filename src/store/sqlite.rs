@@ -30,8 +30,8 @@ use tokio::sync::oneshot;
 use super::keyblob::{decode_keys, encode_keys, find_key};
 use super::{
     Appended, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, PageBuilder,
-    PurgePolicy, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture,
-    StoredMessage, UserRecord,
+    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, StoredMessage, UserRecord,
 };
 use crate::metrics;
 use crate::util::now_ms;
@@ -725,6 +725,9 @@ impl Store for SqliteStore {
     fn update_room(&self, room_id: &str, update: RoomUpdate) -> StoreFuture<()> {
         let room_id = room_id.to_owned();
         self.write(move |c, _| {
+            if let Some(by) = &update.by {
+                check_owner(c, &room_id, by)?;
+            }
             if let Some(name) = &update.name {
                 c.execute(
                     "UPDATE rooms SET name = ?2, name_folded = ?3 WHERE room_id = ?1",
@@ -752,17 +755,7 @@ impl Store for SqliteStore {
 
     fn delete_room(&self, room_id: &str) -> StoreFuture<()> {
         let room_id = room_id.to_owned();
-        self.write(move |c, state| {
-            for table in ["messages", "member_periods", "members", "bans", "rooms"] {
-                c.execute(
-                    &format!("DELETE FROM {table} WHERE room_id = ?1"),
-                    params![room_id],
-                )
-                .map_err(backend)?;
-            }
-            state.last_seq.remove(&room_id);
-            Ok(())
-        })
+        self.write(move |c, state| delete_room(c, state, &room_id))
     }
 
     fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
@@ -788,9 +781,19 @@ impl Store for SqliteStore {
         })
     }
 
-    fn remove_member(&self, room_id: &str, username: &str, ban: bool) -> StoreFuture<()> {
+    fn remove_member(
+        &self,
+        room_id: &str,
+        username: &str,
+        ban: bool,
+        by: Option<&str>,
+    ) -> StoreFuture<Removed> {
         let (room_id, username) = (room_id.to_owned(), username.to_owned());
-        self.write(move |c, _| {
+        let by = by.map(str::to_owned);
+        self.write(move |c, state| {
+            if let Some(by) = &by {
+                check_owner(c, &room_id, by)?;
+            }
             let removed = c
                 .execute(
                     "DELETE FROM members WHERE room_id = ?1 AND username = ?2",
@@ -803,7 +806,33 @@ impl Store for SqliteStore {
             if ban {
                 set_ban(c, &room_id, &username, true)?;
             }
-            Ok(())
+            let remaining: i64 = c
+                .prepare_cached("SELECT count(*) FROM members WHERE room_id = ?1")
+                .and_then(|mut s| s.query_row(params![room_id], |r| r.get(0)))
+                .map_err(backend)?;
+            if remaining == 0 {
+                delete_room(c, state, &room_id)?;
+                return Ok(Removed {
+                    remaining: 0,
+                    owner: None,
+                });
+            }
+            // The owner left: the earliest-joined member takes over.
+            c.prepare_cached(
+                "UPDATE rooms SET owner = (SELECT username FROM members WHERE room_id = ?1
+                                           ORDER BY joined_at, username LIMIT 1)
+                 WHERE room_id = ?1 AND owner = ?2",
+            )
+            .and_then(|mut s| s.execute(params![room_id, username]))
+            .map_err(backend)?;
+            let owner: Option<String> = c
+                .prepare_cached("SELECT owner FROM rooms WHERE room_id = ?1")
+                .and_then(|mut s| s.query_row(params![room_id], |r| r.get(0)).optional())
+                .map_err(backend)?;
+            Ok(Removed {
+                remaining: remaining as u64,
+                owner,
+            })
         })
     }
 
@@ -908,6 +937,35 @@ impl Store for SqliteStore {
             Ok(())
         })
     }
+}
+
+/// `NotOwner` unless `by` is the room's recorded owner and a member.
+fn check_owner(c: &Connection, room_id: &str, by: &str) -> Result<(), StoreError> {
+    let owner = c
+        .prepare_cached(
+            "SELECT 1 FROM rooms r JOIN members m ON m.room_id = r.room_id AND m.username = r.owner
+             WHERE r.room_id = ?1 AND r.owner = ?2",
+        )
+        .and_then(|mut s| s.exists(params![room_id, by]))
+        .map_err(backend)?;
+    if owner {
+        Ok(())
+    } else {
+        Err(StoreError::NotOwner)
+    }
+}
+
+/// Deletes a room and everything of it.
+fn delete_room(c: &Connection, state: &mut WriterState, room_id: &str) -> Result<(), StoreError> {
+    for table in ["messages", "member_periods", "members", "bans", "rooms"] {
+        c.execute(
+            &format!("DELETE FROM {table} WHERE room_id = ?1"),
+            params![room_id],
+        )
+        .map_err(backend)?;
+    }
+    state.last_seq.remove(room_id);
+    Ok(())
 }
 
 fn set_ban(c: &Connection, room_id: &str, username: &str, banned: bool) -> Result<(), StoreError> {
