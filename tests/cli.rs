@@ -427,6 +427,47 @@ async fn profile_files_move_an_identity_between_devices() {
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("\"format\": \"e2ee-chat-profile\""), "{text}");
     assert!(!text.contains("PRIVATE KEY"), "{text}");
+    // Issue 20 item 17: the file is its owner's alone, and an existing file
+    // is replaced only with --force.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let r = run_env(
+        &url,
+        &laptop,
+        &["export-profile", file.to_str().unwrap()],
+        &pass,
+    )
+    .await;
+    assert!(!r.ok && r.stderr.contains("--force"), "{}", r.stderr);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), text);
+    ok(&run_env(
+        &url,
+        &laptop,
+        &["export-profile", file.to_str().unwrap(), "--force"],
+        &pass,
+    )
+    .await);
+    let text = std::fs::read_to_string(&file).unwrap();
+    // Without --server, the import says that the server is the file's.
+    let out = Command::new(CLI)
+        .arg("--profile")
+        .arg(home.path().join("tablet"))
+        .args(["import-profile", file.to_str().unwrap()])
+        .env("E2EE_CHAT_PASSPHRASE", "a long passphrase")
+        .env_remove("E2EE_CHAT_SERVER")
+        .env_remove("E2EE_CHAT_PROFILE")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("server: {url} (named by the file")),
+        "{said}"
+    );
 
     let wrong = [("E2EE_CHAT_PASSPHRASE", "not it")];
     let r = run_env(

@@ -3,7 +3,7 @@
 // import a profile file exported by this page or by the terminal client.
 
 import { h } from './dom.js'
-import { generateKeys } from './proto.js'
+import { generateKeys, fingerprint, fingerprintDisplay } from './proto.js'
 import { Conn } from './conn.js'
 import { profiles, wrapProfile, checkProfile, unlock } from './keystore.js'
 import { describe } from './errors.js'
@@ -92,6 +92,16 @@ export async function showWelcome (root, { url, onUnlocked }) {
       let profile
       try { profile = checkProfile(JSON.parse(await file.text())) } catch (err) { throw new Error(err.message.startsWith('not an') ? err.message : 'That file is not an e2ee-chat profile.') }
       const keys = await unlock(profile, f.passphrase.value)
+      // Another identity under the same name is replaced only when the
+      // user says so: its keys would be gone from this browser.
+      const existing = (await profiles.list()).find((p) => p.username === profile.username)
+      const same = existing && existing.sign_key.public === profile.sign_key.public && existing.enc_key.public === profile.enc_key.public
+      if (existing && !same) {
+        const fp = fingerprintDisplay(await fingerprint(keys.signDer, keys.encDer))
+        if (!confirm(`This browser already holds other keys for ${profile.username}. Replace them with the imported keys (fingerprint ${fp})? The stored keys are lost unless you exported them.`)) {
+          throw new Error('Nothing was imported: the stored profile was kept.')
+        }
+      }
       await profiles.put(profile)
       onUnlocked(keys)
     })

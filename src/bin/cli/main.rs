@@ -55,7 +55,12 @@ enum Command {
     Register,
     /// Write the profile's keys, sealed under a passphrase, to FILE: the
     /// format the web client imports (and exports).
-    ExportProfile { file: PathBuf },
+    ExportProfile {
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Make this profile from FILE, exported by the web client or by
     /// `export-profile`; the keys are stored encrypted with the same passphrase.
     ImportProfile {
@@ -414,8 +419,8 @@ async fn run(cli: Cli) -> CliResult<()> {
     }
     let profile = Profile::open(&dir)?;
     let url = server_url(cli.server.as_deref(), &profile);
-    if let Command::ExportProfile { file } = &cli.command {
-        return export_profile(&profile, &url, file);
+    if let Command::ExportProfile { file, force } = &cli.command {
+        return export_profile(&profile, &url, file, *force);
     }
     if let Command::Fingerprint { user } = &cli.command {
         let pins = profile.pins()?;
@@ -631,7 +636,18 @@ async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
     Ok(())
 }
 
-fn export_profile(profile: &Profile, url: &str, path: &std::path::Path) -> CliResult<()> {
+fn export_profile(
+    profile: &Profile,
+    url: &str,
+    path: &std::path::Path,
+    force: bool,
+) -> CliResult<()> {
+    if !force && path.exists() {
+        return Err(format!(
+            "{} exists: pick another name, or --force to replace it",
+            path.display()
+        ));
+    }
     let keys = profile.keys()?;
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
     let pw = profile::passphrase(interactive, !profile.keys_encrypted())?.ok_or_else(|| {
@@ -642,7 +658,7 @@ fn export_profile(profile: &Profile, url: &str, path: &std::path::Path) -> CliRe
     })?;
     let file = transfer::export(&profile.config.username, Some(url.to_owned()), &keys, &pw)?;
     let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())? + "\n";
-    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_private(path, text.as_bytes(), force).map_err(|e| format!("{}: {e}", path.display()))?;
     println!(
         "profile of {} written to {} (import it in the web client, or with `e2ee-chat import-profile`)",
         profile.config.username,
@@ -675,9 +691,20 @@ fn import_profile(
         )
     })?;
     let (file, keys) = transfer::import(&text, &pw)?;
+    // The file's server is taken only when --server names none, and the
+    // user is told which it is: a file could point at any server.
+    let server = match (&cli.server, &file.server) {
+        (Some(given), _) => Some(given.clone()),
+        (None, Some(named)) => {
+            let named = escape(named);
+            println!("server: {named} (named by the file; use --server to choose another)");
+            file.server.clone()
+        }
+        (None, None) => None,
+    };
     let config = ProfileConfig {
         username: file.username.clone(),
-        server: cli.server.clone().or(file.server),
+        server,
     };
     let p = Profile::create(dir, config, &keys, Some(&pw), force)?;
     println!(
@@ -687,6 +714,31 @@ fn import_profile(
     );
     println!("fingerprint: {}", fingerprint_display(&keys.fingerprint()));
     Ok(())
+}
+
+/// Writes a file only its owner can read (0600 on Unix): a profile file
+/// holds the encrypted private keys. Without `replace`, an existing file is
+/// never touched.
+fn write_private(path: &std::path::Path, data: &[u8], replace: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if replace {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // A replaced file keeps its old mode unless set again.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(data)?;
+    f.sync_all()
 }
 
 /// An owner operation, as both the subcommands and the chat window name it.

@@ -59,3 +59,26 @@ test('the Rust client and the browser read each other, and share identities', as
   await t.seeMessage(bobPage, 'alice, from her terminal')
   assert.deepEqual([...alice.problems, ...bobPage.problems], [])
 })
+
+// Issue 20 item 17: importing a file for a name this browser already holds
+// with other keys asks first; declining keeps the stored profile.
+test('importing over a stored profile of the same name asks first', async () => {
+  const page = await t.openPage(browser, server.base)
+  await t.createAccount(page, 'frank')
+  const other = join(home, 'frank')
+  await t.cli(other, server.ws, 'keygen', '--user', 'frank', '--encrypt')
+  const file = join(home, 'frank.json')
+  await t.cli(other, server.ws, 'export-profile', file)
+  await page.reload()
+  const asked = []
+  page.once('dialog', (d) => { asked.push(d.message()); d.dismiss() })
+  await page.setInputFiles('#import [name=file]', file)
+  await page.fill('#import [name=passphrase]', t.PASSPHRASE)
+  await page.click('#import button[type=submit]')
+  await page.waitForSelector('#welcome-status.error >> text=Nothing was imported')
+  assert.match(asked[0], /already holds other keys for frank/)
+  // The stored profile still unlocks and logs in.
+  await page.fill('#unlock [name=passphrase]', t.PASSPHRASE)
+  await page.click('#unlock button[type=submit]')
+  await t.online(page)
+})
