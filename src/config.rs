@@ -104,6 +104,8 @@ pub struct Limits {
     pub login_deadline_secs: u64,
     pub send_queue_bytes: usize,
     pub history_page_bytes: usize,
+    /// `history` requests one connection may have in flight at once.
+    pub history_in_flight: usize,
     pub max_connections_per_ip: usize,
     pub registrations_per_ip_per_hour: u32,
     pub handshake_timeout_secs: u64,

@@ -76,6 +76,27 @@ impl SessionHandle {
     }
 }
 
+/// One request's place in a per-connection count; given back on drop (the
+/// reply, or the request's failure, drops it).
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn take(count: &Arc<AtomicUsize>, max: usize) -> Option<InFlight> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| InFlight(count.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 struct Challenge {
     user: Arc<User>,
     nonce: [u8; crypto::CHALLENGE_LEN],
@@ -113,6 +134,8 @@ pub struct Session {
     hosts: Arc<[String]>,
     /// This connection's place in its address's budget (given back on drop).
     peer: Slot,
+    /// `history` requests waiting for the store (`limits.history_in_flight`).
+    history_in_flight: Arc<AtomicUsize>,
     /// Bytes of the fragmented message being received (continuation frames
     /// are never reassembled, but they count against `max_frame_bytes`).
     fragments: usize,
@@ -158,6 +181,7 @@ impl Session {
             open,
             announced: None,
             fragments: 0,
+            history_in_flight: Arc::default(),
         }
     }
 
@@ -563,17 +587,28 @@ impl Session {
                     limit: limit.unwrap_or(50).clamp(1, 500) as usize,
                     max_bytes: self.settings.limits.history_page_bytes,
                 };
+                // Reads of one connection are bounded: pipelined history
+                // requests cannot fill the store's read pool.
+                let Some(slot) = InFlight::take(
+                    &self.history_in_flight,
+                    self.settings.limits.history_in_flight,
+                ) else {
+                    return self.fail(ctx, id, ErrorCode::RateLimited);
+                };
                 let rid = room_id.clone();
                 self.ask_room(
                     ctx,
                     id,
                     room_id,
                     room::History { username, query },
-                    move |_, (messages, has_more)| ServerMsg::History {
-                        id,
-                        room_id: rid,
-                        messages,
-                        has_more,
+                    move |_, (messages, has_more)| {
+                        drop(slot);
+                        ServerMsg::History {
+                            id,
+                            room_id: rid,
+                            messages,
+                            has_more,
+                        }
                     },
                 );
             }

@@ -673,3 +673,48 @@ async fn fragmented_messages_count_against_the_frame_limits() {
     still_serves(&mut bob).await;
     t.stop().await;
 }
+
+/// Issue 20 item 8: pipelined `history` requests of one connection filled
+/// the store's read pool; now a connection has `history_in_flight` at most,
+/// the rest answer `rate_limited` at once, and every request is answered.
+#[tokio::test]
+async fn history_reads_in_flight_are_bounded_per_connection() {
+    let t = TestServer::with(|s| s.limits.history_in_flight = 2);
+    let mut alice = t.user("alice", 0).await;
+    let (room, _) = alice.create_room("Archive", None, false).await.unwrap();
+    let rid = room.room_id;
+    for i in 0..5 {
+        alice.send_text(&rid, &format!("m{i}")).await.unwrap();
+    }
+    let n = 40u64;
+    for i in 0..n {
+        let req = Request::History {
+            room_id: rid.clone(),
+            after_seq: None,
+            before_seq: None,
+            limit: Some(500),
+        };
+        alice.send_raw(req.encode(Some(500 + i))).await.unwrap();
+    }
+    let (mut pages, mut limited) = (0, 0);
+    while pages + limited < n {
+        match alice.read().await.unwrap() {
+            ServerMsg::History { id: Some(_), .. } => pages += 1,
+            ServerMsg::Error {
+                id: Some(_),
+                code: ErrorCode::RateLimited,
+                ..
+            } => limited += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        pages >= 2 && limited >= 1,
+        "{pages} pages, {limited} limited"
+    );
+    // The slots come back: a later request is served.
+    let (msgs, _) = alice.history(&rid, None, None, None).await.unwrap();
+    assert_eq!(msgs.len(), 5);
+    still_serves(&mut alice).await;
+    t.stop().await;
+}

@@ -182,24 +182,17 @@ impl PostgresStore {
         // `disable` never. Like libpq's `require`, the certificate is not
         // verified: managed databases present certificates of their own CA.
         let tls = MakeRustlsConnect::new(config_no_verify());
-        let manager = Manager::from_config(
-            config,
-            tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(8)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(5)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .recycle_timeout(Some(Duration::from_secs(5)))
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        migrate(&pool).await?;
+        // Reads get a pool of their own, with a statement timeout: a flood
+        // of slow reads fills that pool, never the writer's connection, so
+        // sends and membership changes keep committing.
+        let mut reads = config.clone();
+        let options = reads.get_options().unwrap_or_default().to_owned();
+        reads.options(format!("{options} -c statement_timeout={READ_TIMEOUT_MS}").trim());
+        let pool = pool_of(reads, tls.clone(), READ_CONNECTIONS)?;
+        let write_pool = pool_of(config, tls, 1)?;
+        migrate(&write_pool).await?;
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(writer_loop(pool.clone(), rx, max_batch.max(1)));
+        tokio::spawn(writer_loop(write_pool, rx, max_batch.max(1)));
         log::info!("postgres store open (group commit batch {max_batch})");
         Ok(PostgresStore {
             pool,
@@ -251,6 +244,33 @@ impl PostgresStore {
             f(client).await
         })
     }
+}
+
+/// Connections for reads (history, room loads, logins' user lookups).
+const READ_CONNECTIONS: usize = 8;
+/// A read that runs longer than this is cancelled by the database.
+const READ_TIMEOUT_MS: u64 = 5_000;
+
+fn pool_of(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    size: usize,
+) -> Result<Pool, StoreError> {
+    let manager = Manager::from_config(
+        config,
+        tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
 
 async fn migrate(pool: &Pool) -> Result<(), StoreError> {
@@ -793,61 +813,86 @@ fn room_from_row(r: &tokio_postgres::Row) -> RoomRecord {
     }
 }
 
+/// The requester's membership periods first (a few rows), then only the
+/// message ranges inside them, newest or oldest first: a late joiner's
+/// history never scans the messages sent before they joined. Each range is
+/// read in chunks of the page size plus a few spare rows (messages in a
+/// period without our key: a member who joined while one was in flight).
 async fn history_page(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::Client,
     room_id: &str,
     username: &str,
     q: HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
+    const OPEN: i64 = i64::MAX;
     let lo = q
         .after_seq
         .map_or(1, |a| a.saturating_add(1))
-        .min(i64::MAX as u64) as i64;
+        .min(OPEN as u64) as i64;
     let hi = q
         .before_seq
-        .map_or(i64::MAX as u64, |b| b.saturating_sub(1))
-        .min(i64::MAX as u64) as i64;
-    // A few spare rows for messages in a period but without our key (a
-    // member who joined while the message was in flight).
+        .map_or(OPEN as u64, |b| b.saturating_sub(1))
+        .min(OPEN as u64) as i64;
+    let ascending = q.ascending();
+    let mut periods: Vec<(i64, i64)> = client
+        .query(
+            "SELECT from_seq, COALESCE(to_seq, 9223372036854775807) FROM member_periods
+             WHERE room_id = $1 AND username = $2 ORDER BY from_seq",
+            &[&room_id, &username],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    if !ascending {
+        periods.reverse();
+    }
     let fetch = (q.limit.max(1) + 16) as i64;
     let sql = format!(
-        "SELECT m.seq, m.ts, m.msg_id, m.sender, m.nonce, m.ciphertext, m.signature, m.keys,
-                m.key_commitment
-         FROM messages m JOIN member_periods p
-           ON p.room_id = m.room_id AND p.username = $2
-          AND m.seq >= p.from_seq AND (p.to_seq IS NULL OR m.seq <= p.to_seq)
-         WHERE m.room_id = $1 AND m.seq BETWEEN $3 AND $4
-         ORDER BY m.seq {} LIMIT $5",
-        if q.ascending() { "ASC" } else { "DESC" }
+        "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys, key_commitment
+         FROM messages WHERE room_id = $1 AND seq BETWEEN $2 AND $3
+         ORDER BY seq {} LIMIT $4",
+        if ascending { "ASC" } else { "DESC" }
     );
-    let rows = client
-        .query(&sql, &[&room_id, &username, &lo, &hi, &fetch])
-        .await
-        .map_err(err)?;
+    let stmt = client.prepare_cached(&sql).await.map_err(err)?;
     let mut page = PageBuilder::new(q);
-    let mut stopped = false;
-    for r in &rows {
-        let Some(key) = find_key(r.get::<_, &[u8]>(7), username) else {
-            continue;
-        };
-        let more = page.push(StoredMessage {
-            seq: r.get::<_, i64>(0) as u64,
-            ts: r.get::<_, i64>(1) as u64,
-            msg_id: r.get(2),
-            sender: r.get(3),
-            nonce: r.get(4),
-            ciphertext: r.get(5),
-            signature: r.get(6),
-            key_commitment: r.get(8),
-            key,
-        });
-        if !more {
-            stopped = true;
-            break;
+    for (from, to) in periods {
+        let (mut a, mut b) = (from.max(lo), to.min(hi));
+        while a <= b {
+            let rows = client
+                .query(&stmt, &[&room_id, &a, &b, &fetch])
+                .await
+                .map_err(err)?;
+            for r in &rows {
+                let seq: i64 = r.get(0);
+                if ascending {
+                    a = seq + 1;
+                } else {
+                    b = seq - 1;
+                }
+                let Some(key) = find_key(r.get::<_, &[u8]>(7), username) else {
+                    continue;
+                };
+                let more = page.push(StoredMessage {
+                    seq: seq as u64,
+                    ts: r.get::<_, i64>(1) as u64,
+                    msg_id: r.get(2),
+                    sender: r.get(3),
+                    nonce: r.get(4),
+                    ciphertext: r.get(5),
+                    signature: r.get(6),
+                    key_commitment: r.get(8),
+                    key,
+                });
+                if !more {
+                    return Ok(page.finish());
+                }
+            }
+            if (rows.len() as i64) < fetch {
+                break;
+            }
         }
-    }
-    if !stopped && rows.len() as i64 == fetch {
-        page.more();
     }
     Ok(page.finish())
 }
