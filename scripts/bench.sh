@@ -99,6 +99,17 @@ for s in "${scenarios[@]}"; do
       start_server rooms 18189
       timeout 900 "$bench" --url ws://127.0.0.1:18189/ws --server-pid "$server_pid" rooms ${ROOMS_ARGS:-} | tee -a "$out"
       ;;
+    passwords)
+      # The defaults (budgets per user and address), then with the budgets
+      # lifted so every attempt is hashed: memory must stay bounded anyway.
+      # One room, then forty.
+      start_server passwords 18194
+      timeout 900 "$bench" --url ws://127.0.0.1:18194/ws --server-pid "$server_pid" passwords ${PASSWORD_ARGS:-} | tee -a "$out"
+      start_server passwords-all 18195 CHAT__LIMITS__PASSWORD_ATTEMPTS_PER_MINUTE=100000 \
+        CHAT__LIMITS__PASSWORD_ATTEMPTS_PER_IP_PER_MINUTE=100000
+      timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords ${PASSWORD_ARGS:-} | tee -a "$out"
+      timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords --rooms 40 ${PASSWORD_ARGS:-} | tee -a "$out"
+      ;;
     idle)
       start_server idle 18185
       timeout 900 "$bench" --url ws://127.0.0.1:18185/ws --server-pid "$server_pid" idle ${IDLE_ARGS:-} | tee -a "$out"

@@ -98,12 +98,16 @@ pub struct Limits {
     pub send_queue: usize,
     pub login_attempts_per_minute: u32,
     pub password_attempts_per_minute: u32,
+    pub password_attempts_per_ip_per_minute: u32,
     pub password_hashes: usize,
     pub password_queue: usize,
     pub login_frame_bytes: usize,
     pub login_deadline_secs: u64,
     pub send_queue_bytes: usize,
     pub history_page_bytes: usize,
+    /// Seconds a room actor no member here uses runs before it stops
+    /// (0: never).
+    pub room_idle_secs: u64,
     /// `history` requests one connection may have in flight at once.
     pub history_in_flight: usize,
     pub max_connections_per_ip: usize,

@@ -156,10 +156,11 @@ async fn metrics_route(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
         return HttpResponse::NotFound().finish();
     }
     let mut body = crate::metrics::render();
-    if let Ok((users, rooms)) = state.registry.send(crate::registry::Stats).await {
+    if let Ok((users, rooms, running)) = state.registry.send(crate::registry::Stats).await {
         body.push_str(&format!(
             "# HELP chat_users_online users with a logged-in connection\n# TYPE chat_users_online gauge\nchat_users_online {users}\n\
-             # HELP chat_rooms rooms in the directory\n# TYPE chat_rooms gauge\nchat_rooms {rooms}\n"
+             # HELP chat_rooms rooms in the directory\n# TYPE chat_rooms gauge\nchat_rooms {rooms}\n\
+             # HELP chat_rooms_running room actors running (idle ones stop)\n# TYPE chat_rooms_running gauge\nchat_rooms_running {running}\n"
         ));
     }
     HttpResponse::Ok()

@@ -546,6 +546,7 @@ impl Session {
                     user,
                     room_id,
                     password,
+                    ip: self.peer.ip,
                 };
                 self.ask_registry(ctx, id, msg, move |act, joined| {
                     act.joined_reply(id, joined)

@@ -176,6 +176,8 @@ impl Registry {
                 record: record.clone(),
                 members: IndexSet::new(),
                 addr: None,
+                busy: 0,
+                quiet_since: None,
             });
         } else {
             let mut renamed = None;

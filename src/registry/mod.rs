@@ -45,6 +45,12 @@ struct RoomEntry {
     record: RoomRecord,
     members: IndexSet<String>,
     addr: Option<Addr<RoomActor>>,
+    /// Requests of the Registry's own (join, leave, owner operations)
+    /// waiting for the running room: it is not stopped while any wait.
+    busy: usize,
+    /// Since when the running room has had no member online here and no
+    /// request of the Registry's (see `stop_idle_rooms`).
+    quiet_since: Option<std::time::Instant>,
 }
 
 /// A room's place in `list_rooms` order: member count descending, then
@@ -100,6 +106,8 @@ pub struct Registry {
     /// `max_rooms_per_user` until it is done, so racing requests cannot
     /// exceed the limit.
     pending_rooms: HashMap<String, usize>,
+    /// Rooms whose actor was started here (checked by `stop_idle_rooms`).
+    running: HashSet<String>,
     /// The one gate for Argon2 work, shared with every room.
     hasher: Arc<Hasher>,
     /// Several processes: the Redis link, the others' presence, how many
@@ -139,6 +147,8 @@ impl Registry {
             hasher: Hasher::new(
                 settings.limits.password_hashes,
                 settings.limits.password_queue,
+                settings.limits.password_attempts_per_minute,
+                settings.limits.password_attempts_per_ip_per_minute,
             ),
             store,
             settings,
@@ -151,6 +161,7 @@ impl Registry {
             user_rooms: HashMap::new(),
             online: HashMap::new(),
             pending_rooms: HashMap::new(),
+            running: HashSet::new(),
         }
     }
 
@@ -168,6 +179,8 @@ impl Registry {
                 record: room,
                 members: members.into_iter().collect(),
                 addr: None,
+                busy: 0,
+                quiet_since: None,
             });
         }
     }
@@ -197,9 +210,11 @@ impl Registry {
     /// The room's actor, started on the next arbiter if it is not running.
     fn room_addr(&mut self, room_id: &str, me: Addr<Registry>) -> Option<Addr<RoomActor>> {
         let entry = self.rooms.get_mut(room_id)?;
+        entry.quiet_since = None;
         if let Some(addr) = entry.addr.as_ref().filter(|a| a.connected()) {
             return Some(addr.clone());
         }
+        self.running.insert(room_id.to_owned());
         let arbiter = &self.arbiters[self.next_arbiter % self.arbiters.len()];
         self.next_arbiter += 1;
         let elsewhere: HashSet<String> = entry
@@ -220,6 +235,63 @@ impl Registry {
         });
         entry.addr = Some(addr.clone());
         Some(addr)
+    }
+
+    /// Counts one request of the Registry's own to the running room in or
+    /// out (an idle room is never stopped under one).
+    fn busy(&mut self, room_id: &str, start: bool) {
+        if let Some(entry) = self.rooms.get_mut(room_id) {
+            if start {
+                entry.busy += 1;
+            } else {
+                entry.busy = entry.busy.saturating_sub(1);
+            }
+            entry.quiet_since = None;
+        }
+    }
+
+    /// Stops the rooms that no member online here has used, and no request
+    /// of the Registry's has waited on, for `limits.room_idle_secs`: each
+    /// running room costs memory (and a Redis subscription in cluster mode),
+    /// and any user could start one per listed room. The address is
+    /// forgotten first, so every later use starts the room again from the
+    /// store; sessions only hold addresses of rooms they are members of,
+    /// and those members are online, so such rooms are never idle.
+    fn stop_idle_rooms(&mut self) {
+        let idle = std::time::Duration::from_secs(self.settings.limits.room_idle_secs);
+        let now = std::time::Instant::now();
+        let online = &self.online;
+        let mut stopped = Vec::new();
+        for room_id in &self.running {
+            let Some(entry) = self.rooms.get_mut(room_id) else {
+                stopped.push(room_id.clone());
+                continue;
+            };
+            if !entry.addr.as_ref().is_some_and(|a| a.connected()) {
+                stopped.push(room_id.clone());
+                continue;
+            }
+            let used = entry.busy > 0
+                || entry
+                    .members
+                    .iter()
+                    .any(|m| online.get(m).is_some_and(|s| !s.is_empty()));
+            if used {
+                entry.quiet_since = None;
+                continue;
+            }
+            let since = *entry.quiet_since.get_or_insert(now);
+            if now.duration_since(since) >= idle {
+                if let Some(addr) = entry.addr.take() {
+                    addr.do_send(room::StopIdle);
+                }
+                entry.quiet_since = None;
+                stopped.push(room_id.clone());
+            }
+        }
+        for room_id in stopped {
+            self.running.remove(&room_id);
+        }
     }
 
     fn is_online(&self, username: &str) -> bool {
@@ -357,6 +429,11 @@ impl Actor for Registry {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::util::MAILBOX_CAPACITY);
         self.start_heartbeat(ctx);
+        let idle = self.settings.limits.room_idle_secs;
+        if idle > 0 {
+            let every = std::time::Duration::from_millis((idle * 1000 / 4).clamp(250, 30_000));
+            ctx.run_interval(every, |act, _| act.stop_idle_rooms());
+        }
         let load = self.store.load_directory();
         ctx.wait(load.into_actor(self).map(|res, act, _| match res {
             Ok(entries) => {
@@ -471,7 +548,9 @@ impl Handler<CreateRoom> for Registry {
             last_seq: 0,
         };
         let store = self.store.clone();
-        let hashed = msg.password.map(|pw| self.hasher.hash(pw));
+        let hashed = msg
+            .password
+            .map(|pw| self.hasher.hash(&msg.user.username, pw));
         let work = async move {
             let mut record = record;
             if let Some(hashed) = hashed {
@@ -503,6 +582,8 @@ impl Handler<CreateRoom> for Registry {
                         members: IndexSet::new(),
                         record,
                         addr: None,
+                        busy: 0,
+                        quiet_since: None,
                     });
                     act.add_membership(&room_id, &username);
                     let addr = act
@@ -533,6 +614,8 @@ pub struct JoinRoom {
     pub user: Arc<User>,
     pub room_id: String,
     pub password: Option<String>,
+    /// The client's address (its password attempts are budgeted by it too).
+    pub ip: std::net::IpAddr,
 }
 
 impl Handler<JoinRoom> for Registry {
@@ -547,15 +630,18 @@ impl Handler<JoinRoom> for Registry {
             return failed(ErrorCode::NoSuchRoom);
         };
         let username = msg.user.username.clone();
+        self.busy(&msg.room_id, true);
         let join = addr.send(room::Join {
             sessions: self.sessions_of(&username),
             room_count: self.room_count(&username),
             user: msg.user,
             password: msg.password,
+            ip: msg.ip,
         });
         self.reserve_room(&username);
         let room_id = msg.room_id;
         Box::pin(join.into_actor(self).map(move |res, act, ctx| {
+            act.busy(&room_id, false);
             act.release_room(&username);
             let joined = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
             if joined.added {
@@ -597,7 +683,9 @@ impl Handler<LeaveRoom> for Registry {
         let leave = addr.send(room::Leave {
             username: msg.username.clone(),
         });
+        self.busy(&msg.room_id, true);
         Box::pin(leave.into_actor(self).map(move |res, act, ctx| {
+            act.busy(&msg.room_id, false);
             let left = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
             log::info!("{} left {}", msg.username, msg.room_id);
             if left.deleted {
@@ -675,7 +763,9 @@ impl Handler<OwnerRequest> for Registry {
                 .map_err(|_| Failure::from(ErrorCode::NoSuchRoom))?
         };
         let room_id = msg.room_id;
+        self.busy(&room_id, true);
         Box::pin(work.into_actor(self).map(move |res, act, ctx| {
+            act.busy(&room_id, false);
             let outcome: OwnerOutcome = res?;
             act.announce(&room_id, change, ctx);
             if outcome.deleted {
@@ -727,15 +817,25 @@ impl Handler<RoomChanged> for Registry {
     }
 }
 
-/// Counts for `/metrics` and the bench.
+/// Counts for `/metrics` and the bench: users online, rooms, rooms running.
 #[derive(Message)]
-#[rtype(result = "(u64, u64)")]
+#[rtype(result = "(u64, u64, u64)")]
 pub struct Stats;
 
 impl Handler<Stats> for Registry {
     type Result = MessageResult<Stats>;
 
     fn handle(&mut self, _: Stats, _: &mut Self::Context) -> Self::Result {
-        MessageResult((self.connected(), self.rooms.len() as u64))
+        let running = self
+            .running
+            .iter()
+            .filter(|r| {
+                self.rooms
+                    .get(*r)
+                    .and_then(|e| e.addr.as_ref())
+                    .is_some_and(|a| a.connected())
+            })
+            .count() as u64;
+        MessageResult((self.connected(), self.rooms.len() as u64, running))
     }
 }

@@ -3,11 +3,10 @@
 //! the owner's successor when the owner leaves.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix::prelude::*;
 
-use super::{internal, MemberState, RoomActor, RoomResult, PASSWORD_WINDOW};
+use super::{internal, MemberState, RoomActor, RoomResult};
 use crate::protocol::{ErrorCode, Failure, Member, RoomSummary, ServerMsg};
 use crate::session::SessionHandle;
 use crate::store::StoreError;
@@ -28,6 +27,8 @@ pub struct Join {
     pub sessions: Vec<SessionHandle>,
     pub room_count: usize,
     pub password: Option<String>,
+    /// The client's address, for the password attempt budget.
+    pub ip: std::net::IpAddr,
 }
 
 impl RoomActor {
@@ -73,15 +74,19 @@ impl Handler<Join> for RoomActor {
             return refuse(ErrorCode::TooManyRooms.into());
         }
         let hash = self.record.password_hash.clone();
-        if hash.is_some() {
-            if let Err(f) = self.take_password_attempt(&username) {
-                return refuse(f);
-            }
-        }
+        // Counted against the user's and the address's budgets before the
+        // hash runs, so racing attempts cannot exceed them.
+        let attempt = match hash
+            .as_ref()
+            .map(|_| self.hasher.attempt(&username, msg.ip))
+        {
+            Some(Err(f)) => return refuse(f),
+            Some(Ok(a)) => Some(a),
+            None => None,
+        };
         *self.joining.entry(username.clone()).or_default() += 1;
         let given = msg.password.unwrap_or_default();
-        let checked_password = hash.is_some();
-        let check = hash.map(|hash| self.hasher.verify(hash, given));
+        let check = hash.map(|hash| self.hasher.verify(&username, hash, given));
         let verify = async move {
             match check {
                 Some(check) => check.await,
@@ -95,11 +100,18 @@ impl Handler<Join> for RoomActor {
             let admitted = match checked {
                 Err(busy) => {
                     // Not checked at all (the hashing queue was full).
-                    act.refund_password_attempt(&name);
+                    if let Some(a) = attempt {
+                        a.refund();
+                    }
                     Err(busy)
                 }
                 Ok(false) => Err(Failure::from(ErrorCode::WrongPassword)),
-                Ok(true) => act.admit(&name, checked_password),
+                Ok(true) => {
+                    if let Some(a) = attempt {
+                        a.refund();
+                    }
+                    act.admit(&name)
+                }
             };
             // Submitted now, in this actor turn, so the store orders it
             // before any ban this room submits later.
@@ -159,44 +171,11 @@ impl Handler<Join> for RoomActor {
 }
 
 impl RoomActor {
-    /// Counts one password attempt of `username` against
-    /// `limits.password_attempts_per_minute`; past it, `rate_limited`
-    /// without hashing. Counted before the hash runs, so racing attempts
-    /// cannot exceed the limit; a right password gives its attempt back.
-    fn take_password_attempt(&mut self, username: &str) -> RoomResult<()> {
-        let now = Instant::now();
-        let limit = self.settings.limits.password_attempts_per_minute;
-        self.password_attempts
-            .retain(|_, (since, _)| now.duration_since(*since) < PASSWORD_WINDOW);
-        let (_, count) = self
-            .password_attempts
-            .entry(username.to_owned())
-            .or_insert((now, 0));
-        if *count >= limit {
-            return Err(Failure::new(
-                ErrorCode::RateLimited,
-                "too many password attempts for this room; wait a minute",
-            ));
-        }
-        *count += 1;
-        Ok(())
-    }
-
-    fn refund_password_attempt(&mut self, username: &str) {
-        if let Some((_, count)) = self.password_attempts.get_mut(username) {
-            *count = count.saturating_sub(1);
-        }
-    }
-
-    /// After a right (or no) password: refused if banned meanwhile, else
-    /// the attempt is given back.
-    fn admit(&mut self, username: &str, checked_password: bool) -> RoomResult<()> {
+    /// After a right (or no) password: refused if banned meanwhile.
+    fn admit(&mut self, username: &str) -> RoomResult<()> {
         if self.bans.contains(username) {
             // Banned while the password was being checked.
             return Err(ErrorCode::Banned.into());
-        }
-        if checked_password {
-            self.refund_password_attempt(username);
         }
         Ok(())
     }

@@ -23,7 +23,6 @@ pub use owner::{OwnerAction, OwnerOp, OwnerOutcome};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -74,9 +73,6 @@ pub struct RoomActor {
     /// Joins in flight (password check or membership write), by user: each
     /// holds a seat against `max_members_per_room`.
     joining: HashMap<String, usize>,
-    /// Password attempts per user in the current window (see
-    /// `take_password_attempt`).
-    password_attempts: HashMap<String, (Instant, u32)>,
     hasher: Arc<Hasher>,
     /// Set when several processes share the database (see `cluster`).
     cluster: Option<Cluster>,
@@ -96,9 +92,6 @@ pub struct RoomActor {
     reload_change: Option<RoomChange>,
     waiting_attach: Vec<(String, SessionHandle)>,
 }
-
-/// The window of `limits.password_attempts_per_minute`.
-const PASSWORD_WINDOW: Duration = Duration::from_secs(60);
 
 fn internal(e: impl std::fmt::Display) -> Failure {
     log::error!("room store error: {e}");
@@ -136,7 +129,6 @@ impl RoomActor {
             pending: VecDeque::new(),
             went_offline: Vec::new(),
             joining: HashMap::new(),
-            password_attempts: HashMap::new(),
         }
     }
 
@@ -519,6 +511,23 @@ impl Actor for RoomActor {
             cluster.unsubscribe_room(&self.record.room_id);
         }
         log::debug!("room {} stopped", self.record.room_id);
+    }
+}
+
+/// The Registry stops a room no member here has used for
+/// `limits.room_idle_secs` (it has already forgotten this address, and has
+/// no request of its own in flight to it). A later use starts it again from
+/// the store.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopIdle;
+
+impl Handler<StopIdle> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopIdle, ctx: &mut Self::Context) {
+        log::debug!("room {} idle: stopping", self.record.room_id);
+        ctx.stop();
     }
 }
 

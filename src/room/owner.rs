@@ -143,7 +143,7 @@ impl Handler<OwnerOp> for RoomActor {
                 }))
             }
             OwnerAction::SetPassword(pw) => {
-                let hashed = pw.map(|pw| self.hasher.hash(pw));
+                let hashed = pw.map(|pw| self.hasher.hash(&msg.by, pw));
                 let by = msg.by.clone();
                 let work = async move {
                     let hash = match hashed {

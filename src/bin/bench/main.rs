@@ -3,13 +3,14 @@
 //! itself. See scripts/bench.sh and BENCHMARKS.md.
 //!
 //! Scenarios: `fanout` (with the baseline relay in the same run), `logins`,
-//! `durable`, `idle`, and `smoke` (all of them, tiny, for the test suite).
+//! `durable`, `idle`, `passwords`, and `smoke` (all of them, tiny, for the test suite).
 
 mod common;
 mod durable;
 mod fanout;
 mod idle;
 mod logins;
+mod passwords;
 mod relay;
 mod rooms;
 
@@ -64,6 +65,11 @@ enum Command {
     Rooms {
         #[command(flatten)]
         opts: rooms::RoomsOpts,
+    },
+    /// A wrong-password flood: hashes checked and server memory.
+    Passwords {
+        #[command(flatten)]
+        opts: passwords::PasswordOpts,
     },
     /// Memory per idle logged-in connection.
     Idle {
@@ -126,6 +132,7 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
             Ok(ok)
         }
         Command::Idle { opts } => idle::run(url, pid, &keys, &opts).await,
+        Command::Passwords { opts } => passwords::run(url, pid, &keys, &opts).await,
         Command::Rooms { opts } => rooms::run(url, pid, &keys, &opts).await,
         Command::Smoke => smoke(url, pid, &keys).await,
     }
