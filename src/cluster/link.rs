@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
+use super::outbox::{Outbox, Outgoing};
 use super::{decode_message, FromCluster, ProcId, RoomFeed, SubCmd};
 use crate::config::ClusterSettings;
 
@@ -43,13 +44,36 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// Publishes whatever is queued, in order, one pipeline per batch. A batch
-/// that cannot be sent is dropped (and counted): receivers notice the seq
-/// gap or reload on reconnect, and read the database.
-pub async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<(String, Vec<u8>)>) {
+/// Publishes whatever is queued, in order, one pipeline per batch. When a
+/// batch cannot be sent, its messages are dropped (and counted): receivers
+/// notice the seq gap or reload on reconnect, and read the database. Its
+/// control notifications are kept and go first once Redis is back (with
+/// backoff while it is away), so no process keeps a stale view of a room.
+pub async fn publisher(
+    client: redis::Client,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    outbox: Arc<Outbox>,
+) {
     let mut conn: Option<ConnectionManager> = None;
-    let mut batch = Vec::with_capacity(BATCH);
-    while queue.recv_many(&mut batch, BATCH).await > 0 {
+    let mut batch: Vec<Outgoing> = Vec::with_capacity(BATCH);
+    let mut retry: Vec<Outgoing> = Vec::new();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if retry.is_empty() {
+            if queue.recv_many(&mut batch, BATCH).await == 0 {
+                return;
+            }
+        } else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(o) => batch.push(o),
+                    Err(_) => break,
+                }
+            }
+        }
+        let items: Vec<Outgoing> = retry.drain(..).chain(batch.drain(..)).collect();
         if conn.is_none() {
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(TIMEOUT))
@@ -65,18 +89,34 @@ pub async fn publisher(client: redis::Client, mut queue: mpsc::Receiver<(String,
                 Err(_) => log::warn!("redis publish connection: timed out"),
             }
         }
-        let Some(c) = conn.as_mut() else {
-            crate::metrics::add(&crate::metrics::CLUSTER_DROPPED, batch.len() as u64);
-            batch.clear();
-            continue;
+        let sent = match conn.as_mut() {
+            Some(c) => {
+                let mut pipe = redis::pipe();
+                for o in &items {
+                    pipe.publish(&o.channel, &o.payload).ignore();
+                }
+                match pipe.query_async::<()>(c).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        log::warn!("redis publish failed (receivers will read the database): {e}");
+                        false
+                    }
+                }
+            }
+            None => false,
         };
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch.drain(..) {
-            pipe.publish(channel, payload).ignore();
+        if sent {
+            backoff = Duration::from_millis(100);
         }
-        if let Err(e) = pipe.query_async::<()>(c).await {
-            log::warn!("redis publish failed (receivers will read the database): {e}");
-            crate::metrics::add(&crate::metrics::CLUSTER_DROPPED, 1);
+        for o in items {
+            if sent || !o.control {
+                if !sent {
+                    crate::metrics::add(&crate::metrics::CLUSTER_DROPPED, 1);
+                }
+                outbox.release(&o);
+            } else {
+                retry.push(o);
+            }
         }
     }
 }

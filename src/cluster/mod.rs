@@ -20,6 +20,7 @@
 //! The Redis side (connections, reconnects, subscriptions) is in `link`.
 
 mod link;
+pub mod outbox;
 pub mod presence;
 
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ClusterSettings;
 use crate::store::{Appended, NewMessage, RoomMessage};
+use outbox::{Outbox, Outgoing};
 
 /// A server process's identity for this run (random at start).
 pub type ProcId = u64;
@@ -183,17 +185,14 @@ enum SubCmd {
     Leave(String),
 }
 
-/// Most notifications waiting to be published; past it they are dropped
-/// (the database fills the gaps) rather than held while Redis is away.
-const PUBLISH_QUEUE: usize = 65_536;
-
 /// The handle: cheap to clone, never blocks.
 #[derive(Clone)]
 pub struct Cluster {
     pub proc: ProcId,
     pub settings: Arc<ClusterSettings>,
     prefix: Arc<str>,
-    publish: mpsc::Sender<(String, Vec<u8>)>,
+    publish: mpsc::UnboundedSender<Outgoing>,
+    outbox: Arc<Outbox>,
     subs: mpsc::UnboundedSender<SubCmd>,
 }
 
@@ -207,9 +206,11 @@ impl Cluster {
         let client = link::client(settings)?;
         let proc: ProcId = rand::random();
         let prefix: Arc<str> = settings.channel_prefix.as_str().into();
-        let (publish, published) = mpsc::channel(PUBLISH_QUEUE);
+        // Unbounded as a channel, bounded by the outbox's accounting.
+        let (publish, published) = mpsc::unbounded_channel();
+        let outbox = Outbox::new();
         let (subs, sub_cmds) = mpsc::unbounded_channel();
-        actix_rt::spawn(link::publisher(client.clone(), published));
+        actix_rt::spawn(link::publisher(client.clone(), published, outbox.clone()));
         actix_rt::spawn(link::subscriber(
             client,
             prefix.clone(),
@@ -226,18 +227,34 @@ impl Cluster {
             settings: Arc::new(settings.clone()),
             prefix,
             publish,
+            outbox,
             subs,
         })
     }
 
-    fn send(&self, channel: String, payload: Vec<u8>) {
-        if self.publish.try_send((channel, payload)).is_err() {
+    fn send(&self, o: Outgoing) {
+        if !self.outbox.admit(&o) {
+            if o.control {
+                log::error!(
+                    "cluster: {} control notifications wait for Redis; dropping",
+                    outbox::CONTROLS
+                );
+            }
+            crate::metrics::add(&crate::metrics::CLUSTER_DROPPED, 1);
+            return;
+        }
+        if let Err(e) = self.publish.send(o) {
+            self.outbox.release(&e.0);
             crate::metrics::add(&crate::metrics::CLUSTER_DROPPED, 1);
         }
     }
 
     pub fn publish_ctl(&self, ctl: &Ctl) {
-        self.send(format!("{}:ctl", self.prefix), encode(ctl));
+        self.send(Outgoing {
+            channel: format!("{}:ctl", self.prefix),
+            payload: encode(ctl),
+            control: true,
+        });
     }
 
     pub fn room_changed(&self, room_id: &str, change: RoomChange) {
@@ -249,10 +266,11 @@ impl Cluster {
     }
 
     pub fn publish_message(&self, m: &NewMessage, at: Appended) {
-        self.send(
-            format!("{}:room:{}", self.prefix, m.room_id),
-            encode_message(m, at),
-        );
+        self.send(Outgoing {
+            channel: format!("{}:room:{}", self.prefix, m.room_id),
+            payload: encode_message(m, at),
+            control: false,
+        });
     }
 
     pub fn subscribe_room(&self, room_id: &str, room: Recipient<RoomFeed>) {
