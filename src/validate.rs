@@ -70,6 +70,23 @@ pub fn fold_room_name(name: &str) -> String {
     name.to_lowercase()
 }
 
+/// The key a room's name is unique under (the directory's name index and
+/// the stores' `name_folded`): the folded name for a listed room; for a
+/// hidden room its id under a prefix no room name can have, so a hidden
+/// room's name can neither be probed with `create_room` (it would answer
+/// `room_exists`) nor block anyone's name.
+pub fn room_name_key(name: &str, hidden: bool, room_id: &str) -> String {
+    if hidden {
+        format!("{HIDDEN_KEY}{room_id}")
+    } else {
+        fold_room_name(name)
+    }
+}
+
+/// The prefix of hidden rooms' name keys (a control character: never in a
+/// valid room name).
+pub const HIDDEN_KEY: &str = "\u{1}hidden:";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -800,3 +800,57 @@ async fn idle_rooms_stop_and_start_again_on_use() {
     assert_eq!(running().await, 5);
     t.stop().await;
 }
+
+/// Issue 20 item 16: `create_room` with a hidden room's name answered
+/// `room_exists`, so anyone could probe hidden rooms' names. Hidden rooms'
+/// names are not unique keys any more; listed rooms' names still are.
+#[tokio::test]
+async fn hidden_room_names_cannot_be_probed() {
+    let t = TestServer::new();
+    let mut alice = t.user("alice", 0).await;
+    let (secret, _) = alice.create_room("Merger Talks", None, true).await.unwrap();
+    let (public, _) = alice.create_room("Lobby", None, false).await.unwrap();
+    let mut mallory = t.user("mallory", 1).await;
+    // Probing the hidden name tells nothing: the room is created.
+    let (mine, _) = mallory
+        .create_room("merger talks", None, false)
+        .await
+        .unwrap();
+    assert_ne!(mine.room_id, secret.room_id);
+    let (other_hidden, _) = mallory
+        .create_room("MERGER TALKS", None, true)
+        .await
+        .unwrap();
+    // A listed room's name is still taken, whatever the case, for rooms
+    // listed or hidden...
+    assert_code(
+        mallory.create_room("merger TALKS", None, false).await,
+        ErrorCode::RoomExists,
+    );
+    assert_code(
+        mallory.create_room("lobby", None, false).await,
+        ErrorCode::RoomExists,
+    );
+    // ...and a hidden room may be renamed to a hidden room's name.
+    let rename = Request::RenameRoom {
+        room_id: other_hidden.room_id.clone(),
+        name: "Merger Talks".into(),
+    };
+    mallory.request_ok(&rename).await.unwrap();
+    let rename = Request::RenameRoom {
+        room_id: public.room_id.clone(),
+        name: "Merger talks".into(),
+    };
+    assert_code(alice.request_ok(&rename).await, ErrorCode::RoomExists);
+    // After a restart the same holds (the name keys are stored).
+    drop((alice, mallory));
+    let mut t = t;
+    t.restart().await;
+    let mut eve = t.user("eve", 2).await;
+    assert_code(
+        eve.create_room("Merger Talks", None, false).await,
+        ErrorCode::RoomExists,
+    );
+    eve.create_room("Merger Talks", None, true).await.unwrap();
+    t.stop().await;
+}

@@ -11,7 +11,7 @@ use super::{Registry, RoomEntry};
 use crate::cluster::{presence::Change, Ctl, FromCluster, RoomChange};
 use crate::room::{self, RoomActor};
 use crate::store::RoomState;
-use crate::validate::fold_room_name;
+use crate::validate::room_name_key;
 
 /// Reloads of one room from the store: how many started, the newest
 /// applied, and the change the newest one was for.
@@ -170,8 +170,10 @@ impl Registry {
             return;
         };
         if !self.rooms.contains_key(room_id) {
-            self.names
-                .insert(fold_room_name(&record.name), room_id.to_owned());
+            self.names.insert(
+                room_name_key(&record.name, record.hidden, room_id),
+                room_id.to_owned(),
+            );
             self.insert_room(RoomEntry {
                 record: record.clone(),
                 members: IndexSet::new(),
@@ -188,9 +190,7 @@ impl Registry {
                 e.record = record.clone();
             });
             if let Some(old) = renamed {
-                self.names.remove(&fold_room_name(&old));
-                self.names
-                    .insert(fold_room_name(&record.name), room_id.to_owned());
+                self.reindex_name(room_id, &old, &record.name);
             }
         }
         let names: IndexSet<String> = state

@@ -34,7 +34,7 @@ use crate::session::{SessionHandle, SessionId};
 use crate::store::{DirectoryEntry, RoomRecord, SharedStore, StoreError};
 use crate::user::User;
 use crate::util::{new_room_id, now_ms};
-use crate::validate::fold_room_name;
+use crate::validate::room_name_key;
 
 pub type RegistryResult<T> = Result<T, Failure>;
 
@@ -173,8 +173,10 @@ impl Registry {
                     .or_default()
                     .insert(room.room_id.clone());
             }
-            self.names
-                .insert(fold_room_name(&room.name), room.room_id.clone());
+            self.names.insert(
+                room_name_key(&room.name, room.hidden, &room.room_id),
+                room.room_id.clone(),
+            );
             self.insert_room(RoomEntry {
                 record: room,
                 members: members.into_iter().collect(),
@@ -235,6 +237,14 @@ impl Registry {
         });
         entry.addr = Some(addr.clone());
         Some(addr)
+    }
+
+    /// A room was renamed: its name key changes (a hidden room's does not).
+    fn reindex_name(&mut self, room_id: &str, old: &str, new: &str) {
+        let hidden = self.rooms.get(room_id).is_some_and(|e| e.record.hidden);
+        self.names.remove(&room_name_key(old, hidden, room_id));
+        self.names
+            .insert(room_name_key(new, hidden, room_id), room_id.to_owned());
     }
 
     /// Counts one request of the Registry's own to the running room in or
@@ -360,7 +370,9 @@ impl Registry {
         self.room_loads.remove(room_id);
         if let Some(entry) = self.rooms.remove(room_id) {
             self.listing.remove(&entry.list_key());
-            self.names.remove(&fold_room_name(&entry.record.name));
+            let r = &entry.record;
+            self.names
+                .remove(&room_name_key(&r.name, r.hidden, &r.room_id));
             for m in &entry.members {
                 if let Some(set) = self.user_rooms.get_mut(m) {
                     set.remove(room_id);
@@ -528,14 +540,14 @@ impl Handler<CreateRoom> for Registry {
     type Result = ResponseActFuture<Self, RegistryResult<JoinedRoom>>;
 
     fn handle(&mut self, msg: CreateRoom, _: &mut Self::Context) -> Self::Result {
-        let folded = fold_room_name(&msg.name);
+        let room_id = new_room_id();
+        let folded = room_name_key(&msg.name, msg.hidden, &room_id);
         if self.names.contains_key(&folded) {
             return failed(ErrorCode::RoomExists);
         }
         if self.room_count(&msg.user.username) >= self.settings.limits.max_rooms_per_user {
             return failed(ErrorCode::TooManyRooms);
         }
-        let room_id = new_room_id();
         self.names.insert(folded.clone(), room_id.clone());
         self.reserve_room(&msg.user.username);
         let record = RoomRecord {
@@ -724,9 +736,10 @@ impl Handler<OwnerRequest> for Registry {
             return failed(ErrorCode::NoSuchRoom);
         };
         if let OwnerAction::Rename(name) = &msg.action {
+            let hidden = self.rooms[&msg.room_id].record.hidden;
             let taken = self
                 .names
-                .get(&fold_room_name(name))
+                .get(&room_name_key(name, hidden, &msg.room_id))
                 .is_some_and(|id| *id != msg.room_id);
             if taken && self.rooms[&msg.room_id].record.owner == msg.username {
                 return failed(ErrorCode::RoomExists);
@@ -782,8 +795,7 @@ impl Handler<OwnerRequest> for Registry {
                     old = Some(std::mem::replace(&mut entry.record.name, name.clone()));
                 });
                 if let Some(old) = old {
-                    act.names.remove(&fold_room_name(&old));
-                    act.names.insert(fold_room_name(&name), room_id.clone());
+                    act.reindex_name(&room_id, &old, &name);
                 }
             }
             Ok(())
@@ -811,8 +823,7 @@ impl Handler<RoomChanged> for Registry {
             entry.record = msg.record;
         });
         if let Some((old, new)) = renamed {
-            self.names.remove(&fold_room_name(&old));
-            self.names.insert(fold_room_name(&new), room_id);
+            self.reindex_name(&room_id, &old, &new);
         }
     }
 }

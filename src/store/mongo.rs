@@ -45,7 +45,7 @@ use super::{
     StoreFuture, StoredMessage, UserRecord,
 };
 use crate::util::now_ms;
-use crate::validate::fold_room_name;
+use crate::validate::room_name_key;
 
 const DEFAULT_DATABASE: &str = "e2ee_chat";
 const MAX_APPEND_BATCH: usize = 256;
@@ -231,7 +231,25 @@ impl MongoStore {
                 db.run_command(doc! {"ping": 1})
                     .await
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                Collections::new(&db).create_indexes().await?;
+                let colls = Collections::new(&db);
+                colls.create_indexes().await?;
+                // Hidden rooms stored before their names stopped being
+                // unique keys.
+                let hidden =
+                    collect(colls.rooms.find(doc! {"hidden": true}).await.map_err(err)?).await?;
+                for r in hidden {
+                    let id = r
+                        .get_str("_id")
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    colls
+                        .rooms
+                        .update_one(
+                            doc! {"_id": id},
+                            doc! {"$set": {"name_folded": room_name_key("", true, id)}},
+                        )
+                        .await
+                        .map_err(err)?;
+                }
                 log::info!("mongodb store connected (database {name})");
                 Ok::<_, StoreError>((client, db))
             })
@@ -531,7 +549,7 @@ impl Store for MongoStore {
             let mut room_doc = doc! {
                 "_id": &room.room_id,
                 "name": &room.name,
-                "name_folded": fold_room_name(&room.name),
+                "name_folded": room_name_key(&room.name, room.hidden, &room.room_id),
                 "owner": &room.owner,
                 "hidden": room.hidden,
                 "created_at": room.created_at as i64,
@@ -615,7 +633,14 @@ impl Store for MongoStore {
             let mut unset = Document::new();
             if let Some(name) = &update.name {
                 set.insert("name", name);
-                set.insert("name_folded", fold_room_name(name));
+                // A hidden room's name key is its id (validate::room_name_key).
+                let hidden = c
+                    .rooms
+                    .find_one(doc! {"_id": &room_id})
+                    .await
+                    .map_err(err)?
+                    .is_some_and(|r| r.get_bool("hidden").unwrap_or(false));
+                set.insert("name_folded", room_name_key(name, hidden, &room_id));
             }
             if let Some(owner) = &update.owner {
                 set.insert("owner", owner);

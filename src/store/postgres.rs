@@ -44,7 +44,7 @@ use super::{
 };
 use crate::metrics;
 use crate::util::now_ms;
-use crate::validate::fold_room_name;
+use crate::validate::{fold_room_name, room_name_key, HIDDEN_KEY};
 
 /// The schema version this code writes (table `schema_version`).
 const SCHEMA_VERSION: i32 = 1;
@@ -304,6 +304,13 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
             .map_err(err)?;
         }
     }
+    // Hidden rooms stored before their names stopped being unique keys.
+    tx.execute(
+        "UPDATE rooms SET name_folded = $1 || room_id WHERE hidden AND name_folded <> $1 || room_id",
+        &[&HIDDEN_KEY],
+    )
+    .await
+    .map_err(err)?;
     tx.commit().await.map_err(err)
 }
 
@@ -381,7 +388,7 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
             vec![
                 p(r.room_id.clone()),
                 p(r.name.clone()),
-                p(fold_room_name(&r.name)),
+                p(room_name_key(&r.name, r.hidden, &r.room_id)),
                 p(r.owner.clone()),
                 p(r.password_hash.clone()),
                 p(r.hidden),
@@ -391,7 +398,8 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
         // With `by`, only while `by` is the owner and a member: no row
         // comes back otherwise (NotOwner).
         WriteOp::UpdateRoom(room_id, u) => (
-            "UPDATE rooms SET name = COALESCE($2, name), name_folded = COALESCE($3, name_folded),
+            "UPDATE rooms SET name = COALESCE($2, name),
+                 name_folded = CASE WHEN hidden THEN name_folded ELSE COALESCE($3, name_folded) END,
                  owner = COALESCE($4, owner),
                  password_hash = CASE WHEN $5 THEN $6 ELSE password_hash END
              WHERE room_id = $1 AND ($7::text IS NULL OR (owner = $7 AND EXISTS (

@@ -35,7 +35,7 @@ use super::{
 };
 use crate::metrics;
 use crate::util::now_ms;
-use crate::validate::fold_room_name;
+use crate::validate::{fold_room_name, room_name_key, HIDDEN_KEY};
 
 const READERS: usize = 2;
 
@@ -161,6 +161,12 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         )));
     }
     conn.execute_batch(SCHEMA).map_err(backend)?;
+    // Hidden rooms stored before their names stopped being unique keys.
+    conn.execute(
+        "UPDATE rooms SET name_folded = ?1 || room_id WHERE hidden AND name_folded <> ?1 || room_id",
+        params![HIDDEN_KEY],
+    )
+    .map_err(backend)?;
     conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
         .map_err(backend)
 }
@@ -669,7 +675,7 @@ impl Store for SqliteStore {
                 params![
                     room.room_id,
                     room.name,
-                    fold_room_name(&room.name),
+                    room_name_key(&room.name, room.hidden, &room.room_id),
                     room.owner,
                     room.password_hash,
                     room.hidden,
@@ -729,8 +735,11 @@ impl Store for SqliteStore {
                 check_owner(c, &room_id, by)?;
             }
             if let Some(name) = &update.name {
+                // A hidden room's name key is its id (validate::room_name_key).
                 c.execute(
-                    "UPDATE rooms SET name = ?2, name_folded = ?3 WHERE room_id = ?1",
+                    "UPDATE rooms SET name = ?2,
+                         name_folded = CASE WHEN hidden THEN name_folded ELSE ?3 END
+                     WHERE room_id = ?1",
                     params![room_id, name, fold_room_name(name)],
                 )
                 .map_err(backend)?;
