@@ -107,8 +107,8 @@ for s in "${scenarios[@]}"; do
       timeout 900 "$bench" --url ws://127.0.0.1:18194/ws --server-pid "$server_pid" passwords ${PASSWORD_ARGS:-} | tee -a "$out"
       start_server passwords-all 18195 CHAT__LIMITS__PASSWORD_ATTEMPTS_PER_MINUTE=100000 \
         CHAT__LIMITS__PASSWORD_ATTEMPTS_PER_IP_PER_MINUTE=100000
-      timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords ${PASSWORD_ARGS:-} | tee -a "$out"
-      timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords --rooms 40 ${PASSWORD_ARGS:-} | tee -a "$out"
+      timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords --paced ${PASSWORD_ARGS:-} | tee -a "$out"
+      timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords --paced --rooms 40 ${PASSWORD_ARGS:-} | tee -a "$out"
       ;;
     idle)
       start_server idle 18185

@@ -180,7 +180,10 @@ pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> 
     };
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return PostgresStore::connect(url, batch).await.map(|s| {
-            Arc::new(s.with_max_members(settings.limits.max_members_per_room)) as SharedStore
+            Arc::new(
+                s.with_max_members(settings.limits.max_members_per_room)
+                    .with_max_rooms_per_user(settings.limits.max_rooms_per_user),
+            ) as SharedStore
         });
     }
     if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {

@@ -278,3 +278,65 @@ async fn a_member_who_joined_on_another_process_gets_the_key() {
     b.stop().await;
     db.drop_now().await;
 }
+
+/// Issue 20 item 6: `max_rooms_per_user` was counted per process, so one
+/// user got 10 rooms with a limit of 5 through two processes. The store
+/// counts it inside the write.
+#[tokio::test]
+async fn rooms_per_user_hold_across_processes() {
+    let Some(db) = database().await else { return };
+    let url = db.url.clone();
+    let limit = |s: &mut e2ee_chat::config::Settings| {
+        s.store.url = url.clone();
+        s.limits.max_rooms_per_user = 3;
+    };
+    let a = TestServer::with(limit);
+    let mut owner = a.user("owner", 1).await;
+    let mut open = Vec::new();
+    for i in 0..4 {
+        open.push(
+            owner
+                .create_room(&format!("Open {i}"), None, false)
+                .await
+                .map(|(r, _)| r.room_id),
+        );
+    }
+    assert_code(open.pop().unwrap(), ErrorCode::TooManyRooms);
+    let open: Vec<String> = open.into_iter().map(Result::unwrap).collect();
+    // A second process on the database (without Redis it learns of rooms
+    // only at start). Mallory, connected to both: B has not seen her rooms
+    // made through A, and A not those made through B.
+    let b = TestServer::with(limit);
+    let mut on_a = a.user("mallory", 0).await;
+    let mut on_b = b.login("mallory", 0).await;
+    let (a1, _) = on_a.create_room("Mine A1", None, false).await.unwrap();
+    on_a.create_room("Mine A2", None, false).await.unwrap();
+    on_b.create_room("Mine B1", None, false).await.unwrap();
+    assert_code(
+        on_b.create_room("Mine B2", None, false).await,
+        ErrorCode::TooManyRooms,
+    );
+    assert_code(
+        on_b.join_room(&open[0], None).await,
+        ErrorCode::TooManyRooms,
+    );
+    assert_code(
+        on_a.join_room(&open[1], None).await,
+        ErrorCode::TooManyRooms,
+    );
+    // Racing from both at once does not get past it either.
+    on_a.leave_room(&a1.room_id).await.unwrap();
+    let (x, y) = tokio::join!(
+        on_a.join_room(&open[0], None),
+        on_b.join_room(&open[1], None)
+    );
+    assert_eq!(
+        [x.is_ok(), y.is_ok()].iter().filter(|ok| **ok).count(),
+        1,
+        "{x:?} / {y:?}"
+    );
+    drop((on_a, on_b, owner));
+    a.stop().await;
+    b.stop().await;
+    db.drop_now().await;
+}

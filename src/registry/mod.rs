@@ -571,6 +571,8 @@ impl Handler<CreateRoom> for Registry {
             match store.create_room(record.clone()).await {
                 Ok(()) => Ok(record),
                 Err(StoreError::Conflict(_)) => Err(ErrorCode::RoomExists.into()),
+                // Rooms joined or created through other processes.
+                Err(StoreError::TooManyRooms) => Err(ErrorCode::TooManyRooms.into()),
                 Err(e) => Err(internal(e)),
             }
         };

@@ -123,6 +123,8 @@ impl Handler<Join> for RoomActor {
                     Err(StoreError::Banned) => Err(Failure::from(ErrorCode::Banned)),
                     // Filled by joins on other processes.
                     Err(StoreError::RoomFull) => Err(Failure::from(ErrorCode::RoomFull)),
+                    // Rooms joined or created through other processes.
+                    Err(StoreError::TooManyRooms) => Err(Failure::from(ErrorCode::TooManyRooms)),
                     other => other.map_err(internal),
                 }
             }

@@ -47,6 +47,10 @@ pub enum StoreError {
     /// write by a store shared by several processes).
     #[error("the room is full")]
     RoomFull,
+    /// A join or creation past the user's `max_rooms_per_user` (checked
+    /// inside the write by a store shared by several processes).
+    #[error("the user is in too many rooms")]
+    TooManyRooms,
     /// An owner's write (`by`) from someone who is not, at commit, the
     /// room's recorded owner and a member: another process (or a write
     /// committed just before) changed the owner.

@@ -111,11 +111,13 @@ CREATE TABLE IF NOT EXISTS member_periods (
 /// One write, run by the writer inside the batch transaction.
 enum WriteOp {
     CreateUser(UserRecord),
-    CreateRoom(RoomRecord),
+    /// the room, the most rooms its owner may be in
+    CreateRoom(RoomRecord, i64),
     UpdateRoom(String, RoomUpdate),
     DeleteRoom(String),
-    /// room, user, joined_at, most members the room may have
-    AddMember(String, String, u64, i64),
+    /// room, user, joined_at, most members the room may have, most rooms
+    /// the user may be in
+    AddMember(String, String, u64, i64, i64),
     /// room, user, ban, by (the owner who kicks or bans)
     RemoveMember(String, String, bool, Option<String>),
     SetBan(String, String, bool),
@@ -144,6 +146,9 @@ pub struct PostgresStore {
     /// Checked inside the membership write, where other processes' joins
     /// are visible (`with_max_members`).
     max_members: i64,
+    /// Likewise `max_rooms_per_user` for joins and creations
+    /// (`with_max_rooms_per_user`).
+    max_rooms: i64,
 }
 
 fn err(e: tokio_postgres::Error) -> StoreError {
@@ -198,6 +203,7 @@ impl PostgresStore {
             pool,
             writes: tx,
             max_members: i64::MAX,
+            max_rooms: i64::MAX,
         })
     }
 
@@ -206,6 +212,14 @@ impl PostgresStore {
     /// overfill a room.
     pub fn with_max_members(mut self, max: usize) -> Self {
         self.max_members = i64::try_from(max).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Joins and creations past `max` rooms for one user are refused
+    /// (`StoreError::TooManyRooms`) inside the write, so several processes
+    /// cannot together let a user exceed `max_rooms_per_user`.
+    pub fn with_max_rooms_per_user(mut self, max: usize) -> Self {
+        self.max_rooms = i64::try_from(max).unwrap_or(i64::MAX);
         self
     }
 
@@ -376,15 +390,21 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 ms(u.created_at),
             ],
         ),
-        WriteOp::CreateRoom(r) => (
+        // Not created (no row counted) when the owner is in `$8` rooms
+        // already, on whatever process they joined them (TooManyRooms).
+        WriteOp::CreateRoom(r, max_rooms) => (
             "WITH r AS (
                 INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, 0) RETURNING room_id
+                SELECT $1, $2, $3, $4, $5, $6, $7, 0
+                WHERE (SELECT count(*) FROM members WHERE username = $4) < $8
+                RETURNING room_id
              ), m AS (
                 INSERT INTO members (room_id, username, joined_at) SELECT room_id, $4, $7 FROM r
+             ), periods AS (
+                INSERT INTO member_periods (room_id, username, from_seq, to_seq)
+                SELECT room_id, $4, 1, NULL FROM r
              )
-             INSERT INTO member_periods (room_id, username, from_seq, to_seq)
-             SELECT room_id, $4, 1, NULL FROM r",
+             SELECT count(*) FROM r",
             vec![
                 p(r.room_id.clone()),
                 p(r.name.clone()),
@@ -393,6 +413,7 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 p(r.password_hash.clone()),
                 p(r.hidden),
                 ms(r.created_at),
+                p(*max_rooms),
             ],
         ),
         // With `by`, only while `by` is the owner and a member: no row
@@ -423,7 +444,7 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
              DELETE FROM rooms WHERE room_id = $1",
             vec![p(room_id.clone())],
         ),
-        WriteOp::AddMember(room_id, username, joined_at, max_members) => (
+        WriteOp::AddMember(room_id, username, joined_at, max_members, max_rooms) => (
             // The period starts after the room's last seq as of this point
             // in the batch (earlier statements' appends included); one that
             // starts there already (a leave and a rejoin with no message
@@ -435,22 +456,28 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
              ), full_room AS (
                 SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND username = $2)
                   AND (SELECT count(*) FROM members WHERE room_id = $1) >= $4
+             ), too_many AS (
+                SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM members WHERE room_id = $1 AND username = $2)
+                  AND (SELECT count(*) FROM members WHERE username = $2) >= $5
              ), ins AS (
                 INSERT INTO members (room_id, username, joined_at)
                 SELECT $1, $2, $3
                 WHERE NOT EXISTS (SELECT 1 FROM banned) AND NOT EXISTS (SELECT 1 FROM full_room)
+                  AND NOT EXISTS (SELECT 1 FROM too_many)
                 ON CONFLICT (room_id, username) DO NOTHING RETURNING room_id
              ), period AS (
                 INSERT INTO member_periods (room_id, username, from_seq, to_seq)
                 SELECT r.room_id, $2, r.last_seq + 1, NULL FROM rooms r JOIN ins ON ins.room_id = r.room_id
                 ON CONFLICT (room_id, username, from_seq) DO UPDATE SET to_seq = NULL
              )
-             SELECT EXISTS (SELECT 1 FROM banned), EXISTS (SELECT 1 FROM full_room)",
+             SELECT EXISTS (SELECT 1 FROM banned), EXISTS (SELECT 1 FROM full_room),
+                    EXISTS (SELECT 1 FROM too_many)",
             vec![
                 p(room_id.clone()),
                 p(username.clone()),
                 ms(*joined_at),
                 p(*max_members),
+                p(*max_rooms),
             ],
         ),
         // One statement decides, on what is committed (the room row is
@@ -594,10 +621,24 @@ fn locks_room(op: &WriteOp) -> Option<&str> {
     }
 }
 
-/// Locks every room of a batch in one statement, in room id order: two
-/// processes' batches that share rooms take them in the same order, so
-/// they wait for each other instead of deadlocking.
-const LOCK_ROOMS: &str = "SELECT 1 FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE";
+/// The user whose row a write locks: joins and creations count the user's
+/// rooms against `max_rooms_per_user` (several processes may add rooms for
+/// one user at once).
+fn locks_user(op: &WriteOp) -> Option<&str> {
+    match op {
+        WriteOp::AddMember(_, username, ..) => Some(username),
+        WriteOp::CreateRoom(r, _) => Some(&r.owner),
+        _ => None,
+    }
+}
+
+/// Locks every room of a batch, in room id order, then every user, in name
+/// order, in one statement: two processes' batches that share rooms or
+/// users take them in the same order, so they wait for each other instead
+/// of deadlocking.
+const LOCK_ROOMS: &str = "SELECT
+    (SELECT count(*) FROM (SELECT 1 FROM rooms WHERE room_id = ANY($1) ORDER BY room_id FOR UPDATE) r),
+    (SELECT count(*) FROM (SELECT 1 FROM users WHERE username = ANY($2) ORDER BY username FOR UPDATE) u)";
 
 /// What a write's statement answered.
 fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
@@ -608,6 +649,15 @@ fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
             }
             if rows.first().is_some_and(|r| r.get::<_, bool>(1)) {
                 return Err(StoreError::RoomFull);
+            }
+            if rows.first().is_some_and(|r| r.get::<_, bool>(2)) {
+                return Err(StoreError::TooManyRooms);
+            }
+            Ok(Done::Unit)
+        }
+        WriteOp::CreateRoom(..) => {
+            if rows.first().is_some_and(|r| r.get::<_, i64>(0) == 0) {
+                return Err(StoreError::TooManyRooms);
             }
             Ok(Done::Unit)
         }
@@ -657,10 +707,20 @@ async fn run_batch(
         .collect();
     rooms.sort();
     rooms.dedup();
+    let mut users: Vec<String> = ops
+        .iter()
+        .filter_map(|op| locks_user(op))
+        .map(str::to_owned)
+        .collect();
+    users.sort();
+    users.dedup();
     let lock = client.prepare_cached(LOCK_ROOMS).await.map_err(err)?;
     let prepared: Option<Vec<(Statement, Vec<Param>)>> = {
         let mut out = Vec::with_capacity(ops.len() + 1);
-        out.push((lock.clone(), vec![Box::new(rooms.clone()) as Param]));
+        out.push((
+            lock.clone(),
+            vec![Box::new(rooms.clone()) as Param, Box::new(users.clone())],
+        ));
         let mut complete = true;
         for op in ops {
             let Some((sql, params)) = statement(op) else {
@@ -712,7 +772,7 @@ async fn run_batch(
     }
     let tx = client.transaction().await.map_err(err)?;
     // Outside the savepoints: a write rolled back keeps the locks.
-    tx.query(&lock, &[&rooms]).await.map_err(err)?;
+    tx.query(&lock, &[&rooms, &users]).await.map_err(err)?;
     let mut results = Vec::with_capacity(ops.len());
     for op in ops {
         tx.batch_execute("SAVEPOINT w").await.map_err(err)?;
@@ -959,7 +1019,7 @@ impl Store for PostgresStore {
     }
 
     fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {
-        self.unit(WriteOp::CreateRoom(room))
+        self.unit(WriteOp::CreateRoom(room, self.max_rooms))
     }
 
     fn load_room(&self, room_id: &str) -> StoreFuture<RoomState> {
@@ -1014,6 +1074,7 @@ impl Store for PostgresStore {
             username.to_owned(),
             joined_at,
             self.max_members,
+            self.max_rooms,
         ))
     }
 

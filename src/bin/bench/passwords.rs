@@ -25,6 +25,10 @@ pub struct PasswordOpts {
     /// Password rooms they aim at.
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
+    /// Each user waits for each answer before the next attempt (so every
+    /// attempt the budgets allow is hashed), instead of sending all at once.
+    #[arg(long)]
+    pub paced: bool,
     /// Seconds to wait after the flood before the last RSS reading.
     #[arg(long, default_value_t = 60)]
     pub idle_secs: u64,
@@ -74,7 +78,20 @@ pub async fn run(
         .enumerate()
         .map(|(u, mut c)| {
             let rooms = rooms.clone();
+            let paced = o.paced;
             tokio::spawn(async move {
+                if paced {
+                    let (mut checked, mut limited, mut other) = (0usize, 0usize, 0usize);
+                    for k in 0..per_user {
+                        let room = &rooms[(u + k) % rooms.len()];
+                        match c.join_room(room, Some(&format!("wrong-{k}"))).await {
+                            Err(e) if e.code() == Some(ErrorCode::WrongPassword) => checked += 1,
+                            Err(e) if e.code() == Some(ErrorCode::RateLimited) => limited += 1,
+                            _ => other += 1,
+                        }
+                    }
+                    return Ok::<_, String>((checked, limited, other));
+                }
                 for k in 0..per_user {
                     let req = Request::JoinRoom {
                         room_id: rooms[(u + k) % rooms.len()].clone(),
