@@ -176,17 +176,13 @@ fn user_from_row(r: &Row, at: usize) -> UserRecord {
 impl PostgresStore {
     /// Connects, creates or checks the schema, and starts the writer.
     pub async fn connect(url: &str, max_batch: usize) -> Result<PostgresStore, StoreError> {
+        let (url, tls) = tls_for(url)?;
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("store.url: {e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
-        // TLS as libpq's `sslmode` says: `prefer` (the default) uses it when
-        // the server offers it, `require` (Heroku Postgres) insists on it,
-        // `disable` never. Like libpq's `require`, the certificate is not
-        // verified: managed databases present certificates of their own CA.
-        let tls = MakeRustlsConnect::new(config_no_verify());
         // Reads get a pool of their own, with a statement timeout: a flood
         // of slow reads fills that pool, never the writer's connection, so
         // sends and membership changes keep committing.
@@ -258,6 +254,61 @@ impl PostgresStore {
             f(client).await
         })
     }
+}
+
+/// TLS as libpq's `sslmode` says: `prefer` (the default) uses it when the
+/// server offers it, `require` (Heroku Postgres) insists on it, `disable`
+/// never; like libpq's `require`, those do not verify the certificate
+/// (managed databases present certificates of their own CA).
+/// `verify-full` (and `verify-ca`, checked as strictly) insists on TLS and
+/// verifies the certificate and the host name against the CA certificates
+/// in the PEM file `sslrootcert` names. tokio-postgres parses neither, so
+/// they are taken out of the URL here.
+fn tls_for(url: &str) -> Result<(String, MakeRustlsConnect), StoreError> {
+    let bad = |why: String| StoreError::Unavailable(format!("store.url: {why}"));
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return Ok((url.to_owned(), MakeRustlsConnect::new(config_no_verify())));
+    };
+    let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    let mode = pairs
+        .iter()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.as_str());
+    if !matches!(mode, Some("verify-full" | "verify-ca")) {
+        return Ok((url.to_owned(), MakeRustlsConnect::new(config_no_verify())));
+    }
+    let root = pairs
+        .iter()
+        .find(|(k, _)| k == "sslrootcert")
+        .map(|(_, v)| v.clone())
+        .ok_or_else(|| bad("sslmode=verify-full needs sslrootcert=/path/to/ca.pem".into()))?;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&root)
+        .map_err(|e| bad(format!("sslrootcert {root}: {e}")))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(format!("sslrootcert {root}: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("sslrootcert {root}: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad(format!("sslrootcert {root}: no certificate in it")));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let kept: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(k, _)| k != "sslmode" && k != "sslrootcert")
+        .chain([("sslmode".to_owned(), "require".to_owned())])
+        .collect();
+    parsed.query_pairs_mut().clear().extend_pairs(kept);
+    Ok((parsed.to_string(), MakeRustlsConnect::new(config)))
 }
 
 /// Connections for reads (history, room loads, logins' user lookups).
