@@ -48,6 +48,7 @@ start_server() {
       CHAT__STORE__PATH="$tmp/$name/chat.db" \
       CHAT__RATE_LIMIT__PER_SECOND=1000000 CHAT__RATE_LIMIT__BURST=1000000 \
       CHAT__LIMITS__MAX_CONNECTIONS_PER_IP=1000000 CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR=1000000 \
+      CHAT__LIMITS__MEMBERSHIP_CHANGES_PER_MINUTE=1000000 \
       RUST_LOG=warn "$@" "$server" >"$tmp/$name.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")
@@ -109,6 +110,13 @@ for s in "${scenarios[@]}"; do
         CHAT__LIMITS__PASSWORD_ATTEMPTS_PER_IP_PER_MINUTE=100000
       timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords --paced ${PASSWORD_ARGS:-} | tee -a "$out"
       timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords --paced --rooms 40 ${PASSWORD_ARGS:-} | tee -a "$out"
+      ;;
+    pg-history)
+      # A late joiner floods history on a 200,000-message room (PostgreSQL);
+      # a bystander sends meanwhile. Unsigned fill: signature checks off.
+      pg_url history
+      start_server pg-history 18196 CHAT__STORE__URL="$pg_last" CHAT__SECURITY__VERIFY_SIGNATURES=false
+      timeout 900 "$bench" --url ws://127.0.0.1:18196/ws --server-pid "$server_pid" history ${HISTORY_ARGS:-} | tee -a "$out"
       ;;
     idle)
       start_server idle 18185

@@ -105,6 +105,8 @@ pub struct Limits {
     pub login_deadline_secs: u64,
     pub send_queue_bytes: usize,
     pub history_page_bytes: usize,
+    /// Joins, leaves and room creations one user may make per minute.
+    pub membership_changes_per_minute: u32,
     /// Seconds a room actor no member here uses runs before it stops
     /// (0: never).
     pub room_idle_secs: u64,

@@ -35,6 +35,7 @@ async fn bench_smoke_mode_runs_every_scenario() {
         "durable[group commit]",
         "idle:",
         "rooms:",
+        "passwords:",
         "smoke: ok",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in\n{stdout}");

@@ -854,3 +854,34 @@ async fn hidden_room_names_cannot_be_probed() {
     eve.create_room("Merger Talks", None, true).await.unwrap();
     t.stop().await;
 }
+
+/// Issue 20 item 7: every join or leave makes every other process re-read
+/// the room (now coalesced while one read is in flight); a join/leave loop
+/// is also limited per user.
+#[tokio::test]
+async fn join_leave_churn_is_limited_per_user() {
+    let t = TestServer::with(|s| s.limits.membership_changes_per_minute = 10);
+    let mut alice = t.user("alice", 0).await;
+    let (room, _) = alice.create_room("Revolving", None, false).await.unwrap();
+    let mut mallory = t.user("mallory", 1).await;
+    let mut refused = None;
+    for i in 0..20 {
+        let r = if i % 2 == 0 {
+            mallory.join_room(&room.room_id, None).await.map(|_| ())
+        } else {
+            mallory.leave_room(&room.room_id).await
+        };
+        if let Err(e) = r {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (at, e) = refused.expect("the loop was never refused");
+    assert_eq!(at, 10, "{e}");
+    assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
+    // Others are not affected.
+    let mut bob = t.user("bob", 2).await;
+    bob.join_room(&room.room_id, None).await.unwrap();
+    still_serves(&mut alice).await;
+    t.stop().await;
+}

@@ -52,11 +52,27 @@ async fn pipelined_create_room_stops_at_the_limit() {
         match msg {
             ServerMsg::Joined { id: Some(_), .. } => created += 1,
             ServerMsg::Error { id: Some(_), .. } => {
-                assert_eq!(code_of(&msg), ErrorCode::TooManyRooms);
+                // (A user's password hashes run one at a time: a second
+                // one at once answers rate_limited.)
+                let code = code_of(&msg);
+                assert!(
+                    matches!(code, ErrorCode::TooManyRooms | ErrorCode::RateLimited),
+                    "{code:?}"
+                );
             }
             _ => continue,
         }
         replies += 1;
+    }
+    assert!(created <= 5, "{created}");
+    // One at a time from here: exactly up to the limit, never past it.
+    for i in 30..40 {
+        if c.create_room(&format!("Room {i}"), None, false)
+            .await
+            .is_ok()
+        {
+            created += 1;
+        }
     }
     assert_eq!(created, 5);
     let (rooms, _, _) = c.list_rooms(None, None).await.unwrap();

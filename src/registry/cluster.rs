@@ -9,7 +9,7 @@ use indexmap::IndexSet;
 
 use super::{Registry, RoomEntry};
 use crate::cluster::{presence::Change, Ctl, FromCluster, RoomChange};
-use crate::room::{self, RoomActor};
+use crate::room::{self, merge_changes, RoomActor};
 use crate::store::RoomState;
 use crate::validate::room_name_key;
 
@@ -19,7 +19,11 @@ use crate::validate::room_name_key;
 pub(super) struct Loads {
     started: u64,
     applied: u64,
+    /// Finished (applied or not): one is in flight while fewer than started.
+    finished: u64,
     change: Option<RoomChange>,
+    /// Asked for while one was in flight: runs once after it.
+    queued: Option<RoomChange>,
 }
 
 impl Registry {
@@ -126,13 +130,24 @@ impl Registry {
 
     /// Reads a room changed by another process and applies it. Loads may
     /// finish out of order; only one started after the last applied counts.
+    /// Coalesced like the room's reloads: while one read is in flight,
+    /// further changes become one read after it.
     fn reload_room(&mut self, room_id: String, change: RoomChange, ctx: &mut Context<Self>) {
         let loads = self.room_loads.entry(room_id.clone()).or_default();
+        if loads.started > loads.finished {
+            loads.queued = Some(merge_changes(loads.queued.take(), change));
+            return;
+        }
         loads.started += 1;
         loads.change = Some(change.clone());
         let generation = loads.started;
         let load = self.store.load_room(&room_id);
         ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
+            let loads = act.room_loads.entry(room_id.clone()).or_default();
+            loads.finished += 1;
+            if let Some(next) = loads.queued.take() {
+                act.reload_room(room_id.clone(), next, ctx);
+            }
             let state = match res {
                 Ok(state) => state,
                 Err(e) => {

@@ -108,6 +108,9 @@ pub struct Registry {
     pending_rooms: HashMap<String, usize>,
     /// Rooms whose actor was started here (checked by `stop_idle_rooms`).
     running: HashSet<String>,
+    /// Joins, leaves and creations per user in the current minute
+    /// (`limits.membership_changes_per_minute`).
+    churn: HashMap<String, (std::time::Instant, u32)>,
     /// The one gate for Argon2 work, shared with every room.
     hasher: Arc<Hasher>,
     /// Several processes: the Redis link, the others' presence, how many
@@ -162,6 +165,7 @@ impl Registry {
             online: HashMap::new(),
             pending_rooms: HashMap::new(),
             running: HashSet::new(),
+            churn: HashMap::new(),
         }
     }
 
@@ -237,6 +241,31 @@ impl Registry {
         });
         entry.addr = Some(addr.clone());
         Some(addr)
+    }
+
+    /// Counts one join, leave or creation of `user`; `rate_limited` past
+    /// `limits.membership_changes_per_minute` (a join/leave loop on a big
+    /// room made every other process re-read it each time).
+    fn take_churn(&mut self, user: &str) -> Result<(), Failure> {
+        let now = std::time::Instant::now();
+        let minute = std::time::Duration::from_secs(60);
+        if self.churn.len() > 100_000 {
+            self.churn
+                .retain(|_, (since, _)| now.duration_since(*since) < minute);
+        }
+        let (since, n) = self.churn.entry(user.to_owned()).or_insert((now, 0));
+        if now.duration_since(*since) >= minute {
+            *since = now;
+            *n = 0;
+        }
+        if *n >= self.settings.limits.membership_changes_per_minute {
+            return Err(Failure::new(
+                ErrorCode::RateLimited,
+                "too many joins and leaves; wait a minute",
+            ));
+        }
+        *n += 1;
+        Ok(())
     }
 
     /// A room was renamed: its name key changes (a hidden room's does not).
@@ -540,6 +569,9 @@ impl Handler<CreateRoom> for Registry {
     type Result = ResponseActFuture<Self, RegistryResult<JoinedRoom>>;
 
     fn handle(&mut self, msg: CreateRoom, _: &mut Self::Context) -> Self::Result {
+        if let Err(f) = self.take_churn(&msg.user.username) {
+            return failed(f);
+        }
         let room_id = new_room_id();
         let folded = room_name_key(&msg.name, msg.hidden, &room_id);
         if self.names.contains_key(&folded) {
@@ -644,6 +676,9 @@ impl Handler<JoinRoom> for Registry {
             return failed(ErrorCode::NoSuchRoom);
         };
         let username = msg.user.username.clone();
+        if let Err(f) = self.take_churn(&username) {
+            return failed(f);
+        }
         self.busy(&msg.room_id, true);
         let join = addr.send(room::Join {
             sessions: self.sessions_of(&username),
@@ -694,6 +729,9 @@ impl Handler<LeaveRoom> for Registry {
         let Some(addr) = self.room_addr(&msg.room_id, ctx.address()) else {
             return failed(ErrorCode::NoSuchRoom);
         };
+        if let Err(f) = self.take_churn(&msg.username) {
+            return failed(f);
+        }
         let leave = addr.send(room::Leave {
             username: msg.username.clone(),
         });

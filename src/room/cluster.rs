@@ -36,12 +36,25 @@ impl RoomActor {
     /// order, and one that started before a change this room made itself
     /// would undo it: only the newest read counts, and a local change
     /// (`local_change`) makes the reads in flight stale.
+    ///
+    /// Coalesced: while a read is in flight, further requests become one
+    /// read after it (a join/leave loop on a big room made every other
+    /// process read the whole room twice per change).
     pub(super) fn reload(&mut self, change: RoomChange, ctx: &mut Context<Self>) {
+        if self.loads_started > self.loads_finished {
+            self.reload_queued = Some(merge_changes(self.reload_queued.take(), change));
+            return;
+        }
         self.loads_started += 1;
         let generation = self.loads_started;
         self.reload_change = Some(change.clone());
         let load = self.store.load_room(&self.record.room_id);
         ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
+            act.loads_finished += 1;
+            if let Some(next) = act.reload_queued.take() {
+                // Changes came meanwhile: read once more, after this one.
+                act.reload(next, ctx);
+            }
             let state = match res {
                 Ok(state) => state,
                 Err(e) => {
@@ -76,6 +89,16 @@ impl RoomActor {
             let change = self.reload_change.clone().unwrap_or(RoomChange::Updated);
             self.reload(change, ctx);
         }
+    }
+}
+
+/// One change for several coalesced ones: a removal (it tells the removed
+/// member's sessions why) or a deletion wins over plain updates.
+pub fn merge_changes(queued: Option<RoomChange>, new: RoomChange) -> RoomChange {
+    let telling = |c: &RoomChange| matches!(c, RoomChange::Removed { .. } | RoomChange::Deleted);
+    match queued {
+        Some(q) if telling(&q) && !telling(&new) => q,
+        _ => new,
     }
 }
 

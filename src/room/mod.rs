@@ -17,7 +17,7 @@ mod delivery;
 mod membership;
 mod owner;
 
-pub use cluster::{Elsewhere, Reload};
+pub use cluster::{merge_changes, Elsewhere, Reload};
 pub use membership::{GetMembers, Join, Joined, Leave, Left};
 pub use owner::{OwnerAction, OwnerOp, OwnerOutcome};
 
@@ -89,7 +89,13 @@ pub struct RoomActor {
     /// change the newest was for, and sessions to attach after it.
     loads_started: u64,
     loads_applied: u64,
+    /// Reloads finished (applied or not): one is in flight while fewer than
+    /// started.
+    loads_finished: u64,
     reload_change: Option<RoomChange>,
+    /// A reload asked for while one was in flight: it runs once after it,
+    /// however many were asked for (see `cluster::merge_changes`).
+    reload_queued: Option<RoomChange>,
     waiting_attach: Vec<(String, SessionHandle)>,
 }
 
@@ -116,7 +122,9 @@ impl RoomActor {
             elsewhere,
             loads_started: 0,
             loads_applied: 0,
+            loads_finished: 0,
             reload_change: None,
+            reload_queued: None,
             waiting_attach: Vec::new(),
             hasher,
             record,

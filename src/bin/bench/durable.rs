@@ -163,7 +163,7 @@ pub async fn run(
 
 /// A body with real AES-GCM ciphertext and a placeholder signature, for
 /// servers run with `security.verify_signatures = false`.
-fn unsigned(room_id: &str, msg_id: [u8; 16]) -> (e2ee_chat::protocol::SendBody, [u8; 32]) {
+pub fn unsigned(room_id: &str, msg_id: [u8; 16]) -> (e2ee_chat::protocol::SendBody, [u8; 32]) {
     let key = [7u8; 32];
     let nonce = e2ee_chat::crypto::random_bytes::<12>();
     let ct = e2ee_chat::crypto::seal(

@@ -3,11 +3,12 @@
 //! itself. See scripts/bench.sh and BENCHMARKS.md.
 //!
 //! Scenarios: `fanout` (with the baseline relay in the same run), `logins`,
-//! `durable`, `idle`, `passwords`, and `smoke` (all of them, tiny, for the test suite).
+//! `durable`, `idle`, `passwords`, `history`, and `smoke` (all of them, tiny, for the test suite).
 
 mod common;
 mod durable;
 mod fanout;
+mod history;
 mod idle;
 mod logins;
 mod passwords;
@@ -65,6 +66,11 @@ enum Command {
     Rooms {
         #[command(flatten)]
         opts: rooms::RoomsOpts,
+    },
+    /// One account floods `history` on a big room; a bystander's sends.
+    History {
+        #[command(flatten)]
+        opts: history::HistoryOpts,
     },
     /// A wrong-password flood: hashes checked and server memory.
     Passwords {
@@ -133,6 +139,7 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
         }
         Command::Idle { opts } => idle::run(url, pid, &keys, &opts).await,
         Command::Passwords { opts } => passwords::run(url, pid, &keys, &opts).await,
+        Command::History { opts } => history::run(url, pid, &keys, &opts).await,
         Command::Rooms { opts } => rooms::run(url, pid, &keys, &opts).await,
         Command::Smoke => smoke(url, pid, &keys).await,
     }
@@ -220,6 +227,19 @@ async fn smoke(
             rooms: 30,
             lists: 20,
             concurrency: 2,
+        },
+    )
+    .await?;
+    ok &= passwords::run(
+        url,
+        pid,
+        keys,
+        &passwords::PasswordOpts {
+            users: 2,
+            joins: 6,
+            rooms: 1,
+            paced: true,
+            idle_secs: 0,
         },
     )
     .await?;
