@@ -330,6 +330,17 @@ fn cli(url: &str, profile: &Path, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// A terminal-client profile for alice under `home`, registered with the
+/// fake server.
+async fn cli_alice(url: &str, home: &Path) -> std::path::PathBuf {
+    let dir = home.join("alice");
+    for args in [&["keygen", "--user", "alice"][..], &["register"]] {
+        let (ok, _, err) = cli_async(url, &dir, args).await;
+        assert!(ok, "{err}");
+    }
+    dir
+}
+
 async fn cli_async(url: &str, profile: &Path, args: &[&str]) -> (bool, String, String) {
     let (url, profile) = (url.to_owned(), profile.to_path_buf());
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -366,11 +377,7 @@ async fn the_terminal_client_escapes_dedups_refuses_and_announces() {
     }));
     let url = fake_server(script.clone()).await;
     let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("alice");
-    let (ok, _, err) = cli_async(&url, &dir, &["keygen", "--user", "alice"]).await;
-    assert!(ok, "{err}");
-    let (ok, _, err) = cli_async(&url, &dir, &["register"]).await;
-    assert!(ok, "{err}");
+    let dir = cli_alice(&url, home.path()).await;
 
     let (ok, out, err) = cli_async(&url, &dir, &["history", "Team"]).await;
     assert!(ok, "{err}");
@@ -441,11 +448,7 @@ async fn another_rooms_message_fails_and_server_texts_are_escaped() {
     // The terminal client: the foreign entry is a failure line, and the
     // server's error text reaches the terminal escaped.
     let home = tempfile::tempdir().unwrap();
-    let dir = home.path().join("alice");
-    let (ok, _, err) = cli_async(&url, &dir, &["keygen", "--user", "alice"]).await;
-    assert!(ok, "{err}");
-    let (ok, _, err) = cli_async(&url, &dir, &["register"]).await;
-    assert!(ok, "{err}");
+    let dir = cli_alice(&url, home.path()).await;
     let (ok, out, err) = cli_async(&url, &dir, &["history", "Team"]).await;
     assert!(ok, "{err}");
     assert!(
