@@ -123,11 +123,6 @@ pub async fn run(
         .await
         .map_err(|e| format!("create: {e}"))?;
     let rid = room.room_id.clone();
-    let mut bystander = common::logged_in(url, &common::identity(keys, &b)).await?;
-    bystander
-        .join_room(&rid, None)
-        .await
-        .map_err(|e| format!("join: {e}"))?;
     let wrapped = ByteBuf::from(
         e2ee_chat::crypto::wrap_key(&keys.enc_der, &[7u8; 32]).map_err(|e| e.to_string())?,
     );
@@ -142,7 +137,7 @@ pub async fn run(
     let (mut next, mut acked) = (0usize, 0usize);
     while acked < o.messages {
         while next < o.messages && next - acked < 512 {
-            sink.send(WsMessage::Binary(frame(next as u64, &[&w, &b]).into()))
+            sink.send(WsMessage::Binary(frame(next as u64, &[&w]).into()))
                 .await
                 .map_err(|e| e.to_string())?;
             next += 1;
@@ -159,6 +154,13 @@ pub async fn run(
     }
     let fill = started.elapsed();
     drop((sink, stream));
+    // The bystander joins now (a member that does not read its events
+    // during the fill would be disconnected as a slow reader).
+    let mut bystander = common::logged_in(url, &common::identity(keys, &b)).await?;
+    bystander
+        .join_room(&rid, None)
+        .await
+        .map_err(|e| format!("join: {e}"))?;
     // The late joiner: a member with no message of the room's to read.
     let mut flooders = Vec::new();
     for _ in 0..o.connections.max(1) {
