@@ -67,8 +67,19 @@ impl Drop for Process {
 }
 
 fn process(dir: &std::path::Path, db: &str, redis: &str, prefix: &str) -> Process {
+    process_with(dir, db, redis, prefix, &[])
+}
+
+fn process_with(
+    dir: &std::path::Path,
+    db: &str,
+    redis: &str,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> Process {
     let (child, addr) = common::spawn_listening(
         common::load_server_command(dir)
+            .envs(env.iter().copied())
             .env("CHAT__STORE__URL", db)
             .env("CHAT__CLUSTER__REDIS_URL", redis)
             .env("CHAT__CLUSTER__CHANNEL_PREFIX", prefix)
@@ -392,5 +403,60 @@ async fn three_processes_behave_as_one_server() {
         alice.get_members(&small.room_id).await.unwrap().len() == 6
     );
     drop((a, b2, c));
+    db.drop_now().await;
+}
+
+/// Issue 20 item 6: `max_connections_per_user` was counted per process
+/// (one user held the limit on each). Each process now tells the others
+/// its session count per user, and logins count all of them.
+#[tokio::test]
+async fn connections_per_user_are_counted_over_every_process() {
+    let db = match PgDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => {
+            println!("SKIP cluster: {why}");
+            return;
+        }
+    };
+    let redis = match Redis::start(common::free_port()) {
+        Ok(r) => r,
+        Err(why) => {
+            println!("SKIP cluster: {why}");
+            db.drop_now().await;
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = format!(
+        "test-{}",
+        hex::encode(e2ee_chat::crypto::random_bytes::<4>())
+    );
+    let limit = [("CHAT__LIMITS__MAX_CONNECTIONS_PER_USER", "2")];
+    let a = process_with(dir.path(), &db.url, &redis.url(), &prefix, &limit);
+    let b = process_with(dir.path(), &db.url, &redis.url(), &prefix, &limit);
+    let login = |url: String| async move {
+        let mut c = Client::connect(&url).await.expect("connects");
+        let r = c.login(&identity("alice", 0)).await;
+        (c, r)
+    };
+    let first = user(&a.url, "alice", 0).await;
+    let (second, r) = login(b.url.clone()).await;
+    r.expect("the second connection, on B");
+    // A learns of B's session a heartbeat later at most; from then on a
+    // third connection is refused on either process.
+    eventually!("A counts alice's session on B", {
+        let (_, r) = login(a.url.clone()).await;
+        matches!(&r, Err(e) if e.code() == Some(ErrorCode::RateLimited))
+    });
+    let (_, r) = login(b.url.clone()).await;
+    assert_eq!(r.err().and_then(|e| e.code()), Some(ErrorCode::RateLimited));
+    // Closing the one on B gives its place back on A.
+    second.close().await;
+    eventually!("A sees the session on B gone", {
+        let (_, r) = login(a.url.clone()).await;
+        r.is_ok()
+    });
+    drop(first);
+    drop((a, b, redis));
     db.drop_now().await;
 }

@@ -42,12 +42,15 @@ pub type ProcId = u64;
 pub enum Ctl {
     /// The process is alive; `version` counts its presence events so far.
     Alive { proc: ProcId, version: u64 },
-    /// `user` got their first (`online`) or lost their last session on `proc`.
+    /// `user`'s sessions on `proc` changed: `online` while they have one,
+    /// `sessions` of them (for `max_connections_per_user` across processes).
     Presence {
         proc: ProcId,
         version: u64,
         user: String,
         online: bool,
+        #[serde(default = "one")]
+        sessions: u32,
     },
     /// Asks `of` for its whole presence state.
     SnapshotRequest { of: ProcId },
@@ -55,6 +58,9 @@ pub enum Ctl {
         proc: ProcId,
         version: u64,
         users: Vec<String>,
+        /// Each user's session count, in `users` order (1 when absent).
+        #[serde(default)]
+        sessions: Vec<u32>,
     },
     /// A committed change to a room: reload it from the database.
     Room {
@@ -64,6 +70,10 @@ pub enum Ctl {
     },
     /// The process is stopping.
     Bye { proc: ProcId },
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

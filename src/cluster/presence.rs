@@ -12,6 +12,8 @@ struct Peer {
     last_seen: Instant,
     version: u64,
     users: HashSet<String>,
+    /// Sessions per user there (a user in `users` without an entry has one).
+    sessions: HashMap<String, u32>,
     /// Waiting for a snapshot: events are not trusted until it comes.
     stale: bool,
 }
@@ -38,6 +40,18 @@ impl Peers {
         self.counts.keys()
     }
 
+    /// `user`'s sessions on the other processes, as last told.
+    pub fn sessions_elsewhere(&self, user: &str) -> u32 {
+        if !self.counts.contains_key(user) {
+            return 0;
+        }
+        self.peers
+            .values()
+            .filter(|p| p.users.contains(user))
+            .map(|p| p.sessions.get(user).copied().unwrap_or(1))
+            .sum()
+    }
+
     pub fn processes(&self) -> usize {
         self.peers.len()
     }
@@ -47,6 +61,7 @@ impl Peers {
             last_seen: now,
             version: 0,
             users: HashSet::new(),
+            sessions: HashMap::new(),
             stale: true,
         })
     }
@@ -77,12 +92,14 @@ impl Peers {
     }
 
     /// A presence event. True when a snapshot should be asked for.
+    #[allow(clippy::too_many_arguments)]
     pub fn presence(
         &mut self,
         proc: ProcId,
         version: u64,
         user: &str,
         online: bool,
+        sessions: u32,
         now: Instant,
         changes: &mut Vec<Change>,
     ) -> bool {
@@ -93,6 +110,11 @@ impl Peers {
             return true;
         }
         p.version = version;
+        if online {
+            p.sessions.insert(user.to_owned(), sessions.max(1));
+        } else {
+            p.sessions.remove(user);
+        }
         let changed = if online {
             p.users.insert(user.to_owned())
         } else {
@@ -114,6 +136,7 @@ impl Peers {
         proc: ProcId,
         version: u64,
         users: Vec<String>,
+        sessions: Vec<u32>,
         now: Instant,
         changes: &mut Vec<Change>,
     ) {
@@ -124,6 +147,11 @@ impl Peers {
         p.last_seen = now;
         p.version = version;
         p.stale = false;
+        p.sessions = users
+            .iter()
+            .zip(sessions.iter().copied().chain(std::iter::repeat(1)))
+            .map(|(u, n)| (u.clone(), n.max(1)))
+            .collect();
         let new: HashSet<String> = users.into_iter().collect();
         let old = std::mem::take(&mut p.users);
         p.users = new.clone();
@@ -175,25 +203,36 @@ mod tests {
         let mut ch = Vec::new();
         // An unknown process: ask for its snapshot first.
         assert!(peers.alive(7, 0, t));
-        peers.snapshot(7, 2, vec!["bob".into()], t, &mut ch);
+        peers.snapshot(7, 2, vec!["bob".into()], vec![], t, &mut ch);
         assert_eq!(ch, [("bob".to_string(), true)]);
         assert!(!peers.alive(7, 2, t));
         ch.clear();
-        assert!(!peers.presence(7, 3, "carol", true, t, &mut ch));
+        assert!(!peers.presence(7, 3, "carol", true, 1, t, &mut ch));
         assert_eq!(ch, [("carol".to_string(), true)]);
         // Event 4 lost: 5 is out of turn.
         ch.clear();
-        assert!(peers.presence(7, 5, "dave", true, t, &mut ch));
+        assert!(peers.presence(7, 5, "dave", true, 1, t, &mut ch));
         assert!(ch.is_empty());
-        peers.snapshot(7, 5, vec!["carol".into(), "dave".into()], t, &mut ch);
+        peers.snapshot(
+            7,
+            5,
+            vec!["carol".into(), "dave".into()],
+            vec![2, 1],
+            t,
+            &mut ch,
+        );
         assert!(ch.contains(&("bob".to_string(), false)));
         assert!(ch.contains(&("dave".to_string(), true)));
         // Online on two processes: offline only when both are gone.
         ch.clear();
-        peers.snapshot(8, 1, vec!["carol".into()], t, &mut ch);
+        peers.snapshot(8, 1, vec!["carol".into()], vec![3], t, &mut ch);
+        assert_eq!(peers.sessions_elsewhere("carol"), 5);
+        assert!(!peers.presence(8, 2, "carol", true, 1, t, &mut ch));
+        assert_eq!(peers.sessions_elsewhere("carol"), 3);
+        assert_eq!(peers.sessions_elsewhere("nobody"), 0);
         assert!(ch.is_empty());
         let later = t + Duration::from_secs(10);
-        assert!(!peers.alive(8, 1, later));
+        assert!(!peers.alive(8, 2, later));
         assert_eq!(peers.expire(later, Duration::from_secs(5), &mut ch), [7]);
         assert_eq!(ch, [("dave".to_string(), false)]);
         assert!(peers.is_online("carol"));

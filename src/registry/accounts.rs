@@ -99,10 +99,12 @@ impl Handler<Online> for Registry {
     type Result = RegistryResult<OnlineInfo>;
 
     fn handle(&mut self, msg: Online, ctx: &mut Self::Context) -> Self::Result {
+        let elsewhere = self.sessions_elsewhere(&msg.username);
         let sessions = self.online.entry(msg.username.clone()).or_default();
-        if sessions.len() >= self.settings.limits.max_connections_per_user {
+        // Counted over every process (theirs as last told).
+        if sessions.len() + elsewhere >= self.settings.limits.max_connections_per_user {
             log::warn!(
-                "{} refused a connection: {} already open",
+                "{} refused a connection: {} already open here, {elsewhere} elsewhere",
                 msg.username,
                 sessions.len()
             );
@@ -113,9 +115,8 @@ impl Handler<Online> for Registry {
         }
         let first = sessions.is_empty();
         sessions.insert(msg.handle.id, msg.handle.clone());
-        if first {
-            self.local_presence(&msg.username, true);
-        }
+        let open = sessions.len();
+        self.local_presence(&msg.username, open, first);
         let room_ids: Vec<String> = self
             .user_rooms
             .get(&msg.username)
@@ -153,11 +154,12 @@ impl Handler<Offline> for Registry {
     fn handle(&mut self, msg: Offline, _: &mut Self::Context) {
         if let Some(sessions) = self.online.get_mut(&msg.username) {
             let had = sessions.remove(&msg.session).is_some();
-            if sessions.is_empty() {
+            let open = sessions.len();
+            if open == 0 {
                 self.online.remove(&msg.username);
-                if had {
-                    self.local_presence(&msg.username, false);
-                }
+            }
+            if had {
+                self.local_presence(&msg.username, open, open == 0);
             }
         }
         for room_id in self.user_rooms.get(&msg.username).into_iter().flatten() {

@@ -63,12 +63,16 @@ impl Registry {
         });
     }
 
-    /// This process's first session of `user` opened, or its last closed.
-    pub(super) fn local_presence(&mut self, user: &str, online: bool) {
+    /// This process's sessions of `user` changed: `sessions` are open now;
+    /// `first_or_last` when it was the first to open or the last to close.
+    /// Told on every change, so the others can count `user`'s sessions
+    /// against `max_connections_per_user`.
+    pub(super) fn local_presence(&mut self, user: &str, sessions: usize, first_or_last: bool) {
         let Some(cluster) = &self.cluster else {
             return;
         };
-        if !self.peers.is_online(user) {
+        let online = sessions > 0;
+        if first_or_last && !self.peers.is_online(user) {
             if online {
                 self.anywhere += 1;
             } else {
@@ -81,7 +85,13 @@ impl Registry {
             version: self.presence_version,
             user: user.to_owned(),
             online,
+            sessions: sessions as u32,
         });
+    }
+
+    /// `user`'s sessions on the other processes.
+    pub(super) fn sessions_elsewhere(&self, user: &str) -> usize {
+        self.peers.sessions_elsewhere(user) as usize
     }
 
     /// Users who came online or went offline on the other processes: counts,
@@ -115,10 +125,16 @@ impl Registry {
 
     fn snapshot(&self) -> Ctl {
         let cluster = self.cluster.as_ref().expect("cluster mode");
+        let (users, sessions) = self
+            .online
+            .iter()
+            .map(|(u, s)| (u.clone(), s.len() as u32))
+            .unzip();
         Ctl::Snapshot {
             proc: cluster.proc,
             version: self.presence_version,
-            users: self.online.keys().cloned().collect(),
+            users,
+            sessions,
         }
     }
 
@@ -349,11 +365,17 @@ impl Handler<FromCluster> for Registry {
                     version,
                     user,
                     online,
+                    sessions,
                 } => {
-                    if self
-                        .peers
-                        .presence(proc, version, &user, online, now, &mut changes)
-                    {
+                    if self.peers.presence(
+                        proc,
+                        version,
+                        &user,
+                        online,
+                        sessions,
+                        now,
+                        &mut changes,
+                    ) {
                         self.ask_snapshot(proc);
                     }
                 }
@@ -368,7 +390,10 @@ impl Handler<FromCluster> for Registry {
                     proc,
                     version,
                     users,
-                } => self.peers.snapshot(proc, version, users, now, &mut changes),
+                    sessions,
+                } => self
+                    .peers
+                    .snapshot(proc, version, users, sessions, now, &mut changes),
                 Ctl::Room {
                     room_id, change, ..
                 } => self.reload_room(room_id, change, ctx),
