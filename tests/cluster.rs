@@ -105,6 +105,32 @@ async fn user(url: &str, name: &str, n: usize) -> Client {
     c
 }
 
+/// A fresh database, a Redis of the test's own, a directory and a channel
+/// prefix; `None` (after a `SKIP cluster:` line) without PostgreSQL or
+/// redis-server.
+async fn cluster_setup() -> Option<(PgDatabase, Redis, tempfile::TempDir, String)> {
+    let db = match PgDatabase::create().await {
+        Ok(db) => db,
+        Err(why) => {
+            println!("SKIP cluster: {why}");
+            return None;
+        }
+    };
+    let redis = match Redis::start(common::free_port()) {
+        Ok(r) => r,
+        Err(why) => {
+            println!("SKIP cluster: {why}");
+            db.drop_now().await;
+            return None;
+        }
+    };
+    let prefix = format!(
+        "test-{}",
+        hex::encode(e2ee_chat::crypto::random_bytes::<4>())
+    );
+    Some((db, redis, tempfile::tempdir().unwrap(), prefix))
+}
+
 /// Polls `$cond` (an expression that may `.await`) until it holds: other
 /// processes learn things a moment later.
 macro_rules! eventually {
@@ -155,26 +181,9 @@ fn in_order(from: u64, to: u64) -> Vec<u64> {
 
 #[tokio::test]
 async fn three_processes_behave_as_one_server() {
-    let db = match PgDatabase::create().await {
-        Ok(db) => db,
-        Err(why) => {
-            println!("SKIP cluster: {why}");
-            return;
-        }
+    let Some((db, mut redis, dir, prefix)) = cluster_setup().await else {
+        return;
     };
-    let mut redis = match Redis::start(common::free_port()) {
-        Ok(r) => r,
-        Err(why) => {
-            println!("SKIP cluster: {why}");
-            db.drop_now().await;
-            return;
-        }
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!(
-        "test-{}",
-        hex::encode(e2ee_chat::crypto::random_bytes::<4>())
-    );
     let a = process(dir.path(), &db.url, &redis.url(), &prefix);
     let b = process(dir.path(), &db.url, &redis.url(), &prefix);
     let c = process(dir.path(), &db.url, &redis.url(), &prefix);
@@ -411,26 +420,9 @@ async fn three_processes_behave_as_one_server() {
 /// its session count per user, and logins count all of them.
 #[tokio::test]
 async fn connections_per_user_are_counted_over_every_process() {
-    let db = match PgDatabase::create().await {
-        Ok(db) => db,
-        Err(why) => {
-            println!("SKIP cluster: {why}");
-            return;
-        }
+    let Some((db, redis, dir, prefix)) = cluster_setup().await else {
+        return;
     };
-    let redis = match Redis::start(common::free_port()) {
-        Ok(r) => r,
-        Err(why) => {
-            println!("SKIP cluster: {why}");
-            db.drop_now().await;
-            return;
-        }
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let prefix = format!(
-        "test-{}",
-        hex::encode(e2ee_chat::crypto::random_bytes::<4>())
-    );
     let limit = [("CHAT__LIMITS__MAX_CONNECTIONS_PER_USER", "2")];
     let a = process_with(dir.path(), &db.url, &redis.url(), &prefix, &limit);
     let b = process_with(dir.path(), &db.url, &redis.url(), &prefix, &limit);
