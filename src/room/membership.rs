@@ -1,6 +1,7 @@
-//! Joining and leaving a room: seats held by joins in flight, the
-//! per-user password attempt limit, bans re-checked after every await, and
-//! the owner's successor when the owner leaves.
+//! Joining and leaving a room: seats held by joins in flight, password
+//! attempts counted by the server's one `Hasher` (per user and address),
+//! bans re-checked after every await, and leaves whose outcome (who is
+//! left, who owns the room) the store decides when the write commits.
 
 use std::sync::Arc;
 
