@@ -254,9 +254,10 @@ impl Settings {
                  (write chat.example.org, not https://chat.example.org/)"
             )));
         }
+        let store = crate::store::StoreKind::from_url(&self.store.url)
+            .map_err(|e| ConfigError(e.to_string()))?;
         if self.cluster.enabled() {
-            let url = self.store.url.as_str();
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            if !store.shared() {
                 return bad(
                     "cluster.redis_url",
                     "several processes need the PostgreSQL store (store.url = \"postgres://...\" \
@@ -491,5 +492,8 @@ mod tests {
         assert!(err.to_string().contains("bogus"), "{err}");
         let err = Settings::load_from(vars(&[("CHAT__HEARTBEAT__TIMEOUT_SECS", "1")])).unwrap_err();
         assert!(err.to_string().contains("heartbeat"), "{err}");
+        // An unknown database is refused when the settings load, not later.
+        let err = Settings::load_from(vars(&[("CHAT__STORE__URL", "mysql://db")])).unwrap_err();
+        assert!(err.to_string().contains("store.url"), "{err}");
     }
 }

@@ -22,9 +22,7 @@ use crate::peers::{Peers, TrustedProxies};
 use crate::registry::Registry;
 use crate::retention;
 use crate::session::Session;
-use crate::store::{
-    mongo::MongoStore, postgres::PostgresStore, sqlite::SqliteStore, SharedStore, StoreError,
-};
+use crate::store::SharedStore;
 
 /// The subprotocol the server accepts.
 pub const SUBPROTOCOL: &str = "e2ee-chat.v2";
@@ -168,38 +166,6 @@ async fn metrics_route(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
         .body(body)
 }
 
-/// Opens the store the settings name: `postgres://` (or `postgresql://`)
-/// and `mongodb://` (or `mongodb+srv://`) URLs choose those databases; no
-/// URL keeps the embedded SQLite store.
-pub async fn open_store(settings: &Settings) -> Result<SharedStore, StoreError> {
-    let url = settings.store.url.as_str();
-    let batch = if settings.store.group_commit {
-        settings.store.max_batch
-    } else {
-        1
-    };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return PostgresStore::connect(url, batch).await.map(|s| {
-            Arc::new(
-                s.with_max_members(settings.limits.max_members_per_room)
-                    .with_max_rooms_per_user(settings.limits.max_rooms_per_user),
-            ) as SharedStore
-        });
-    }
-    if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
-        return MongoStore::connect(url, Some(&settings.store.database))
-            .await
-            .map(|s| Arc::new(s) as SharedStore);
-    }
-    if !url.is_empty() {
-        return Err(StoreError::Unavailable(
-            "store.url must start with postgres://, postgresql://, mongodb:// or mongodb+srv://"
-                .into(),
-        ));
-    }
-    Ok(Arc::new(SqliteStore::open(&settings.store.path, batch)?))
-}
-
 /// A server running on its own thread.
 pub struct RunningServer {
     pub addr: SocketAddr,
@@ -288,7 +254,9 @@ async fn serve(
     handle_signals: bool,
 ) -> std::io::Result<Started> {
     let settings = Arc::new(settings);
-    let store = open_store(&settings).await.map_err(std::io::Error::other)?;
+    let store = crate::store::open(&settings)
+        .await
+        .map_err(std::io::Error::other)?;
     let arbiters: Vec<ArbiterHandle> = (0..settings.room_threads())
         .map(|_| Arbiter::new().handle())
         .collect();

@@ -346,3 +346,62 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// Which store a `store.url` names: the one place the URL schemes are known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// No URL: the embedded database at `store.path`.
+    Sqlite,
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `mongodb://` or `mongodb+srv://`.
+    Mongo,
+}
+
+impl StoreKind {
+    pub fn from_url(url: &str) -> Result<StoreKind, String> {
+        if url.is_empty() {
+            Ok(StoreKind::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(StoreKind::Postgres)
+        } else if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
+            Ok(StoreKind::Mongo)
+        } else {
+            Err(
+                "store.url must start with postgres://, postgresql://, mongodb:// or mongodb+srv:// \
+                 (or be empty for the embedded SQLite store)"
+                    .into(),
+            )
+        }
+    }
+
+    /// Whether several server processes may share the store: it checks
+    /// membership, room capacity and per-user rooms inside its writes.
+    pub fn shared(self) -> bool {
+        self == StoreKind::Postgres
+    }
+}
+
+/// Opens the store the settings name, with the limits it enforces inside
+/// its writes.
+pub async fn open(settings: &crate::config::Settings) -> Result<SharedStore, StoreError> {
+    let store = &settings.store;
+    let batch = if store.group_commit {
+        store.max_batch
+    } else {
+        1
+    };
+    let kind = StoreKind::from_url(&store.url).map_err(StoreError::Unavailable)?;
+    Ok(match kind {
+        StoreKind::Postgres => Arc::new(
+            postgres::PostgresStore::connect(&store.url, batch)
+                .await?
+                .with_max_members(settings.limits.max_members_per_room)
+                .with_max_rooms_per_user(settings.limits.max_rooms_per_user),
+        ),
+        StoreKind::Mongo => {
+            Arc::new(mongo::MongoStore::connect(&store.url, Some(&store.database)).await?)
+        }
+        StoreKind::Sqlite => Arc::new(sqlite::SqliteStore::open(&store.path, batch)?),
+    })
+}
