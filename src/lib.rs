@@ -7,7 +7,8 @@
 //! - [`protocol`]: requests, replies, events; the strict CBOR decoder; error codes.
 //! - [`crypto`]: key validation, signature inputs, RSA-PSS/OAEP, AES-GCM.
 //! - [`validate`]: usernames, room names, passwords.
-//! - [`session`]: the actor behind each websocket connection.
+//! - [`session`]: the actor behind each websocket connection; [`handle`]:
+//!   how the other actors reach one (`SessionHandle`, `Push`).
 //! - [`registry`]: the actor for accounts, login lookups, presence and the room directory.
 //! - [`room`]: one actor per room: members, checks, ordering, fan-out.
 //! - [`store`]: the `Store` trait and its SQLite, PostgreSQL and MongoDB
@@ -38,6 +39,7 @@ pub mod cluster;
 pub mod config;
 pub mod crypto;
 pub mod fuzzing;
+pub mod handle;
 pub mod metrics;
 pub mod password;
 pub mod peers;

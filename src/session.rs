@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix::dev::SendError;
 use actix::prelude::*;
 use actix_web_actors::ws;
-use bytes::Bytes;
 use serde_bytes::ByteBuf;
 
 use crate::config::Settings;
 use crate::crypto::{self, PublicKeys};
+use crate::handle::{Push, SessionHandle, SessionId};
 use crate::metrics;
 use crate::peers::Slot;
 use crate::protocol::{decode_request_bounded, ErrorCode, Failure, Request, SendBody, ServerMsg};
@@ -30,51 +29,7 @@ use crate::user::User;
 use crate::util::now_ms;
 use crate::validate;
 
-pub type SessionId = u64;
-
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
-
-/// A pre-encoded frame for the session to write to its socket.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Push(pub Bytes);
-
-/// How rooms reach a session: its address plus a flag the sender raises
-/// when the session's bounded send queue (`limits.send_queue`) is full.
-#[derive(Clone)]
-pub struct SessionHandle {
-    pub id: SessionId,
-    recipient: Recipient<Push>,
-    overflow: Arc<AtomicBool>,
-    /// Bytes of frames queued for the session and not yet written.
-    queued: Arc<AtomicUsize>,
-    /// Most bytes that may be queued (`limits.send_queue_bytes`).
-    budget: usize,
-}
-
-impl SessionHandle {
-    /// Queues a frame. False when the session is gone or too slow; the
-    /// caller then forgets the handle, and a slow session closes itself
-    /// (1008) as soon as it runs again.
-    pub fn deliver(&self, frame: Bytes) -> bool {
-        let len = frame.len();
-        if self.queued.fetch_add(len, Ordering::AcqRel) + len > self.budget {
-            self.queued.fetch_sub(len, Ordering::AcqRel);
-            self.overflow.store(true, Ordering::Relaxed);
-            return false;
-        }
-        match self.recipient.try_send(Push(frame)) {
-            Ok(()) => true,
-            Err(e) => {
-                self.queued.fetch_sub(len, Ordering::AcqRel);
-                if let SendError::Full(_) = e {
-                    self.overflow.store(true, Ordering::Relaxed);
-                }
-                false
-            }
-        }
-    }
-}
 
 /// One request's place in a per-connection count; given back on drop (the
 /// reply, or the request's failure, drops it).
@@ -476,13 +431,13 @@ impl Session {
             return self.fail(ctx, id, ErrorCode::AuthFailed);
         }
         let username = user.username.clone();
-        let handle = SessionHandle {
-            id: self.id,
-            recipient: ctx.address().recipient(),
-            overflow: self.overflow.clone(),
-            queued: self.queued.clone(),
-            budget: self.settings.limits.send_queue_bytes,
-        };
+        let handle = SessionHandle::new(
+            self.id,
+            ctx.address().recipient(),
+            self.overflow.clone(),
+            self.queued.clone(),
+            self.settings.limits.send_queue_bytes,
+        );
         self.announced = Some(username.clone());
         let online = self.registry.send(registry::Online {
             username: username.clone(),

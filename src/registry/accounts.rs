@@ -8,9 +8,9 @@ use actix::prelude::*;
 
 use super::{failed, internal, Registry, RegistryResult};
 use crate::crypto::PublicKeys;
+use crate::handle::{SessionHandle, SessionId};
 use crate::protocol::{ErrorCode, Failure, RoomSummary};
 use crate::room::{self, RoomActor};
-use crate::session::{SessionHandle, SessionId};
 use crate::store::{StoreError, UserRecord};
 use crate::user::User;
 use crate::util::now_ms;

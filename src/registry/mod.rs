@@ -27,10 +27,10 @@ use indexmap::IndexSet;
 
 use crate::cluster::{presence::Peers, Cluster, RoomChange};
 use crate::config::Settings;
+use crate::handle::{SessionHandle, SessionId};
 use crate::password::Hasher;
 use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
-use crate::room::{self, OwnerAction, OwnerOp, OwnerOutcome, RoomActor};
-use crate::session::{SessionHandle, SessionId};
+use crate::room::{self, OwnerAction, OwnerOp, OwnerOutcome, RoomActor, RoomChanged};
 use crate::store::{DirectoryEntry, RoomRecord, SharedStore, StoreError};
 use crate::user::User;
 use crate::util::{new_room_id, now_ms};
@@ -237,7 +237,15 @@ impl Registry {
             self.cluster.clone(),
         );
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| {
-            RoomActor::new(record, store, me, settings, hasher, cluster, elsewhere)
+            RoomActor::new(
+                record,
+                store,
+                me.recipient(),
+                settings,
+                hasher,
+                cluster,
+                elsewhere,
+            )
         });
         entry.addr = Some(addr.clone());
         Some(addr)
@@ -841,13 +849,6 @@ impl Handler<OwnerRequest> for Registry {
             Ok(())
         }))
     }
-}
-
-/// A room reports a change to its record (seq, owner, name, password).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RoomChanged {
-    pub record: RoomRecord,
 }
 
 impl Handler<RoomChanged> for Registry {

@@ -8,7 +8,7 @@ use actix::prelude::*;
 
 use super::RoomActor;
 use crate::cluster::RoomChange;
-use crate::session::SessionHandle;
+use crate::handle::SessionHandle;
 
 /// Another process committed a change to this room: read the room again,
 /// then attach this process's sessions of members who joined there.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::{internal, MemberState, RoomActor, RoomResult};
+use crate::handle::SessionHandle;
 use crate::protocol::{ErrorCode, Failure, Member, RoomSummary, ServerMsg};
-use crate::session::SessionHandle;
 use crate::store::StoreError;
 use crate::user::User;
 use crate::util::now_ms;

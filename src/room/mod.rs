@@ -32,10 +32,9 @@ use tokio::sync::oneshot;
 
 use crate::cluster::{Cluster, RoomChange};
 use crate::config::Settings;
+use crate::handle::{SessionHandle, SessionId};
 use crate::password::Hasher;
 use crate::protocol::{ErrorCode, Failure, Member, MessageData, RoomSummary, SendBody, ServerMsg};
-use crate::registry::{Registry, RoomChanged};
-use crate::session::{SessionHandle, SessionId};
 use crate::store::{
     Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, SharedStore, StoreError,
 };
@@ -58,12 +57,23 @@ struct Pending {
     reply: oneshot::Sender<RoomResult<Appended>>,
 }
 
+/// What a room tells the directory: its record changed (seq, owner, name,
+/// password). Declared here, with the room's other messages; the Registry
+/// handles it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomChanged {
+    pub record: RoomRecord,
+}
+
 pub struct RoomActor {
     record: RoomRecord,
     members: IndexMap<String, MemberState>,
     bans: HashSet<String>,
     store: SharedStore,
-    registry: Addr<Registry>,
+    /// Where the room reports changes to its record (the Registry's
+    /// directory): a recipient, so rooms do not depend on the Registry.
+    registry: Recipient<RoomChanged>,
     settings: Arc<Settings>,
     next_ticket: u64,
     pending: VecDeque<Pending>,
@@ -108,7 +118,7 @@ impl RoomActor {
     pub fn new(
         record: RoomRecord,
         store: SharedStore,
-        registry: Addr<Registry>,
+        registry: Recipient<RoomChanged>,
         settings: Arc<Settings>,
         hasher: Arc<Hasher>,
         cluster: Option<Cluster>,
