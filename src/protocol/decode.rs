@@ -1,0 +1,263 @@
+//! The strict request decoder: the frame's shape is checked first
+//! (`super::shape`), then the map is read field by field with the exact
+//! CBOR types the spec names.
+
+use std::collections::BTreeMap;
+
+use ciborium::Value;
+use serde_bytes::ByteBuf;
+
+use super::shape;
+use super::{ErrorCode, Failure, Request, SendBody, MAX_REQUEST_ID};
+
+/// Why a frame could not be turned into a request. `id` is the request id
+/// when it could still be read, so the error can echo it.
+#[derive(Debug, Clone)]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub failure: Failure,
+}
+
+/// Most data items `decode_request` accepts in one frame: a `send` to a
+/// room of 2,000 members has about 4,000.
+pub const DEFAULT_MAX_ITEMS: usize = 4096;
+
+/// Deepest nesting accepted: requests are at most a map of maps.
+pub const MAX_DEPTH: usize = 4;
+
+/// Decodes one binary frame into `(id, request)`, checking every CBOR type,
+/// with at most [`DEFAULT_MAX_ITEMS`] items.
+pub fn decode_request(frame: &[u8]) -> Result<(Option<u64>, Request), DecodeError> {
+    decode_request_bounded(frame, DEFAULT_MAX_ITEMS)
+}
+
+/// Decodes one binary frame, first counting its items without allocating:
+/// a frame with more than `max_items` data items or nesting deeper than
+/// [`MAX_DEPTH`] is `malformed` before anything is built, so a frame of a
+/// million tiny items costs a scan, not a million allocations.
+pub fn decode_request_bounded(
+    frame: &[u8],
+    max_items: usize,
+) -> Result<(Option<u64>, Request), DecodeError> {
+    let malformed = |id, why: String| DecodeError {
+        id,
+        failure: Failure::new(ErrorCode::Malformed, why),
+    };
+    if let Err(e) = shape::check(frame, max_items) {
+        return Err(match e {
+            // Answered with the request id, found by a walk that builds nothing.
+            shape::Refused::TooManyItems => DecodeError {
+                id: shape::peek_id(frame),
+                failure: Failure::new(
+                    ErrorCode::TooLarge,
+                    format!("the request has more than {max_items} CBOR items"),
+                ),
+            },
+            shape::Refused::Malformed(why) => malformed(None, why),
+        });
+    }
+    let value: Value = ciborium::from_reader(frame)
+        .map_err(|e| malformed(None, format!("the frame is not CBOR: {e}")))?;
+    let Value::Map(entries) = value else {
+        return Err(malformed(None, "the frame is not a CBOR map".into()));
+    };
+    let fields = Fields(&entries);
+    let id = match fields.get("id") {
+        None => None,
+        Some(v) => match as_uint(v) {
+            Some(id) if id < MAX_REQUEST_ID => Some(id),
+            _ => {
+                return Err(malformed(
+                    None,
+                    "`id` must be an unsigned integer below 2^53".into(),
+                ))
+            }
+        },
+    };
+    let kind = match fields.get("type") {
+        Some(Value::Text(t)) => t.as_str(),
+        Some(_) => return Err(malformed(id, "`type` must be text".into())),
+        None => return Err(malformed(id, "the map has no `type`".into())),
+    };
+    let request = fields.request(kind).map_err(|e| match e {
+        FieldError::UnknownType => DecodeError {
+            id,
+            failure: Failure::new(
+                ErrorCode::UnknownType,
+                format!("unknown request type `{kind}`"),
+            ),
+        },
+        FieldError::Bad(why) => malformed(id, why),
+    })?;
+    Ok((id, request))
+}
+
+enum FieldError {
+    UnknownType,
+    Bad(String),
+}
+
+type FieldResult<T> = Result<T, FieldError>;
+
+struct Fields<'a>(&'a [(Value, Value)]);
+
+fn as_uint(v: &Value) -> Option<u64> {
+    match v {
+        Value::Integer(i) => u64::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+impl Fields<'_> {
+    /// The value for `key`; CBOR null counts as absent.
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0
+            .iter()
+            .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
+            .map(|(_, v)| v)
+            .filter(|v| !v.is_null())
+    }
+
+    fn missing(key: &str) -> FieldError {
+        FieldError::Bad(format!("missing `{key}`"))
+    }
+
+    fn wrong(key: &str, what: &str) -> FieldError {
+        FieldError::Bad(format!("`{key}` must be {what}"))
+    }
+
+    fn opt_text(&self, key: &str) -> FieldResult<Option<String>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Text(t)) => Ok(Some(t.clone())),
+            Some(_) => Err(Self::wrong(key, "text")),
+        }
+    }
+
+    fn text(&self, key: &str) -> FieldResult<String> {
+        self.opt_text(key)?.ok_or_else(|| Self::missing(key))
+    }
+
+    fn bytes(&self, key: &str) -> FieldResult<ByteBuf> {
+        match self.get(key) {
+            None => Err(Self::missing(key)),
+            Some(Value::Bytes(b)) => Ok(ByteBuf::from(b.clone())),
+            Some(_) => Err(Self::wrong(key, "a byte string")),
+        }
+    }
+
+    fn opt_uint(&self, key: &str) -> FieldResult<Option<u64>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => as_uint(v)
+                .map(Some)
+                .ok_or_else(|| Self::wrong(key, "an unsigned integer")),
+        }
+    }
+
+    fn opt_bool(&self, key: &str) -> FieldResult<Option<bool>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(Self::wrong(key, "a boolean")),
+        }
+    }
+
+    fn key_map(&self, key: &str) -> FieldResult<BTreeMap<String, ByteBuf>> {
+        let Some(Value::Map(entries)) = self.get(key) else {
+            return Err(match self.get(key) {
+                None => Self::missing(key),
+                Some(_) => Self::wrong(key, "a map"),
+            });
+        };
+        let mut out = BTreeMap::new();
+        for (k, v) in entries {
+            match (k, v) {
+                (Value::Text(name), Value::Bytes(wrapped)) => {
+                    out.insert(name.clone(), ByteBuf::from(wrapped.clone()));
+                }
+                _ => return Err(Self::wrong(key, "a map of text to byte strings")),
+            }
+        }
+        Ok(out)
+    }
+
+    fn room_user(&self) -> FieldResult<(String, String)> {
+        Ok((self.text("room_id")?, self.text("username")?))
+    }
+
+    fn request(&self, kind: &str) -> FieldResult<Request> {
+        Ok(match kind {
+            "register" => Request::Register {
+                username: self.text("username")?,
+                sign_key: self.bytes("sign_key")?,
+                enc_key: self.bytes("enc_key")?,
+            },
+            "login" => Request::Login {
+                username: self.text("username")?,
+            },
+            "prove" => Request::Prove {
+                signature: self.bytes("signature")?,
+            },
+            "ping" => Request::Ping,
+            "list_rooms" => Request::ListRooms {
+                offset: self.opt_uint("offset")?,
+                limit: self.opt_uint("limit")?,
+            },
+            "create_room" => Request::CreateRoom {
+                name: self.text("name")?,
+                password: self.opt_text("password")?,
+                hidden: self.opt_bool("hidden")?,
+            },
+            "join_room" => Request::JoinRoom {
+                room_id: self.text("room_id")?,
+                password: self.opt_text("password")?,
+            },
+            "leave_room" => Request::LeaveRoom {
+                room_id: self.text("room_id")?,
+            },
+            "get_members" => Request::GetMembers {
+                room_id: self.text("room_id")?,
+            },
+            "kick" => {
+                let (room_id, username) = self.room_user()?;
+                Request::Kick { room_id, username }
+            }
+            "ban" => {
+                let (room_id, username) = self.room_user()?;
+                Request::Ban { room_id, username }
+            }
+            "unban" => {
+                let (room_id, username) = self.room_user()?;
+                Request::Unban { room_id, username }
+            }
+            "rename_room" => Request::RenameRoom {
+                room_id: self.text("room_id")?,
+                name: self.text("name")?,
+            },
+            "set_password" => Request::SetPassword {
+                room_id: self.text("room_id")?,
+                password: self.opt_text("password")?,
+            },
+            "delete_room" => Request::DeleteRoom {
+                room_id: self.text("room_id")?,
+            },
+            "send" => Request::Send(SendBody {
+                room_id: self.text("room_id")?,
+                msg_id: self.bytes("msg_id")?,
+                nonce: self.bytes("nonce")?,
+                key_commitment: self.bytes("key_commitment")?,
+                ciphertext: self.bytes("ciphertext")?,
+                keys: self.key_map("keys")?,
+                signature: self.bytes("signature")?,
+            }),
+            "history" => Request::History {
+                room_id: self.text("room_id")?,
+                after_seq: self.opt_uint("after_seq")?,
+                before_seq: self.opt_uint("before_seq")?,
+                limit: self.opt_uint("limit")?,
+            },
+            _ => return Err(FieldError::UnknownType),
+        })
+    }
+}
