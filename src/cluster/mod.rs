@@ -22,6 +22,7 @@
 mod link;
 pub mod outbox;
 pub mod presence;
+pub mod reloads;
 
 use std::sync::Arc;
 

@@ -9,33 +9,19 @@ use indexmap::IndexSet;
 
 use super::{Registry, RoomEntry};
 use crate::cluster::{presence::Change, Ctl, FromCluster, RoomChange};
-use crate::room::{self, merge_changes, RoomActor};
+use crate::room::{self, RoomActor};
 use crate::store::RoomState;
 use crate::validate::room_name_key;
-
-/// Reloads of one room from the store: how many started, the newest
-/// applied, and the change the newest one was for.
-#[derive(Default)]
-pub(super) struct Loads {
-    started: u64,
-    applied: u64,
-    /// Finished (applied or not): one is in flight while fewer than started.
-    finished: u64,
-    change: Option<RoomChange>,
-    /// Asked for while one was in flight: runs once after it.
-    queued: Option<RoomChange>,
-}
 
 impl Registry {
     /// A change to the room was just committed here: a reload in flight
     /// read the store before it and must not be applied; read again.
     pub(super) fn superseded(&mut self, room_id: &str, ctx: &mut Context<Self>) {
-        let Some(loads) = self.room_loads.get_mut(room_id) else {
-            return;
-        };
-        if loads.started > loads.applied {
-            loads.applied = loads.started;
-            let change = loads.change.clone().unwrap_or(RoomChange::Updated);
+        let again = self
+            .room_loads
+            .get_mut(room_id)
+            .and_then(|loads| loads.superseded());
+        if let Some(change) = again {
             self.reload_room(room_id.to_owned(), change, ctx);
         }
     }
@@ -144,24 +130,18 @@ impl Registry {
         }
     }
 
-    /// Reads a room changed by another process and applies it. Loads may
-    /// finish out of order; only one started after the last applied counts.
-    /// Coalesced like the room's reloads: while one read is in flight,
-    /// further changes become one read after it.
+    /// Reads a room changed by another process and applies it (see
+    /// `cluster::reloads`: the newest read counts, and reads are coalesced).
     fn reload_room(&mut self, room_id: String, change: RoomChange, ctx: &mut Context<Self>) {
         let loads = self.room_loads.entry(room_id.clone()).or_default();
-        if loads.started > loads.finished {
-            loads.queued = Some(merge_changes(loads.queued.take(), change));
+        let Some(generation) = loads.want(change.clone()) else {
             return;
-        }
-        loads.started += 1;
-        loads.change = Some(change.clone());
-        let generation = loads.started;
+        };
         let load = self.store.load_room(&room_id);
         ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
             let loads = act.room_loads.entry(room_id.clone()).or_default();
-            loads.finished += 1;
-            if let Some(next) = loads.queued.take() {
+            let (apply, next) = loads.finished(generation, res.is_ok());
+            if let Some(next) = next {
                 act.reload_room(room_id.clone(), next, ctx);
             }
             let state = match res {
@@ -171,12 +151,9 @@ impl Registry {
                     return;
                 }
             };
-            let loads = act.room_loads.entry(room_id.clone()).or_default();
-            if generation <= loads.applied {
-                return;
+            if apply {
+                act.apply_room_state(&room_id, state, change, ctx);
             }
-            loads.applied = generation;
-            act.apply_room_state(&room_id, state, change, ctx);
         }));
     }
 

@@ -120,7 +120,7 @@ pub struct Registry {
     peers: Peers,
     anywhere: usize,
     presence_version: u64,
-    room_loads: HashMap<String, cluster::Loads>,
+    room_loads: HashMap<String, crate::cluster::reloads::Reloads>,
     subscriptions: u64,
 }
 

@@ -32,26 +32,17 @@ impl Handler<Reload> for RoomActor {
 }
 
 impl RoomActor {
-    /// Reads the committed state and adopts it. Reads may finish out of
-    /// order, and one that started before a change this room made itself
-    /// would undo it: only the newest read counts, and a local change
-    /// (`local_change`) makes the reads in flight stale.
-    ///
-    /// Coalesced: while a read is in flight, further requests become one
-    /// read after it (a join/leave loop on a big room made every other
-    /// process read the whole room twice per change).
+    /// Reads the committed state and adopts it (see `cluster::reloads`:
+    /// the newest read counts, a local change makes reads in flight stale,
+    /// and reads are coalesced).
     pub(super) fn reload(&mut self, change: RoomChange, ctx: &mut Context<Self>) {
-        if self.loads_started > self.loads_finished {
-            self.reload_queued = Some(merge_changes(self.reload_queued.take(), change));
+        let Some(generation) = self.reloads.want(change.clone()) else {
             return;
-        }
-        self.loads_started += 1;
-        let generation = self.loads_started;
-        self.reload_change = Some(change.clone());
+        };
         let load = self.store.load_room(&self.record.room_id);
         ctx.spawn(load.into_actor(self).map(move |res, act, ctx| {
-            act.loads_finished += 1;
-            if let Some(next) = act.reload_queued.take() {
+            let (apply, next) = act.reloads.finished(generation, res.is_ok());
+            if let Some(next) = next {
                 // Changes came meanwhile: read once more, after this one.
                 act.reload(next, ctx);
             }
@@ -62,10 +53,9 @@ impl RoomActor {
                     return;
                 }
             };
-            if generation <= act.loads_applied {
+            if !apply {
                 return;
             }
-            act.loads_applied = generation;
             if state.record.is_none() {
                 act.gone(ctx);
                 return;
@@ -84,21 +74,9 @@ impl RoomActor {
     /// This room committed a membership change itself: reads that started
     /// before it are stale; read again.
     pub(super) fn local_change(&mut self, ctx: &mut Context<Self>) {
-        if self.loads_started > self.loads_applied {
-            self.loads_applied = self.loads_started;
-            let change = self.reload_change.clone().unwrap_or(RoomChange::Updated);
+        if let Some(change) = self.reloads.superseded() {
             self.reload(change, ctx);
         }
-    }
-}
-
-/// One change for several coalesced ones: a removal (it tells the removed
-/// member's sessions why) or a deletion wins over plain updates.
-pub fn merge_changes(queued: Option<RoomChange>, new: RoomChange) -> RoomChange {
-    let telling = |c: &RoomChange| matches!(c, RoomChange::Removed { .. } | RoomChange::Deleted);
-    match queued {
-        Some(q) if telling(&q) && !telling(&new) => q,
-        _ => new,
     }
 }
 

@@ -17,7 +17,7 @@ mod delivery;
 mod membership;
 mod owner;
 
-pub use cluster::{merge_changes, Elsewhere, Reload};
+pub use cluster::{Elsewhere, Reload};
 pub use membership::{GetMembers, Join, Joined, Leave, Left};
 pub use owner::{OwnerAction, OwnerOp, OwnerOutcome};
 
@@ -30,7 +30,8 @@ use indexmap::IndexMap;
 use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
-use crate::cluster::{Cluster, RoomChange};
+use crate::cluster::reloads::Reloads;
+use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::handle::{SessionHandle, SessionId};
 use crate::password::Hasher;
@@ -95,17 +96,9 @@ pub struct RoomActor {
     filling: bool,
     /// Members online on another process.
     elsewhere: HashSet<String>,
-    /// Reloads after other processes' changes: started, newest applied, the
-    /// change the newest was for, and sessions to attach after it.
-    loads_started: u64,
-    loads_applied: u64,
-    /// Reloads finished (applied or not): one is in flight while fewer than
-    /// started.
-    loads_finished: u64,
-    reload_change: Option<RoomChange>,
-    /// A reload asked for while one was in flight: it runs once after it,
-    /// however many were asked for (see `cluster::merge_changes`).
-    reload_queued: Option<RoomChange>,
+    /// Reloads after other processes' changes (`cluster::reloads`), and
+    /// sessions to attach after the next one.
+    reloads: Reloads,
     waiting_attach: Vec<(String, SessionHandle)>,
 }
 
@@ -130,11 +123,7 @@ impl RoomActor {
             ready: BTreeMap::new(),
             filling: false,
             elsewhere,
-            loads_started: 0,
-            loads_applied: 0,
-            loads_finished: 0,
-            reload_change: None,
-            reload_queued: None,
+            reloads: Reloads::default(),
             waiting_attach: Vec::new(),
             hasher,
             record,
