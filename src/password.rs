@@ -17,13 +17,14 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::password_hash::{rand_core::OsRng, Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 
 use crate::protocol::{ErrorCode, Failure};
+use crate::util::Windows;
 
 /// The window of the attempt budgets.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -45,37 +46,9 @@ pub struct Hasher {
 }
 
 /// Attempts counted in the current window, by user and by address.
-#[derive(Default)]
 struct Attempts {
-    users: HashMap<String, (Instant, u32)>,
-    ips: HashMap<IpAddr, (Instant, u32)>,
-}
-
-fn count<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, (Instant, u32)>,
-    key: K,
-    limit: u32,
-    now: Instant,
-) -> bool {
-    if map.len() > 100_000 {
-        map.retain(|_, (since, _)| now.duration_since(*since) < WINDOW);
-    }
-    let (since, n) = map.entry(key).or_insert((now, 0));
-    if now.duration_since(*since) >= WINDOW {
-        *since = now;
-        *n = 0;
-    }
-    if *n >= limit {
-        return false;
-    }
-    *n += 1;
-    true
-}
-
-fn uncount<K: std::hash::Hash + Eq>(map: &mut HashMap<K, (Instant, u32)>, key: &K) {
-    if let Some((_, n)) = map.get_mut(key) {
-        *n = n.saturating_sub(1);
-    }
+    users: Windows<String>,
+    ips: Windows<IpAddr>,
 }
 
 /// One counted password attempt. A right password (or a check that never
@@ -89,8 +62,8 @@ pub struct Attempt {
 impl Attempt {
     pub fn refund(self) {
         let mut a = self.hasher.attempts.lock().expect("attempts lock");
-        uncount(&mut a.users, &self.user);
-        uncount(&mut a.ips, &crate::peers::budget_key(self.ip));
+        a.users.give_back(&self.user);
+        a.ips.give_back(&crate::peers::budget_key(self.ip));
     }
 }
 
@@ -132,7 +105,10 @@ impl Hasher {
             limit: in_flight + queue,
             busy: Arc::default(),
             blocks: Arc::default(),
-            attempts: Mutex::default(),
+            attempts: Mutex::new(Attempts {
+                users: Windows::new(WINDOW, 100_000),
+                ips: Windows::new(WINDOW, 100_000),
+            }),
             per_user,
             per_ip,
         })
@@ -142,17 +118,16 @@ impl Hasher {
     /// past either budget. Counted before the hash runs, so racing attempts
     /// cannot exceed it.
     pub fn attempt(self: &Arc<Self>, user: &str, ip: IpAddr) -> Result<Attempt, Failure> {
-        let now = Instant::now();
         let mut a = self.attempts.lock().expect("attempts lock");
         let key = crate::peers::budget_key(ip);
-        if !count(&mut a.users, user.to_owned(), self.per_user, now) {
+        if !a.users.take(user.to_owned(), self.per_user) {
             return Err(Failure::new(
                 ErrorCode::RateLimited,
                 "too many password attempts; wait a minute",
             ));
         }
-        if !count(&mut a.ips, key, self.per_ip, now) {
-            uncount(&mut a.users, &user.to_owned());
+        if !a.ips.take(key, self.per_ip) {
+            a.users.give_back(&user.to_owned());
             return Err(Failure::new(
                 ErrorCode::RateLimited,
                 "too many password attempts from your address; wait a minute",

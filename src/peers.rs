@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::util::Windows;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -93,11 +95,10 @@ pub fn budget_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-#[derive(Default)]
 struct Counts {
     connections: HashMap<IpAddr, usize>,
-    /// Registrations in the window that started at the instant.
-    registrations: HashMap<IpAddr, (Instant, u32)>,
+    /// Registrations in the current hour, per address.
+    registrations: Windows<IpAddr>,
 }
 
 /// The server's per-address books.
@@ -136,7 +137,10 @@ impl Drop for Slot {
 impl Peers {
     pub fn new(max_connections: usize, registrations_per_hour: u32) -> Arc<Peers> {
         Arc::new(Peers {
-            counts: Mutex::default(),
+            counts: Mutex::new(Counts {
+                connections: HashMap::new(),
+                registrations: Windows::new(HOUR, 10_000),
+            }),
             max_connections,
             registrations_per_hour,
         })
@@ -160,23 +164,9 @@ impl Peers {
 
     /// Counts one registration from `ip`; false past the hourly limit.
     pub fn register(&self, ip: IpAddr) -> bool {
-        let ip = budget_key(ip);
-        let now = Instant::now();
         let mut c = self.counts.lock().expect("peers lock");
-        if c.registrations.len() > 10_000 {
-            c.registrations
-                .retain(|_, (since, _)| now.duration_since(*since) < HOUR);
-        }
-        let (since, count) = c.registrations.entry(ip).or_insert((now, 0));
-        if now.duration_since(*since) >= HOUR {
-            *since = now;
-            *count = 0;
-        }
-        if *count >= self.registrations_per_hour {
-            return false;
-        }
-        *count += 1;
-        true
+        c.registrations
+            .take(budget_key(ip), self.registrations_per_hour)
     }
 }
 

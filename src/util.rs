@@ -1,6 +1,10 @@
-//! Small helpers shared by every module: the clock and id generation.
+//! Small helpers shared by every module: the clock, id generation, and
+//! per-key counts in fixed windows (the budgets of registrations, password
+//! attempts, and joins and leaves).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch (UTC), the protocol's timestamp unit.
 pub fn now_ms() -> u64 {
@@ -18,3 +22,68 @@ pub fn new_room_id() -> String {
 /// while there is room, which keeps one sender's requests in order; actix's
 /// default of 16 would make bursts wait (and possibly reorder).
 pub const MAILBOX_CAPACITY: usize = 1 << 20;
+
+/// Counts per key in fixed windows, each starting at its key's first count.
+/// Past `prune_above` keys, windows that ended are dropped, so a stream of
+/// new keys cannot grow it without end.
+pub struct Windows<K> {
+    window: Duration,
+    prune_above: usize,
+    counts: HashMap<K, (Instant, u32)>,
+}
+
+impl<K: Hash + Eq> Windows<K> {
+    pub fn new(window: Duration, prune_above: usize) -> Self {
+        Windows {
+            window,
+            prune_above,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Counts one for `key`; false (and nothing counted) when `limit` are
+    /// counted in its current window already.
+    pub fn take(&mut self, key: K, limit: u32) -> bool {
+        let now = Instant::now();
+        if self.counts.len() > self.prune_above {
+            let window = self.window;
+            self.counts
+                .retain(|_, (since, _)| now.duration_since(*since) < window);
+        }
+        let (since, n) = self.counts.entry(key).or_insert((now, 0));
+        if now.duration_since(*since) >= self.window {
+            *since = now;
+            *n = 0;
+        }
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives one count back to `key`'s window.
+    pub fn give_back(&mut self, key: &K) {
+        if let Some((_, n)) = self.counts.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_count_per_key_and_give_back() {
+        let mut w = Windows::new(Duration::from_secs(60), 10);
+        assert!(w.take("a", 2) && w.take("a", 2));
+        assert!(!w.take("a", 2));
+        assert!(w.take("b", 2));
+        w.give_back(&"a");
+        assert!(w.take("a", 2));
+        // An ended window starts again.
+        let mut short = Windows::new(Duration::ZERO, 10);
+        assert!(short.take("a", 1) && short.take("a", 1));
+    }
+}

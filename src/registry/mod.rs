@@ -110,7 +110,7 @@ pub struct Registry {
     running: HashSet<String>,
     /// Joins, leaves and creations per user in the current minute
     /// (`limits.membership_changes_per_minute`).
-    churn: HashMap<String, (std::time::Instant, u32)>,
+    churn: crate::util::Windows<String>,
     /// The one gate for Argon2 work, shared with every room.
     hasher: Arc<Hasher>,
     /// Several processes: the Redis link, the others' presence, how many
@@ -165,7 +165,7 @@ impl Registry {
             online: HashMap::new(),
             pending_rooms: HashMap::new(),
             running: HashSet::new(),
-            churn: HashMap::new(),
+            churn: crate::util::Windows::new(std::time::Duration::from_secs(60), 100_000),
         }
     }
 
@@ -255,25 +255,15 @@ impl Registry {
     /// `limits.membership_changes_per_minute` (a join/leave loop on a big
     /// room made every other process re-read it each time).
     fn take_churn(&mut self, user: &str) -> Result<(), Failure> {
-        let now = std::time::Instant::now();
-        let minute = std::time::Duration::from_secs(60);
-        if self.churn.len() > 100_000 {
-            self.churn
-                .retain(|_, (since, _)| now.duration_since(*since) < minute);
-        }
-        let (since, n) = self.churn.entry(user.to_owned()).or_insert((now, 0));
-        if now.duration_since(*since) >= minute {
-            *since = now;
-            *n = 0;
-        }
-        if *n >= self.settings.limits.membership_changes_per_minute {
-            return Err(Failure::new(
+        let limit = self.settings.limits.membership_changes_per_minute;
+        if self.churn.take(user.to_owned(), limit) {
+            Ok(())
+        } else {
+            Err(Failure::new(
                 ErrorCode::RateLimited,
                 "too many joins and leaves; wait a minute",
-            ));
+            ))
         }
-        *n += 1;
-        Ok(())
     }
 
     /// A room was renamed: its name key changes (a hidden room's does not).
