@@ -182,13 +182,7 @@ impl Registry {
                 room_name_key(&record.name, record.hidden, room_id),
                 room_id.to_owned(),
             );
-            self.insert_room(RoomEntry {
-                record: record.clone(),
-                members: IndexSet::new(),
-                addr: None,
-                busy: 0,
-                quiet_since: None,
-            });
+            self.insert_room(RoomEntry::new(record.clone(), IndexSet::new()));
         } else {
             let mut renamed = None;
             self.edit_room(room_id, |e| {

@@ -64,6 +64,17 @@ struct ListKey {
 }
 
 impl RoomEntry {
+    /// A room's entry, its actor not started.
+    fn new(record: RoomRecord, members: IndexSet<String>) -> Self {
+        RoomEntry {
+            record,
+            members,
+            addr: None,
+            busy: 0,
+            quiet_since: None,
+        }
+    }
+
     fn list_key(&self) -> ListKey {
         ListKey {
             members: Reverse(self.members.len()),
@@ -181,13 +192,7 @@ impl Registry {
                 room_name_key(&room.name, room.hidden, &room.room_id),
                 room.room_id.clone(),
             );
-            self.insert_room(RoomEntry {
-                record: room,
-                members: members.into_iter().collect(),
-                addr: None,
-                busy: 0,
-                quiet_since: None,
-            });
+            self.insert_room(RoomEntry::new(room, members.into_iter().collect()));
         }
     }
 
@@ -622,13 +627,7 @@ impl Handler<CreateRoom> for Registry {
                     let username = user.username.clone();
                     log::info!("{username} created room {room_id} ({:?})", record.name);
                     act.announce(&room_id, RoomChange::Created, ctx);
-                    act.insert_room(RoomEntry {
-                        members: IndexSet::new(),
-                        record,
-                        addr: None,
-                        busy: 0,
-                        quiet_since: None,
-                    });
+                    act.insert_room(RoomEntry::new(record, IndexSet::new()));
                     act.add_membership(&room_id, &username);
                     let addr = act
                         .room_addr(&room_id, ctx.address())
