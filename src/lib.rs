@@ -27,7 +27,7 @@
 //! - Small pieces: [`user`] (a user's parsed keys), [`password`] (Argon2id off
 //!   the actor threads), [`peers`] (per-address connection and registration
 //!   budgets), [`metrics`] (counters for `/metrics`), [`util`]
-//!   (clock, ids), [`fuzzing`] (the fuzz targets' bodies).
+//!   (clock, ids, fixed-window counters), [`fuzzing`] (the fuzz targets' bodies).
 //!
 //! The binaries are in `src/bin/`: `e2ee-chat-server`, `e2ee-chat` (the
 //! terminal client) and `e2ee-chat-bench` (the load generator).

@@ -96,9 +96,9 @@ pub struct RoomActor {
     filling: bool,
     /// Members online on another process.
     elsewhere: HashSet<String>,
-    /// Reloads after other processes' changes (`cluster::reloads`), and
-    /// sessions to attach after the next one.
+    /// Reloads after other processes' changes (`cluster::reloads`).
     reloads: Reloads,
+    /// Sessions to attach once the next reload is applied.
     waiting_attach: Vec<(String, SessionHandle)>,
 }
 
