@@ -594,7 +594,7 @@ fn main() {
             }
             Some(uri) => {
                 let db = format!("e2ee_chat_test_{}", hex::encode(e2ee_chat::crypto::random_bytes::<6>()));
-                let store = MongoStore::connect(&uri, Some(&db)).await;
+                let store = MongoStore::connect(&uri, Some(&db), 64).await;
                 match store {
                     Ok(store) => tally.run("mongodb conformance", conformance(Arc::new(store))).await,
                     Err(e) => {

@@ -1,7 +1,12 @@
 //! Persistence behind one trait, so the actors do not know which database
 //! they talk to: [`sqlite`] (embedded, the default), [`postgres`] and
-//! [`mongo`], chosen by `store.url`; [`keyblob`] is the wrapped-key format
-//! the SQL stores share.
+//! [`mongo`], chosen by `store.url` ([`StoreKind`], [`open`]).
+//!
+//! Each backend's folder holds only its dialect. What every store does the
+//! same way is written once here: the group-commit queue ([`batch`]), the
+//! history page walk and its limits ([`page`]), retention's plan
+//! ([`purge`]), the directory's assembly ([`DirectoryEntry::assemble`]) and
+//! the wrapped-key blob of the SQL stores ([`keyblob`]).
 //!
 //! Every method returns a `'static` future: the actors hand work to the store
 //! and keep serving while it runs. A future that resolves `Ok` means the
@@ -16,10 +21,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub(crate) mod batch;
 pub mod keyblob;
 pub mod mongo;
+pub mod page;
 pub mod postgres;
+pub(crate) mod purge;
 pub mod sqlite;
+
+pub use page::{HistoryPage, HistoryQuery, PageBuilder};
 
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
@@ -98,6 +108,34 @@ pub struct DirectoryEntry {
     pub members: Vec<String>,
 }
 
+impl DirectoryEntry {
+    /// The directory from its rooms, in listing order, and (room, member)
+    /// pairs in join order; a member of a room not listed is left out.
+    pub(crate) fn assemble(
+        rooms: Vec<RoomRecord>,
+        members: impl IntoIterator<Item = (String, String)>,
+    ) -> Vec<DirectoryEntry> {
+        let index: std::collections::HashMap<String, usize> = rooms
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.room_id.clone(), i))
+            .collect();
+        let mut entries: Vec<DirectoryEntry> = rooms
+            .into_iter()
+            .map(|room| DirectoryEntry {
+                room,
+                members: Vec::new(),
+            })
+            .collect();
+        for (room_id, username) in members {
+            if let Some(&i) = index.get(&room_id) {
+                entries[i].members.push(username);
+            }
+        }
+        entries
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct MemberRecord {
     pub user: UserRecord,
@@ -167,95 +205,6 @@ pub struct StoredMessage {
     pub key: Vec<u8>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HistoryQuery {
-    pub after_seq: Option<u64>,
-    pub before_seq: Option<u64>,
-    pub limit: usize,
-    /// The page stops early (`has_more`) before the message that would take
-    /// it past this many bytes; it always holds at least one message.
-    pub max_bytes: usize,
-}
-
-impl HistoryQuery {
-    /// Pages run ascending after `after_seq`, else descending (and are
-    /// reversed at the end).
-    pub fn ascending(&self) -> bool {
-        self.after_seq.is_some()
-    }
-}
-
-impl StoredMessage {
-    /// About what this message costs on the wire.
-    pub fn wire_len(&self) -> usize {
-        const FRAMING: usize = 128;
-        self.msg_id.len()
-            + self.sender.len()
-            + self.nonce.len()
-            + self.key_commitment.len()
-            + self.ciphertext.len()
-            + self.signature.len()
-            + self.key.len()
-            + FRAMING
-    }
-}
-
-/// Builds a history page from messages read in query order, so every store
-/// applies the count and byte limits the same way.
-pub struct PageBuilder {
-    query: HistoryQuery,
-    bytes: usize,
-    page: HistoryPage,
-}
-
-impl PageBuilder {
-    pub fn new(query: HistoryQuery) -> Self {
-        PageBuilder {
-            query,
-            bytes: 0,
-            page: HistoryPage {
-                messages: Vec::with_capacity(query.limit.clamp(1, 512)),
-                has_more: false,
-            },
-        }
-    }
-
-    /// Adds the next message; false when the page is full (it then has
-    /// `has_more` set and the caller stops reading).
-    pub fn push(&mut self, m: StoredMessage) -> bool {
-        let len = m.wire_len();
-        let full = self.page.messages.len() >= self.query.limit.max(1)
-            || (!self.page.messages.is_empty() && self.bytes + len > self.query.max_bytes);
-        if full {
-            self.page.has_more = true;
-            return false;
-        }
-        self.bytes += len;
-        self.page.messages.push(m);
-        true
-    }
-
-    /// Marks that more messages exist beyond what was read (a store that
-    /// read a bounded number of rows and used them all).
-    pub fn more(&mut self) {
-        self.page.has_more = true;
-    }
-
-    /// The page in ascending seq order.
-    pub fn finish(mut self) -> HistoryPage {
-        if !self.query.ascending() {
-            self.page.messages.reverse();
-        }
-        self.page
-    }
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct HistoryPage {
-    pub messages: Vec<StoredMessage>,
-    pub has_more: bool,
-}
-
 /// Changes an owner makes to a room's record.
 #[derive(Debug, Clone, Default)]
 pub struct RoomUpdate {
@@ -279,6 +228,21 @@ pub struct PurgePolicy {
     pub batch: usize,
 }
 
+/// What a store checks inside its own writes differs, and says so here:
+///
+/// - **One process** (SQLite, MongoDB): the room actor's view is the truth,
+///   so `NewMessage::check_members`, the member limit and
+///   `max_rooms_per_user` are checked by the actors before the write and
+///   not again inside it.
+/// - **Shared by processes** (PostgreSQL, [`StoreKind::shared`]): every
+///   rule another process could break meanwhile is checked inside the
+///   write that depends on it: the committed member set of an append
+///   (`StaleMembers`), bans (`Banned`), the member limit (`RoomFull`),
+///   the user's rooms (`TooManyRooms`) and the owner (`NotOwner`).
+///
+/// Every store checks the owner of an owner's write (`by`), decides who is
+/// left and who inherits in the removal's own transaction, assigns gapless
+/// seqs and deduplicates appends.
 pub trait Store: Send + Sync + 'static {
     /// Answers when the store can serve requests (for /healthz).
     fn ping(&self) -> StoreFuture<()>;
@@ -400,7 +364,7 @@ pub async fn open(settings: &crate::config::Settings) -> Result<SharedStore, Sto
                 .with_max_rooms_per_user(settings.limits.max_rooms_per_user),
         ),
         StoreKind::Mongo => {
-            Arc::new(mongo::MongoStore::connect(&store.url, Some(&store.database)).await?)
+            Arc::new(mongo::MongoStore::connect(&store.url, Some(&store.database), batch).await?)
         }
         StoreKind::Sqlite => Arc::new(sqlite::SqliteStore::open(&store.path, batch)?),
     })

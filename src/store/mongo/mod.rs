@@ -1,0 +1,306 @@
+//! The MongoDB store, on the official `mongodb` driver.
+//!
+//! Collections: `users` (_id = username), `rooms` (_id = room_id, unique
+//! `name_folded`, `last_seq`), `members` (unique room+user, by user), `bans`
+//! (unique room+user), `messages` (unique room+seq, unique room+sender+msg_id,
+//! by ts; each message embeds its wrapped keys as `keys.<username>`).
+//! Indexes are created at start-up.
+//!
+//! Durability: the database handle uses write concern `majority` with
+//! journal and read concern `majority`, so an acknowledged write survives the
+//! loss of the primary and history only shows majority-committed messages.
+//!
+//! Seq: appends go through one writer task per store that takes the appends
+//! waiting (up to `store.max_batch`, the shared group-commit queue) and runs
+//! them in one multi-document transaction: dedupe by
+//! (room, sender, msg_id), `$inc` the room's `last_seq`, insert. Because the
+//! counter is incremented in the same transaction as the insert, a crash or a
+//! conflict can never leave a gap, and two server processes on one database
+//! still get unique, gapless seqs (a write conflict aborts one transaction,
+//! which is retried). Transactions need a replica set (Atlas always is; a
+//! single-node replica set is enough locally).
+//!
+//! Multi-document changes: `create_room` (room + owner membership) and
+//! `remove_member` with ban are transactions. `delete_room` is ordered: the
+//! room document goes first, so a crash part-way leaves only orphans that no
+//! query can reach (members and messages are only read through a room).
+//!
+//! All driver work runs on a small tokio runtime owned by the store, so the
+//! actix arbiters that call it never own the driver's connections.
+//!
+//! Files: `docs` (field access, collections, transactions), `writes`,
+//! `reads`. Batching, the page walk and retention's plan are the shared
+//! ones of [`crate::store`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::doc;
+use mongodb::options::{DatabaseOptions, ReadConcern};
+use mongodb::{Client, Database};
+use tokio::sync::oneshot;
+
+use super::batch::WriteQueue;
+use super::{
+    Appended, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage, PurgePolicy, Removed,
+    RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, UserRecord,
+};
+use crate::validate::room_name_key;
+use docs::{collect, durable, err, Collections};
+use writes::AppendJob;
+
+mod docs;
+mod reads;
+mod writes;
+
+const DEFAULT_DATABASE: &str = "e2ee_chat";
+
+pub struct MongoStore {
+    client: Client,
+    db: Database,
+    runtime: tokio::runtime::Handle,
+    appends: WriteQueue<AppendJob>,
+    shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl MongoStore {
+    /// Connects, creates the indexes and starts the append writer (batches
+    /// of at most `max_batch` appends). The database is the URI's default
+    /// database, else `database`, else `e2ee_chat`.
+    pub async fn connect(
+        uri: &str,
+        database: Option<&str>,
+        max_batch: usize,
+    ) -> Result<MongoStore, StoreError> {
+        let (handle_tx, handle_rx) = oneshot::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("mongodb".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("mongodb-rt")
+                    .enable_all()
+                    .build();
+                match rt {
+                    Ok(rt) => {
+                        let _ = handle_tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(async {
+                            let _ = stop_rx.await;
+                        });
+                        rt.shutdown_timeout(Duration::from_secs(5));
+                    }
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e.to_string()));
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let runtime = handle_rx
+            .await
+            .map_err(|_| StoreError::Unavailable("mongodb runtime died".into()))?
+            .map_err(StoreError::Unavailable)?;
+        let uri = uri.to_owned();
+        let database = database.map(str::to_owned);
+        let (client, db) = runtime
+            .spawn(async move {
+                let client = Client::with_uri_str(&uri).await.map_err(err)?;
+                let name = client
+                    .default_database()
+                    .map(|d| d.name().to_owned())
+                    .or(database)
+                    .unwrap_or_else(|| DEFAULT_DATABASE.to_owned());
+                let options = DatabaseOptions::builder()
+                    .write_concern(durable())
+                    .read_concern(ReadConcern::majority())
+                    .build();
+                let db = client.database_with_options(&name, options);
+                db.run_command(doc! {"ping": 1})
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                let colls = Collections::new(&db);
+                colls.create_indexes().await?;
+                // Hidden rooms stored before their names stopped being
+                // unique keys.
+                let hidden =
+                    collect(colls.rooms.find(doc! {"hidden": true}).await.map_err(err)?).await?;
+                for r in hidden {
+                    let id = r
+                        .get_str("_id")
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    colls
+                        .rooms
+                        .update_one(
+                            doc! {"_id": id},
+                            doc! {"$set": {"name_folded": room_name_key("", true, id)}},
+                        )
+                        .await
+                        .map_err(err)?;
+                }
+                log::info!("mongodb store connected (database {name})");
+                Ok::<_, StoreError>((client, db))
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))??;
+        let (appends, batches) = WriteQueue::new(max_batch);
+        runtime.spawn(writes::append_writer(
+            client.clone(),
+            Collections::new(&db),
+            batches,
+        ));
+        Ok(MongoStore {
+            client,
+            db,
+            runtime,
+            appends,
+            shutdown: std::sync::Mutex::new(Some(stop_tx)),
+        })
+    }
+
+    /// Runs `f` on the store's runtime and returns its result as a store future.
+    fn run<T, F, Fut>(&self, f: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client, Collections) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let task = self
+            .runtime
+            .spawn(f(self.client.clone(), Collections::new(&self.db)));
+        Box::pin(async move {
+            task.await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        })
+    }
+}
+
+impl Store for MongoStore {
+    fn ping(&self) -> StoreFuture<()> {
+        let db = self.db.clone();
+        self.run(move |_, _| async move {
+            db.run_command(doc! {"ping": 1})
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::Unavailable(e.to_string()))
+        })
+    }
+
+    fn create_user(&self, user: UserRecord) -> StoreFuture<()> {
+        self.run(move |_, c| async move { writes::create_user(&c, &user).await })
+    }
+
+    fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.run(move |_, c| async move { reads::get_user(&c, &username).await })
+    }
+
+    fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {
+        self.run(move |_, c| async move { reads::load_directory(&c).await })
+    }
+
+    fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {
+        self.run(move |client, c| async move { writes::create_room(&client, &c, &room).await })
+    }
+
+    fn load_room(&self, room_id: &str) -> StoreFuture<RoomState> {
+        let room_id = room_id.to_owned();
+        self.run(move |_, c| async move { reads::load_room(&c, &room_id).await })
+    }
+
+    fn update_room(&self, room_id: &str, update: RoomUpdate) -> StoreFuture<()> {
+        let room_id = room_id.to_owned();
+        self.run(move |_, c| async move { writes::update_room(&c, &room_id, &update).await })
+    }
+
+    fn delete_room(&self, room_id: &str) -> StoreFuture<()> {
+        let room_id = room_id.to_owned();
+        self.run(move |_, c| async move { writes::delete_room_docs(&c, &room_id).await })
+    }
+
+    fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.run(
+            move |_, c| async move { writes::add_member(&c, &room_id, &username, joined_at).await },
+        )
+    }
+
+    fn remove_member(
+        &self,
+        room_id: &str,
+        username: &str,
+        ban: bool,
+        by: Option<&str>,
+    ) -> StoreFuture<Removed> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        let by = by.map(str::to_owned);
+        self.run(move |client, c| async move {
+            writes::remove_member(&client, &c, &room_id, &username, ban, by.as_deref()).await
+        })
+    }
+
+    fn set_ban(&self, room_id: &str, username: &str, banned: bool) -> StoreFuture<()> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.run(move |_, c| async move { writes::set_ban(&c, &room_id, &username, banned).await })
+    }
+
+    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended> {
+        let (tx, rx) = oneshot::channel();
+        let sent = self.appends.submit((msg, tx));
+        Box::pin(async move {
+            if !sent {
+                return Err(StoreError::Unavailable("the store is closed".into()));
+            }
+            rx.await
+                .map_err(|_| StoreError::Unavailable("the store is closed".into()))?
+        })
+    }
+
+    fn messages_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<RoomMessage>> {
+        let room_id = room_id.to_owned();
+        self.run(
+            move |_, c| async move { reads::messages_after(&c, &room_id, after_seq, limit).await },
+        )
+    }
+
+    fn find_message(
+        &self,
+        room_id: &str,
+        sender: &str,
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>> {
+        let filter = reads::message_key(room_id, sender, msg_id);
+        self.run(move |_, c| async move { reads::find_message(&c, filter).await })
+    }
+
+    fn history(&self, room_id: &str, username: &str, q: HistoryQuery) -> StoreFuture<HistoryPage> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.run(move |_, c| async move { reads::history(&c, &room_id, &username, q).await })
+    }
+
+    fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64> {
+        self.run(move |_, c| async move { writes::purge(&c, policy).await })
+    }
+
+    /// Finishes the appends queued before, then closes the driver.
+    fn close(&self) -> StoreFuture<()> {
+        let stop = self.shutdown.lock().ok().and_then(|mut s| s.take());
+        let appends = self.appends.close();
+        let client = self.client.clone();
+        let task = self.runtime.spawn(async move {
+            appends.await;
+            client.shutdown().await;
+        });
+        Box::pin(async move {
+            let _ = task.await;
+            if let Some(stop) = stop {
+                let _ = stop.send(());
+            }
+            Ok(())
+        })
+    }
+}

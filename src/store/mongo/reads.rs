@@ -1,0 +1,233 @@
+//! MongoDB reads: the directory, a room's state, history pages (the shared
+//! walk over one range: a message holds the keys of exactly the members it
+//! was sent to, so `keys.<user>` existing is the membership test) and gap
+//! fill.
+
+use mongodb::bson::{doc, Document};
+
+use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from, Collections};
+use crate::store::page::{read_page, KeyedRow, MessageRows};
+use crate::store::{
+    DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage, RoomState,
+    StoreError, StoredMessage, UserRecord,
+};
+
+pub(super) async fn get_user(
+    c: &Collections,
+    username: &str,
+) -> Result<Option<UserRecord>, StoreError> {
+    match c
+        .users
+        .find_one(doc! {"_id": username})
+        .await
+        .map_err(err)?
+    {
+        Some(d) => Ok(Some(user_from(&d)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) async fn load_directory(c: &Collections) -> Result<Vec<DirectoryEntry>, StoreError> {
+    let rooms = collect(
+        c.rooms
+            .find(doc! {})
+            .sort(doc! {"created_at": 1, "_id": 1})
+            .await
+            .map_err(err)?,
+    )
+    .await?
+    .iter()
+    .map(room_from)
+    .collect::<Result<Vec<_>, _>>()?;
+    let members = collect(
+        c.members
+            .find(doc! {})
+            .sort(doc! {"joined_at": 1, "_id": 1})
+            .await
+            .map_err(err)?,
+    )
+    .await?
+    .iter()
+    .map(|m| Ok((get_str(m, "room_id")?, get_str(m, "username")?)))
+    .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(DirectoryEntry::assemble(rooms, members))
+}
+
+pub(super) async fn load_room(c: &Collections, room_id: &str) -> Result<RoomState, StoreError> {
+    let members = collect(
+        c.members
+            .find(doc! {"room_id": room_id})
+            .sort(doc! {"joined_at": 1, "_id": 1})
+            .await
+            .map_err(err)?,
+    )
+    .await?;
+    let mut out = Vec::with_capacity(members.len());
+    for m in members {
+        let username = get_str(&m, "username")?;
+        if let Some(u) = c
+            .users
+            .find_one(doc! {"_id": &username})
+            .await
+            .map_err(err)?
+        {
+            out.push(MemberRecord {
+                user: user_from(&u)?,
+                joined_at: get_u64(&m, "joined_at")?,
+            });
+        }
+    }
+    let bans = collect(c.bans.find(doc! {"room_id": room_id}).await.map_err(err)?)
+        .await?
+        .iter()
+        .map(|b| get_str(b, "username"))
+        .collect::<Result<_, _>>()?;
+    let record = match c.rooms.find_one(doc! {"_id": room_id}).await.map_err(err)? {
+        Some(d) => Some(room_from(&d)?),
+        None => None,
+    };
+    Ok(RoomState {
+        record,
+        members: out,
+        bans,
+    })
+}
+
+/// The history page walk's rows: only messages that hold the requester's
+/// key, with just that key projected.
+struct Rows<'c> {
+    c: &'c Collections,
+    room_id: &'c str,
+    username: &'c str,
+}
+
+impl MessageRows for Rows<'_> {
+    async fn chunk(
+        &mut self,
+        a: i64,
+        b: i64,
+        n: usize,
+        ascending: bool,
+    ) -> Result<Vec<KeyedRow>, StoreError> {
+        let key_field = format!("keys.{}", self.username);
+        let docs = collect(
+            self.c
+                .messages
+                .find(doc! {
+                    "room_id": self.room_id,
+                    "seq": {"$gte": a, "$lte": b},
+                    &key_field: {"$exists": true},
+                })
+                .sort(doc! {"seq": if ascending { 1 } else { -1 }})
+                .limit(n as i64)
+                .projection(doc! {
+                    "seq": 1, "ts": 1, "msg_id": 1, "sender": 1, "nonce": 1, "key_commitment": 1,
+                    "ciphertext": 1, "signature": 1, &key_field: 1,
+                })
+                .await
+                .map_err(err)?,
+        )
+        .await?;
+        docs.iter()
+            .map(|d| {
+                let key = d
+                    .get_document("keys")
+                    .map_err(|e| StoreError::Backend(e.to_string()))
+                    .and_then(|k| get_bin(k, self.username))?;
+                let seq = get_u64(d, "seq")?;
+                let message = StoredMessage {
+                    seq,
+                    ts: get_u64(d, "ts")?,
+                    msg_id: get_bin(d, "msg_id")?,
+                    sender: get_str(d, "sender")?,
+                    nonce: get_bin(d, "nonce")?,
+                    key_commitment: get_bin(d, "key_commitment")?,
+                    ciphertext: get_bin(d, "ciphertext")?,
+                    signature: get_bin(d, "signature")?,
+                    key,
+                };
+                Ok((seq as i64, Some(message)))
+            })
+            .collect()
+    }
+}
+
+pub(super) async fn history(
+    c: &Collections,
+    room_id: &str,
+    username: &str,
+    q: HistoryQuery,
+) -> Result<HistoryPage, StoreError> {
+    let mut rows = Rows {
+        c,
+        room_id,
+        username,
+    };
+    read_page(&mut rows, vec![(1, i64::MAX)], q).await
+}
+
+pub(super) async fn messages_after(
+    c: &Collections,
+    room_id: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<RoomMessage>, StoreError> {
+    let after = after_seq.min(i64::MAX as u64) as i64;
+    let docs = collect(
+        c.messages
+            .find(doc! {"room_id": room_id, "seq": {"$gt": after}})
+            .sort(doc! {"seq": 1})
+            .limit(limit as i64)
+            .await
+            .map_err(err)?,
+    )
+    .await?;
+    let mut out = Vec::with_capacity(docs.len());
+    for d in &docs {
+        let keys_doc = d
+            .get_document("keys")
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let mut keys = Vec::with_capacity(keys_doc.len());
+        for name in keys_doc.keys() {
+            keys.push((name.clone(), get_bin(keys_doc, name)?));
+        }
+        keys.sort();
+        out.push(RoomMessage {
+            seq: get_u64(d, "seq")?,
+            ts: get_u64(d, "ts")?,
+            message: NewMessage {
+                room_id: room_id.to_owned(),
+                msg_id: get_bin(d, "msg_id")?,
+                sender: get_str(d, "sender")?,
+                nonce: get_bin(d, "nonce")?,
+                key_commitment: get_bin(d, "key_commitment")?,
+                ciphertext: get_bin(d, "ciphertext")?,
+                signature: get_bin(d, "signature")?,
+                keys,
+                check_members: false,
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The dedupe lookup: a stored copy of (room, sender, msg_id).
+pub(super) fn message_key(room_id: &str, sender: &str, msg_id: &[u8]) -> Document {
+    doc! {"room_id": room_id, "sender": sender, "msg_id": super::docs::bin(msg_id)}
+}
+
+pub(super) async fn find_message(
+    c: &Collections,
+    filter: Document,
+) -> Result<Option<(u64, u64)>, StoreError> {
+    match c
+        .messages
+        .find_one(filter)
+        .projection(doc! {"seq": 1, "ts": 1})
+        .await
+        .map_err(err)?
+    {
+        Some(d) => Ok(Some((get_u64(&d, "seq")?, get_u64(&d, "ts")?))),
+        None => Ok(None),
+    }
+}

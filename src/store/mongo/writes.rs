@@ -1,0 +1,475 @@
+//! MongoDB writes: the append writer (group commit of appends in one
+//! multi-document transaction, drained from the shared queue), membership,
+//! owner changes and retention.
+
+use std::sync::Arc;
+
+use mongodb::bson::{doc, Document};
+use mongodb::options::ReturnDocument;
+use mongodb::{Client, ClientSession};
+use tokio::sync::oneshot;
+
+use super::docs::{
+    bin, collect, err, get_str, get_u64, is_duplicate_key, transaction, Collections,
+};
+use super::reads::message_key;
+use crate::metrics;
+use crate::store::batch::Batches;
+use crate::store::purge::{MessageKey, PurgeRows};
+use crate::store::{
+    Appended, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate, StoreError, UserRecord,
+};
+use crate::util::now_ms;
+use crate::validate::room_name_key;
+
+pub(super) type AppendJob = (
+    Arc<NewMessage>,
+    oneshot::Sender<Result<Appended, StoreError>>,
+);
+
+pub(super) async fn create_user(c: &Collections, user: &UserRecord) -> Result<(), StoreError> {
+    c.users
+        .insert_one(doc! {
+            "_id": &user.username,
+            "sign_key": bin(&user.sign_key),
+            "enc_key": bin(&user.enc_key),
+            "created_at": user.created_at as i64,
+        })
+        .await
+        .map(|_| ())
+        .map_err(err)
+}
+
+pub(super) async fn create_room(
+    client: &Client,
+    c: &Collections,
+    room: &RoomRecord,
+) -> Result<(), StoreError> {
+    let mut room_doc = doc! {
+        "_id": &room.room_id,
+        "name": &room.name,
+        "name_folded": room_name_key(&room.name, room.hidden, &room.room_id),
+        "owner": &room.owner,
+        "hidden": room.hidden,
+        "created_at": room.created_at as i64,
+        "last_seq": 0_i64,
+    };
+    if let Some(h) = &room.password_hash {
+        room_doc.insert("password_hash", h);
+    }
+    let member = doc! {
+        "room_id": &room.room_id,
+        "username": &room.owner,
+        "joined_at": room.created_at as i64,
+    };
+    transaction(client, |s| {
+        let (c, room_doc, member) = (c.clone(), room_doc.clone(), member.clone());
+        Box::pin(async move {
+            c.rooms.insert_one(room_doc).session(&mut *s).await?;
+            c.members.insert_one(member).session(&mut *s).await?;
+            Ok(())
+        })
+    })
+    .await
+}
+
+pub(super) async fn update_room(
+    c: &Collections,
+    room_id: &str,
+    update: &RoomUpdate,
+) -> Result<(), StoreError> {
+    if let Some(by) = &update.by {
+        check_owner(c, room_id, by).await?;
+    }
+    let mut set = Document::new();
+    let mut unset = Document::new();
+    if let Some(name) = &update.name {
+        set.insert("name", name);
+        // A hidden room's name key is its id (validate::room_name_key).
+        let hidden = c
+            .rooms
+            .find_one(doc! {"_id": room_id})
+            .await
+            .map_err(err)?
+            .is_some_and(|r| r.get_bool("hidden").unwrap_or(false));
+        set.insert("name_folded", room_name_key(name, hidden, room_id));
+    }
+    if let Some(owner) = &update.owner {
+        set.insert("owner", owner);
+    }
+    match &update.password_hash {
+        Some(Some(h)) => {
+            set.insert("password_hash", h);
+        }
+        Some(None) => {
+            unset.insert("password_hash", "");
+        }
+        None => {}
+    }
+    let mut change = Document::new();
+    if !set.is_empty() {
+        change.insert("$set", set);
+    }
+    if !unset.is_empty() {
+        change.insert("$unset", unset);
+    }
+    if change.is_empty() {
+        return Ok(());
+    }
+    c.rooms
+        .update_one(doc! {"_id": room_id}, change)
+        .await
+        .map(|_| ())
+        .map_err(err)
+}
+
+pub(super) async fn add_member(
+    c: &Collections,
+    room_id: &str,
+    username: &str,
+    joined_at: u64,
+) -> Result<(), StoreError> {
+    // Not atomic with a ban on another process (see ARCHITECTURE.md:
+    // several processes run on PostgreSQL).
+    if c.bans
+        .find_one(doc! {"room_id": room_id, "username": username})
+        .await
+        .map_err(err)?
+        .is_some()
+    {
+        return Err(StoreError::Banned);
+    }
+    let res = c
+        .members
+        .insert_one(doc! {"room_id": room_id, "username": username, "joined_at": joined_at as i64})
+        .await;
+    match res {
+        Ok(_) => Ok(()),
+        Err(e) if is_duplicate_key(&e) => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+pub(super) async fn remove_member(
+    client: &Client,
+    c: &Collections,
+    room_id: &str,
+    username: &str,
+    ban: bool,
+    by: Option<&str>,
+) -> Result<Removed, StoreError> {
+    // Checked before the transaction: one process per MongoDB store
+    // (ARCHITECTURE.md), whose room actor orders owner changes.
+    if let Some(by) = by {
+        check_owner(c, room_id, by).await?;
+    }
+    let removed = transaction(client, |s| {
+        let (c, room_id, username) = (c.clone(), room_id.to_owned(), username.to_owned());
+        Box::pin(async move {
+            c.members
+                .delete_one(doc! {"room_id": &room_id, "username": &username})
+                .session(&mut *s)
+                .await?;
+            if ban {
+                c.bans
+                    .update_one(
+                        doc! {"room_id": &room_id, "username": &username},
+                        doc! {"$setOnInsert": {"banned_at": now_ms() as i64}},
+                    )
+                    .upsert(true)
+                    .session(&mut *s)
+                    .await?;
+            }
+            let remaining = c
+                .members
+                .count_documents(doc! {"room_id": &room_id})
+                .session(&mut *s)
+                .await?;
+            if remaining == 0 {
+                return Ok(Removed {
+                    remaining: 0,
+                    owner: None,
+                });
+            }
+            let heir = c
+                .members
+                .find_one(doc! {"room_id": &room_id})
+                .sort(doc! {"joined_at": 1, "username": 1})
+                .session(&mut *s)
+                .await?
+                .and_then(|m| m.get_str("username").ok().map(str::to_owned));
+            if let Some(heir) = &heir {
+                c.rooms
+                    .update_one(
+                        doc! {"_id": &room_id, "owner": &username},
+                        doc! {"$set": {"owner": heir}},
+                    )
+                    .session(&mut *s)
+                    .await?;
+            }
+            let owner = c
+                .rooms
+                .find_one(doc! {"_id": &room_id})
+                .session(&mut *s)
+                .await?
+                .and_then(|r| r.get_str("owner").ok().map(str::to_owned));
+            Ok(Removed { remaining, owner })
+        })
+    })
+    .await?;
+    if removed.remaining == 0 {
+        delete_room_docs(c, room_id).await?;
+    }
+    Ok(removed)
+}
+
+pub(super) async fn set_ban(
+    c: &Collections,
+    room_id: &str,
+    username: &str,
+    banned: bool,
+) -> Result<(), StoreError> {
+    let key = doc! {"room_id": room_id, "username": username};
+    if banned {
+        c.bans
+            .update_one(key, doc! {"$setOnInsert": {"banned_at": now_ms() as i64}})
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(err)
+    } else {
+        c.bans.delete_one(key).await.map(|_| ()).map_err(err)
+    }
+}
+
+/// Retention's questions (see [`crate::store::purge`]).
+struct Purge<'c>(&'c Collections);
+
+impl PurgeRows for Purge<'_> {
+    async fn older_than(
+        &mut self,
+        before: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageKey>, StoreError> {
+        let docs = collect(
+            self.0
+                .messages
+                .find(doc! {"ts": {"$lt": before as i64}})
+                .sort(doc! {"ts": 1})
+                .limit(limit as i64)
+                .projection(doc! {"room_id": 1, "seq": 1})
+                .await
+                .map_err(err)?,
+        )
+        .await?;
+        docs.iter()
+            .map(|d| Ok((get_str(d, "room_id")?, get_u64(d, "seq")? as i64)))
+            .collect()
+    }
+
+    async fn rooms(&mut self) -> Result<Vec<String>, StoreError> {
+        collect(
+            self.0
+                .rooms
+                .find(doc! {})
+                .projection(doc! {"_id": 1})
+                .await
+                .map_err(err)?,
+        )
+        .await?
+        .iter()
+        .map(|r| get_str(r, "_id"))
+        .collect()
+    }
+
+    async fn beyond_newest(
+        &mut self,
+        room: &str,
+        keep: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageKey>, StoreError> {
+        let cutoff = self
+            .0
+            .messages
+            .find_one(doc! {"room_id": room})
+            .sort(doc! {"seq": -1})
+            .skip(keep)
+            .projection(doc! {"seq": 1})
+            .await
+            .map_err(err)?;
+        let Some(cutoff) = cutoff else {
+            return Ok(Vec::new());
+        };
+        let cutoff = get_u64(&cutoff, "seq")? as i64;
+        let docs = collect(
+            self.0
+                .messages
+                .find(doc! {"room_id": room, "seq": {"$lte": cutoff}})
+                .sort(doc! {"seq": 1})
+                .limit(limit as i64)
+                .projection(doc! {"seq": 1})
+                .await
+                .map_err(err)?,
+        )
+        .await?;
+        docs.iter()
+            .map(|d| Ok((room.to_owned(), get_u64(d, "seq")? as i64)))
+            .collect()
+    }
+
+    async fn delete(&mut self, doomed: &[MessageKey]) -> Result<u64, StoreError> {
+        let mut deleted = 0;
+        for room in doomed.chunk_by(|a, b| a.0 == b.0) {
+            let seqs: Vec<i64> = room.iter().map(|(_, s)| *s).collect();
+            deleted += self
+                .0
+                .messages
+                .delete_many(doc! {"room_id": &room[0].0, "seq": {"$in": seqs}})
+                .await
+                .map_err(err)?
+                .deleted_count;
+        }
+        Ok(deleted)
+    }
+}
+
+pub(super) async fn purge(c: &Collections, policy: PurgePolicy) -> Result<u64, StoreError> {
+    crate::store::purge::purge(&mut Purge(c), policy).await
+}
+
+/// `NotOwner` unless `by` is the room's recorded owner and a member.
+async fn check_owner(c: &Collections, room_id: &str, by: &str) -> Result<(), StoreError> {
+    let owns = c
+        .rooms
+        .find_one(doc! {"_id": room_id, "owner": by})
+        .await
+        .map_err(err)?
+        .is_some();
+    let member = c
+        .members
+        .find_one(doc! {"room_id": room_id, "username": by})
+        .await
+        .map_err(err)?
+        .is_some();
+    if owns && member {
+        Ok(())
+    } else {
+        Err(StoreError::NotOwner)
+    }
+}
+
+/// Deletes a room and everything of it. Ordered: once the room document is
+/// gone nothing else is reachable.
+pub(super) async fn delete_room_docs(c: &Collections, room_id: &str) -> Result<(), StoreError> {
+    c.rooms
+        .delete_one(doc! {"_id": room_id})
+        .await
+        .map_err(err)?;
+    c.members
+        .delete_many(doc! {"room_id": room_id})
+        .await
+        .map_err(err)?;
+    c.bans
+        .delete_many(doc! {"room_id": room_id})
+        .await
+        .map_err(err)?;
+    c.messages
+        .delete_many(doc! {"room_id": room_id})
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The append writer: batches waiting appends into one transaction.
+pub(super) async fn append_writer(client: Client, c: Collections, mut batches: Batches<AppendJob>) {
+    while let Some(batch) = batches.next().await {
+        let started = std::time::Instant::now();
+        let messages: Vec<Arc<NewMessage>> = batch.iter().map(|(m, _)| m.clone()).collect();
+        let c2 = c.clone();
+        let result = transaction(&client, |s| {
+            let (c, messages) = (c2.clone(), messages.clone());
+            Box::pin(async move {
+                let mut out = Vec::with_capacity(messages.len());
+                for m in &messages {
+                    out.push(append_one(&c, s, m).await?);
+                }
+                Ok(out)
+            })
+        })
+        .await;
+        match result {
+            Ok(outcomes) => {
+                metrics::observe_commit(batch.len(), started.elapsed());
+                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                log::error!("mongodb append batch of {} failed: {e}", batch.len());
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+    batches.finish();
+}
+
+async fn append_one(
+    c: &Collections,
+    s: &mut ClientSession,
+    m: &NewMessage,
+) -> Result<Result<Appended, StoreError>, mongodb::error::Error> {
+    let existing = c
+        .messages
+        .find_one(message_key(&m.room_id, &m.sender, &m.msg_id))
+        .projection(doc! {"seq": 1, "ts": 1})
+        .session(&mut *s)
+        .await?;
+    if let Some(d) = existing {
+        return Ok(match (get_u64(&d, "seq"), get_u64(&d, "ts")) {
+            (Ok(seq), Ok(ts)) => Ok(Appended {
+                seq,
+                ts,
+                duplicate: true,
+            }),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        });
+    }
+    let room = c
+        .rooms
+        .find_one_and_update(doc! {"_id": &m.room_id}, doc! {"$inc": {"last_seq": 1_i64}})
+        .return_document(ReturnDocument::After)
+        .projection(doc! {"last_seq": 1})
+        .session(&mut *s)
+        .await?;
+    let Some(room) = room else {
+        return Ok(Err(StoreError::NotFound));
+    };
+    let seq = match get_u64(&room, "last_seq") {
+        Ok(seq) => seq,
+        Err(e) => return Ok(Err(e)),
+    };
+    let ts = now_ms();
+    let keys: Document = m.keys.iter().map(|(u, k)| (u.clone(), bin(k))).collect();
+    c.messages
+        .insert_one(doc! {
+            "room_id": &m.room_id,
+            "seq": seq as i64,
+            "ts": ts as i64,
+            "msg_id": bin(&m.msg_id),
+            "sender": &m.sender,
+            "nonce": bin(&m.nonce),
+            "key_commitment": bin(&m.key_commitment),
+            "ciphertext": bin(&m.ciphertext),
+            "signature": bin(&m.signature),
+            "keys": keys,
+        })
+        .session(&mut *s)
+        .await?;
+    Ok(Ok(Appended {
+        seq,
+        ts,
+        duplicate: false,
+    }))
+}

@@ -1,0 +1,233 @@
+//! PostgreSQL reads, each on a pooled read connection: row mapping, the
+//! directory, a room's state, history pages and gap fill.
+
+use tokio_postgres::Row;
+
+use super::err;
+use crate::store::keyblob::{decode_keys, find_key};
+use crate::store::page::{read_page, KeyedRow, MessageRows};
+use crate::store::{
+    DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage, RoomRecord,
+    RoomState, StoreError, StoredMessage, UserRecord,
+};
+
+type Client = deadpool_postgres::Object;
+
+/// The dedupe lookup: a stored copy of (room, sender, msg_id).
+pub(super) const FIND_MESSAGE: &str =
+    "SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3";
+
+/// A message's columns; `keys` (the blob) is column 7.
+const MESSAGE_COLUMNS: &str =
+    "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys, key_commitment
+     FROM messages";
+
+pub(super) fn user_from_row(r: &Row, at: usize) -> UserRecord {
+    UserRecord {
+        username: r.get(at),
+        sign_key: r.get(at + 1),
+        enc_key: r.get(at + 2),
+        created_at: r.get::<_, i64>(at + 3) as u64,
+    }
+}
+
+const ROOM_COLUMNS: &str =
+    "SELECT room_id, name, owner, password_hash, hidden, created_at, last_seq FROM rooms";
+
+fn room_from_row(r: &Row) -> RoomRecord {
+    RoomRecord {
+        room_id: r.get(0),
+        name: r.get(1),
+        owner: r.get(2),
+        password_hash: r.get(3),
+        hidden: r.get(4),
+        created_at: r.get::<_, i64>(5) as u64,
+        last_seq: r.get::<_, i64>(6) as u64,
+    }
+}
+
+/// The history page walk's rows, read on one pooled connection.
+struct Rows<'c> {
+    client: &'c Client,
+    room_id: &'c str,
+    username: &'c str,
+}
+
+impl MessageRows for Rows<'_> {
+    async fn chunk(
+        &mut self,
+        a: i64,
+        b: i64,
+        n: usize,
+        ascending: bool,
+    ) -> Result<Vec<KeyedRow>, StoreError> {
+        let sql = format!(
+            "{MESSAGE_COLUMNS} WHERE room_id = $1 AND seq BETWEEN $2 AND $3
+             ORDER BY seq {} LIMIT $4",
+            if ascending { "ASC" } else { "DESC" }
+        );
+        let stmt = self.client.prepare_cached(&sql).await.map_err(err)?;
+        let rows = self
+            .client
+            .query(&stmt, &[&self.room_id, &a, &b, &(n as i64)])
+            .await
+            .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                let message =
+                    find_key(r.get::<_, &[u8]>(7), self.username).map(|key| StoredMessage {
+                        seq: seq as u64,
+                        ts: r.get::<_, i64>(1) as u64,
+                        msg_id: r.get(2),
+                        sender: r.get(3),
+                        nonce: r.get(4),
+                        ciphertext: r.get(5),
+                        signature: r.get(6),
+                        key_commitment: r.get(8),
+                        key,
+                    });
+                (seq, message)
+            })
+            .collect())
+    }
+}
+
+pub(super) async fn history(
+    client: &Client,
+    room_id: &str,
+    username: &str,
+    q: HistoryQuery,
+) -> Result<HistoryPage, StoreError> {
+    let periods: Vec<(i64, i64)> = client
+        .query(
+            "SELECT from_seq, COALESCE(to_seq, 9223372036854775807) FROM member_periods
+             WHERE room_id = $1 AND username = $2 ORDER BY from_seq",
+            &[&room_id, &username],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut rows = Rows {
+        client,
+        room_id,
+        username,
+    };
+    read_page(&mut rows, periods, q).await
+}
+
+pub(super) async fn get_user(c: &Client, username: &str) -> Result<Option<UserRecord>, StoreError> {
+    c.query_opt(
+        "SELECT username, sign_key, enc_key, created_at FROM users WHERE username = $1",
+        &[&username],
+    )
+    .await
+    .map(|r| r.map(|r| user_from_row(&r, 0)))
+    .map_err(err)
+}
+
+pub(super) async fn load_directory(c: &Client) -> Result<Vec<DirectoryEntry>, StoreError> {
+    let rooms = c
+        .query(&format!("{ROOM_COLUMNS} ORDER BY created_at, room_id"), &[])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(room_from_row)
+        .collect();
+    let members = c
+        .query("SELECT room_id, username FROM members ORDER BY id", &[])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect::<Vec<_>>();
+    Ok(DirectoryEntry::assemble(rooms, members))
+}
+
+pub(super) async fn load_room(c: &Client, room_id: &str) -> Result<RoomState, StoreError> {
+    let members = c
+        .query(
+            "SELECT u.username, u.sign_key, u.enc_key, u.created_at, m.joined_at
+             FROM members m JOIN users u ON u.username = m.username
+             WHERE m.room_id = $1 ORDER BY m.id",
+            &[&room_id],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| MemberRecord {
+            user: user_from_row(r, 0),
+            joined_at: r.get::<_, i64>(4) as u64,
+        })
+        .collect();
+    let bans = c
+        .query("SELECT username FROM bans WHERE room_id = $1", &[&room_id])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let record = c
+        .query_opt(&format!("{ROOM_COLUMNS} WHERE room_id = $1"), &[&room_id])
+        .await
+        .map_err(err)?
+        .map(|r| room_from_row(&r));
+    Ok(RoomState {
+        record,
+        members,
+        bans,
+    })
+}
+
+pub(super) async fn messages_after(
+    c: &Client,
+    room_id: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<RoomMessage>, StoreError> {
+    let after = after_seq.min(i64::MAX as u64) as i64;
+    let rows = c
+        .query(
+            &format!("{MESSAGE_COLUMNS} WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
+            &[&room_id, &after, &(limit as i64)],
+        )
+        .await
+        .map_err(err)?;
+    rows.iter()
+        .map(|r| {
+            let seq = r.get::<_, i64>(0) as u64;
+            let keys = decode_keys(r.get::<_, &[u8]>(7))
+                .ok_or_else(|| StoreError::Backend(format!("bad key blob at seq {seq}")))?;
+            Ok(RoomMessage {
+                seq,
+                ts: r.get::<_, i64>(1) as u64,
+                message: NewMessage {
+                    room_id: room_id.to_owned(),
+                    msg_id: r.get(2),
+                    sender: r.get(3),
+                    nonce: r.get(4),
+                    ciphertext: r.get(5),
+                    signature: r.get(6),
+                    keys,
+                    key_commitment: r.get(8),
+                    check_members: false,
+                },
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn find_message(
+    c: &Client,
+    room_id: &str,
+    sender: &str,
+    msg_id: &[u8],
+) -> Result<Option<(u64, u64)>, StoreError> {
+    c.query_opt(FIND_MESSAGE, &[&room_id, &sender, &msg_id])
+        .await
+        .map(|r| r.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
+        .map_err(err)
+}

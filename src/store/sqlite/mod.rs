@@ -1,0 +1,336 @@
+//! The embedded store: SQLite (bundled) in WAL mode with `synchronous=FULL`.
+//!
+//! One writer thread owns the only writing connection. It takes every write
+//! that is waiting (up to `max_batch`), runs each inside its own SAVEPOINT
+//! within one transaction, commits once (one fsync for the whole batch), and
+//! only then completes each write's future: group commit. A failed write
+//! rolls back to its savepoint and fails alone; a failed COMMIT fails the
+//! whole batch and drops the writer's cached per-room seq counters, so seq is
+//! reloaded from disk and never skips. Batches complete in submission order.
+//!
+//! Reads run on two reader threads with their own connections; WAL lets them
+//! read committed data while the writer works. A third thread checkpoints
+//! the WAL every 200 ms (PASSIVE), so commits never pay for a checkpoint.
+//!
+//! A message's wrapped keys are one blob in its row (see
+//! [`encode_keys`](crate::store::keyblob::encode_keys)):
+//! one insert per message however large the room. History finds a user's
+//! messages through `member_periods` (the seq ranges during which the user
+//! was a member) and takes the user's key out of each row's blob, skipping
+//! the rare row without one (a member who joined while it was in flight).
+//!
+//! Files: `schema` (tables, version check, connection settings), `writes`
+//! (what runs on the writer), `reads` (what runs on the readers). The
+//! history walk and retention's plan are the shared ones of
+//! [`crate::store::page`] and [`crate::store::purge`]; this store answers
+//! their questions synchronously, so their futures complete on first poll
+//! ([`now`]).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{unbounded, Sender};
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::batch::{Batches, WriteQueue};
+use super::{
+    Appended, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage, PurgePolicy, Removed,
+    RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, UserRecord,
+};
+use crate::metrics;
+use schema::{backend, migrate, open_connection};
+use writes::WriterState;
+
+mod reads;
+mod schema;
+mod writes;
+
+const READERS: usize = 2;
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type WriteJob = Box<dyn FnOnce(&Connection, &mut WriterState) -> Completion + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+enum ReadOp {
+    Job(ReadJob),
+    Close,
+}
+
+pub struct SqliteStore {
+    writes: WriteQueue<WriteJob>,
+    reads: Sender<ReadOp>,
+    /// Dropping (or sending on) this stops the checkpoint thread.
+    checkpoints: Sender<()>,
+}
+
+/// How often the checkpoint thread copies the WAL back into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The result of a future that never waits: this store's answers to the
+/// shared page walk and purge plan are synchronous.
+fn now<T>(f: impl Future<Output = T>) -> T {
+    use futures_util::FutureExt;
+    f.now_or_never()
+        .expect("SQLite's shared-algorithm futures complete at once")
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database at `path` and starts the writer and
+    /// reader threads. `max_batch = 1` turns group commit off.
+    pub fn open(path: &Path, max_batch: usize) -> Result<SqliteStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", dir.display())))?;
+        }
+        let writer = open_connection(path)?;
+        migrate(&writer, path)?;
+        // Checkpoints run on their own thread (PASSIVE: they never block the
+        // writer), so no commit waits while 4 MB of WAL is copied back.
+        writer
+            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .map_err(backend)?;
+        let (ctx, crx) = unbounded::<()>();
+        let checkpointer = open_connection(path)?;
+        thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                    crx.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
+                        log::warn!("sqlite checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let (writes, batches) = WriteQueue::new(max_batch);
+        thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer, batches))
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let (rtx, rrx) = unbounded::<ReadOp>();
+        for i in 0..READERS {
+            let conn = open_connection(path)?;
+            let rx = rrx.clone();
+            thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || {
+                    while let Ok(ReadOp::Job(job)) = rx.recv() {
+                        job(&conn);
+                    }
+                })
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        }
+        log::info!(
+            "sqlite store open at {} (group commit batch {max_batch})",
+            path.display()
+        );
+        Ok(SqliteStore {
+            writes,
+            reads: rtx,
+            checkpoints: ctx,
+        })
+    }
+
+    fn write<T, F>(&self, f: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: WriteJob = Box::new(move |conn, state| {
+            let result = in_savepoint(conn, |c| f(c, state));
+            Box::new(move |commit| {
+                let _ = tx.send(commit.and(result));
+            })
+        });
+        let sent = self.writes.submit(job);
+        Box::pin(async move {
+            if !sent {
+                return Err(closed());
+            }
+            rx.await.map_err(|_| closed())?
+        })
+    }
+
+    fn read<T, F>(&self, f: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let sent = self
+            .reads
+            .send(ReadOp::Job(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            })))
+            .is_ok();
+        Box::pin(async move {
+            if !sent {
+                return Err(closed());
+            }
+            rx.await.map_err(|_| closed())?
+        })
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is closed".into())
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT op").map_err(backend)?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        "RELEASE op"
+    } else {
+        "ROLLBACK TO op; RELEASE op"
+    };
+    conn.execute_batch(end).map_err(backend)?;
+    result
+}
+
+fn writer_loop(conn: Connection, mut batches: Batches<WriteJob>) {
+    let mut state = WriterState::default();
+    while let Some(jobs) = batches.blocking_next() {
+        let started = std::time::Instant::now();
+        let begin = conn.execute_batch("BEGIN IMMEDIATE").map_err(backend);
+        let completions: Vec<Completion> = match &begin {
+            Ok(()) => jobs.into_iter().map(|job| job(&conn, &mut state)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let commit = begin.and_then(|()| conn.execute_batch("COMMIT").map_err(backend));
+        if commit.is_ok() {
+            metrics::observe_commit(completions.len(), started.elapsed());
+        }
+        if let Err(e) = &commit {
+            log::error!("sqlite commit of {} writes failed: {e}", completions.len());
+            let _ = conn.execute_batch("ROLLBACK");
+            state.last_seq.clear();
+        }
+        for done in completions {
+            done(commit.clone());
+        }
+    }
+    drop(conn);
+    batches.finish();
+    log::info!("sqlite writer stopped");
+}
+
+impl Store for SqliteStore {
+    fn ping(&self) -> StoreFuture<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(backend))
+    }
+
+    fn create_user(&self, user: UserRecord) -> StoreFuture<()> {
+        self.write(move |c, _| writes::create_user(c, &user))
+    }
+
+    fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| reads::get_user(c, &username))
+    }
+
+    fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {
+        self.read(reads::load_directory)
+    }
+
+    fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {
+        self.write(move |c, _| writes::create_room(c, &room))
+    }
+
+    fn load_room(&self, room_id: &str) -> StoreFuture<RoomState> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| reads::load_room(c, &room_id))
+    }
+
+    fn update_room(&self, room_id: &str, update: RoomUpdate) -> StoreFuture<()> {
+        let room_id = room_id.to_owned();
+        self.write(move |c, _| writes::update_room(c, &room_id, &update))
+    }
+
+    fn delete_room(&self, room_id: &str) -> StoreFuture<()> {
+        let room_id = room_id.to_owned();
+        self.write(move |c, state| writes::delete_room(c, state, &room_id))
+    }
+
+    fn add_member(&self, room_id: &str, username: &str, joined_at: u64) -> StoreFuture<()> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.write(move |c, _| writes::add_member(c, &room_id, &username, joined_at))
+    }
+
+    fn remove_member(
+        &self,
+        room_id: &str,
+        username: &str,
+        ban: bool,
+        by: Option<&str>,
+    ) -> StoreFuture<Removed> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        let by = by.map(str::to_owned);
+        self.write(move |c, state| {
+            writes::remove_member(c, state, &room_id, &username, ban, by.as_deref())
+        })
+    }
+
+    fn set_ban(&self, room_id: &str, username: &str, banned: bool) -> StoreFuture<()> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.write(move |c, _| writes::set_ban(c, &room_id, &username, banned))
+    }
+
+    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended> {
+        self.write(move |c, state| writes::append(c, state, &msg))
+    }
+
+    fn messages_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<RoomMessage>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| reads::messages_after(c, &room_id, after_seq, limit))
+    }
+
+    fn find_message(
+        &self,
+        room_id: &str,
+        sender: &str,
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>> {
+        let (room_id, sender, msg_id) = (room_id.to_owned(), sender.to_owned(), msg_id.to_vec());
+        self.read(move |c| reads::find_message(c, &room_id, &sender, &msg_id))
+    }
+
+    fn history(
+        &self,
+        room_id: &str,
+        username: &str,
+        query: HistoryQuery,
+    ) -> StoreFuture<HistoryPage> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.read(move |c| reads::history(c, &room_id, &username, query))
+    }
+
+    fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64> {
+        self.write(move |c, _| writes::purge(c, policy))
+    }
+
+    fn close(&self) -> StoreFuture<()> {
+        let closed = self.writes.close();
+        for _ in 0..READERS {
+            let _ = self.reads.send(ReadOp::Close);
+        }
+        let _ = self.checkpoints.send(());
+        Box::pin(async move {
+            closed.await;
+            Ok(())
+        })
+    }
+}

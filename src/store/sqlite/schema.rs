@@ -1,0 +1,121 @@
+//! The SQLite schema, its version check and the connection settings.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+
+use crate::store::StoreError;
+use crate::validate::HIDDEN_KEY;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    username   TEXT PRIMARY KEY,
+    sign_key   BLOB NOT NULL,
+    enc_key    BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id       TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    name_folded   TEXT NOT NULL UNIQUE,
+    owner         TEXT NOT NULL,
+    password_hash TEXT,
+    hidden        INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS members (
+    room_id   TEXT NOT NULL,
+    username  TEXT NOT NULL,
+    joined_at INTEGER NOT NULL,
+    UNIQUE (room_id, username)
+);
+CREATE INDEX IF NOT EXISTS members_by_user ON members (username);
+CREATE TABLE IF NOT EXISTS bans (
+    room_id   TEXT NOT NULL,
+    username  TEXT NOT NULL,
+    banned_at INTEGER NOT NULL,
+    PRIMARY KEY (room_id, username)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    room_id    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    ts         INTEGER NOT NULL,
+    msg_id     BLOB NOT NULL,
+    sender     TEXT NOT NULL,
+    nonce      BLOB NOT NULL,
+    key_commitment BLOB NOT NULL,
+    ciphertext BLOB NOT NULL,
+    signature  BLOB NOT NULL,
+    keys       BLOB NOT NULL,
+    PRIMARY KEY (room_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room_id, sender, msg_id);
+CREATE INDEX IF NOT EXISTS messages_by_ts ON messages (ts);
+CREATE TABLE IF NOT EXISTS member_periods (
+    room_id  TEXT NOT NULL,
+    username TEXT NOT NULL,
+    from_seq INTEGER NOT NULL,
+    to_seq   INTEGER,
+    PRIMARY KEY (room_id, username, from_seq)
+) WITHOUT ROWID;
+";
+
+pub(super) fn backend(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+/// The schema version this code writes (`PRAGMA user_version`).
+///
+/// 2: protocol v2 (messages carry `key_commitment`). A version-1 database
+/// holds v1 messages that no v2 client can verify, so it is refused.
+const SCHEMA_VERSION: i64 = 2;
+
+/// Creates the schema in a new database; refuses one of another version
+/// rather than guessing.
+pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    let tables: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if version != SCHEMA_VERSION && (version != 0 || tables > 0) {
+        return Err(StoreError::Unavailable(format!(
+            "{} has schema version {version}; this server uses version {SCHEMA_VERSION}",
+            path.display()
+        )));
+    }
+    conn.execute_batch(SCHEMA).map_err(backend)?;
+    // Hidden rooms stored before their names stopped being unique keys.
+    conn.execute(
+        "UPDATE rooms SET name_folded = ?1 || room_id WHERE hidden AND name_folded <> ?1 || room_id",
+        params![HIDDEN_KEY],
+    )
+    .map_err(backend)?;
+    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+        .map_err(backend)
+}
+
+pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(backend)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = OFF;
+         PRAGMA busy_timeout = 5000;",
+    )
+    .map_err(backend)?;
+    Ok(conn)
+}
