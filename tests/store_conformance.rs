@@ -1,17 +1,22 @@
 //! One store conformance suite, written once, run against every store:
 //! SQLite always, PostgreSQL when `CHAT_TEST_POSTGRES_URL` is set (a fresh
-//! database per run, dropped after), MongoDB when `CHAT_TEST_MONGODB_URI` is
+//! database per case, dropped after), MongoDB when `CHAT_TEST_MONGODB_URI` is
 //! set (otherwise a line starting `SKIP postgres:` / `SKIP mongodb:` says why,
-//! and it is not counted as passed).
-//! For each store it also runs the websocket scenario (register → login →
-//! rooms → messages → history → restart) through the same code.
+//! and its cases are not counted as passed).
+//!
+//! Each case is a named function that gets a fresh, empty store ([`CASES`]);
+//! for each store the websocket scenario (register → login → rooms →
+//! messages → history → restart) also runs through the same code.
 //!
 //! A custom harness (`harness = false`) so a skipped store is reported as
 //! skipped, not as a pass; it ends with `N passed, N failed, N skipped`.
+//! `cargo test --test store_conformance -- NAME` runs the cases whose name
+//! holds NAME.
 
 mod common;
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use e2ee_chat::config::Settings;
@@ -73,27 +78,63 @@ fn q(after: Option<u64>, before: Option<u64>, limit: usize) -> HistoryQuery {
     }
 }
 
-/// The conformance checks; panics on the first difference.
-async fn conformance(s: SharedStore) {
-    s.ping().await.unwrap();
+fn seqs(page: &e2ee_chat::store::HistoryPage) -> Vec<u64> {
+    page.messages.iter().map(|m| m.seq).collect()
+}
 
-    // Users.
-    s.create_user(user("alice", 0)).await.unwrap();
-    s.create_user(user("bob", 1)).await.unwrap();
-    s.create_user(user("carol", 2)).await.unwrap();
+/// alice, bob and carol registered.
+async fn people(s: &SharedStore) {
+    for (i, name) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        s.create_user(user(name, i)).await.unwrap();
+    }
+}
+
+/// People, room r-1 ("General", alice's, then bob and carol joined) and
+/// room r-2 ("Other", bob's).
+async fn rooms(s: &SharedStore) {
+    people(s).await;
+    s.create_room(room("r-1", "General", "alice"))
+        .await
+        .unwrap();
+    s.create_room(room("r-2", "Other", "bob")).await.unwrap();
+    s.add_member("r-1", "bob", now_ms()).await.unwrap();
+    s.add_member("r-1", "carol", now_ms() + 1).await.unwrap();
+}
+
+/// Rooms, and 52 messages in r-1: seq 1 from alice and 2 from bob to all
+/// three, 3..=52 from carol to alice and carol only; one in r-2.
+async fn messages(s: &SharedStore) {
+    rooms(s).await;
+    s.append_message(message("r-1", "alice", 1, &["alice", "bob", "carol"]))
+        .await
+        .unwrap();
+    s.append_message(message("r-1", "bob", 1, &["alice", "bob", "carol"]))
+        .await
+        .unwrap();
+    s.append_message(message("r-2", "bob", 1, &["bob"]))
+        .await
+        .unwrap();
+    for i in 10..60u8 {
+        s.append_message(message("r-1", "carol", i, &["alice", "carol"]))
+            .await
+            .unwrap();
+    }
+}
+
+async fn users_are_unique_and_the_first_registration_wins(s: SharedStore) {
+    s.ping().await.unwrap();
+    people(&s).await;
     assert!(matches!(
         s.create_user(user("alice", 1)).await,
         Err(StoreError::Conflict(_))
     ));
     let a = s.get_user("alice").await.unwrap().unwrap();
-    assert_eq!(
-        a.sign_key,
-        user("alice", 0).sign_key,
-        "the first registration wins"
-    );
+    assert_eq!(a.sign_key, user("alice", 0).sign_key);
     assert!(s.get_user("nobody").await.unwrap().is_none());
+}
 
-    // Rooms: unique without regard to case; the owner is the first member.
+async fn rooms_are_unique_by_folded_name_and_list_members_in_join_order(s: SharedStore) {
+    people(&s).await;
     s.create_room(room("r-1", "General", "alice"))
         .await
         .unwrap();
@@ -101,14 +142,13 @@ async fn conformance(s: SharedStore) {
         s.create_room(room("r-2", "GENERAL", "bob")).await,
         Err(StoreError::Conflict(_))
     ));
-    s.create_room(room("r-2", "Other", "bob")).await.unwrap();
     s.add_member("r-1", "bob", now_ms()).await.unwrap();
     s.add_member("r-1", "bob", now_ms()).await.unwrap(); // idempotent
     s.add_member("r-1", "carol", now_ms() + 1).await.unwrap();
     let dir = s.load_directory().await.unwrap();
-    let r1 = dir.iter().find(|e| e.room.room_id == "r-1").unwrap();
-    assert_eq!(r1.members, ["alice", "bob", "carol"], "join order");
-    assert_eq!(r1.room.name, "General");
+    assert_eq!(dir.len(), 1);
+    assert_eq!(dir[0].members, ["alice", "bob", "carol"], "join order");
+    assert_eq!(dir[0].room.name, "General");
     let state = s.load_room("r-1").await.unwrap();
     let names: Vec<_> = state
         .members
@@ -122,8 +162,10 @@ async fn conformance(s: SharedStore) {
         .expect("the room's record comes with its state");
     assert_eq!((record.name.as_str(), record.last_seq), ("General", 0));
     assert!(s.load_room("r-none").await.unwrap().record.is_none());
+}
 
-    // Appends: seq from 1, gapless; idempotent by (room, sender, msg_id).
+async fn appends_take_gapless_seqs_and_are_deduplicated(s: SharedStore) {
+    rooms(&s).await;
     let m1 = s
         .append_message(message("r-1", "alice", 1, &["alice", "bob", "carol"]))
         .await
@@ -149,15 +191,6 @@ async fn conformance(s: SharedStore) {
             .seq,
         1
     );
-    // Many at once: unique, gapless, in submission order.
-    let futs: Vec<_> = (10..60u8)
-        .map(|i| s.append_message(message("r-1", "carol", i, &["alice", "carol"])))
-        .collect();
-    let mut seqs = Vec::new();
-    for f in futs {
-        seqs.push(f.await.unwrap().seq);
-    }
-    assert_eq!(seqs, (3..53).collect::<Vec<u64>>());
     assert!(matches!(
         s.append_message(message("r-none", "alice", 1, &["alice"]))
             .await,
@@ -171,7 +204,26 @@ async fn conformance(s: SharedStore) {
         s.find_message("r-1", "alice", &[9; 16]).await.unwrap(),
         None
     );
-    // Another process's gap fill: whole messages after a seq, every key.
+}
+
+async fn appends_at_once_are_unique_gapless_and_in_submission_order(s: SharedStore) {
+    rooms(&s).await;
+    let futs: Vec<_> = (10..60u8)
+        .map(|i| s.append_message(message("r-1", "carol", i, &["alice", "carol"])))
+        .collect();
+    let mut seqs = Vec::new();
+    for f in futs {
+        seqs.push(f.await.unwrap().seq);
+    }
+    assert_eq!(seqs, (1..51).collect::<Vec<u64>>());
+    assert_eq!(
+        s.load_room("r-1").await.unwrap().record.unwrap().last_seq,
+        50
+    );
+}
+
+async fn gap_fill_gives_whole_messages_after_a_seq(s: SharedStore) {
+    messages(&s).await;
     let after = s.messages_after("r-1", 1, 3).await.unwrap();
     let seqs: Vec<u64> = after.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [2, 3, 4]);
@@ -191,69 +243,62 @@ async fn conformance(s: SharedStore) {
         s.load_room("r-1").await.unwrap().record.unwrap().last_seq,
         52
     );
+}
 
-    // History: only messages the requester holds a key for.
+async fn history_holds_only_messages_with_the_requesters_key(s: SharedStore) {
+    messages(&s).await;
     let page = s.history("r-1", "bob", q(None, None, 50)).await.unwrap();
-    assert_eq!(
-        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        [1, 2]
-    );
+    assert_eq!(seqs(&page), [1, 2]);
     assert!(!page.has_more);
     assert!(page.messages.iter().all(|m| m.key_commitment == [3; 32]));
-    // A byte cap ends the page early, next to the cursor, with has_more;
-    // a page always holds at least one message.
-    let one = page.messages[0].wire_len();
-    let capped = |after, max_bytes| HistoryQuery {
-        max_bytes,
-        ..q(after, None, 50)
-    };
-    let page = s.history("r-1", "bob", capped(None, one)).await.unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [2]);
-    assert!(page.has_more);
-    let page = s.history("r-1", "bob", capped(Some(0), 1)).await.unwrap();
-    assert_eq!(page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1]);
-    assert!(page.has_more);
-    assert_eq!(page.messages[0].key, vec![1; 256]);
-    assert_eq!(page.messages[0].ciphertext, vec![1; 40]);
     let page = s.history("r-1", "carol", q(None, None, 5)).await.unwrap();
-    assert_eq!(
-        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        [48, 49, 50, 51, 52]
-    );
+    assert_eq!(seqs(&page), [48, 49, 50, 51, 52]);
     assert!(page.has_more);
     let page = s
         .history("r-1", "carol", q(Some(50), None, 5))
         .await
         .unwrap();
-    assert_eq!(
-        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        [51, 52]
-    );
+    assert_eq!(seqs(&page), [51, 52]);
     assert!(!page.has_more);
     let page = s
         .history("r-1", "carol", q(None, Some(4), 5))
         .await
         .unwrap();
-    assert_eq!(
-        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        [1, 2, 3]
-    );
+    assert_eq!(seqs(&page), [1, 2, 3]);
     let page = s
         .history("r-1", "carol", q(Some(1), Some(5), 10))
         .await
         .unwrap();
-    assert_eq!(
-        page.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
-        [2, 3, 4]
-    );
+    assert_eq!(seqs(&page), [2, 3, 4]);
     assert!(s
         .history("r-1", "nobody", q(None, None, 5))
         .await
         .unwrap()
         .messages
         .is_empty());
+}
 
-    // Membership changes and bans.
+async fn a_byte_cap_ends_the_page_next_to_the_cursor(s: SharedStore) {
+    messages(&s).await;
+    let page = s.history("r-1", "bob", q(None, None, 50)).await.unwrap();
+    let one = page.messages[0].wire_len();
+    let capped = |after, max_bytes| HistoryQuery {
+        max_bytes,
+        ..q(after, None, 50)
+    };
+    let page = s.history("r-1", "bob", capped(None, one)).await.unwrap();
+    assert_eq!(seqs(&page), [2]);
+    assert!(page.has_more);
+    // A page always holds at least one message.
+    let page = s.history("r-1", "bob", capped(Some(0), 1)).await.unwrap();
+    assert_eq!(seqs(&page), [1]);
+    assert!(page.has_more);
+    assert_eq!(page.messages[0].key, vec![1; 256]);
+    assert_eq!(page.messages[0].ciphertext, vec![1; 40]);
+}
+
+async fn removals_and_bans(s: SharedStore) {
+    rooms(&s).await;
     let left = s.remove_member("r-1", "carol", false, None).await.unwrap();
     assert_eq!((left.remaining, left.owner.as_deref()), (2, Some("alice")));
     s.remove_member("r-1", "bob", true, Some("alice"))
@@ -272,14 +317,17 @@ async fn conformance(s: SharedStore) {
     s.set_ban("r-1", "carol", true).await.unwrap();
     s.set_ban("r-1", "bob", false).await.unwrap();
     assert_eq!(s.load_room("r-1").await.unwrap().bans, ["carol"]);
+}
 
-    // Room updates; a rename to a taken name conflicts and changes nothing.
+async fn room_updates_and_names(s: SharedStore) {
+    messages(&s).await;
     let update = |name: Option<&str>, owner: Option<&str>, pw: Option<Option<&str>>| RoomUpdate {
         name: name.map(Into::into),
         owner: owner.map(Into::into),
         password_hash: pw.map(|p| p.map(Into::into)),
         by: None,
     };
+    // A rename to a taken name conflicts and changes nothing.
     assert!(matches!(
         s.update_room("r-1", update(Some("other"), None, None))
             .await,
@@ -318,8 +366,10 @@ async fn conformance(s: SharedStore) {
     s.create_room(room("r-3", "general", "carol"))
         .await
         .unwrap();
+}
 
-    // Retention by count keeps the newest; by age deletes old ones; seq never goes back.
+async fn retention_keeps_the_newest_and_seq_never_goes_back(s: SharedStore) {
+    messages(&s).await;
     let policy = |older_than_ts, max_per_room| PurgePolicy {
         older_than_ts,
         max_per_room,
@@ -333,7 +383,7 @@ async fn conformance(s: SharedStore) {
             break;
         }
     }
-    assert_eq!(total, 42, "52 messages in r-1, 10 kept");
+    assert_eq!(total, 42, "52 messages in r-1, 10 kept; r-2's one stays");
     let page = s
         .history("r-1", "carol", q(Some(0), None, 100))
         .await
@@ -358,8 +408,10 @@ async fn conformance(s: SharedStore) {
             .seq,
         54
     );
+}
 
-    // Deleting a room removes everything of it.
+async fn deleting_a_room_removes_everything_of_it(s: SharedStore) {
+    messages(&s).await;
     s.delete_room("r-1").await.unwrap();
     let dir = s.load_directory().await.unwrap();
     assert!(dir.iter().all(|e| e.room.room_id != "r-1"));
@@ -374,18 +426,23 @@ async fn conformance(s: SharedStore) {
             .await,
         Err(StoreError::NotFound)
     ));
-    s.create_room(room("r-4", "Renamed", "alice"))
+    // Its name is free, and a new room of that name starts at seq 1.
+    s.create_room(room("r-4", "General", "alice"))
         .await
         .unwrap();
-
-    rejoin_before_any_message_keeps_history(&s).await;
-    leaving_and_owners_are_decided_at_commit(&s).await;
-    s.close().await.unwrap();
+    assert_eq!(
+        s.append_message(message("r-4", "alice", 1, &["alice"]))
+            .await
+            .unwrap()
+            .seq,
+        1
+    );
 }
 
 /// Issue 20 item 4: who is left, who owns the room and whether an owner
 /// may act are decided by the store when the write commits.
-async fn leaving_and_owners_are_decided_at_commit(s: &SharedStore) {
+async fn leaving_and_owners_are_decided_at_commit(s: SharedStore) {
+    people(&s).await;
     s.create_room(room("r-own", "Owned", "alice"))
         .await
         .unwrap();
@@ -450,7 +507,8 @@ async fn leaving_and_owners_are_decided_at_commit(s: &SharedStore) {
 /// Issue 20 item 5: a member who leaves and rejoins before anyone writes
 /// must still read what is sent after the rejoin (the empty period is
 /// reopened, not left closed).
-async fn rejoin_before_any_message_keeps_history(s: &SharedStore) {
+async fn rejoin_before_any_message_keeps_history(s: SharedStore) {
+    people(&s).await;
     s.create_room(room("r-rejoin", "Rejoin", "alice"))
         .await
         .unwrap();
@@ -480,6 +538,31 @@ async fn rejoin_before_any_message_keeps_history(s: &SharedStore) {
     }
     s.delete_room("r-rejoin").await.unwrap();
 }
+
+type Case = fn(SharedStore) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! cases {
+    ($($name:ident),* $(,)?) => {
+        &[$((stringify!($name), |s| Box::pin($name(s)))),*]
+    };
+}
+
+/// Every case, each run on a fresh store of every kind.
+const CASES: &[(&str, Case)] = cases![
+    users_are_unique_and_the_first_registration_wins,
+    rooms_are_unique_by_folded_name_and_list_members_in_join_order,
+    appends_take_gapless_seqs_and_are_deduplicated,
+    appends_at_once_are_unique_gapless_and_in_submission_order,
+    gap_fill_gives_whole_messages_after_a_seq,
+    history_holds_only_messages_with_the_requesters_key,
+    a_byte_cap_ends_the_page_next_to_the_cursor,
+    removals_and_bans,
+    room_updates_and_names,
+    retention_keeps_the_newest_and_seq_never_goes_back,
+    deleting_a_room_removes_everything_of_it,
+    rejoin_before_any_message_keeps_history,
+    leaving_and_owners_are_decided_at_commit,
+];
 
 /// The websocket scenario of the server core, on whatever store `tweak` selects.
 async fn websocket_scenario(tweak: impl Fn(&mut Settings) + Copy) {
@@ -540,85 +623,165 @@ impl Tally {
             }
         }
     }
+
+    fn fail(&mut self, name: &str, why: impl std::fmt::Display) {
+        println!("test {name} ... FAILED: {why}");
+        self.failed += 1;
+    }
+}
+
+/// The store kinds, each opened fresh per case.
+#[derive(Clone, Copy)]
+enum Kind {
+    Sqlite,
+    Postgres,
+    Mongo,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Sqlite => "sqlite",
+            Kind::Postgres => "postgres",
+            Kind::Mongo => "mongodb",
+        }
+    }
+
+    /// Why this kind cannot run here, if it cannot.
+    fn unavailable(self) -> Option<&'static str> {
+        let set = |var: &str| std::env::var(var).is_ok_and(|v| !v.is_empty());
+        match self {
+            Kind::Sqlite => None,
+            Kind::Postgres => (!set("CHAT_TEST_POSTGRES_URL")).then_some(
+                "CHAT_TEST_POSTGRES_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)",
+            ),
+            Kind::Mongo => (!set("CHAT_TEST_MONGODB_URI")).then_some(
+                "CHAT_TEST_MONGODB_URI is not set (e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0)",
+            ),
+        }
+    }
+
+    /// Runs one case on a fresh store of this kind, then drops the store's data.
+    async fn run_case(self, tally: &mut Tally, name: &str, case: Case) {
+        let name = format!("{} {name}", self.label());
+        match self {
+            Kind::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                match SqliteStore::open(&dir.path().join("c.db"), 64) {
+                    Ok(s) => tally.run(&name, closing(Arc::new(s), case)).await,
+                    Err(e) => tally.fail(&name, e),
+                }
+            }
+            Kind::Postgres => match common::PgDatabase::create().await {
+                Err(e) => tally.fail(&name, e),
+                Ok(db) => {
+                    match PostgresStore::connect(&db.url, 64).await {
+                        Ok(s) => tally.run(&name, closing(Arc::new(s), case)).await,
+                        Err(e) => tally.fail(&name, format!("cannot connect: {e}")),
+                    }
+                    db.drop_now().await;
+                }
+            },
+            Kind::Mongo => {
+                let uri = std::env::var("CHAT_TEST_MONGODB_URI").unwrap();
+                let db = mongo_database();
+                match MongoStore::connect(&uri, Some(&db), 64).await {
+                    Ok(s) => tally.run(&name, closing(Arc::new(s), case)).await,
+                    Err(e) => tally.fail(&name, format!("cannot connect: {e}")),
+                }
+                drop_mongo(&uri, &db).await;
+            }
+        }
+    }
+
+    /// The websocket scenario on a server using this kind of store.
+    async fn run_scenario(self, tally: &mut Tally) {
+        let name = format!("{} websocket scenario", self.label());
+        match self {
+            Kind::Sqlite => tally.run(&name, websocket_scenario(|_| {})).await,
+            Kind::Postgres => match common::PgDatabase::create().await {
+                Err(e) => tally.fail(&name, e),
+                Ok(db) => {
+                    // `websocket_scenario` wants a Copy closure: leak the URL once.
+                    let url: &'static str = Box::leak(db.url.clone().into_boxed_str());
+                    tally
+                        .run(
+                            &name,
+                            websocket_scenario(move |s: &mut Settings| s.store.url = url.into()),
+                        )
+                        .await;
+                    db.drop_now().await;
+                }
+            },
+            Kind::Mongo => {
+                let uri: &'static str = Box::leak(
+                    std::env::var("CHAT_TEST_MONGODB_URI")
+                        .unwrap()
+                        .into_boxed_str(),
+                );
+                let db: &'static str = Box::leak(mongo_database().into_boxed_str());
+                tally
+                    .run(
+                        &name,
+                        websocket_scenario(move |s: &mut Settings| {
+                            s.store.url = uri.into();
+                            s.store.database = db.into();
+                        }),
+                    )
+                    .await;
+                drop_mongo(uri, db).await;
+            }
+        }
+    }
+}
+
+/// Runs the case, then closes the store.
+async fn closing(s: SharedStore, case: Case) {
+    case(s.clone()).await;
+    s.close().await.unwrap();
+}
+
+fn mongo_database() -> String {
+    format!(
+        "e2ee_chat_test_{}",
+        hex::encode(e2ee_chat::crypto::random_bytes::<6>())
+    )
+}
+
+async fn drop_mongo(uri: &str, db: &str) {
+    if let Ok(client) = mongodb::Client::with_uri_str(uri).await {
+        let _ = client.database(db).drop().await;
+    }
 }
 
 fn main() {
+    // Like libtest: the first free argument filters by name.
+    let filter = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .unwrap_or_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let tally = rt.block_on(async {
         let mut tally = Tally::default();
-        let dir = tempfile::tempdir().unwrap();
-        let sqlite: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("c.db"), 64).unwrap());
-        tally.run("sqlite conformance", conformance(sqlite)).await;
-        tally.run("sqlite websocket scenario", websocket_scenario(|_| {})).await;
-
-        match common::PgDatabase::create().await {
-            Err(why) => {
-                println!("SKIP postgres: {why}");
-                tally.skipped += 2;
+        for kind in [Kind::Sqlite, Kind::Postgres, Kind::Mongo] {
+            let chosen: Vec<_> = CASES
+                .iter()
+                .filter(|(name, _)| format!("{} {name}", kind.label()).contains(&filter))
+                .collect();
+            let scenario = format!("{} websocket scenario", kind.label()).contains(&filter);
+            if let Some(why) = kind.unavailable() {
+                println!("SKIP {}: {why}", kind.label());
+                tally.skipped += chosen.len() + usize::from(scenario);
+                continue;
             }
-            Ok(db) => {
-                match PostgresStore::connect(&db.url, 64).await {
-                    Ok(store) => tally.run("postgres conformance", conformance(Arc::new(store))).await,
-                    Err(e) => {
-                        println!("test postgres conformance ... FAILED: cannot connect: {e}");
-                        tally.failed += 1;
-                    }
-                }
-                db.drop_now().await;
-                match common::PgDatabase::create().await {
-                    Ok(db) => {
-                        let url: &'static str = Box::leak(db.url.clone().into_boxed_str());
-                        tally
-                            .run(
-                                "postgres websocket scenario",
-                                websocket_scenario(move |s: &mut Settings| s.store.url = url.into()),
-                            )
-                            .await;
-                        db.drop_now().await;
-                    }
-                    Err(e) => {
-                        println!("test postgres websocket scenario ... FAILED: {e}");
-                        tally.failed += 1;
-                    }
-                }
+            for (name, case) in chosen {
+                kind.run_case(&mut tally, name, *case).await;
             }
-        }
-
-        match std::env::var("CHAT_TEST_MONGODB_URI").ok().filter(|v| !v.is_empty()) {
-            None => {
-                println!("SKIP mongodb: CHAT_TEST_MONGODB_URI is not set (e.g. mongodb://127.0.0.1:27017/?replicaSet=rs0)");
-                tally.skipped += 2;
-            }
-            Some(uri) => {
-                let db = format!("e2ee_chat_test_{}", hex::encode(e2ee_chat::crypto::random_bytes::<6>()));
-                let store = MongoStore::connect(&uri, Some(&db), 64).await;
-                match store {
-                    Ok(store) => tally.run("mongodb conformance", conformance(Arc::new(store))).await,
-                    Err(e) => {
-                        println!("test mongodb conformance ... FAILED: cannot connect: {e}");
-                        tally.failed += 1;
-                    }
-                }
-                // `websocket_scenario` wants a Copy closure: leak the strings once.
-                let uri_static: &'static str = Box::leak(uri.clone().into_boxed_str());
-                let db_static: &'static str = Box::leak(format!("{db}_ws").into_boxed_str());
-                tally
-                    .run(
-                        "mongodb websocket scenario",
-                        websocket_scenario(move |s: &mut Settings| {
-                            s.store.url = uri_static.into();
-                            s.store.database = db_static.into();
-                        }),
-                    )
-                    .await;
-                for name in [db.as_str(), db_static] {
-                    if let Ok(client) = mongodb::Client::with_uri_str(&uri).await {
-                        let _ = client.database(name).drop().await;
-                    }
-                }
+            if scenario {
+                kind.run_scenario(&mut tally).await;
             }
         }
         tally
