@@ -20,6 +20,7 @@ pub use accounts::{LookupUser, Offline, Online, OnlineInfo, Register};
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -30,7 +31,9 @@ use crate::config::Settings;
 use crate::handle::{SessionHandle, SessionId};
 use crate::password::Hasher;
 use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
-use crate::room::{self, OwnerAction, OwnerOp, OwnerOutcome, RoomActor, RoomChanged};
+use crate::room::{
+    self, DirectoryLink, OwnerAction, OwnerOp, OwnerOutcome, RoomActor, RoomChanged,
+};
 use crate::store::{DirectoryEntry, RoomRecord, SharedStore, StoreError};
 use crate::user::User;
 use crate::util::{new_room_id, now_ms};
@@ -51,6 +54,9 @@ struct RoomEntry {
     /// Since when the running room has had no member online here and no
     /// request of the Registry's (see `stop_idle_rooms`).
     quiet_since: Option<std::time::Instant>,
+    /// The last seq the running room delivered (`room::DirectoryLink`):
+    /// listings take the larger of this and `record.last_seq`.
+    last_seq: Arc<AtomicU64>,
 }
 
 /// A room's place in `list_rooms` order: member count descending, then
@@ -72,7 +78,15 @@ impl RoomEntry {
             addr: None,
             busy: 0,
             quiet_since: None,
+            last_seq: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The room's last seq as this process knows it.
+    fn last_seq(&self) -> u64 {
+        self.record
+            .last_seq
+            .max(self.last_seq.load(Ordering::Relaxed))
     }
 
     fn list_key(&self) -> ListKey {
@@ -234,6 +248,10 @@ impl Registry {
             .filter(|m| self.peers.is_online(m))
             .cloned()
             .collect();
+        let directory = DirectoryLink {
+            changed: me.recipient(),
+            last_seq: entry.last_seq.clone(),
+        };
         let (record, store, settings, hasher, cluster) = (
             entry.record.clone(),
             self.store.clone(),
@@ -243,13 +261,7 @@ impl Registry {
         );
         let addr = RoomActor::start_in_arbiter(arbiter, move |_| {
             RoomActor::new(
-                record,
-                store,
-                me.recipient(),
-                settings,
-                hasher,
-                cluster,
-                elsewhere,
+                record, store, directory, settings, hasher, cluster, elsewhere,
             )
         });
         entry.addr = Some(addr.clone());
@@ -368,7 +380,7 @@ impl Registry {
             has_password: r.password_hash.is_some(),
             hidden: r.hidden,
             created_at: r.created_at,
-            last_seq: r.last_seq,
+            last_seq: entry.last_seq(),
         }
     }
 

@@ -21,7 +21,8 @@ pub use cluster::{Elsewhere, Reload};
 pub use membership::{GetMembers, Join, Joined, Leave, Left};
 pub use owner::{OwnerAction, OwnerOp, OwnerOutcome};
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -40,6 +41,7 @@ use crate::store::{
     Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, SharedStore, StoreError,
 };
 use crate::user::User;
+use delivery::Delivery;
 
 /// What a room's handlers answer.
 pub type RoomResult<T> = Result<T, Failure>;
@@ -58,7 +60,7 @@ struct Pending {
     reply: oneshot::Sender<RoomResult<Appended>>,
 }
 
-/// What a room tells the directory: its record changed (seq, owner, name,
+/// What a room tells the directory: its record changed (owner, name,
 /// password). Declared here, with the room's other messages; the Registry
 /// handles it.
 #[derive(Message)]
@@ -67,14 +69,24 @@ pub struct RoomChanged {
     pub record: RoomRecord,
 }
 
+/// The room's link to the directory that lists it: record changes go as
+/// messages (rare), the last delivered seq as a shared counter (every send;
+/// listings read it), so a busy room sends the directory nothing per message.
+#[derive(Clone)]
+pub struct DirectoryLink {
+    pub changed: Recipient<RoomChanged>,
+    pub last_seq: Arc<AtomicU64>,
+}
+
 pub struct RoomActor {
     record: RoomRecord,
     members: IndexMap<String, MemberState>,
     bans: HashSet<String>,
     store: SharedStore,
-    /// Where the room reports changes to its record (the Registry's
-    /// directory): a recipient, so rooms do not depend on the Registry.
-    registry: Recipient<RoomChanged>,
+    /// Where the room reports changes to its record and its last seq (the
+    /// Registry's directory): a recipient, so rooms do not depend on the
+    /// Registry.
+    directory: DirectoryLink,
     settings: Arc<Settings>,
     next_ticket: u64,
     pending: VecDeque<Pending>,
@@ -87,13 +99,8 @@ pub struct RoomActor {
     hasher: Arc<Hasher>,
     /// Set when several processes share the database (see `cluster`).
     cluster: Option<Cluster>,
-    /// The highest seq delivered to this process's sessions: every message
-    /// is fanned out once, in seq order, whichever process stored it.
-    delivered: u64,
-    /// Stored messages above `delivered + 1`, waiting for the ones before.
-    ready: BTreeMap<u64, (Arc<NewMessage>, u64)>,
-    /// A gap fill is scheduled or running.
-    filling: bool,
+    /// Fan-out in seq order, whichever process stored the message.
+    delivery: Delivery,
     /// Members online on another process.
     elsewhere: HashSet<String>,
     /// Reloads after other processes' changes (`cluster::reloads`).
@@ -111,7 +118,7 @@ impl RoomActor {
     pub fn new(
         record: RoomRecord,
         store: SharedStore,
-        registry: Recipient<RoomChanged>,
+        directory: DirectoryLink,
         settings: Arc<Settings>,
         hasher: Arc<Hasher>,
         cluster: Option<Cluster>,
@@ -119,9 +126,7 @@ impl RoomActor {
     ) -> Self {
         RoomActor {
             cluster,
-            delivered: record.last_seq,
-            ready: BTreeMap::new(),
-            filling: false,
+            delivery: Delivery::new(record.last_seq),
             elsewhere,
             reloads: Reloads::default(),
             waiting_attach: Vec::new(),
@@ -130,7 +135,7 @@ impl RoomActor {
             members: IndexMap::new(),
             bans: HashSet::new(),
             store,
-            registry,
+            directory,
             settings,
             next_ticket: 0,
             pending: VecDeque::new(),
@@ -171,7 +176,7 @@ impl RoomActor {
     }
 
     fn publish(&self) {
-        self.registry.do_send(RoomChanged {
+        self.directory.changed.do_send(RoomChanged {
             record: self.record.clone(),
         });
     }
@@ -488,7 +493,7 @@ impl Actor for RoomActor {
                         return;
                     };
                     // Live delivery starts after what is stored now.
-                    act.delivered = record.last_seq;
+                    act.delivery.restart_at(record.last_seq);
                     act.record.last_seq = record.last_seq;
                     // Nobody is attached yet, so adopting announces nothing.
                     act.adopt(state, None, true);
