@@ -23,6 +23,47 @@ pub fn new_room_id() -> String {
 /// default of 16 would make bursts wait (and possibly reorder).
 pub const MAILBOX_CAPACITY: usize = 1 << 20;
 
+/// Work in flight per key (joins per user in a room, joins and creations
+/// per user in the Registry): each holds a place against a limit until it
+/// is released, so racing requests cannot exceed the limit together.
+#[derive(Debug)]
+pub struct InFlight<K> {
+    held: HashMap<K, usize>,
+}
+
+impl<K> Default for InFlight<K> {
+    fn default() -> Self {
+        InFlight {
+            held: HashMap::new(),
+        }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> InFlight<K> {
+    pub fn hold(&mut self, key: &K) {
+        *self.held.entry(key.clone()).or_default() += 1;
+    }
+
+    pub fn release(&mut self, key: &K) {
+        if let Some(n) = self.held.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(key);
+            }
+        }
+    }
+
+    /// How many `key` holds.
+    pub fn count(&self, key: &K) -> usize {
+        self.held.get(key).copied().unwrap_or(0)
+    }
+
+    /// How many keys hold at least one.
+    pub fn keys(&self) -> usize {
+        self.held.len()
+    }
+}
+
 /// Counts per key in fixed windows, each starting at its key's first count.
 /// Past `prune_above` keys, windows that ended are dropped, so a stream of
 /// new keys cannot grow it without end.
@@ -73,6 +114,19 @@ impl<K: Hash + Eq> Windows<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_flight_counts_until_every_hold_is_released() {
+        let mut f = InFlight::default();
+        f.hold(&"bob");
+        f.hold(&"bob");
+        f.hold(&"eve");
+        assert_eq!((f.count(&"bob"), f.keys()), (2, 2));
+        f.release(&"bob");
+        f.release(&"eve");
+        f.release(&"eve");
+        assert_eq!((f.count(&"bob"), f.count(&"eve"), f.keys()), (1, 0, 1));
+    }
 
     #[test]
     fn windows_count_per_key_and_give_back() {

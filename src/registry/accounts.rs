@@ -117,11 +117,7 @@ impl Handler<Online> for Registry {
         sessions.insert(msg.handle.id, msg.handle.clone());
         let open = sessions.len();
         self.local_presence(&msg.username, open, first);
-        let room_ids: Vec<String> = self
-            .user_rooms
-            .get(&msg.username)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default();
+        let room_ids: Vec<String> = self.dir.rooms_of(&msg.username).cloned().collect();
         let mut addrs = Vec::with_capacity(room_ids.len());
         for room_id in room_ids {
             if let Some(addr) = self.room_addr(&room_id, ctx.address()) {
@@ -134,7 +130,7 @@ impl Handler<Online> for Registry {
         }
         let mut rooms: Vec<RoomSummary> = addrs
             .iter()
-            .filter_map(|(id, _)| self.rooms.get(id).map(|e| self.summary(e)))
+            .filter_map(|(id, _)| self.dir.rooms.get(id).map(|e| self.summary(e)))
             .collect();
         rooms.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.name.cmp(&b.name)));
         Ok(OnlineInfo { rooms, addrs })
@@ -162,8 +158,8 @@ impl Handler<Offline> for Registry {
                 self.local_presence(&msg.username, open, open == 0);
             }
         }
-        for room_id in self.user_rooms.get(&msg.username).into_iter().flatten() {
-            if let Some(addr) = self.rooms.get(room_id).and_then(|e| e.addr.as_ref()) {
+        for room_id in self.dir.user_rooms.get(&msg.username).into_iter().flatten() {
+            if let Some(addr) = self.dir.rooms.get(room_id).and_then(|e| e.addr.as_ref()) {
                 addr.do_send(room::Detach {
                     username: msg.username.clone(),
                     session: msg.session,

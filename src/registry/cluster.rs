@@ -11,7 +11,6 @@ use super::{Registry, RoomEntry};
 use crate::cluster::{presence::Change, Ctl, FromCluster, RoomChange};
 use crate::room::{self, RoomActor};
 use crate::store::RoomState;
-use crate::validate::room_name_key;
 
 impl Registry {
     /// A change to the room was just committed here: a reload in flight
@@ -91,7 +90,7 @@ impl Registry {
                     self.anywhere = self.anywhere.saturating_sub(1);
                 }
             }
-            for room_id in self.user_rooms.get(&user).into_iter().flatten() {
+            for room_id in self.dir.user_rooms.get(&user).into_iter().flatten() {
                 if let Some(addr) = self.running(room_id) {
                     addr.do_send(room::Elsewhere {
                         username: user.clone(),
@@ -103,7 +102,8 @@ impl Registry {
     }
 
     fn running(&self, room_id: &str) -> Option<Addr<RoomActor>> {
-        self.rooms
+        self.dir
+            .rooms
             .get(room_id)
             .and_then(|e| e.addr.clone())
             .filter(|a| a.connected())
@@ -177,36 +177,24 @@ impl Registry {
             self.forget_room(room_id);
             return;
         };
-        if !self.rooms.contains_key(room_id) {
-            self.names.insert(
-                room_name_key(&record.name, record.hidden, room_id),
-                room_id.to_owned(),
-            );
-            self.insert_room(RoomEntry::new(record.clone(), IndexSet::new()));
+        if !self.dir.rooms.contains_key(room_id) {
+            self.dir
+                .insert(RoomEntry::new(record.clone(), IndexSet::new()));
         } else {
-            let mut renamed = None;
-            self.edit_room(room_id, |e| {
-                if e.record.name != record.name {
-                    renamed = Some(e.record.name.clone());
-                }
-                e.record = record.clone();
-            });
-            if let Some(old) = renamed {
-                self.reindex_name(room_id, &old, &record.name);
-            }
+            self.dir.set_record(room_id, record.clone());
         }
         let names: IndexSet<String> = state
             .members
             .iter()
             .map(|m| m.user.username.clone())
             .collect();
-        let old = self.rooms[room_id].members.clone();
+        let old = self.dir.rooms[room_id].members.clone();
         for gone in old.iter().filter(|n| !names.contains(*n)) {
-            self.remove_membership(room_id, gone);
+            self.dir.remove_membership(room_id, gone);
         }
         let mut attach = Vec::new();
         for new in names.iter().filter(|n| !old.contains(*n)) {
-            self.add_membership(room_id, new);
+            self.dir.add_membership(room_id, new);
             for handle in self.sessions_of(new) {
                 attach.push((new.clone(), handle));
             }
@@ -249,7 +237,7 @@ impl Registry {
                 Ok(state) if state.record.is_some() => {
                     let room_id = msg.room_id.clone();
                     act.apply_room_state(&room_id, state, RoomChange::Created, ctx);
-                    act.rooms.contains_key(&room_id)
+                    act.dir.rooms.contains_key(&room_id)
                 }
                 _ => false,
             };
@@ -271,6 +259,7 @@ impl Registry {
     /// is exchanged anew.
     fn resync(&mut self, ctx: &mut Context<Self>) {
         let running: Vec<String> = self
+            .dir
             .rooms
             .iter()
             .filter(|(_, e)| e.addr.as_ref().is_some_and(|a| a.connected()))
@@ -285,14 +274,14 @@ impl Registry {
                 log::warn!("could not reload the directory after a lost connection");
                 return;
             };
-            let known: Vec<String> = act.rooms.keys().cloned().collect();
+            let known: Vec<String> = act.dir.rooms.keys().cloned().collect();
             for room_id in known {
                 if !entries.iter().any(|e| e.room.room_id == room_id) {
                     act.reload_room(room_id, RoomChange::Deleted, ctx);
                 }
             }
             for entry in entries {
-                let same = act.rooms.get(&entry.room.room_id).is_some_and(|e| {
+                let same = act.dir.rooms.get(&entry.room.room_id).is_some_and(|e| {
                     e.members.iter().eq(entry.members.iter()) && e.record.name == entry.room.name
                 });
                 if !same {

@@ -6,7 +6,9 @@
 //! Membership itself is owned by each room; the directory keeps an index of
 //! it (who is in which room) that it updates from the rooms' answers, because
 //! every membership change passes through here. Rooms report other changes
-//! (seq, owner, name, password flag) with `RoomChanged`.
+//! (owner, name, password flag) with `RoomChanged` and their last seq through
+//! a shared counter (`room::DirectoryLink`). The directory's indexes change
+//! together in one place, `directory.rs`.
 //!
 //! The Registry waits on rooms; rooms never wait on the Registry.
 //!
@@ -15,12 +17,11 @@
 
 mod accounts;
 mod cluster;
+mod directory;
 
 pub use accounts::{LookupUser, Offline, Online, OnlineInfo, Register};
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -34,83 +35,16 @@ use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
 use crate::room::{
     self, DirectoryLink, OwnerAction, OwnerOp, OwnerOutcome, RoomActor, RoomChanged,
 };
-use crate::store::{DirectoryEntry, RoomRecord, SharedStore, StoreError};
+use crate::store::{RoomRecord, SharedStore, StoreError};
 use crate::user::User;
 use crate::util::{new_room_id, now_ms};
 use crate::validate::room_name_key;
+use directory::{merge, Directory, ListKey, RoomEntry};
 
 pub type RegistryResult<T> = Result<T, Failure>;
 
 /// Most users whose parsed keys the Registry keeps (about 2 KiB each).
 const USER_CACHE: usize = 50_000;
-
-struct RoomEntry {
-    record: RoomRecord,
-    members: IndexSet<String>,
-    addr: Option<Addr<RoomActor>>,
-    /// Requests of the Registry's own (join, leave, owner operations)
-    /// waiting for the running room: it is not stopped while any wait.
-    busy: usize,
-    /// Since when the running room has had no member online here and no
-    /// request of the Registry's (see `stop_idle_rooms`).
-    quiet_since: Option<std::time::Instant>,
-    /// The last seq the running room delivered (`room::DirectoryLink`):
-    /// listings take the larger of this and `record.last_seq`.
-    last_seq: Arc<AtomicU64>,
-}
-
-/// A room's place in `list_rooms` order: member count descending, then
-/// `created_at`, then name (room id last, to make keys unique).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct ListKey {
-    members: Reverse<usize>,
-    created_at: u64,
-    name: String,
-    room_id: String,
-}
-
-impl RoomEntry {
-    /// A room's entry, its actor not started.
-    fn new(record: RoomRecord, members: IndexSet<String>) -> Self {
-        RoomEntry {
-            record,
-            members,
-            addr: None,
-            busy: 0,
-            quiet_since: None,
-            last_seq: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    /// The room's last seq as this process knows it.
-    fn last_seq(&self) -> u64 {
-        self.record
-            .last_seq
-            .max(self.last_seq.load(Ordering::Relaxed))
-    }
-
-    fn list_key(&self) -> ListKey {
-        ListKey {
-            members: Reverse(self.members.len()),
-            created_at: self.record.created_at,
-            name: self.record.name.clone(),
-            room_id: self.record.room_id.clone(),
-        }
-    }
-}
-
-/// Merges two ascending iterators.
-fn merge<'a>(
-    a: impl Iterator<Item = &'a ListKey>,
-    b: impl Iterator<Item = &'a ListKey>,
-) -> impl Iterator<Item = &'a ListKey> {
-    let (mut a, mut b) = (a.peekable(), b.peekable());
-    std::iter::from_fn(move || match (a.peek(), b.peek()) {
-        (Some(x), Some(y)) if y < x => b.next(),
-        (Some(_), _) => a.next(),
-        (None, _) => b.next(),
-    })
-}
 
 pub struct Registry {
     store: SharedStore,
@@ -118,19 +52,13 @@ pub struct Registry {
     arbiters: Vec<ArbiterHandle>,
     next_arbiter: usize,
     users: HashMap<String, Arc<User>>,
-    rooms: HashMap<String, RoomEntry>,
-    /// The public (not hidden) rooms in listing order, kept current on every
-    /// change so `list_rooms` pages without sorting.
-    listing: BTreeSet<ListKey>,
-    /// Case-folded room name → room id, including names reserved by a
-    /// `create_room` that is still being stored.
-    names: HashMap<String, String>,
-    user_rooms: HashMap<String, HashSet<String>>,
+    /// Rooms, listing, name index, user → rooms (`directory.rs`).
+    dir: Directory,
     online: HashMap<String, HashMap<SessionId, SessionHandle>>,
     /// Joins and creations in flight per user: each counts against
     /// `max_rooms_per_user` until it is done, so racing requests cannot
     /// exceed the limit.
-    pending_rooms: HashMap<String, usize>,
+    pending_rooms: crate::util::InFlight<String>,
     /// Rooms whose actor was started here (checked by `stop_idle_rooms`).
     running: HashSet<String>,
     /// Joins, leaves and creations per user in the current minute
@@ -183,58 +111,17 @@ impl Registry {
             arbiters,
             next_arbiter: 0,
             users: HashMap::new(),
-            rooms: HashMap::new(),
-            listing: BTreeSet::new(),
-            names: HashMap::new(),
-            user_rooms: HashMap::new(),
+            dir: Directory::default(),
             online: HashMap::new(),
-            pending_rooms: HashMap::new(),
+            pending_rooms: Default::default(),
             running: HashSet::new(),
             churn: crate::util::Windows::new(std::time::Duration::from_secs(60), 100_000),
         }
     }
 
-    fn load(&mut self, entries: Vec<DirectoryEntry>) {
-        for DirectoryEntry { room, members } in entries {
-            for m in &members {
-                self.user_rooms
-                    .entry(m.clone())
-                    .or_default()
-                    .insert(room.room_id.clone());
-            }
-            self.names.insert(
-                room_name_key(&room.name, room.hidden, &room.room_id),
-                room.room_id.clone(),
-            );
-            self.insert_room(RoomEntry::new(room, members.into_iter().collect()));
-        }
-    }
-
-    fn insert_room(&mut self, entry: RoomEntry) {
-        if !entry.record.hidden {
-            self.listing.insert(entry.list_key());
-        }
-        self.rooms.insert(entry.record.room_id.clone(), entry);
-    }
-
-    /// Changes a room's entry and keeps its place in `listing` current.
-    fn edit_room(&mut self, room_id: &str, edit: impl FnOnce(&mut RoomEntry)) {
-        let Some(entry) = self.rooms.get_mut(room_id) else {
-            return;
-        };
-        let listed = !entry.record.hidden;
-        if listed {
-            self.listing.remove(&entry.list_key());
-        }
-        edit(entry);
-        if listed {
-            self.listing.insert(entry.list_key());
-        }
-    }
-
     /// The room's actor, started on the next arbiter if it is not running.
     fn room_addr(&mut self, room_id: &str, me: Addr<Registry>) -> Option<Addr<RoomActor>> {
-        let entry = self.rooms.get_mut(room_id)?;
+        let entry = self.dir.rooms.get_mut(room_id)?;
         entry.quiet_since = None;
         if let Some(addr) = entry.addr.as_ref().filter(|a| a.connected()) {
             return Some(addr.clone());
@@ -283,18 +170,10 @@ impl Registry {
         }
     }
 
-    /// A room was renamed: its name key changes (a hidden room's does not).
-    fn reindex_name(&mut self, room_id: &str, old: &str, new: &str) {
-        let hidden = self.rooms.get(room_id).is_some_and(|e| e.record.hidden);
-        self.names.remove(&room_name_key(old, hidden, room_id));
-        self.names
-            .insert(room_name_key(new, hidden, room_id), room_id.to_owned());
-    }
-
     /// Counts one request of the Registry's own to the running room in or
     /// out (an idle room is never stopped under one).
     fn busy(&mut self, room_id: &str, start: bool) {
-        if let Some(entry) = self.rooms.get_mut(room_id) {
+        if let Some(entry) = self.dir.rooms.get_mut(room_id) {
             if start {
                 entry.busy += 1;
             } else {
@@ -317,7 +196,7 @@ impl Registry {
         let online = &self.online;
         let mut stopped = Vec::new();
         for room_id in &self.running {
-            let Some(entry) = self.rooms.get_mut(room_id) else {
+            let Some(entry) = self.dir.rooms.get_mut(room_id) else {
                 stopped.push(room_id.clone());
                 continue;
             };
@@ -391,38 +270,9 @@ impl Registry {
             .unwrap_or_default()
     }
 
-    fn add_membership(&mut self, room_id: &str, username: &str) {
-        self.edit_room(room_id, |entry| {
-            entry.members.insert(username.to_owned());
-        });
-        self.user_rooms
-            .entry(username.to_owned())
-            .or_default()
-            .insert(room_id.to_owned());
-    }
-
-    fn remove_membership(&mut self, room_id: &str, username: &str) {
-        self.edit_room(room_id, |entry| {
-            entry.members.shift_remove(username);
-        });
-        if let Some(set) = self.user_rooms.get_mut(username) {
-            set.remove(room_id);
-        }
-    }
-
     fn forget_room(&mut self, room_id: &str) {
         self.room_loads.remove(room_id);
-        if let Some(entry) = self.rooms.remove(room_id) {
-            self.listing.remove(&entry.list_key());
-            let r = &entry.record;
-            self.names
-                .remove(&room_name_key(&r.name, r.hidden, &r.room_id));
-            for m in &entry.members {
-                if let Some(set) = self.user_rooms.get_mut(m) {
-                    set.remove(room_id);
-                }
-            }
-        }
+        self.dir.forget(room_id);
     }
 
     /// Keeps a user's parsed keys for later logins. The cache is bounded:
@@ -447,21 +297,16 @@ impl Registry {
 
     /// Rooms the user belongs to, plus joins and creations in flight.
     fn room_count(&self, username: &str) -> usize {
-        self.user_rooms.get(username).map_or(0, |s| s.len())
-            + self.pending_rooms.get(username).copied().unwrap_or(0)
+        self.dir.user_rooms.get(username).map_or(0, |s| s.len())
+            + self.pending_rooms.count(&username.to_owned())
     }
 
     fn reserve_room(&mut self, username: &str) {
-        *self.pending_rooms.entry(username.to_owned()).or_default() += 1;
+        self.pending_rooms.hold(&username.to_owned());
     }
 
     fn release_room(&mut self, username: &str) {
-        if let Some(n) = self.pending_rooms.get_mut(username) {
-            *n -= 1;
-            if *n == 0 {
-                self.pending_rooms.remove(username);
-            }
-        }
+        self.pending_rooms.release(&username.to_owned());
     }
 
     /// `unknown_user` unless `username` is registered (cache, then store).
@@ -494,7 +339,7 @@ impl Actor for Registry {
         ctx.wait(load.into_actor(self).map(|res, act, _| match res {
             Ok(entries) => {
                 log::info!("directory loaded: {} rooms", entries.len());
-                act.load(entries);
+                act.dir.load(entries);
             }
             Err(e) => log::error!("could not load the room directory: {e}"),
         }));
@@ -525,20 +370,18 @@ impl Handler<ListRooms> for Registry {
     /// sorting and no pass over every room per request.
     fn handle(&mut self, msg: ListRooms, _: &mut Self::Context) -> Self::Result {
         let mut mine: Vec<ListKey> = self
-            .user_rooms
-            .get(&msg.username)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.rooms.get(id))
+            .dir
+            .rooms_of(&msg.username)
+            .filter_map(|id| self.dir.rooms.get(id))
             .filter(|e| e.record.hidden)
             .map(RoomEntry::list_key)
             .collect();
         mine.sort();
-        let total = (self.listing.len() + mine.len()) as u64;
-        let rooms = merge(self.listing.iter(), mine.iter())
+        let total = (self.dir.listing.len() + mine.len()) as u64;
+        let rooms = merge(self.dir.listing.iter(), mine.iter())
             .skip(msg.offset)
             .take(msg.limit)
-            .filter_map(|k| self.rooms.get(&k.room_id))
+            .filter_map(|k| self.dir.rooms.get(&k.room_id))
             .map(|e| self.summary(e))
             .collect();
         MessageResult(ListedRooms {
@@ -589,13 +432,13 @@ impl Handler<CreateRoom> for Registry {
         }
         let room_id = new_room_id();
         let folded = room_name_key(&msg.name, msg.hidden, &room_id);
-        if self.names.contains_key(&folded) {
+        if self.dir.names.contains_key(&folded) {
             return failed(ErrorCode::RoomExists);
         }
         if self.room_count(&msg.user.username) >= self.settings.limits.max_rooms_per_user {
             return failed(ErrorCode::TooManyRooms);
         }
-        self.names.insert(folded.clone(), room_id.clone());
+        self.dir.names.insert(folded.clone(), room_id.clone());
         self.reserve_room(&msg.user.username);
         let record = RoomRecord {
             room_id,
@@ -631,7 +474,7 @@ impl Handler<CreateRoom> for Registry {
                     let record = match res {
                         Ok(record) => record,
                         Err(f) => {
-                            act.names.remove(&folded);
+                            act.dir.names.remove(&folded);
                             return Err(f);
                         }
                     };
@@ -639,8 +482,8 @@ impl Handler<CreateRoom> for Registry {
                     let username = user.username.clone();
                     log::info!("{username} created room {room_id} ({:?})", record.name);
                     act.announce(&room_id, RoomChange::Created, ctx);
-                    act.insert_room(RoomEntry::new(record, IndexSet::new()));
-                    act.add_membership(&room_id, &username);
+                    act.dir.insert(RoomEntry::new(record, IndexSet::new()));
+                    act.dir.add_membership(&room_id, &username);
                     let addr = act
                         .room_addr(&room_id, ctx.address())
                         .expect("just inserted");
@@ -650,7 +493,7 @@ impl Handler<CreateRoom> for Registry {
                             handle,
                         });
                     }
-                    let entry = &act.rooms[&room_id];
+                    let entry = &act.dir.rooms[&room_id];
                     Ok(JoinedRoom {
                         room: act.summary(entry),
                         members: vec![
@@ -704,7 +547,7 @@ impl Handler<JoinRoom> for Registry {
             let joined = res.map_err(|_| Failure::from(ErrorCode::NoSuchRoom))??;
             if joined.added {
                 log::info!("{username} joined {room_id}");
-                act.add_membership(&room_id, &username);
+                act.dir.add_membership(&room_id, &username);
                 act.announce(&room_id, RoomChange::Joined(username.clone()), ctx);
                 // A session of this user that logged in while the join was in
                 // flight was not in the list the room got.
@@ -754,7 +597,7 @@ impl Handler<LeaveRoom> for Registry {
                 act.forget_room(&msg.room_id);
                 act.announce(&msg.room_id, RoomChange::Deleted, ctx);
             } else {
-                act.remove_membership(&msg.room_id, &msg.username);
+                act.dir.remove_membership(&msg.room_id, &msg.username);
                 act.announce(
                     &msg.room_id,
                     RoomChange::Removed {
@@ -785,12 +628,13 @@ impl Handler<OwnerRequest> for Registry {
             return failed(ErrorCode::NoSuchRoom);
         };
         if let OwnerAction::Rename(name) = &msg.action {
-            let hidden = self.rooms[&msg.room_id].record.hidden;
+            let hidden = self.dir.rooms[&msg.room_id].record.hidden;
             let taken = self
+                .dir
                 .names
                 .get(&room_name_key(name, hidden, &msg.room_id))
                 .is_some_and(|id| *id != msg.room_id);
-            if taken && self.rooms[&msg.room_id].record.owner == msg.username {
+            if taken && self.dir.rooms[&msg.room_id].record.owner == msg.username {
                 return failed(ErrorCode::RoomExists);
             }
         }
@@ -836,16 +680,10 @@ impl Handler<OwnerRequest> for Registry {
                 return Ok(());
             }
             if let Some(removed) = outcome.removed {
-                act.remove_membership(&room_id, &removed);
+                act.dir.remove_membership(&room_id, &removed);
             }
             if let Some(name) = outcome.renamed {
-                let mut old = None;
-                act.edit_room(&room_id, |entry| {
-                    old = Some(std::mem::replace(&mut entry.record.name, name.clone()));
-                });
-                if let Some(old) = old {
-                    act.reindex_name(&room_id, &old, &name);
-                }
+                act.dir.rename(&room_id, &name);
             }
             Ok(())
         }))
@@ -857,16 +695,7 @@ impl Handler<RoomChanged> for Registry {
 
     fn handle(&mut self, msg: RoomChanged, _: &mut Self::Context) {
         let room_id = msg.record.room_id.clone();
-        let mut renamed = None;
-        self.edit_room(&room_id, |entry| {
-            if entry.record.name != msg.record.name {
-                renamed = Some((entry.record.name.clone(), msg.record.name.clone()));
-            }
-            entry.record = msg.record;
-        });
-        if let Some((old, new)) = renamed {
-            self.reindex_name(&room_id, &old, &new);
-        }
+        self.dir.set_record(&room_id, msg.record);
     }
 }
 
@@ -883,12 +712,13 @@ impl Handler<Stats> for Registry {
             .running
             .iter()
             .filter(|r| {
-                self.rooms
+                self.dir
+                    .rooms
                     .get(*r)
                     .and_then(|e| e.addr.as_ref())
                     .is_some_and(|a| a.connected())
             })
             .count() as u64;
-        MessageResult((self.connected(), self.rooms.len() as u64, running))
+        MessageResult((self.connected(), self.dir.rooms.len() as u64, running))
     }
 }

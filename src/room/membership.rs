@@ -66,8 +66,8 @@ impl Handler<Join> for RoomActor {
         if self.bans.contains(&username) {
             return refuse(ErrorCode::Banned.into());
         }
-        let seats = self.members.len() + self.joining.len()
-            - usize::from(self.joining.contains_key(&username));
+        let seats = self.members.len() + self.joining.keys()
+            - usize::from(self.joining.count(&username) > 0);
         if seats >= self.settings.limits.max_members_per_room {
             return refuse(ErrorCode::RoomFull.into());
         }
@@ -85,7 +85,7 @@ impl Handler<Join> for RoomActor {
             Some(Ok(a)) => Some(a),
             None => None,
         };
-        *self.joining.entry(username.clone()).or_default() += 1;
+        self.joining.hold(&username);
         let given = msg.password.unwrap_or_default();
         let check = hash.map(|hash| self.hasher.verify(&username, hash, given));
         let verify = async move {
@@ -184,12 +184,7 @@ impl RoomActor {
     }
 
     fn release_seat(&mut self, username: &str) {
-        if let Some(n) = self.joining.get_mut(username) {
-            *n -= 1;
-            if *n == 0 {
-                self.joining.remove(username);
-            }
-        }
+        self.joining.release(&username.to_owned());
     }
 }
 

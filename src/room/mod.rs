@@ -95,7 +95,7 @@ pub struct RoomActor {
     went_offline: Vec<String>,
     /// Joins in flight (password check or membership write), by user: each
     /// holds a seat against `max_members_per_room`.
-    joining: HashMap<String, usize>,
+    joining: crate::util::InFlight<String>,
     hasher: Arc<Hasher>,
     /// Set when several processes share the database (see `cluster`).
     cluster: Option<Cluster>,
@@ -140,7 +140,7 @@ impl RoomActor {
             next_ticket: 0,
             pending: VecDeque::new(),
             went_offline: Vec::new(),
-            joining: HashMap::new(),
+            joining: Default::default(),
         }
     }
 
