@@ -7,6 +7,7 @@
 #   FANOUT_ARGS="--members 50" scripts/bench.sh fanout
 #   scripts/bench.sh pg-fanout pg-durable   # the same on PostgreSQL
 #   scripts/bench.sh cluster                # 3 processes + Redis vs 1 (PostgreSQL)
+#   BENCH_BIN_DIR=/tmp/before scripts/bench.sh fanout   # binaries built elsewhere
 #
 # The pg-* scenarios make a fresh database per server on the PostgreSQL at
 # $BENCH_POSTGRES_URL (default postgres://postgres@127.0.0.1:5432/test) with
@@ -22,9 +23,14 @@ scenarios=("$@")
 pg_admin=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 pg_dbs=()
 
-cargo build --release --bin e2ee-chat-server --bin e2ee-chat-bench
-server=target/release/e2ee-chat-server
-bench=target/release/e2ee-chat-bench
+# BENCH_BIN_DIR runs binaries built elsewhere (a before/after comparison of
+# two commits in one session); otherwise this tree is built in release.
+if [ -z "${BENCH_BIN_DIR:-}" ]; then
+  cargo build --release --bin e2ee-chat-server --bin e2ee-chat-bench
+fi
+bin_dir=${BENCH_BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}
+server=$bin_dir/e2ee-chat-server
+bench=$bin_dir/e2ee-chat-bench
 
 # 10,000 connections need 10,000 descriptors on each side.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"

@@ -4,6 +4,7 @@
 //! PBKDF2-SHA-256 of a passphrase. The associated data binds each sealed key
 //! to the username and to its role, so keys cannot be swapped between files
 //! or roles. One person can so use the same identity in a browser and here.
+//! The `export-profile` and `import-profile` commands are at the end.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -13,7 +14,10 @@ use e2ee_chat::crypto::KeyPair;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::profile::CliResult;
+use crate::profile::{self, CliResult, Profile, ProfileConfig};
+use crate::Cli;
+use e2ee_chat::client::display::escape;
+use e2ee_chat::crypto::fingerprint_display;
 
 pub const FORMAT: &str = "e2ee-chat-profile";
 /// OWASP's 2023 figure for PBKDF2-HMAC-SHA-256; the web client uses the same.
@@ -169,4 +173,109 @@ pub fn import(text: &str, passphrase: &str) -> CliResult<(ProfileFile, KeyPair)>
         return Err("the profile's public keys do not match its private keys".into());
     }
     Ok((file, keys))
+}
+
+pub fn export_profile(
+    profile: &Profile,
+    url: &str,
+    path: &std::path::Path,
+    force: bool,
+) -> CliResult<()> {
+    if !force && path.exists() {
+        return Err(format!(
+            "{} exists: pick another name, or --force to replace it",
+            path.display()
+        ));
+    }
+    let keys = profile.keys()?;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let pw = profile::passphrase(interactive, !profile.keys_encrypted())?.ok_or_else(|| {
+        format!(
+            "a profile file needs a passphrase: set {}",
+            profile::PASSPHRASE_ENV
+        )
+    })?;
+    let file = export(&profile.config.username, Some(url.to_owned()), &keys, &pw)?;
+    let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())? + "\n";
+    write_private(path, text.as_bytes(), force).map_err(|e| format!("{}: {e}", path.display()))?;
+    println!(
+        "profile of {} written to {} (import it in the web client, or with `e2ee-chat import-profile`)",
+        profile.config.username,
+        path.display()
+    );
+    Ok(())
+}
+
+pub fn import_profile(
+    cli: &Cli,
+    dir: &std::path::Path,
+    path: &std::path::Path,
+    force: bool,
+) -> CliResult<()> {
+    let size = std::fs::metadata(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(format!(
+            "{} is too large for a profile file",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let pw = profile::passphrase(interactive, false)?.ok_or_else(|| {
+        format!(
+            "the profile file's passphrase is needed: set {}",
+            profile::PASSPHRASE_ENV
+        )
+    })?;
+    let (file, keys) = import(&text, &pw)?;
+    // The file's server is taken only when --server names none, and the
+    // user is told which it is: a file could point at any server.
+    let server = match (&cli.server, &file.server) {
+        (Some(given), _) => Some(given.clone()),
+        (None, Some(named)) => {
+            let named = escape(named);
+            println!("server: {named} (named by the file; use --server to choose another)");
+            file.server.clone()
+        }
+        (None, None) => None,
+    };
+    let config = ProfileConfig {
+        username: file.username.clone(),
+        server,
+    };
+    let p = Profile::create(dir, config, &keys, Some(&pw), force)?;
+    println!(
+        "profile of {} imported into {}",
+        file.username,
+        p.dir.display()
+    );
+    println!("fingerprint: {}", fingerprint_display(&keys.fingerprint()));
+    Ok(())
+}
+
+/// Writes a file only its owner can read (0600 on Unix): a profile file
+/// holds the encrypted private keys. Without `replace`, an existing file is
+/// never touched.
+fn write_private(path: &std::path::Path, data: &[u8], replace: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if replace {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    #[cfg(unix)]
+    {
+        // A replaced file keeps its old mode unless set again.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    f.write_all(data)?;
+    f.sync_all()
 }
