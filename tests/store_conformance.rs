@@ -24,7 +24,7 @@ use e2ee_chat::store::mongo::MongoStore;
 use e2ee_chat::store::postgres::PostgresStore;
 use e2ee_chat::store::sqlite::SqliteStore;
 use e2ee_chat::store::{
-    HistoryQuery, NewMessage, PurgePolicy, RoomRecord, RoomUpdate, SharedStore, StoreError,
+    HistoryQuery, NewMessage, PurgePolicy, RoomRecord, RoomUpdate, Sealed, SharedStore, StoreError,
     UserRecord,
 };
 use e2ee_chat::util::now_ms;
@@ -54,12 +54,14 @@ fn room(id: &str, name: &str, owner: &str) -> RoomRecord {
 fn message(room_id: &str, sender: &str, id: u8, recipients: &[&str]) -> Arc<NewMessage> {
     Arc::new(NewMessage {
         room_id: room_id.into(),
-        msg_id: vec![id; 16],
-        sender: sender.into(),
-        nonce: vec![1; 12],
-        key_commitment: vec![3; 32],
-        ciphertext: vec![id; 40],
-        signature: vec![2; 256],
+        sealed: Sealed {
+            msg_id: vec![id; 16],
+            sender: sender.into(),
+            nonce: vec![1; 12],
+            key_commitment: vec![3; 32],
+            ciphertext: vec![id; 40],
+            signature: vec![2; 256],
+        },
         keys: recipients
             .iter()
             .map(|r| (r.to_string(), vec![id; 256]))
@@ -229,14 +231,7 @@ async fn gap_fill_gives_whole_messages_after_a_seq(s: SharedStore) {
     assert_eq!(seqs, [2, 3, 4]);
     let sent = message("r-1", "bob", 1, &["alice", "bob", "carol"]);
     let got = &after[0].message;
-    assert_eq!(
-        (&got.sender, &got.msg_id, &got.ciphertext, &got.keys),
-        (&sent.sender, &sent.msg_id, &sent.ciphertext, &sent.keys)
-    );
-    assert_eq!(
-        (&got.nonce, &got.key_commitment, &got.signature),
-        (&sent.nonce, &sent.key_commitment, &sent.signature)
-    );
+    assert_eq!((&got.sealed, &got.keys), (&sent.sealed, &sent.keys));
     assert!(after[0].ts > 0);
     assert!(s.messages_after("r-1", 52, 10).await.unwrap().is_empty());
     assert_eq!(
@@ -250,7 +245,10 @@ async fn history_holds_only_messages_with_the_requesters_key(s: SharedStore) {
     let page = s.history("r-1", "bob", q(None, None, 50)).await.unwrap();
     assert_eq!(seqs(&page), [1, 2]);
     assert!(!page.has_more);
-    assert!(page.messages.iter().all(|m| m.key_commitment == [3; 32]));
+    assert!(page
+        .messages
+        .iter()
+        .all(|m| m.sealed.key_commitment == [3; 32]));
     let page = s.history("r-1", "carol", q(None, None, 5)).await.unwrap();
     assert_eq!(seqs(&page), [48, 49, 50, 51, 52]);
     assert!(page.has_more);
@@ -294,7 +292,7 @@ async fn a_byte_cap_ends_the_page_next_to_the_cursor(s: SharedStore) {
     assert_eq!(seqs(&page), [1]);
     assert!(page.has_more);
     assert_eq!(page.messages[0].key, vec![1; 256]);
-    assert_eq!(page.messages[0].ciphertext, vec![1; 40]);
+    assert_eq!(page.messages[0].sealed.ciphertext, vec![1; 40]);
 }
 
 async fn removals_and_bans(s: SharedStore) {

@@ -142,12 +142,12 @@ fn encode_message(m: &NewMessage, at: Appended) -> Vec<u8> {
     encode(&WireOut {
         seq: at.seq,
         ts: at.ts,
-        sender: &m.sender,
-        msg_id: b(&m.msg_id),
-        nonce: b(&m.nonce),
-        key_commitment: b(&m.key_commitment),
-        ciphertext: b(&m.ciphertext),
-        signature: b(&m.signature),
+        sender: &m.sealed.sender,
+        msg_id: b(&m.sealed.msg_id),
+        nonce: b(&m.sealed.nonce),
+        key_commitment: b(&m.sealed.key_commitment),
+        ciphertext: b(&m.sealed.ciphertext),
+        signature: b(&m.sealed.signature),
         keys: m.keys.iter().map(|(n, k)| (n.as_str(), b(k))).collect(),
     })
 }
@@ -159,12 +159,14 @@ fn decode_message(room_id: &str, bytes: &[u8]) -> Option<RoomMessage> {
         ts: w.ts,
         message: NewMessage {
             room_id: room_id.to_owned(),
-            msg_id: w.msg_id.into_vec(),
-            sender: w.sender,
-            nonce: w.nonce.into_vec(),
-            key_commitment: w.key_commitment.into_vec(),
-            ciphertext: w.ciphertext.into_vec(),
-            signature: w.signature.into_vec(),
+            sealed: crate::message::Sealed {
+                msg_id: w.msg_id.into_vec(),
+                sender: w.sender,
+                nonce: w.nonce.into_vec(),
+                key_commitment: w.key_commitment.into_vec(),
+                ciphertext: w.ciphertext.into_vec(),
+                signature: w.signature.into_vec(),
+            },
             keys: w.keys.into_iter().map(|(n, k)| (n, k.into_vec())).collect(),
             check_members: false,
         },
@@ -301,12 +303,14 @@ mod tests {
     fn a_message_crosses_the_wire_whole() {
         let m = NewMessage {
             room_id: "r".into(),
-            msg_id: vec![1; 16],
-            sender: "alice".into(),
-            nonce: vec![2; 12],
-            key_commitment: vec![3; 32],
-            ciphertext: vec![4; 100],
-            signature: vec![5; 256],
+            sealed: crate::message::Sealed {
+                msg_id: vec![1; 16],
+                sender: "alice".into(),
+                nonce: vec![2; 12],
+                key_commitment: vec![3; 32],
+                ciphertext: vec![4; 100],
+                signature: vec![5; 256],
+            },
             keys: vec![("alice".into(), vec![6; 256]), ("bob".into(), vec![7; 256])],
             check_members: true,
         };
@@ -318,8 +322,7 @@ mod tests {
         let got = decode_message("r", &encode_message(&m, at)).unwrap();
         assert_eq!((got.seq, got.ts), (9, 10));
         assert_eq!(got.message.keys, m.keys);
-        assert_eq!(got.message.signature, m.signature);
-        assert_eq!(got.message.msg_id, m.msg_id);
+        assert_eq!(got.message.sealed, m.sealed, "every sealed part");
         assert!(decode_message("r", b"junk").is_none());
         let ctl = Ctl::Room {
             proc: 1,

@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use crate::message::Sealed;
+
 /// Encodes a `message` event once for a room and then cheaply per recipient:
 /// the common fields are serialized once, and each recipient's frame is that
 /// prefix with the map header bumped by one and its own `key` appended.
@@ -32,31 +34,20 @@ struct CommonMessage<'a> {
 }
 
 impl MessageFrame {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        room_id: &str,
-        seq: u64,
-        ts: u64,
-        msg_id: &[u8],
-        sender: &str,
-        nonce: &[u8],
-        key_commitment: &[u8],
-        ciphertext: &[u8],
-        signature: &[u8],
-    ) -> Self {
+    pub fn new(room_id: &str, seq: u64, ts: u64, m: &Sealed) -> Self {
         let common = CommonMessage {
             kind: "message",
             room_id,
             seq,
             ts,
-            msg_id,
-            sender,
-            nonce,
-            key_commitment,
-            ciphertext,
-            signature,
+            msg_id: &m.msg_id,
+            sender: &m.sender,
+            nonce: &m.nonce,
+            key_commitment: &m.key_commitment,
+            ciphertext: &m.ciphertext,
+            signature: &m.signature,
         };
-        let mut out = Vec::with_capacity(ciphertext.len() + 512);
+        let mut out = Vec::with_capacity(m.ciphertext.len() + 512);
         ciborium::into_writer(&common, &mut out).expect("message serializes");
         debug_assert_eq!(out[0], 0xaa, "ten-entry map header");
         MessageFrame { common: out }

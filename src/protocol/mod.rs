@@ -13,6 +13,7 @@
 //! a checked frame into a `Request`, field by field; `frame` encodes a
 //! `message` event once per room and cheaply per recipient.
 
+use crate::message::Sealed;
 use std::collections::BTreeMap;
 
 use ciborium::Value;
@@ -146,6 +147,24 @@ pub struct SendBody {
 }
 
 impl SendBody {
+    /// The message as `sender` sealed it, and every recipient's wrapped key.
+    pub fn into_sealed(self, sender: String) -> (Sealed, Vec<(String, Vec<u8>)>) {
+        let sealed = Sealed {
+            msg_id: self.msg_id.into_vec(),
+            sender,
+            nonce: self.nonce.into_vec(),
+            key_commitment: self.key_commitment.into_vec(),
+            ciphertext: self.ciphertext.into_vec(),
+            signature: self.signature.into_vec(),
+        };
+        let keys = self
+            .keys
+            .into_iter()
+            .map(|(k, v)| (k, v.into_vec()))
+            .collect();
+        (sealed, keys)
+    }
+
     /// The bytes the sender signs (PROTOCOL.md section 3, Messages, step 5).
     pub fn signature_input(&self) -> Vec<u8> {
         crate::crypto::message_signature_input(
@@ -283,6 +302,24 @@ pub struct MessageData {
     pub ciphertext: ByteBuf,
     pub key: ByteBuf,
     pub signature: ByteBuf,
+}
+
+impl MessageData {
+    /// A stored message as the recipient holding `key` gets it.
+    pub fn new(room_id: &str, seq: u64, ts: u64, sealed: Sealed, key: Vec<u8>) -> Self {
+        MessageData {
+            room_id: room_id.to_owned(),
+            seq,
+            ts,
+            msg_id: ByteBuf::from(sealed.msg_id),
+            sender: sealed.sender,
+            nonce: ByteBuf::from(sealed.nonce),
+            key_commitment: ByteBuf::from(sealed.key_commitment),
+            ciphertext: ByteBuf::from(sealed.ciphertext),
+            key: ByteBuf::from(key),
+            signature: ByteBuf::from(sealed.signature),
+        }
+    }
 }
 
 /// Everything the server sends: direct replies (with the request's `id`) and
@@ -550,9 +587,15 @@ mod tests {
 
     #[test]
     fn message_frame_matches_serde() {
-        let frame = MessageFrame::new(
-            "r-1", 5, 99, &[1; 16], "alice", &[2; 12], &[6; 32], &[3; 300], &[4; 256],
-        );
+        let sealed = Sealed {
+            msg_id: vec![1; 16],
+            sender: "alice".into(),
+            nonce: vec![2; 12],
+            key_commitment: vec![6; 32],
+            ciphertext: vec![3; 300],
+            signature: vec![4; 256],
+        };
+        let frame = MessageFrame::new("r-1", 5, 99, &sealed);
         let bytes = frame.for_recipient(&[5; 256]);
         let msg = ServerMsg::decode(&bytes).unwrap();
         let ServerMsg::Message(m) = msg else {

@@ -239,17 +239,7 @@ impl RoomActor {
     }
 
     fn fan_out(&mut self, msg: &NewMessage, seq: u64, ts: u64) {
-        let frame = MessageFrame::new(
-            &msg.room_id,
-            seq,
-            ts,
-            &msg.msg_id,
-            &msg.sender,
-            &msg.nonce,
-            &msg.key_commitment,
-            &msg.ciphertext,
-            &msg.signature,
-        );
+        let frame = MessageFrame::new(&msg.room_id, seq, ts, &msg.sealed);
         let mut deliveries = 0u64;
         for (name, key) in &msg.keys {
             if self.members.get(name).is_none_or(|m| m.sessions.is_empty()) {
@@ -284,12 +274,11 @@ mod tests {
     fn msg(seq: u64) -> Arc<NewMessage> {
         Arc::new(NewMessage {
             room_id: "r".into(),
-            msg_id: seq.to_be_bytes().to_vec(),
-            sender: "alice".into(),
-            nonce: vec![],
-            key_commitment: vec![],
-            ciphertext: vec![],
-            signature: vec![],
+            sealed: crate::message::Sealed {
+                msg_id: seq.to_be_bytes().to_vec(),
+                sender: "alice".into(),
+                ..Default::default()
+            },
             keys: vec![],
             check_members: false,
         })

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use actix::prelude::*;
 use bytes::Bytes;
 use indexmap::IndexMap;
-use serde_bytes::ByteBuf;
 use tokio::sync::oneshot;
 
 use crate::cluster::reloads::Reloads;
@@ -639,19 +638,12 @@ impl Handler<SendMessage> for RoomActor {
             });
         }
         let SendMessage { sender, body, .. } = msg;
+        let room_id = body.room_id.clone();
+        let (sealed, keys) = body.into_sealed(sender);
         let message = Arc::new(NewMessage {
-            room_id: body.room_id,
-            msg_id: body.msg_id.into_vec(),
-            sender,
-            nonce: body.nonce.into_vec(),
-            key_commitment: body.key_commitment.into_vec(),
-            ciphertext: body.ciphertext.into_vec(),
-            signature: body.signature.into_vec(),
-            keys: body
-                .keys
-                .into_iter()
-                .map(|(k, v)| (k, v.into_vec()))
-                .collect(),
+            room_id,
+            sealed,
+            keys,
             check_members: true,
         });
         let ticket = self.next_ticket;
@@ -693,18 +685,7 @@ impl Handler<History> for RoomActor {
             let HistoryPage { messages, has_more } = page.await.map_err(internal)?;
             let messages = messages
                 .into_iter()
-                .map(|m| MessageData {
-                    room_id: room_id.clone(),
-                    seq: m.seq,
-                    ts: m.ts,
-                    msg_id: ByteBuf::from(m.msg_id),
-                    sender: m.sender,
-                    nonce: ByteBuf::from(m.nonce),
-                    key_commitment: ByteBuf::from(m.key_commitment),
-                    ciphertext: ByteBuf::from(m.ciphertext),
-                    key: ByteBuf::from(m.key),
-                    signature: ByteBuf::from(m.signature),
-                })
+                .map(|m| MessageData::new(&room_id, m.seq, m.ts, m.sealed, m.key))
                 .collect();
             Ok((messages, has_more))
         })

@@ -18,6 +18,8 @@
 //! gapless even when a commit fails or two copies of one message race.
 
 use std::future::Future;
+
+pub use crate::message::Sealed;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -166,12 +168,7 @@ pub struct RoomMessage {
 #[derive(Debug, Clone)]
 pub struct NewMessage {
     pub room_id: String,
-    pub msg_id: Vec<u8>,
-    pub sender: String,
-    pub nonce: Vec<u8>,
-    pub key_commitment: Vec<u8>,
-    pub ciphertext: Vec<u8>,
-    pub signature: Vec<u8>,
+    pub sealed: Sealed,
     /// (recipient, wrapped key)
     pub keys: Vec<(String, Vec<u8>)>,
     /// Refuse (`StaleMembers`) unless the recipients are exactly the room's
@@ -196,12 +193,8 @@ pub struct Appended {
 pub struct StoredMessage {
     pub seq: u64,
     pub ts: u64,
-    pub msg_id: Vec<u8>,
-    pub sender: String,
-    pub nonce: Vec<u8>,
-    pub key_commitment: Vec<u8>,
-    pub ciphertext: Vec<u8>,
-    pub signature: Vec<u8>,
+    pub sealed: Sealed,
+    /// The recipient's wrapped key.
     pub key: Vec<u8>,
 }
 

@@ -50,14 +50,7 @@ impl StoredMessage {
     /// About what this message costs on the wire.
     pub fn wire_len(&self) -> usize {
         const FRAMING: usize = 128;
-        self.msg_id.len()
-            + self.sender.len()
-            + self.nonce.len()
-            + self.key_commitment.len()
-            + self.ciphertext.len()
-            + self.signature.len()
-            + self.key.len()
-            + FRAMING
+        self.sealed.len() + self.key.len() + FRAMING
     }
 }
 
@@ -210,12 +203,10 @@ mod tests {
                     let m = (!self.keyless.contains(&seq)).then(|| StoredMessage {
                         seq: seq as u64,
                         ts: 0,
-                        msg_id: vec![],
-                        sender: String::new(),
-                        nonce: vec![],
-                        key_commitment: vec![],
-                        ciphertext: vec![0; 100],
-                        signature: vec![],
+                        sealed: crate::message::Sealed {
+                            ciphertext: vec![0; 100],
+                            ..Default::default()
+                        },
                         key: vec![],
                     });
                     (seq, m)

@@ -140,18 +140,9 @@ fn prepare(
                                 .map(|m| (m.clone(), wrapped.clone()))
                                 .collect();
                             let frame = if relay {
-                                MessageFrame::new(
-                                    room_id,
-                                    idx as u64 + 1,
-                                    0,
-                                    &body.msg_id,
-                                    &members[r][0],
-                                    &body.nonce,
-                                    &body.key_commitment,
-                                    &body.ciphertext,
-                                    &body.signature,
-                                )
-                                .for_recipient(&wrapped)
+                                let (sealed, _) = body.into_sealed(members[r][0].clone());
+                                MessageFrame::new(room_id, idx as u64 + 1, 0, &sealed)
+                                    .for_recipient(&wrapped)
                             } else {
                                 Request::Send(body).encode(Some(idx as u64))
                             };

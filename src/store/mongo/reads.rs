@@ -9,7 +9,7 @@ use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from,
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
     DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage, RoomState,
-    StoreError, StoredMessage, UserRecord,
+    Sealed, StoreError, StoredMessage, UserRecord,
 };
 
 pub(super) async fn get_user(
@@ -93,6 +93,18 @@ pub(super) async fn load_room(c: &Collections, room_id: &str) -> Result<RoomStat
     })
 }
 
+/// A message document's sealed parts.
+fn sealed_from(d: &Document) -> Result<Sealed, StoreError> {
+    Ok(Sealed {
+        msg_id: get_bin(d, "msg_id")?,
+        sender: get_str(d, "sender")?,
+        nonce: get_bin(d, "nonce")?,
+        key_commitment: get_bin(d, "key_commitment")?,
+        ciphertext: get_bin(d, "ciphertext")?,
+        signature: get_bin(d, "signature")?,
+    })
+}
+
 /// The history page walk's rows: only messages that hold the requester's
 /// key, with just that key projected.
 struct Rows<'c> {
@@ -138,12 +150,7 @@ impl MessageRows for Rows<'_> {
                 let message = StoredMessage {
                     seq,
                     ts: get_u64(d, "ts")?,
-                    msg_id: get_bin(d, "msg_id")?,
-                    sender: get_str(d, "sender")?,
-                    nonce: get_bin(d, "nonce")?,
-                    key_commitment: get_bin(d, "key_commitment")?,
-                    ciphertext: get_bin(d, "ciphertext")?,
-                    signature: get_bin(d, "signature")?,
+                    sealed: sealed_from(d)?,
                     key,
                 };
                 Ok((seq as i64, Some(message)))
@@ -197,12 +204,7 @@ pub(super) async fn messages_after(
             ts: get_u64(d, "ts")?,
             message: NewMessage {
                 room_id: room_id.to_owned(),
-                msg_id: get_bin(d, "msg_id")?,
-                sender: get_str(d, "sender")?,
-                nonce: get_bin(d, "nonce")?,
-                key_commitment: get_bin(d, "key_commitment")?,
-                ciphertext: get_bin(d, "ciphertext")?,
-                signature: get_bin(d, "signature")?,
+                sealed: sealed_from(d)?,
                 keys,
                 check_members: false,
             },

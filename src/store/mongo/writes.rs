@@ -422,7 +422,7 @@ async fn append_one(
 ) -> Result<Result<Appended, StoreError>, mongodb::error::Error> {
     let existing = c
         .messages
-        .find_one(message_key(&m.room_id, &m.sender, &m.msg_id))
+        .find_one(message_key(&m.room_id, &m.sealed.sender, &m.sealed.msg_id))
         .projection(doc! {"seq": 1, "ts": 1})
         .session(&mut *s)
         .await?;
@@ -457,12 +457,12 @@ async fn append_one(
             "room_id": &m.room_id,
             "seq": seq as i64,
             "ts": ts as i64,
-            "msg_id": bin(&m.msg_id),
-            "sender": &m.sender,
-            "nonce": bin(&m.nonce),
-            "key_commitment": bin(&m.key_commitment),
-            "ciphertext": bin(&m.ciphertext),
-            "signature": bin(&m.signature),
+            "msg_id": bin(&m.sealed.msg_id),
+            "sender": &m.sealed.sender,
+            "nonce": bin(&m.sealed.nonce),
+            "key_commitment": bin(&m.sealed.key_commitment),
+            "ciphertext": bin(&m.sealed.ciphertext),
+            "signature": bin(&m.sealed.signature),
             "keys": keys,
         })
         .session(&mut *s)

@@ -8,7 +8,7 @@ use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
     DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage, RoomRecord,
-    RoomState, StoreError, StoredMessage, UserRecord,
+    RoomState, Sealed, StoreError, StoredMessage, UserRecord,
 };
 
 type Client = deadpool_postgres::Object;
@@ -16,6 +16,18 @@ type Client = deadpool_postgres::Object;
 /// The dedupe lookup: a stored copy of (room, sender, msg_id).
 pub(super) const FIND_MESSAGE: &str =
     "SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3";
+
+/// A message's sealed parts from a row of [`MESSAGE_COLUMNS`].
+fn sealed_from_row(r: &Row) -> Sealed {
+    Sealed {
+        msg_id: r.get(2),
+        sender: r.get(3),
+        nonce: r.get(4),
+        ciphertext: r.get(5),
+        signature: r.get(6),
+        key_commitment: r.get(8),
+    }
+}
 
 /// A message's columns; `keys` (the blob) is column 7.
 const MESSAGE_COLUMNS: &str =
@@ -80,12 +92,7 @@ impl MessageRows for Rows<'_> {
                     find_key(r.get::<_, &[u8]>(7), self.username).map(|key| StoredMessage {
                         seq: seq as u64,
                         ts: r.get::<_, i64>(1) as u64,
-                        msg_id: r.get(2),
-                        sender: r.get(3),
-                        nonce: r.get(4),
-                        ciphertext: r.get(5),
-                        signature: r.get(6),
-                        key_commitment: r.get(8),
+                        sealed: sealed_from_row(r),
                         key,
                     });
                 (seq, message)
@@ -206,13 +213,8 @@ pub(super) async fn messages_after(
                 ts: r.get::<_, i64>(1) as u64,
                 message: NewMessage {
                     room_id: room_id.to_owned(),
-                    msg_id: r.get(2),
-                    sender: r.get(3),
-                    nonce: r.get(4),
-                    ciphertext: r.get(5),
-                    signature: r.get(6),
+                    sealed: sealed_from_row(r),
                     keys,
-                    key_commitment: r.get(8),
                     check_members: false,
                 },
             })

@@ -273,13 +273,13 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
              SELECT 0, 0, false, true FROM stale",
             vec![
                 p(m.room_id.clone()),
-                p(m.sender.clone()),
-                p(m.msg_id.clone()),
+                p(m.sealed.sender.clone()),
+                p(m.sealed.msg_id.clone()),
                 ms(now_ms()),
-                p(m.nonce.clone()),
-                p(m.key_commitment.clone()),
-                p(m.ciphertext.clone()),
-                p(m.signature.clone()),
+                p(m.sealed.nonce.clone()),
+                p(m.sealed.key_commitment.clone()),
+                p(m.sealed.ciphertext.clone()),
+                p(m.sealed.signature.clone()),
                 p(encode_keys(&m.keys)),
                 p(key_names(&m.keys)),
                 p(m.check_members),
@@ -496,7 +496,10 @@ async fn run_batch(
                     .await
                     .map_err(err)?;
                 let row = tx
-                    .query_one(FIND_MESSAGE, &[&m.room_id, &m.sender, &m.msg_id])
+                    .query_one(
+                        FIND_MESSAGE,
+                        &[&m.room_id, &m.sealed.sender, &m.sealed.msg_id],
+                    )
                     .await
                     .map_err(err)?;
                 Ok(Done::Appended(Appended {

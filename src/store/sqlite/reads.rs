@@ -8,7 +8,7 @@ use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
     DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage, RoomRecord,
-    RoomState, StoreError, StoredMessage, UserRecord,
+    RoomState, Sealed, StoreError, StoredMessage, UserRecord,
 };
 
 pub(super) fn user_from_row(
@@ -35,6 +35,18 @@ fn room_from_row(r: &rusqlite::Row) -> rusqlite::Result<RoomRecord> {
         hidden: r.get(4)?,
         created_at: r.get::<_, i64>(5)? as u64,
         last_seq: r.get::<_, i64>(6)? as u64,
+    })
+}
+
+/// A message's sealed parts from a row of [`MESSAGE_COLUMNS`].
+fn sealed_from_row(r: &rusqlite::Row) -> rusqlite::Result<Sealed> {
+    Ok(Sealed {
+        msg_id: r.get(2)?,
+        sender: r.get(3)?,
+        nonce: r.get(4)?,
+        ciphertext: r.get(5)?,
+        signature: r.get(6)?,
+        key_commitment: r.get(8)?,
     })
 }
 
@@ -149,12 +161,7 @@ impl MessageRows for Rows<'_> {
                     Some(StoredMessage {
                         seq: seq as u64,
                         ts: r.get::<_, i64>(1)? as u64,
-                        msg_id: r.get(2)?,
-                        sender: r.get(3)?,
-                        nonce: r.get(4)?,
-                        ciphertext: r.get(5)?,
-                        signature: r.get(6)?,
-                        key_commitment: r.get(8)?,
+                        sealed: sealed_from_row(r)?,
                         key,
                     }),
                 ))
@@ -205,13 +212,8 @@ pub(super) fn messages_after(
                 r.get::<_, i64>(1)? as u64,
                 NewMessage {
                     room_id: room_id.to_owned(),
-                    msg_id: r.get(2)?,
-                    sender: r.get(3)?,
-                    nonce: r.get(4)?,
-                    ciphertext: r.get(5)?,
-                    signature: r.get(6)?,
+                    sealed: sealed_from_row(r)?,
                     keys: Vec::new(),
-                    key_commitment: r.get(8)?,
                     check_members: false,
                 },
                 r.get::<_, Vec<u8>>(7)?,

@@ -203,7 +203,8 @@ pub(super) fn append(
     state: &mut WriterState,
     msg: &NewMessage,
 ) -> Result<Appended, StoreError> {
-    if let Some((seq, ts)) = find_message(conn, &msg.room_id, &msg.sender, &msg.msg_id)? {
+    let m = &msg.sealed;
+    if let Some((seq, ts)) = find_message(conn, &msg.room_id, &m.sender, &m.msg_id)? {
         return Ok(Appended {
             seq,
             ts,
@@ -234,13 +235,13 @@ pub(super) fn append(
             msg.room_id,
             seq as i64,
             ts as i64,
-            msg.msg_id,
-            msg.sender,
-            msg.nonce,
-            msg.ciphertext,
-            msg.signature,
+            m.msg_id,
+            m.sender,
+            m.nonce,
+            m.ciphertext,
+            m.signature,
             encode_keys(&msg.keys),
-            msg.key_commitment
+            m.key_commitment
         ])
     })
     .map_err(backend)?;
