@@ -14,6 +14,7 @@ export class ChatView {
     Object.assign(this, { root, chat, onLock })
     this.panel = null // 'rooms' | 'members' on phones
     this.bannerKey = ''
+    this.rows = new Map() // timeline rows shown, by entry key
     this.build()
     chat.onChange = () => this.render()
     // Keyboard: Escape closes a panel (phones); Alt+Up/Down moves between
@@ -105,6 +106,36 @@ export class ChatView {
     this.noticesEl = h('div.notices#notices', { 'aria-live': 'assertive' })
     this.root.replaceChildren(top, h('div.layout#layout', {}, this.sidebar, this.empty, this.main, this.membersPane), this.noticesEl)
     this.buildOwnerTools()
+    this.delegateClicks()
+  }
+
+  // One click handler per list, reading the rows' data-* attributes,
+  // instead of fresh closures on every row at every render.
+  delegateClicks () {
+    const chat = this.chat
+    const on = (list, selector, act) => list.addEventListener('click', (e) => {
+      const el = e.target instanceof Element ? e.target.closest(selector) : null
+      if (el && list.contains(el)) act(el)
+    })
+    on(this.roomList, 'button[data-room]', (el) => {
+      this.panel = null
+      chat.select(el.dataset.room)
+      this.input.focus()
+    })
+    on(this.directoryEl, 'button[data-join]', async (el) => {
+      const s = (chat.directory?.rooms || []).find((r) => r.room_id === el.dataset.join)
+      if (!s) return
+      const pw = s.has_password ? prompt(`Password for "${esc(s.name)}"`) : ''
+      if (pw === null) return
+      await chat.joinRoom(s.room_id, pw)
+      chat.listRooms()
+    })
+    on(this.memberList, 'button[data-op]', (el) => {
+      const username = el.closest('[data-member]')?.dataset.member
+      const op = el.dataset.op
+      if (!username || !chat.active || (op !== 'kick' && op !== 'ban')) return
+      chat.owner(op, { room_id: chat.active, username }, `${username} was ${op === 'kick' ? 'kicked' : 'banned'}.`)
+    })
   }
 
   buildOwnerTools () {
@@ -197,6 +228,7 @@ export class ChatView {
       for (const el of [this.roomInfo, this.banners, this.timeline, this.memberList]) el.replaceChildren()
       this.bannerKey = ''
       this.shownRoom = null
+      this.rows = new Map()
     }
     this.noticesEl.replaceChildren(...chat.notices.map((n) => h(`p.notice.${n.kind}`, { text: esc(n.text) })))
   }
@@ -211,8 +243,7 @@ export class ChatView {
     this.roomList.replaceChildren(...rooms.map((r) => {
       const unread = chat.active === r.id ? 0 : chat.unread(r)
       return h('li', {}, h('button.roombtn', {
-        type: 'button', 'data-room': r.id, 'aria-current': chat.active === r.id ? 'true' : null,
-        onclick: () => { this.panel = null; chat.select(r.id); this.input.focus() }
+        type: 'button', 'data-room': r.id, 'aria-current': chat.active === r.id ? 'true' : null
       }, h('span.name', { text: esc(r.summary.name) }),
       r.summary.has_password ? h('span.tag', { text: 'password', title: 'password' }) : null,
       r.summary.hidden ? h('span.tag', { text: 'hidden' }) : null,
@@ -226,12 +257,7 @@ export class ChatView {
     const list = chat.directory?.rooms || []
     const items = list.filter((s) => !chat.rooms.has(s.room_id)).map((s) => h('li.dir', {},
       h('span.name', { text: esc(s.name) }), h('span.muted', { text: ` ${plural(s.members, 'member')}${s.has_password ? ', password' : ''}` }),
-      h('button', { type: 'button', text: 'Join', 'data-join': s.room_id, onclick: async () => {
-        const pw = s.has_password ? prompt(`Password for "${esc(s.name)}"`) : ''
-        if (pw === null) return
-        await chat.joinRoom(s.room_id, pw)
-        chat.listRooms()
-      } })))
+      h('button', { type: 'button', text: 'Join', 'data-join': s.room_id })))
     const footer = chat.directory ? h('li.muted', { text: `${chat.directory.connected} online on the server` }) : null
     this.directoryEl.replaceChildren(...items, footer || [])
   }
@@ -264,23 +290,37 @@ export class ChatView {
     }))
   }
 
+  // Patches the timeline by entry key: rows already shown are kept (and
+  // moved only if their place changed), new ones are made, gone ones go, so
+  // an event costs one new row, not 2,000 rebuilt ones.
   renderTimeline (room) {
     const tl = this.timeline
-    const atBottom = this.shownRoom !== room.id || tl.scrollHeight - tl.scrollTop - tl.clientHeight < 40
+    const switched = this.shownRoom !== room.id
+    const atBottom = switched || tl.scrollHeight - tl.scrollTop - tl.clientHeight < 40
+    if (switched) {
+      this.rows = new Map()
+      tl.replaceChildren()
+    }
     this.shownRoom = room.id
-    tl.replaceChildren(...room.entries.map((e) => {
-      if (e.kind === 'msg') {
-        return h(`li.msg${e.mine ? '.mine' : ''}`, { 'data-seq': e.seq },
-          h('span.who', { text: esc(e.sender) }),
-          h('time', { text: time(e.sentAt), title: `sent ${full(e.sentAt)} (sender's clock); stored ${full(e.ts)}` }),
-          h('span.text', { text: esc(e.text) }))
+    const keys = new Set(room.entries.map((e) => e.key))
+    for (const [key, row] of this.rows) if (!keys.has(key)) row.remove()
+    const rows = new Map()
+    let cursor = tl.firstChild
+    for (const e of room.entries) {
+      const row = this.rows.get(e.key) || timelineRow(e)
+      rows.set(e.key, row)
+      if (row === cursor) {
+        cursor = cursor.nextSibling
+      } else {
+        tl.insertBefore(row, cursor)
       }
-      if (e.kind === 'failed') {
-        return h('li.failed', { 'data-seq': e.seq }, h('span.who', { text: safe(e.sender) }),
-          h('span.text', { text: esc(`⚠ message #${e.seq} not shown: ${e.reason}`) }))
-      }
-      return h(`li.sys.${e.kind}`, { text: esc(e.text) })
-    }))
+    }
+    while (cursor) {
+      const next = cursor.nextSibling
+      cursor.remove()
+      cursor = next
+    }
+    this.rows = rows
     if (atBottom) tl.scrollTop = tl.scrollHeight
   }
 
@@ -297,12 +337,28 @@ export class ChatView {
         h('code.fp', { text: fingerprintDisplay(m.fingerprint) }),
         isOwner && m.username !== chat.me.username
           ? h('span.row', {},
-            h('button', { type: 'button', text: 'Kick', onclick: () => chat.owner('kick', { room_id: room.id, username: m.username }, `${m.username} was kicked.`) }),
-            h('button', { type: 'button', text: 'Ban', onclick: () => chat.owner('ban', { room_id: room.id, username: m.username }, `${m.username} was banned.`) }))
+            h('button', { type: 'button', text: 'Kick', 'data-op': 'kick' }),
+            h('button', { type: 'button', text: 'Ban', 'data-op': 'ban' }))
           : null)
     }))
     this.ownerTools.hidden = !isOwner
   }
+}
+
+// One timeline row; entries never change once added (a changed one is
+// removed and added again under a new key).
+function timelineRow (e) {
+  if (e.kind === 'msg') {
+    return h(`li.msg${e.mine ? '.mine' : ''}`, { 'data-seq': e.seq },
+      h('span.who', { text: esc(e.sender) }),
+      h('time', { text: time(e.sentAt), title: `sent ${full(e.sentAt)} (sender's clock); stored ${full(e.ts)}` }),
+      h('span.text', { text: esc(e.text) }))
+  }
+  if (e.kind === 'failed') {
+    return h('li.failed', { 'data-seq': e.seq }, h('span.who', { text: safe(e.sender) }),
+      h('span.text', { text: esc(`⚠ message #${e.seq} not shown: ${e.reason}`) }))
+  }
+  return h(`li.sys.${e.kind}`, { text: esc(e.text) })
 }
 
 function plural (n, word) {
