@@ -1,3 +1,4 @@
+// @ts-check
 // The logged-in client: rooms, timelines, members, pins and the client
 // duties of docs/PROTOCOL.md section 7. It owns the state the UI draws and
 // calls `onChange` after every change; it never touches the DOM.
@@ -13,9 +14,17 @@ import { describe } from './errors.js'
 const PAGE = 50
 
 export class Chat {
-  // me: the unlocked keys ({username, sign, enc, signDer, encDer}).
-  constructor (me, { url, host, onChange }) {
-    Object.assign(this, { me, url, host, onChange })
+  /**
+   * @param {{username: string, sign: CryptoKey, enc: CryptoKey, signDer: Uint8Array, encDer: Uint8Array}} me
+   *   the unlocked keys
+   * @param {{url: string, host: string, onChange?: (() => void) | null}} options
+   */
+  constructor (me, { url, host, onChange = null }) {
+    this.me = me
+    this.url = url
+    this.host = host
+    /** Called after every change of state; the view redraws. */
+    this.onChange = onChange
     this.rooms = new Map() // room_id -> Room
     this.active = null
     this.status = 'connecting'
@@ -27,6 +36,7 @@ export class Chat {
     this.recipients = new Map() // room_id -> [username]
     this.read = new Map() // room_id -> seq read
     this.outbox = [] // sends waiting for the connection: {roomId, text, body}
+    /** @type {Promise<unknown>} */
     this.queue = Promise.resolve()
     this.noticeId = 0
   }
@@ -51,9 +61,20 @@ export class Chat {
 
   stop () { this.conn?.close() }
 
+  /**
+   * Runs `fn` after everything queued before it. Resolves to its result, or
+   * to undefined when it failed (the failure is shown as a notice).
+   * @template T
+   * @param {() => T | Promise<T>} fn
+   * @returns {Promise<T | undefined>}
+   */
   serial (fn) {
-    this.queue = this.queue.then(fn).catch((e) => this.notify(describe(e), 'error'))
-    return this.queue
+    const run = this.queue.then(fn).catch((e) => {
+      this.notify(describe(e), 'error')
+      return undefined
+    })
+    this.queue = run
+    return run
   }
 
   changed_ () { this.onChange?.() }

@@ -1,3 +1,4 @@
+// @ts-check
 // One websocket to the server: binary CBOR frames, requests with ids whose
 // replies resolve promises, events to a callback, and reconnection with
 // exponential backoff and jitter (0.5 s doubling to 30 s).
@@ -15,10 +16,17 @@ export class ServerError extends Error {
 }
 
 export class Conn {
-  // onOpen() runs on every (re)connect; onEvent(frame) gets pushes;
-  // onState(state, detail) gets 'connecting' | 'open' | 'closed'.
+  /**
+   * @param {string} url
+   * @param {{onOpen: () => void, onEvent: (frame: any) => void,
+   *   onState: (state: 'connecting' | 'open' | 'closed', detail?: any) => void}} handlers
+   *   onOpen runs on every (re)connect; onEvent gets pushes.
+   */
   constructor (url, { onOpen, onEvent, onState }) {
-    Object.assign(this, { url, onOpen, onEvent, onState })
+    this.url = url
+    this.onOpen = onOpen
+    this.onEvent = onEvent
+    this.onState = onState
     this.nextId = 1
     this.pending = new Map()
     this.backoff = 500

@@ -1,3 +1,4 @@
+// @ts-check
 // The one DOM helper: builds elements with text set through textContent.
 
 // h('div.cls#id', {attrs}, ...children): a tiny element builder.

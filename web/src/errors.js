@@ -1,3 +1,4 @@
+// @ts-check
 // A sentence for every error code of docs/PROTOCOL.md section 6, plus the
 // client's own ('disconnected').
 

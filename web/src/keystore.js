@@ -1,3 +1,4 @@
+// @ts-check
 // Keys at rest. A profile is the user's two private keys, each wrapped
 // (AES-GCM `wrapKey`, PKCS#8) under a key derived from their passphrase with
 // PBKDF2-SHA-256, plus the public keys. It lives in IndexedDB and exports to

@@ -1,3 +1,4 @@
+// @ts-check
 // Boots the page: the welcome screen until the user has unlocked keys, then
 // the chat, on a websocket to the server that served this page.
 

@@ -1,3 +1,4 @@
+// @ts-check
 // The wire protocol's cryptography (docs/PROTOCOL.md sections 2, 3 and 7),
 // with nothing but WebCrypto and cborg. No DOM and no I/O, so the unit tests
 // run it in Node against the shared test vectors.

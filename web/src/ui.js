@@ -1,3 +1,4 @@
+// @ts-check
 // The chat screen: draws a Chat's state into the DOM and turns the user's
 // clicks and keys into Chat calls. Everything from the network reaches the
 // page through textContent (never innerHTML), escaped for display first.
@@ -10,8 +11,15 @@ const time = (ms) => new Date(ms).toLocaleTimeString([], { hour: '2-digit', minu
 const full = (ms) => new Date(ms).toLocaleString()
 
 export class ChatView {
+  /**
+   * @param {HTMLElement} root
+   * @param {import('./chat.js').Chat} chat
+   * @param {{onLock: () => void}} options
+   */
   constructor (root, chat, { onLock }) {
-    Object.assign(this, { root, chat, onLock })
+    this.root = root
+    this.chat = chat
+    this.onLock = onLock
     this.panel = null // 'rooms' | 'members' on phones
     this.bannerKey = ''
     this.rows = new Map() // timeline rows shown, by entry key

@@ -1,3 +1,4 @@
+// @ts-check
 // The first screen: unlock a stored profile with its passphrase, create an
 // account (keys made here, registered with the server, stored wrapped), or
 // import a profile file exported by this page or by the terminal client.
