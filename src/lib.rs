@@ -16,6 +16,7 @@ pub mod config;
 pub mod crypto;
 pub mod fuzzing;
 pub mod handle;
+pub mod identity;
 pub mod message;
 pub mod metrics;
 pub mod password;
