@@ -17,12 +17,16 @@ export class Chat {
   /**
    * @param {{username: string, sign: CryptoKey, enc: CryptoKey, signDer: Uint8Array, encDer: Uint8Array}} me
    *   the unlocked keys
-   * @param {{url: string, host: string, onChange?: (() => void) | null}} options
+   * @param {{url: string, host: string, onChange?: (() => void) | null,
+   *   visible?: () => boolean}} options
+   *   `visible` says whether the user can see the page (messages in the open
+   *   room count as read only then); Chat itself never touches the DOM.
    */
-  constructor (me, { url, host, onChange = null }) {
+  constructor (me, { url, host, onChange = null, visible = () => true }) {
     this.me = me
     this.url = url
     this.host = host
+    this.visible = visible
     /** Called after every change of state; the view redraws. */
     this.onChange = onChange
     this.rooms = new Map() // room_id -> Room
@@ -396,7 +400,7 @@ export class Chat {
         if (!room) return
         if (room.loaded) await this.accept(room, e)
         else room.stored(e.seq)
-        if (this.active === room.id && document.visibilityState !== 'hidden') await this.markRead(room)
+        if (this.active === room.id && this.visible()) await this.markRead(room)
         break
       case 'member_joined':
         if (!room) return

@@ -14,7 +14,7 @@ function welcome () {
   showWelcome(root, {
     url,
     onUnlocked: async (keys) => {
-      const chat = new Chat(keys, { url, host: location.host })
+      const chat = new Chat(keys, { url, host: location.host, visible: () => document.visibilityState !== 'hidden' })
       await chat.start()
       root.dataset.screen = 'chat'
       const view = new ChatView(root, chat, {
