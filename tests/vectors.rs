@@ -2,36 +2,16 @@
 //! ../shared/vectors/v2.cbor made with Python's `cryptography` and `cbor2`):
 //! our crypto and codec must agree with them byte for byte.
 
+mod common;
+
 use ciborium::Value;
+use common::cbor::{self, bytes, get, text};
 use e2ee_chat::crypto::{self, KeyPair, PublicKeys};
 use e2ee_chat::protocol::{decode_request, ErrorCode, MessageData, Request};
 use serde_bytes::ByteBuf;
 
 fn vectors() -> Value {
-    let raw = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/vectors/v2.cbor"
-    ))
-    .unwrap();
-    ciborium::from_reader(raw.as_slice()).unwrap()
-}
-
-fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.as_map()
-        .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some(key)))
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("vector has no {key}"))
-}
-
-fn bytes(v: &Value, key: &str) -> Vec<u8> {
-    get(v, key)
-        .as_bytes()
-        .unwrap_or_else(|| panic!("{key} is not bytes"))
-        .clone()
-}
-
-fn text(v: &Value, key: &str) -> String {
-    get(v, key).as_text().unwrap().to_owned()
+    cbor::load("vectors/v2.cbor")
 }
 
 fn user(v: &Value, i: usize) -> &Value {

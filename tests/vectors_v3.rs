@@ -6,7 +6,10 @@
 //! refused, and a room id from its group id. (MLS objects are randomized;
 //! the clients prove interoperation by talking to each other.)
 
+mod common;
+
 use ciborium::Value;
+use common::cbor::{self, bytes, get, text};
 use e2ee_chat::crypto::fingerprint_display;
 use e2ee_chat::identity::{
     device_signature_input, login_signature_input, register_proof_input, room_id_of_group_id,
@@ -14,30 +17,7 @@ use e2ee_chat::identity::{
 };
 
 fn vectors() -> Value {
-    let raw = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/vectors/v3.cbor"
-    ))
-    .unwrap();
-    ciborium::from_reader(raw.as_slice()).unwrap()
-}
-
-fn get<'a>(v: &'a Value, key: &str) -> &'a Value {
-    v.as_map()
-        .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some(key)))
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("vector has no {key}"))
-}
-
-fn bytes(v: &Value, key: &str) -> Vec<u8> {
-    get(v, key)
-        .as_bytes()
-        .unwrap_or_else(|| panic!("{key} is not bytes"))
-        .clone()
-}
-
-fn text(v: &Value, key: &str) -> String {
-    get(v, key).as_text().unwrap().to_owned()
+    cbor::load("vectors/v3.cbor")
 }
 
 fn identity(v: &Value, user: &str) -> IdentityKey {

@@ -3,10 +3,11 @@
 //! tests, so no test waits for key generation), and logged-in clients.
 #![allow(dead_code)]
 
+pub mod cbor;
+
 use std::path::Path;
 use std::sync::OnceLock;
 
-use ciborium::Value;
 use e2ee_chat::client::{Client, Identity};
 use e2ee_chat::config::Settings;
 use e2ee_chat::crypto::KeyPair;
@@ -19,38 +20,22 @@ pub struct Fixtures {
     pub rsa_e3_public: Vec<u8>,
 }
 
-fn field<'a>(map: &'a Value, key: &str) -> &'a Value {
-    map.as_map()
-        .and_then(|m| m.iter().find(|(k, _)| k.as_text() == Some(key)))
-        .map(|(_, v)| v)
-        .unwrap_or_else(|| panic!("fixture has no {key}"))
-}
-
-fn bytes(v: &Value) -> Vec<u8> {
-    v.as_bytes().expect("bytes").clone()
-}
-
 pub fn fixtures() -> &'static Fixtures {
     static F: OnceLock<Fixtures> = OnceLock::new();
     F.get_or_init(|| {
-        let raw = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/keys.cbor"
-        ))
-        .unwrap();
-        let v: Value = ciborium::from_reader(raw.as_slice()).unwrap();
-        let pairs = field(&v, "pairs")
+        let v = cbor::load("fixtures/keys.cbor");
+        let pairs = cbor::get(&v, "pairs")
             .as_array()
             .unwrap()
             .iter()
             .map(|p| {
-                KeyPair::from_pkcs8_der(&bytes(field(p, "sign")), &bytes(field(p, "enc"))).unwrap()
+                KeyPair::from_pkcs8_der(&cbor::bytes(p, "sign"), &cbor::bytes(p, "enc")).unwrap()
             })
             .collect();
         Fixtures {
             pairs,
-            rsa1024_public: bytes(field(&v, "rsa1024_public")),
-            rsa_e3_public: bytes(field(&v, "rsa_e3_public")),
+            rsa1024_public: cbor::bytes(&v, "rsa1024_public"),
+            rsa_e3_public: cbor::bytes(&v, "rsa_e3_public"),
         }
     })
 }
