@@ -21,7 +21,8 @@ export class ChatView {
     this.chat = chat
     this.onLock = onLock
     this.panel = null // 'rooms' | 'members' on phones
-    this.bannerKey = ''
+    /** @type {Map<string, string>} what each region was last drawn from */
+    this.drawn = new Map()
     this.rows = new Map() // timeline rows shown, by entry key
     this.build()
     chat.onChange = () => this.render()
@@ -234,11 +235,20 @@ export class ChatView {
     } else {
       // Nothing of a room left behind stays in the page.
       for (const el of [this.roomInfo, this.banners, this.timeline, this.memberList]) el.replaceChildren()
-      this.bannerKey = ''
+      for (const region of ['roomInfo', 'banners', 'members']) this.drawn.delete(region)
       this.shownRoom = null
       this.rows = new Map()
     }
     this.noticesEl.replaceChildren(...chat.notices.map((n) => h(`p.notice.${n.kind}`, { text: esc(n.text) })))
+  }
+
+  // True when `region` was last drawn from the same inputs (nothing to do);
+  // otherwise remembers them and the caller redraws it.
+  unchanged (region, inputs) {
+    const key = JSON.stringify(inputs)
+    if (this.drawn.get(region) === key) return true
+    this.drawn.set(region, key)
+    return false
   }
 
   sortedRooms () {
@@ -248,6 +258,9 @@ export class ChatView {
   renderRooms () {
     const chat = this.chat
     const rooms = this.sortedRooms()
+    const shown = rooms.map((r) => [r.id, r.summary.name, r.summary.has_password, r.summary.hidden,
+      chat.active === r.id ? 0 : chat.unread(r)])
+    if (this.unchanged('rooms', [chat.active, shown])) return
     this.roomList.replaceChildren(...rooms.map((r) => {
       const unread = chat.active === r.id ? 0 : chat.unread(r)
       return h('li', {}, h('button.roombtn', {
@@ -262,8 +275,10 @@ export class ChatView {
 
   renderDirectory () {
     const chat = this.chat
-    const list = chat.directory?.rooms || []
-    const items = list.filter((s) => !chat.rooms.has(s.room_id)).map((s) => h('li.dir', {},
+    const list = (chat.directory?.rooms || []).filter((s) => !chat.rooms.has(s.room_id))
+    const shown = list.map((s) => [s.room_id, s.name, s.members, s.has_password])
+    if (this.unchanged('directory', [shown, chat.directory?.connected])) return
+    const items = list.map((s) => h('li.dir', {},
       h('span.name', { text: esc(s.name) }), h('span.muted', { text: ` ${plural(s.members, 'member')}${s.has_password ? ', password' : ''}` }),
       h('button', { type: 'button', text: 'Join', 'data-join': s.room_id })))
     const footer = chat.directory ? h('li.muted', { text: `${chat.directory.connected} online on the server` }) : null
@@ -272,6 +287,7 @@ export class ChatView {
 
   renderRoomInfo (room) {
     const s = room.summary
+    if (this.unchanged('roomInfo', [room.id, s.owner, s.members, s.has_password, s.hidden])) return
     this.roomInfo.replaceChildren(
       h('span.muted', {}, 'id ', h('code#room-id', { text: esc(s.room_id) })),
       h('span.muted', { text: ` · owner ${esc(s.owner)} · ${plural(s.members, 'member')}${s.has_password ? ' · password' : ''}${s.hidden ? ' · hidden' : ''}` }),
@@ -283,9 +299,7 @@ export class ChatView {
   renderBanners (room) {
     const chat = this.chat
     const changes = chat.keyChanges(room)
-    const key = room.id + '|' + changes.map((c) => c.username + c.old + c.fingerprint).join(',')
-    if (key === this.bannerKey) return
-    this.bannerKey = key
+    if (this.unchanged('banners', [room.id, changes.map((c) => [c.username, String(c.old), String(c.fingerprint)])])) return
     this.banners.replaceChildren(...changes.map((c) => {
       const u = c.username
       return h('form.banner.keychange', { 'data-user': u, onsubmit: (e) => this.submit(e, (f) => chat.confirm(room.id, u, f.fingerprint.value)) },
@@ -336,6 +350,9 @@ export class ChatView {
     const chat = this.chat
     const isOwner = room.summary.owner === chat.me.username
     const members = [...room.members.values()].sort((a, b) => a.username.localeCompare(b.username))
+    this.ownerTools.hidden = !isOwner
+    const shown = members.map((m) => [m.username, m.online, chat.isChanged(m), fingerprintDisplay(m.fingerprint)])
+    if (this.unchanged('members', [room.id, room.summary.owner, isOwner, shown])) return
     this.memberList.replaceChildren(...members.map((m) => {
       const changed = chat.isChanged(m)
       return h(`li.member${m.online ? '.online' : ''}${changed ? '.changed' : ''}`, { 'data-member': m.username },
@@ -349,7 +366,6 @@ export class ChatView {
             h('button', { type: 'button', text: 'Ban', 'data-op': 'ban' }))
           : null)
     }))
-    this.ownerTools.hidden = !isOwner
   }
 }
 
