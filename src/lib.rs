@@ -19,6 +19,7 @@ pub mod handle;
 pub mod identity;
 pub mod message;
 pub mod metrics;
+pub mod mls;
 pub mod password;
 pub mod peers;
 pub mod protocol;

@@ -10,6 +10,7 @@
 
 pub mod display;
 pub mod envelope;
+pub mod mls;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;

@@ -3,7 +3,7 @@
 //! itself. See scripts/bench.sh and BENCHMARKS.md.
 //!
 //! Scenarios: `fanout` (with the baseline relay in the same run), `logins`,
-//! `durable`, `idle`, `passwords`, `history`, and `smoke` (all of them, tiny, for the test suite).
+//! `durable`, `idle`, `passwords`, `history`, `mls` (in process, no server), and `smoke` (all of them, tiny, for the test suite).
 
 mod common;
 mod durable;
@@ -11,6 +11,7 @@ mod fanout;
 mod history;
 mod idle;
 mod logins;
+mod mls;
 mod passwords;
 mod relay;
 mod rooms;
@@ -82,12 +83,28 @@ enum Command {
         #[command(flatten)]
         opts: idle::IdleOpts,
     },
+    /// Protocol v3's Delivery Service core in process (no server): sizes
+    /// and CPU per commit at N members.
+    Mls {
+        #[command(flatten)]
+        opts: mls::MlsOpts,
+    },
     /// Every scenario at a tiny size (a few seconds), to keep the bench working.
     Smoke,
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Command::Mls { opts } = &cli.command {
+        match mls::run(opts) {
+            Ok(true) => return,
+            Ok(false) => std::process::exit(1),
+            Err(e) => {
+                eprintln!("e2ee-chat-bench: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -142,6 +159,7 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
         Command::History { opts } => history::run(url, pid, &keys, &opts).await,
         Command::Rooms { opts } => rooms::run(url, pid, &keys, &opts).await,
         Command::Smoke => smoke(url, pid, &keys).await,
+        Command::Mls { .. } => unreachable!("run without a server, in main"),
     }
 }
 
@@ -243,6 +261,10 @@ async fn smoke(
         },
     )
     .await?;
+    ok &= mls::run(&mls::MlsOpts {
+        members: vec![3],
+        commits: 2,
+    })?;
     println!("smoke: {}", if ok { "ok" } else { "FAILED" });
     Ok(ok)
 }
