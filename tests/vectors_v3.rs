@@ -159,3 +159,43 @@ fn the_application_plaintext_is_version_2s() {
     };
     assert_eq!(plain.encode(), bytes(p, "bytes"));
 }
+
+/// A frame of the vectors' `frames`, as the bytes a client sends.
+fn frame(v: &Value, name: &str) -> Vec<u8> {
+    match get(get(v, "frames"), name) {
+        Value::Bytes(b) => b.clone(),
+        map => {
+            let mut out = Vec::new();
+            ciborium::into_writer(map, &mut out).unwrap();
+            out
+        }
+    }
+}
+
+#[test]
+fn register_and_prove_frames_decode_as_version_3() {
+    use e2ee_chat::protocol::{decode_request_v3, v3::Request3};
+    let v = vectors();
+    let (id, register) = decode_request_v3(&frame(&v, "register")).unwrap();
+    assert_eq!(id, Some(1));
+    let Request3::Register {
+        username,
+        identity_key,
+        proof,
+    } = register
+    else {
+        panic!("not a register: {register:?}");
+    };
+    assert_eq!(username, "alice");
+    assert_eq!(identity_key.as_slice(), identity(&v, "alice").der());
+    assert_eq!(proof.into_vec(), bytes(get(&v, "register"), "proof"));
+
+    let (id, prove) = decode_request_v3(&frame(&v, "prove")).unwrap();
+    assert_eq!(id, Some(2));
+    let Request3::Prove { signature, device } = prove else {
+        panic!("not a prove: {prove:?}");
+    };
+    assert_eq!(signature.into_vec(), bytes(get(&v, "login"), "signature"));
+    let cert = DeviceCertificate::check(&device, "alice", &identity(&v, "alice")).unwrap();
+    assert_eq!(cert.encode(), bytes(get(&v, "device"), "certificate"));
+}

@@ -8,6 +8,7 @@ use ciborium::Value;
 use serde_bytes::ByteBuf;
 
 use super::shape;
+use super::v3::Request3;
 use super::{ErrorCode, Failure, Request, SendBody, MAX_REQUEST_ID};
 
 /// Why a frame could not be turned into a request. `id` is the request id
@@ -39,6 +40,20 @@ pub fn decode_request_bounded(
     frame: &[u8],
     max_items: usize,
 ) -> Result<(Option<u64>, Request), DecodeError> {
+    decode_with(frame, max_items, |f, kind| f.request(kind))
+}
+
+/// Decodes one binary frame of protocol version 3 (PROTOCOL-v3.md), as
+/// strictly as [`decode_request`] does version 2's.
+pub fn decode_request_v3(frame: &[u8]) -> Result<(Option<u64>, Request3), DecodeError> {
+    decode_with(frame, DEFAULT_MAX_ITEMS, |f, kind| f.request_v3(kind))
+}
+
+fn decode_with<R>(
+    frame: &[u8],
+    max_items: usize,
+    read: impl FnOnce(&Fields<'_>, &str) -> FieldResult<R>,
+) -> Result<(Option<u64>, R), DecodeError> {
     let malformed = |id, why: String| DecodeError {
         id,
         failure: Failure::new(ErrorCode::Malformed, why),
@@ -79,7 +94,7 @@ pub fn decode_request_bounded(
         Some(_) => return Err(malformed(id, "`type` must be text".into())),
         None => return Err(malformed(id, "the map has no `type`".into())),
     };
-    let request = fields.request(kind).map_err(|e| match e {
+    let request = read(&fields, kind).map_err(|e| match e {
         FieldError::UnknownType => DecodeError {
             id,
             failure: Failure::new(
@@ -258,6 +273,53 @@ impl Fields<'_> {
                 limit: self.opt_uint("limit")?,
             },
             _ => return Err(FieldError::UnknownType),
+        })
+    }
+
+    /// Version 3: the requests that changed or are new, the rest as
+    /// version 2 reads them.
+    fn request_v3(&self, kind: &str) -> FieldResult<Request3> {
+        Ok(match kind {
+            "register" => Request3::Register {
+                username: self.text("username")?,
+                identity_key: self.bytes("identity_key")?,
+                proof: self.bytes("proof")?,
+            },
+            "prove" => Request3::Prove {
+                signature: self.bytes("signature")?,
+                device: self.bytes("device")?,
+            },
+            "create_room" => Request3::CreateRoom {
+                name: self.text("name")?,
+                password: self.opt_text("password")?,
+                hidden: self.opt_bool("hidden")?,
+                group_info: self.bytes("group_info")?,
+                ratchet_tree: self.bytes("ratchet_tree")?,
+            },
+            "send" => Request3::Send {
+                room_id: self.text("room_id")?,
+                msg_id: self.bytes("msg_id")?,
+                message: self.bytes("message")?,
+            },
+            "commit" => Request3::Commit {
+                room_id: self.text("room_id")?,
+                commit: self.bytes("commit")?,
+                group_info: self.bytes("group_info")?,
+            },
+            "group_state" => Request3::GroupState {
+                room_id: self.text("room_id")?,
+            },
+            "publish_group_info" => Request3::PublishGroupInfo {
+                room_id: self.text("room_id")?,
+                group_info: self.bytes("group_info")?,
+            },
+            "remove_device" => Request3::RemoveDevice {
+                device_id: self.bytes("device_id")?,
+            },
+            "list_devices" => Request3::ListDevices {
+                username: self.text("username")?,
+            },
+            _ => Request3::Shared(self.request(kind)?),
         })
     }
 }

@@ -11,7 +11,8 @@
 //! apart: this one holds the types and the error codes; `shape` scans a
 //! frame's CBOR items and depth without building anything; `decode` turns
 //! a checked frame into a `Request`, field by field; `frame` encodes a
-//! `message` event once per room and cheaply per recipient.
+//! `message` event once per room and cheaply per recipient; `v3` holds
+//! version 3's frames, beside version 2's until v2 goes.
 
 use crate::message::Sealed;
 use std::collections::BTreeMap;
@@ -23,9 +24,11 @@ use serde_bytes::ByteBuf;
 mod decode;
 mod frame;
 mod shape;
+pub mod v3;
 
 pub use decode::{
-    decode_request, decode_request_bounded, DecodeError, DEFAULT_MAX_ITEMS, MAX_DEPTH,
+    decode_request, decode_request_bounded, decode_request_v3, DecodeError, DEFAULT_MAX_ITEMS,
+    MAX_DEPTH,
 };
 pub use frame::MessageFrame;
 
@@ -63,6 +66,13 @@ pub enum ErrorCode {
     StaleMembers,
     InvalidMessage,
     Internal,
+    // Version 3 (PROTOCOL-v3.md section 6).
+    StaleEpoch,
+    CommitRequired,
+    InvalidGroup,
+    NotAllowed,
+    InvalidDevice,
+    TooManyDevices,
 }
 
 impl ErrorCode {
@@ -97,6 +107,12 @@ impl ErrorCode {
             StaleMembers => "the key set does not match the room's members",
             InvalidMessage => "the message is invalid",
             Internal => "internal server error",
+            StaleEpoch => "the group has moved to another epoch",
+            CommitRequired => "the group has leaves to remove: commit their removal first",
+            InvalidGroup => "the MLS objects do not parse or do not verify against the group",
+            NotAllowed => "the room's policy does not allow that commit",
+            InvalidDevice => "the device certificate is invalid",
+            TooManyDevices => "this user has too many devices",
         }
     }
 }

@@ -1,0 +1,425 @@
+//! Version 3's frames (`PROTOCOL-v3.md` sections 3–4), beside version 2's
+//! until the page speaks v3: the requests and replies that changed or are
+//! new, each enum ending in a `Shared` variant that carries what is the same
+//! as version 2 (login, ping, rooms, owner operations, presence...).
+//! Requests are decoded strictly by `decode::decode_request_v3`, as version
+//! 2's are.
+
+use ciborium::Value;
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use super::{ErrorCode, Request, ServerMsg};
+
+/// Every v3 client request (without its `id`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request3 {
+    Register {
+        username: String,
+        identity_key: ByteBuf,
+        proof: ByteBuf,
+    },
+    Prove {
+        signature: ByteBuf,
+        /// This device's `device_certificate`.
+        device: ByteBuf,
+    },
+    CreateRoom {
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        hidden: Option<bool>,
+        group_info: ByteBuf,
+        ratchet_tree: ByteBuf,
+    },
+    Send {
+        room_id: String,
+        msg_id: ByteBuf,
+        message: ByteBuf,
+    },
+    Commit {
+        room_id: String,
+        commit: ByteBuf,
+        group_info: ByteBuf,
+    },
+    GroupState {
+        room_id: String,
+    },
+    PublishGroupInfo {
+        room_id: String,
+        group_info: ByteBuf,
+    },
+    RemoveDevice {
+        device_id: ByteBuf,
+    },
+    ListDevices {
+        username: String,
+    },
+    /// A request that is the same as in version 2 (never `register`,
+    /// `prove`, `create_room` or `send`).
+    #[serde(untagged)]
+    Shared(Request),
+}
+
+impl Request3 {
+    /// Encodes the request as one CBOR frame, with `id` when given.
+    pub fn encode(&self, id: Option<u64>) -> Vec<u8> {
+        if let Request3::Shared(request) = self {
+            return request.encode(id);
+        }
+        let mut value = Value::serialized(self).expect("requests always serialize");
+        if let (Some(id), Value::Map(entries)) = (id, &mut value) {
+            entries.push((Value::Text("id".into()), Value::Integer(id.into())));
+        }
+        let mut out = Vec::with_capacity(64);
+        ciborium::into_writer(&value, &mut out).expect("values always serialize");
+        out
+    }
+}
+
+/// 4.1 Room summary, version 3: version 2's and the group's epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomSummary3 {
+    pub room_id: String,
+    pub name: String,
+    pub owner: String,
+    pub members: u64,
+    pub online: u64,
+    pub has_password: bool,
+    pub hidden: bool,
+    pub created_at: u64,
+    pub last_seq: u64,
+    pub epoch: u64,
+    /// In `logged_in` and `joined`: whether this device has a leaf.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_group: Option<bool>,
+}
+
+/// 4.2 Member object, version 3: one identity key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member3 {
+    pub username: String,
+    pub identity_key: ByteBuf,
+    pub online: bool,
+    pub joined_at: u64,
+}
+
+/// One device of a user (`list_devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub device_id: ByteBuf,
+    pub device_certificate: ByteBuf,
+    pub added_at: u64,
+}
+
+/// What a log entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    Commit,
+    Message,
+}
+
+/// One entry of a room's log: the `entry` event, and the entries of a
+/// `history` reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub room_id: String,
+    pub seq: u64,
+    pub ts: u64,
+    pub sender: String,
+    pub device_id: ByteBuf,
+    pub kind: EntryKind,
+    pub epoch: u64,
+    /// The MLSMessage bytes.
+    pub data: ByteBuf,
+    /// Messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg_id: Option<ByteBuf>,
+    /// Commits only: the GroupInfo uploaded with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_info: Option<ByteBuf>,
+}
+
+/// Every v3 server frame whose shape differs from version 2's, and the rest
+/// as `Shared`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg3 {
+    LoggedIn {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        username: String,
+        device_id: ByteBuf,
+        server_time: u64,
+        rooms: Vec<RoomSummary3>,
+    },
+    Rooms {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        rooms: Vec<RoomSummary3>,
+        total: u64,
+        connected: u64,
+    },
+    Joined {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room: RoomSummary3,
+        members: Vec<Member3>,
+    },
+    Members {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: String,
+        members: Vec<Member3>,
+    },
+    History {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: String,
+        entries: Vec<Entry>,
+        has_more: bool,
+        first_seq: u64,
+    },
+    Committed {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: String,
+        seq: u64,
+        epoch: u64,
+    },
+    GroupState {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        room_id: String,
+        epoch: u64,
+        group_info: ByteBuf,
+        ratchet_tree: ByteBuf,
+    },
+    Devices {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        username: String,
+        devices: Vec<DeviceInfo>,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: ErrorCode,
+        message: String,
+        /// `stale_epoch`: the group's current epoch.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epoch: Option<u64>,
+        /// `commit_required`: the leaves to remove.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        remove: Option<Vec<u32>>,
+    },
+    MemberJoined {
+        room_id: String,
+        member: Member3,
+    },
+    Entry(Entry),
+    /// A frame that is the same as in version 2 (`registered`, `challenge`,
+    /// `pong`, `ok`, `sent`, `member_left`, `owner_changed`, `presence`,
+    /// `removed`, `room_renamed`, `room_deleted`).
+    #[serde(untagged)]
+    Shared(ServerMsg),
+}
+
+impl ServerMsg3 {
+    /// The request id this message answers, if it is a direct reply.
+    pub fn reply_id(&self) -> Option<u64> {
+        use ServerMsg3::*;
+        match self {
+            LoggedIn { id, .. }
+            | Rooms { id, .. }
+            | Joined { id, .. }
+            | Members { id, .. }
+            | History { id, .. }
+            | Committed { id, .. }
+            | GroupState { id, .. }
+            | Devices { id, .. }
+            | Error { id, .. } => *id,
+            MemberJoined { .. } | Entry(_) => None,
+            Shared(msg) => msg.reply_id(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        if let ServerMsg3::Shared(msg) = self {
+            return msg.encode();
+        }
+        let mut out = Vec::with_capacity(128);
+        ciborium::into_writer(self, &mut out).expect("server messages always serialize");
+        out
+    }
+
+    pub fn decode(frame: &[u8]) -> Result<ServerMsg3, String> {
+        ciborium::from_reader(frame).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::decode_request_v3;
+
+    fn b(bytes: &[u8]) -> ByteBuf {
+        ByteBuf::from(bytes.to_vec())
+    }
+
+    #[test]
+    fn every_v3_request_round_trips() {
+        let requests = [
+            Request3::Register {
+                username: "alice".into(),
+                identity_key: b(b"der"),
+                proof: b(b"proof"),
+            },
+            Request3::Prove {
+                signature: b(b"sig"),
+                device: b(b"cert"),
+            },
+            Request3::CreateRoom {
+                name: "lobby".into(),
+                password: Some("pw".into()),
+                hidden: Some(true),
+                group_info: b(b"gi"),
+                ratchet_tree: b(b"tree"),
+            },
+            Request3::Send {
+                room_id: "r-1".into(),
+                msg_id: b(&[1; 16]),
+                message: b(b"private message"),
+            },
+            Request3::Commit {
+                room_id: "r-1".into(),
+                commit: b(b"commit"),
+                group_info: b(b"gi"),
+            },
+            Request3::GroupState {
+                room_id: "r-1".into(),
+            },
+            Request3::PublishGroupInfo {
+                room_id: "r-1".into(),
+                group_info: b(b"gi"),
+            },
+            Request3::RemoveDevice {
+                device_id: b(&[2; 16]),
+            },
+            Request3::ListDevices {
+                username: "bob".into(),
+            },
+            Request3::Shared(Request::JoinRoom {
+                room_id: "r-1".into(),
+                password: None,
+            }),
+            Request3::Shared(Request::Login {
+                username: "alice".into(),
+            }),
+        ];
+        for request in requests {
+            let frame = request.encode(Some(5));
+            let (id, back) = decode_request_v3(&frame).unwrap();
+            assert_eq!(id, Some(5));
+            // Same fields: the re-encoding is the same frame.
+            assert_eq!(back.encode(Some(5)), frame, "{request:?}");
+        }
+    }
+
+    #[test]
+    fn v2_shapes_are_malformed_in_v3() {
+        let v2_send = Request::Send(crate::protocol::SendBody {
+            room_id: "r-1".into(),
+            msg_id: b(&[1; 16]),
+            nonce: b(&[0; 12]),
+            key_commitment: b(&[0; 32]),
+            ciphertext: b(b"x"),
+            keys: Default::default(),
+            signature: b(b"s"),
+        });
+        let err = decode_request_v3(&v2_send.encode(Some(3))).unwrap_err();
+        assert_eq!((err.id, err.failure.code), (Some(3), ErrorCode::Malformed));
+        let v2_prove = Request::Prove {
+            signature: b(b"sig"),
+        };
+        let err = decode_request_v3(&v2_prove.encode(None)).unwrap_err();
+        assert_eq!(err.failure.code, ErrorCode::Malformed);
+        // Text where the commit's bytes belong.
+        let text = Value::Map(vec![
+            (Value::Text("type".into()), Value::Text("commit".into())),
+            (Value::Text("room_id".into()), Value::Text("r-1".into())),
+            (Value::Text("commit".into()), Value::Text("abc".into())),
+            (Value::Text("group_info".into()), Value::Bytes(vec![1])),
+        ]);
+        let mut frame = Vec::new();
+        ciborium::into_writer(&text, &mut frame).unwrap();
+        let err = decode_request_v3(&frame).unwrap_err();
+        assert_eq!(err.failure.code, ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn server_frames_round_trip_and_shared_ones_stay_version_2() {
+        let entry = Entry {
+            room_id: "r-1".into(),
+            seq: 7,
+            ts: 1_700_000_000_000,
+            sender: "bob".into(),
+            device_id: b(&[3; 16]),
+            kind: EntryKind::Commit,
+            epoch: 4,
+            data: b(b"commit"),
+            msg_id: None,
+            group_info: Some(b(b"gi")),
+        };
+        let messages = [
+            ServerMsg3::Entry(entry.clone()),
+            ServerMsg3::Committed {
+                id: Some(1),
+                room_id: "r-1".into(),
+                seq: 7,
+                epoch: 5,
+            },
+            ServerMsg3::Error {
+                id: Some(2),
+                code: ErrorCode::CommitRequired,
+                message: "remove first".into(),
+                epoch: None,
+                remove: Some(vec![1, 4]),
+            },
+            ServerMsg3::History {
+                id: None,
+                room_id: "r-1".into(),
+                entries: vec![entry],
+                has_more: false,
+                first_seq: 1,
+            },
+            ServerMsg3::Shared(ServerMsg::Ok { id: Some(9) }),
+            ServerMsg3::Shared(ServerMsg::Registered {
+                id: Some(1),
+                username: "alice".into(),
+            }),
+        ];
+        for msg in messages {
+            let frame = msg.encode();
+            assert_eq!(ServerMsg3::decode(&frame).unwrap(), msg);
+        }
+        // A shared frame has version 2's bytes.
+        let ok = ServerMsg::Ok { id: Some(9) };
+        assert_eq!(ServerMsg3::Shared(ok.clone()).encode(), ok.encode());
+        assert_eq!(
+            crate::protocol::peek_type(
+                &ServerMsg3::Committed {
+                    id: None,
+                    room_id: "r".into(),
+                    seq: 1,
+                    epoch: 1,
+                }
+                .encode()
+            ),
+            b"committed"
+        );
+    }
+}
