@@ -24,8 +24,8 @@ use e2ee_chat::store::mongo::MongoStore;
 use e2ee_chat::store::postgres::PostgresStore;
 use e2ee_chat::store::sqlite::SqliteStore;
 use e2ee_chat::store::{
-    HistoryQuery, NewMessage, PurgePolicy, RoomRecord, RoomUpdate, Sealed, SharedStore, StoreError,
-    UserRecord,
+    DeviceAdded, DeviceRecord, HistoryQuery, NewMessage, PurgePolicy, RoomRecord, RoomUpdate,
+    Sealed, SharedStore, StoreError, UserRecord, DEVICE_RECORDS_PER_LIVE,
 };
 use e2ee_chat::util::now_ms;
 
@@ -537,6 +537,126 @@ async fn rejoin_before_any_message_keeps_history(s: SharedStore) {
     s.delete_room("r-rejoin").await.unwrap();
 }
 
+fn device(user: &str, id: u8, key: u8) -> DeviceRecord {
+    DeviceRecord {
+        username: user.into(),
+        device_id: vec![id; 16],
+        certificate: vec![id, key, 0xce],
+        mls_key: vec![key; 32],
+        added_at: now_ms() + id as u64,
+    }
+}
+
+async fn devices_are_recorded_once_and_keep_their_key(s: SharedStore) {
+    people(&s).await;
+    assert_eq!(
+        s.add_device(device("alice", 1, 1), 3).await.unwrap(),
+        DeviceAdded::Added
+    );
+    assert_eq!(
+        s.add_device(device("alice", 2, 2), 3).await.unwrap(),
+        DeviceAdded::Added
+    );
+    // The same device again: known; with another key: refused.
+    let mut again = device("alice", 1, 1);
+    again.certificate = vec![9, 9];
+    assert_eq!(s.add_device(again, 3).await.unwrap(), DeviceAdded::Known);
+    assert_eq!(
+        s.add_device(device("alice", 1, 7), 3).await.unwrap(),
+        DeviceAdded::OtherKey
+    );
+    // Another user's device of the same id is theirs.
+    assert_eq!(
+        s.add_device(device("bob", 1, 5), 3).await.unwrap(),
+        DeviceAdded::Added
+    );
+    let listed: Vec<_> = s
+        .list_devices("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.username, d.device_id, d.certificate, d.mls_key))
+        .collect();
+    let expected: Vec<_> = [device("alice", 1, 1), device("alice", 2, 2)]
+        .into_iter()
+        .map(|d| (d.username, d.device_id, d.certificate, d.mls_key))
+        .collect();
+    // Oldest first, and the first certificate stays.
+    assert_eq!(listed, expected);
+    assert!(s.list_devices("nobody").await.unwrap().is_empty());
+}
+
+async fn removed_devices_stay_out_and_count_toward_a_cap(s: SharedStore) {
+    people(&s).await;
+    let max = 2;
+    assert_eq!(
+        s.add_device(device("alice", 1, 1), max).await.unwrap(),
+        DeviceAdded::Added
+    );
+    assert_eq!(
+        s.add_device(device("alice", 2, 2), max).await.unwrap(),
+        DeviceAdded::Added
+    );
+    assert_eq!(
+        s.add_device(device("alice", 3, 3), max).await.unwrap(),
+        DeviceAdded::TooMany
+    );
+    assert!(s.remove_device("alice", &[1; 16], now_ms()).await.unwrap());
+    assert!(
+        !s.remove_device("alice", &[1; 16], now_ms()).await.unwrap(),
+        "removed once"
+    );
+    assert!(
+        !s.remove_device("bob", &[2; 16], now_ms()).await.unwrap(),
+        "not bob's"
+    );
+    assert_eq!(
+        s.add_device(device("alice", 1, 1), max).await.unwrap(),
+        DeviceAdded::Removed
+    );
+    let ids: Vec<_> = s
+        .list_devices("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    assert_eq!(ids, vec![vec![2; 16]]);
+    // Room for a new one now; but removed devices count toward the cap.
+    let mut id = 3;
+    loop {
+        match s.add_device(device("alice", id, id), max).await.unwrap() {
+            DeviceAdded::Added => {
+                assert!(s.remove_device("alice", &[id; 16], now_ms()).await.unwrap());
+                id += 1;
+            }
+            DeviceAdded::TooMany => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        u64::from(id) - 1,
+        max * DEVICE_RECORDS_PER_LIVE,
+        "records kept until the cap"
+    );
+}
+
+async fn devices_added_at_once_stay_within_the_limit(s: SharedStore) {
+    people(&s).await;
+    let max = 4;
+    let tries = (1..=12).map(|id| {
+        let s = s.clone();
+        tokio::spawn(async move { s.add_device(device("alice", id, id), max).await.unwrap() })
+    });
+    let results = futures_util::future::join_all(tries).await;
+    let added = results
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap() == DeviceAdded::Added)
+        .count();
+    assert_eq!(added as u64, max);
+    assert_eq!(s.list_devices("alice").await.unwrap().len() as u64, max);
+}
+
 type Case = fn(SharedStore) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 macro_rules! cases {
@@ -560,6 +680,9 @@ const CASES: &[(&str, Case)] = cases![
     deleting_a_room_removes_everything_of_it,
     rejoin_before_any_message_keeps_history,
     leaving_and_owners_are_decided_at_commit,
+    devices_are_recorded_once_and_keep_their_key,
+    removed_devices_stay_out_and_count_toward_a_cap,
+    devices_added_at_once_stay_within_the_limit,
 ];
 
 /// The websocket scenario of the server core, on whatever store `tweak` selects.

@@ -91,6 +91,61 @@ pub struct UserRecord {
     pub created_at: u64,
 }
 
+/// A user's device (protocol v3, PROTOCOL-v3.md `prove`): the certificate
+/// by which the user's identity key vouches for the device's MLS key, as
+/// the server first saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    pub username: String,
+    pub device_id: Vec<u8>,
+    pub certificate: Vec<u8>,
+    pub mls_key: Vec<u8>,
+    pub added_at: u64,
+}
+
+/// What [`Store::add_device`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceAdded {
+    /// A new device, now recorded.
+    Added,
+    /// Recorded before with the same MLS key (the stored certificate stays).
+    Known,
+    /// Recorded before with another MLS key (`invalid_device`).
+    OtherKey,
+    /// Removed: it may not log in again.
+    Removed,
+    /// The user has `max` devices, or has recorded [`DEVICE_RECORDS_PER_LIVE`]
+    /// × `max` counting removed ones (`too_many_devices`).
+    TooMany,
+}
+
+impl DeviceAdded {
+    /// The one decision every store makes: from the device's record if any
+    /// (its MLS key, whether removed), and the user's live and total counts.
+    pub(crate) fn decide(
+        known: Option<(&[u8], bool)>,
+        mls_key: &[u8],
+        live: u64,
+        total: u64,
+        max: u64,
+    ) -> Self {
+        match known {
+            Some((_, true)) => DeviceAdded::Removed,
+            Some((key, false)) if key == mls_key => DeviceAdded::Known,
+            Some(_) => DeviceAdded::OtherKey,
+            None if live >= max || total >= max.saturating_mul(DEVICE_RECORDS_PER_LIVE) => {
+                DeviceAdded::TooMany
+            }
+            None => DeviceAdded::Added,
+        }
+    }
+}
+
+/// Removed devices stay recorded, so they cannot come back; they count
+/// toward a cap of this many times the per-user limit, so adding and
+/// removing devices cannot grow the table without end.
+pub const DEVICE_RECORDS_PER_LIVE: u64 = 4;
+
 #[derive(Debug, Clone, Default)]
 pub struct RoomRecord {
     pub room_id: String,
@@ -243,6 +298,17 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new user. `Conflict` when the username is taken.
     fn create_user(&self, user: UserRecord) -> StoreFuture<()>;
     fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>>;
+
+    /// Protocol v3: records `device` unless its id is known for the user,
+    /// keeping the user under `max` live devices (see [`DeviceAdded`]).
+    /// Every store decides inside the write, so logins racing on several
+    /// processes cannot pass the limit.
+    fn add_device(&self, device: DeviceRecord, max: u64) -> StoreFuture<DeviceAdded>;
+    /// The user's devices that are not removed, oldest first.
+    fn list_devices(&self, username: &str) -> StoreFuture<Vec<DeviceRecord>>;
+    /// Removes a device for good: no longer listed, and it cannot log in
+    /// again. `false` when the user has no such live device.
+    fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool>;
 
     /// All rooms with their member names, for the directory at start-up.
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>>;

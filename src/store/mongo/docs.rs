@@ -89,6 +89,7 @@ pub(super) struct Collections {
     pub(super) members: Collection<Document>,
     pub(super) bans: Collection<Document>,
     pub(super) messages: Collection<Document>,
+    pub(super) devices: Collection<Document>,
 }
 
 impl Collections {
@@ -99,6 +100,7 @@ impl Collections {
             members: db.collection("members"),
             bans: db.collection("bans"),
             messages: db.collection("messages"),
+            devices: db.collection("devices"),
         }
     }
 
@@ -115,6 +117,7 @@ impl Collections {
                 true,
             ),
             (&self.messages, doc! {"ts": 1}, false),
+            (&self.devices, doc! {"username": 1, "device_id": 1}, true),
         ];
         for (collection, keys, unique) in indexes {
             let model = IndexModel::builder()

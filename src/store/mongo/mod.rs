@@ -42,8 +42,9 @@ use tokio::sync::oneshot;
 
 use super::batch::WriteQueue;
 use super::{
-    Appended, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage, PurgePolicy, Removed,
-    RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage,
+    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, UserRecord,
 };
 use crate::validate::room_name_key;
 use docs::{collect, durable, err, Collections};
@@ -192,6 +193,24 @@ impl Store for MongoStore {
     fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>> {
         let username = username.to_owned();
         self.run(move |_, c| async move { reads::get_user(&c, &username).await })
+    }
+
+    fn add_device(&self, device: DeviceRecord, max: u64) -> StoreFuture<DeviceAdded> {
+        self.run(
+            move |client, c| async move { writes::add_device(&client, &c, &device, max).await },
+        )
+    }
+
+    fn list_devices(&self, username: &str) -> StoreFuture<Vec<DeviceRecord>> {
+        let username = username.to_owned();
+        self.run(move |_, c| async move { reads::list_devices(&c, &username).await })
+    }
+
+    fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool> {
+        let (username, device_id) = (username.to_owned(), device_id.to_vec());
+        self.run(
+            move |_, c| async move { writes::remove_device(&c, &username, &device_id, at).await },
+        )
     }
 
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {

@@ -3,13 +3,13 @@
 //! was sent to, so `keys.<user>` existing is the membership test) and gap
 //! fill.
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 
 use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from, Collections};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage, RoomState,
-    Sealed, StoreError, StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage,
+    RoomState, Sealed, StoreError, StoredMessage, UserRecord,
 };
 
 pub(super) async fn get_user(
@@ -232,4 +232,29 @@ pub(super) async fn find_message(
         Some(d) => Ok(Some((get_u64(&d, "seq")?, get_u64(&d, "ts")?))),
         None => Ok(None),
     }
+}
+
+pub(super) async fn list_devices(
+    c: &Collections,
+    username: &str,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    let cursor = c
+        .devices
+        .find(doc! {"username": username, "removed_at": Bson::Null})
+        .sort(doc! {"added_at": 1, "device_id": 1})
+        .await
+        .map_err(err)?;
+    collect(cursor)
+        .await?
+        .iter()
+        .map(|d| {
+            Ok(DeviceRecord {
+                username: get_str(d, "username")?,
+                device_id: get_bin(d, "device_id")?,
+                certificate: get_bin(d, "certificate")?,
+                mls_key: get_bin(d, "mls_key")?,
+                added_at: get_u64(d, "added_at")?,
+            })
+        })
+        .collect()
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
 use mongodb::{Client, ClientSession};
 use tokio::sync::oneshot;
@@ -17,7 +17,8 @@ use crate::metrics;
 use crate::store::batch::Batches;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate, StoreError, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate,
+    StoreError, UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::room_name_key;
@@ -472,4 +473,82 @@ async fn append_one(
         ts,
         duplicate: false,
     }))
+}
+
+/// In one transaction that also writes the user's document, so two logins
+/// adding devices for one user at once conflict and one retries, seeing
+/// the other's device.
+pub(super) async fn add_device(
+    client: &Client,
+    c: &Collections,
+    device: &DeviceRecord,
+    max: u64,
+) -> Result<DeviceAdded, StoreError> {
+    transaction(client, |s| {
+        let (c, device) = (c.clone(), device.clone());
+        Box::pin(async move {
+            let user = doc! {"username": &device.username};
+            let known = c
+                .devices
+                .find_one(doc! {"username": &device.username, "device_id": bin(&device.device_id)})
+                .session(&mut *s)
+                .await?;
+            let live = c
+                .devices
+                .count_documents(doc! {"username": &device.username, "removed_at": Bson::Null})
+                .session(&mut *s)
+                .await?;
+            let total = c.devices.count_documents(user).session(&mut *s).await?;
+            let known = known.map(|d| {
+                let key = d.get_binary_generic("mls_key").cloned().unwrap_or_default();
+                let removed = !matches!(d.get("removed_at"), None | Some(Bson::Null));
+                (key, removed)
+            });
+            let added = DeviceAdded::decide(
+                known.as_ref().map(|(k, r)| (k.as_slice(), *r)),
+                &device.mls_key,
+                live,
+                total,
+                max,
+            );
+            if added == DeviceAdded::Added {
+                c.users
+                    .update_one(
+                        doc! {"_id": &device.username},
+                        doc! {"$inc": {"device_writes": 1_i64}},
+                    )
+                    .session(&mut *s)
+                    .await?;
+                c.devices
+                    .insert_one(doc! {
+                        "username": &device.username,
+                        "device_id": bin(&device.device_id),
+                        "certificate": bin(&device.certificate),
+                        "mls_key": bin(&device.mls_key),
+                        "added_at": device.added_at as i64,
+                        "removed_at": Bson::Null,
+                    })
+                    .session(&mut *s)
+                    .await?;
+            }
+            Ok(added)
+        })
+    })
+    .await
+}
+
+pub(super) async fn remove_device(
+    c: &Collections,
+    username: &str,
+    device_id: &[u8],
+    at: u64,
+) -> Result<bool, StoreError> {
+    c.devices
+        .update_one(
+            doc! {"username": username, "device_id": bin(device_id), "removed_at": Bson::Null},
+            doc! {"$set": {"removed_at": at as i64}},
+        )
+        .await
+        .map(|r| r.modified_count == 1)
+        .map_err(err)
 }

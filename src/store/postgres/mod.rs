@@ -40,8 +40,9 @@ use tokio_postgres::error::SqlState;
 
 use super::batch::WriteQueue;
 use super::{
-    Appended, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage, PurgePolicy, Removed,
-    RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage,
+    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, UserRecord,
 };
 use connect::{pool_of, tls_for, READ_CONNECTIONS, READ_TIMEOUT_MS};
 use writes::{Done, Job, WriteOp};
@@ -170,6 +171,24 @@ impl Store for PostgresStore {
     fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>> {
         let username = username.to_owned();
         self.read(move |c| async move { reads::get_user(&c, &username).await })
+    }
+
+    fn add_device(&self, device: DeviceRecord, max: u64) -> StoreFuture<DeviceAdded> {
+        let max = i64::try_from(max).unwrap_or(i64::MAX / 8);
+        self.write(WriteOp::AddDevice(device, max), |done| match done {
+            Done::Device(added) => added,
+            _ => unreachable!("an AddDevice answers Device"),
+        })
+    }
+
+    fn list_devices(&self, username: &str) -> StoreFuture<Vec<DeviceRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| async move { reads::list_devices(&c, &username).await })
+    }
+
+    fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool> {
+        let op = WriteOp::RemoveDevice(username.to_owned(), device_id.to_vec(), at);
+        self.write(op, |done| matches!(done, Done::Flag(true)))
     }
 
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {

@@ -7,8 +7,8 @@ use super::err;
 use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage, RoomRecord,
-    RoomState, Sealed, StoreError, StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage,
+    RoomRecord, RoomState, Sealed, StoreError, StoredMessage, UserRecord,
 };
 
 type Client = deadpool_postgres::Object;
@@ -134,6 +134,28 @@ pub(super) async fn get_user(c: &Client, username: &str) -> Result<Option<UserRe
     .await
     .map(|r| r.map(|r| user_from_row(&r, 0)))
     .map_err(err)
+}
+
+pub(super) async fn list_devices(
+    c: &Client,
+    username: &str,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    Ok(c.query(
+        "SELECT username, device_id, certificate, mls_key, added_at FROM devices
+             WHERE username = $1 AND removed_at IS NULL ORDER BY added_at, device_id",
+        &[&username],
+    )
+    .await
+    .map_err(err)?
+    .iter()
+    .map(|r| DeviceRecord {
+        username: r.get(0),
+        device_id: r.get(1),
+        certificate: r.get(2),
+        mls_key: r.get(3),
+        added_at: r.get::<_, i64>(4) as u64,
+    })
+    .collect())
 }
 
 pub(super) async fn load_directory(c: &Client) -> Result<Vec<DirectoryEntry>, StoreError> {

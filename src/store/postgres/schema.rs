@@ -7,7 +7,8 @@ use super::{err, pool_err};
 use crate::store::StoreError;
 use crate::validate::HIDDEN_KEY;
 
-/// The schema version this code writes (table `schema_version`).
+/// The schema version this code writes (table `schema_version`). Protocol
+/// v3's `devices` table is added to a version-1 database too (it only adds).
 const SCHEMA_VERSION: i32 = 1;
 
 /// Any fixed number: the advisory lock that serializes schema creation
@@ -66,6 +67,15 @@ CREATE TABLE IF NOT EXISTS member_periods (
     from_seq BIGINT NOT NULL,
     to_seq   BIGINT,
     PRIMARY KEY (room_id, username, from_seq)
+);
+CREATE TABLE IF NOT EXISTS devices (
+    username    TEXT NOT NULL,
+    device_id   BYTEA NOT NULL,
+    certificate BYTEA NOT NULL,
+    mls_key     BYTEA NOT NULL,
+    added_at    BIGINT NOT NULL,
+    removed_at  BIGINT,
+    PRIMARY KEY (username, device_id)
 );
 ";
 

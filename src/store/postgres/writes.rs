@@ -16,7 +16,8 @@ use crate::store::batch::Batches;
 use crate::store::keyblob::encode_keys;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate, StoreError, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate,
+    StoreError, UserRecord, DEVICE_RECORDS_PER_LIVE,
 };
 use crate::util::now_ms;
 use crate::validate::{fold_room_name, room_name_key};
@@ -36,6 +37,10 @@ pub(super) enum WriteOp {
     SetBan(String, String, bool),
     Append(Arc<NewMessage>),
     Purge(PurgePolicy),
+    /// the device, the most live devices its user may have
+    AddDevice(DeviceRecord, i64),
+    /// user, device id, removed at
+    RemoveDevice(String, Vec<u8>, u64),
 }
 
 pub(super) enum Done {
@@ -43,6 +48,8 @@ pub(super) enum Done {
     Appended(Appended),
     Count(u64),
     Removed(Removed),
+    Device(DeviceAdded),
+    Flag(bool),
 }
 
 pub(super) type Job = (WriteOp, oneshot::Sender<Result<Done, StoreError>>);
@@ -245,6 +252,39 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
         // locked (until COMMIT) to take the next seq. Zero rows: no room.
         // The key set must be the committed member set (several processes
         // may change members): otherwise one row with `stale` set.
+        // Decided on what is committed: the user's row is locked first, so
+        // logins adding devices on several processes take turns.
+        WriteOp::AddDevice(d, max) => (
+            "WITH known AS (
+                SELECT mls_key, removed_at IS NOT NULL AS removed FROM devices
+                WHERE username = $1 AND device_id = $2
+             ), counts AS (
+                SELECT count(*) FILTER (WHERE removed_at IS NULL) AS live, count(*) AS total
+                FROM devices WHERE username = $1
+             ), ins AS (
+                INSERT INTO devices (username, device_id, certificate, mls_key, added_at)
+                SELECT $1, $2, $3, $4, $5
+                WHERE NOT EXISTS (SELECT 1 FROM known)
+                  AND (SELECT live FROM counts) < $6 AND (SELECT total FROM counts) < $6 * $7
+                ON CONFLICT DO NOTHING
+             )
+             SELECT (SELECT mls_key FROM known), (SELECT removed FROM known),
+                    (SELECT live FROM counts), (SELECT total FROM counts)",
+            vec![
+                p(d.username.clone()),
+                p(d.device_id.clone()),
+                p(d.certificate.clone()),
+                p(d.mls_key.clone()),
+                ms(d.added_at),
+                p(*max),
+                p(DEVICE_RECORDS_PER_LIVE as i64),
+            ],
+        ),
+        WriteOp::RemoveDevice(username, device_id, at) => (
+            "UPDATE devices SET removed_at = $3
+             WHERE username = $1 AND device_id = $2 AND removed_at IS NULL RETURNING 1",
+            vec![p(username.clone()), p(device_id.clone()), ms(*at)],
+        ),
         WriteOp::Append(m) => (
             "WITH existing AS (
                 SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3
@@ -328,6 +368,7 @@ fn locks_user(op: &WriteOp) -> Option<&str> {
     match op {
         WriteOp::AddMember(_, username, ..) => Some(username),
         WriteOp::CreateRoom(r, _) => Some(&r.owner),
+        WriteOp::AddDevice(d, _) => Some(&d.username),
         _ => None,
     }
 }
@@ -384,6 +425,19 @@ fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
                 duplicate: row.get(2),
             }))
         }
+        WriteOp::AddDevice(d, max) => {
+            let row = rows.first().ok_or(StoreError::NotFound)?;
+            let key: Option<Vec<u8>> = row.get(0);
+            let removed: Option<bool> = row.get(1);
+            Ok(Done::Device(DeviceAdded::decide(
+                key.as_deref().map(|k| (k, removed.unwrap_or(false))),
+                &d.mls_key,
+                row.get::<_, i64>(2) as u64,
+                row.get::<_, i64>(3) as u64,
+                *max as u64,
+            )))
+        }
+        WriteOp::RemoveDevice(..) => Ok(Done::Flag(!rows.is_empty())),
         _ => Ok(Done::Unit),
     }
 }

@@ -37,8 +37,9 @@ use tokio::sync::oneshot;
 
 use super::batch::{Batches, WriteQueue};
 use super::{
-    Appended, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage, PurgePolicy, Removed,
-    RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError, StoreFuture, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage,
+    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, UserRecord,
 };
 use crate::metrics;
 use schema::{backend, migrate, open_connection};
@@ -235,6 +236,20 @@ impl Store for SqliteStore {
     fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>> {
         let username = username.to_owned();
         self.read(move |c| reads::get_user(c, &username))
+    }
+
+    fn add_device(&self, device: DeviceRecord, max: u64) -> StoreFuture<DeviceAdded> {
+        self.write(move |c, _| writes::add_device(c, &device, max))
+    }
+
+    fn list_devices(&self, username: &str) -> StoreFuture<Vec<DeviceRecord>> {
+        let username = username.to_owned();
+        self.read(move |c| reads::list_devices(c, &username))
+    }
+
+    fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool> {
+        let (username, device_id) = (username.to_owned(), device_id.to_vec());
+        self.write(move |c, _| writes::remove_device(c, &username, &device_id, at))
     }
 
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {

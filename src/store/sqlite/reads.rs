@@ -7,8 +7,8 @@ use super::schema::backend;
 use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage, RoomRecord,
-    RoomState, Sealed, StoreError, StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage,
+    RoomRecord, RoomState, Sealed, StoreError, StoredMessage, UserRecord,
 };
 
 pub(super) fn user_from_row(
@@ -82,6 +82,29 @@ pub(super) fn get_user(c: &Connection, username: &str) -> Result<Option<UserReco
     .and_then(|mut s| {
         s.query_row(params![username], |r| user_from_row(r, 0))
             .optional()
+    })
+    .map_err(backend)
+}
+
+pub(super) fn list_devices(
+    c: &Connection,
+    username: &str,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    c.prepare_cached(
+        "SELECT username, device_id, certificate, mls_key, added_at FROM devices
+         WHERE username = ?1 AND removed_at IS NULL ORDER BY added_at, device_id",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![username], |r| {
+            Ok(DeviceRecord {
+                username: r.get(0)?,
+                device_id: r.get(1)?,
+                certificate: r.get(2)?,
+                mls_key: r.get(3)?,
+                added_at: r.get::<_, i64>(4)? as u64,
+            })
+        })?
+        .collect()
     })
     .map_err(backend)
 }

@@ -59,6 +59,15 @@ CREATE TABLE IF NOT EXISTS member_periods (
     to_seq   INTEGER,
     PRIMARY KEY (room_id, username, from_seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS devices (
+    username    TEXT NOT NULL,
+    device_id   BLOB NOT NULL,
+    certificate BLOB NOT NULL,
+    mls_key     BLOB NOT NULL,
+    added_at    INTEGER NOT NULL,
+    removed_at  INTEGER,
+    PRIMARY KEY (username, device_id)
+) WITHOUT ROWID;
 ";
 
 pub(super) fn backend(e: rusqlite::Error) -> StoreError {
@@ -76,6 +85,8 @@ pub(super) fn backend(e: rusqlite::Error) -> StoreError {
 ///
 /// 2: protocol v2 (messages carry `key_commitment`). A version-1 database
 /// holds v1 messages that no v2 client can verify, so it is refused.
+/// Protocol v3's `devices` table is created in a version-2 database too
+/// (it only adds), ahead of the version-3 schema.
 const SCHEMA_VERSION: i64 = 2;
 
 /// Creates the schema in a new database; refuses one of another version

@@ -11,7 +11,8 @@ use super::schema::backend;
 use crate::store::keyblob::encode_keys;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate, StoreError, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate,
+    StoreError, UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::{fold_room_name, room_name_key};
@@ -34,6 +35,66 @@ pub(super) fn create_user(c: &Connection, user: &UserRecord) -> Result<(), Store
         ],
     )
     .map(|_| ())
+    .map_err(backend)
+}
+
+/// One writer runs this, so the count and the insert cannot interleave
+/// with another device's.
+pub(super) fn add_device(
+    c: &Connection,
+    device: &DeviceRecord,
+    max: u64,
+) -> Result<DeviceAdded, StoreError> {
+    let known: Option<(Vec<u8>, Option<i64>)> = c
+        .query_row(
+            "SELECT mls_key, removed_at FROM devices WHERE username = ?1 AND device_id = ?2",
+            params![device.username, device.device_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .map_err(backend)?;
+    let (live, total): (i64, i64) = c
+        .query_row(
+            "SELECT COUNT(*) FILTER (WHERE removed_at IS NULL), COUNT(*) FROM devices WHERE username = ?1",
+            params![device.username],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(backend)?;
+    let added = DeviceAdded::decide(
+        known.as_ref().map(|(k, r)| (k.as_slice(), r.is_some())),
+        &device.mls_key,
+        live as u64,
+        total as u64,
+        max,
+    );
+    if added == DeviceAdded::Added {
+        c.execute(
+            "INSERT INTO devices (username, device_id, certificate, mls_key, added_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                device.username,
+                device.device_id,
+                device.certificate,
+                device.mls_key,
+                device.added_at as i64
+            ],
+        )
+        .map_err(backend)?;
+    }
+    Ok(added)
+}
+
+pub(super) fn remove_device(
+    c: &Connection,
+    username: &str,
+    device_id: &[u8],
+    at: u64,
+) -> Result<bool, StoreError> {
+    c.execute(
+        "UPDATE devices SET removed_at = ?3 WHERE username = ?1 AND device_id = ?2 AND removed_at IS NULL",
+        params![username, device_id, at as i64],
+    )
+    .map(|n| n == 1)
     .map_err(backend)
 }
 
