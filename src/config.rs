@@ -17,6 +17,7 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub protocol: ProtocolSettings,
     pub store: StoreSettings,
     pub limits: Limits,
     pub heartbeat: Heartbeat,
@@ -24,6 +25,28 @@ pub struct Settings {
     pub security: Security,
     pub retention: Retention,
     pub cluster: ClusterSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProtocolSettings {
+    /// 2 or 3: the protocol `/ws` speaks.
+    pub version: u8,
+}
+
+impl ProtocolSettings {
+    pub fn v3(&self) -> bool {
+        self.version == 3
+    }
+
+    /// The websocket subprotocol of this version.
+    pub fn subprotocol(&self) -> &'static str {
+        if self.v3() {
+            "e2ee-chat.v3"
+        } else {
+            "e2ee-chat.v2"
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +139,8 @@ pub struct Limits {
     pub registrations_per_ip_per_hour: u32,
     pub handshake_timeout_secs: u64,
     pub tcp_user_timeout_secs: u64,
+    /// Protocol v3: live devices one user may have.
+    pub max_devices_per_user: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +268,12 @@ impl Settings {
                  here), or set server.trust_host_header = true to take the Host header instead",
                 self.server.host
             )));
+        }
+        if !matches!(self.protocol.version, 2 | 3) {
+            return bad("protocol.version", "must be 2 or 3");
+        }
+        if self.limits.max_devices_per_user == 0 {
+            return bad("limits.max_devices_per_user", "must be at least 1");
         }
         if self.limits.max_connections_per_ip == 0 {
             return bad("limits.max_connections_per_ip", "must be at least 1");

@@ -24,9 +24,6 @@ use crate::retention;
 use crate::session::Session;
 use crate::store::SharedStore;
 
-/// The subprotocol the server accepts.
-pub const SUBPROTOCOL: &str = "e2ee-chat.v2";
-
 #[derive(Clone)]
 struct AppState {
     registry: Addr<Registry>,
@@ -104,7 +101,7 @@ async fn ws_route(
         slot,
     );
     ws::WsResponseBuilder::new(session, &req, stream)
-        .protocols(&[SUBPROTOCOL])
+        .protocols(&[state.settings.protocol.subprotocol()])
         .frame_size(state.settings.limits.max_frame_bytes)
         .start()
 }

@@ -11,6 +11,7 @@
 pub mod display;
 pub mod envelope;
 pub mod mls;
+pub mod v3;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;

@@ -46,7 +46,15 @@ pub fn decode_request_bounded(
 /// Decodes one binary frame of protocol version 3 (PROTOCOL-v3.md), as
 /// strictly as [`decode_request`] does version 2's.
 pub fn decode_request_v3(frame: &[u8]) -> Result<(Option<u64>, Request3), DecodeError> {
-    decode_with(frame, DEFAULT_MAX_ITEMS, |f, kind| f.request_v3(kind))
+    decode_request_v3_bounded(frame, DEFAULT_MAX_ITEMS)
+}
+
+/// [`decode_request_v3`] with at most `max_items` CBOR items.
+pub fn decode_request_v3_bounded(
+    frame: &[u8],
+    max_items: usize,
+) -> Result<(Option<u64>, Request3), DecodeError> {
+    decode_with(frame, max_items, |f, kind| f.request_v3(kind))
 }
 
 fn decode_with<R>(

@@ -27,8 +27,8 @@ mod shape;
 pub mod v3;
 
 pub use decode::{
-    decode_request, decode_request_bounded, decode_request_v3, DecodeError, DEFAULT_MAX_ITEMS,
-    MAX_DEPTH,
+    decode_request, decode_request_bounded, decode_request_v3, decode_request_v3_bounded,
+    DecodeError, DEFAULT_MAX_ITEMS, MAX_DEPTH,
 };
 pub use frame::MessageFrame;
 
@@ -471,6 +471,36 @@ impl ServerMsg {
 
     pub fn decode(frame: &[u8]) -> Result<ServerMsg, String> {
         ciborium::from_reader(frame).map_err(|e| e.to_string())
+    }
+}
+
+/// A server frame a session writes: version 2's or version 3's.
+pub trait Reply: 'static {
+    fn encode(&self) -> Vec<u8>;
+    /// An `error` frame (counted in the metrics).
+    fn is_error(&self) -> bool;
+}
+
+impl Reply for ServerMsg {
+    fn encode(&self) -> Vec<u8> {
+        ServerMsg::encode(self)
+    }
+
+    fn is_error(&self) -> bool {
+        matches!(self, ServerMsg::Error { .. })
+    }
+}
+
+impl Reply for v3::ServerMsg3 {
+    fn encode(&self) -> Vec<u8> {
+        v3::ServerMsg3::encode(self)
+    }
+
+    fn is_error(&self) -> bool {
+        matches!(
+            self,
+            v3::ServerMsg3::Error { .. } | v3::ServerMsg3::Shared(ServerMsg::Error { .. })
+        )
     }
 }
 

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::{failed, internal, Registry, RegistryResult};
-use crate::crypto::PublicKeys;
 use crate::handle::{SessionHandle, SessionId};
 use crate::protocol::{ErrorCode, Failure, RoomSummary};
 use crate::room::{self, RoomActor};
 use crate::store::{StoreError, UserRecord};
-use crate::user::User;
+use crate::user::{User, UserKeys};
 use crate::util::now_ms;
 
 #[derive(Message)]
@@ -21,7 +20,7 @@ pub struct Register {
     pub username: String,
     pub sign_key: Vec<u8>,
     pub enc_key: Vec<u8>,
-    pub keys: PublicKeys,
+    pub keys: UserKeys,
 }
 
 impl Handler<Register> for Registry {

@@ -17,9 +17,11 @@
 
 mod accounts;
 mod cluster;
+mod devices;
 mod directory;
 
 pub use accounts::{LookupUser, Offline, Online, OnlineInfo, Register};
+pub use devices::{AddDevice, ListDevices, RemoveDevice};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -249,7 +249,7 @@ impl RoomActor {
             return Err(f);
         }
         for (name, wrapped) in &body.keys {
-            if wrapped.len() != self.members[name.as_str()].user.keys.enc_len {
+            if Some(wrapped.len()) != self.members[name.as_str()].user.enc_len() {
                 return Err(Failure::new(
                     ErrorCode::InvalidMessage,
                     format!("the wrapped key for {name} has the wrong length"),

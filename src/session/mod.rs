@@ -6,6 +6,11 @@
 //!
 //! The session holds no chat state of its own: only who it is logged in as,
 //! its pending challenge, and a cache of room addresses it has used.
+//! `v3.rs` holds what protocol v3 does differently (accounts with identity
+//! keys and devices), chosen by `protocol.version`.
+
+mod login;
+mod v3;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -14,14 +19,16 @@ use std::time::Instant;
 
 use actix::prelude::*;
 use actix_web_actors::ws;
-use serde_bytes::ByteBuf;
 
 use crate::config::Settings;
-use crate::crypto::{self, PublicKeys};
-use crate::handle::{Push, SessionHandle, SessionId};
+use crate::crypto::{self};
+use crate::handle::{Push, SessionId};
 use crate::metrics;
 use crate::peers::Slot;
-use crate::protocol::{decode_request_bounded, ErrorCode, Failure, Request, SendBody, ServerMsg};
+use crate::protocol::{
+    decode_request_bounded, decode_request_v3_bounded, v3::Request3, ErrorCode, Failure, Reply,
+    Request, SendBody, ServerMsg,
+};
 use crate::registry::{self, Registry};
 use crate::room::{self, OwnerAction, RoomActor};
 use crate::store::HistoryQuery;
@@ -94,9 +101,17 @@ pub struct Session {
     /// Bytes of the fragmented message being received (continuation frames
     /// are never reassembled, but they count against `max_frame_bytes`).
     fragments: usize,
+    /// Protocol v3: the device this connection acts as, once proved.
+    device: Option<v3::ActingDevice>,
 }
 
 type Ctx = ws::WebsocketContext<Session>;
+
+/// A decoded request, of the protocol version this server speaks.
+enum Incoming {
+    V2(Request),
+    V3(Request3),
+}
 
 /// Closes the connection with `code` and a reason, and stops the session.
 fn close(ctx: &mut Ctx, code: ws::CloseCode, why: &str) {
@@ -137,6 +152,7 @@ impl Session {
             announced: None,
             fragments: 0,
             history_in_flight: Arc::default(),
+            device: None,
         }
     }
 
@@ -169,8 +185,8 @@ impl Session {
         }
     }
 
-    fn write(&self, ctx: &mut Ctx, msg: ServerMsg) {
-        if matches!(msg, ServerMsg::Error { .. }) {
+    fn write(&self, ctx: &mut Ctx, msg: impl Reply) {
+        if msg.is_error() {
             metrics::inc(&metrics::ERRORS);
         }
         ctx.binary(msg.encode());
@@ -194,7 +210,12 @@ impl Session {
             64
         };
         let decoded = match frame {
-            Some(bytes) => decode_request_bounded(bytes, max_items),
+            Some(bytes) if self.settings.protocol.v3() => {
+                decode_request_v3_bounded(bytes, max_items).map(|(id, r)| (id, Incoming::V3(r)))
+            }
+            Some(bytes) => {
+                decode_request_bounded(bytes, max_items).map(|(id, r)| (id, Incoming::V2(r)))
+            }
             None => Err(crate::protocol::DecodeError {
                 id: None,
                 failure: Failure::new(
@@ -215,38 +236,39 @@ impl Session {
         }
         self.refused_in_row = 0;
         match decoded {
-            Ok((id, request)) => self.dispatch(ctx, id, request),
+            Ok((id, Incoming::V2(request))) => self.dispatch(ctx, id, request),
+            Ok((id, Incoming::V3(request))) => self.dispatch3(ctx, id, request),
             Err(e) => self.fail(ctx, e.id, e.failure),
         }
     }
 
     /// Answers a request from a future: `reply` turns the success value into
     /// the reply message; failures become `error` with the request id.
-    fn answer<T, F>(
+    fn answer<T, F, R: Reply>(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
         fut: F,
-        reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static,
+        reply: impl FnOnce(&mut Self, T) -> R + 'static,
     ) where
         T: 'static,
         F: std::future::Future<Output = Result<T, Failure>> + 'static,
     {
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            let msg = match res {
-                Ok(v) => reply(act, v),
-                Err(f) => f.into_msg(id),
-            };
-            act.write(ctx, msg);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(v) => {
+                let msg = reply(act, v);
+                act.write(ctx, msg)
+            }
+            Err(f) => act.write(ctx, f.into_msg(id)),
         }));
     }
 
-    fn ask_registry<M, T>(
+    fn ask_registry<M, T, R: Reply>(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
         msg: M,
-        reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static,
+        reply: impl FnOnce(&mut Self, T) -> R + 'static,
     ) where
         M: Message<Result = Result<T, Failure>> + Send + 'static,
         T: Send + 'static,
@@ -328,138 +350,6 @@ impl Session {
             Request::Prove { signature } => self.prove(ctx, id, &signature),
             other => self.dispatch_logged_in(ctx, id, other),
         }
-    }
-
-    fn register(
-        &mut self,
-        ctx: &mut Ctx,
-        id: Option<u64>,
-        username: String,
-        sign_key: ByteBuf,
-        enc_key: ByteBuf,
-    ) {
-        let keys = match PublicKeys::parse(&sign_key, &enc_key) {
-            Ok(k) => k,
-            Err(e) => {
-                return self.fail(ctx, id, Failure::new(ErrorCode::InvalidKey, e.to_string()))
-            }
-        };
-        if !self.peer.register() {
-            log::warn!(
-                "session {}: registrations from {} over the limit",
-                self.id,
-                self.peer.ip
-            );
-            return self.fail(
-                ctx,
-                id,
-                Failure::new(
-                    ErrorCode::RateLimited,
-                    "too many registrations from your address; try again later",
-                ),
-            );
-        }
-        let msg = registry::Register {
-            username: username.clone(),
-            sign_key: sign_key.into_vec(),
-            enc_key: enc_key.into_vec(),
-            keys,
-        };
-        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered {
-            id,
-            username,
-        });
-    }
-
-    fn login(&mut self, ctx: &mut Ctx, id: Option<u64>, username: String) {
-        if self.user.is_some() {
-            return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
-        }
-        if self.logins.0.elapsed() >= std::time::Duration::from_secs(60) {
-            self.logins = (Instant::now(), 0);
-        }
-        self.logins.1 += 1;
-        if self.logins.1 > self.settings.limits.login_attempts_per_minute {
-            return self.fail(
-                ctx,
-                id,
-                Failure::new(
-                    ErrorCode::RateLimited,
-                    "too many login attempts on this connection; wait a minute",
-                ),
-            );
-        }
-        let ttl = std::time::Duration::from_secs(self.settings.security.challenge_ttl_secs);
-        self.ask_registry(
-            ctx,
-            id,
-            registry::LookupUser { username },
-            move |act, user| {
-                let nonce = crypto::random_bytes::<{ crypto::CHALLENGE_LEN }>();
-                act.challenge = Some(Challenge {
-                    user,
-                    nonce,
-                    expires: Instant::now() + ttl,
-                });
-                ServerMsg::Challenge {
-                    id,
-                    nonce: ByteBuf::from(nonce.to_vec()),
-                }
-            },
-        );
-    }
-
-    fn prove(&mut self, ctx: &mut Ctx, id: Option<u64>, signature: &[u8]) {
-        if self.user.is_some() {
-            return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
-        }
-        let Some(challenge) = self.challenge.take().filter(|c| c.expires > Instant::now()) else {
-            return self.fail(ctx, id, ErrorCode::NoChallenge);
-        };
-        let user = challenge.user;
-        let proves = |host: &String| {
-            let input = crypto::login_signature_input(host, &user.username, &challenge.nonce);
-            user.keys.verify(&input, signature)
-        };
-        if !self.hosts.iter().any(proves) {
-            metrics::inc(&metrics::LOGIN_FAILURES);
-            log::info!(
-                "session {}: failed login proof for {}",
-                self.id,
-                user.username
-            );
-            return self.fail(ctx, id, ErrorCode::AuthFailed);
-        }
-        let username = user.username.clone();
-        let handle = SessionHandle::new(
-            self.id,
-            ctx.address().recipient(),
-            self.overflow.clone(),
-            self.queued.clone(),
-            self.settings.limits.send_queue_bytes,
-        );
-        self.announced = Some(username.clone());
-        let online = self.registry.send(registry::Online {
-            username: username.clone(),
-            handle,
-        });
-        let fut = async move {
-            online
-                .await
-                .unwrap_or_else(|_| Err(ErrorCode::Internal.into()))
-        };
-        self.answer(ctx, id, fut, move |act, info| {
-            metrics::inc(&metrics::LOGINS);
-            log::debug!("session {} logged in as {username}", act.id);
-            act.user = Some(user);
-            act.rooms.extend(info.addrs);
-            ServerMsg::LoggedIn {
-                id,
-                username,
-                server_time: now_ms(),
-                rooms: info.rooms,
-            }
-        });
     }
 
     fn dispatch_logged_in(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
@@ -618,7 +508,7 @@ impl Session {
     fn send(&mut self, ctx: &mut Ctx, id: Option<u64>, user: &User, body: SendBody) {
         let signature_ok = !self.settings.security.verify_signatures || {
             let input = body.signature_input();
-            user.keys.verify(&input, &body.signature)
+            user.verify(&input, &body.signature)
         };
         let (room_id, msg_id) = (body.room_id.clone(), body.msg_id.clone());
         let msg = room::SendMessage {

@@ -1,0 +1,195 @@
+//! A protocol v3 connection (`PROTOCOL-v3.md`): the subprotocol
+//! `e2ee-chat.v3`, requests with ids, events queued in arrival order, and
+//! the account steps (register with a proof, login proved by the identity
+//! key with this device's certificate). The MLS side of a device is
+//! [`super::mls::Device`]; rooms over v3 come with the server's v3 rooms.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use rsa::pkcs8::EncodePublicKey;
+use rsa::RsaPrivateKey;
+use serde_bytes::ByteBuf;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use super::{ClientError, Result, Ws};
+use crate::crypto;
+use crate::identity::{login_signature_input, register_proof_input};
+use crate::protocol::v3::{Request3, ServerMsg3};
+use crate::protocol::{Request, ServerMsg};
+
+/// The subprotocol of version 3.
+pub const SUBPROTOCOL: &str = "e2ee-chat.v3";
+
+/// A user's identity key pair (RSA-PSS); the private half stays here.
+#[derive(Clone)]
+pub struct IdentityPair {
+    pub username: String,
+    pub private: RsaPrivateKey,
+    /// The public key, SPKI DER (`identity_key`).
+    pub der: Vec<u8>,
+}
+
+impl IdentityPair {
+    pub fn new(username: &str, private: RsaPrivateKey) -> Self {
+        let der = private
+            .to_public_key()
+            .to_public_key_der()
+            .expect("an RSA public key encodes")
+            .as_bytes()
+            .to_vec();
+        IdentityPair {
+            username: username.to_owned(),
+            private,
+            der,
+        }
+    }
+
+    /// RSA-PSS (SHA-256, salt 32) over `msg`.
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        use rsa::signature::{RandomizedSigner, SignatureEncoding};
+        let key = rsa::pss::SigningKey::<sha2::Sha256>::new(self.private.clone());
+        key.sign_with_rng(&mut rand::rngs::OsRng, msg).to_vec()
+    }
+}
+
+/// One v3 websocket connection.
+pub struct Client3 {
+    ws: Ws,
+    host: String,
+    next_id: u64,
+    events: VecDeque<ServerMsg3>,
+    pub timeout: Duration,
+}
+
+impl Client3 {
+    /// Connects to a `ws://` (or `wss://`) URL asking for `e2ee-chat.v3`.
+    pub async fn connect(url: &str) -> Result<Client3> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        let host = crypto::host_of_url(url).ok_or(ClientError::NoHost)?;
+        let mut request = url.into_client_request()?;
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(SUBPROTOCOL),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
+        Ok(Client3 {
+            ws,
+            host,
+            next_id: 1,
+            events: VecDeque::new(),
+            timeout: Duration::from_secs(10),
+        })
+    }
+
+    /// The host a proof signs (from the URL).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Sends raw bytes as one binary frame (for tests of bad input).
+    pub async fn send_raw(&mut self, frame: Vec<u8>) -> Result<()> {
+        self.ws.send(WsMessage::Binary(frame.into())).await?;
+        Ok(())
+    }
+
+    /// Reads the next server frame from the socket (not the queue).
+    pub async fn read(&mut self) -> Result<ServerMsg3> {
+        loop {
+            let next = tokio::time::timeout(self.timeout, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout)?;
+            match next {
+                None => return Err(ClientError::Closed(None)),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(WsMessage::Binary(b))) => {
+                    return ServerMsg3::decode(&b).map_err(ClientError::Decode)
+                }
+                Some(Ok(WsMessage::Close(frame))) => {
+                    return Err(ClientError::Closed(
+                        frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)),
+                    ))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply (an `error` reply too);
+    /// events read meanwhile are queued.
+    pub async fn request_raw(&mut self, req: &Request3) -> Result<ServerMsg3> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_raw(req.encode(Some(id))).await?;
+        loop {
+            let msg = self.read().await?;
+            match msg.reply_id() {
+                Some(rid) if rid == id => return Ok(msg),
+                Some(_) => continue,
+                None => self.events.push_back(msg),
+            }
+        }
+    }
+
+    /// Like `request_raw`, but an `error` reply becomes `Err(Server{..})`.
+    pub async fn request(&mut self, req: &Request3) -> Result<ServerMsg3> {
+        match self.request_raw(req).await? {
+            ServerMsg3::Error { code, message, .. }
+            | ServerMsg3::Shared(ServerMsg::Error { code, message, .. }) => {
+                Err(ClientError::Server {
+                    code,
+                    message,
+                    members: None,
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// The next event: queued first, then from the socket.
+    pub async fn next_event(&mut self) -> Result<ServerMsg3> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        self.read().await
+    }
+
+    /// `register` with the proof of possession of the identity key.
+    pub async fn register(&mut self, identity: &IdentityPair) -> Result<()> {
+        let proof = identity.sign(&register_proof_input(&self.host, &identity.username));
+        self.request(&Request3::Register {
+            username: identity.username.clone(),
+            identity_key: ByteBuf::from(identity.der.clone()),
+            proof: ByteBuf::from(proof),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `login` and `prove` with this device's certificate: the
+    /// `logged_in` reply.
+    pub async fn login(
+        &mut self,
+        identity: &IdentityPair,
+        certificate: &[u8],
+    ) -> Result<ServerMsg3> {
+        let challenge = self
+            .request(&Request3::Shared(Request::Login {
+                username: identity.username.clone(),
+            }))
+            .await?;
+        let ServerMsg3::Shared(ServerMsg::Challenge { nonce, .. }) = challenge else {
+            return Err(ClientError::Decode(format!(
+                "not a challenge: {challenge:?}"
+            )));
+        };
+        let input = login_signature_input(&self.host, &identity.username, &nonce);
+        self.request(&Request3::Prove {
+            signature: ByteBuf::from(identity.sign(&input)),
+            device: ByteBuf::from(certificate.to_vec()),
+        })
+        .await
+    }
+}

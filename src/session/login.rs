@@ -1,0 +1,176 @@
+//! Logging in (PROTOCOL.md section 3, Account): registration and its
+//! per-address budget, the login challenge, the version 2 proof, and going
+//! online once a proof (of either version) holds.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+
+use super::{Challenge, Ctx, Session};
+use crate::crypto::{self, PublicKeys};
+use crate::handle::SessionHandle;
+use crate::metrics;
+use crate::protocol::{ErrorCode, Failure, Reply, RoomSummary, ServerMsg};
+use crate::registry;
+use crate::user::{User, UserKeys};
+use crate::util::now_ms;
+
+impl Session {
+    pub(super) fn register(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        username: String,
+        sign_key: ByteBuf,
+        enc_key: ByteBuf,
+    ) {
+        let keys = match PublicKeys::parse(&sign_key, &enc_key) {
+            Ok(k) => k,
+            Err(e) => {
+                return self.fail(ctx, id, Failure::new(ErrorCode::InvalidKey, e.to_string()))
+            }
+        };
+        if !self.may_register(ctx, id) {
+            return;
+        }
+        let msg = registry::Register {
+            username: username.clone(),
+            sign_key: sign_key.into_vec(),
+            enc_key: enc_key.into_vec(),
+            keys: UserKeys::V2(keys),
+        };
+        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered {
+            id,
+            username,
+        });
+    }
+
+    /// Takes a registration from this address's hourly budget, or answers
+    /// `rate_limited`.
+    pub(super) fn may_register(&mut self, ctx: &mut Ctx, id: Option<u64>) -> bool {
+        if !self.peer.register() {
+            log::warn!(
+                "session {}: registrations from {} over the limit",
+                self.id,
+                self.peer.ip
+            );
+            self.fail(
+                ctx,
+                id,
+                Failure::new(
+                    ErrorCode::RateLimited,
+                    "too many registrations from your address; try again later",
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    pub(super) fn login(&mut self, ctx: &mut Ctx, id: Option<u64>, username: String) {
+        if self.user.is_some() {
+            return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
+        }
+        if self.logins.0.elapsed() >= std::time::Duration::from_secs(60) {
+            self.logins = (Instant::now(), 0);
+        }
+        self.logins.1 += 1;
+        if self.logins.1 > self.settings.limits.login_attempts_per_minute {
+            return self.fail(
+                ctx,
+                id,
+                Failure::new(
+                    ErrorCode::RateLimited,
+                    "too many login attempts on this connection; wait a minute",
+                ),
+            );
+        }
+        let ttl = std::time::Duration::from_secs(self.settings.security.challenge_ttl_secs);
+        self.ask_registry(
+            ctx,
+            id,
+            registry::LookupUser { username },
+            move |act, user| {
+                let nonce = crypto::random_bytes::<{ crypto::CHALLENGE_LEN }>();
+                act.challenge = Some(Challenge {
+                    user,
+                    nonce,
+                    expires: Instant::now() + ttl,
+                });
+                ServerMsg::Challenge {
+                    id,
+                    nonce: ByteBuf::from(nonce.to_vec()),
+                }
+            },
+        );
+    }
+
+    pub(super) fn prove(&mut self, ctx: &mut Ctx, id: Option<u64>, signature: &[u8]) {
+        if self.user.is_some() {
+            return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
+        }
+        let Some(challenge) = self.challenge.take().filter(|c| c.expires > Instant::now()) else {
+            return self.fail(ctx, id, ErrorCode::NoChallenge);
+        };
+        let user = challenge.user;
+        let proves = |host: &String| {
+            let input = crypto::login_signature_input(host, &user.username, &challenge.nonce);
+            user.verify(&input, signature)
+        };
+        if !self.hosts.iter().any(proves) {
+            metrics::inc(&metrics::LOGIN_FAILURES);
+            log::info!(
+                "session {}: failed login proof for {}",
+                self.id,
+                user.username
+            );
+            return self.fail(ctx, id, ErrorCode::AuthFailed);
+        }
+        self.go_online(ctx, id, user, move |id, username, rooms| {
+            ServerMsg::LoggedIn {
+                id,
+                username,
+                server_time: now_ms(),
+                rooms,
+            }
+        });
+    }
+
+    /// A proved login: tell the Registry this session is `user`'s (it
+    /// attaches it to the user's rooms), then answer with `reply`.
+    pub(super) fn go_online<R: Reply>(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        user: Arc<User>,
+        reply: impl FnOnce(Option<u64>, String, Vec<RoomSummary>) -> R + 'static,
+    ) {
+        let username = user.username.clone();
+        let handle = SessionHandle::new(
+            self.id,
+            ctx.address().recipient(),
+            self.overflow.clone(),
+            self.queued.clone(),
+            self.settings.limits.send_queue_bytes,
+        );
+        self.announced = Some(username.clone());
+        let online = self.registry.send(registry::Online {
+            username: username.clone(),
+            handle,
+        });
+        let fut = async move {
+            online
+                .await
+                .unwrap_or_else(|_| Err(ErrorCode::Internal.into()))
+        };
+        self.answer(ctx, id, fut, move |act, info| {
+            metrics::inc(&metrics::LOGINS);
+            log::debug!("session {} logged in as {username}", act.id);
+            act.user = Some(user);
+            act.rooms.extend(info.addrs);
+            reply(id, username, info.rooms)
+        });
+    }
+}

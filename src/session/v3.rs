@@ -1,0 +1,202 @@
+//! What a session does differently in protocol v3 (`PROTOCOL-v3.md`
+//! section 3, Account): registration with a proof of possession of the
+//! identity key, login proofs that carry a device certificate (the
+//! connection then acts as that device), `list_devices` and
+//! `remove_device`. Requests that are the same as in version 2 (`login`,
+//! `ping`) go through version 2's code. Rooms of version 3 (MLS groups) are
+//! not served yet: their requests answer `unknown_type`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use serde_bytes::ByteBuf;
+
+use super::{Ctx, Session};
+use crate::identity::{
+    login_signature_input, register_proof_input, DeviceCertificate, IdentityKey,
+};
+use crate::metrics;
+use crate::protocol::v3::{Request3, ServerMsg3};
+use crate::protocol::{ErrorCode, Failure, Request, ServerMsg};
+use crate::registry;
+use crate::user::{User, UserKeys};
+use crate::util::now_ms;
+use crate::validate;
+
+/// The device a v3 connection acts as, once its login is proved. Read by
+/// the v3 rooms (commits are checked against it), the next part of v3.
+#[allow(dead_code)]
+pub(super) struct ActingDevice {
+    pub device_id: Vec<u8>,
+    /// The certificate the server keeps for it (its leaves carry this one).
+    pub certificate: Vec<u8>,
+}
+
+impl Session {
+    pub(super) fn dispatch3(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request3) {
+        match request {
+            Request3::Shared(request @ (Request::Ping | Request::Login { .. })) => {
+                self.dispatch(ctx, id, request)
+            }
+            Request3::Register {
+                username,
+                identity_key,
+                proof,
+            } => self.register3(ctx, id, username, &identity_key, &proof),
+            Request3::Prove { signature, device } => self.prove3(ctx, id, &signature, device),
+            _ if self.user.is_none() => self.fail(ctx, id, ErrorCode::NotLoggedIn),
+            Request3::ListDevices { username } => {
+                if let Err(code) = validate::username(&username) {
+                    return self.fail(ctx, id, code);
+                }
+                self.ask_registry(
+                    ctx,
+                    id,
+                    registry::ListDevices {
+                        username: username.clone(),
+                    },
+                    move |_, devices| ServerMsg3::Devices {
+                        id,
+                        username,
+                        devices,
+                    },
+                );
+            }
+            Request3::RemoveDevice { device_id } => {
+                let msg = registry::RemoveDevice {
+                    username: self.username().to_owned(),
+                    device_id: device_id.into_vec(),
+                };
+                self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Ok { id });
+            }
+            _ => self.fail(
+                ctx,
+                id,
+                Failure::new(
+                    ErrorCode::UnknownType,
+                    "this server speaks protocol v3 for accounts and devices only, so far; \
+                     rooms of v3 are not served yet",
+                ),
+            ),
+        }
+    }
+
+    fn register3(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        username: String,
+        identity_key: &[u8],
+        proof: &[u8],
+    ) {
+        if let Err(code) = validate::username(&username) {
+            return self.fail(ctx, id, code);
+        }
+        let identity = match IdentityKey::parse(identity_key) {
+            Ok(k) => k,
+            Err(e) => {
+                return self.fail(ctx, id, Failure::new(ErrorCode::InvalidKey, e.to_string()))
+            }
+        };
+        let proves = |host: &String| identity.verify(&register_proof_input(host, &username), proof);
+        if !self.hosts.iter().any(proves) {
+            metrics::inc(&metrics::LOGIN_FAILURES);
+            return self.fail(
+                ctx,
+                id,
+                Failure::new(
+                    ErrorCode::AuthFailed,
+                    "the registration proof does not verify with this identity key",
+                ),
+            );
+        }
+        if !self.may_register(ctx, id) {
+            return;
+        }
+        let msg = registry::Register {
+            username: username.clone(),
+            sign_key: identity.der().to_vec(),
+            enc_key: Vec::new(),
+            keys: UserKeys::V3(identity),
+        };
+        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered {
+            id,
+            username,
+        });
+    }
+
+    fn prove3(&mut self, ctx: &mut Ctx, id: Option<u64>, signature: &[u8], device: ByteBuf) {
+        if self.user.is_some() {
+            return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
+        }
+        let Some(challenge) = self.challenge.take().filter(|c| c.expires > Instant::now()) else {
+            return self.fail(ctx, id, ErrorCode::NoChallenge);
+        };
+        let user = challenge.user;
+        let Some(identity) = user.identity() else {
+            // A version-2 account cannot log in with version 3.
+            return self.fail(ctx, id, ErrorCode::AuthFailed);
+        };
+        let proves = |host: &String| {
+            identity.verify(
+                &login_signature_input(host, &user.username, &challenge.nonce),
+                signature,
+            )
+        };
+        if !self.hosts.iter().any(proves) {
+            metrics::inc(&metrics::LOGIN_FAILURES);
+            log::info!(
+                "session {}: failed login proof for {}",
+                self.id,
+                user.username
+            );
+            return self.fail(ctx, id, ErrorCode::AuthFailed);
+        }
+        let certificate = match DeviceCertificate::check(&device, &user.username, identity) {
+            Ok(cert) => cert,
+            Err(e) => {
+                return self.fail(
+                    ctx,
+                    id,
+                    Failure::new(ErrorCode::InvalidDevice, e.to_string()),
+                )
+            }
+        };
+        let device_id = certificate.device.clone();
+        let add = self.registry.send(registry::AddDevice {
+            certificate,
+            bytes: device.into_vec(),
+        });
+        ctx.spawn(add.into_actor(self).map(move |res, act, ctx| {
+            match res.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) {
+                Ok(kept) => act.online3(ctx, id, user, device_id, kept),
+                Err(f) => act.write(ctx, f.into_msg(id)),
+            }
+        }));
+    }
+
+    fn online3(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        user: Arc<User>,
+        device_id: Vec<u8>,
+        certificate: Vec<u8>,
+    ) {
+        self.device = Some(ActingDevice {
+            device_id: device_id.clone(),
+            certificate,
+        });
+        self.go_online(ctx, id, user, move |id, username, _rooms| {
+            ServerMsg3::LoggedIn {
+                id,
+                username,
+                device_id: ByteBuf::from(device_id),
+                server_time: now_ms(),
+                // Version 3's rooms are not served yet.
+                rooms: Vec::new(),
+            }
+        });
+    }
+}
