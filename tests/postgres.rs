@@ -407,3 +407,100 @@ async fn verify_full_checks_the_certificate_and_the_host_name() {
     drop(admin);
     db.drop_now().await;
 }
+
+/// Protocol v3's rule that the first commit for an epoch wins, across
+/// processes: two stores on one database (each with its own pool and
+/// writer, as two server processes have) race commits for every epoch;
+/// exactly one wins each epoch and the log, the epoch and the group's state
+/// agree. (The same race over the wire comes with v3 rooms.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_racing_commits_for_one_epoch_one_wins() {
+    use e2ee_chat::store::{
+        EntryKind, GroupChange, GroupRow, LogEntry, NewEntry, RoomRecord, StoreError, UserRecord,
+    };
+    let Some(db) = database().await else { return };
+    let a: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.url, 64).await.unwrap());
+    let b: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.url, 64).await.unwrap());
+    let keys = common::identity("alice", 0).keys;
+    a.create_user(UserRecord {
+        username: "alice".into(),
+        sign_key: keys.sign_der.clone(),
+        enc_key: Vec::new(),
+        created_at: 1,
+    })
+    .await
+    .unwrap();
+    let room = RoomRecord {
+        room_id: "r-race".into(),
+        name: "Race".into(),
+        owner: "alice".into(),
+        created_at: 1,
+        ..Default::default()
+    };
+    let group = GroupRow {
+        group_id: vec![5; 16],
+        epoch: 0,
+        state: vec![0],
+        group_info: vec![0],
+        removal_epoch: 0,
+    };
+    a.create_group_room(room, group).await.unwrap();
+    let commit = |from: u64, tag: u8| {
+        Arc::new(NewEntry {
+            room_id: "r-race".into(),
+            entry: LogEntry {
+                kind: EntryKind::Commit,
+                sender: "alice".into(),
+                device_id: vec![tag; 16],
+                epoch: from + 1,
+                data: vec![tag; 64],
+                msg_id: None,
+                group_info: Some(vec![tag]),
+            },
+            commit: Some(GroupChange {
+                from_epoch: from,
+                state: vec![tag; 32],
+                removed: false,
+            }),
+        })
+    };
+    let epochs = 20u64;
+    for epoch in 0..epochs {
+        let racers = (0..6u8).map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let entry = commit(epoch, i);
+            tokio::spawn(async move { store.append_entry(entry).await })
+        });
+        let results: Vec<_> = futures_util::future::join_all(racers)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "epoch {epoch}: {results:?}");
+        assert!(results
+            .iter()
+            .all(|r| r.is_ok() || matches!(r, Err(StoreError::StaleEpoch(e)) if *e == epoch + 1)));
+    }
+    let log = a.entries_after("r-race", 0, 100).await.unwrap();
+    let seqs: Vec<u64> = log.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=epochs).collect::<Vec<_>>(),
+        "one entry per epoch, no gaps"
+    );
+    let epochs_in_log: Vec<u64> = log.iter().map(|e| e.entry.epoch).collect();
+    assert_eq!(epochs_in_log, (1..=epochs).collect::<Vec<_>>());
+    let g = b.load_group("r-race").await.unwrap().unwrap();
+    assert_eq!(g.epoch, epochs);
+    let last = &log.last().unwrap().entry;
+    assert_eq!(
+        g.state,
+        vec![last.data[0]; 32],
+        "the state is the last winner's"
+    );
+    assert_eq!(Some(g.group_info), last.group_info.clone());
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    db.drop_now().await;
+}

@@ -24,8 +24,9 @@ use e2ee_chat::store::mongo::MongoStore;
 use e2ee_chat::store::postgres::PostgresStore;
 use e2ee_chat::store::sqlite::SqliteStore;
 use e2ee_chat::store::{
-    DeviceAdded, DeviceRecord, HistoryQuery, NewMessage, PurgePolicy, RoomRecord, RoomUpdate,
-    Sealed, SharedStore, StoreError, UserRecord, DEVICE_RECORDS_PER_LIVE,
+    DeviceAdded, DeviceRecord, EntryKind, GroupChange, GroupRow, HistoryQuery, LogEntry, NewEntry,
+    NewMessage, PurgePolicy, RoomRecord, RoomUpdate, Sealed, SharedStore, StoreError, UserRecord,
+    DEVICE_RECORDS_PER_LIVE,
 };
 use e2ee_chat::util::now_ms;
 
@@ -657,6 +658,196 @@ async fn devices_added_at_once_stay_within_the_limit(s: SharedStore) {
     assert_eq!(s.list_devices("alice").await.unwrap().len() as u64, max);
 }
 
+fn group(id: u8) -> GroupRow {
+    GroupRow {
+        group_id: vec![id; 16],
+        epoch: 0,
+        state: vec![id, 0, 0],
+        group_info: vec![id, 0xa1],
+        removal_epoch: 0,
+    }
+}
+
+/// A v3 message from `sender`'s device `device` at `epoch`.
+fn entry_message(room_id: &str, sender: &str, device: u8, msg: u8, epoch: u64) -> Arc<NewEntry> {
+    Arc::new(NewEntry {
+        room_id: room_id.into(),
+        entry: LogEntry {
+            kind: EntryKind::Message,
+            sender: sender.into(),
+            device_id: vec![device; 16],
+            epoch,
+            data: vec![msg; 40],
+            msg_id: Some(vec![msg; 16]),
+            group_info: None,
+        },
+        commit: None,
+    })
+}
+
+/// A v3 commit moving the group from `from` (with `removed` leaves).
+fn entry_commit(room_id: &str, sender: &str, from: u64, removed: bool, tag: u8) -> Arc<NewEntry> {
+    Arc::new(NewEntry {
+        room_id: room_id.into(),
+        entry: LogEntry {
+            kind: EntryKind::Commit,
+            sender: sender.into(),
+            device_id: vec![1; 16],
+            epoch: from + 1,
+            data: vec![tag; 90],
+            msg_id: None,
+            group_info: Some(vec![tag, 0x61]),
+        },
+        commit: Some(GroupChange {
+            from_epoch: from,
+            state: vec![tag; 50],
+            removed,
+        }),
+    })
+}
+
+async fn group_rooms_keep_their_group_and_are_unique(s: SharedStore) {
+    people(&s).await;
+    s.create_group_room(room("r-g1", "MLS", "alice"), group(1))
+        .await
+        .unwrap();
+    assert_eq!(s.load_group("r-g1").await.unwrap(), Some(group(1)));
+    assert_eq!(s.load_group("r-none").await.unwrap(), None);
+    let state = s.load_room("r-g1").await.unwrap();
+    assert_eq!(state.record.unwrap().owner, "alice");
+    // The same name, or the same group under another room id: refused whole.
+    for (id, name, g) in [("r-g2", "mls", group(2)), ("r-g3", "Other", group(1))] {
+        assert!(matches!(
+            s.create_group_room(room(id, name, "bob"), g).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(s.load_group(id).await.unwrap(), None);
+    }
+    let rooms: Vec<_> = s
+        .load_directory()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.room.room_id)
+        .collect();
+    assert_eq!(rooms, vec!["r-g1".to_owned()]);
+}
+
+async fn the_log_orders_commits_and_messages_and_moves_the_group(s: SharedStore) {
+    people(&s).await;
+    s.create_group_room(room("r-g", "MLS", "alice"), group(1))
+        .await
+        .unwrap();
+    let first = s
+        .append_entry(entry_message("r-g", "alice", 1, 1, 0))
+        .await
+        .unwrap();
+    assert_eq!((first.seq, first.duplicate), (1, false));
+    let commit = s
+        .append_entry(entry_commit("r-g", "alice", 0, false, 7))
+        .await
+        .unwrap();
+    assert_eq!(commit.seq, 2);
+    let g = s.load_group("r-g").await.unwrap().unwrap();
+    assert_eq!(
+        (
+            g.epoch,
+            g.state.clone(),
+            g.group_info.clone(),
+            g.removal_epoch
+        ),
+        (1, vec![7; 50], vec![7, 0x61], 0)
+    );
+    // A second commit for epoch 0 lost: nothing is written.
+    assert!(matches!(
+        s.append_entry(entry_commit("r-g", "bob", 0, false, 8))
+            .await,
+        Err(StoreError::StaleEpoch(1))
+    ));
+    assert_eq!(s.load_group("r-g").await.unwrap().unwrap(), g);
+    // A resend answers the stored seq; the same msg_id from another device is new.
+    let again = s
+        .append_entry(entry_message("r-g", "alice", 1, 1, 0))
+        .await
+        .unwrap();
+    assert_eq!((again.seq, again.ts, again.duplicate), (1, first.ts, true));
+    let other = s
+        .append_entry(entry_message("r-g", "alice", 2, 1, 1))
+        .await
+        .unwrap();
+    assert_eq!((other.seq, other.duplicate), (3, false));
+    // A removal commit sets the removal epoch; v2 messages share the counter.
+    s.append_entry(entry_commit("r-g", "alice", 1, true, 9))
+        .await
+        .unwrap();
+    let g = s.load_group("r-g").await.unwrap().unwrap();
+    assert_eq!((g.epoch, g.removal_epoch), (2, 2));
+    // publish_group_info: only at the current epoch.
+    assert!(!s.set_group_info("r-g", 1, vec![1]).await.unwrap());
+    assert!(s.set_group_info("r-g", 2, vec![2, 2]).await.unwrap());
+    assert_eq!(
+        s.load_group("r-g").await.unwrap().unwrap().group_info,
+        vec![2, 2]
+    );
+    // The log, in seq order, whole.
+    let log = s.entries_after("r-g", 0, 10).await.unwrap();
+    let seqs: Vec<_> = log.iter().map(|e| (e.seq, e.entry.kind)).collect();
+    assert_eq!(
+        seqs,
+        vec![
+            (1, EntryKind::Message),
+            (2, EntryKind::Commit),
+            (3, EntryKind::Message),
+            (4, EntryKind::Commit)
+        ]
+    );
+    assert_eq!(log[0].entry, entry_message("r-g", "alice", 1, 1, 0).entry);
+    assert_eq!(
+        log[1].entry,
+        entry_commit("r-g", "alice", 0, false, 7).entry
+    );
+    assert_eq!(s.entries_after("r-g", 2, 1).await.unwrap()[0].seq, 3);
+    // Unknown rooms.
+    assert!(matches!(
+        s.append_entry(entry_message("r-none", "alice", 1, 1, 0))
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    // Deleting the room takes its group and log.
+    s.delete_room("r-g").await.unwrap();
+    assert_eq!(s.load_group("r-g").await.unwrap(), None);
+    assert!(s.entries_after("r-g", 0, 10).await.unwrap().is_empty());
+}
+
+async fn commits_racing_for_one_epoch_one_wins(s: SharedStore) {
+    people(&s).await;
+    s.create_group_room(room("r-g", "MLS", "alice"), group(1))
+        .await
+        .unwrap();
+    let racers = (0..8u8).map(|tag| {
+        let s = s.clone();
+        tokio::spawn(async move {
+            s.append_entry(entry_commit("r-g", "alice", 0, false, tag))
+                .await
+        })
+    });
+    let results = futures_util::future::join_all(racers).await;
+    let (won, lost): (Vec<_>, Vec<_>) = results
+        .into_iter()
+        .map(|r| r.unwrap())
+        .partition(|r| r.is_ok());
+    assert_eq!(won.len(), 1, "exactly one commit for epoch 0");
+    assert!(lost
+        .iter()
+        .all(|r| matches!(r, Err(StoreError::StaleEpoch(1)))));
+    let log = s.entries_after("r-g", 0, 10).await.unwrap();
+    assert_eq!(log.len(), 1);
+    let g = s.load_group("r-g").await.unwrap().unwrap();
+    assert_eq!(g.epoch, 1);
+    // The group holds the winner's state.
+    assert_eq!(g.state, vec![log[0].entry.data[0]; 50]);
+}
+
 type Case = fn(SharedStore) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 macro_rules! cases {
@@ -683,6 +874,9 @@ const CASES: &[(&str, Case)] = cases![
     devices_are_recorded_once_and_keep_their_key,
     removed_devices_stay_out_and_count_toward_a_cap,
     devices_added_at_once_stay_within_the_limit,
+    group_rooms_keep_their_group_and_are_unique,
+    the_log_orders_commits_and_messages_and_moves_the_group,
+    commits_racing_for_one_epoch_one_wins,
 ];
 
 /// The websocket scenario of the server core, on whatever store `tweak` selects.

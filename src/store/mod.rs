@@ -19,7 +19,7 @@
 
 use std::future::Future;
 
-pub use crate::message::Sealed;
+pub use crate::message::{EntryKind, LogEntry, Sealed};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -37,6 +37,10 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// v3: a commit for an epoch the group has left (the first commit for
+    /// an epoch won); the group's current epoch.
+    #[error("the group is at epoch {0}")]
+    StaleEpoch(u64),
     /// A uniqueness rule was broken (username or room name taken).
     #[error("conflict: {0}")]
     Conflict(String),
@@ -139,6 +143,48 @@ impl DeviceAdded {
             None => DeviceAdded::Added,
         }
     }
+}
+
+/// Protocol v3: a room's MLS group as the store keeps it, one row written
+/// with each commit (DESIGN.md, "Rooms as MLS groups").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRow {
+    pub group_id: Vec<u8>,
+    pub epoch: u64,
+    /// The public state (`mls::RoomGroup::state`).
+    pub state: Vec<u8>,
+    /// The GroupInfo of the current epoch.
+    pub group_info: Vec<u8>,
+    /// The epoch made by the latest commit that removed a leaf: messages of
+    /// earlier epochs are refused from then on.
+    pub removal_epoch: u64,
+}
+
+/// A commit's change to the room's group, written in the transaction that
+/// stores the commit, and only if the group is still at `from_epoch`.
+#[derive(Debug, Clone)]
+pub struct GroupChange {
+    pub from_epoch: u64,
+    pub state: Vec<u8>,
+    /// Whether the commit removed a leaf (it becomes the removal epoch).
+    pub removed: bool,
+}
+
+/// A v3 entry to append.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub room_id: String,
+    pub entry: LogEntry,
+    /// Commits only.
+    pub commit: Option<GroupChange>,
+}
+
+/// A stored v3 entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub seq: u64,
+    pub ts: u64,
+    pub entry: LogEntry,
 }
 
 /// Removed devices stay recorded, so they cannot come back; they count
@@ -309,6 +355,32 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a device for good: no longer listed, and it cannot log in
     /// again. `false` when the user has no such live device.
     fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool>;
+
+    /// Protocol v3: creates a room whose MLS group is `group` (epoch 0),
+    /// with its owner as first member, in one transaction. `Conflict` when
+    /// the name or the room id is taken.
+    fn create_group_room(&self, room: RoomRecord, group: GroupRow) -> StoreFuture<()>;
+    /// The room's group (`None` for a room without one).
+    fn load_group(&self, room_id: &str) -> StoreFuture<Option<GroupRow>>;
+    /// Protocol v3: stores an entry durably with the room's next seq (the
+    /// same counter as messages'). A commit moves the group from
+    /// `from_epoch` to the next epoch in the same transaction, with its
+    /// state and GroupInfo, and only if the group is still at `from_epoch`:
+    /// otherwise nothing is written and the answer is `StaleEpoch(current)`.
+    /// So the first commit for an epoch wins, on every store and across
+    /// processes. A message resent as (room, device, msg_id) answers its
+    /// stored seq (`duplicate`).
+    fn append_entry(&self, entry: Arc<NewEntry>) -> StoreFuture<Appended>;
+    /// Up to `limit` entries of the room after `after_seq`, in seq order.
+    fn entries_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<StoredEntry>>;
+    /// `publish_group_info`: replaces the GroupInfo if the group is at
+    /// `epoch`; `false` when it is not.
+    fn set_group_info(&self, room_id: &str, epoch: u64, group_info: Vec<u8>) -> StoreFuture<bool>;
 
     /// All rooms with their member names, for the directory at start-up.
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>>;

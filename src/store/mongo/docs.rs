@@ -90,6 +90,8 @@ pub(super) struct Collections {
     pub(super) bans: Collection<Document>,
     pub(super) messages: Collection<Document>,
     pub(super) devices: Collection<Document>,
+    pub(super) groups: Collection<Document>,
+    pub(super) entries: Collection<Document>,
 }
 
 impl Collections {
@@ -101,6 +103,8 @@ impl Collections {
             bans: db.collection("bans"),
             messages: db.collection("messages"),
             devices: db.collection("devices"),
+            groups: db.collection("groups"),
+            entries: db.collection("entries"),
         }
     }
 
@@ -118,6 +122,9 @@ impl Collections {
             ),
             (&self.messages, doc! {"ts": 1}, false),
             (&self.devices, doc! {"username": 1, "device_id": 1}, true),
+            (&self.groups, doc! {"group_id": 1}, true),
+            (&self.entries, doc! {"room_id": 1, "seq": 1}, true),
+            (&self.entries, doc! {"ts": 1}, false),
         ];
         for (collection, keys, unique) in indexes {
             let model = IndexModel::builder()

@@ -42,9 +42,9 @@ use tokio::sync::oneshot;
 
 use super::batch::WriteQueue;
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage,
-    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
-    StoreFuture, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, GroupRow, HistoryPage, HistoryQuery,
+    NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate,
+    Store, StoreError, StoreFuture, StoredEntry, UserRecord,
 };
 use crate::validate::room_name_key;
 use docs::{collect, durable, err, Collections};
@@ -211,6 +211,40 @@ impl Store for MongoStore {
         self.run(
             move |_, c| async move { writes::remove_device(&c, &username, &device_id, at).await },
         )
+    }
+
+    fn create_group_room(&self, room: RoomRecord, group: GroupRow) -> StoreFuture<()> {
+        self.run(move |client, c| async move {
+            writes::create_group_room(&client, &c, &room, &group).await
+        })
+    }
+
+    fn load_group(&self, room_id: &str) -> StoreFuture<Option<GroupRow>> {
+        let room_id = room_id.to_owned();
+        self.run(move |_, c| async move { reads::load_group(&c, &room_id).await })
+    }
+
+    fn append_entry(&self, entry: Arc<NewEntry>) -> StoreFuture<Appended> {
+        self.run(move |client, c| async move { writes::append_entry(&client, &c, &entry).await })
+    }
+
+    fn entries_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<StoredEntry>> {
+        let room_id = room_id.to_owned();
+        self.run(
+            move |_, c| async move { reads::entries_after(&c, &room_id, after_seq, limit).await },
+        )
+    }
+
+    fn set_group_info(&self, room_id: &str, epoch: u64, group_info: Vec<u8>) -> StoreFuture<bool> {
+        let room_id = room_id.to_owned();
+        self.run(move |_, c| async move {
+            writes::set_group_info(&c, &room_id, epoch, &group_info).await
+        })
     }
 
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {

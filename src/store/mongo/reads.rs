@@ -8,8 +8,9 @@ use mongodb::bson::{doc, Bson, Document};
 use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from, Collections};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage,
-    RoomState, Sealed, StoreError, StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, EntryKind, GroupRow, HistoryPage, HistoryQuery, LogEntry,
+    MemberRecord, NewMessage, RoomMessage, RoomState, Sealed, StoreError, StoredEntry,
+    StoredMessage, UserRecord,
 };
 
 pub(super) async fn get_user(
@@ -254,6 +255,62 @@ pub(super) async fn list_devices(
                 certificate: get_bin(d, "certificate")?,
                 mls_key: get_bin(d, "mls_key")?,
                 added_at: get_u64(d, "added_at")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn load_group(
+    c: &Collections,
+    room_id: &str,
+) -> Result<Option<GroupRow>, StoreError> {
+    let Some(d) = c
+        .groups
+        .find_one(doc! {"_id": room_id})
+        .await
+        .map_err(err)?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(GroupRow {
+        group_id: get_bin(&d, "group_id")?,
+        epoch: get_u64(&d, "epoch")?,
+        state: get_bin(&d, "state")?,
+        group_info: get_bin(&d, "group_info")?,
+        removal_epoch: get_u64(&d, "removal_epoch")?,
+    }))
+}
+
+pub(super) async fn entries_after(
+    c: &Collections,
+    room_id: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let cursor = c
+        .entries
+        .find(doc! {"room_id": room_id, "seq": {"$gt": after_seq.min(i64::MAX as u64) as i64}})
+        .sort(doc! {"seq": 1})
+        .limit(limit.min(i64::MAX as usize) as i64)
+        .await
+        .map_err(err)?;
+    collect(cursor)
+        .await?
+        .iter()
+        .map(|d| {
+            Ok(StoredEntry {
+                seq: get_u64(d, "seq")?,
+                ts: get_u64(d, "ts")?,
+                entry: LogEntry {
+                    kind: EntryKind::from_code(get_u64(d, "kind")? as i64)
+                        .unwrap_or(EntryKind::Message),
+                    sender: get_str(d, "sender")?,
+                    device_id: get_bin(d, "device_id")?,
+                    msg_id: d.get_binary_generic("msg_id").ok().cloned(),
+                    epoch: get_u64(d, "epoch")?,
+                    data: get_bin(d, "data")?,
+                    group_info: d.get_binary_generic("group_info").ok().cloned(),
+                },
             })
         })
         .collect()

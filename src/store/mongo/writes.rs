@@ -17,8 +17,8 @@ use crate::metrics;
 use crate::store::batch::Batches;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, DeviceAdded, DeviceRecord, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate,
-    StoreError, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, NewMessage, PurgePolicy, Removed,
+    RoomRecord, RoomUpdate, StoreError, UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::room_name_key;
@@ -46,6 +46,34 @@ pub(super) async fn create_room(
     c: &Collections,
     room: &RoomRecord,
 ) -> Result<(), StoreError> {
+    create_room_with(client, c, room, None).await
+}
+
+/// A v3 room: the room, its owner as member and its group, in one
+/// transaction.
+pub(super) async fn create_group_room(
+    client: &Client,
+    c: &Collections,
+    room: &RoomRecord,
+    group: &GroupRow,
+) -> Result<(), StoreError> {
+    let group_doc = doc! {
+        "_id": &room.room_id,
+        "group_id": bin(&group.group_id),
+        "epoch": group.epoch as i64,
+        "state": bin(&group.state),
+        "group_info": bin(&group.group_info),
+        "removal_epoch": group.removal_epoch as i64,
+    };
+    create_room_with(client, c, room, Some(group_doc)).await
+}
+
+async fn create_room_with(
+    client: &Client,
+    c: &Collections,
+    room: &RoomRecord,
+    group: Option<Document>,
+) -> Result<(), StoreError> {
     let mut room_doc = doc! {
         "_id": &room.room_id,
         "name": &room.name,
@@ -64,10 +92,14 @@ pub(super) async fn create_room(
         "joined_at": room.created_at as i64,
     };
     transaction(client, |s| {
-        let (c, room_doc, member) = (c.clone(), room_doc.clone(), member.clone());
+        let (c, room_doc, member, group) =
+            (c.clone(), room_doc.clone(), member.clone(), group.clone());
         Box::pin(async move {
             c.rooms.insert_one(room_doc).session(&mut *s).await?;
             c.members.insert_one(member).session(&mut *s).await?;
+            if let Some(group) = group {
+                c.groups.insert_one(group).session(&mut *s).await?;
+            }
             Ok(())
         })
     })
@@ -378,6 +410,14 @@ pub(super) async fn delete_room_docs(c: &Collections, room_id: &str) -> Result<(
         .delete_many(doc! {"room_id": room_id})
         .await
         .map_err(err)?;
+    c.entries
+        .delete_many(doc! {"room_id": room_id})
+        .await
+        .map_err(err)?;
+    c.groups
+        .delete_one(doc! {"_id": room_id})
+        .await
+        .map_err(err)?;
     Ok(())
 }
 
@@ -550,5 +590,134 @@ pub(super) async fn remove_device(
         )
         .await
         .map(|r| r.modified_count == 1)
+        .map_err(err)
+}
+
+/// What a v3 append found, inside its transaction.
+enum EntryOutcome {
+    Stored(Appended),
+    Stale(u64),
+    NoRoom,
+}
+
+/// A v3 entry in one transaction: the duplicate check, the commit's move
+/// of the group from its epoch (the first commit for an epoch wins), the
+/// room's next seq, the entry.
+pub(super) async fn append_entry(
+    client: &Client,
+    c: &Collections,
+    new: &NewEntry,
+) -> Result<Appended, StoreError> {
+    let outcome = transaction(client, |s| {
+        let (c, new) = (c.clone(), new.clone());
+        Box::pin(async move {
+            let e = &new.entry;
+            if let Some(msg_id) = &e.msg_id {
+                let dup = c
+                    .entries
+                    .find_one(doc! {
+                        "room_id": &new.room_id,
+                        "device_id": bin(&e.device_id),
+                        "msg_id": bin(msg_id),
+                    })
+                    .session(&mut *s)
+                    .await?;
+                if let Some(d) = dup {
+                    return Ok(EntryOutcome::Stored(Appended {
+                        seq: d.get_i64("seq").unwrap_or_default() as u64,
+                        ts: d.get_i64("ts").unwrap_or_default() as u64,
+                        duplicate: true,
+                    }));
+                }
+            }
+            if let Some(change) = &new.commit {
+                let mut set = doc! {
+                    "state": bin(&change.state),
+                    "group_info": bin(e.group_info.as_deref().unwrap_or_default()),
+                };
+                if change.removed {
+                    set.insert("removal_epoch", change.from_epoch as i64 + 1);
+                }
+                let moved = c
+                    .groups
+                    .update_one(
+                        doc! {"_id": &new.room_id, "epoch": change.from_epoch as i64},
+                        doc! {"$set": set, "$inc": {"epoch": 1_i64}},
+                    )
+                    .session(&mut *s)
+                    .await?;
+                if moved.matched_count == 0 {
+                    let group = c
+                        .groups
+                        .find_one(doc! {"_id": &new.room_id})
+                        .session(&mut *s)
+                        .await?;
+                    return Ok(match group {
+                        Some(g) => {
+                            EntryOutcome::Stale(g.get_i64("epoch").unwrap_or_default() as u64)
+                        }
+                        None => EntryOutcome::NoRoom,
+                    });
+                }
+            }
+            let room = c
+                .rooms
+                .find_one_and_update(
+                    doc! {"_id": &new.room_id},
+                    doc! {"$inc": {"last_seq": 1_i64}},
+                )
+                .return_document(ReturnDocument::After)
+                .session(&mut *s)
+                .await?;
+            let Some(room) = room else {
+                return Ok(EntryOutcome::NoRoom);
+            };
+            let seq = room.get_i64("last_seq").unwrap_or_default();
+            let ts = now_ms() as i64;
+            let mut entry = doc! {
+                "room_id": &new.room_id,
+                "seq": seq,
+                "ts": ts,
+                "kind": e.kind.code(),
+                "sender": &e.sender,
+                "device_id": bin(&e.device_id),
+                "epoch": e.epoch as i64,
+                "data": bin(&e.data),
+            };
+            if let Some(msg_id) = &e.msg_id {
+                entry.insert("msg_id", bin(msg_id));
+            }
+            if let Some(info) = &e.group_info {
+                entry.insert("group_info", bin(info));
+            }
+            c.entries.insert_one(entry).session(&mut *s).await?;
+            Ok(EntryOutcome::Stored(Appended {
+                seq: seq as u64,
+                ts: ts as u64,
+                duplicate: false,
+            }))
+        })
+    })
+    .await?;
+    match outcome {
+        EntryOutcome::Stored(a) => Ok(a),
+        EntryOutcome::Stale(epoch) => Err(StoreError::StaleEpoch(epoch)),
+        EntryOutcome::NoRoom => Err(StoreError::NotFound),
+    }
+}
+
+pub(super) async fn set_group_info(
+    c: &Collections,
+    room_id: &str,
+    epoch: u64,
+    group_info: &[u8],
+) -> Result<bool, StoreError> {
+    c.groups
+        .update_one(
+            doc! {"_id": room_id, "epoch": epoch as i64},
+            doc! {"$set": {"group_info": bin(group_info)}},
+        )
+        .await
+        .map(|r| r.matched_count == 1)
         .map_err(err)
 }

@@ -40,9 +40,9 @@ use tokio_postgres::error::SqlState;
 
 use super::batch::WriteQueue;
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage,
-    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
-    StoreFuture, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, GroupRow, HistoryPage, HistoryQuery,
+    NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate,
+    Store, StoreError, StoreFuture, StoredEntry, UserRecord,
 };
 use connect::{pool_of, tls_for, READ_CONNECTIONS, READ_TIMEOUT_MS};
 use writes::{Done, Job, WriteOp};
@@ -188,6 +188,39 @@ impl Store for PostgresStore {
 
     fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool> {
         let op = WriteOp::RemoveDevice(username.to_owned(), device_id.to_vec(), at);
+        self.write(op, |done| matches!(done, Done::Flag(true)))
+    }
+
+    fn create_group_room(&self, room: RoomRecord, group: GroupRow) -> StoreFuture<()> {
+        self.unit(WriteOp::CreateGroupRoom(room, group, self.max_rooms))
+    }
+
+    fn load_group(&self, room_id: &str) -> StoreFuture<Option<GroupRow>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| async move { reads::load_group(&c, &room_id).await })
+    }
+
+    fn append_entry(&self, entry: Arc<NewEntry>) -> StoreFuture<Appended> {
+        self.write(WriteOp::AppendEntry(entry), |done| match done {
+            Done::Appended(a) => a,
+            _ => unreachable!("an AppendEntry answers Appended"),
+        })
+    }
+
+    fn entries_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<StoredEntry>> {
+        let room_id = room_id.to_owned();
+        self.read(
+            move |c| async move { reads::entries_after(&c, &room_id, after_seq, limit).await },
+        )
+    }
+
+    fn set_group_info(&self, room_id: &str, epoch: u64, group_info: Vec<u8>) -> StoreFuture<bool> {
+        let op = WriteOp::SetGroupInfo(room_id.to_owned(), epoch, group_info);
         self.write(op, |done| matches!(done, Done::Flag(true)))
     }
 

@@ -7,8 +7,9 @@ use super::err;
 use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage,
-    RoomRecord, RoomState, Sealed, StoreError, StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, EntryKind, GroupRow, HistoryPage, HistoryQuery, LogEntry,
+    MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError, StoredEntry,
+    StoredMessage, UserRecord,
 };
 
 type Client = deadpool_postgres::Object;
@@ -154,6 +155,53 @@ pub(super) async fn list_devices(
         certificate: r.get(2),
         mls_key: r.get(3),
         added_at: r.get::<_, i64>(4) as u64,
+    })
+    .collect())
+}
+
+pub(super) async fn load_group(c: &Client, room_id: &str) -> Result<Option<GroupRow>, StoreError> {
+    Ok(c.query_opt(
+        "SELECT group_id, epoch, state, group_info, removal_epoch FROM groups WHERE room_id = $1",
+        &[&room_id],
+    )
+    .await
+    .map_err(err)?
+    .map(|r| GroupRow {
+        group_id: r.get(0),
+        epoch: r.get::<_, i64>(1) as u64,
+        state: r.get(2),
+        group_info: r.get(3),
+        removal_epoch: r.get::<_, i64>(4) as u64,
+    }))
+}
+
+pub(super) async fn entries_after(
+    c: &Client,
+    room_id: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let after = after_seq.min(i64::MAX as u64) as i64;
+    Ok(c.query(
+        "SELECT seq, ts, kind, sender, device_id, msg_id, epoch, data, group_info FROM entries
+             WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        &[&room_id, &after, &(limit.min(i64::MAX as usize) as i64)],
+    )
+    .await
+    .map_err(err)?
+    .iter()
+    .map(|r| StoredEntry {
+        seq: r.get::<_, i64>(0) as u64,
+        ts: r.get::<_, i64>(1) as u64,
+        entry: LogEntry {
+            kind: EntryKind::from_code(r.get::<_, i16>(2).into()).unwrap_or(EntryKind::Message),
+            sender: r.get(3),
+            device_id: r.get(4),
+            msg_id: r.get(5),
+            epoch: r.get::<_, i64>(6) as u64,
+            data: r.get(7),
+            group_info: r.get(8),
+        },
     })
     .collect())
 }

@@ -8,7 +8,8 @@ use crate::store::StoreError;
 use crate::validate::HIDDEN_KEY;
 
 /// The schema version this code writes (table `schema_version`). Protocol
-/// v3's `devices` table is added to a version-1 database too (it only adds).
+/// v3's tables (`devices`, `groups`, `entries`) are added to a version-1
+/// database too (they only add).
 const SCHEMA_VERSION: i32 = 1;
 
 /// Any fixed number: the advisory lock that serializes schema creation
@@ -68,6 +69,30 @@ CREATE TABLE IF NOT EXISTS member_periods (
     to_seq   BIGINT,
     PRIMARY KEY (room_id, username, from_seq)
 );
+CREATE TABLE IF NOT EXISTS groups (
+    room_id       TEXT PRIMARY KEY,
+    group_id      BYTEA NOT NULL UNIQUE,
+    epoch         BIGINT NOT NULL,
+    state         BYTEA NOT NULL,
+    group_info    BYTEA NOT NULL,
+    removal_epoch BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    room_id    TEXT NOT NULL,
+    seq        BIGINT NOT NULL,
+    ts         BIGINT NOT NULL,
+    kind       SMALLINT NOT NULL,
+    sender     TEXT NOT NULL,
+    device_id  BYTEA NOT NULL,
+    msg_id     BYTEA,
+    epoch      BIGINT NOT NULL,
+    data       BYTEA NOT NULL,
+    group_info BYTEA,
+    PRIMARY KEY (room_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_idempotency ON entries (room_id, device_id, msg_id)
+    WHERE msg_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_by_ts ON entries (ts);
 CREATE TABLE IF NOT EXISTS devices (
     username    TEXT NOT NULL,
     device_id   BYTEA NOT NULL,

@@ -16,8 +16,8 @@ use crate::store::batch::Batches;
 use crate::store::keyblob::encode_keys;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, DeviceAdded, DeviceRecord, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate,
-    StoreError, UserRecord, DEVICE_RECORDS_PER_LIVE,
+    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, NewMessage, PurgePolicy, Removed,
+    RoomRecord, RoomUpdate, StoreError, UserRecord, DEVICE_RECORDS_PER_LIVE,
 };
 use crate::util::now_ms;
 use crate::validate::{fold_room_name, room_name_key};
@@ -39,6 +39,11 @@ pub(super) enum WriteOp {
     Purge(PurgePolicy),
     /// the device, the most live devices its user may have
     AddDevice(DeviceRecord, i64),
+    /// the room, its group, the most rooms its owner may be in
+    CreateGroupRoom(RoomRecord, GroupRow, i64),
+    AppendEntry(Arc<NewEntry>),
+    /// room, epoch, GroupInfo
+    SetGroupInfo(String, u64, Vec<u8>),
     /// user, device id, removed at
     RemoveDevice(String, Vec<u8>, u64),
 }
@@ -99,6 +104,91 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
         ),
         // Not created (no row counted) when the owner is in `$8` rooms
         // already, on whatever process they joined them (TooManyRooms).
+        WriteOp::CreateGroupRoom(r, g, max_rooms) => (
+            "WITH r AS (
+                INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
+                SELECT $1, $2, $3, $4, $5, $6, $7, 0
+                WHERE (SELECT count(*) FROM members WHERE username = $4) < $8
+                RETURNING room_id
+             ), m AS (
+                INSERT INTO members (room_id, username, joined_at) SELECT room_id, $4, $7 FROM r
+             ), periods AS (
+                INSERT INTO member_periods (room_id, username, from_seq, to_seq)
+                SELECT room_id, $4, 1, NULL FROM r
+             ), g AS (
+                INSERT INTO groups (room_id, group_id, epoch, state, group_info, removal_epoch)
+                SELECT room_id, $9, $10, $11, $12, $13 FROM r
+             )
+             SELECT count(*) FROM r",
+            vec![
+                p(r.room_id.clone()),
+                p(r.name.clone()),
+                p(room_name_key(&r.name, r.hidden, &r.room_id)),
+                p(r.owner.clone()),
+                p(r.password_hash.clone()),
+                p(r.hidden),
+                ms(r.created_at),
+                p(*max_rooms),
+                p(g.group_id.clone()),
+                ms(g.epoch),
+                p(g.state.clone()),
+                p(g.group_info.clone()),
+                ms(g.removal_epoch),
+            ],
+        ),
+        // A commit moves the group only from the epoch it was made for
+        // (the room row is locked first, so commits of every process take
+        // turns): the first commit for an epoch wins. The last column is
+        // the group's epoch before this statement (the current one when the
+        // commit lost).
+        WriteOp::AppendEntry(n) => (
+            "WITH dup AS (
+                SELECT seq, ts FROM entries
+                WHERE room_id = $1 AND device_id = $5 AND msg_id = $6
+             ), g AS (
+                UPDATE groups SET epoch = epoch + 1, state = $11, group_info = $9,
+                    removal_epoch = CASE WHEN $12 THEN epoch + 1 ELSE removal_epoch END
+                WHERE room_id = $1 AND $10::bigint IS NOT NULL AND epoch = $10
+                  AND NOT EXISTS (SELECT 1 FROM dup)
+                RETURNING epoch
+             ), go AS (
+                SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM dup)
+                  AND ($10::bigint IS NULL OR EXISTS (SELECT 1 FROM g))
+             ), bumped AS (
+                UPDATE rooms SET last_seq = last_seq + 1
+                WHERE room_id = $1 AND EXISTS (SELECT 1 FROM go)
+                RETURNING last_seq
+             ), ins AS (
+                INSERT INTO entries (room_id, seq, ts, kind, sender, device_id, msg_id, epoch, data, group_info)
+                SELECT $1, last_seq, $2, $3, $4, $5, $6, $7, $8, $9 FROM bumped
+                RETURNING seq, ts
+             )
+             SELECT (SELECT seq FROM ins), (SELECT ts FROM ins), (SELECT seq FROM dup),
+                    (SELECT ts FROM dup), (SELECT epoch FROM groups WHERE room_id = $1),
+                    EXISTS (SELECT 1 FROM rooms WHERE room_id = $1)",
+            {
+                let e = &n.entry;
+                let change = n.commit.as_ref();
+                vec![
+                    p(n.room_id.clone()),
+                    ms(now_ms()),
+                    p(e.kind.code() as i16),
+                    p(e.sender.clone()),
+                    p(e.device_id.clone()),
+                    p(e.msg_id.clone()),
+                    ms(e.epoch),
+                    p(e.data.clone()),
+                    p(e.group_info.clone()),
+                    p(change.map(|c| c.from_epoch as i64)),
+                    p(change.map(|c| c.state.clone())),
+                    p(change.is_some_and(|c| c.removed)),
+                ]
+            },
+        ),
+        WriteOp::SetGroupInfo(room_id, epoch, info) => (
+            "UPDATE groups SET group_info = $3 WHERE room_id = $1 AND epoch = $2 RETURNING 1",
+            vec![p(room_id.clone()), ms(*epoch), p(info.clone())],
+        ),
         WriteOp::CreateRoom(r, max_rooms) => (
             "WITH r AS (
                 INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
@@ -145,6 +235,8 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
         ),
         WriteOp::DeleteRoom(room_id) => (
             "WITH a AS (DELETE FROM messages WHERE room_id = $1),
+                  e AS (DELETE FROM entries WHERE room_id = $1),
+                  g AS (DELETE FROM groups WHERE room_id = $1),
                   b AS (DELETE FROM member_periods WHERE room_id = $1),
                   c AS (DELETE FROM members WHERE room_id = $1),
                   d AS (DELETE FROM bans WHERE room_id = $1)
@@ -222,6 +314,10 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 RETURNING owner
              ), wipe_messages AS (
                 DELETE FROM messages WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
+             ), wipe_entries AS (
+                DELETE FROM entries WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
+             ), wipe_groups AS (
+                DELETE FROM groups WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
              ), wipe_periods AS (
                 DELETE FROM member_periods WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
              ), wipe_bans AS (
@@ -352,6 +448,7 @@ fn key_names(keys: &[(String, Vec<u8>)]) -> Vec<String> {
 fn locks_room(op: &WriteOp) -> Option<&str> {
     match op {
         WriteOp::Append(m) => Some(&m.room_id),
+        WriteOp::AppendEntry(n) => Some(&n.room_id),
         WriteOp::AddMember(room_id, ..)
         | WriteOp::RemoveMember(room_id, ..)
         | WriteOp::SetBan(room_id, ..)
@@ -369,6 +466,7 @@ fn locks_user(op: &WriteOp) -> Option<&str> {
         WriteOp::AddMember(_, username, ..) => Some(username),
         WriteOp::CreateRoom(r, _) => Some(&r.owner),
         WriteOp::AddDevice(d, _) => Some(&d.username),
+        WriteOp::CreateGroupRoom(r, ..) => Some(&r.owner),
         _ => None,
     }
 }
@@ -396,7 +494,7 @@ fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
             }
             Ok(Done::Unit)
         }
-        WriteOp::CreateRoom(..) => {
+        WriteOp::CreateRoom(..) | WriteOp::CreateGroupRoom(..) => {
             if rows.first().is_some_and(|r| r.get::<_, i64>(0) == 0) {
                 return Err(StoreError::TooManyRooms);
             }
@@ -437,7 +535,35 @@ fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
                 *max as u64,
             )))
         }
-        WriteOp::RemoveDevice(..) => Ok(Done::Flag(!rows.is_empty())),
+        WriteOp::RemoveDevice(..) | WriteOp::SetGroupInfo(..) => Ok(Done::Flag(!rows.is_empty())),
+        WriteOp::AppendEntry(_) => {
+            let row = rows.first().ok_or(StoreError::NotFound)?;
+            if let (Some(seq), Some(ts)) =
+                (row.get::<_, Option<i64>>(0), row.get::<_, Option<i64>>(1))
+            {
+                return Ok(Done::Appended(Appended {
+                    seq: seq as u64,
+                    ts: ts as u64,
+                    duplicate: false,
+                }));
+            }
+            if let (Some(seq), Some(ts)) =
+                (row.get::<_, Option<i64>>(2), row.get::<_, Option<i64>>(3))
+            {
+                return Ok(Done::Appended(Appended {
+                    seq: seq as u64,
+                    ts: ts as u64,
+                    duplicate: true,
+                }));
+            }
+            if !row.get::<_, bool>(5) {
+                return Err(StoreError::NotFound);
+            }
+            match row.get::<_, Option<i64>>(4) {
+                Some(epoch) => Err(StoreError::StaleEpoch(epoch as u64)),
+                None => Err(StoreError::NotFound),
+            }
+        }
         _ => Ok(Done::Unit),
     }
 }

@@ -37,9 +37,9 @@ use tokio::sync::oneshot;
 
 use super::batch::{Batches, WriteQueue};
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, NewMessage,
-    PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
-    StoreFuture, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, GroupRow, HistoryPage, HistoryQuery,
+    NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate,
+    Store, StoreError, StoreFuture, StoredEntry, UserRecord,
 };
 use crate::metrics;
 use schema::{backend, migrate, open_connection};
@@ -254,6 +254,34 @@ impl Store for SqliteStore {
 
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>> {
         self.read(reads::load_directory)
+    }
+
+    fn create_group_room(&self, room: RoomRecord, group: GroupRow) -> StoreFuture<()> {
+        self.write(move |c, _| writes::create_group_room(c, &room, &group))
+    }
+
+    fn load_group(&self, room_id: &str) -> StoreFuture<Option<GroupRow>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| reads::load_group(c, &room_id))
+    }
+
+    fn append_entry(&self, entry: Arc<NewEntry>) -> StoreFuture<Appended> {
+        self.write(move |c, state| writes::append_entry(c, state, &entry))
+    }
+
+    fn entries_after(
+        &self,
+        room_id: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> StoreFuture<Vec<StoredEntry>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| reads::entries_after(c, &room_id, after_seq, limit))
+    }
+
+    fn set_group_info(&self, room_id: &str, epoch: u64, group_info: Vec<u8>) -> StoreFuture<bool> {
+        let room_id = room_id.to_owned();
+        self.write(move |c, _| writes::set_group_info(c, &room_id, epoch, &group_info))
     }
 
     fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {

@@ -7,8 +7,9 @@ use super::schema::backend;
 use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, HistoryPage, HistoryQuery, MemberRecord, NewMessage, RoomMessage,
-    RoomRecord, RoomState, Sealed, StoreError, StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, EntryKind, GroupRow, HistoryPage, HistoryQuery, LogEntry,
+    MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError, StoredEntry,
+    StoredMessage, UserRecord,
 };
 
 pub(super) fn user_from_row(
@@ -73,6 +74,76 @@ pub(super) fn find_message(
             .optional()
         })
         .map_err(backend)
+}
+
+pub(super) fn find_entry(
+    c: &Connection,
+    room_id: &str,
+    device_id: &[u8],
+    msg_id: &[u8],
+) -> Result<Option<(u64, u64)>, StoreError> {
+    c.prepare_cached(
+        "SELECT seq, ts FROM entries WHERE room_id = ?1 AND device_id = ?2 AND msg_id = ?3",
+    )
+    .and_then(|mut s| {
+        s.query_row(params![room_id, device_id, msg_id], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+        })
+        .optional()
+    })
+    .map_err(backend)
+}
+
+pub(super) fn load_group(c: &Connection, room_id: &str) -> Result<Option<GroupRow>, StoreError> {
+    c.query_row(
+        "SELECT group_id, epoch, state, group_info, removal_epoch FROM groups WHERE room_id = ?1",
+        params![room_id],
+        |r| {
+            Ok(GroupRow {
+                group_id: r.get(0)?,
+                epoch: r.get::<_, i64>(1)? as u64,
+                state: r.get(2)?,
+                group_info: r.get(3)?,
+                removal_epoch: r.get::<_, i64>(4)? as u64,
+            })
+        },
+    )
+    .optional()
+    .map_err(backend)
+}
+
+pub(super) fn entries_after(
+    c: &Connection,
+    room_id: &str,
+    after_seq: u64,
+    limit: usize,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    c.prepare_cached(
+        "SELECT seq, ts, kind, sender, device_id, msg_id, epoch, data, group_info FROM entries
+         WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )
+    .and_then(|mut s| {
+        s.query_map(
+            params![room_id, after_seq.min(i64::MAX as u64) as i64, limit as i64],
+            |r| {
+                Ok(StoredEntry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    ts: r.get::<_, i64>(1)? as u64,
+                    entry: LogEntry {
+                        kind: EntryKind::from_code(r.get(2)?).unwrap_or(EntryKind::Message),
+                        sender: r.get(3)?,
+                        device_id: r.get(4)?,
+                        msg_id: r.get(5)?,
+                        epoch: r.get::<_, i64>(6)? as u64,
+                        data: r.get(7)?,
+                        group_info: r.get(8)?,
+                    },
+                })
+            },
+        )?
+        .collect()
+    })
+    .map_err(backend)
 }
 
 pub(super) fn get_user(c: &Connection, username: &str) -> Result<Option<UserRecord>, StoreError> {

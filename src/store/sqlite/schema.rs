@@ -59,6 +59,30 @@ CREATE TABLE IF NOT EXISTS member_periods (
     to_seq   INTEGER,
     PRIMARY KEY (room_id, username, from_seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    room_id       TEXT PRIMARY KEY,
+    group_id      BLOB NOT NULL UNIQUE,
+    epoch         INTEGER NOT NULL,
+    state         BLOB NOT NULL,
+    group_info    BLOB NOT NULL,
+    removal_epoch INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS entries (
+    room_id    TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    ts         INTEGER NOT NULL,
+    kind       INTEGER NOT NULL,
+    sender     TEXT NOT NULL,
+    device_id  BLOB NOT NULL,
+    msg_id     BLOB,
+    epoch      INTEGER NOT NULL,
+    data       BLOB NOT NULL,
+    group_info BLOB,
+    PRIMARY KEY (room_id, seq)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_idempotency ON entries (room_id, device_id, msg_id)
+    WHERE msg_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_by_ts ON entries (ts);
 CREATE TABLE IF NOT EXISTS devices (
     username    TEXT NOT NULL,
     device_id   BLOB NOT NULL,
@@ -85,8 +109,8 @@ pub(super) fn backend(e: rusqlite::Error) -> StoreError {
 ///
 /// 2: protocol v2 (messages carry `key_commitment`). A version-1 database
 /// holds v1 messages that no v2 client can verify, so it is refused.
-/// Protocol v3's `devices` table is created in a version-2 database too
-/// (it only adds), ahead of the version-3 schema.
+/// Protocol v3's tables (`devices`, `groups`, `entries`) are created in a
+/// version-2 database too (they only add), ahead of the version-3 schema.
 const SCHEMA_VERSION: i64 = 2;
 
 /// Creates the schema in a new database; refuses one of another version

@@ -6,13 +6,13 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::reads::find_message;
+use super::reads::{find_entry, find_message};
 use super::schema::backend;
 use crate::store::keyblob::encode_keys;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, DeviceAdded, DeviceRecord, NewMessage, PurgePolicy, Removed, RoomRecord, RoomUpdate,
-    StoreError, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, NewMessage, PurgePolicy, Removed,
+    RoomRecord, RoomUpdate, StoreError, UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::{fold_room_name, room_name_key};
@@ -119,6 +119,144 @@ pub(super) fn create_room(c: &Connection, room: &RoomRecord) -> Result<(), Store
     )
     .map_err(backend)?;
     open_period(c, &room.room_id, &room.owner)
+}
+
+pub(super) fn create_group_room(
+    c: &Connection,
+    room: &RoomRecord,
+    group: &GroupRow,
+) -> Result<(), StoreError> {
+    create_room(c, room)?;
+    c.execute(
+        "INSERT INTO groups (room_id, group_id, epoch, state, group_info, removal_epoch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            room.room_id,
+            group.group_id,
+            group.epoch as i64,
+            group.state,
+            group.group_info,
+            group.removal_epoch as i64
+        ],
+    )
+    .map(|_| ())
+    .map_err(backend)
+}
+
+/// The room's next seq from the writer's cache or the room's row.
+fn last_seq(conn: &Connection, state: &WriterState, room_id: &str) -> Result<u64, StoreError> {
+    match state.last_seq.get(room_id) {
+        Some(&last) => Ok(last),
+        None => Ok(conn
+            .query_row(
+                "SELECT last_seq FROM rooms WHERE room_id = ?1",
+                params![room_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(backend)?
+            .ok_or(StoreError::NotFound)? as u64),
+    }
+}
+
+fn bump_seq(
+    conn: &Connection,
+    state: &mut WriterState,
+    room_id: &str,
+    seq: u64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE rooms SET last_seq = ?2 WHERE room_id = ?1")
+        .and_then(|mut s| s.execute(params![room_id, seq as i64]))
+        .map_err(backend)?;
+    state.last_seq.insert(room_id.to_owned(), seq);
+    Ok(())
+}
+
+pub(super) fn append_entry(
+    conn: &Connection,
+    state: &mut WriterState,
+    new: &NewEntry,
+) -> Result<Appended, StoreError> {
+    let e = &new.entry;
+    if let Some(msg_id) = &e.msg_id {
+        if let Some((seq, ts)) = find_entry(conn, &new.room_id, &e.device_id, msg_id)? {
+            return Ok(Appended {
+                seq,
+                ts,
+                duplicate: true,
+            });
+        }
+    }
+    if let Some(change) = &new.commit {
+        let moved = conn
+            .prepare_cached(
+                "UPDATE groups SET epoch = epoch + 1, state = ?3, group_info = ?4,
+                     removal_epoch = CASE WHEN ?5 THEN epoch + 1 ELSE removal_epoch END
+                 WHERE room_id = ?1 AND epoch = ?2",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    new.room_id,
+                    change.from_epoch as i64,
+                    change.state,
+                    e.group_info.as_deref().unwrap_or_default(),
+                    change.removed
+                ])
+            })
+            .map_err(backend)?;
+        if moved == 0 {
+            let epoch: Option<i64> = conn
+                .query_row(
+                    "SELECT epoch FROM groups WHERE room_id = ?1",
+                    params![new.room_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(backend)?;
+            return Err(epoch.map_or(StoreError::NotFound, |e| StoreError::StaleEpoch(e as u64)));
+        }
+    }
+    let seq = last_seq(conn, state, &new.room_id)? + 1;
+    let ts = now_ms();
+    conn.prepare_cached(
+        "INSERT INTO entries (room_id, seq, ts, kind, sender, device_id, msg_id, epoch, data, group_info)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            new.room_id,
+            seq as i64,
+            ts as i64,
+            e.kind.code(),
+            e.sender,
+            e.device_id,
+            e.msg_id,
+            e.epoch as i64,
+            e.data,
+            e.group_info
+        ])
+    })
+    .map_err(backend)?;
+    bump_seq(conn, state, &new.room_id, seq)?;
+    Ok(Appended {
+        seq,
+        ts,
+        duplicate: false,
+    })
+}
+
+pub(super) fn set_group_info(
+    c: &Connection,
+    room_id: &str,
+    epoch: u64,
+    group_info: &[u8],
+) -> Result<bool, StoreError> {
+    c.execute(
+        "UPDATE groups SET group_info = ?3 WHERE room_id = ?1 AND epoch = ?2",
+        params![room_id, epoch as i64, group_info],
+    )
+    .map(|n| n == 1)
+    .map_err(backend)
 }
 
 pub(super) fn update_room(
@@ -272,18 +410,7 @@ pub(super) fn append(
             duplicate: true,
         });
     }
-    let last = match state.last_seq.get(&msg.room_id) {
-        Some(&last) => last,
-        None => conn
-            .query_row(
-                "SELECT last_seq FROM rooms WHERE room_id = ?1",
-                params![msg.room_id],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map_err(backend)?
-            .ok_or(StoreError::NotFound)? as u64,
-    };
+    let last = last_seq(conn, state, &msg.room_id)?;
     let seq = last + 1;
     let ts = now_ms();
     conn.prepare_cached(
@@ -306,10 +433,7 @@ pub(super) fn append(
         ])
     })
     .map_err(backend)?;
-    conn.prepare_cached("UPDATE rooms SET last_seq = ?2 WHERE room_id = ?1")
-        .and_then(|mut s| s.execute(params![msg.room_id, seq as i64]))
-        .map_err(backend)?;
-    state.last_seq.insert(msg.room_id.clone(), seq);
+    bump_seq(conn, state, &msg.room_id, seq)?;
     Ok(Appended {
         seq,
         ts,
@@ -403,7 +527,15 @@ pub(super) fn delete_room(
     state: &mut WriterState,
     room_id: &str,
 ) -> Result<(), StoreError> {
-    for table in ["messages", "member_periods", "members", "bans", "rooms"] {
+    for table in [
+        "messages",
+        "entries",
+        "groups",
+        "member_periods",
+        "members",
+        "bans",
+        "rooms",
+    ] {
         c.execute(
             &format!("DELETE FROM {table} WHERE room_id = ?1"),
             params![room_id],
