@@ -14,6 +14,7 @@
 
 mod cluster;
 mod delivery;
+pub mod group;
 mod membership;
 mod owner;
 
