@@ -585,6 +585,37 @@ async fn devices_are_recorded_once_and_keep_their_key(s: SharedStore) {
     // Oldest first, and the first certificate stays.
     assert_eq!(listed, expected);
     assert!(s.list_devices("nobody").await.unwrap().is_empty());
+
+    // A room's devices: its members' live ones only.
+    s.create_room(room("r-d", "Devices", "alice"))
+        .await
+        .unwrap();
+    s.add_member("r-d", "carol", now_ms()).await.unwrap();
+    assert_eq!(
+        s.add_device(device("carol", 3, 3), 3).await.unwrap(),
+        DeviceAdded::Added
+    );
+    assert_eq!(
+        s.add_device(device("carol", 4, 4), 3).await.unwrap(),
+        DeviceAdded::Added
+    );
+    assert!(s.remove_device("carol", &[4; 16], now_ms()).await.unwrap());
+    let mut in_room: Vec<_> = s
+        .room_devices("r-d")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.username, d.device_id[0]))
+        .collect();
+    in_room.sort();
+    let alice = "alice".to_owned();
+    assert_eq!(
+        in_room,
+        vec![(alice.clone(), 1), (alice, 2), ("carol".to_owned(), 3)]
+    );
+    s.remove_member("r-d", "carol", false, None).await.unwrap();
+    assert_eq!(s.room_devices("r-d").await.unwrap().len(), 2);
+    assert!(s.room_devices("r-none").await.unwrap().is_empty());
 }
 
 async fn removed_devices_stay_out_and_count_toward_a_cap(s: SharedStore) {

@@ -355,6 +355,9 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a device for good: no longer listed, and it cannot log in
     /// again. `false` when the user has no such live device.
     fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool>;
+    /// The live devices of a room's current members: who may hold a leaf in
+    /// its group (`room::group::Devices`).
+    fn room_devices(&self, room_id: &str) -> StoreFuture<Vec<DeviceRecord>>;
 
     /// Protocol v3: creates a room whose MLS group is `group` (epoch 0),
     /// with its owner as first member, in one transaction. `Conflict` when

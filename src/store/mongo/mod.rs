@@ -206,6 +206,11 @@ impl Store for MongoStore {
         self.run(move |_, c| async move { reads::list_devices(&c, &username).await })
     }
 
+    fn room_devices(&self, room_id: &str) -> StoreFuture<Vec<DeviceRecord>> {
+        let room_id = room_id.to_owned();
+        self.run(move |_, c| async move { reads::room_devices(&c, &room_id).await })
+    }
+
     fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool> {
         let (username, device_id) = (username.to_owned(), device_id.to_vec());
         self.run(

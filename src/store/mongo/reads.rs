@@ -239,10 +239,36 @@ pub(super) async fn list_devices(
     c: &Collections,
     username: &str,
 ) -> Result<Vec<DeviceRecord>, StoreError> {
+    devices_where(c, doc! {"username": username, "removed_at": Bson::Null}).await
+}
+
+pub(super) async fn room_devices(
+    c: &Collections,
+    room_id: &str,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    let members = collect(
+        c.members
+            .find(doc! {"room_id": room_id})
+            .await
+            .map_err(err)?,
+    )
+    .await?;
+    let names: Vec<String> = members
+        .iter()
+        .map(|m| get_str(m, "username"))
+        .collect::<Result<_, _>>()?;
+    devices_where(
+        c,
+        doc! {"username": {"$in": names}, "removed_at": Bson::Null},
+    )
+    .await
+}
+
+async fn devices_where(c: &Collections, filter: Document) -> Result<Vec<DeviceRecord>, StoreError> {
     let cursor = c
         .devices
-        .find(doc! {"username": username, "removed_at": Bson::Null})
-        .sort(doc! {"added_at": 1, "device_id": 1})
+        .find(filter)
+        .sort(doc! {"username": 1, "added_at": 1, "device_id": 1})
         .await
         .map_err(err)?;
     collect(cursor)

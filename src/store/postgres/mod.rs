@@ -186,6 +186,11 @@ impl Store for PostgresStore {
         self.read(move |c| async move { reads::list_devices(&c, &username).await })
     }
 
+    fn room_devices(&self, room_id: &str) -> StoreFuture<Vec<DeviceRecord>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| async move { reads::room_devices(&c, &room_id).await })
+    }
+
     fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool> {
         let op = WriteOp::RemoveDevice(username.to_owned(), device_id.to_vec(), at);
         self.write(op, |done| matches!(done, Done::Flag(true)))

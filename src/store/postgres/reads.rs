@@ -141,22 +141,42 @@ pub(super) async fn list_devices(
     c: &Client,
     username: &str,
 ) -> Result<Vec<DeviceRecord>, StoreError> {
-    Ok(c.query(
+    devices_where(
+        c,
         "SELECT username, device_id, certificate, mls_key, added_at FROM devices
-             WHERE username = $1 AND removed_at IS NULL ORDER BY added_at, device_id",
-        &[&username],
+         WHERE username = $1 AND removed_at IS NULL ORDER BY added_at, device_id",
+        username,
     )
     .await
-    .map_err(err)?
-    .iter()
-    .map(|r| DeviceRecord {
-        username: r.get(0),
-        device_id: r.get(1),
-        certificate: r.get(2),
-        mls_key: r.get(3),
-        added_at: r.get::<_, i64>(4) as u64,
-    })
-    .collect())
+}
+
+pub(super) async fn room_devices(
+    c: &Client,
+    room_id: &str,
+) -> Result<Vec<DeviceRecord>, StoreError> {
+    devices_where(
+        c,
+        "SELECT d.username, d.device_id, d.certificate, d.mls_key, d.added_at
+         FROM members m JOIN devices d ON d.username = m.username
+         WHERE m.room_id = $1 AND d.removed_at IS NULL ORDER BY d.username, d.added_at",
+        room_id,
+    )
+    .await
+}
+
+async fn devices_where(c: &Client, sql: &str, key: &str) -> Result<Vec<DeviceRecord>, StoreError> {
+    Ok(c.query(sql, &[&key])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| DeviceRecord {
+            username: r.get(0),
+            device_id: r.get(1),
+            certificate: r.get(2),
+            mls_key: r.get(3),
+            added_at: r.get::<_, i64>(4) as u64,
+        })
+        .collect())
 }
 
 pub(super) async fn load_group(c: &Client, room_id: &str) -> Result<Option<GroupRow>, StoreError> {

@@ -247,6 +247,11 @@ impl Store for SqliteStore {
         self.read(move |c| reads::list_devices(c, &username))
     }
 
+    fn room_devices(&self, room_id: &str) -> StoreFuture<Vec<DeviceRecord>> {
+        let room_id = room_id.to_owned();
+        self.read(move |c| reads::room_devices(c, &room_id))
+    }
+
     fn remove_device(&self, username: &str, device_id: &[u8], at: u64) -> StoreFuture<bool> {
         let (username, device_id) = (username.to_owned(), device_id.to_vec());
         self.write(move |c, _| writes::remove_device(c, &username, &device_id, at))

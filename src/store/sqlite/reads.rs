@@ -161,23 +161,39 @@ pub(super) fn list_devices(
     c: &Connection,
     username: &str,
 ) -> Result<Vec<DeviceRecord>, StoreError> {
-    c.prepare_cached(
+    devices_where(
+        c,
         "SELECT username, device_id, certificate, mls_key, added_at FROM devices
          WHERE username = ?1 AND removed_at IS NULL ORDER BY added_at, device_id",
+        username,
     )
-    .and_then(|mut s| {
-        s.query_map(params![username], |r| {
-            Ok(DeviceRecord {
-                username: r.get(0)?,
-                device_id: r.get(1)?,
-                certificate: r.get(2)?,
-                mls_key: r.get(3)?,
-                added_at: r.get::<_, i64>(4)? as u64,
-            })
-        })?
-        .collect()
-    })
-    .map_err(backend)
+}
+
+pub(super) fn room_devices(c: &Connection, room_id: &str) -> Result<Vec<DeviceRecord>, StoreError> {
+    devices_where(
+        c,
+        "SELECT d.username, d.device_id, d.certificate, d.mls_key, d.added_at
+         FROM members m JOIN devices d ON d.username = m.username
+         WHERE m.room_id = ?1 AND d.removed_at IS NULL ORDER BY d.username, d.added_at",
+        room_id,
+    )
+}
+
+fn devices_where(c: &Connection, sql: &str, key: &str) -> Result<Vec<DeviceRecord>, StoreError> {
+    c.prepare_cached(sql)
+        .and_then(|mut s| {
+            s.query_map(params![key], |r| {
+                Ok(DeviceRecord {
+                    username: r.get(0)?,
+                    device_id: r.get(1)?,
+                    certificate: r.get(2)?,
+                    mls_key: r.get(3)?,
+                    added_at: r.get::<_, i64>(4)? as u64,
+                })
+            })?
+            .collect()
+        })
+        .map_err(backend)
 }
 
 pub(super) fn load_directory(c: &Connection) -> Result<Vec<DirectoryEntry>, StoreError> {
