@@ -25,8 +25,8 @@ use e2ee_chat::store::postgres::PostgresStore;
 use e2ee_chat::store::sqlite::SqliteStore;
 use e2ee_chat::store::{
     DeviceAdded, DeviceRecord, EntryKind, GroupChange, GroupRow, HistoryQuery, LogEntry, NewEntry,
-    NewMessage, PurgePolicy, RoomRecord, RoomUpdate, Sealed, SharedStore, StoreError, UserRecord,
-    DEVICE_RECORDS_PER_LIVE,
+    NewMessage, PageItem, PurgePolicy, RoomRecord, RoomUpdate, Sealed, SharedStore, StoreError,
+    UserRecord, DEVICE_RECORDS_PER_LIVE,
 };
 use e2ee_chat::util::now_ms;
 
@@ -850,6 +850,72 @@ async fn the_log_orders_commits_and_messages_and_moves_the_group(s: SharedStore)
     assert!(s.entries_after("r-g", 0, 10).await.unwrap().is_empty());
 }
 
+async fn entry_history_holds_the_requesters_membership(s: SharedStore) {
+    people(&s).await;
+    s.create_group_room(room("r-g", "MLS", "alice"), group(1))
+        .await
+        .unwrap();
+    s.append_entry(entry_message("r-g", "alice", 1, 1, 0))
+        .await
+        .unwrap();
+    s.append_entry(entry_commit("r-g", "alice", 0, false, 2))
+        .await
+        .unwrap();
+    s.add_member("r-g", "bob", now_ms()).await.unwrap();
+    s.append_entry(entry_message("r-g", "alice", 1, 3, 1))
+        .await
+        .unwrap();
+    s.append_entry(entry_message("r-g", "bob", 2, 4, 1))
+        .await
+        .unwrap();
+    let q = |after: Option<u64>, before: Option<u64>, limit: usize| HistoryQuery {
+        after_seq: after,
+        before_seq: before,
+        limit,
+        max_bytes: usize::MAX,
+    };
+    let seqs = |h: &e2ee_chat::store::EntryHistory| -> Vec<u64> {
+        h.page.messages.iter().map(|e| e.seq).collect()
+    };
+    let alice = s
+        .entry_history("r-g", "alice", q(None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (seqs(&alice), alice.page.has_more, alice.first_seq),
+        (vec![1, 2, 3, 4], false, 1)
+    );
+    assert_eq!(alice.page.messages[1].entry.kind, EntryKind::Commit);
+    // Bob joined after seq 2: he reads from 3.
+    let bob = s
+        .entry_history("r-g", "bob", q(None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!((seqs(&bob), bob.first_seq), (vec![3, 4], 1));
+    // Pages, newest first by default, oldest first after a seq.
+    let newest = s
+        .entry_history("r-g", "alice", q(None, None, 2))
+        .await
+        .unwrap();
+    assert_eq!((seqs(&newest), newest.page.has_more), (vec![3, 4], true));
+    let older = s
+        .entry_history("r-g", "alice", q(None, Some(3), 2))
+        .await
+        .unwrap();
+    assert_eq!(seqs(&older), vec![1, 2]);
+    let after = s
+        .entry_history("r-g", "alice", q(Some(2), None, 1))
+        .await
+        .unwrap();
+    assert_eq!((seqs(&after), after.page.has_more), (vec![3], true));
+    // Not a member: nothing.
+    let carol = s
+        .entry_history("r-g", "carol", q(None, None, 10))
+        .await
+        .unwrap();
+    assert!(carol.page.messages.is_empty());
+}
+
 async fn commits_racing_for_one_epoch_one_wins(s: SharedStore) {
     people(&s).await;
     s.create_group_room(room("r-g", "MLS", "alice"), group(1))
@@ -908,6 +974,7 @@ const CASES: &[(&str, Case)] = cases![
     group_rooms_keep_their_group_and_are_unique,
     the_log_orders_commits_and_messages_and_moves_the_group,
     commits_racing_for_one_epoch_one_wins,
+    entry_history_holds_the_requesters_membership,
 ];
 
 /// The websocket scenario of the server core, on whatever store `tweak` selects.

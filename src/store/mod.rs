@@ -31,7 +31,7 @@ pub mod postgres;
 pub(crate) mod purge;
 pub mod sqlite;
 
-pub use page::{HistoryPage, HistoryQuery, PageBuilder};
+pub use page::{HistoryPage, HistoryQuery, PageBuilder, PageItem};
 
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
@@ -185,6 +185,15 @@ pub struct StoredEntry {
     pub seq: u64,
     pub ts: u64,
     pub entry: LogEntry,
+}
+
+/// A v3 `history` answer: a page of entries from the requester's
+/// membership periods, and the oldest seq the room still stores (0 when its
+/// log is empty).
+#[derive(Debug, Clone, Default)]
+pub struct EntryHistory {
+    pub page: HistoryPage<StoredEntry>,
+    pub first_seq: u64,
 }
 
 /// Removed devices stay recorded, so they cannot come back; they count
@@ -381,6 +390,14 @@ pub trait Store: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> StoreFuture<Vec<StoredEntry>>;
+    /// v3 `history`: the room's entries from the periods when `username`
+    /// was a member, paged as [`Store::history`] pages messages.
+    fn entry_history(
+        &self,
+        room_id: &str,
+        username: &str,
+        query: HistoryQuery,
+    ) -> StoreFuture<EntryHistory>;
     /// `publish_group_info`: replaces the GroupInfo if the group is at
     /// `epoch`; `false` when it is not.
     fn set_group_info(&self, room_id: &str, epoch: u64, group_info: Vec<u8>) -> StoreFuture<bool>;

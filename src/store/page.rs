@@ -2,9 +2,10 @@
 //! return ([`HistoryQuery::seq_range`]), how many rows a store reads at a
 //! time ([`HistoryQuery::fetch`]), the walk over the requester's membership
 //! periods ([`read_page`]) and the count and byte limits ([`PageBuilder`]).
-//! A store supplies only its dialect: [`MessageRows::chunk`].
+//! A store supplies only its dialect: [`MessageRows::chunk`]. The same walk
+//! pages v2 messages and v3 log entries ([`PageItem`]).
 
-use super::{StoreError, StoredMessage};
+use super::{StoreError, StoredEntry, StoredMessage};
 
 /// Rows read beyond the page's size per query: one to know `has_more`, and
 /// spares for rows without the requester's key (a member who joined while
@@ -46,23 +47,36 @@ impl HistoryQuery {
     }
 }
 
-impl StoredMessage {
-    /// About what this message costs on the wire.
-    pub fn wire_len(&self) -> usize {
-        const FRAMING: usize = 128;
+/// What a history page holds: v2 messages or v3 log entries.
+pub trait PageItem {
+    /// About what it costs on the wire.
+    fn wire_len(&self) -> usize;
+}
+
+/// Framing and fixed fields of one item on the wire, about.
+const FRAMING: usize = 128;
+
+impl PageItem for StoredMessage {
+    fn wire_len(&self) -> usize {
         self.sealed.len() + self.key.len() + FRAMING
     }
 }
 
-/// Builds a history page from messages read in query order, so every store
-/// applies the count and byte limits the same way.
-pub struct PageBuilder {
-    query: HistoryQuery,
-    bytes: usize,
-    page: HistoryPage,
+impl PageItem for StoredEntry {
+    fn wire_len(&self) -> usize {
+        self.entry.len() + FRAMING
+    }
 }
 
-impl PageBuilder {
+/// Builds a history page from items read in query order, so every store
+/// applies the count and byte limits the same way.
+pub struct PageBuilder<T = StoredMessage> {
+    query: HistoryQuery,
+    bytes: usize,
+    page: HistoryPage<T>,
+}
+
+impl<T: PageItem> PageBuilder<T> {
     pub fn new(query: HistoryQuery) -> Self {
         PageBuilder {
             query,
@@ -74,9 +88,9 @@ impl PageBuilder {
         }
     }
 
-    /// Adds the next message; false when the page is full (it then has
+    /// Adds the next item; false when the page is full (it then has
     /// `has_more` set and the caller stops reading).
-    pub fn push(&mut self, m: StoredMessage) -> bool {
+    pub fn push(&mut self, m: T) -> bool {
         let len = m.wire_len();
         let full = self.page.messages.len() >= self.query.limit.max(1)
             || (!self.page.messages.is_empty() && self.bytes + len > self.query.max_bytes);
@@ -96,7 +110,7 @@ impl PageBuilder {
     }
 
     /// The page in ascending seq order.
-    pub fn finish(mut self) -> HistoryPage {
+    pub fn finish(mut self) -> HistoryPage<T> {
         if !self.query.ascending() {
             self.page.messages.reverse();
         }
@@ -104,19 +118,30 @@ impl PageBuilder {
     }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct HistoryPage {
-    pub messages: Vec<StoredMessage>,
+/// A page of history: v2 messages (the default) or v3 log entries, in
+/// ascending seq order.
+#[derive(Debug, Clone)]
+pub struct HistoryPage<T = StoredMessage> {
+    pub messages: Vec<T>,
     pub has_more: bool,
 }
 
+impl<T> Default for HistoryPage<T> {
+    fn default() -> Self {
+        HistoryPage {
+            messages: Vec::new(),
+            has_more: false,
+        }
+    }
+}
+
 /// One row of a room's log as the page walk sees it: its seq, and the
-/// message with the requester's key (`None` when the row holds no key for
-/// the requester; it is skipped).
-pub(crate) type KeyedRow = (i64, Option<StoredMessage>);
+/// item the requester may read (`None` when the row holds no key for the
+/// requester; it is skipped).
+pub(crate) type KeyedRow<T = StoredMessage> = (i64, Option<T>);
 
 /// What a store answers for the page walk, in its own dialect.
-pub(crate) trait MessageRows {
+pub(crate) trait MessageRows<T = StoredMessage> {
     /// Up to `n` of the room's rows with seq in `a..=b`, ascending or
     /// descending as asked.
     async fn chunk(
@@ -125,18 +150,18 @@ pub(crate) trait MessageRows {
         b: i64,
         n: usize,
         ascending: bool,
-    ) -> Result<Vec<KeyedRow>, StoreError>;
+    ) -> Result<Vec<KeyedRow<T>>, StoreError>;
 }
 
 /// Fills a page from the requester's membership `periods` (seq ranges, both
 /// ends included, ascending by start): only the ranges inside them are
 /// read, newest or oldest first, `q.fetch()` rows at a time, so a late
 /// joiner's history never scans what was sent before they joined.
-pub(crate) async fn read_page<R: MessageRows>(
+pub(crate) async fn read_page<T: PageItem, R: MessageRows<T>>(
     rows: &mut R,
     mut periods: Vec<(i64, i64)>,
     q: HistoryQuery,
-) -> Result<HistoryPage, StoreError> {
+) -> Result<HistoryPage<T>, StoreError> {
     let (lo, hi) = q.seq_range();
     let ascending = q.ascending();
     if !ascending {

@@ -42,9 +42,9 @@ use tokio::sync::oneshot;
 
 use super::batch::WriteQueue;
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, GroupRow, HistoryPage, HistoryQuery,
-    NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate,
-    Store, StoreError, StoreFuture, StoredEntry, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryPage,
+    HistoryQuery, NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState,
+    RoomUpdate, Store, StoreError, StoreFuture, StoredEntry, UserRecord,
 };
 use crate::validate::room_name_key;
 use docs::{collect, durable, err, Collections};
@@ -242,6 +242,18 @@ impl Store for MongoStore {
         let room_id = room_id.to_owned();
         self.run(
             move |_, c| async move { reads::entries_after(&c, &room_id, after_seq, limit).await },
+        )
+    }
+
+    fn entry_history(
+        &self,
+        room_id: &str,
+        username: &str,
+        query: HistoryQuery,
+    ) -> StoreFuture<EntryHistory> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.run(
+            move |_, c| async move { reads::entry_history(&c, &room_id, &username, query).await },
         )
     }
 

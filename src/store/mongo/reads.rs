@@ -8,8 +8,8 @@ use mongodb::bson::{doc, Bson, Document};
 use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from, Collections};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, EntryKind, GroupRow, HistoryPage, HistoryQuery, LogEntry,
-    MemberRecord, NewMessage, RoomMessage, RoomState, Sealed, StoreError, StoredEntry,
+    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
+    LogEntry, MemberRecord, NewMessage, RoomMessage, RoomState, Sealed, StoreError, StoredEntry,
     StoredMessage, UserRecord,
 };
 
@@ -313,11 +313,23 @@ pub(super) async fn entries_after(
     after_seq: u64,
     limit: usize,
 ) -> Result<Vec<StoredEntry>, StoreError> {
+    let lo = after_seq.saturating_add(1).min(i64::MAX as u64) as i64;
+    entry_docs(c, room_id, lo, i64::MAX, limit, true).await
+}
+
+async fn entry_docs(
+    c: &Collections,
+    room_id: &str,
+    a: i64,
+    b: i64,
+    n: usize,
+    ascending: bool,
+) -> Result<Vec<StoredEntry>, StoreError> {
     let cursor = c
         .entries
-        .find(doc! {"room_id": room_id, "seq": {"$gt": after_seq.min(i64::MAX as u64) as i64}})
-        .sort(doc! {"seq": 1})
-        .limit(limit.min(i64::MAX as usize) as i64)
+        .find(doc! {"room_id": room_id, "seq": {"$gte": a, "$lte": b}})
+        .sort(doc! {"seq": if ascending { 1 } else { -1 }})
+        .limit(n.min(i64::MAX as usize) as i64)
         .await
         .map_err(err)?;
     collect(cursor)
@@ -340,4 +352,55 @@ pub(super) async fn entries_after(
             })
         })
         .collect()
+}
+
+/// The page walk over `entries`.
+struct EntryRows<'c> {
+    c: &'c Collections,
+    room_id: &'c str,
+}
+
+impl MessageRows<StoredEntry> for EntryRows<'_> {
+    async fn chunk(
+        &mut self,
+        a: i64,
+        b: i64,
+        n: usize,
+        ascending: bool,
+    ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
+        Ok(entry_docs(self.c, self.room_id, a, b, n, ascending)
+            .await?
+            .into_iter()
+            .map(|e| (e.seq as i64, Some(e)))
+            .collect())
+    }
+}
+
+/// MongoDB keeps no membership periods: a member reads the log from the
+/// seq their current membership began at (recorded in the member's
+/// document as `from_seq`), never what was sent before they joined. Past
+/// periods are not kept (fewer entries than PostgreSQL and SQLite show a
+/// member who left and came back; never more).
+pub(super) async fn entry_history(
+    c: &Collections,
+    room_id: &str,
+    username: &str,
+    q: HistoryQuery,
+) -> Result<EntryHistory, StoreError> {
+    let member = c
+        .members
+        .find_one(doc! {"room_id": room_id, "username": username})
+        .await
+        .map_err(err)?;
+    let periods = match member {
+        Some(m) => vec![(m.get_i64("from_seq").unwrap_or(1).max(1), i64::MAX)],
+        None => Vec::new(),
+    };
+    let mut rows = EntryRows { c, room_id };
+    let page = read_page(&mut rows, periods, q).await?;
+    let first = entry_docs(c, room_id, 1, i64::MAX, 1, true).await?;
+    Ok(EntryHistory {
+        page,
+        first_seq: first.first().map_or(0, |e| e.seq),
+    })
 }

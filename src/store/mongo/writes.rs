@@ -90,6 +90,7 @@ async fn create_room_with(
         "room_id": &room.room_id,
         "username": &room.owner,
         "joined_at": room.created_at as i64,
+        "from_seq": 1_i64,
     };
     transaction(client, |s| {
         let (c, room_doc, member, group) =
@@ -172,9 +173,24 @@ pub(super) async fn add_member(
     {
         return Err(StoreError::Banned);
     }
+    // Where this membership's reading of a v3 log begins (see
+    // `reads::entry_history`); the room actor orders this join and appends.
+    let from_seq = c
+        .rooms
+        .find_one(doc! {"_id": room_id})
+        .await
+        .map_err(err)?
+        .and_then(|r| r.get_i64("last_seq").ok())
+        .unwrap_or(0)
+        + 1;
     let res = c
         .members
-        .insert_one(doc! {"room_id": room_id, "username": username, "joined_at": joined_at as i64})
+        .insert_one(doc! {
+            "room_id": room_id,
+            "username": username,
+            "joined_at": joined_at as i64,
+            "from_seq": from_seq,
+        })
         .await;
     match res {
         Ok(_) => Ok(()),

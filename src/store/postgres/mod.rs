@@ -40,9 +40,9 @@ use tokio_postgres::error::SqlState;
 
 use super::batch::WriteQueue;
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, GroupRow, HistoryPage, HistoryQuery,
-    NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate,
-    Store, StoreError, StoreFuture, StoredEntry, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryPage,
+    HistoryQuery, NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState,
+    RoomUpdate, Store, StoreError, StoreFuture, StoredEntry, UserRecord,
 };
 use connect::{pool_of, tls_for, READ_CONNECTIONS, READ_TIMEOUT_MS};
 use writes::{Done, Job, WriteOp};
@@ -221,6 +221,18 @@ impl Store for PostgresStore {
         let room_id = room_id.to_owned();
         self.read(
             move |c| async move { reads::entries_after(&c, &room_id, after_seq, limit).await },
+        )
+    }
+
+    fn entry_history(
+        &self,
+        room_id: &str,
+        username: &str,
+        query: HistoryQuery,
+    ) -> StoreFuture<EntryHistory> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.read(
+            move |c| async move { reads::entry_history(&c, &room_id, &username, query).await },
         )
     }
 

@@ -7,9 +7,9 @@ use super::err;
 use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, EntryKind, GroupRow, HistoryPage, HistoryQuery, LogEntry,
-    MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError, StoredEntry,
-    StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
+    LogEntry, MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError,
+    StoredEntry, StoredMessage, UserRecord,
 };
 
 type Client = deadpool_postgres::Object;
@@ -108,17 +108,7 @@ pub(super) async fn history(
     username: &str,
     q: HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
-    let periods: Vec<(i64, i64)> = client
-        .query(
-            "SELECT from_seq, COALESCE(to_seq, 9223372036854775807) FROM member_periods
-             WHERE room_id = $1 AND username = $2 ORDER BY from_seq",
-            &[&room_id, &username],
-        )
-        .await
-        .map_err(err)?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let periods = member_periods(client, room_id, username).await?;
     let mut rows = Rows {
         client,
         room_id,
@@ -201,11 +191,27 @@ pub(super) async fn entries_after(
     after_seq: u64,
     limit: usize,
 ) -> Result<Vec<StoredEntry>, StoreError> {
-    let after = after_seq.min(i64::MAX as u64) as i64;
-    Ok(c.query(
+    let lo = after_seq.saturating_add(1).min(i64::MAX as u64) as i64;
+    entry_rows(c, room_id, lo, i64::MAX, limit, true).await
+}
+
+async fn entry_rows(
+    c: &Client,
+    room_id: &str,
+    a: i64,
+    b: i64,
+    n: usize,
+    ascending: bool,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let sql = format!(
         "SELECT seq, ts, kind, sender, device_id, msg_id, epoch, data, group_info FROM entries
-             WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
-        &[&room_id, &after, &(limit.min(i64::MAX as usize) as i64)],
+         WHERE room_id = $1 AND seq BETWEEN $2 AND $3 ORDER BY seq {} LIMIT $4",
+        if ascending { "ASC" } else { "DESC" }
+    );
+    let stmt = c.prepare_cached(&sql).await.map_err(err)?;
+    Ok(c.query(
+        &stmt,
+        &[&room_id, &a, &b, &(n.min(i64::MAX as usize) as i64)],
     )
     .await
     .map_err(err)?
@@ -224,6 +230,69 @@ pub(super) async fn entries_after(
         },
     })
     .collect())
+}
+
+/// The page walk over `entries`: every row is readable by a member.
+struct EntryRows<'c> {
+    client: &'c Client,
+    room_id: &'c str,
+}
+
+impl MessageRows<StoredEntry> for EntryRows<'_> {
+    async fn chunk(
+        &mut self,
+        a: i64,
+        b: i64,
+        n: usize,
+        ascending: bool,
+    ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
+        Ok(entry_rows(self.client, self.room_id, a, b, n, ascending)
+            .await?
+            .into_iter()
+            .map(|e| (e.seq as i64, Some(e)))
+            .collect())
+    }
+}
+
+pub(super) async fn entry_history(
+    client: &Client,
+    room_id: &str,
+    username: &str,
+    q: HistoryQuery,
+) -> Result<EntryHistory, StoreError> {
+    let periods = member_periods(client, room_id, username).await?;
+    let mut rows = EntryRows { client, room_id };
+    let page = read_page(&mut rows, periods, q).await?;
+    let first_seq: Option<i64> = client
+        .query_one(
+            "SELECT MIN(seq) FROM entries WHERE room_id = $1",
+            &[&room_id],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    Ok(EntryHistory {
+        page,
+        first_seq: first_seq.unwrap_or(0) as u64,
+    })
+}
+
+async fn member_periods(
+    client: &Client,
+    room_id: &str,
+    username: &str,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    Ok(client
+        .query(
+            "SELECT from_seq, COALESCE(to_seq, 9223372036854775807) FROM member_periods
+             WHERE room_id = $1 AND username = $2 ORDER BY from_seq",
+            &[&room_id, &username],
+        )
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 pub(super) async fn load_directory(c: &Client) -> Result<Vec<DirectoryEntry>, StoreError> {

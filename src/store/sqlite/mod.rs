@@ -37,9 +37,9 @@ use tokio::sync::oneshot;
 
 use super::batch::{Batches, WriteQueue};
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, GroupRow, HistoryPage, HistoryQuery,
-    NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState, RoomUpdate,
-    Store, StoreError, StoreFuture, StoredEntry, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryPage,
+    HistoryQuery, NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState,
+    RoomUpdate, Store, StoreError, StoreFuture, StoredEntry, UserRecord,
 };
 use crate::metrics;
 use schema::{backend, migrate, open_connection};
@@ -282,6 +282,16 @@ impl Store for SqliteStore {
     ) -> StoreFuture<Vec<StoredEntry>> {
         let room_id = room_id.to_owned();
         self.read(move |c| reads::entries_after(c, &room_id, after_seq, limit))
+    }
+
+    fn entry_history(
+        &self,
+        room_id: &str,
+        username: &str,
+        query: HistoryQuery,
+    ) -> StoreFuture<EntryHistory> {
+        let (room_id, username) = (room_id.to_owned(), username.to_owned());
+        self.read(move |c| reads::entry_history(c, &room_id, &username, query))
     }
 
     fn set_group_info(&self, room_id: &str, epoch: u64, group_info: Vec<u8>) -> StoreFuture<bool> {

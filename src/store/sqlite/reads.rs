@@ -7,9 +7,9 @@ use super::schema::backend;
 use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, EntryKind, GroupRow, HistoryPage, HistoryQuery, LogEntry,
-    MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError, StoredEntry,
-    StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
+    LogEntry, MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError,
+    StoredEntry, StoredMessage, UserRecord,
 };
 
 pub(super) fn user_from_row(
@@ -118,14 +118,26 @@ pub(super) fn entries_after(
     after_seq: u64,
     limit: usize,
 ) -> Result<Vec<StoredEntry>, StoreError> {
-    c.prepare_cached(
+    let lo = after_seq.saturating_add(1).min(i64::MAX as u64) as i64;
+    entry_rows(c, room_id, lo, i64::MAX, limit, true)
+}
+
+fn entry_rows(
+    c: &Connection,
+    room_id: &str,
+    a: i64,
+    b: i64,
+    n: usize,
+    ascending: bool,
+) -> Result<Vec<StoredEntry>, StoreError> {
+    let sql = format!(
         "SELECT seq, ts, kind, sender, device_id, msg_id, epoch, data, group_info FROM entries
-         WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-    )
-    .and_then(|mut s| {
-        s.query_map(
-            params![room_id, after_seq.min(i64::MAX as u64) as i64, limit as i64],
-            |r| {
+         WHERE room_id = ?1 AND seq BETWEEN ?2 AND ?3 ORDER BY seq {} LIMIT ?4",
+        if ascending { "ASC" } else { "DESC" }
+    );
+    c.prepare_cached(&sql)
+        .and_then(|mut s| {
+            s.query_map(params![room_id, a, b, n as i64], |r| {
                 Ok(StoredEntry {
                     seq: r.get::<_, i64>(0)? as u64,
                     ts: r.get::<_, i64>(1)? as u64,
@@ -139,9 +151,67 @@ pub(super) fn entries_after(
                         group_info: r.get(8)?,
                     },
                 })
-            },
-        )?
-        .collect()
+            })?
+            .collect()
+        })
+        .map_err(backend)
+}
+
+/// The page walk over `entries`: every row is readable by a member.
+struct EntryRows<'c> {
+    conn: &'c Connection,
+    room_id: &'c str,
+}
+
+impl MessageRows<StoredEntry> for EntryRows<'_> {
+    async fn chunk(
+        &mut self,
+        a: i64,
+        b: i64,
+        n: usize,
+        ascending: bool,
+    ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
+        Ok(entry_rows(self.conn, self.room_id, a, b, n, ascending)?
+            .into_iter()
+            .map(|e| (e.seq as i64, Some(e)))
+            .collect())
+    }
+}
+
+pub(super) fn entry_history(
+    conn: &Connection,
+    room_id: &str,
+    username: &str,
+    q: HistoryQuery,
+) -> Result<EntryHistory, StoreError> {
+    let periods = member_periods(conn, room_id, username)?;
+    let mut rows = EntryRows { conn, room_id };
+    let page = super::now(read_page(&mut rows, periods, q))?;
+    let first_seq: Option<i64> = conn
+        .query_row(
+            "SELECT MIN(seq) FROM entries WHERE room_id = ?1",
+            params![room_id],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    Ok(EntryHistory {
+        page,
+        first_seq: first_seq.unwrap_or(0) as u64,
+    })
+}
+
+fn member_periods(
+    conn: &Connection,
+    room_id: &str,
+    username: &str,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    conn.prepare_cached(
+        "SELECT from_seq, IFNULL(to_seq, 9223372036854775807) FROM member_periods
+         WHERE room_id = ?1 AND username = ?2 ORDER BY from_seq",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![room_id, username], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect()
     })
     .map_err(backend)
 }
@@ -287,16 +357,7 @@ pub(super) fn history(
     username: &str,
     q: HistoryQuery,
 ) -> Result<HistoryPage, StoreError> {
-    let periods: Vec<(i64, i64)> = conn
-        .prepare_cached(
-            "SELECT from_seq, IFNULL(to_seq, 9223372036854775807) FROM member_periods
-             WHERE room_id = ?1 AND username = ?2 ORDER BY from_seq",
-        )
-        .and_then(|mut s| {
-            s.query_map(params![room_id, username], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect()
-        })
-        .map_err(backend)?;
+    let periods = member_periods(conn, room_id, username)?;
     let mut rows = Rows {
         conn,
         room_id,
