@@ -916,6 +916,54 @@ async fn entry_history_holds_the_requesters_membership(s: SharedStore) {
     assert!(carol.page.messages.is_empty());
 }
 
+async fn retention_takes_old_entries_and_seq_goes_on(s: SharedStore) {
+    people(&s).await;
+    s.create_group_room(room("r-g", "MLS", "alice"), group(1))
+        .await
+        .unwrap();
+    s.append_entry(entry_commit("r-g", "alice", 0, false, 1))
+        .await
+        .unwrap();
+    for i in 2..=6 {
+        s.append_entry(entry_message("r-g", "alice", 1, i, 1))
+            .await
+            .unwrap();
+    }
+    let policy = PurgePolicy {
+        older_than_ts: 0,
+        max_per_room: 2,
+        batch: 3,
+    };
+    // Three a batch: the caller repeats while a full batch goes.
+    assert_eq!(s.purge(policy).await.unwrap(), 3);
+    assert_eq!(s.purge(policy).await.unwrap(), 1);
+    assert_eq!(s.purge(policy).await.unwrap(), 0);
+    let q = HistoryQuery {
+        after_seq: None,
+        before_seq: None,
+        limit: 10,
+        max_bytes: usize::MAX,
+    };
+    let h = s.entry_history("r-g", "alice", q).await.unwrap();
+    let seqs: Vec<u64> = h.page.messages.iter().map(|e| e.seq).collect();
+    assert_eq!((seqs, h.first_seq), (vec![5, 6], 5));
+    // The commit went too; the group stays where it is, and seq goes on.
+    assert_eq!(s.load_group("r-g").await.unwrap().unwrap().epoch, 1);
+    let next = s
+        .append_entry(entry_message("r-g", "alice", 1, 7, 1))
+        .await
+        .unwrap();
+    assert_eq!(next.seq, 7);
+    // By age: everything older than now.
+    let by_age = PurgePolicy {
+        older_than_ts: now_ms() + 1,
+        max_per_room: 0,
+        batch: 100,
+    };
+    assert_eq!(s.purge(by_age).await.unwrap(), 3);
+    assert!(s.entries_after("r-g", 0, 10).await.unwrap().is_empty());
+}
+
 async fn commits_racing_for_one_epoch_one_wins(s: SharedStore) {
     people(&s).await;
     s.create_group_room(room("r-g", "MLS", "alice"), group(1))
@@ -975,6 +1023,7 @@ const CASES: &[(&str, Case)] = cases![
     the_log_orders_commits_and_messages_and_moves_the_group,
     commits_racing_for_one_epoch_one_wins,
     entry_history_holds_the_requesters_membership,
+    retention_takes_old_entries_and_seq_goes_on,
 ];
 
 /// The websocket scenario of the server core, on whatever store `tweak` selects.

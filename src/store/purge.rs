@@ -3,7 +3,9 @@
 //! newest `max_per_room`, never more than `policy.batch` in one call (the
 //! caller repeats while a full batch goes). A store answers the questions in
 //! its own dialect ([`PurgeRows`]) and deletes what the plan chose, inside
-//! one write of its group commit.
+//! one write of its group commit. The plan runs on v2's messages, then on
+//! v3's log entries (commits too: a device that needs a deleted commit
+//! resyncs), within the one batch ([`purge_logs`]).
 
 use super::{PurgePolicy, StoreError};
 
@@ -56,4 +58,28 @@ pub(crate) async fn purge<R: PurgeRows>(
         return Ok(0);
     }
     rows.delete(&doomed).await
+}
+
+/// One batch of the plan over v2's messages, then over v3's entries with
+/// what is left of the batch.
+pub(crate) async fn purge_logs<M: PurgeRows, E: PurgeRows>(
+    messages: &mut M,
+    entries: &mut E,
+    policy: PurgePolicy,
+) -> Result<u64, StoreError> {
+    let batch = policy.batch.max(1);
+    let gone = purge(messages, policy).await?;
+    let left = batch.saturating_sub(gone as usize);
+    if left == 0 {
+        return Ok(gone);
+    }
+    let more = purge(
+        entries,
+        PurgePolicy {
+            batch: left,
+            ..policy
+        },
+    )
+    .await?;
+    Ok(gone + more)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
-use mongodb::{Client, ClientSession};
+use mongodb::{Client, ClientSession, Collection};
 use tokio::sync::oneshot;
 
 use super::docs::{
@@ -291,8 +291,12 @@ pub(super) async fn set_ban(
     }
 }
 
-/// Retention's questions (see [`crate::store::purge`]).
-struct Purge<'c>(&'c Collections);
+/// Retention's questions (see [`crate::store::purge`]) about one log
+/// collection (`messages` or `entries`).
+struct Purge<'c> {
+    c: &'c Collections,
+    log: &'c Collection<Document>,
+}
 
 impl PurgeRows for Purge<'_> {
     async fn older_than(
@@ -301,8 +305,7 @@ impl PurgeRows for Purge<'_> {
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
         let docs = collect(
-            self.0
-                .messages
+            self.log
                 .find(doc! {"ts": {"$lt": before as i64}})
                 .sort(doc! {"ts": 1})
                 .limit(limit as i64)
@@ -318,7 +321,7 @@ impl PurgeRows for Purge<'_> {
 
     async fn rooms(&mut self) -> Result<Vec<String>, StoreError> {
         collect(
-            self.0
+            self.c
                 .rooms
                 .find(doc! {})
                 .projection(doc! {"_id": 1})
@@ -338,8 +341,7 @@ impl PurgeRows for Purge<'_> {
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
         let cutoff = self
-            .0
-            .messages
+            .log
             .find_one(doc! {"room_id": room})
             .sort(doc! {"seq": -1})
             .skip(keep)
@@ -351,8 +353,7 @@ impl PurgeRows for Purge<'_> {
         };
         let cutoff = get_u64(&cutoff, "seq")? as i64;
         let docs = collect(
-            self.0
-                .messages
+            self.log
                 .find(doc! {"room_id": room, "seq": {"$lte": cutoff}})
                 .sort(doc! {"seq": 1})
                 .limit(limit as i64)
@@ -371,8 +372,7 @@ impl PurgeRows for Purge<'_> {
         for room in doomed.chunk_by(|a, b| a.0 == b.0) {
             let seqs: Vec<i64> = room.iter().map(|(_, s)| *s).collect();
             deleted += self
-                .0
-                .messages
+                .log
                 .delete_many(doc! {"room_id": &room[0].0, "seq": {"$in": seqs}})
                 .await
                 .map_err(err)?
@@ -383,7 +383,12 @@ impl PurgeRows for Purge<'_> {
 }
 
 pub(super) async fn purge(c: &Collections, policy: PurgePolicy) -> Result<u64, StoreError> {
-    crate::store::purge::purge(&mut Purge(c), policy).await
+    let mut messages = Purge {
+        c,
+        log: &c.messages,
+    };
+    let mut entries = Purge { c, log: &c.entries };
+    crate::store::purge::purge_logs(&mut messages, &mut entries, policy).await
 }
 
 /// `NotOwner` unless `by` is the room's recorded owner and a member.

@@ -706,8 +706,11 @@ async fn run_batch(
 }
 
 /// Retention's questions (see [`crate::store::purge`]) inside the batch's
-/// transaction.
-struct Purge<'t, 'c>(&'t Transaction<'c>);
+/// transaction, about one log table (`messages` or `entries`).
+struct Purge<'t, 'c> {
+    tx: &'t Transaction<'c>,
+    table: &'static str,
+}
 
 impl PurgeRows for Purge<'_, '_> {
     async fn older_than(
@@ -715,12 +718,13 @@ impl PurgeRows for Purge<'_, '_> {
         before: u64,
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
+        let sql = format!(
+            "SELECT room_id, seq FROM {} WHERE ts < $1 ORDER BY ts LIMIT $2",
+            self.table
+        );
         let rows = self
-            .0
-            .query(
-                "SELECT room_id, seq FROM messages WHERE ts < $1 ORDER BY ts LIMIT $2",
-                &[&(before as i64), &(limit as i64)],
-            )
+            .tx
+            .query(&sql, &[&(before as i64), &(limit as i64)])
             .await
             .map_err(err)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -728,7 +732,7 @@ impl PurgeRows for Purge<'_, '_> {
 
     async fn rooms(&mut self) -> Result<Vec<String>, StoreError> {
         let rows = self
-            .0
+            .tx
             .query("SELECT room_id FROM rooms", &[])
             .await
             .map_err(err)?;
@@ -741,14 +745,15 @@ impl PurgeRows for Purge<'_, '_> {
         keep: u64,
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
+        let sql = format!(
+            "SELECT seq FROM {t} WHERE room_id = $1 AND seq <=
+               (SELECT seq FROM {t} WHERE room_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)
+             ORDER BY seq LIMIT $3",
+            t = self.table
+        );
         let rows = self
-            .0
-            .query(
-                "SELECT seq FROM messages WHERE room_id = $1 AND seq <=
-                   (SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)
-                 ORDER BY seq LIMIT $3",
-                &[&room, &(keep as i64), &(limit as i64)],
-            )
+            .tx
+            .query(&sql, &[&room, &(keep as i64), &(limit as i64)])
             .await
             .map_err(err)?;
         Ok(rows.iter().map(|r| (room.to_owned(), r.get(0))).collect())
@@ -757,17 +762,23 @@ impl PurgeRows for Purge<'_, '_> {
     async fn delete(&mut self, doomed: &[MessageKey]) -> Result<u64, StoreError> {
         let rooms: Vec<&str> = doomed.iter().map(|(r, _)| r.as_str()).collect();
         let seqs: Vec<i64> = doomed.iter().map(|(_, s)| *s).collect();
-        self.0
-            .execute(
-                "DELETE FROM messages WHERE (room_id, seq) IN
-                   (SELECT * FROM unnest($1::text[], $2::bigint[]))",
-                &[&rooms, &seqs],
-            )
-            .await
-            .map_err(err)
+        let sql = format!(
+            "DELETE FROM {} WHERE (room_id, seq) IN
+               (SELECT * FROM unnest($1::text[], $2::bigint[]))",
+            self.table
+        );
+        self.tx.execute(&sql, &[&rooms, &seqs]).await.map_err(err)
     }
 }
 
 async fn purge(tx: &Transaction<'_>, policy: PurgePolicy) -> Result<u64, StoreError> {
-    crate::store::purge::purge(&mut Purge(tx), policy).await
+    let mut messages = Purge {
+        tx,
+        table: "messages",
+    };
+    let mut entries = Purge {
+        tx,
+        table: "entries",
+    };
+    crate::store::purge::purge_logs(&mut messages, &mut entries, policy).await
 }

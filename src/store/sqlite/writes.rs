@@ -441,8 +441,12 @@ pub(super) fn append(
     })
 }
 
-/// Retention's questions (see [`crate::store::purge`]) on this connection.
-struct Purge<'c>(&'c Connection);
+/// Retention's questions (see [`crate::store::purge`]) on this connection,
+/// about one log table (`messages` or `entries`).
+struct Purge<'c> {
+    conn: &'c Connection,
+    table: &'static str,
+}
 
 impl PurgeRows for Purge<'_> {
     async fn older_than(
@@ -450,8 +454,12 @@ impl PurgeRows for Purge<'_> {
         before: u64,
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
-        self.0
-            .prepare_cached("SELECT room_id, seq FROM messages WHERE ts < ?1 ORDER BY ts LIMIT ?2")
+        let sql = format!(
+            "SELECT room_id, seq FROM {} WHERE ts < ?1 ORDER BY ts LIMIT ?2",
+            self.table
+        );
+        self.conn
+            .prepare_cached(&sql)
             .and_then(|mut s| {
                 s.query_map(params![before as i64, limit as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -462,7 +470,7 @@ impl PurgeRows for Purge<'_> {
     }
 
     async fn rooms(&mut self) -> Result<Vec<String>, StoreError> {
-        self.0
+        self.conn
             .prepare_cached("SELECT room_id FROM rooms")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
             .map_err(backend)
@@ -474,12 +482,14 @@ impl PurgeRows for Purge<'_> {
         keep: u64,
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
-        self.0
-            .prepare_cached(
-                "SELECT seq FROM messages WHERE room_id = ?1 AND seq <=
-                   (SELECT seq FROM messages WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)
-                 ORDER BY seq LIMIT ?3",
-            )
+        let sql = format!(
+            "SELECT seq FROM {t} WHERE room_id = ?1 AND seq <=
+               (SELECT seq FROM {t} WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)
+             ORDER BY seq LIMIT ?3",
+            t = self.table
+        );
+        self.conn
+            .prepare_cached(&sql)
             .and_then(|mut s| {
                 s.query_map(params![room, keep as i64, limit as i64], |r| {
                     Ok((room.to_owned(), r.get(0)?))
@@ -490,10 +500,8 @@ impl PurgeRows for Purge<'_> {
     }
 
     async fn delete(&mut self, doomed: &[MessageKey]) -> Result<u64, StoreError> {
-        let mut del = self
-            .0
-            .prepare_cached("DELETE FROM messages WHERE room_id = ?1 AND seq = ?2")
-            .map_err(backend)?;
+        let sql = format!("DELETE FROM {} WHERE room_id = ?1 AND seq = ?2", self.table);
+        let mut del = self.conn.prepare_cached(&sql).map_err(backend)?;
         for (room, seq) in doomed {
             del.execute(params![room, seq]).map_err(backend)?;
         }
@@ -501,8 +509,20 @@ impl PurgeRows for Purge<'_> {
     }
 }
 
-pub(super) fn purge(c: &Connection, policy: PurgePolicy) -> Result<u64, StoreError> {
-    super::now(crate::store::purge::purge(&mut Purge(c), policy))
+pub(super) fn purge(conn: &Connection, policy: PurgePolicy) -> Result<u64, StoreError> {
+    let mut messages = Purge {
+        conn,
+        table: "messages",
+    };
+    let mut entries = Purge {
+        conn,
+        table: "entries",
+    };
+    super::now(crate::store::purge::purge_logs(
+        &mut messages,
+        &mut entries,
+        policy,
+    ))
 }
 
 /// `NotOwner` unless `by` is the room's recorded owner and a member.
