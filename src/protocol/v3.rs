@@ -143,6 +143,33 @@ pub struct Entry {
     pub group_info: Option<ByteBuf>,
 }
 
+impl Entry {
+    /// A stored log entry of `room_id` as every member gets it.
+    pub fn new(room_id: &str, seq: u64, ts: u64, e: &crate::message::LogEntry) -> Entry {
+        Entry {
+            room_id: room_id.to_owned(),
+            seq,
+            ts,
+            sender: e.sender.clone(),
+            device_id: ByteBuf::from(e.device_id.clone()),
+            kind: match e.kind {
+                crate::message::EntryKind::Commit => EntryKind::Commit,
+                crate::message::EntryKind::Message => EntryKind::Message,
+            },
+            epoch: e.epoch,
+            data: ByteBuf::from(e.data.clone()),
+            msg_id: e.msg_id.clone().map(ByteBuf::from),
+            group_info: e.group_info.clone().map(ByteBuf::from),
+        }
+    }
+
+    /// The `entry` event's bytes: the same for every member, so a room
+    /// encodes it once and shares them.
+    pub fn event(self) -> bytes::Bytes {
+        bytes::Bytes::from(ServerMsg3::Entry(self).encode())
+    }
+}
+
 /// Every v3 server frame whose shape differs from version 2's, and the rest
 /// as `Shared`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,6 +385,26 @@ mod tests {
         ciborium::into_writer(&text, &mut frame).unwrap();
         let err = decode_request_v3(&frame).unwrap_err();
         assert_eq!(err.failure.code, ErrorCode::Malformed);
+    }
+
+    #[test]
+    fn a_stored_entry_is_one_event_for_every_member() {
+        use crate::message::{EntryKind as Kind, LogEntry};
+        let stored = LogEntry {
+            kind: Kind::Message,
+            sender: "alice".into(),
+            device_id: vec![1; 16],
+            epoch: 3,
+            data: vec![5; 40],
+            msg_id: Some(vec![2; 16]),
+            group_info: None,
+        };
+        let entry = Entry::new("r-1", 9, 77, &stored);
+        assert_eq!(entry.kind, EntryKind::Message);
+        assert_eq!((entry.seq, entry.ts, entry.epoch), (9, 77, 3));
+        let bytes = entry.clone().event();
+        assert_eq!(ServerMsg3::decode(&bytes).unwrap(), ServerMsg3::Entry(entry));
+        assert_eq!(crate::protocol::peek_type(&bytes), b"entry");
     }
 
     #[test]
