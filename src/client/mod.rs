@@ -8,6 +8,7 @@
 //! `next_event` hands them out. The tests, the CLI and the load generator all
 //! use it.
 
+pub mod device_store;
 pub mod display;
 pub mod envelope;
 pub mod mls;

@@ -403,7 +403,10 @@ mod tests {
         assert_eq!(entry.kind, EntryKind::Message);
         assert_eq!((entry.seq, entry.ts, entry.epoch), (9, 77, 3));
         let bytes = entry.clone().event();
-        assert_eq!(ServerMsg3::decode(&bytes).unwrap(), ServerMsg3::Entry(entry));
+        assert_eq!(
+            ServerMsg3::decode(&bytes).unwrap(),
+            ServerMsg3::Entry(entry)
+        );
         assert_eq!(crate::protocol::peek_type(&bytes), b"entry");
     }
 
