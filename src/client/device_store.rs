@@ -35,6 +35,9 @@ pub enum DeviceStoreError {
 
 type Result<T> = std::result::Result<T, DeviceStoreError>;
 
+/// The `device` row: user, device id, certificate, MLS key.
+type DeviceRow = (String, Vec<u8>, Vec<u8>, Vec<u8>);
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mls_state (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS device (
@@ -165,7 +168,7 @@ impl DeviceStore {
 
     /// The device recorded in this file, if any.
     pub fn device(&self, provider: &OpenMlsRustCrypto) -> Result<Option<Device>> {
-        let row: Option<(String, Vec<u8>, Vec<u8>, Vec<u8>)> = self
+        let row: Option<DeviceRow> = self
             .conn
             .query_row(
                 "SELECT user, device_id, certificate, mls_key FROM device WHERE id = 1",
