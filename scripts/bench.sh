@@ -94,6 +94,10 @@ for s in "${scenarios[@]}"; do
       start_server logins 18182
       timeout 900 "$bench" --url ws://127.0.0.1:18182/ws --server-pid "$server_pid" logins ${LOGIN_ARGS:-} | tee -a "$out"
       ;;
+    logins3)
+      start_server logins3 18199 CHAT__PROTOCOL__VERSION=3
+      timeout 900 "$bench" --url ws://127.0.0.1:18199/ws --server-pid "$server_pid" logins3 ${LOGIN_ARGS:-} | tee -a "$out"
+      ;;
     durable)
       # Signatures off on both: this scenario isolates the store path.
       start_server durable-group 18183 CHAT__SECURITY__VERIFY_SIGNATURES=false

@@ -25,7 +25,7 @@ pub struct AddDevice {
 }
 
 impl Handler<AddDevice> for Registry {
-    type Result = ResponseFuture<RegistryResult<Vec<u8>>>;
+    type Result = ResponseActFuture<Self, RegistryResult<Vec<u8>>>;
 
     fn handle(&mut self, msg: AddDevice, _: &mut Self::Context) -> Self::Result {
         let cert = msg.certificate;
@@ -38,7 +38,8 @@ impl Handler<AddDevice> for Registry {
         };
         let store = self.store.clone();
         let max = self.settings.limits.max_devices_per_user;
-        Box::pin(async move {
+        let added = record.clone();
+        let work = async move {
             let invalid = |why: &str| Err(Failure::new(ErrorCode::InvalidDevice, why));
             match store.add_device(record, max).await.map_err(internal)? {
                 DeviceAdded::Added => {
@@ -66,7 +67,63 @@ impl Handler<AddDevice> for Registry {
                     ),
                 )),
             }
-        })
+        };
+        Box::pin(work.into_actor(self).map(move |res, act, _| {
+            if let Ok(kept) = &res {
+                act.remember_device(DeviceRecord {
+                    certificate: kept.clone(),
+                    ..added
+                });
+            }
+            res
+        }))
+    }
+}
+
+/// A user's live device by id, if recorded: a known device's login needs
+/// no signature check and no write (its certificate was checked when it
+/// was recorded).
+#[derive(Message)]
+#[rtype(result = "RegistryResult<Option<DeviceRecord>>")]
+pub struct FindDevice {
+    pub username: String,
+    pub device_id: Vec<u8>,
+}
+
+impl Handler<FindDevice> for Registry {
+    type Result = ResponseActFuture<Self, RegistryResult<Option<DeviceRecord>>>;
+
+    fn handle(&mut self, msg: FindDevice, _: &mut Self::Context) -> Self::Result {
+        let key = (msg.username, msg.device_id);
+        if let Some(known) = self.devices.get(&key) {
+            return Box::pin(fut::ready(Ok(Some(known.clone()))));
+        }
+        let list = self.store.list_devices(&key.0);
+        Box::pin(list.into_actor(self).map(move |res, act, _| {
+            let found = res
+                .map_err(internal)?
+                .into_iter()
+                .find(|d| d.device_id == key.1);
+            if let Some(device) = &found {
+                act.remember_device(device.clone());
+            }
+            Ok(found)
+        }))
+    }
+}
+
+impl Registry {
+    /// Keeps a live device for the next login (one process only).
+    fn remember_device(&mut self, device: DeviceRecord) {
+        const MOST: usize = 200_000;
+        if self.cluster.is_some() {
+            return;
+        }
+        if self.devices.len() >= MOST {
+            self.devices.clear();
+        }
+        self.devices
+            .insert((device.username.clone(), device.device_id.clone()), device);
     }
 }
 
@@ -117,24 +174,20 @@ pub struct RemoveDevice {
 }
 
 impl Handler<RemoveDevice> for Registry {
-    type Result = ResponseFuture<RegistryResult<()>>;
+    type Result = ResponseActFuture<Self, RegistryResult<()>>;
 
     fn handle(&mut self, msg: RemoveDevice, _: &mut Self::Context) -> Self::Result {
-        let store = self.store.clone();
-        Box::pin(async move {
-            let removed = store
-                .remove_device(&msg.username, &msg.device_id, now_ms())
-                .await
-                .map_err(internal)?;
-            if !removed {
+        let key = (msg.username, msg.device_id);
+        self.devices.remove(&key);
+        let remove = self.store.remove_device(&key.0, &key.1, now_ms());
+        Box::pin(remove.into_actor(self).map(move |res, act, _| {
+            // Again: a login may have remembered it while the write ran.
+            act.devices.remove(&key);
+            if !res.map_err(internal)? {
                 return Err(Failure::new(ErrorCode::InvalidDevice, "no such device"));
             }
-            log::info!(
-                "{}: removed device {}",
-                msg.username,
-                hex::encode(&msg.device_id)
-            );
+            log::info!("{}: removed device {}", key.0, hex::encode(&key.1));
             Ok(())
-        })
+        }))
     }
 }

@@ -21,7 +21,7 @@ mod devices;
 mod directory;
 
 pub use accounts::{LookupUser, Offline, Online, OnlineInfo, Register};
-pub use devices::{AddDevice, ListDevices, RemoveDevice};
+pub use devices::{AddDevice, FindDevice, ListDevices, RemoveDevice};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -77,6 +77,10 @@ pub struct Registry {
     presence_version: u64,
     room_loads: HashMap<String, crate::cluster::reloads::Reloads>,
     subscriptions: u64,
+    /// v3: live devices recorded through this process, so a known device's
+    /// login reads no store. One process only: with several, another
+    /// process may remove a device, so the store is asked every time.
+    devices: HashMap<(String, Vec<u8>), crate::store::DeviceRecord>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -118,6 +122,7 @@ impl Registry {
             pending_rooms: Default::default(),
             running: HashSet::new(),
             churn: crate::util::Windows::new(std::time::Duration::from_secs(60), 100_000),
+            devices: HashMap::new(),
         }
     }
 

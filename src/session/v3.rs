@@ -153,7 +153,7 @@ impl Session {
             );
             return self.fail(ctx, id, ErrorCode::AuthFailed);
         }
-        let certificate = match DeviceCertificate::check(&device, &user.username, identity) {
+        let certificate = match DeviceCertificate::check_unsigned(&device, &user.username) {
             Ok(cert) => cert,
             Err(e) => {
                 return self.fail(
@@ -163,6 +163,50 @@ impl Session {
                 )
             }
         };
+        let find = self.registry.send(registry::FindDevice {
+            username: user.username.clone(),
+            device_id: certificate.device.clone(),
+        });
+        ctx.spawn(find.into_actor(self).map(move |res, act, ctx| {
+            match res.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) {
+                Ok(Some(known)) if known.mls_key == certificate.mls_key => {
+                    act.online3(ctx, id, user, known.device_id, known.certificate)
+                }
+                Ok(Some(_)) => act.fail(
+                    ctx,
+                    id,
+                    Failure::new(
+                        ErrorCode::InvalidDevice,
+                        "this device id is registered with another MLS key",
+                    ),
+                ),
+                Ok(None) => act.add_device(ctx, id, user, certificate, device),
+                Err(f) => act.write(ctx, f.into_msg(id)),
+            }
+        }));
+    }
+
+    /// A device seen for the first time (or removed): its certificate's
+    /// signature is checked here, on this connection's worker, then the
+    /// store records it (or refuses: removed, the limit).
+    fn add_device(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        user: Arc<User>,
+        certificate: DeviceCertificate,
+        device: ByteBuf,
+    ) {
+        let Some(identity) = user.identity() else {
+            return self.fail(ctx, id, ErrorCode::AuthFailed);
+        };
+        if let Err(e) = certificate.check_signature(identity) {
+            return self.fail(
+                ctx,
+                id,
+                Failure::new(ErrorCode::InvalidDevice, e.to_string()),
+            );
+        }
         let device_id = certificate.device.clone();
         let add = self.registry.send(registry::AddDevice {
             certificate,

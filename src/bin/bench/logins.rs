@@ -82,3 +82,94 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> 
     drop(keep);
     Ok(failed == 0 && n == o.users)
 }
+
+/// `logins3`: the same against a `protocol.version = 3` server: `login`
+/// then `prove` with the identity key's signature and the device's
+/// certificate, which the server checks (exact encoding, RSA-PSS) and looks
+/// up among the user's devices. Every user's device is recorded by a first
+/// login before the timed phase, so the timed logins are the everyday kind
+/// (a known device).
+pub async fn run_v3(
+    url: &str,
+    pid: Option<u32>,
+    keys: &KeyPair,
+    o: &LoginOpts,
+) -> BenchResult<bool> {
+    use e2ee_chat::client::mls::Device;
+    use e2ee_chat::client::v3::{Client3, IdentityPair};
+    let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
+    let users: Vec<(IdentityPair, Vec<u8>)> = (0..o.users)
+        .map(|i| {
+            let id = IdentityPair::new(&format!("v{run}-{i}"), keys.sign.clone());
+            let device = Device::new(&id.username, |m| id.sign(m));
+            (id, device.certificate)
+        })
+        .collect();
+    // Set-up: register and record every device, a few connections at a time.
+    for chunk in users.chunks(users.len().div_ceil(8).max(1)) {
+        let mut c = Client3::connect(url).await.map_err(|e| e.to_string())?;
+        for (id, _) in chunk {
+            c.register(id).await.map_err(|e| format!("register: {e}"))?;
+        }
+        drop(c);
+        for (id, cert) in chunk {
+            let mut c = Client3::connect(url).await.map_err(|e| e.to_string())?;
+            c.login(id, cert)
+                .await
+                .map_err(|e| format!("first login: {e}"))?;
+        }
+    }
+    let mut conns = Vec::with_capacity(o.users);
+    for _ in 0..o.users {
+        conns.push(
+            Client3::connect(url)
+                .await
+                .map_err(|e| format!("connect: {e}"))?,
+        );
+    }
+    let queue = Arc::new(Mutex::new(users.into_iter().zip(conns).collect::<Vec<_>>()));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let meter = Meter::start(pid);
+    let mut workers = Vec::new();
+    for _ in 0..o.concurrency.max(1) {
+        let (queue, failures) = (queue.clone(), failures.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut done = Vec::new();
+            loop {
+                let Some(((id, cert), mut c)) = queue.lock().await.pop() else {
+                    break;
+                };
+                let started = Instant::now();
+                match c.login(&id, &cert).await {
+                    Ok(_) => latencies.push(started.elapsed().as_micros() as u64),
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                done.push(c);
+            }
+            (latencies, done)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut keep = Vec::new();
+    for w in workers {
+        let (l, d) = w.await.map_err(|e| e.to_string())?;
+        latencies.extend(l);
+        keep.extend(d);
+    }
+    let (wall, cpu, _) = meter.stop();
+    let n = latencies.len();
+    let failed = failures.load(Ordering::Relaxed);
+    println!(
+        "logins3: {n} in {wall:.2} s = {:.0} logins/s (concurrency {}); latency {}; server CPU {} = {} per login; failures {failed}",
+        n as f64 / wall,
+        o.concurrency,
+        percentiles(latencies),
+        common::fmt_opt(cpu, "s"),
+        cpu.map_or("n/a".into(), |c| format!("{:.3} ms", c * 1000.0 / n.max(1) as f64)),
+    );
+    drop(keep);
+    Ok(failed == 0 && n == o.users)
+}

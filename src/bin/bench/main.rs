@@ -3,6 +3,7 @@
 //! itself. See scripts/bench.sh and BENCHMARKS.md.
 //!
 //! Scenarios: `fanout` (with the baseline relay in the same run), `logins`,
+//! `logins3` (a v3 server),
 //! `durable`, `idle`, `passwords`, `history`, `mls` (in process, no server), and `smoke` (all of them, tiny, for the test suite).
 
 mod common;
@@ -50,6 +51,12 @@ enum Command {
     },
     /// Concurrent logins.
     Logins {
+        #[command(flatten)]
+        opts: logins::LoginOpts,
+    },
+    /// Concurrent logins against a `protocol.version = 3` server (a device
+    /// certificate with each proof).
+    Logins3 {
         #[command(flatten)]
         opts: logins::LoginOpts,
     },
@@ -135,6 +142,7 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
             fanout_with_baseline(url, pid, &keys, &opts, !no_baseline).await
         }
         Command::Logins { opts } => logins::run(url, pid, &keys, &opts).await,
+        Command::Logins3 { opts } => logins::run_v3(url, pid, &keys, &opts).await,
         Command::Durable {
             opts,
             compare_url,
