@@ -30,6 +30,27 @@ pub use envelope::{open_message, seal_message, seal_parts, Plaintext};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// The next binary frame from the server within `timeout`, skipping
+/// control frames; a close frame is `Closed` with its code and reason.
+pub(crate) async fn next_binary(ws: &mut Ws, timeout: Duration) -> Result<bytes::Bytes> {
+    loop {
+        let next = tokio::time::timeout(timeout, ws.next())
+            .await
+            .map_err(|_| ClientError::Timeout)?;
+        match next {
+            None => return Err(ClientError::Closed(None)),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(WsMessage::Binary(b))) => return Ok(b),
+            Some(Ok(WsMessage::Close(frame))) => {
+                return Err(ClientError::Closed(
+                    frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)),
+                ))
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("websocket: {0}")]
@@ -241,26 +262,10 @@ impl Client {
 
     /// Reads the next server message from the socket (not the queue).
     pub async fn read(&mut self) -> Result<ServerMsg> {
-        loop {
-            let next = tokio::time::timeout(self.timeout, self.ws.next())
-                .await
-                .map_err(|_| ClientError::Timeout)?;
-            match next {
-                None => return Err(ClientError::Closed(None)),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(WsMessage::Binary(b))) => {
-                    let msg = ServerMsg::decode(&b).map_err(ClientError::Decode)?;
-                    self.observe(&msg);
-                    return Ok(msg);
-                }
-                Some(Ok(WsMessage::Close(frame))) => {
-                    return Err(ClientError::Closed(
-                        frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)),
-                    ))
-                }
-                Some(Ok(_)) => continue,
-            }
-        }
+        let frame = next_binary(&mut self.ws, self.timeout).await?;
+        let msg = ServerMsg::decode(&frame).map_err(ClientError::Decode)?;
+        self.observe(&msg);
+        Ok(msg)
     }
 
     /// Keeps pins and member lists current from everything read.

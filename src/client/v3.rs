@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rsa::pkcs8::EncodePublicKey;
 use rsa::RsaPrivateKey;
 use serde_bytes::ByteBuf;
@@ -97,24 +97,8 @@ impl Client3 {
 
     /// Reads the next server frame from the socket (not the queue).
     pub async fn read(&mut self) -> Result<ServerMsg3> {
-        loop {
-            let next = tokio::time::timeout(self.timeout, self.ws.next())
-                .await
-                .map_err(|_| ClientError::Timeout)?;
-            match next {
-                None => return Err(ClientError::Closed(None)),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(WsMessage::Binary(b))) => {
-                    return ServerMsg3::decode(&b).map_err(ClientError::Decode)
-                }
-                Some(Ok(WsMessage::Close(frame))) => {
-                    return Err(ClientError::Closed(
-                        frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)),
-                    ))
-                }
-                Some(Ok(_)) => continue,
-            }
-        }
+        let frame = super::next_binary(&mut self.ws, self.timeout).await?;
+        ServerMsg3::decode(&frame).map_err(ClientError::Decode)
     }
 
     /// Sends a request and waits for its reply (an `error` reply too);

@@ -39,4 +39,6 @@ pub(crate) fn crypto() -> &'static RustCrypto {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

@@ -184,71 +184,8 @@ impl GroupRoom {
 
 #[cfg(test)]
 mod tests {
-    use openmls::prelude::tls_codec::Deserialize as _;
-    use openmls::prelude::*;
-    use openmls_rust_crypto::OpenMlsRustCrypto;
-
     use super::*;
-    use crate::client::mls::Device;
-
-    struct Phone {
-        device: Device,
-        provider: OpenMlsRustCrypto,
-        group: Option<MlsGroup>,
-    }
-
-    impl Phone {
-        fn new(user: &str) -> Self {
-            Phone {
-                device: Device::new(user, |_| vec![7; 256]),
-                provider: OpenMlsRustCrypto::default(),
-                group: None,
-            }
-        }
-
-        fn me(&self) -> Committer<'_> {
-            Committer {
-                user: &self.device.user,
-                device: &self.device.device_id,
-                certificate: &self.device.certificate,
-            }
-        }
-
-        fn send(&mut self) -> Vec<u8> {
-            let mut group = self.group.take().unwrap();
-            let bytes = self
-                .device
-                .encrypt(&self.provider, &mut group, b"hi")
-                .unwrap();
-            self.group = Some(group);
-            bytes
-        }
-
-        fn commit(&mut self, remove: &[u32]) -> crate::client::mls::CommitObjects {
-            let mut group = self.group.take().unwrap();
-            let objects = self
-                .device
-                .commit(&self.provider, &mut group, remove)
-                .unwrap();
-            group.merge_pending_commit(&self.provider).unwrap();
-            self.group = Some(group);
-            objects
-        }
-
-        fn apply(&mut self, commit: &[u8]) {
-            let group = self.group.as_mut().unwrap();
-            let message = MlsMessageIn::tls_deserialize_exact(commit)
-                .unwrap()
-                .try_into_protocol_message()
-                .unwrap();
-            let processed = group.process_message(&self.provider, message).unwrap();
-            let ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content()
-            else {
-                panic!("not a commit");
-            };
-            group.merge_staged_commit(&self.provider, *staged).unwrap();
-        }
-    }
+    use crate::mls::testing::Phone;
 
     fn devices_of(phones: &[&Phone]) -> Devices {
         let mut devices = Devices::default();
@@ -297,17 +234,19 @@ mod tests {
     #[test]
     fn messages_in_the_epoch_window_pass_in_o1() {
         let (mut alice, mut bob, mut room) = room_with_bob();
-        let old = bob.send(); // epoch 1
+        let old = bob.send(b"hi"); // epoch 1
         assert_eq!(room.check_message(&old), Ok(1));
         // Two updates later, epoch-1 messages are still in the window; three, not.
         for _ in 0..2 {
             let c = alice.commit(&[]);
+            alice.merge();
             room.commit(&c.commit, &c.group_info, alice.me()).unwrap();
             bob.apply(&c.commit);
         }
         assert_eq!(room.epoch(), 3);
         assert_eq!(room.check_message(&old), Ok(1));
         let c = alice.commit(&[]);
+        alice.merge();
         room.commit(&c.commit, &c.group_info, alice.me()).unwrap();
         assert_eq!(room.check_message(&old), Err(SendRefusal::StaleEpoch(4)));
         assert_eq!(
@@ -319,7 +258,7 @@ mod tests {
     #[test]
     fn a_kicked_member_blocks_sends_until_the_removal_commit() {
         let (mut alice, bob, mut room) = room_with_bob();
-        let before_kick = alice.send();
+        let before_kick = alice.send(b"hi");
         room.update_devices(|d| d.remove_user("bob"));
         let bob_leaf = room.leaves_to_remove().to_vec();
         assert_eq!(bob_leaf.len(), 1);
@@ -328,6 +267,7 @@ mod tests {
             Err(SendRefusal::CommitRequired(bob_leaf.clone()))
         );
         let removal = alice.commit(&bob_leaf);
+        alice.merge();
         let entry = room
             .commit(&removal.commit, &removal.group_info, alice.me())
             .unwrap();
@@ -339,7 +279,7 @@ mod tests {
             room.check_message(&before_kick),
             Err(SendRefusal::StaleEpoch(2))
         );
-        assert_eq!(room.check_message(&alice.send()), Ok(2));
+        assert_eq!(room.check_message(&alice.send(b"hi")), Ok(2));
     }
 
     #[test]

@@ -35,28 +35,59 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> 
                 .map_err(|e| format!("connect: {e}"))?,
         );
     }
-    // Work queue: (name, connection) handed out to C workers.
-    let queue = Arc::new(Mutex::new(names.into_iter().zip(conns).collect::<Vec<_>>()));
+    let items: Vec<_> = names.into_iter().zip(conns).collect();
+    let keys = keys.clone();
+    timed(
+        "logins",
+        pid,
+        items,
+        o,
+        move |(name, mut c): (String, Client)| {
+            let id = common::identity(&keys, &name);
+            async move {
+                let ok = c.login(&id).await.is_ok();
+                (ok, (name, c))
+            }
+        },
+    )
+    .await
+}
+
+/// The timed phase both scenarios share: `login` over every item (a user and
+/// its open connection), `concurrency` at a time, and the report line.
+async fn timed<T, F, Fut>(
+    label: &str,
+    pid: Option<u32>,
+    items: Vec<T>,
+    o: &LoginOpts,
+    login: F,
+) -> BenchResult<bool>
+where
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = (bool, T)> + Send,
+{
+    let queue = Arc::new(Mutex::new(items));
     let failures = Arc::new(AtomicUsize::new(0));
     let meter = Meter::start(pid);
     let mut workers = Vec::new();
     for _ in 0..o.concurrency.max(1) {
-        let (queue, failures, keys) = (queue.clone(), failures.clone(), keys.clone());
+        let (queue, failures, login) = (queue.clone(), failures.clone(), login.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut done = Vec::new();
             loop {
-                let Some((name, mut c)) = queue.lock().await.pop() else {
+                let Some(item) = queue.lock().await.pop() else {
                     break;
                 };
                 let started = Instant::now();
-                match c.login(&common::identity(&keys, &name)).await {
-                    Ok(_) => latencies.push(started.elapsed().as_micros() as u64),
-                    Err(_) => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
+                let (ok, item) = login(item).await;
+                if ok {
+                    latencies.push(started.elapsed().as_micros() as u64);
+                } else {
+                    failures.fetch_add(1, Ordering::Relaxed);
                 }
-                done.push(c);
+                done.push(item);
             }
             (latencies, done)
         }));
@@ -72,7 +103,7 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> 
     let n = latencies.len();
     let failed = failures.load(Ordering::Relaxed);
     println!(
-        "logins: {n} in {wall:.2} s = {:.0} logins/s (concurrency {}); latency {}; server CPU {} = {} per login; failures {failed}",
+        "{label}: {n} in {wall:.2} s = {:.0} logins/s (concurrency {}); latency {}; server CPU {} = {} per login; failures {failed}",
         n as f64 / wall,
         o.concurrency,
         percentiles(latencies),
@@ -127,49 +158,16 @@ pub async fn run_v3(
                 .map_err(|e| format!("connect: {e}"))?,
         );
     }
-    let queue = Arc::new(Mutex::new(users.into_iter().zip(conns).collect::<Vec<_>>()));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let meter = Meter::start(pid);
-    let mut workers = Vec::new();
-    for _ in 0..o.concurrency.max(1) {
-        let (queue, failures) = (queue.clone(), failures.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut done = Vec::new();
-            loop {
-                let Some(((id, cert), mut c)) = queue.lock().await.pop() else {
-                    break;
-                };
-                let started = Instant::now();
-                match c.login(&id, &cert).await {
-                    Ok(_) => latencies.push(started.elapsed().as_micros() as u64),
-                    Err(_) => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                done.push(c);
-            }
-            (latencies, done)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut keep = Vec::new();
-    for w in workers {
-        let (l, d) = w.await.map_err(|e| e.to_string())?;
-        latencies.extend(l);
-        keep.extend(d);
-    }
-    let (wall, cpu, _) = meter.stop();
-    let n = latencies.len();
-    let failed = failures.load(Ordering::Relaxed);
-    println!(
-        "logins3: {n} in {wall:.2} s = {:.0} logins/s (concurrency {}); latency {}; server CPU {} = {} per login; failures {failed}",
-        n as f64 / wall,
-        o.concurrency,
-        percentiles(latencies),
-        common::fmt_opt(cpu, "s"),
-        cpu.map_or("n/a".into(), |c| format!("{:.3} ms", c * 1000.0 / n.max(1) as f64)),
-    );
-    drop(keep);
-    Ok(failed == 0 && n == o.users)
+    let items: Vec<_> = users.into_iter().zip(conns).collect();
+    timed(
+        "logins3",
+        pid,
+        items,
+        o,
+        |((id, cert), mut c): ((IdentityPair, Vec<u8>), Client3)| async move {
+            let ok = c.login(&id, &cert).await.is_ok();
+            (ok, ((id, cert), c))
+        },
+    )
+    .await
 }
