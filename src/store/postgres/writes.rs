@@ -22,6 +22,43 @@ use crate::store::{
 use crate::util::now_ms;
 use crate::validate::{fold_room_name, room_name_key};
 
+/// Creating a room: the room (not when the owner is in `$8` rooms already),
+/// its owner as member, the owner's membership period, and `$extra` CTEs.
+macro_rules! create_room_sql {
+    ($extra:literal) => {
+        concat!(
+            "WITH r AS (
+                INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
+                SELECT $1, $2, $3, $4, $5, $6, $7, 0
+                WHERE (SELECT count(*) FROM members WHERE username = $4) < $8
+                RETURNING room_id
+             ), m AS (
+                INSERT INTO members (room_id, username, joined_at) SELECT room_id, $4, $7 FROM r
+             ), periods AS (
+                INSERT INTO member_periods (room_id, username, from_seq, to_seq)
+                SELECT room_id, $4, 1, NULL FROM r
+             )",
+            $extra,
+            "
+             SELECT count(*) FROM r"
+        )
+    };
+}
+
+/// `$1`–`$8` of [`create_room_sql`].
+fn create_room_params(r: &RoomRecord, max_rooms: i64) -> Vec<Param> {
+    vec![
+        Box::new(r.room_id.clone()),
+        Box::new(r.name.clone()),
+        Box::new(room_name_key(&r.name, r.hidden, &r.room_id)),
+        Box::new(r.owner.clone()),
+        Box::new(r.password_hash.clone()),
+        Box::new(r.hidden),
+        Box::new(r.created_at as i64),
+        Box::new(max_rooms),
+    ]
+}
+
 /// One write, run by the writer inside the batch transaction.
 pub(super) enum WriteOp {
     CreateUser(UserRecord),
@@ -105,36 +142,23 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
         // Not created (no row counted) when the owner is in `$8` rooms
         // already, on whatever process they joined them (TooManyRooms).
         WriteOp::CreateGroupRoom(r, g, max_rooms) => (
-            "WITH r AS (
-                INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
-                SELECT $1, $2, $3, $4, $5, $6, $7, 0
-                WHERE (SELECT count(*) FROM members WHERE username = $4) < $8
-                RETURNING room_id
-             ), m AS (
-                INSERT INTO members (room_id, username, joined_at) SELECT room_id, $4, $7 FROM r
-             ), periods AS (
-                INSERT INTO member_periods (room_id, username, from_seq, to_seq)
-                SELECT room_id, $4, 1, NULL FROM r
-             ), g AS (
+            create_room_sql!(
+                ", g AS (
                 INSERT INTO groups (room_id, group_id, epoch, state, group_info, removal_epoch)
                 SELECT room_id, $9, $10, $11, $12, $13 FROM r
-             )
-             SELECT count(*) FROM r",
-            vec![
-                p(r.room_id.clone()),
-                p(r.name.clone()),
-                p(room_name_key(&r.name, r.hidden, &r.room_id)),
-                p(r.owner.clone()),
-                p(r.password_hash.clone()),
-                p(r.hidden),
-                ms(r.created_at),
-                p(*max_rooms),
-                p(g.group_id.clone()),
-                ms(g.epoch),
-                p(g.state.clone()),
-                p(g.group_info.clone()),
-                ms(g.removal_epoch),
-            ],
+             )"
+            ),
+            {
+                let mut params = create_room_params(r, *max_rooms);
+                params.extend([
+                    p(g.group_id.clone()),
+                    ms(g.epoch),
+                    p(g.state.clone()),
+                    p(g.group_info.clone()),
+                    ms(g.removal_epoch),
+                ]);
+                params
+            },
         ),
         // A commit moves the group only from the epoch it was made for
         // (the room row is locked first, so commits of every process take
@@ -189,30 +213,7 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
             "UPDATE groups SET group_info = $3 WHERE room_id = $1 AND epoch = $2 RETURNING 1",
             vec![p(room_id.clone()), ms(*epoch), p(info.clone())],
         ),
-        WriteOp::CreateRoom(r, max_rooms) => (
-            "WITH r AS (
-                INSERT INTO rooms (room_id, name, name_folded, owner, password_hash, hidden, created_at, last_seq)
-                SELECT $1, $2, $3, $4, $5, $6, $7, 0
-                WHERE (SELECT count(*) FROM members WHERE username = $4) < $8
-                RETURNING room_id
-             ), m AS (
-                INSERT INTO members (room_id, username, joined_at) SELECT room_id, $4, $7 FROM r
-             ), periods AS (
-                INSERT INTO member_periods (room_id, username, from_seq, to_seq)
-                SELECT room_id, $4, 1, NULL FROM r
-             )
-             SELECT count(*) FROM r",
-            vec![
-                p(r.room_id.clone()),
-                p(r.name.clone()),
-                p(room_name_key(&r.name, r.hidden, &r.room_id)),
-                p(r.owner.clone()),
-                p(r.password_hash.clone()),
-                p(r.hidden),
-                ms(r.created_at),
-                p(*max_rooms),
-            ],
-        ),
+        WriteOp::CreateRoom(r, max_rooms) => (create_room_sql!(""), create_room_params(r, *max_rooms)),
         // With `by`, only while `by` is the owner and a member: no row
         // comes back otherwise (NotOwner).
         WriteOp::UpdateRoom(room_id, u) => (
