@@ -140,6 +140,15 @@ impl<T> Default for HistoryPage<T> {
 /// requester; it is skipped).
 pub(crate) type KeyedRow<T = StoredMessage> = (i64, Option<T>);
 
+/// Log entries as the page walk reads them: a member may read every one
+/// (no per-recipient key, unlike v2's messages).
+pub(crate) fn readable(entries: Vec<StoredEntry>) -> Vec<KeyedRow<StoredEntry>> {
+    entries
+        .into_iter()
+        .map(|e| (e.seq as i64, Some(e)))
+        .collect()
+}
+
 /// What a store answers for the page walk, in its own dialect.
 pub(crate) trait MessageRows<T = StoredMessage> {
     /// Up to `n` of the room's rows with seq in `a..=b`, ascending or

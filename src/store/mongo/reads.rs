@@ -6,7 +6,7 @@
 use mongodb::bson::{doc, Bson, Document};
 
 use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from, Collections};
-use crate::store::page::{read_page, KeyedRow, MessageRows};
+use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
 use crate::store::{
     DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
     LogEntry, MemberRecord, NewMessage, RoomMessage, RoomState, Sealed, StoreError, StoredEntry,
@@ -368,11 +368,9 @@ impl MessageRows<StoredEntry> for EntryRows<'_> {
         n: usize,
         ascending: bool,
     ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
-        Ok(entry_docs(self.c, self.room_id, a, b, n, ascending)
-            .await?
-            .into_iter()
-            .map(|e| (e.seq as i64, Some(e)))
-            .collect())
+        Ok(readable(
+            entry_docs(self.c, self.room_id, a, b, n, ascending).await?,
+        ))
     }
 }
 

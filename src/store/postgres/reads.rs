@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 
 use super::err;
 use crate::store::keyblob::{decode_keys, find_key};
-use crate::store::page::{read_page, KeyedRow, MessageRows};
+use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
 use crate::store::{
     DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
     LogEntry, MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError,
@@ -246,11 +246,9 @@ impl MessageRows<StoredEntry> for EntryRows<'_> {
         n: usize,
         ascending: bool,
     ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
-        Ok(entry_rows(self.client, self.room_id, a, b, n, ascending)
-            .await?
-            .into_iter()
-            .map(|e| (e.seq as i64, Some(e)))
-            .collect())
+        Ok(readable(
+            entry_rows(self.client, self.room_id, a, b, n, ascending).await?,
+        ))
     }
 }
 

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema::backend;
 use crate::store::keyblob::{decode_keys, find_key};
-use crate::store::page::{read_page, KeyedRow, MessageRows};
+use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
 use crate::store::{
     DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
     LogEntry, MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError,
@@ -171,10 +171,14 @@ impl MessageRows<StoredEntry> for EntryRows<'_> {
         n: usize,
         ascending: bool,
     ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
-        Ok(entry_rows(self.conn, self.room_id, a, b, n, ascending)?
-            .into_iter()
-            .map(|e| (e.seq as i64, Some(e)))
-            .collect())
+        Ok(readable(entry_rows(
+            self.conn,
+            self.room_id,
+            a,
+            b,
+            n,
+            ascending,
+        )?))
     }
 }
 
