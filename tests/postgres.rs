@@ -504,3 +504,65 @@ async fn two_stores_racing_commits_for_one_epoch_one_wins() {
     b.close().await.unwrap();
     db.drop_now().await;
 }
+
+/// v3's device limit across processes: logins of new devices for one user,
+/// racing on two server processes over one database, never record more
+/// than `limits.max_devices_per_user` (the store decides inside the write,
+/// under the user's row lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_devices_racing_on_two_processes_stay_within_the_limit() {
+    use e2ee_chat::client::mls::Device;
+    use e2ee_chat::client::v3::{Client3, IdentityPair};
+    use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+    let Some(db) = database().await else { return };
+    let url = db.url.clone();
+    let tweak = |s: &mut e2ee_chat::config::Settings| {
+        s.store.url = url.clone();
+        s.protocol.version = 3;
+        s.limits.max_devices_per_user = 4;
+    };
+    let a = TestServer::with(tweak);
+    let b = TestServer::with(tweak);
+    let alice = IdentityPair::new("alice", common::identity("alice", 0).keys.sign.clone());
+    let mut c = Client3::connect(&a.url()).await.unwrap();
+    c.register(&alice).await.unwrap();
+    let logins = (0..12).map(|i| {
+        let server = if i % 2 == 0 { a.url() } else { b.url() };
+        let alice = alice.clone();
+        tokio::spawn(async move {
+            let device = Device::new("alice", |m| alice.sign(m));
+            let mut c = Client3::connect(&server).await.unwrap();
+            let result = c.login(&alice, &device.certificate).await;
+            (result.map(|_| ()).map_err(|e| e.code()), c)
+        })
+    });
+    let results: Vec<_> = futures_util::future::join_all(logins)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let ok = results.iter().filter(|(r, _)| r.is_ok()).count();
+    assert_eq!(
+        ok,
+        4,
+        "{:?}",
+        results.iter().map(|(r, _)| r).collect::<Vec<_>>()
+    );
+    assert!(results
+        .iter()
+        .all(|(r, _)| r.is_ok() || *r == Err(Some(ErrorCode::TooManyDevices))));
+    let (_, mut logged_in) = results.into_iter().find(|(r, _)| r.is_ok()).unwrap();
+    let listed = logged_in
+        .request(&Request3::ListDevices {
+            username: "alice".into(),
+        })
+        .await
+        .unwrap();
+    let ServerMsg3::Devices { devices, .. } = listed else {
+        panic!("not devices: {listed:?}");
+    };
+    assert_eq!(devices.len(), 4);
+    a.stop().await;
+    b.stop().await;
+    db.drop_now().await;
+}
