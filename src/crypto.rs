@@ -233,6 +233,13 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
+/// RSA-PSS (SHA-256, MGF1-SHA-256, salt 32) by `key` over `msg`: v2's
+/// signing key and v3's identity key sign alike. Client side only.
+pub fn pss_sign(key: &RsaPrivateKey, msg: &[u8]) -> Vec<u8> {
+    let key = rsa::pss::SigningKey::<Sha256>::new(key.clone());
+    key.sign_with_rng(&mut OsRng, msg).to_vec()
+}
+
 /// A user's private half: both key pairs. Client side only.
 #[derive(Clone)]
 pub struct KeyPair {
@@ -284,8 +291,7 @@ impl KeyPair {
     }
 
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        let key = rsa::pss::SigningKey::<Sha256>::new(self.sign.clone());
-        key.sign_with_rng(&mut OsRng, msg).to_vec()
+        pss_sign(&self.sign, msg)
     }
 
     pub fn unwrap_key(&self, wrapped: &[u8]) -> Result<Vec<u8>, CryptoError> {

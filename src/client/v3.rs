@@ -48,9 +48,7 @@ impl IdentityPair {
 
     /// RSA-PSS (SHA-256, salt 32) over `msg`.
     pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
-        use rsa::signature::{RandomizedSigner, SignatureEncoding};
-        let key = rsa::pss::SigningKey::<sha2::Sha256>::new(self.private.clone());
-        key.sign_with_rng(&mut rand::rngs::OsRng, msg).to_vec()
+        crypto::pss_sign(&self.private, msg)
     }
 }
 

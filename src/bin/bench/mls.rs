@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use e2ee_chat::client::mls::Device;
 use e2ee_chat::mls::{Committer, RoomGroup, Roster};
-use openmls::prelude::OpenMlsProvider;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
 #[derive(Args, Clone)]
@@ -145,7 +144,6 @@ fn measure(members: usize, commits: usize) -> Result<(), String> {
         std::hint::black_box(e2ee_chat::mls::message_epoch(&message, room.group_id()).ok());
     }
     let header = t.elapsed() / 1000;
-    let _ = provider.crypto();
 
     let state = room.state().len();
     let tree = room.ratchet_tree().len();
