@@ -141,6 +141,10 @@ pub struct Limits {
     pub tcp_user_timeout_secs: u64,
     /// Protocol v3: live devices one user may have.
     pub max_devices_per_user: u64,
+    /// Protocol v3: the largest `commit` (commit and GroupInfo together).
+    pub max_commit_bytes: usize,
+    /// Protocol v3: the largest `send` message (one PrivateMessage).
+    pub max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

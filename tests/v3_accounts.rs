@@ -336,7 +336,7 @@ async fn the_vectors_register_frame_registers_alice() {
 }
 
 #[tokio::test]
-async fn v3_rooms_are_not_served_yet() {
+async fn unknown_rooms_and_requests_before_login_are_refused() {
     let server = v3_server();
     let (mut c, _, _) = user(&server, "alice", 0).await;
     let result = c
@@ -344,7 +344,14 @@ async fn v3_rooms_are_not_served_yet() {
             room_id: "r-00".into(),
         })
         .await;
-    assert_eq!(code(result), ErrorCode::UnknownType);
+    assert_eq!(code(result), ErrorCode::NoSuchRoom);
+    let mut fresh = connect(&server).await;
+    let result = fresh
+        .request(&Request3::GroupState {
+            room_id: "r-00".into(),
+        })
+        .await;
+    assert_eq!(code(result), ErrorCode::NotLoggedIn);
     // Before login, everything but register, login, prove and ping is refused.
     let mut fresh = connect(&server).await;
     not_logged_in(&mut fresh).await;

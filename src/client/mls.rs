@@ -159,6 +159,49 @@ impl Device {
     }
 }
 
+/// What a log entry's MLS message did to this device's group.
+#[derive(Debug)]
+pub enum Processed {
+    /// An application message: its plaintext, and the sender's leaf
+    /// credential (the `device_certificate` it carries).
+    Message {
+        plaintext: Vec<u8>,
+        credential: Vec<u8>,
+    },
+    /// Another device's commit, now merged: the group is at its epoch.
+    Commit,
+}
+
+impl Device {
+    /// Processes a log entry's `data` (another device's commit or a
+    /// message) in `group`; a commit is merged at once (entries come in
+    /// log order, and the server stored it).
+    pub fn process(
+        &self,
+        provider: &OpenMlsRustCrypto,
+        group: &mut MlsGroup,
+        data: &[u8],
+    ) -> Result<Processed, MlsError> {
+        let message = MlsMessageIn::tls_deserialize_exact(data)
+            .map_err(err)?
+            .try_into_protocol_message()
+            .map_err(err)?;
+        let processed = group.process_message(provider, message).map_err(err)?;
+        let credential = processed.credential().serialized_content().to_vec();
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(m) => Ok(Processed::Message {
+                plaintext: m.into_bytes(),
+                credential,
+            }),
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                group.merge_staged_commit(provider, *staged).map_err(err)?;
+                Ok(Processed::Commit)
+            }
+            other => Err(MlsError(format!("not a commit or a message: {other:?}"))),
+        }
+    }
+}
+
 /// Epochs a device keeps secrets for, to read messages sent just before a
 /// commit; the server accepts the same window.
 pub const MAX_PAST_EPOCHS: usize = 2;

@@ -123,6 +123,10 @@ pub struct Failure {
     pub code: ErrorCode,
     pub message: String,
     pub members: Option<Vec<Member>>,
+    /// v3 `stale_epoch`: the group's current epoch.
+    pub epoch: Option<u64>,
+    /// v3 `commit_required`: the leaves to remove.
+    pub remove: Option<Vec<u32>>,
 }
 
 impl Failure {
@@ -131,6 +135,41 @@ impl Failure {
             code,
             message: message.into(),
             members: None,
+            epoch: None,
+            remove: None,
+        }
+    }
+
+    /// v3 `stale_epoch`, with the group's current epoch.
+    pub fn stale_epoch(epoch: u64) -> Self {
+        Failure {
+            epoch: Some(epoch),
+            ..Failure::new(
+                ErrorCode::StaleEpoch,
+                format!("the group is at epoch {epoch}"),
+            )
+        }
+    }
+
+    /// v3 `commit_required`, with the leaves to remove.
+    pub fn commit_required(remove: Vec<u32>) -> Self {
+        Failure {
+            remove: Some(remove),
+            ..Failure::new(
+                ErrorCode::CommitRequired,
+                "the group holds leaves to remove: commit their removal first",
+            )
+        }
+    }
+
+    /// Version 3's `error` frame (with `epoch` and `remove`).
+    pub fn into_msg3(self, id: Option<u64>) -> v3::ServerMsg3 {
+        v3::ServerMsg3::Error {
+            id,
+            code: self.code,
+            message: self.message,
+            epoch: self.epoch,
+            remove: self.remove,
         }
     }
 

@@ -97,6 +97,25 @@ pub struct RoomSummary3 {
     pub in_group: Option<bool>,
 }
 
+impl RoomSummary3 {
+    /// Version 2's summary with the group's epoch (and `in_group`).
+    pub fn new(s: super::RoomSummary, epoch: u64, in_group: Option<bool>) -> Self {
+        RoomSummary3 {
+            room_id: s.room_id,
+            name: s.name,
+            owner: s.owner,
+            members: s.members,
+            online: s.online,
+            has_password: s.has_password,
+            hidden: s.hidden,
+            created_at: s.created_at,
+            last_seq: s.last_seq,
+            epoch,
+            in_group,
+        }
+    }
+}
+
 /// 4.2 Member object, version 3: one identity key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member3 {
@@ -104,6 +123,19 @@ pub struct Member3 {
     pub identity_key: ByteBuf,
     pub online: bool,
     pub joined_at: u64,
+}
+
+impl From<super::Member> for Member3 {
+    /// A v3 user's version-2 member object carries the identity key as its
+    /// `sign_key` (`User::member`).
+    fn from(m: super::Member) -> Self {
+        Member3 {
+            username: m.username,
+            identity_key: m.sign_key,
+            online: m.online,
+            joined_at: m.joined_at,
+        }
+    }
 }
 
 /// One device of a user (`list_devices`).

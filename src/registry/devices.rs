@@ -9,6 +9,7 @@ use super::{internal, Registry, RegistryResult};
 use crate::identity::DeviceCertificate;
 use crate::protocol::v3::DeviceInfo;
 use crate::protocol::{ErrorCode, Failure};
+use crate::room;
 use crate::store::{DeviceAdded, DeviceRecord};
 use crate::util::now_ms;
 use serde_bytes::ByteBuf;
@@ -70,6 +71,7 @@ impl Handler<AddDevice> for Registry {
         };
         Box::pin(work.into_actor(self).map(move |res, act, _| {
             if let Ok(kept) = &res {
+                act.tell_rooms(&added.username, &added.device_id, Some(kept.clone()));
                 act.remember_device(DeviceRecord {
                     certificate: kept.clone(),
                     ..added
@@ -113,6 +115,22 @@ impl Handler<FindDevice> for Registry {
 }
 
 impl Registry {
+    /// Tells the user's running rooms that a device may now hold a leaf
+    /// (its certificate) or may not any more (`None`: its leaves become
+    /// leaves to remove). Rooms that are not running read the devices when
+    /// they start.
+    fn tell_rooms(&self, username: &str, device_id: &[u8], certificate: Option<Vec<u8>>) {
+        for room_id in self.dir.rooms_of(username) {
+            if let Some(addr) = self.dir.rooms.get(room_id).and_then(|e| e.addr.as_ref()) {
+                addr.do_send(room::DeviceChange {
+                    username: username.to_owned(),
+                    device_id: device_id.to_vec(),
+                    certificate: certificate.clone(),
+                });
+            }
+        }
+    }
+
     /// Keeps a live device for the next login (one process only).
     fn remember_device(&mut self, device: DeviceRecord) {
         const MOST: usize = 200_000;
@@ -187,6 +205,7 @@ impl Handler<RemoveDevice> for Registry {
                 return Err(Failure::new(ErrorCode::InvalidDevice, "no such device"));
             }
             log::info!("{}: removed device {}", key.0, hex::encode(&key.1));
+            act.tell_rooms(&key.0, &key.1, None);
             Ok(())
         }))
     }

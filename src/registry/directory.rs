@@ -30,6 +30,8 @@ pub(super) struct RoomEntry {
     /// The last seq the running room delivered (`room::DirectoryLink`):
     /// listings take the larger of this and `record.last_seq`.
     pub(super) last_seq: Arc<AtomicU64>,
+    /// v3: the group's epoch as the running room last reported it.
+    pub(super) epoch: Arc<AtomicU64>,
 }
 
 /// A room's place in `list_rooms` order: member count descending, then
@@ -52,6 +54,7 @@ impl RoomEntry {
             busy: 0,
             quiet_since: None,
             last_seq: Arc::new(AtomicU64::new(0)),
+            epoch: Arc::new(AtomicU64::new(0)),
         }
     }
 

@@ -24,6 +24,7 @@ pub use accounts::{LookupUser, Offline, Online, OnlineInfo, Register};
 pub use devices::{AddDevice, FindDevice, ListDevices, RemoveDevice};
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -37,7 +38,7 @@ use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
 use crate::room::{
     self, DirectoryLink, OwnerAction, OwnerOp, OwnerOutcome, RoomActor, RoomChanged,
 };
-use crate::store::{RoomRecord, SharedStore, StoreError};
+use crate::store::{GroupRow, RoomRecord, SharedStore, StoreError};
 use crate::user::User;
 use crate::util::{new_room_id, now_ms};
 use crate::validate::room_name_key;
@@ -145,6 +146,7 @@ impl Registry {
         let directory = DirectoryLink {
             changed: me.recipient(),
             last_seq: entry.last_seq.clone(),
+            epoch: entry.epoch.clone(),
         };
         let (record, store, settings, hasher, cluster) = (
             entry.record.clone(),
@@ -365,6 +367,8 @@ pub struct ListRooms {
 
 pub struct ListedRooms {
     pub rooms: Vec<RoomSummary>,
+    /// v3: each room's epoch (as its running room last reported it).
+    pub epochs: Vec<u64>,
     pub total: u64,
     pub connected: u64,
 }
@@ -385,14 +389,15 @@ impl Handler<ListRooms> for Registry {
             .collect();
         mine.sort();
         let total = (self.dir.listing.len() + mine.len()) as u64;
-        let rooms = merge(self.dir.listing.iter(), mine.iter())
+        let (rooms, epochs) = merge(self.dir.listing.iter(), mine.iter())
             .skip(msg.offset)
             .take(msg.limit)
             .filter_map(|k| self.dir.rooms.get(&k.room_id))
-            .map(|e| self.summary(e))
-            .collect();
+            .map(|e| (self.summary(e), e.epoch.load(Ordering::Relaxed)))
+            .unzip();
         MessageResult(ListedRooms {
             rooms,
+            epochs,
             total,
             connected: self.connected(),
         })
@@ -419,6 +424,8 @@ pub struct JoinedRoom {
     pub room: RoomSummary,
     pub members: Vec<Member>,
     pub addr: Addr<RoomActor>,
+    /// v3: the group's epoch and whether this device has a leaf.
+    pub group: Option<(u64, bool)>,
 }
 
 #[derive(Message)]
@@ -428,6 +435,9 @@ pub struct CreateRoom {
     pub name: String,
     pub password: Option<String>,
     pub hidden: bool,
+    /// v3: the creator's epoch-0 group, checked by the session; the room's
+    /// id comes from its group id.
+    pub group: Option<GroupRow>,
 }
 
 impl Handler<CreateRoom> for Registry {
@@ -437,7 +447,13 @@ impl Handler<CreateRoom> for Registry {
         if let Err(f) = self.take_churn(&msg.user.username) {
             return failed(f);
         }
-        let room_id = new_room_id();
+        let room_id = match &msg.group {
+            Some(group) => crate::identity::room_id_of_group_id(&group.group_id),
+            None => new_room_id(),
+        };
+        if msg.group.is_some() && self.dir.rooms.contains_key(&room_id) {
+            return failed(ErrorCode::RoomExists);
+        }
         let folded = room_name_key(&msg.name, msg.hidden, &room_id);
         if self.dir.names.contains_key(&folded) {
             return failed(ErrorCode::RoomExists);
@@ -460,12 +476,18 @@ impl Handler<CreateRoom> for Registry {
         let hashed = msg
             .password
             .map(|pw| self.hasher.hash(&msg.user.username, pw));
+        let group = msg.group;
+        let v3 = group.is_some();
         let work = async move {
             let mut record = record;
             if let Some(hashed) = hashed {
                 record.password_hash = Some(hashed.await?);
             }
-            match store.create_room(record.clone()).await {
+            let created = match group {
+                Some(group) => store.create_group_room(record.clone(), group).await,
+                None => store.create_room(record.clone()).await,
+            };
+            match created {
                 Ok(()) => Ok(record),
                 Err(StoreError::Conflict(_)) => Err(ErrorCode::RoomExists.into()),
                 // Rooms joined or created through other processes.
@@ -507,6 +529,7 @@ impl Handler<CreateRoom> for Registry {
                             user.member(act.is_online(&username), entry.record.created_at)
                         ],
                         addr,
+                        group: v3.then_some((0, true)),
                     })
                 }),
         )
@@ -521,6 +544,8 @@ pub struct JoinRoom {
     pub password: Option<String>,
     /// The client's address (its password attempts are budgeted by it too).
     pub ip: std::net::IpAddr,
+    /// v3: the connection's device (for `in_group`).
+    pub device: Option<Vec<u8>>,
 }
 
 impl Handler<JoinRoom> for Registry {
@@ -545,6 +570,7 @@ impl Handler<JoinRoom> for Registry {
             user: msg.user,
             password: msg.password,
             ip: msg.ip,
+            device: msg.device,
         });
         self.reserve_room(&username);
         let room_id = msg.room_id;
@@ -569,6 +595,7 @@ impl Handler<JoinRoom> for Registry {
                 room: joined.room,
                 members: joined.members,
                 addr,
+                group: joined.group,
             })
         }))
     }

@@ -19,7 +19,7 @@ use super::RoomActor;
 use crate::cluster::RoomFeed;
 use crate::metrics;
 use crate::protocol::MessageFrame;
-use crate::store::{NewMessage, RoomMessage};
+use crate::store::{NewEntry, NewMessage, RoomMessage, StoredEntry};
 
 /// How long a seq gap may wait for the notification that fills it before
 /// the room reads the database.
@@ -27,12 +27,42 @@ const GAP_WAIT: Duration = Duration::from_millis(25);
 /// Most messages one database read fills in.
 const FILL_BATCH: usize = 256;
 
-/// A stored message released for fan-out.
+/// What a room's log holds: a v2 message (one wrapped key per member) or
+/// a v3 entry (a commit or an MLS message, the same bytes for everyone).
+#[derive(Debug, Clone)]
+pub(super) enum Logged {
+    Message(Arc<NewMessage>),
+    Entry(Arc<NewEntry>),
+}
+
+/// A stored message or entry released for fan-out.
 #[derive(Debug, Clone)]
 pub(super) struct Ready {
     pub seq: u64,
     pub ts: u64,
-    pub msg: Arc<NewMessage>,
+    pub item: Logged,
+}
+
+impl Ready {
+    fn message(m: RoomMessage) -> Ready {
+        Ready {
+            seq: m.seq,
+            ts: m.ts,
+            item: Logged::Message(Arc::new(m.message)),
+        }
+    }
+
+    fn entry(room_id: &str, e: StoredEntry) -> Ready {
+        Ready {
+            seq: e.seq,
+            ts: e.ts,
+            item: Logged::Entry(Arc::new(NewEntry {
+                room_id: room_id.to_owned(),
+                entry: e.entry,
+                commit: None,
+            })),
+        }
+    }
 }
 
 /// A read of the store that [`Delivery`] asked for.
@@ -94,9 +124,9 @@ impl Delivery {
     /// A stored message, from this room's own append or from another
     /// process: kept until every seq before it is delivered. Copies and
     /// what was delivered already are ignored.
-    pub(super) fn offer(&mut self, seq: u64, ts: u64, msg: Arc<NewMessage>) {
-        if seq > self.delivered {
-            self.waiting.entry(seq).or_insert(Ready { seq, ts, msg });
+    pub(super) fn offer(&mut self, ready: Ready) {
+        if ready.seq > self.delivered {
+            self.waiting.entry(ready.seq).or_insert(ready);
         }
     }
 
@@ -146,12 +176,12 @@ impl Delivery {
         self.filling = true;
     }
 
-    /// The read's answer (`messages` in seq order, at most `FILL_BATCH`).
-    pub(super) fn filled(&mut self, fill: Fill, messages: Vec<RoomMessage>) -> Filled {
+    /// The read's answer (`stored` in seq order, at most `FILL_BATCH`).
+    pub(super) fn filled(&mut self, fill: Fill, stored: Vec<Ready>) -> Filled {
         self.filling = false;
-        let full = messages.len() == FILL_BATCH;
-        for m in messages {
-            self.offer(m.seq, m.ts, Arc::new(m.message));
+        let full = stored.len() == FILL_BATCH;
+        for r in stored {
+            self.offer(r);
         }
         let mut out = Filled {
             deliver: self.take_next(),
@@ -175,9 +205,10 @@ impl Delivery {
 }
 
 impl RoomActor {
-    /// Offers a stored message to the delivery order (see [`Delivery::offer`]).
-    pub(super) fn offer(&mut self, seq: u64, ts: u64, msg: Arc<NewMessage>) {
-        self.delivery.offer(seq, ts, msg);
+    /// Offers a stored message or entry to the delivery order (see
+    /// [`Delivery::offer`]).
+    pub(super) fn offer(&mut self, seq: u64, ts: u64, item: Logged) {
+        self.delivery.offer(Ready { seq, ts, item });
     }
 
     /// Delivers the messages that are next in seq order; a gap waits
@@ -189,8 +220,11 @@ impl RoomActor {
 
     fn deliver(&mut self, released: Vec<Ready>, ctx: &mut Context<Self>) {
         if let Some(last) = released.last().map(|r| r.seq) {
-            for r in &released {
-                self.fan_out(&r.msg, r.seq, r.ts);
+            for r in released {
+                match r.item {
+                    Logged::Message(m) => self.fan_out(&m, r.seq, r.ts),
+                    Logged::Entry(e) => self.fan_out_entry(&e, r.seq, r.ts),
+                }
             }
             self.record.last_seq = self.record.last_seq.max(last);
             // The directory reads this for listings; no message per send.
@@ -208,9 +242,25 @@ impl RoomActor {
             return;
         };
         metrics::inc(&metrics::CLUSTER_GAP_FILLS);
-        let read = self
-            .store
-            .messages_after(&self.record.room_id, fill.from, FILL_BATCH);
+        let room_id = self.record.room_id.clone();
+        let read: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> = if self.group.is_some()
+        {
+            let read = self.store.entries_after(&room_id, fill.from, FILL_BATCH);
+            Box::pin(async move {
+                let entries = read.await?;
+                Ok(entries
+                    .into_iter()
+                    .map(|e| Ready::entry(&room_id, e))
+                    .collect::<Vec<_>>())
+            })
+        } else {
+            let read = self.store.messages_after(&room_id, fill.from, FILL_BATCH);
+            Box::pin(async move {
+                Ok::<_, crate::store::StoreError>(
+                    read.await?.into_iter().map(Ready::message).collect(),
+                )
+            })
+        };
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
             let messages = match res {
                 Ok(m) => m,
@@ -250,6 +300,24 @@ impl RoomActor {
         metrics::add(&metrics::MESSAGES_DELIVERED, deliveries);
         self.flush_offline();
     }
+
+    /// A v3 entry: one frame, encoded once, to every connection of every
+    /// member (the sender's too).
+    fn fan_out_entry(&mut self, e: &NewEntry, seq: u64, ts: u64) {
+        let frame = crate::protocol::v3::Entry::new(&e.room_id, seq, ts, &e.entry).event();
+        let online: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.sessions.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut deliveries = 0u64;
+        for name in online {
+            deliveries += self.push_to(&name, &frame);
+        }
+        metrics::add(&metrics::MESSAGES_DELIVERED, deliveries);
+        self.flush_offline();
+    }
 }
 
 impl Handler<RoomFeed> for RoomActor {
@@ -258,8 +326,7 @@ impl Handler<RoomFeed> for RoomActor {
     fn handle(&mut self, msg: RoomFeed, ctx: &mut Self::Context) {
         match msg {
             RoomFeed::Message(m) => {
-                let m = *m;
-                self.offer(m.seq, m.ts, Arc::new(m.message));
+                self.delivery.offer(Ready::message(*m));
                 self.drain(ctx);
             }
             RoomFeed::Subscribed => self.fill(ctx, true),
@@ -271,8 +338,8 @@ impl Handler<RoomFeed> for RoomActor {
 mod tests {
     use super::*;
 
-    fn msg(seq: u64) -> Arc<NewMessage> {
-        Arc::new(NewMessage {
+    fn msg(seq: u64) -> Logged {
+        Logged::Message(Arc::new(NewMessage {
             room_id: "r".into(),
             sealed: crate::message::Sealed {
                 msg_id: seq.to_be_bytes().to_vec(),
@@ -281,15 +348,24 @@ mod tests {
             },
             keys: vec![],
             check_members: false,
-        })
+        }))
     }
 
-    fn stored(seqs: impl IntoIterator<Item = u64>) -> Vec<RoomMessage> {
+    /// Offers `seq` as a stored message.
+    fn offer(d: &mut Delivery, seq: u64) {
+        d.offer(Ready {
+            seq,
+            ts: 0,
+            item: msg(seq),
+        });
+    }
+
+    fn stored(seqs: impl IntoIterator<Item = u64>) -> Vec<Ready> {
         seqs.into_iter()
-            .map(|seq| RoomMessage {
+            .map(|seq| Ready {
                 seq,
                 ts: seq * 10,
-                message: (*msg(seq)).clone(),
+                item: msg(seq),
             })
             .collect()
     }
@@ -301,14 +377,14 @@ mod tests {
     #[test]
     fn messages_go_out_once_in_seq_order() {
         let mut d = Delivery::new(10);
-        d.offer(12, 0, msg(12));
+        offer(&mut d, 12);
         assert!(d.take_next().is_empty(), "12 waits for 11");
-        d.offer(11, 0, msg(11));
-        d.offer(11, 0, msg(11));
-        d.offer(9, 0, msg(9));
+        offer(&mut d, 11);
+        offer(&mut d, 11);
+        offer(&mut d, 9);
         assert_eq!(seqs(&d.take_next()), [11, 12]);
         assert_eq!(d.delivered(), 12);
-        d.offer(12, 0, msg(12));
+        offer(&mut d, 12);
         assert!(d.take_next().is_empty(), "a copy of a delivered seq");
         assert!(!d.plan_gap_fill(), "nothing waits");
     }
@@ -316,14 +392,14 @@ mod tests {
     #[test]
     fn a_gap_is_filled_from_the_store_once() {
         let mut d = Delivery::new(0);
-        d.offer(4, 0, msg(4));
+        offer(&mut d, 4);
         assert!(d.take_next().is_empty());
         assert!(d.plan_gap_fill());
         assert!(!d.plan_gap_fill(), "one fill at a time");
         let fill = d.start_fill(false).expect("1..3 missing");
         assert_eq!(fill.from, 0);
         // 5 arrives while the read runs.
-        d.offer(5, 0, msg(5));
+        offer(&mut d, 5);
         let filled = d.filled(fill, stored(1..=4));
         assert_eq!(seqs(&filled.deliver), [1, 2, 3, 4, 5]);
         assert_eq!((filled.skipped, filled.more), (vec![], false));
@@ -333,9 +409,9 @@ mod tests {
     #[test]
     fn a_gap_that_filled_meanwhile_needs_no_read() {
         let mut d = Delivery::new(0);
-        d.offer(2, 0, msg(2));
+        offer(&mut d, 2);
         assert!(d.plan_gap_fill());
-        d.offer(1, 0, msg(1));
+        offer(&mut d, 1);
         assert_eq!(d.start_fill(false), None);
         assert_eq!(seqs(&d.take_next()), [1, 2]);
         assert!(!d.plan_gap_fill());
@@ -344,7 +420,7 @@ mod tests {
     #[test]
     fn purged_seqs_below_a_waiting_message_are_skipped() {
         let mut d = Delivery::new(0);
-        d.offer(8, 0, msg(8));
+        offer(&mut d, 8);
         assert!(d.plan_gap_fill());
         let fill = d.start_fill(false).unwrap();
         // 1..=4 purged, 5..=6 still stored, 7 purged too: what is still
@@ -359,7 +435,7 @@ mod tests {
     fn nothing_is_skipped_below_a_message_that_came_during_the_read() {
         let mut d = Delivery::new(0);
         let fill = d.start_fill(true).expect("a catch-up always reads");
-        d.offer(3, 0, msg(3));
+        offer(&mut d, 3);
         let filled = d.filled(fill, stored(1..=1));
         assert_eq!(seqs(&filled.deliver), [1]);
         assert_eq!(filled.skipped, [], "2 may be committed after the read");
@@ -380,13 +456,13 @@ mod tests {
     #[test]
     fn a_failed_read_stays_planned_and_a_reload_restarts_the_order() {
         let mut d = Delivery::new(0);
-        d.offer(3, 0, msg(3));
+        offer(&mut d, 3);
         assert!(d.plan_gap_fill());
         d.start_fill(false).unwrap();
         d.fill_failed();
         assert!(!d.plan_gap_fill(), "the retry is scheduled already");
         d.restart_at(5);
-        d.offer(6, 0, msg(6));
+        offer(&mut d, 6);
         assert_eq!(seqs(&d.take_next()), [6]);
     }
 }

@@ -17,6 +17,8 @@ use crate::util::now_ms;
 pub struct Joined {
     pub room: RoomSummary,
     pub members: Vec<Member>,
+    /// v3: the group's epoch and whether the joining device has a leaf.
+    pub group: Option<(u64, bool)>,
     /// False when the user already was a member.
     pub added: bool,
 }
@@ -30,14 +32,20 @@ pub struct Join {
     pub password: Option<String>,
     /// The client's address, for the password attempt budget.
     pub ip: std::net::IpAddr,
+    /// v3: the connection's device (for `in_group`).
+    pub device: Option<Vec<u8>>,
 }
 
 impl RoomActor {
-    fn joined(&self, added: bool) -> Joined {
+    fn joined(&self, username: &str, device: Option<&[u8]>, added: bool) -> Joined {
         Joined {
             room: self.summary(),
             members: self.member_objects(),
             added,
+            group: self.group.as_ref().map(|g| {
+                let in_group = device.is_some_and(|d| g.in_group(username, d));
+                (g.epoch(), in_group)
+            }),
         }
     }
 
@@ -60,7 +68,11 @@ impl Handler<Join> for RoomActor {
         let username = msg.user.username.clone();
         if self.members.contains_key(&username) {
             self.attach_all(&username, msg.sessions);
-            return Box::pin(fut::ready(Ok(self.joined(false))));
+            return Box::pin(fut::ready(Ok(self.joined(
+                &username,
+                msg.device.as_deref(),
+                false,
+            ))));
         }
         let refuse = |f: Failure| -> Self::Result { Box::pin(fut::ready(Err(f))) };
         if self.bans.contains(&username) {
@@ -96,7 +108,7 @@ impl Handler<Join> for RoomActor {
         };
         let joined_at = now_ms();
         let name = username.clone();
-        let (user, sessions) = (msg.user, msg.sessions);
+        let (user, sessions, device) = (msg.user, msg.sessions, msg.device);
         let stored = verify.into_actor(self).then(move |checked, act, _| {
             let admitted = match checked {
                 Err(busy) => {
@@ -118,6 +130,9 @@ impl Handler<Join> for RoomActor {
             // before any ban this room submits later.
             let write =
                 admitted.map(|()| act.store.add_member(&act.record.room_id, &name, joined_at));
+            // v3: the member's devices may hold leaves from the moment the
+            // join is answered, so they are read before it is.
+            let devices = act.group.is_some().then(|| act.store.list_devices(&name));
             async move {
                 match write?.await {
                     // Banned on another process, which this one has not heard of yet.
@@ -127,6 +142,10 @@ impl Handler<Join> for RoomActor {
                     // Rooms joined or created through other processes.
                     Err(StoreError::TooManyRooms) => Err(Failure::from(ErrorCode::TooManyRooms)),
                     other => other.map_err(internal),
+                }?;
+                match devices {
+                    Some(read) => read.await.map(Some).map_err(internal),
+                    None => Ok(None),
                 }
             }
             .into_actor(act)
@@ -136,7 +155,7 @@ impl Handler<Join> for RoomActor {
             if matches!(&res, Err(f) if f.code == ErrorCode::Banned) {
                 act.bans.insert(username.clone());
             }
-            res?;
+            let devices = res?;
             if act.bans.contains(&username) {
                 // Banned while the membership was being written: the ban's
                 // own write, queued after ours, removes it again.
@@ -144,7 +163,7 @@ impl Handler<Join> for RoomActor {
             }
             if act.members.contains_key(&username) {
                 act.attach_all(&username, sessions);
-                return Ok(act.joined(false));
+                return Ok(act.joined(&username, device.as_deref(), false));
             }
             // The joiner's sessions are attached as it is added: `member_joined`
             // already says whether it is online, so no presence event follows.
@@ -160,15 +179,11 @@ impl Handler<Join> for RoomActor {
                     sessions: sessions.into_iter().map(|h| (h.id, h)).collect(),
                 },
             );
-            act.broadcast(
-                &ServerMsg::MemberJoined {
-                    room_id: act.record.room_id.clone(),
-                    member,
-                },
-                Some(&username),
-            );
+            let frame = act.member_joined_frame(member);
+            act.broadcast_frame(&frame, Some(&username));
+            act.add_member_devices(devices.unwrap_or_default());
             act.local_change(ctx);
-            Ok(act.joined(true))
+            Ok(act.joined(&username, device.as_deref(), true))
         }))
     }
 }

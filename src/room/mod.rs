@@ -17,10 +17,14 @@ mod delivery;
 pub mod group;
 mod membership;
 mod owner;
+mod v3;
 
 pub use cluster::{Elsewhere, Reload};
 pub use membership::{GetMembers, Join, Joined, Leave, Left};
 pub use owner::{OwnerAction, OwnerOp, OwnerOutcome};
+pub use v3::{
+    Commit, DeviceChange, From3, GroupState, GroupView, History3, PublishGroupInfo, Send3,
+};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -41,7 +45,8 @@ use crate::store::{
     Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, SharedStore, StoreError,
 };
 use crate::user::User;
-use delivery::Delivery;
+use delivery::{Delivery, Logged};
+use group::GroupRoom;
 
 /// What a room's handlers answer.
 pub type RoomResult<T> = Result<T, Failure>;
@@ -52,10 +57,11 @@ struct MemberState {
     sessions: HashMap<SessionId, SessionHandle>,
 }
 
-/// A send that is in the store and waits for its turn to be released.
+/// A send (or v3 commit) that is in the store and waits for its turn to be
+/// released.
 struct Pending {
     ticket: u64,
-    message: Arc<NewMessage>,
+    item: Logged,
     outcome: Option<Result<Appended, StoreError>>,
     reply: oneshot::Sender<RoomResult<Appended>>,
 }
@@ -76,6 +82,8 @@ pub struct RoomChanged {
 pub struct DirectoryLink {
     pub changed: Recipient<RoomChanged>,
     pub last_seq: Arc<AtomicU64>,
+    /// v3: the group's epoch, for listings.
+    pub epoch: Arc<AtomicU64>,
 }
 
 pub struct RoomActor {
@@ -107,6 +115,8 @@ pub struct RoomActor {
     reloads: Reloads,
     /// Sessions to attach once the next reload is applied.
     waiting_attach: Vec<(String, SessionHandle)>,
+    /// Protocol v3: the room's MLS group (`v3.rs`), loaded with the room.
+    group: Option<GroupRoom>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
@@ -130,6 +140,7 @@ impl RoomActor {
             elsewhere,
             reloads: Reloads::default(),
             waiting_attach: Vec::new(),
+            group: None,
             hasher,
             record,
             members: IndexMap::new(),
@@ -215,7 +226,10 @@ impl RoomActor {
 
     /// Sends one event to every online member except `except`.
     fn broadcast(&mut self, event: &ServerMsg, except: Option<&str>) {
-        let frame = Bytes::from(event.encode());
+        self.broadcast_frame(&Bytes::from(event.encode()), except);
+    }
+
+    fn broadcast_frame(&mut self, frame: &Bytes, except: Option<&str>) {
         let names: Vec<String> = self
             .members
             .iter()
@@ -223,7 +237,7 @@ impl RoomActor {
             .map(|(n, _)| n.clone())
             .collect();
         for name in names {
-            self.push_to(&name, &frame);
+            self.push_to(&name, frame);
         }
         self.flush_offline();
     }
@@ -266,6 +280,32 @@ impl RoomActor {
         Ok(())
     }
 
+    /// Queues a store write of the room log (a v2 message, a v3 entry)
+    /// behind the ones before it: its answer comes when it and everything
+    /// before it are complete, in seq order.
+    fn submit(
+        &mut self,
+        item: Logged,
+        append: crate::store::StoreFuture<Appended>,
+        ctx: &mut Context<Self>,
+    ) -> impl std::future::Future<Output = RoomResult<Appended>> {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let (tx, rx) = oneshot::channel();
+        self.pending.push_back(Pending {
+            ticket,
+            item,
+            outcome: None,
+            reply: tx,
+        });
+        ctx.spawn(
+            append
+                .into_actor(self)
+                .map(move |res, act, ctx| act.complete(ticket, res, ctx)),
+        );
+        async move { rx.await.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) }
+    }
+
     /// Records a store completion and releases every send at the front of
     /// the queue that is complete, in order.
     fn complete(
@@ -278,15 +318,17 @@ impl RoomActor {
             p.outcome = Some(outcome);
         }
         let mut stale = Vec::new();
+        let mut reload_group = false;
         while self.pending.front().is_some_and(|p| p.outcome.is_some()) {
             let p = self.pending.pop_front().expect("front exists");
+            let is_commit = matches!(&p.item, Logged::Entry(e) if e.commit.is_some());
             let result = match p.outcome.expect("checked") {
                 Ok(appended) => {
                     if !appended.duplicate {
-                        if let Some(cluster) = &self.cluster {
-                            cluster.publish_message(&p.message, appended);
+                        if let (Some(cluster), Logged::Message(m)) = (&self.cluster, &p.item) {
+                            cluster.publish_message(m, appended);
                         }
-                        self.offer(appended.seq, appended.ts, p.message);
+                        self.offer(appended.seq, appended.ts, p.item);
                     }
                     Ok(appended)
                 }
@@ -294,13 +336,25 @@ impl RoomActor {
                     stale.push(p.reply);
                     continue;
                 }
-                Err(e) => Err(internal(e)),
+                // Another process's commit won this epoch: the group here
+                // moved ahead with the loser, so it is read again.
+                Err(StoreError::StaleEpoch(current)) => {
+                    reload_group = true;
+                    Err(Failure::stale_epoch(current))
+                }
+                Err(e) => {
+                    reload_group |= is_commit;
+                    Err(internal(e))
+                }
             };
             let _ = p.reply.send(result);
         }
         self.drain(ctx);
         if !stale.is_empty() {
             self.reload_members(ctx, stale);
+        }
+        if reload_group {
+            self.reload_group(ctx);
         }
     }
 
@@ -368,13 +422,8 @@ impl RoomActor {
                 },
             );
             if self.online_count() > 0 {
-                self.broadcast(
-                    &ServerMsg::MemberJoined {
-                        room_id: self.record.room_id.clone(),
-                        member,
-                    },
-                    Some(&m.user.username),
-                );
+                let frame = self.member_joined_frame(member);
+                self.broadcast_frame(&frame, Some(&m.user.username));
             }
         }
         if replace_bans {
@@ -455,6 +504,7 @@ impl RoomActor {
         let Some(removed) = self.members.shift_remove(username) else {
             return;
         };
+        self.remove_member_devices(username);
         if reason != "left" {
             let frame = Bytes::from(
                 ServerMsg::Removed {
@@ -483,15 +533,36 @@ impl Actor for RoomActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::util::MAILBOX_CAPACITY);
-        let load = self.store.load_room(&self.record.room_id);
+        let room = self.store.load_room(&self.record.room_id);
+        // v3: the group is read after the room, so it is at least as new as
+        // the room's last seq (entries in between are delivered by seq).
+        let group = self
+            .settings
+            .protocol
+            .v3()
+            .then(|| v3::load_group(&self.store, &self.record.room_id));
+        let load = async move {
+            let state = room.await?;
+            let group = match group {
+                Some(g) => Some(g.await?),
+                None => None,
+            };
+            Ok::<_, StoreError>((state, group))
+        };
         ctx.wait(load.into_actor(self).map(
-            |res: Result<RoomState, StoreError>, act, ctx| match res {
-                Ok(state) => {
+            |res: Result<(RoomState, Option<v3::GroupLoad>), StoreError>, act, ctx| match res {
+                Ok((state, group)) => {
                     let Some(record) = state.record.clone() else {
                         log::info!("room {} is gone", act.record.room_id);
                         ctx.stop();
                         return;
                     };
+                    if let Some(group) = group {
+                        if !act.take_group(group) {
+                            ctx.stop();
+                            return;
+                        }
+                    }
                     // Live delivery starts after what is stored now.
                     act.delivery.restart_at(record.last_seq);
                     act.record.last_seq = record.last_seq;
@@ -647,22 +718,9 @@ impl Handler<SendMessage> for RoomActor {
             keys,
             check_members: true,
         });
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        let (tx, rx) = oneshot::channel();
-        self.pending.push_back(Pending {
-            ticket,
-            message: message.clone(),
-            outcome: None,
-            reply: tx,
-        });
-        let append = self.store.append_message(message);
-        ctx.spawn(
-            append
-                .into_actor(self)
-                .map(move |res, act, ctx| act.complete(ticket, res, ctx)),
-        );
-        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) })
+        let append = self.store.append_message(message.clone());
+        let done = self.submit(Logged::Message(message), append, ctx);
+        Box::pin(done)
     }
 }
 

@@ -14,6 +14,7 @@ use crate::handle::SessionHandle;
 use crate::metrics;
 use crate::protocol::{ErrorCode, Failure, Reply, RoomSummary, ServerMsg};
 use crate::registry;
+use crate::room;
 use crate::user::{User, UserKeys};
 use crate::util::now_ms;
 
@@ -128,24 +129,27 @@ impl Session {
             );
             return self.fail(ctx, id, ErrorCode::AuthFailed);
         }
-        self.go_online(ctx, id, user, move |id, username, rooms| {
+        self.go_online(ctx, id, user, None, move |id, username, rooms| {
             ServerMsg::LoggedIn {
                 id,
                 username,
                 server_time: now_ms(),
-                rooms,
+                rooms: rooms.into_iter().map(|(summary, _)| summary).collect(),
             }
         });
     }
 
     /// A proved login: tell the Registry this session is `user`'s (it
-    /// attaches it to the user's rooms), then answer with `reply`.
+    /// attaches it to the user's rooms), then answer with `reply`. A v3
+    /// connection's `device` also gets each room's epoch and whether it has
+    /// a leaf there (`in_group`), asked of the rooms at once.
     pub(super) fn go_online<R: Reply>(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
         user: Arc<User>,
-        reply: impl FnOnce(Option<u64>, String, Vec<RoomSummary>) -> R + 'static,
+        device: Option<Vec<u8>>,
+        reply: impl FnOnce(Option<u64>, String, Vec<(RoomSummary, Option<(u64, bool)>)>) -> R + 'static,
     ) {
         let username = user.username.clone();
         let handle = SessionHandle::new(
@@ -160,17 +164,41 @@ impl Session {
             username: username.clone(),
             handle,
         });
+        let name = username.clone();
         let fut = async move {
-            online
+            let info = online
                 .await
-                .unwrap_or_else(|_| Err(ErrorCode::Internal.into()))
+                .unwrap_or_else(|_| Err(ErrorCode::Internal.into()))?;
+            let mut views = vec![None; info.rooms.len()];
+            if let Some(device) = device {
+                let asks = info.rooms.iter().map(|summary| {
+                    let addr = info
+                        .addrs
+                        .iter()
+                        .find(|(id, _)| *id == summary.room_id)
+                        .map(|(_, a)| a.clone());
+                    let view = room::GroupView {
+                        username: name.clone(),
+                        device_id: device.clone(),
+                    };
+                    async move {
+                        match addr {
+                            Some(a) => a.send(view).await.ok().flatten(),
+                            None => None,
+                        }
+                    }
+                });
+                views = futures_util::future::join_all(asks).await;
+            }
+            Ok::<_, Failure>((info, views))
         };
-        self.answer(ctx, id, fut, move |act, info| {
+        self.answer(ctx, id, fut, move |act, (info, views)| {
             metrics::inc(&metrics::LOGINS);
             log::debug!("session {} logged in as {username}", act.id);
             act.user = Some(user);
+            let rooms = info.rooms.into_iter().zip(views).collect();
             act.rooms.extend(info.addrs);
-            reply(id, username, info.rooms)
+            reply(id, username, rooms)
         });
     }
 }

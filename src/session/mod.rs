@@ -10,6 +10,7 @@
 //! keys and devices), chosen by `protocol.version`.
 
 mod login;
+mod rooms3;
 mod v3;
 
 use std::collections::HashMap;
@@ -192,8 +193,14 @@ impl Session {
         ctx.binary(msg.encode());
     }
 
+    /// Writes an `error` frame in this connection's protocol version.
     fn fail(&self, ctx: &mut Ctx, id: Option<u64>, f: impl Into<Failure>) {
-        self.write(ctx, f.into().into_msg(id));
+        let f = f.into();
+        if self.settings.protocol.v3() {
+            self.write(ctx, f.into_msg3(id));
+        } else {
+            self.write(ctx, f.into_msg(id));
+        }
     }
 
     fn username(&self) -> &str {
@@ -259,7 +266,7 @@ impl Session {
                 let msg = reply(act, v);
                 act.write(ctx, msg)
             }
-            Err(f) => act.write(ctx, f.into_msg(id)),
+            Err(f) => act.fail(ctx, id, f),
         }));
     }
 
@@ -288,13 +295,13 @@ impl Session {
 
     /// Sends `msg` to a room: straight away when its address is cached (so
     /// requests to one room keep their order), else after resolving it.
-    fn ask_room<M, T>(
+    fn ask_room<M, T, R: Reply>(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
         room_id: String,
         msg: M,
-        reply: impl FnOnce(&mut Self, T) -> ServerMsg + 'static,
+        reply: impl FnOnce(&mut Self, T) -> R + 'static,
     ) where
         M: Message<Result = Result<T, Failure>> + Send + 'static,
         T: Send + 'static,
@@ -381,6 +388,7 @@ impl Session {
                     name,
                     password,
                     hidden: hidden.unwrap_or(false),
+                    group: None,
                 };
                 self.ask_registry(ctx, id, msg, move |act, joined| {
                     act.joined_reply(id, joined)
@@ -392,6 +400,7 @@ impl Session {
                     room_id,
                     password,
                     ip: self.peer.ip,
+                    device: None,
                 };
                 self.ask_registry(ctx, id, msg, move |act, joined| {
                     act.joined_reply(id, joined)
@@ -427,19 +436,9 @@ impl Session {
                 before_seq,
                 limit,
             } => {
-                let query = HistoryQuery {
-                    after_seq,
-                    before_seq,
-                    limit: limit.unwrap_or(50).clamp(1, 500) as usize,
-                    max_bytes: self.settings.limits.history_page_bytes,
-                };
-                // Reads of one connection are bounded: pipelined history
-                // requests cannot fill the store's read pool.
-                let Some(slot) = InFlight::take(
-                    &self.history_in_flight,
-                    self.settings.limits.history_in_flight,
-                ) else {
-                    return self.fail(ctx, id, ErrorCode::RateLimited);
+                let Some((query, slot)) = self.history_query(ctx, id, after_seq, before_seq, limit)
+                else {
+                    return;
                 };
                 let rid = room_id.clone();
                 self.ask_room(
@@ -483,6 +482,35 @@ impl Session {
             | Request::Login { .. }
             | Request::Prove { .. } => {
                 unreachable!("handled before login")
+            }
+        }
+    }
+
+    /// A `history` request's query and its read slot: reads of one
+    /// connection are bounded, so pipelined history requests cannot fill the
+    /// store's read pool (`rate_limited` past the bound, answered here).
+    fn history_query(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        after_seq: Option<u64>,
+        before_seq: Option<u64>,
+        limit: Option<u64>,
+    ) -> Option<(HistoryQuery, InFlight)> {
+        let query = HistoryQuery {
+            after_seq,
+            before_seq,
+            limit: limit.unwrap_or(50).clamp(1, 500) as usize,
+            max_bytes: self.settings.limits.history_page_bytes,
+        };
+        match InFlight::take(
+            &self.history_in_flight,
+            self.settings.limits.history_in_flight,
+        ) {
+            Some(slot) => Some((query, slot)),
+            None => {
+                self.fail(ctx, id, ErrorCode::RateLimited);
+                None
             }
         }
     }

@@ -17,16 +17,15 @@ use crate::identity::{
     login_signature_input, register_proof_input, DeviceCertificate, IdentityKey,
 };
 use crate::metrics;
-use crate::protocol::v3::{Request3, ServerMsg3};
+use crate::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
 use crate::protocol::{ErrorCode, Failure, Request, ServerMsg};
 use crate::registry;
 use crate::user::{User, UserKeys};
 use crate::util::now_ms;
 use crate::validate;
 
-/// The device a v3 connection acts as, once its login is proved. Read by
-/// the v3 rooms (commits are checked against it), the next part of v3.
-#[allow(dead_code)]
+/// The device a v3 connection acts as, once its login is proved: rooms
+/// check its commits and GroupInfos against it.
 pub(super) struct ActingDevice {
     pub device_id: Vec<u8>,
     /// The certificate the server keeps for it (its leaves carry this one).
@@ -70,15 +69,34 @@ impl Session {
                 };
                 self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Ok { id });
             }
-            _ => self.fail(
-                ctx,
-                id,
-                Failure::new(
-                    ErrorCode::UnknownType,
-                    "this server speaks protocol v3 for accounts and devices only, so far; \
-                     rooms of v3 are not served yet",
-                ),
-            ),
+            Request3::CreateRoom {
+                name,
+                password,
+                hidden,
+                group_info,
+                ratchet_tree,
+            } => self.create_room3(ctx, id, name, password, hidden, &group_info, &ratchet_tree),
+            Request3::GroupState { room_id } => self.group_state3(ctx, id, room_id),
+            Request3::Commit {
+                room_id,
+                commit,
+                group_info,
+            } => self.commit3(ctx, id, room_id, commit.into_vec(), group_info.into_vec()),
+            Request3::Send {
+                room_id,
+                msg_id,
+                message,
+            } => self.send3(ctx, id, room_id, msg_id.into_vec(), message.into_vec()),
+            Request3::PublishGroupInfo {
+                room_id,
+                group_info,
+            } => self.publish3(ctx, id, room_id, group_info.into_vec()),
+            Request3::Shared(request) => {
+                if !self.dispatch_shared3(ctx, id, &request) {
+                    // Leaving and the owner operations: as version 2.
+                    self.dispatch(ctx, id, request)
+                }
+            }
         }
     }
 
@@ -181,7 +199,7 @@ impl Session {
                     ),
                 ),
                 Ok(None) => act.add_device(ctx, id, user, certificate, device),
-                Err(f) => act.write(ctx, f.into_msg(id)),
+                Err(f) => act.fail(ctx, id, f),
             }
         }));
     }
@@ -215,7 +233,7 @@ impl Session {
         ctx.spawn(add.into_actor(self).map(move |res, act, ctx| {
             match res.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) {
                 Ok(kept) => act.online3(ctx, id, user, device_id, kept),
-                Err(f) => act.write(ctx, f.into_msg(id)),
+                Err(f) => act.fail(ctx, id, f),
             }
         }));
     }
@@ -232,14 +250,20 @@ impl Session {
             device_id: device_id.clone(),
             certificate,
         });
-        self.go_online(ctx, id, user, move |id, username, _rooms| {
+        let device = Some(device_id.clone());
+        self.go_online(ctx, id, user, device, move |id, username, rooms| {
             ServerMsg3::LoggedIn {
                 id,
                 username,
                 device_id: ByteBuf::from(device_id),
                 server_time: now_ms(),
-                // Version 3's rooms are not served yet.
-                rooms: Vec::new(),
+                rooms: rooms
+                    .into_iter()
+                    .map(|(summary, view)| {
+                        let (epoch, in_group) = view.unwrap_or_default();
+                        RoomSummary3::new(summary, epoch, Some(in_group))
+                    })
+                    .collect(),
             }
         });
     }

@@ -398,6 +398,14 @@ pub trait Store: Send + Sync + 'static {
         username: &str,
         query: HistoryQuery,
     ) -> StoreFuture<EntryHistory>;
+    /// v3's dedupe lookup: the stored message `msg_id` of `device_id` in
+    /// the room, as (seq, ts).
+    fn find_entry(
+        &self,
+        room_id: &str,
+        device_id: &[u8],
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>>;
     /// `publish_group_info`: replaces the GroupInfo if the group is at
     /// `epoch`; `false` when it is not.
     fn set_group_info(&self, room_id: &str, epoch: u64, group_info: Vec<u8>) -> StoreFuture<bool>;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cbor;
+pub mod phone3;
 
 use std::path::Path;
 use std::sync::OnceLock;

@@ -344,7 +344,17 @@ impl Store for MongoStore {
         msg_id: &[u8],
     ) -> StoreFuture<Option<(u64, u64)>> {
         let filter = reads::message_key(room_id, sender, msg_id);
-        self.run(move |_, c| async move { reads::find_message(&c, filter).await })
+        self.run(move |_, c| async move { reads::find_seq(&c.messages, filter).await })
+    }
+
+    fn find_entry(
+        &self,
+        room_id: &str,
+        device_id: &[u8],
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>> {
+        let filter = reads::entry_key(room_id, device_id, msg_id);
+        self.run(move |_, c| async move { reads::find_seq(&c.entries, filter).await })
     }
 
     fn history(&self, room_id: &str, username: &str, q: HistoryQuery) -> StoreFuture<HistoryPage> {

@@ -4,6 +4,7 @@
 //! fill.
 
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::Collection;
 
 use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from, Collections};
 use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
@@ -219,12 +220,18 @@ pub(super) fn message_key(room_id: &str, sender: &str, msg_id: &[u8]) -> Documen
     doc! {"room_id": room_id, "sender": sender, "msg_id": super::docs::bin(msg_id)}
 }
 
-pub(super) async fn find_message(
-    c: &Collections,
+pub(super) fn entry_key(room_id: &str, device_id: &[u8], msg_id: &[u8]) -> Document {
+    use super::docs::bin;
+    doc! {"room_id": room_id, "device_id": bin(device_id), "msg_id": bin(msg_id)}
+}
+
+/// The (seq, ts) of the one stored message or entry `filter` finds (the
+/// dedupe lookups).
+pub(super) async fn find_seq(
+    coll: &Collection<Document>,
     filter: Document,
 ) -> Result<Option<(u64, u64)>, StoreError> {
-    match c
-        .messages
+    match coll
         .find_one(filter)
         .projection(doc! {"seq": 1, "ts": 1})
         .await

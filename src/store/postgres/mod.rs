@@ -328,6 +328,19 @@ impl Store for PostgresStore {
         self.read(move |c| async move { reads::find_message(&c, &room_id, &sender, &msg_id).await })
     }
 
+    fn find_entry(
+        &self,
+        room_id: &str,
+        device_id: &[u8],
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>> {
+        let (room_id, device_id, msg_id) =
+            (room_id.to_owned(), device_id.to_vec(), msg_id.to_vec());
+        self.read(
+            move |c| async move { reads::find_entry(&c, &room_id, &device_id, &msg_id).await },
+        )
+    }
+
     fn history(
         &self,
         room_id: &str,

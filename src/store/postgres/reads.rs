@@ -390,3 +390,18 @@ pub(super) async fn find_message(
         .map(|r| r.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
         .map_err(err)
 }
+
+pub(super) async fn find_entry(
+    c: &Client,
+    room_id: &str,
+    device_id: &[u8],
+    msg_id: &[u8],
+) -> Result<Option<(u64, u64)>, StoreError> {
+    c.query_opt(
+        "SELECT seq, ts FROM entries WHERE room_id = $1 AND device_id = $2 AND msg_id = $3",
+        &[&room_id, &device_id, &msg_id],
+    )
+    .await
+    .map(|r| r.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
+    .map_err(err)
+}

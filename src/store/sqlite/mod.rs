@@ -366,6 +366,17 @@ impl Store for SqliteStore {
         self.read(move |c| reads::find_message(c, &room_id, &sender, &msg_id))
     }
 
+    fn find_entry(
+        &self,
+        room_id: &str,
+        device_id: &[u8],
+        msg_id: &[u8],
+    ) -> StoreFuture<Option<(u64, u64)>> {
+        let (room_id, device_id, msg_id) =
+            (room_id.to_owned(), device_id.to_vec(), msg_id.to_vec());
+        self.read(move |c| reads::find_entry(c, &room_id, &device_id, &msg_id))
+    }
+
     fn history(
         &self,
         room_id: &str,

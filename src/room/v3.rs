@@ -1,0 +1,408 @@
+//! A version-3 room's MLS side (`PROTOCOL-v3.md` section 3): the room's
+//! group ([`GroupRoom`]) loaded with the room, and the requests that use it:
+//! `group_state`, `commit`, `send`, `publish_group_info` and `history`.
+//! Commits and messages go through the room's one ordered write queue
+//! (`RoomActor::submit`), so `committed`, `sent` and `entry` leave in seq
+//! order, and every member's connections get each entry as one shared frame.
+//!
+//! Who may hold a leaf follows the room: a member's devices enter the
+//! roster when they join (read from the store) or are added, and leave it
+//! when the member leaves, is kicked or banned, or removes the device.
+
+use std::future::Future;
+
+use actix::prelude::*;
+use bytes::Bytes;
+
+use super::delivery::Logged;
+use super::group::{Devices, SendRefusal};
+use super::{internal, GroupRoom, RoomActor, RoomResult};
+use crate::mls::{CommitError, Committer};
+use crate::protocol::v3::ServerMsg3;
+use crate::protocol::{ErrorCode, Failure, Member, ServerMsg};
+use crate::store::{
+    Appended, EntryHistory, EntryKind, HistoryQuery, LogEntry, NewEntry, SharedStore, StoreError,
+};
+
+/// A room's group as read from the store, with its members' devices.
+pub(super) type GroupLoad = Option<(crate::store::GroupRow, Devices)>;
+
+/// Reads the room's group row and its members' live devices.
+pub(super) fn load_group(
+    store: &SharedStore,
+    room_id: &str,
+) -> impl Future<Output = Result<GroupLoad, StoreError>> {
+    let row = store.load_group(room_id);
+    let devices = store.room_devices(room_id);
+    async move {
+        let Some(row) = row.await? else {
+            return Ok(None);
+        };
+        let mut roster = Devices::default();
+        for d in devices.await? {
+            roster.add(&d.username, &d.device_id, d.certificate);
+        }
+        Ok(Some((row, roster)))
+    }
+}
+
+fn commit_failure(e: CommitError) -> Failure {
+    match e {
+        CommitError::InvalidGroup(why) => Failure::new(ErrorCode::InvalidGroup, why),
+        CommitError::StaleEpoch(epoch) => Failure::stale_epoch(epoch),
+        CommitError::NotAllowed(why) => Failure::new(ErrorCode::NotAllowed, why),
+    }
+}
+
+fn too_large(what: &str, len: usize, max: usize) -> Failure {
+    Failure::new(
+        ErrorCode::TooLarge,
+        format!("the {what} is {len} bytes; the limit is {max}"),
+    )
+}
+
+impl RoomActor {
+    /// Takes the group as read from the store. `false` if the room has no
+    /// group (a version-2 room) or its state does not load.
+    pub(super) fn take_group(&mut self, loaded: GroupLoad) -> bool {
+        let Some((row, devices)) = loaded else {
+            log::error!(
+                "room {} has no MLS group: it is a version-2 room, which a \
+                 version-3 server does not serve",
+                self.record.room_id
+            );
+            return false;
+        };
+        match GroupRoom::load(&self.record.room_id, &row, devices) {
+            Ok(group) => {
+                self.directory
+                    .epoch
+                    .store(group.epoch(), std::sync::atomic::Ordering::Relaxed);
+                self.group = Some(group);
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "room {}: the stored group does not load: {e}",
+                    self.record.room_id
+                );
+                false
+            }
+        }
+    }
+
+    /// The group here moved ahead of the store (a commit it refused or that
+    /// failed): reads the stored group again.
+    pub(super) fn reload_group(&mut self, ctx: &mut Context<Self>) {
+        log::info!(
+            "room {}: reading the group again from the store",
+            self.record.room_id
+        );
+        let load = load_group(&self.store, &self.record.room_id);
+        ctx.spawn(load.into_actor(self).map(|res, act, ctx| match res {
+            Ok(loaded) => {
+                if !act.take_group(loaded) {
+                    ctx.stop();
+                }
+            }
+            Err(e) => {
+                log::warn!("room {}: group reload failed: {e}", act.record.room_id);
+                act.reload_group(ctx);
+            }
+        }));
+    }
+
+    /// The `member_joined` event in this server's protocol version.
+    pub(super) fn member_joined_frame(&self, member: Member) -> Bytes {
+        let room_id = self.record.room_id.clone();
+        Bytes::from(if self.group.is_some() {
+            ServerMsg3::MemberJoined {
+                room_id,
+                member: member.into(),
+            }
+            .encode()
+        } else {
+            ServerMsg::MemberJoined { room_id, member }.encode()
+        })
+    }
+
+    fn member_group(&self, username: &str) -> RoomResult<&GroupRoom> {
+        if !self.members.contains_key(username) {
+            return Err(ErrorCode::NotMember.into());
+        }
+        self.group.as_ref().ok_or_else(|| internal("not a v3 room"))
+    }
+
+    fn member_group_mut(&mut self, username: &str) -> RoomResult<&mut GroupRoom> {
+        self.member_group(username)?;
+        Ok(self.group.as_mut().expect("checked"))
+    }
+
+    /// A member's devices entered the room (read with the join).
+    pub(super) fn add_member_devices(&mut self, devices: Vec<crate::store::DeviceRecord>) {
+        if let Some(group) = &mut self.group {
+            group.update_devices(|roster| {
+                for d in devices {
+                    roster.add(&d.username, &d.device_id, d.certificate);
+                }
+            });
+        }
+    }
+
+    /// A member left, was kicked or banned: their leaves are to remove.
+    pub(super) fn remove_member_devices(&mut self, username: &str) {
+        if let Some(group) = &mut self.group {
+            group.update_devices(|roster| roster.remove_user(username));
+        }
+    }
+}
+
+/// `in_group` and the epoch for a summary (`logged_in`, `joined`).
+#[derive(Message)]
+#[rtype(result = "Option<(u64, bool)>")]
+pub struct GroupView {
+    pub username: String,
+    pub device_id: Vec<u8>,
+}
+
+impl Handler<GroupView> for RoomActor {
+    type Result = Option<(u64, bool)>;
+
+    fn handle(&mut self, msg: GroupView, _: &mut Self::Context) -> Self::Result {
+        let group = self.group.as_ref()?;
+        Some((group.epoch(), group.in_group(&msg.username, &msg.device_id)))
+    }
+}
+
+/// `group_state`: the epoch, the GroupInfo and the tree.
+#[derive(Message)]
+#[rtype(result = "RoomResult<(u64, Vec<u8>, Vec<u8>)>")]
+pub struct GroupState {
+    pub username: String,
+}
+
+impl Handler<GroupState> for RoomActor {
+    type Result = RoomResult<(u64, Vec<u8>, Vec<u8>)>;
+
+    fn handle(&mut self, msg: GroupState, _: &mut Self::Context) -> Self::Result {
+        let (epoch, info, tree) = self.member_group(&msg.username)?.group_state();
+        Ok((epoch, info.to_vec(), tree))
+    }
+}
+
+/// The device a request comes from (the connection's proved device).
+pub struct From3 {
+    pub username: String,
+    pub device_id: Vec<u8>,
+    pub certificate: Vec<u8>,
+}
+
+impl From3 {
+    fn committer(&self) -> Committer<'_> {
+        Committer {
+            user: &self.username,
+            device: &self.device_id,
+            certificate: &self.certificate,
+        }
+    }
+}
+
+/// `commit`: answers the new entry's seq and the new epoch.
+#[derive(Message)]
+#[rtype(result = "RoomResult<(u64, u64)>")]
+pub struct Commit {
+    pub from: From3,
+    pub commit: Vec<u8>,
+    pub group_info: Vec<u8>,
+}
+
+impl Handler<Commit> for RoomActor {
+    type Result = ResponseFuture<RoomResult<(u64, u64)>>;
+
+    fn handle(&mut self, msg: Commit, ctx: &mut Self::Context) -> Self::Result {
+        let max = self.settings.limits.max_commit_bytes;
+        let checked = self.member_group_mut(&msg.from.username).and_then(|group| {
+            let len = msg.commit.len() + msg.group_info.len();
+            if len > max {
+                return Err(too_large("commit", len, max));
+            }
+            group
+                .commit(&msg.commit, &msg.group_info, msg.from.committer())
+                .map_err(commit_failure)
+        });
+        let entry = match checked {
+            Ok(entry) => entry,
+            Err(f) => return Box::pin(async move { Err(f) }),
+        };
+        let epoch = entry.entry.epoch;
+        log::debug!(
+            "room {}: {} commits epoch {epoch}",
+            self.record.room_id,
+            msg.from.username
+        );
+        self.directory
+            .epoch
+            .store(epoch, std::sync::atomic::Ordering::Relaxed);
+        let append = self.store.append_entry(entry.clone());
+        let done = self.submit(Logged::Entry(entry), append, ctx);
+        Box::pin(async move { done.await.map(|a| (a.seq, epoch)) })
+    }
+}
+
+/// `send`: one application PrivateMessage.
+#[derive(Message)]
+#[rtype(result = "RoomResult<Appended>")]
+pub struct Send3 {
+    pub username: String,
+    pub device_id: Vec<u8>,
+    pub msg_id: Vec<u8>,
+    pub message: Vec<u8>,
+}
+
+impl Handler<Send3> for RoomActor {
+    type Result = ResponseFuture<RoomResult<Appended>>;
+
+    fn handle(&mut self, msg: Send3, ctx: &mut Self::Context) -> Self::Result {
+        let refuse = |f: Failure| -> Self::Result { Box::pin(async move { Err(f) }) };
+        let max = self.settings.limits.max_message_bytes;
+        let group = match self.member_group(&msg.username) {
+            Ok(g) => g,
+            Err(f) => return refuse(f),
+        };
+        if msg.message.len() > max {
+            return refuse(too_large("message", msg.message.len(), max));
+        }
+        if msg.msg_id.len() != crate::crypto::MSG_ID_LEN {
+            return refuse(Failure::new(
+                ErrorCode::InvalidMessage,
+                "msg_id must be 16 bytes",
+            ));
+        }
+        let epoch = match group.check_message(&msg.message) {
+            Ok(epoch) => epoch,
+            Err(SendRefusal::Invalid(e)) => {
+                return refuse(Failure::new(ErrorCode::InvalidMessage, e.to_string()))
+            }
+            Err(refusal) => {
+                let failure = match refusal {
+                    SendRefusal::CommitRequired(leaves) => Failure::commit_required(leaves),
+                    SendRefusal::StaleEpoch(current) => Failure::stale_epoch(current),
+                    SendRefusal::Invalid(_) => unreachable!("answered above"),
+                };
+                // A resend of a stored message still answers its `sent`.
+                let lookup =
+                    self.store
+                        .find_entry(&self.record.room_id, &msg.device_id, &msg.msg_id);
+                return Box::pin(async move {
+                    match lookup.await {
+                        Ok(Some((seq, ts))) => Ok(Appended {
+                            seq,
+                            ts,
+                            duplicate: true,
+                        }),
+                        Ok(None) => Err(failure),
+                        Err(e) => Err(internal(e)),
+                    }
+                });
+            }
+        };
+        let entry = std::sync::Arc::new(NewEntry {
+            room_id: self.record.room_id.clone(),
+            entry: LogEntry {
+                kind: EntryKind::Message,
+                sender: msg.username,
+                device_id: msg.device_id,
+                epoch,
+                data: msg.message,
+                msg_id: Some(msg.msg_id),
+                group_info: None,
+            },
+            commit: None,
+        });
+        let append = self.store.append_entry(entry.clone());
+        Box::pin(self.submit(Logged::Entry(entry), append, ctx))
+    }
+}
+
+/// `publish_group_info`: a GroupInfo of the current epoch signed by this
+/// device's leaf replaces the stored one.
+#[derive(Message)]
+#[rtype(result = "RoomResult<()>")]
+pub struct PublishGroupInfo {
+    pub from: From3,
+    pub group_info: Vec<u8>,
+}
+
+impl Handler<PublishGroupInfo> for RoomActor {
+    type Result = ResponseFuture<RoomResult<()>>;
+
+    fn handle(&mut self, msg: PublishGroupInfo, _: &mut Self::Context) -> Self::Result {
+        let checked = self.member_group_mut(&msg.from.username).and_then(|group| {
+            group
+                .publish_group_info(&msg.group_info, msg.from.committer())
+                .map_err(commit_failure)
+        });
+        let epoch = match checked {
+            Ok(epoch) => epoch,
+            Err(f) => return Box::pin(async move { Err(f) }),
+        };
+        let write = self
+            .store
+            .set_group_info(&self.record.room_id, epoch, msg.group_info);
+        Box::pin(async move {
+            match write.await {
+                Ok(true) => Ok(()),
+                // Another process's commit moved the group on meanwhile.
+                Ok(false) => Err(Failure::stale_epoch(epoch + 1)),
+                Err(e) => Err(internal(e)),
+            }
+        })
+    }
+}
+
+/// v3 `history`: the room's entries from the requester's membership periods.
+#[derive(Message)]
+#[rtype(result = "RoomResult<EntryHistory>")]
+pub struct History3 {
+    pub username: String,
+    pub query: HistoryQuery,
+}
+
+impl Handler<History3> for RoomActor {
+    type Result = ResponseFuture<RoomResult<EntryHistory>>;
+
+    fn handle(&mut self, msg: History3, _: &mut Self::Context) -> Self::Result {
+        if let Err(f) = self.member_group(&msg.username) {
+            return Box::pin(async move { Err(f) });
+        }
+        let read = self
+            .store
+            .entry_history(&self.record.room_id, &msg.username, msg.query);
+        Box::pin(async move { read.await.map_err(internal) })
+    }
+}
+
+/// A member's device was added (its certificate) or removed (`None`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeviceChange {
+    pub username: String,
+    pub device_id: Vec<u8>,
+    pub certificate: Option<Vec<u8>>,
+}
+
+impl Handler<DeviceChange> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeviceChange, _: &mut Self::Context) {
+        if !self.members.contains_key(&msg.username) {
+            return;
+        }
+        if let Some(group) = &mut self.group {
+            group.update_devices(|roster| match msg.certificate {
+                Some(cert) => roster.add(&msg.username, &msg.device_id, cert),
+                None => roster.remove(&msg.username, &msg.device_id),
+            });
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! What a v3 session asks of rooms (`PROTOCOL-v3.md` section 3, Rooms, The
+//! room log, History): `create_room` with the creator's group (checked
+//! here, on the connection's worker, before the Registry sees it),
+//! `join_room`, `list_rooms` and `get_members` in version 3's shapes,
+//! `group_state`, `commit`, `send`, `publish_group_info` and `history`.
+//! Leaving and the owner operations are version 2's.
+
+use serde_bytes::ByteBuf;
+
+use super::{Ctx, Session};
+use crate::identity::room_id_of_group_id;
+use crate::metrics;
+use crate::mls::{Committer, RoomGroup};
+use crate::protocol::v3::{Entry, RoomSummary3, ServerMsg3};
+use crate::protocol::{ErrorCode, Failure, Request, ServerMsg};
+use crate::registry;
+use crate::room::{self, From3};
+use crate::store::GroupRow;
+use crate::validate;
+
+impl Session {
+    /// The connection's proved device as the rooms need it.
+    fn from3(&self) -> From3 {
+        let device = self.device.as_ref().expect("a v3 login sets the device");
+        From3 {
+            username: self.username().to_owned(),
+            device_id: device.device_id.clone(),
+            certificate: device.certificate.clone(),
+        }
+    }
+
+    pub(super) fn group_state3(&mut self, ctx: &mut Ctx, id: Option<u64>, room_id: String) {
+        let username = self.username().to_owned();
+        let rid = room_id.clone();
+        self.ask_room(
+            ctx,
+            id,
+            room_id,
+            room::GroupState { username },
+            move |_, (epoch, group_info, tree)| ServerMsg3::GroupState {
+                id,
+                room_id: rid,
+                epoch,
+                group_info: ByteBuf::from(group_info),
+                ratchet_tree: ByteBuf::from(tree),
+            },
+        );
+    }
+
+    pub(super) fn commit3(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        room_id: String,
+        commit: Vec<u8>,
+        group_info: Vec<u8>,
+    ) {
+        let msg = room::Commit {
+            from: self.from3(),
+            commit,
+            group_info,
+        };
+        let rid = room_id.clone();
+        self.ask_room(ctx, id, room_id, msg, move |_, (seq, epoch)| {
+            ServerMsg3::Committed {
+                id,
+                room_id: rid,
+                seq,
+                epoch,
+            }
+        });
+    }
+
+    pub(super) fn send3(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        room_id: String,
+        msg_id: Vec<u8>,
+        message: Vec<u8>,
+    ) {
+        let from = self.from3();
+        let msg = room::Send3 {
+            username: from.username,
+            device_id: from.device_id,
+            msg_id: msg_id.clone(),
+            message,
+        };
+        let rid = room_id.clone();
+        self.ask_room(ctx, id, room_id, msg, move |_, appended| {
+            if !appended.duplicate {
+                metrics::inc(&metrics::MESSAGES_SENT);
+            }
+            ServerMsg::Sent {
+                id,
+                room_id: rid,
+                msg_id: ByteBuf::from(msg_id),
+                seq: appended.seq,
+                ts: appended.ts,
+            }
+        });
+    }
+
+    pub(super) fn publish3(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        room_id: String,
+        group_info: Vec<u8>,
+    ) {
+        let msg = room::PublishGroupInfo {
+            from: self.from3(),
+            group_info,
+        };
+        self.ask_room(ctx, id, room_id, msg, move |_, ()| ServerMsg::Ok { id });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn create_room3(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        name: String,
+        password: Option<String>,
+        hidden: Option<bool>,
+        group_info: &[u8],
+        ratchet_tree: &[u8],
+    ) {
+        let form = Request::CreateRoom {
+            name,
+            password,
+            hidden,
+        };
+        if let Err(code) = validate::request(&form) {
+            return self.fail(ctx, id, code);
+        }
+        let Request::CreateRoom {
+            name,
+            password,
+            hidden,
+        } = form
+        else {
+            unreachable!("built above")
+        };
+        let from = self.from3();
+        let created = RoomGroup::create(
+            group_info,
+            ratchet_tree,
+            Committer {
+                user: &from.username,
+                device: &from.device_id,
+                certificate: &from.certificate,
+            },
+        );
+        let group = match created {
+            Ok(group) => group,
+            Err(e) => {
+                return self.fail(
+                    ctx,
+                    id,
+                    Failure::new(ErrorCode::InvalidGroup, e.to_string()),
+                )
+            }
+        };
+        let row = GroupRow {
+            group_id: group.group_id().to_vec(),
+            epoch: 0,
+            state: group.state(),
+            group_info: group_info.to_vec(),
+            removal_epoch: 0,
+        };
+        log::debug!(
+            "session {}: creates {}",
+            self.id,
+            room_id_of_group_id(&row.group_id)
+        );
+        let msg = registry::CreateRoom {
+            user: self.user.clone().expect("logged in"),
+            name,
+            password,
+            hidden: hidden.unwrap_or(false),
+            group: Some(row),
+        };
+        self.ask_registry(ctx, id, msg, move |act, joined| act.joined3(id, joined));
+    }
+
+    /// `joined` in version 3's shape; the room's address is kept.
+    fn joined3(&mut self, id: Option<u64>, joined: registry::JoinedRoom) -> ServerMsg3 {
+        self.rooms
+            .insert(joined.room.room_id.clone(), joined.addr.clone());
+        let (epoch, in_group) = joined.group.unwrap_or_default();
+        ServerMsg3::Joined {
+            id,
+            room: RoomSummary3::new(joined.room, epoch, Some(in_group)),
+            members: joined.members.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The version-2 requests whose replies change shape in version 3.
+    /// `false` when `request` is not one of them.
+    pub(super) fn dispatch_shared3(
+        &mut self,
+        ctx: &mut Ctx,
+        id: Option<u64>,
+        request: &Request,
+    ) -> bool {
+        let username = self.username().to_owned();
+        match request.clone() {
+            Request::ListRooms { offset, limit } => {
+                let msg = registry::ListRooms {
+                    username,
+                    offset: offset.unwrap_or(0).min(usize::MAX as u64) as usize,
+                    limit: limit.unwrap_or(100).clamp(1, 1000) as usize,
+                };
+                let req = self.registry.send(msg);
+                let fut = async move { req.await.map_err(|_| Failure::from(ErrorCode::Internal)) };
+                self.answer(ctx, id, fut, move |_, listed| ServerMsg3::Rooms {
+                    id,
+                    rooms: listed
+                        .rooms
+                        .into_iter()
+                        .zip(listed.epochs)
+                        .map(|(s, epoch)| RoomSummary3::new(s, epoch, None))
+                        .collect(),
+                    total: listed.total,
+                    connected: listed.connected,
+                });
+            }
+            Request::JoinRoom { room_id, password } => {
+                let msg = registry::JoinRoom {
+                    user: self.user.clone().expect("logged in"),
+                    room_id,
+                    password,
+                    ip: self.peer.ip,
+                    device: Some(self.from3().device_id),
+                };
+                self.ask_registry(ctx, id, msg, move |act, joined| act.joined3(id, joined));
+            }
+            Request::GetMembers { room_id } => {
+                let rid = room_id.clone();
+                self.ask_room(
+                    ctx,
+                    id,
+                    room_id,
+                    room::GetMembers { username },
+                    move |_, members| ServerMsg3::Members {
+                        id,
+                        room_id: rid,
+                        members: members.into_iter().map(Into::into).collect(),
+                    },
+                );
+            }
+            Request::History {
+                room_id,
+                after_seq,
+                before_seq,
+                limit,
+            } => {
+                let Some((query, slot)) = self.history_query(ctx, id, after_seq, before_seq, limit)
+                else {
+                    return true;
+                };
+                let rid = room_id.clone();
+                self.ask_room(
+                    ctx,
+                    id,
+                    room_id,
+                    room::History3 { username, query },
+                    move |_, history| {
+                        drop(slot);
+                        ServerMsg3::History {
+                            id,
+                            entries: history
+                                .page
+                                .messages
+                                .iter()
+                                .map(|e| Entry::new(&rid, e.seq, e.ts, &e.entry))
+                                .collect(),
+                            room_id: rid,
+                            has_more: history.page.has_more,
+                            first_seq: history.first_seq,
+                        }
+                    },
+                );
+            }
+            _ => return false,
+        }
+        true
+    }
+}

@@ -1,0 +1,350 @@
+//! A protocol v3 device for socket tests: a `Client3` connection, the
+//! user's identity key, an openmls device with its own provider, and its
+//! group in one room. It does what a real client does (section 7 in
+//! brief): applies the log in order, merges its own commit only after
+//! `committed`, and joins by external commit from `group_state`.
+
+use e2ee_chat::client::mls::{CommitObjects, Device, Processed};
+use e2ee_chat::client::v3::{Client3, IdentityPair};
+use e2ee_chat::client::ClientError;
+use e2ee_chat::protocol::v3::{Entry, Request3, RoomSummary3, ServerMsg3};
+use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use openmls::prelude::{MlsGroup, OpenMlsProvider};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use serde_bytes::ByteBuf;
+
+use super::TestServer;
+
+pub fn identity3(name: &str, n: usize) -> IdentityPair {
+    let pairs = &super::fixtures().pairs;
+    IdentityPair::new(name, pairs[n % pairs.len()].sign.clone())
+}
+
+pub struct Phone {
+    pub c: Client3,
+    pub id: IdentityPair,
+    pub dev: Device,
+    pub provider: OpenMlsRustCrypto,
+    pub group: Option<MlsGroup>,
+    pub room: String,
+    /// The last seq applied.
+    pub applied: u64,
+    /// The seq of this device's own entry into the group (earlier
+    /// entries are not for it).
+    pub entered_at: u64,
+}
+
+/// An `error` reply: its code, `epoch` and `remove`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub epoch: Option<u64>,
+    pub remove: Option<Vec<u32>>,
+}
+
+pub fn refusal(msg: ServerMsg3) -> Refusal {
+    match msg {
+        ServerMsg3::Error {
+            code,
+            epoch,
+            remove,
+            ..
+        } => Refusal {
+            code,
+            epoch,
+            remove,
+        },
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+pub fn code(result: Result<ServerMsg3, ClientError>) -> ErrorCode {
+    match result {
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("not an error reply: {e}")),
+        Ok(msg) => panic!("expected an error, got {msg:?}"),
+    }
+}
+
+impl Phone {
+    /// `name` registered (first device) and logged in.
+    pub async fn register(server: &TestServer, name: &str, n: usize) -> Phone {
+        let id = identity3(name, n);
+        let mut c = Client3::connect(&server.url()).await.expect("connects");
+        c.register(&id).await.expect("registers");
+        Phone::login(server, id).await
+    }
+
+    /// A new device of an existing user, logged in.
+    pub async fn login(server: &TestServer, id: IdentityPair) -> Phone {
+        let dev = Device::new(&id.username, |m| id.sign(m));
+        let mut c = Client3::connect(&server.url()).await.expect("connects");
+        c.login(&id, &dev.certificate).await.expect("logs in");
+        Phone {
+            c,
+            id,
+            dev,
+            provider: OpenMlsRustCrypto::default(),
+            group: None,
+            room: String::new(),
+            applied: 0,
+            entered_at: 0,
+        }
+    }
+
+    /// Another connection of this same device (same certificate).
+    pub async fn second_connection(&self, server: &TestServer) -> Client3 {
+        let mut c = Client3::connect(&server.url()).await.expect("connects");
+        c.login(&self.id, &self.dev.certificate)
+            .await
+            .expect("logs in");
+        c
+    }
+
+    pub fn group(&mut self) -> &mut MlsGroup {
+        self.group.as_mut().expect("in the group")
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.group.as_ref().expect("in the group").epoch().as_u64()
+    }
+
+    /// `create_room` with a new group: the `joined` summary.
+    pub async fn create(&mut self, name: &str) -> RoomSummary3 {
+        let group_id = rand::random::<[u8; 16]>();
+        let (group, objects) = self
+            .dev
+            .create_group(&self.provider, group_id)
+            .expect("creates a group");
+        let joined = self
+            .c
+            .request(&Request3::CreateRoom {
+                name: name.into(),
+                password: None,
+                hidden: None,
+                group_info: ByteBuf::from(objects.group_info),
+                ratchet_tree: ByteBuf::from(objects.ratchet_tree),
+            })
+            .await
+            .expect("creates the room");
+        let ServerMsg3::Joined { room, .. } = joined else {
+            panic!("not joined: {joined:?}");
+        };
+        self.group = Some(group);
+        self.room = room.room_id.clone();
+        room
+    }
+
+    /// `join_room`: the `joined` summary.
+    pub async fn join_room(&mut self, room_id: &str) -> RoomSummary3 {
+        let joined = self
+            .c
+            .request(&Request3::Shared(Request::JoinRoom {
+                room_id: room_id.into(),
+                password: None,
+            }))
+            .await
+            .expect("joins");
+        let ServerMsg3::Joined { room, .. } = joined else {
+            panic!("not joined: {joined:?}");
+        };
+        self.room = room_id.to_owned();
+        self.applied = room.last_seq;
+        room
+    }
+
+    /// `group_state`: (epoch, GroupInfo, tree).
+    pub async fn group_state(&mut self) -> (u64, Vec<u8>, Vec<u8>) {
+        match self
+            .c
+            .request(&Request3::GroupState {
+                room_id: self.room.clone(),
+            })
+            .await
+            .expect("group_state")
+        {
+            ServerMsg3::GroupState {
+                epoch,
+                group_info,
+                ratchet_tree,
+                ..
+            } => (epoch, group_info.into_vec(), ratchet_tree.into_vec()),
+            other => panic!("not group_state: {other:?}"),
+        }
+    }
+
+    /// An external commit built from the current `group_state` (not sent).
+    pub async fn external_commit(&mut self) -> (MlsGroup, CommitObjects) {
+        let (_, info, tree) = self.group_state().await;
+        self.dev
+            .join_external(&self.provider, &info, &tree)
+            .expect("builds an external commit")
+    }
+
+    /// `commit` of `objects`: the raw reply.
+    pub async fn send_commit(&mut self, objects: &CommitObjects) -> ServerMsg3 {
+        self.c
+            .request_raw(&Request3::Commit {
+                room_id: self.room.clone(),
+                commit: ByteBuf::from(objects.commit.clone()),
+                group_info: ByteBuf::from(objects.group_info.clone()),
+            })
+            .await
+            .expect("a reply")
+    }
+
+    /// Joins the group by external commit; its entry is applied.
+    pub async fn enter(&mut self) -> u64 {
+        let (group, objects) = self.external_commit().await;
+        match self.send_commit(&objects).await {
+            ServerMsg3::Committed { seq, epoch, .. } => {
+                self.group = Some(group);
+                self.entered_at = seq;
+                self.catch_up_to(seq).await;
+                epoch
+            }
+            other => panic!("external commit refused: {other:?}"),
+        }
+    }
+
+    /// A member commit (removes, update path), merged once `committed`.
+    pub async fn commit(&mut self, remove: &[u32]) -> u64 {
+        let objects = self.build_commit(remove);
+        match self.send_commit(&objects).await {
+            ServerMsg3::Committed { seq, epoch, .. } => {
+                self.merge_pending();
+                self.catch_up_to(seq).await;
+                epoch
+            }
+            other => {
+                self.drop_pending();
+                panic!("commit refused: {other:?}")
+            }
+        }
+    }
+
+    /// Drops this device's pending commit (refused, or lost a race).
+    pub fn drop_pending(&mut self) {
+        let provider = &self.provider;
+        let group = self.group.as_mut().expect("in the group");
+        group
+            .clear_pending_commit(provider.storage())
+            .expect("drops the pending commit");
+    }
+
+    /// Merges this device's pending commit (after `committed`).
+    pub fn merge_pending(&mut self) {
+        let provider = &self.provider;
+        let group = self.group.as_mut().expect("in the group");
+        group.merge_pending_commit(provider).expect("merges");
+    }
+
+    /// A commit built on this device's group, not sent (pending).
+    pub fn build_commit(&mut self, remove: &[u32]) -> CommitObjects {
+        let mut group = self.group.take().expect("in the group");
+        let objects = self
+            .dev
+            .commit(&self.provider, &mut group, remove)
+            .expect("builds a commit");
+        self.group = Some(group);
+        objects
+    }
+
+    /// Sends `text` with a new msg_id: the raw reply.
+    pub async fn try_say(&mut self, text: &str) -> ServerMsg3 {
+        let message = self.encrypt(text);
+        self.send_raw(rand::random(), message).await
+    }
+
+    /// An application message of `text` (not sent).
+    pub fn encrypt(&mut self, text: &str) -> Vec<u8> {
+        let mut group = self.group.take().expect("in the group");
+        let bytes = self
+            .dev
+            .encrypt(&self.provider, &mut group, text.as_bytes())
+            .expect("encrypts");
+        self.group = Some(group);
+        bytes
+    }
+
+    /// `send` of `message` with `msg_id`: the raw reply.
+    pub async fn send_raw(&mut self, msg_id: [u8; 16], message: Vec<u8>) -> ServerMsg3 {
+        self.c
+            .request_raw(&Request3::Send {
+                room_id: self.room.clone(),
+                msg_id: ByteBuf::from(msg_id.to_vec()),
+                message: ByteBuf::from(message),
+            })
+            .await
+            .expect("a reply")
+    }
+
+    /// Sends `text`: its seq.
+    pub async fn say(&mut self, text: &str) -> u64 {
+        let message = self.encrypt(text);
+        match self.send_raw(rand::random(), message).await {
+            ServerMsg3::Shared(ServerMsg::Sent { seq, .. }) => {
+                self.catch_up_to(seq).await;
+                seq
+            }
+            other => panic!("send refused: {other:?}"),
+        }
+    }
+
+    /// The next `entry` event of this room.
+    pub async fn next_entry(&mut self) -> Entry {
+        loop {
+            match self.c.next_event().await.expect("an event") {
+                ServerMsg3::Entry(e) if e.room_id == self.room => return e,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Applies entries in order until `seq`; the plaintexts of messages
+    /// from other devices come back.
+    pub async fn catch_up_to(&mut self, seq: u64) -> Vec<String> {
+        let mut texts = Vec::new();
+        while self.applied < seq {
+            let e = self.next_entry().await;
+            if let Some(text) = self.apply(&e) {
+                texts.push(text);
+            }
+        }
+        texts
+    }
+
+    /// Applies one entry (skipping this device's own, which it merged or
+    /// cannot decrypt); a message's text comes back.
+    pub fn apply(&mut self, e: &Entry) -> Option<String> {
+        assert_eq!(e.seq, self.applied + 1, "entries come in seq order");
+        self.applied = e.seq;
+        let own = e.device_id.as_slice() == self.dev.device_id;
+        if own || self.group.is_none() || e.seq <= self.entered_at {
+            return None;
+        }
+        let provider = &self.provider;
+        let group = self.group.as_mut().unwrap();
+        match self
+            .dev
+            .process(provider, group, &e.data)
+            .expect("processes")
+        {
+            Processed::Message { plaintext, .. } => {
+                Some(String::from_utf8(plaintext).expect("text"))
+            }
+            Processed::Commit => None,
+        }
+    }
+
+    /// Reads entries until a message arrives: its text.
+    pub async fn hear(&mut self) -> String {
+        loop {
+            let e = self.next_entry().await;
+            if let Some(text) = self.apply(&e) {
+                return text;
+            }
+        }
+    }
+}
