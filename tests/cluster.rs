@@ -452,3 +452,121 @@ async fn connections_per_user_are_counted_over_every_process() {
     drop((a, b, redis));
     db.drop_now().await;
 }
+
+/// Protocol v3 on three processes: one MLS room whose members' devices are
+/// on different processes. Entries (commits and messages) reach every
+/// process in seq order; a commit made on one process moves the group on the
+/// others; two commits racing for one epoch from two processes: exactly one
+/// wins and everyone converges; a kick on one process makes the others ask
+/// for the removal commit.
+#[tokio::test]
+async fn three_processes_serve_one_mls_room() {
+    use common::phone3::{refusal, Phone};
+    use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+
+    let Some((db, redis, dir, prefix)) = cluster_setup().await else {
+        return;
+    };
+    let v3 = [("CHAT__PROTOCOL__VERSION", "3")];
+    let procs: Vec<Process> = (0..3)
+        .map(|_| process_with(dir.path(), &db.url, &redis.url(), &prefix, &v3))
+        .collect();
+    let mut alice = Phone::register(&procs[0].url, "alice", 0).await;
+    alice.create("lobby").await;
+    let rid = alice.room.clone();
+    let mut bob = Phone::register(&procs[1].url, "bob", 1).await;
+    eventually!("the room is known on process 1", {
+        let r = bob
+            .c
+            .request(&Request3::Shared(Request::JoinRoom {
+                room_id: rid.clone(),
+                password: None,
+            }))
+            .await;
+        r.is_ok()
+    });
+    bob.room = rid.clone();
+    bob.enter().await;
+    alice.catch_up_to(bob.applied).await;
+    let mut carol = Phone::register(&procs[2].url, "carol", 2).await;
+    eventually!("the room is known on process 2", {
+        carol
+            .c
+            .request(&Request3::Shared(Request::JoinRoom {
+                room_id: rid.clone(),
+                password: None,
+            }))
+            .await
+            .is_ok()
+    });
+    carol.room = rid.clone();
+    carol.applied = bob.applied;
+    carol.enter().await;
+    alice.catch_up_to(carol.applied).await;
+    bob.catch_up_to(carol.applied).await;
+    assert_eq!((alice.epoch(), bob.epoch(), carol.epoch()), (2, 2, 2));
+
+    // Talk across processes, right after the commits.
+    alice.say("one").await;
+    assert_eq!(bob.hear().await, "one");
+    assert_eq!(carol.hear().await, "one");
+    carol.say("two").await;
+    assert_eq!(alice.hear().await, "two");
+    assert_eq!(bob.hear().await, "two");
+
+    // Two commits for epoch 2 from processes 0 and 1.
+    let a = alice.build_commit(&[]);
+    let b = bob.build_commit(&[]);
+    let (ra, rb) = tokio::join!(alice.send_commit(&a), bob.send_commit(&b));
+    let (winner, loser, lost) = match (&ra, &rb) {
+        (ServerMsg3::Committed { .. }, _) => (&mut alice, &mut bob, rb),
+        (_, ServerMsg3::Committed { .. }) => (&mut bob, &mut alice, ra),
+        _ => panic!("one commit must win: {ra:?} {rb:?}"),
+    };
+    assert_eq!(refusal(lost).code, ErrorCode::StaleEpoch);
+    winner.merge_pending();
+    winner.catch_up_to(winner.applied + 1).await;
+    loser.drop_pending();
+    loser.catch_up_to(loser.applied + 1).await;
+    carol.catch_up_to(winner.applied).await;
+    assert_eq!((winner.epoch(), loser.epoch(), carol.epoch()), (3, 3, 3));
+    loser.commit(&[]).await;
+    winner.catch_up_to(loser.applied).await;
+    carol.catch_up_to(loser.applied).await;
+    winner.say("converged").await;
+    assert_eq!(loser.hear().await, "converged");
+    assert_eq!(carol.hear().await, "converged");
+
+    // A kick on process 0: Carol, on process 2, must commit the removal.
+    let bob_leaf = bob.group().own_leaf_index().u32();
+    alice
+        .c
+        .request(&Request3::Shared(Request::Kick {
+            room_id: rid.clone(),
+            username: "bob".into(),
+        }))
+        .await
+        .unwrap();
+    eventually!("process 2 asks for the removal commit", {
+        let r = carol.try_say("anyone?").await;
+        match r {
+            ServerMsg3::Shared(ServerMsg::Sent { seq, .. }) => {
+                carol.catch_up_to(seq).await;
+                alice.catch_up_to(seq).await;
+                false
+            }
+            other => {
+                let r = refusal(other);
+                assert_eq!(r.code, ErrorCode::CommitRequired);
+                assert_eq!(r.remove, Some(vec![bob_leaf]));
+                true
+            }
+        }
+    });
+    carol.commit(&[bob_leaf]).await;
+    alice.catch_up_to(carol.applied).await;
+    alice.say("bob is gone").await;
+    assert_eq!(carol.hear().await, "bob is gone");
+    drop(procs);
+    db.drop_now().await;
+}

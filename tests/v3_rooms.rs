@@ -20,9 +20,9 @@ fn v3_server() -> TestServer {
 
 /// Alice's room with Bob in its group (epoch 1).
 async fn room_with_bob(server: &TestServer) -> (Phone, Phone) {
-    let mut alice = Phone::register(server, "alice", 0).await;
+    let mut alice = Phone::register(&server.url(), "alice", 0).await;
     alice.create("lobby").await;
-    let mut bob = Phone::register(server, "bob", 1).await;
+    let mut bob = Phone::register(&server.url(), "bob", 1).await;
     bob.join_room(&alice.room.clone()).await;
     assert_eq!(bob.enter().await, 1);
     alice.catch_up_to(1).await;
@@ -59,7 +59,7 @@ async fn snapshot(p: &mut Phone) -> (u64, Vec<u8>, Vec<u8>, u64) {
 #[tokio::test]
 async fn create_join_by_external_commit_and_talk() {
     let server = v3_server();
-    let mut alice = Phone::register(&server, "alice", 0).await;
+    let mut alice = Phone::register(&server.url(), "alice", 0).await;
     let room = alice.create("lobby").await;
     assert!(room.room_id.starts_with("r-") && room.room_id.len() == 34);
     assert_eq!(
@@ -67,7 +67,7 @@ async fn create_join_by_external_commit_and_talk() {
         (0, Some(true), 0)
     );
 
-    let mut bob = Phone::register(&server, "bob", 1).await;
+    let mut bob = Phone::register(&server.url(), "bob", 1).await;
     let joined = bob.join_room(&room.room_id).await;
     assert_eq!((joined.epoch, joined.in_group), (0, Some(false)));
     assert_eq!(bob.enter().await, 1);
@@ -106,7 +106,7 @@ async fn create_join_by_external_commit_and_talk() {
 
     // A new connection of Bob's device is told it is in the group; members
     // come in version 3's shape.
-    let mut again = bob.second_connection(&server).await;
+    let mut again = bob.second_connection(&server.url()).await;
     let logged_in = again
         .request(&Request3::Shared(Request::Ping))
         .await
@@ -143,7 +143,7 @@ async fn logged_in_says_which_rooms_this_device_is_in() {
     assert_eq!(rooms.len(), 1);
     assert_eq!((rooms[0].epoch, rooms[0].in_group), (1, Some(true)));
     // Another device of Alice's is a member but has no leaf.
-    let other = Phone::login(&server, alice.id.clone()).await;
+    let other = Phone::login(&server.url(), alice.id.clone()).await;
     drop(other);
     let mut c = e2ee_chat::client::v3::Client3::connect(&server.url())
         .await
@@ -165,7 +165,7 @@ async fn bad_commits_get_their_error_and_change_nothing() {
     let (mut alice, mut bob) = room_with_bob(&server).await;
 
     // A commit for epoch 1 (Bob's join was built on it): stale_epoch.
-    let mut carol = Phone::register(&server, "carol", 2).await;
+    let mut carol = Phone::register(&server.url(), "carol", 2).await;
     carol.join_room(&alice.room.clone()).await;
     let (_, carol_join) = carol.external_commit().await;
     alice.commit(&[]).await; // epoch 2
@@ -191,7 +191,7 @@ async fn bad_commits_get_their_error_and_change_nothing() {
         refusal(alice.send_commit(&junk).await).code,
         ErrorCode::InvalidGroup
     );
-    let mut dave = Phone::register(&server, "dave", 3).await;
+    let mut dave = Phone::register(&server.url(), "dave", 3).await;
     dave.create("elsewhere").await;
     let foreign = dave.build_commit(&[]);
     assert_eq!(
@@ -246,7 +246,7 @@ async fn bad_commits_get_their_error_and_change_nothing() {
     );
 
     // Not a member.
-    let mut eve = Phone::register(&server, "eve", 4).await;
+    let mut eve = Phone::register(&server.url(), "eve", 4).await;
     eve.room = alice.room.clone();
     assert_eq!(
         refusal(eve.send_commit(&update).await).code,
@@ -286,7 +286,7 @@ async fn bad_sends_get_their_error_and_change_nothing() {
         refusal(alice.send_raw(rand::random(), vec![0, 1, 0, 2]).await).code,
         ErrorCode::InvalidMessage
     );
-    let mut dave = Phone::register(&server, "dave", 3).await;
+    let mut dave = Phone::register(&server.url(), "dave", 3).await;
     dave.create("elsewhere").await;
     let foreign = dave.encrypt("elsewhere");
     assert_eq!(
@@ -309,7 +309,7 @@ async fn bad_sends_get_their_error_and_change_nothing() {
         refusal(alice.send_raw(rand::random(), vec![0; 70_000]).await).code,
         ErrorCode::TooLarge
     );
-    let mut eve = Phone::register(&server, "eve", 4).await;
+    let mut eve = Phone::register(&server.url(), "eve", 4).await;
     eve.room = alice.room.clone();
     assert_eq!(
         refusal(eve.send_raw(rand::random(), vec![0; 10]).await).code,
@@ -330,7 +330,7 @@ async fn bad_sends_get_their_error_and_change_nothing() {
 async fn a_kick_requires_the_removal_commit_before_anyone_sends() {
     let server = v3_server();
     let (mut alice, mut bob) = room_with_bob(&server).await;
-    let mut carol = Phone::register(&server, "carol", 2).await;
+    let mut carol = Phone::register(&server.url(), "carol", 2).await;
     carol.join_room(&alice.room.clone()).await;
     carol.enter().await;
     alice.catch_up_to(carol.applied).await;
@@ -394,7 +394,7 @@ async fn a_removed_device_leaves_a_leaf_to_remove_and_its_own_user_may_remove_it
     let server = v3_server();
     let (mut alice, mut bob) = room_with_bob(&server).await;
     // Bob's second device enters the group.
-    let mut tablet = Phone::login(&server, bob.id.clone()).await;
+    let mut tablet = Phone::login(&server.url(), bob.id.clone()).await;
     tablet.join_room(&alice.room.clone()).await;
     tablet.enter().await;
     alice.catch_up_to(tablet.applied).await;
@@ -485,8 +485,8 @@ async fn published_group_infos_are_served_and_bad_ones_refused() {
 #[tokio::test]
 async fn bad_groups_cannot_create_rooms() {
     let server = v3_server();
-    let mut alice = Phone::register(&server, "alice", 0).await;
-    let mut bob = Phone::register(&server, "bob", 1).await;
+    let mut alice = Phone::register(&server.url(), "alice", 0).await;
+    let mut bob = Phone::register(&server.url(), "bob", 1).await;
     // Bob's group uploaded by Alice: its only leaf is not her device.
     let (_, bobs) = bob.dev.create_group(&bob.provider, [9; 16]).unwrap();
     let create = |gi: Vec<u8>, tree: Vec<u8>| Request3::CreateRoom {

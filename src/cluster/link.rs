@@ -14,7 +14,7 @@ use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
 use super::outbox::{Outbox, Outgoing};
-use super::{decode_message, FromCluster, ProcId, RoomFeed, SubCmd};
+use super::{decode_feed, FromCluster, ProcId, RoomFeed, SubCmd};
 use crate::config::ClusterSettings;
 
 /// Most publishes in one pipeline.
@@ -189,11 +189,11 @@ pub async fn subscriber(
                             Err(e) => log::warn!("bad control event: {e}"),
                         }
                     } else if let Some(room_id) = channel.strip_prefix(&room_prefix) {
-                        if let (Some(room), Some(m)) = (
+                        if let (Some(room), Some(feed)) = (
                             rooms.get(room_id),
-                            decode_message(room_id, msg.get_payload_bytes()),
+                            decode_feed(room_id, msg.get_payload_bytes()),
                         ) {
-                            room.do_send(RoomFeed::Message(Box::new(m)));
+                            room.do_send(feed);
                         }
                     }
                 }

@@ -32,7 +32,7 @@ use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
 use crate::config::ClusterSettings;
-use crate::store::{Appended, NewMessage, RoomMessage};
+use crate::store::{Appended, NewEntry, NewMessage, RoomMessage, StoredEntry};
 use outbox::{Outbox, Outgoing};
 
 /// A server process's identity for this run (random at start).
@@ -173,12 +173,34 @@ fn decode_message(room_id: &str, bytes: &[u8]) -> Option<RoomMessage> {
     })
 }
 
+/// A v3 log entry on a room channel: the `entry` event's fields.
+fn encode_entry(e: &NewEntry, at: Appended) -> Vec<u8> {
+    encode(&crate::protocol::v3::Entry::new(
+        &e.room_id, at.seq, at.ts, &e.entry,
+    ))
+}
+
+/// What a room channel carried: a v2 message or a v3 entry.
+fn decode_feed(room_id: &str, bytes: &[u8]) -> Option<RoomFeed> {
+    if let Some(m) = decode_message(room_id, bytes) {
+        return Some(RoomFeed::Message(Box::new(m)));
+    }
+    let entry: crate::protocol::v3::Entry = ciborium::from_reader(bytes).ok()?;
+    if entry.room_id != room_id {
+        return None;
+    }
+    let (seq, ts, entry) = entry.into_log();
+    Some(RoomFeed::Entry(Box::new(StoredEntry { seq, ts, entry })))
+}
+
 /// What the link tells a room.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum RoomFeed {
     /// A message another process (or this one) stored.
     Message(Box<RoomMessage>),
+    /// A v3 log entry another process (or this one) stored.
+    Entry(Box<StoredEntry>),
     /// The room's channel is subscribed (again): read what was missed.
     Subscribed,
 }
@@ -282,6 +304,14 @@ impl Cluster {
         self.send(Outgoing {
             channel: format!("{}:room:{}", self.prefix, m.room_id),
             payload: encode_message(m, at),
+            control: false,
+        });
+    }
+
+    pub fn publish_entry(&self, e: &NewEntry, at: Appended) {
+        self.send(Outgoing {
+            channel: format!("{}:room:{}", self.prefix, e.room_id),
+            payload: encode_entry(e, at),
             control: false,
         });
     }

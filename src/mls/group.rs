@@ -56,6 +56,11 @@ pub enum CommitError {
     /// `stale_epoch`: not at the group's current epoch (given).
     #[error("the group is at epoch {0}")]
     StaleEpoch(u64),
+    /// For a later epoch than this copy of the group's (given): stale to
+    /// the client, unless another process moved the group on (then this
+    /// copy reads the stored group again).
+    #[error("the group here is at epoch {0}; the commit is for a later one")]
+    Ahead(u64),
     /// `not_allowed`: valid MLS, refused by the room's policy.
     #[error("not allowed: {0}")]
     NotAllowed(String),
@@ -232,7 +237,11 @@ impl RoomGroup {
             return Err(invalid("another group"));
         }
         // 3. The current epoch.
-        if public_message.epoch() != self.public.group_context().epoch() {
+        let epoch = public_message.epoch().as_u64();
+        if epoch > self.epoch() {
+            return Err(CommitError::Ahead(self.epoch()));
+        }
+        if epoch != self.epoch() {
             return Err(CommitError::StaleEpoch(self.epoch()));
         }
         // 4. Valid for the group's public state ...

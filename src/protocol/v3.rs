@@ -195,6 +195,24 @@ impl Entry {
         }
     }
 
+    /// Back to the stored form: (seq, ts, entry).
+    pub fn into_log(self) -> (u64, u64, crate::message::LogEntry) {
+        let kind = match self.kind {
+            EntryKind::Commit => crate::message::EntryKind::Commit,
+            EntryKind::Message => crate::message::EntryKind::Message,
+        };
+        let entry = crate::message::LogEntry {
+            kind,
+            sender: self.sender,
+            device_id: self.device_id.into_vec(),
+            epoch: self.epoch,
+            data: self.data.into_vec(),
+            msg_id: self.msg_id.map(ByteBuf::into_vec),
+            group_info: self.group_info.map(ByteBuf::into_vec),
+        };
+        (self.seq, self.ts, entry)
+    }
+
     /// The `entry` event's bytes: the same for every member, so a room
     /// encodes it once and shares them.
     pub fn event(self) -> bytes::Bytes {

@@ -6,6 +6,7 @@
 use actix::prelude::*;
 
 use super::{internal, Registry, RegistryResult};
+use crate::cluster::RoomChange;
 use crate::identity::DeviceCertificate;
 use crate::protocol::v3::DeviceInfo;
 use crate::protocol::{ErrorCode, Failure};
@@ -69,9 +70,9 @@ impl Handler<AddDevice> for Registry {
                 )),
             }
         };
-        Box::pin(work.into_actor(self).map(move |res, act, _| {
+        Box::pin(work.into_actor(self).map(move |res, act, ctx| {
             if let Ok(kept) = &res {
-                act.tell_rooms(&added.username, &added.device_id, Some(kept.clone()));
+                act.tell_rooms(&added.username, &added.device_id, Some(kept.clone()), ctx);
                 act.remember_device(DeviceRecord {
                     certificate: kept.clone(),
                     ..added
@@ -119,15 +120,24 @@ impl Registry {
     /// (its certificate) or may not any more (`None`: its leaves become
     /// leaves to remove). Rooms that are not running read the devices when
     /// they start.
-    fn tell_rooms(&self, username: &str, device_id: &[u8], certificate: Option<Vec<u8>>) {
-        for room_id in self.dir.rooms_of(username) {
-            if let Some(addr) = self.dir.rooms.get(room_id).and_then(|e| e.addr.as_ref()) {
+    /// With several processes, theirs are told to read the room again.
+    fn tell_rooms(
+        &mut self,
+        username: &str,
+        device_id: &[u8],
+        certificate: Option<Vec<u8>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let rooms: Vec<String> = self.dir.rooms_of(username).cloned().collect();
+        for room_id in rooms {
+            if let Some(addr) = self.dir.rooms.get(&room_id).and_then(|e| e.addr.as_ref()) {
                 addr.do_send(room::DeviceChange {
                     username: username.to_owned(),
                     device_id: device_id.to_vec(),
                     certificate: certificate.clone(),
                 });
             }
+            self.announce(&room_id, RoomChange::Updated, ctx);
         }
     }
 
@@ -198,14 +208,14 @@ impl Handler<RemoveDevice> for Registry {
         let key = (msg.username, msg.device_id);
         self.devices.remove(&key);
         let remove = self.store.remove_device(&key.0, &key.1, now_ms());
-        Box::pin(remove.into_actor(self).map(move |res, act, _| {
+        Box::pin(remove.into_actor(self).map(move |res, act, ctx| {
             // Again: a login may have remembered it while the write ran.
             act.devices.remove(&key);
             if !res.map_err(internal)? {
                 return Err(Failure::new(ErrorCode::InvalidDevice, "no such device"));
             }
             log::info!("{}: removed device {}", key.0, hex::encode(&key.1));
-            act.tell_rooms(&key.0, &key.1, None);
+            act.tell_rooms(&key.0, &key.1, None, ctx);
             Ok(())
         }))
     }

@@ -65,6 +65,7 @@ impl RoomActor {
                 _ => None,
             };
             act.adopt(state, removed, true);
+            act.reload_devices(ctx);
             for (username, handle) in std::mem::take(&mut act.waiting_attach) {
                 act.attach(&username, handle);
             }

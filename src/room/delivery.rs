@@ -223,7 +223,10 @@ impl RoomActor {
             for r in released {
                 match r.item {
                     Logged::Message(m) => self.fan_out(&m, r.seq, r.ts),
-                    Logged::Entry(e) => self.fan_out_entry(&e, r.seq, r.ts),
+                    Logged::Entry(e) => {
+                        self.fan_out_entry(&e, r.seq, r.ts);
+                        self.follow_commit(&e, ctx);
+                    }
                 }
             }
             self.record.last_seq = self.record.last_seq.max(last);
@@ -327,6 +330,11 @@ impl Handler<RoomFeed> for RoomActor {
         match msg {
             RoomFeed::Message(m) => {
                 self.delivery.offer(Ready::message(*m));
+                self.drain(ctx);
+            }
+            RoomFeed::Entry(e) => {
+                let ready = Ready::entry(&self.record.room_id, *e);
+                self.delivery.offer(ready);
                 self.drain(ctx);
             }
             RoomFeed::Subscribed => self.fill(ctx, true),

@@ -57,6 +57,9 @@ pub enum SendRefusal {
     CommitRequired(Vec<u32>),
     /// `stale_epoch`, with the current epoch.
     StaleEpoch(u64),
+    /// For a later epoch than this copy of the group's (the current one
+    /// here): `stale_epoch`, unless another process moved the group on.
+    Ahead(u64),
 }
 
 pub struct GroupRoom {
@@ -124,7 +127,10 @@ impl GroupRoom {
             return Err(SendRefusal::CommitRequired(self.to_remove.clone()));
         }
         let current = self.epoch();
-        if epoch > current || epoch + PAST_EPOCHS < current || epoch < self.removal_epoch {
+        if epoch > current {
+            return Err(SendRefusal::Ahead(current));
+        }
+        if epoch + PAST_EPOCHS < current || epoch < self.removal_epoch {
             return Err(SendRefusal::StaleEpoch(current));
         }
         Ok(epoch)

@@ -325,8 +325,11 @@ impl RoomActor {
             let result = match p.outcome.expect("checked") {
                 Ok(appended) => {
                     if !appended.duplicate {
-                        if let (Some(cluster), Logged::Message(m)) = (&self.cluster, &p.item) {
-                            cluster.publish_message(m, appended);
+                        if let Some(cluster) = &self.cluster {
+                            match &p.item {
+                                Logged::Message(m) => cluster.publish_message(m, appended),
+                                Logged::Entry(e) => cluster.publish_entry(e, appended),
+                            }
                         }
                         self.offer(appended.seq, appended.ts, p.item);
                     }

@@ -49,7 +49,7 @@ pub(super) fn load_group(
 fn commit_failure(e: CommitError) -> Failure {
     match e {
         CommitError::InvalidGroup(why) => Failure::new(ErrorCode::InvalidGroup, why),
-        CommitError::StaleEpoch(epoch) => Failure::stale_epoch(epoch),
+        CommitError::StaleEpoch(epoch) | CommitError::Ahead(epoch) => Failure::stale_epoch(epoch),
         CommitError::NotAllowed(why) => Failure::new(ErrorCode::NotAllowed, why),
     }
 }
@@ -92,23 +92,50 @@ impl RoomActor {
     }
 
     /// The group here moved ahead of the store (a commit it refused or that
-    /// failed): reads the stored group again.
+    /// failed), or behind it (another process's commit): reads the stored
+    /// group again.
     pub(super) fn reload_group(&mut self, ctx: &mut Context<Self>) {
         log::info!(
             "room {}: reading the group again from the store",
             self.record.room_id
         );
-        let load = load_group(&self.store, &self.record.room_id);
-        ctx.spawn(load.into_actor(self).map(|res, act, ctx| match res {
-            Ok(loaded) => {
-                if !act.take_group(loaded) {
-                    ctx.stop();
+        let reload = self.with_stored_group();
+        ctx.spawn(reload);
+    }
+
+    /// A commit this room did not make (another process's, read from the
+    /// channel or the store) moved the group past this room's copy: read the
+    /// stored group again. (This room's own commits carry their group change
+    /// and are in its copy already.)
+    pub(super) fn follow_commit(&mut self, e: &NewEntry, ctx: &mut Context<Self>) {
+        let behind = self
+            .group
+            .as_ref()
+            .is_some_and(|g| e.entry.epoch > g.epoch());
+        if e.commit.is_none() && e.entry.kind == EntryKind::Commit && behind {
+            self.reload_group(ctx);
+        }
+    }
+
+    /// Who may hold a leaf, read again from the store (after another
+    /// process changed the room's members).
+    pub(super) fn reload_devices(&mut self, ctx: &mut Context<Self>) {
+        if self.group.is_none() {
+            return;
+        }
+        let read = self.store.room_devices(&self.record.room_id);
+        ctx.spawn(read.into_actor(self).map(|res, act, _| match res {
+            Ok(devices) => {
+                if let Some(group) = &mut act.group {
+                    group.update_devices(|roster| {
+                        *roster = Devices::default();
+                        for d in devices {
+                            roster.add(&d.username, &d.device_id, d.certificate);
+                        }
+                    });
                 }
             }
-            Err(e) => {
-                log::warn!("room {}: group reload failed: {e}", act.record.room_id);
-                act.reload_group(ctx);
-            }
+            Err(e) => log::warn!("room {}: devices reload: {e}", act.record.room_id),
         }));
     }
 
@@ -217,22 +244,45 @@ pub struct Commit {
 }
 
 impl Handler<Commit> for RoomActor {
-    type Result = ResponseFuture<RoomResult<(u64, u64)>>;
+    type Result = ResponseActFuture<Self, RoomResult<(u64, u64)>>;
 
     fn handle(&mut self, msg: Commit, ctx: &mut Self::Context) -> Self::Result {
+        self.commit(msg, true, ctx)
+    }
+}
+
+impl RoomActor {
+    /// `commit` (see [`Commit`]). `may_reload`: a commit for a later epoch
+    /// than this copy of the group's reads the stored group first, once (with
+    /// several processes, another one may have moved it on).
+    fn commit(
+        &mut self,
+        msg: Commit,
+        may_reload: bool,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, RoomResult<(u64, u64)>> {
         let max = self.settings.limits.max_commit_bytes;
-        let checked = self.member_group_mut(&msg.from.username).and_then(|group| {
-            let len = msg.commit.len() + msg.group_info.len();
-            if len > max {
-                return Err(too_large("commit", len, max));
-            }
-            group
-                .commit(&msg.commit, &msg.group_info, msg.from.committer())
-                .map_err(commit_failure)
-        });
+        let checked = self
+            .member_group_mut(&msg.from.username)
+            .map_err(Refused::from)
+            .and_then(|group| {
+                let len = msg.commit.len() + msg.group_info.len();
+                if len > max {
+                    return Err(too_large("commit", len, max).into());
+                }
+                group
+                    .commit(&msg.commit, &msg.group_info, msg.from.committer())
+                    .map_err(Refused::Commit)
+            });
         let entry = match checked {
             Ok(entry) => entry,
-            Err(f) => return Box::pin(async move { Err(f) }),
+            Err(Refused::Commit(CommitError::Ahead(_))) if may_reload && self.cluster.is_some() => {
+                return Box::pin(
+                    self.with_stored_group()
+                        .then(move |(), act, ctx| act.commit(msg, false, ctx)),
+                );
+            }
+            Err(refused) => return Box::pin(fut::ready(Err(refused.into()))),
         };
         let epoch = entry.entry.epoch;
         log::debug!(
@@ -245,7 +295,50 @@ impl Handler<Commit> for RoomActor {
             .store(epoch, std::sync::atomic::Ordering::Relaxed);
         let append = self.store.append_entry(entry.clone());
         let done = self.submit(Logged::Entry(entry), append, ctx);
-        Box::pin(async move { done.await.map(|a| (a.seq, epoch)) })
+        Box::pin(async move { done.await.map(|a| (a.seq, epoch)) }.into_actor(self))
+    }
+
+    /// Reads the stored group (and devices) and takes it.
+    fn with_stored_group(&mut self) -> impl ActorFuture<Self, Output = ()> {
+        load_group(&self.store, &self.record.room_id)
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok(loaded) => {
+                    if !act.take_group(loaded) {
+                        ctx.stop();
+                    }
+                }
+                Err(e) => log::warn!("room {}: group reload failed: {e}", act.record.room_id),
+            })
+    }
+}
+
+/// A refusal before the store: a failure, or what the group said.
+enum Refused {
+    Failure(Failure),
+    Commit(CommitError),
+    Send(SendRefusal),
+}
+
+impl From<Failure> for Refused {
+    fn from(f: Failure) -> Self {
+        Refused::Failure(f)
+    }
+}
+
+impl From<Refused> for Failure {
+    fn from(r: Refused) -> Failure {
+        match r {
+            Refused::Failure(f) => f,
+            Refused::Commit(e) => commit_failure(e),
+            Refused::Send(SendRefusal::Invalid(e)) => {
+                Failure::new(ErrorCode::InvalidMessage, e.to_string())
+            }
+            Refused::Send(SendRefusal::CommitRequired(leaves)) => Failure::commit_required(leaves),
+            Refused::Send(SendRefusal::StaleEpoch(current) | SendRefusal::Ahead(current)) => {
+                Failure::stale_epoch(current)
+            }
+        }
     }
 }
 
@@ -260,51 +353,70 @@ pub struct Send3 {
 }
 
 impl Handler<Send3> for RoomActor {
-    type Result = ResponseFuture<RoomResult<Appended>>;
+    type Result = ResponseActFuture<Self, RoomResult<Appended>>;
 
     fn handle(&mut self, msg: Send3, ctx: &mut Self::Context) -> Self::Result {
-        let refuse = |f: Failure| -> Self::Result { Box::pin(async move { Err(f) }) };
+        self.send3(msg, true, ctx)
+    }
+}
+
+impl RoomActor {
+    /// `send` (see [`Send3`]); `may_reload` as for [`RoomActor::commit`].
+    fn send3(
+        &mut self,
+        msg: Send3,
+        may_reload: bool,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, RoomResult<Appended>> {
         let max = self.settings.limits.max_message_bytes;
-        let group = match self.member_group(&msg.username) {
-            Ok(g) => g,
-            Err(f) => return refuse(f),
-        };
-        if msg.message.len() > max {
-            return refuse(too_large("message", msg.message.len(), max));
-        }
-        if msg.msg_id.len() != crate::crypto::MSG_ID_LEN {
-            return refuse(Failure::new(
-                ErrorCode::InvalidMessage,
-                "msg_id must be 16 bytes",
-            ));
-        }
-        let epoch = match group.check_message(&msg.message) {
+        let checked = self
+            .member_group(&msg.username)
+            .map_err(Refused::from)
+            .and_then(|group| {
+                if msg.message.len() > max {
+                    return Err(too_large("message", msg.message.len(), max).into());
+                }
+                if msg.msg_id.len() != crate::crypto::MSG_ID_LEN {
+                    return Err(
+                        Failure::new(ErrorCode::InvalidMessage, "msg_id must be 16 bytes").into(),
+                    );
+                }
+                group.check_message(&msg.message).map_err(Refused::Send)
+            });
+        let epoch = match checked {
             Ok(epoch) => epoch,
-            Err(SendRefusal::Invalid(e)) => {
-                return refuse(Failure::new(ErrorCode::InvalidMessage, e.to_string()))
+            Err(Refused::Send(SendRefusal::Ahead(_))) if may_reload && self.cluster.is_some() => {
+                return Box::pin(
+                    self.with_stored_group()
+                        .then(move |(), act, ctx| act.send3(msg, false, ctx)),
+                );
             }
-            Err(refusal) => {
-                let failure = match refusal {
-                    SendRefusal::CommitRequired(leaves) => Failure::commit_required(leaves),
-                    SendRefusal::StaleEpoch(current) => Failure::stale_epoch(current),
-                    SendRefusal::Invalid(_) => unreachable!("answered above"),
-                };
+            Err(Refused::Send(
+                refusal @ (SendRefusal::CommitRequired(_)
+                | SendRefusal::StaleEpoch(_)
+                | SendRefusal::Ahead(_)),
+            )) => {
+                let failure = Failure::from(Refused::Send(refusal));
                 // A resend of a stored message still answers its `sent`.
                 let lookup =
                     self.store
                         .find_entry(&self.record.room_id, &msg.device_id, &msg.msg_id);
-                return Box::pin(async move {
-                    match lookup.await {
-                        Ok(Some((seq, ts))) => Ok(Appended {
-                            seq,
-                            ts,
-                            duplicate: true,
-                        }),
-                        Ok(None) => Err(failure),
-                        Err(e) => Err(internal(e)),
+                return Box::pin(
+                    async move {
+                        match lookup.await {
+                            Ok(Some((seq, ts))) => Ok(Appended {
+                                seq,
+                                ts,
+                                duplicate: true,
+                            }),
+                            Ok(None) => Err(failure),
+                            Err(e) => Err(internal(e)),
+                        }
                     }
-                });
+                    .into_actor(self),
+                );
             }
+            Err(refused) => return Box::pin(fut::ready(Err(refused.into()))),
         };
         let entry = std::sync::Arc::new(NewEntry {
             room_id: self.record.room_id.clone(),
@@ -320,7 +432,10 @@ impl Handler<Send3> for RoomActor {
             commit: None,
         });
         let append = self.store.append_entry(entry.clone());
-        Box::pin(self.submit(Logged::Entry(entry), append, ctx))
+        Box::pin(
+            self.submit(Logged::Entry(entry), append, ctx)
+                .into_actor(self),
+        )
     }
 }
 

@@ -13,8 +13,6 @@ use openmls::prelude::{MlsGroup, OpenMlsProvider};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
 
-use super::TestServer;
-
 pub fn identity3(name: &str, n: usize) -> IdentityPair {
     let pairs = &super::fixtures().pairs;
     IdentityPair::new(name, pairs[n % pairs.len()].sign.clone())
@@ -69,17 +67,17 @@ pub fn code(result: Result<ServerMsg3, ClientError>) -> ErrorCode {
 
 impl Phone {
     /// `name` registered (first device) and logged in.
-    pub async fn register(server: &TestServer, name: &str, n: usize) -> Phone {
+    pub async fn register(url: &str, name: &str, n: usize) -> Phone {
         let id = identity3(name, n);
-        let mut c = Client3::connect(&server.url()).await.expect("connects");
+        let mut c = Client3::connect(url).await.expect("connects");
         c.register(&id).await.expect("registers");
-        Phone::login(server, id).await
+        Phone::login(url, id).await
     }
 
     /// A new device of an existing user, logged in.
-    pub async fn login(server: &TestServer, id: IdentityPair) -> Phone {
+    pub async fn login(url: &str, id: IdentityPair) -> Phone {
         let dev = Device::new(&id.username, |m| id.sign(m));
-        let mut c = Client3::connect(&server.url()).await.expect("connects");
+        let mut c = Client3::connect(url).await.expect("connects");
         c.login(&id, &dev.certificate).await.expect("logs in");
         Phone {
             c,
@@ -94,8 +92,8 @@ impl Phone {
     }
 
     /// Another connection of this same device (same certificate).
-    pub async fn second_connection(&self, server: &TestServer) -> Client3 {
-        let mut c = Client3::connect(&server.url()).await.expect("connects");
+    pub async fn second_connection(&self, url: &str) -> Client3 {
+        let mut c = Client3::connect(url).await.expect("connects");
         c.login(&self.id, &self.dev.certificate)
             .await
             .expect("logs in");
