@@ -362,3 +362,48 @@ async fn unknown_rooms_and_requests_before_login_are_refused() {
     assert!(matches!(pong, ServerMsg3::Shared(ServerMsg::Pong { .. })));
     server.stop().await;
 }
+
+/// A database holds one protocol's accounts and rooms (schema version 2 or
+/// 3): a server of the other version refuses it at start and says what to
+/// do; an empty one takes either.
+#[tokio::test]
+async fn a_database_of_the_other_protocol_is_refused_at_start() {
+    // v2 data, then a v3 server.
+    let mut server = common::TestServer::new();
+    server.user("alice", 0).await;
+    server.server.take().unwrap().stop().await;
+    let mut s = common::settings(server.dir.path());
+    s.protocol.version = 3;
+    let err = e2ee_chat::server::start(s, false)
+        .err()
+        .expect("a v3 server refuses a v2 database")
+        .to_string();
+    assert!(err.contains("protocol-v2"), "{err}");
+    assert!(err.contains("protocol.version = 2"), "{err}");
+    // The v2 server still serves it.
+    server.server = Some(common::start(common::settings(server.dir.path())));
+    server.login("alice", 0).await;
+    server.stop().await;
+
+    // v3 data, then a v2 server.
+    let mut server = v3_server();
+    user(&server, "bob", 1).await;
+    server.server.take().unwrap().stop().await;
+    let err = e2ee_chat::server::start(common::settings(server.dir.path()), false)
+        .err()
+        .expect("a v2 server refuses a v3 database")
+        .to_string();
+    assert!(err.contains("protocol-v3"), "{err}");
+    // The v3 server still serves it.
+    let mut s = common::settings(server.dir.path());
+    s.protocol.version = 3;
+    server.server = Some(common::start(s));
+    let mut c = connect(&server).await;
+    c.login(
+        &identity("bob", 1),
+        &device(&identity("bob", 1)).certificate,
+    )
+    .await
+    .expect("bob is still there");
+    server.stop().await;
+}

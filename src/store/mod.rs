@@ -349,6 +349,11 @@ pub struct PurgePolicy {
 pub trait Store: Send + Sync + 'static {
     /// Answers when the store can serve requests (for /healthz).
     fn ping(&self) -> StoreFuture<()>;
+    /// Marks the database as holding `protocol`'s accounts and rooms
+    /// (schema version 2 or 3: the same tables), or refuses it when it
+    /// holds the other protocol's (see [`protocol_refused`]). A database
+    /// with no users and no rooms takes either.
+    fn claim_protocol(&self, protocol: u8) -> StoreFuture<()>;
 
     /// Stores a new user. `Conflict` when the username is taken.
     fn create_user(&self, user: UserRecord) -> StoreFuture<()>;
@@ -505,6 +510,26 @@ impl StoreKind {
     }
 }
 
+/// The schema version of a database holding protocol `protocol`'s data.
+pub(crate) fn schema_of_protocol(protocol: u8) -> i64 {
+    if protocol >= 3 {
+        3
+    } else {
+        2
+    }
+}
+
+/// A database made by a server of the other protocol version, refused
+/// with what to do.
+pub(crate) fn protocol_refused(what: &str, found: i64, protocol: u8) -> StoreError {
+    let theirs = if found >= 3 { 3 } else { 2 };
+    StoreError::Unavailable(format!(
+        "{what} holds protocol-v{theirs} accounts and rooms (schema version {found}); a \
+         protocol-v{protocol} server cannot serve them. Start this server on a new database \
+         (store.path or store.url), or run it with protocol.version = {theirs}"
+    ))
+}
+
 /// Opens the store the settings name, with the limits it enforces inside
 /// its writes.
 pub async fn open(settings: &crate::config::Settings) -> Result<SharedStore, StoreError> {
@@ -515,7 +540,7 @@ pub async fn open(settings: &crate::config::Settings) -> Result<SharedStore, Sto
         1
     };
     let kind = StoreKind::from_url(&store.url).map_err(StoreError::Unavailable)?;
-    Ok(match kind {
+    let opened: SharedStore = match kind {
         StoreKind::Postgres => Arc::new(
             postgres::PostgresStore::connect(&store.url, batch)
                 .await?
@@ -526,5 +551,7 @@ pub async fn open(settings: &crate::config::Settings) -> Result<SharedStore, Sto
             Arc::new(mongo::MongoStore::connect(&store.url, Some(&store.database), batch).await?)
         }
         StoreKind::Sqlite => Arc::new(sqlite::SqliteStore::open(&store.path, batch)?),
-    })
+    };
+    opened.claim_protocol(settings.protocol.version).await?;
+    Ok(opened)
 }

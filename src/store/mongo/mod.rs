@@ -176,6 +176,11 @@ impl MongoStore {
 }
 
 impl Store for MongoStore {
+    fn claim_protocol(&self, protocol: u8) -> StoreFuture<()> {
+        let db = self.db.clone();
+        self.run(move |_, c| async move { claim_protocol(&db, &c, protocol).await })
+    }
+
     fn ping(&self) -> StoreFuture<()> {
         let db = self.db.clone();
         self.run(move |_, _| async move {
@@ -382,5 +387,33 @@ impl Store for MongoStore {
             }
             Ok(())
         })
+    }
+}
+
+/// See `Store::claim_protocol`: the schema version is the `meta`
+/// collection's `schema` document; a database from before it that holds
+/// data holds protocol v2's.
+async fn claim_protocol(db: &Database, c: &Collections, protocol: u8) -> Result<(), StoreError> {
+    use mongodb::bson::Document;
+    let wanted = super::schema_of_protocol(protocol);
+    let meta = db.collection::<Document>("meta");
+    let recorded = meta
+        .find_one(doc! {"_id": "schema"})
+        .await
+        .map_err(err)?
+        .and_then(|d| d.get_i64("version").ok());
+    let used = c.users.find_one(doc! {}).await.map_err(err)?.is_some()
+        || c.rooms.find_one(doc! {}).await.map_err(err)?.is_some();
+    match recorded.or(used.then_some(2)) {
+        Some(found) if found != wanted && used => {
+            Err(super::protocol_refused("the database", found, protocol))
+        }
+        Some(found) if found == wanted && recorded.is_some() => Ok(()),
+        _ => meta
+            .update_one(doc! {"_id": "schema"}, doc! {"$set": {"version": wanted}})
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(err),
     }
 }

@@ -328,6 +328,11 @@ impl Store for PostgresStore {
         self.read(move |c| async move { reads::find_message(&c, &room_id, &sender, &msg_id).await })
     }
 
+    fn claim_protocol(&self, protocol: u8) -> StoreFuture<()> {
+        let pool = self.pool.clone();
+        Box::pin(async move { schema::claim_protocol(&pool, protocol).await })
+    }
+
     fn find_entry(
         &self,
         room_id: &str,

@@ -7,9 +7,9 @@ use super::{err, pool_err};
 use crate::store::StoreError;
 use crate::validate::HIDDEN_KEY;
 
-/// The schema version this code writes (table `schema_version`). Protocol
-/// v3's tables (`devices`, `groups`, `entries`) are added to a version-1
-/// database too (they only add).
+/// The schema version a new database gets (table `schema_version`): 1
+/// holds protocol v2's accounts and rooms, 3 protocol v3's (the same
+/// tables; `claim_protocol` sets it).
 const SCHEMA_VERSION: i32 = 1;
 
 /// Any fixed number: the advisory lock that serializes schema creation
@@ -119,9 +119,9 @@ pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
         .map_err(err)?
         .map(|r| r.get(0));
     match found {
-        Some(v) if v != SCHEMA_VERSION => {
+        Some(v) if v != 1 && v != 3 => {
             return Err(StoreError::Unavailable(format!(
-                "the database has schema version {v}; this server uses version {SCHEMA_VERSION}"
+                "the database has schema version {v}; this server uses versions 1 and 3"
             )))
         }
         Some(_) => {}
@@ -142,5 +142,44 @@ pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     )
     .await
     .map_err(err)?;
+    tx.commit().await.map_err(err)
+}
+
+/// See `Store::claim_protocol`: version 1 for protocol v2, 3 for v3, under
+/// the migration lock (processes starting at once).
+pub(super) async fn claim_protocol(pool: &Pool, protocol: u8) -> Result<(), StoreError> {
+    let wanted: i32 = if protocol >= 3 { 3 } else { 1 };
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let tx = client.transaction().await.map_err(err)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(err)?;
+    let found: i32 = tx
+        .query_one("SELECT version FROM schema_version", &[])
+        .await
+        .map_err(err)?
+        .get(0);
+    if found == wanted {
+        return Ok(());
+    }
+    let used: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM rooms)",
+            &[],
+        )
+        .await
+        .map_err(err)?
+        .get(0);
+    if used {
+        let schema = if found == 3 { 3 } else { 2 };
+        return Err(crate::store::protocol_refused(
+            "the database",
+            schema,
+            protocol,
+        ));
+    }
+    tx.execute("UPDATE schema_version SET version = $1", &[&wanted])
+        .await
+        .map_err(err)?;
     tx.commit().await.map_err(err)
 }

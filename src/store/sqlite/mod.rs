@@ -65,6 +65,8 @@ pub struct SqliteStore {
     reads: Sender<ReadOp>,
     /// Dropping (or sending on) this stops the checkpoint thread.
     checkpoints: Sender<()>,
+    /// The database file (for messages).
+    path: std::path::PathBuf,
 }
 
 /// How often the checkpoint thread copies the WAL back into the database.
@@ -133,6 +135,7 @@ impl SqliteStore {
             writes,
             reads: rtx,
             checkpoints: ctx,
+            path: path.to_path_buf(),
         })
     }
 
@@ -364,6 +367,11 @@ impl Store for SqliteStore {
     ) -> StoreFuture<Option<(u64, u64)>> {
         let (room_id, sender, msg_id) = (room_id.to_owned(), sender.to_owned(), msg_id.to_vec());
         self.read(move |c| reads::find_message(c, &room_id, &sender, &msg_id))
+    }
+
+    fn claim_protocol(&self, protocol: u8) -> StoreFuture<()> {
+        let path = self.path.clone();
+        self.read(move |c| schema::claim_protocol(c, protocol, &path))
     }
 
     fn find_entry(

@@ -105,12 +105,12 @@ pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// The schema version this code writes (`PRAGMA user_version`).
+/// The schema version a new database gets (`PRAGMA user_version`).
 ///
-/// 2: protocol v2 (messages carry `key_commitment`). A version-1 database
-/// holds v1 messages that no v2 client can verify, so it is refused.
-/// Protocol v3's tables (`devices`, `groups`, `entries`) are created in a
-/// version-2 database too (they only add), ahead of the version-3 schema.
+/// 2: protocol v2 (messages carry `key_commitment`); 3: protocol v3 (MLS
+/// rooms). Both have the same tables; the version says whose accounts and
+/// rooms the database holds (`claim_protocol`). A version-1 database holds
+/// v1 messages that no client can verify, so it is refused.
 const SCHEMA_VERSION: i64 = 2;
 
 /// Creates the schema in a new database; refuses one of another version
@@ -126,9 +126,9 @@ pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> 
             |r| r.get(0),
         )
         .map_err(backend)?;
-    if version != SCHEMA_VERSION && (version != 0 || tables > 0) {
+    if version != 2 && version != 3 && (version != 0 || tables > 0) {
         return Err(StoreError::Unavailable(format!(
-            "{} has schema version {version}; this server uses version {SCHEMA_VERSION}",
+            "{} has schema version {version}; this server uses versions 2 and 3",
             path.display()
         )));
     }
@@ -139,7 +139,41 @@ pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> 
         params![HIDDEN_KEY],
     )
     .map_err(backend)?;
-    conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+    if version == 0 {
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// See `Store::claim_protocol`.
+pub(super) fn claim_protocol(
+    conn: &Connection,
+    protocol: u8,
+    path: &Path,
+) -> Result<(), StoreError> {
+    let wanted = crate::store::schema_of_protocol(protocol);
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(backend)?;
+    if version == wanted {
+        return Ok(());
+    }
+    let used: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM rooms)",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if used {
+        return Err(crate::store::protocol_refused(
+            &path.display().to_string(),
+            version,
+            protocol,
+        ));
+    }
+    conn.execute_batch(&format!("PRAGMA user_version = {wanted}"))
         .map_err(backend)
 }
 
