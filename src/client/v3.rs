@@ -82,6 +82,11 @@ impl Client3 {
         })
     }
 
+    /// The socket, for callers that pipeline frames themselves.
+    pub fn into_ws(self) -> Ws {
+        self.ws
+    }
+
     /// The host a proof signs (from the URL).
     pub fn host(&self) -> &str {
         &self.host

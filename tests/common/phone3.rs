@@ -7,7 +7,7 @@
 use e2ee_chat::client::mls::{CommitObjects, Device, Processed};
 use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::client::ClientError;
-use e2ee_chat::protocol::v3::{Entry, Request3, RoomSummary3, ServerMsg3};
+use e2ee_chat::protocol::v3::{Entry, EntryKind, Request3, RoomSummary3, ServerMsg3};
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 use openmls::prelude::{MlsGroup, OpenMlsProvider};
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -334,6 +334,66 @@ impl Phone {
             }
             Processed::Commit => None,
         }
+    }
+
+    /// A new connection of this device (after a restart); its entries are
+    /// read from history (`sync`).
+    pub async fn reconnect(&mut self, url: &str) {
+        self.c = self.second_connection(url).await;
+    }
+
+    /// This room's log after `after`, from `history` (every page).
+    pub async fn history_after(&mut self, after: u64) -> Vec<Entry> {
+        let mut out: Vec<Entry> = Vec::new();
+        loop {
+            let from = out.last().map_or(after, |e| e.seq);
+            let page = self
+                .c
+                .request(&Request3::Shared(Request::History {
+                    room_id: self.room.clone(),
+                    after_seq: Some(from),
+                    before_seq: None,
+                    limit: Some(500),
+                }))
+                .await
+                .expect("history");
+            let ServerMsg3::History {
+                entries, has_more, ..
+            } = page
+            else {
+                panic!("not history: {page:?}");
+            };
+            out.extend(entries);
+            if !has_more {
+                return out;
+            }
+        }
+    }
+
+    /// Applies the log from history, after what was applied; a commit of
+    /// this device's own whose `committed` never came is merged if the log
+    /// has it, else dropped. The texts of others' messages come back.
+    pub async fn sync(&mut self) -> Vec<String> {
+        let entries = self.history_after(self.applied).await;
+        let mine = entries.iter().any(|e| {
+            e.device_id.as_slice() == self.dev.device_id
+                && e.kind == EntryKind::Commit
+                && e.epoch == self.epoch() + 1
+        });
+        if self.group().pending_commit().is_some() {
+            if mine {
+                self.merge_pending();
+            } else {
+                self.drop_pending();
+            }
+        }
+        let mut texts = Vec::new();
+        for e in &entries {
+            if let Some(text) = self.apply(e) {
+                texts.push(text);
+            }
+        }
+        texts
     }
 
     /// Reads entries until a message arrives: its text.
