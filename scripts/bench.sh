@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable rooms idle)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable rooms idle fanout3 logins3)
 pg_admin=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 pg_dbs=()
 
@@ -89,6 +89,21 @@ for s in "${scenarios[@]}"; do
       start_server fanout 18181
       timeout 900 "$bench" --url ws://127.0.0.1:18181/ws --server-pid "$server_pid" fanout ${FANOUT_ARGS:-} | tee -a "$out"
       timeout 900 "$bench" --url ws://127.0.0.1:18181/ws --server-pid "$server_pid" fanout --rate 0 --messages 5000 ${FANOUT_MAX_ARGS:-} | tee -a "$out"
+      ;;
+    fanout3)
+      # Protocol v3 (MLS rooms): rated and flat out, each with the relay
+      # carrying the same entry frames; then what the store holds per message.
+      start_server fanout3 18200 CHAT__PROTOCOL__VERSION=3
+      timeout 900 "$bench" --url ws://127.0.0.1:18200/ws --server-pid "$server_pid" fanout3 ${FANOUT_ARGS:-} | tee -a "$out"
+      timeout 900 "$bench" --url ws://127.0.0.1:18200/ws --server-pid "$server_pid" fanout3 --rate 0 --messages 5000 ${FANOUT_MAX_ARGS:-} | tee -a "$out"
+      python3 - "$tmp/fanout3/chat.db" <<'PY' | tee -a "$out"
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
+n, data, row = db.execute(
+    "SELECT count(*), sum(length(data)), sum(length(data) + length(device_id) + length(msg_id)"
+    " + length(sender) + length(room_id) + 8 * 4) FROM entries WHERE kind = 2").fetchone()
+print(f"fanout3 store: {n} messages, {data / n:.0f} B of MLS message and about {row / n:.0f} B of row each (before indexes)")
+PY
       ;;
     logins)
       start_server logins 18182
@@ -172,7 +187,7 @@ for s in "${scenarios[@]}"; do
       timeout 900 "$bench" --url ws://127.0.0.1:18187/ws --server-pid "$group_pid" durable \
         --compare-url ws://127.0.0.1:18188/ws --compare-pid "$server_pid" ${DURABLE_ARGS:-} | tee -a "$out"
       ;;
-    *) echo "unknown scenario $s (fanout logins durable rooms idle pg-fanout pg-durable)" >&2; exit 2 ;;
+    *) echo "unknown scenario $s (fanout fanout3 logins logins3 durable rooms idle passwords pg-fanout pg-durable pg-history cluster)" >&2; exit 2 ;;
   esac
 done
 echo "results written to $out"

@@ -88,13 +88,13 @@ fn message_index(frame: &[u8]) -> Option<usize> {
     Some(idx as usize)
 }
 
-struct Prepared {
+pub struct Prepared {
     /// Frame to send, per message index.
-    frames: Vec<Vec<u8>>,
+    pub frames: Vec<Vec<u8>>,
     /// Sending connection, per message index.
-    owner: Vec<usize>,
+    pub owner: Vec<usize>,
     /// Message indexes per sending connection, in order.
-    per_sender: Vec<(usize, Vec<usize>)>,
+    pub per_sender: Vec<(usize, Vec<usize>)>,
 }
 
 /// Signs and seals every message up front, on all cores.
@@ -241,7 +241,9 @@ pub async fn run_relay(
     drive("baseline relay", ws, prepared, o, None).await
 }
 
-async fn drive(
+/// Sends every prepared frame (at the rate, within the window) and records
+/// when each delivery (a v2 `message` or a v3 `entry`) reaches each member.
+pub async fn drive(
     target: &'static str,
     conns: Vec<e2ee_chat::client::Ws>,
     prepared: Prepared,
@@ -285,7 +287,7 @@ async fn drive(
                     break;
                 };
                 match peek_type(&frame) {
-                    b"message" => {
+                    b"message" | b"entry" => {
                         if let Some(idx) = message_index(&frame).filter(|i| *i < sent_at.len()) {
                             let now = t0.elapsed().as_nanos() as u64;
                             last = Instant::now();

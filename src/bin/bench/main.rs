@@ -9,6 +9,7 @@
 mod common;
 mod durable;
 mod fanout;
+mod fanout3;
 mod history;
 mod idle;
 mod logins;
@@ -43,6 +44,15 @@ struct Cli {
 enum Command {
     /// R rooms × M members, S senders; plus the same through a bare relay.
     Fanout {
+        #[command(flatten)]
+        opts: fanout::FanoutOpts,
+        /// Skip the baseline relay run.
+        #[arg(long)]
+        no_baseline: bool,
+    },
+    /// `fanout` against a `protocol.version = 3` server (MLS rooms), plus
+    /// the same entries through a bare relay.
+    Fanout3 {
         #[command(flatten)]
         opts: fanout::FanoutOpts,
         /// Skip the baseline relay run.
@@ -141,6 +151,9 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
         Command::Fanout { opts, no_baseline } => {
             fanout_with_baseline(url, pid, &keys, &opts, !no_baseline).await
         }
+        Command::Fanout3 { opts, no_baseline } => {
+            fanout3_with_baseline(url, pid, &keys, &opts, !no_baseline).await
+        }
         Command::Logins { opts } => logins::run(url, pid, &keys, &opts).await,
         Command::Logins3 { opts } => logins::run_v3(url, pid, &keys, &opts).await,
         Command::Durable {
@@ -187,6 +200,32 @@ async fn fanout_with_baseline(
         base.print();
         println!(
             "fanout: server delivers {:.0}% of the baseline relay's deliveries/s",
+            100.0 * server.per_sec() / base.per_sec().max(1e-9)
+        );
+        ok &= base.deliveries == base.expected;
+    }
+    Ok(ok)
+}
+
+async fn fanout3_with_baseline(
+    url: &str,
+    pid: Option<u32>,
+    keys: &e2ee_chat::crypto::KeyPair,
+    opts: &fanout::FanoutOpts,
+    baseline: bool,
+) -> common::BenchResult<bool> {
+    let relay_url = baseline.then(|| relay::start(2));
+    let (server, base) = fanout3::run(url, pid, keys, opts, relay_url.as_deref()).await?;
+    server.print();
+    let mut ok = server.deliveries == server.expected && server.errors == 0;
+    println!(
+        "fanout3: {:.0} messages stored and acknowledged per second",
+        (opts.messages / opts.rooms * opts.rooms) as f64 / server.wall_secs.max(1e-9)
+    );
+    if let Some(base) = base {
+        base.print();
+        println!(
+            "fanout3: server delivers {:.0}% of the baseline relay's deliveries/s",
             100.0 * server.per_sec() / base.per_sec().max(1e-9)
         );
         ok &= base.deliveries == base.expected;
