@@ -503,6 +503,12 @@ async fn bad_groups_cannot_create_rooms() {
     assert_eq!(code(r), ErrorCode::InvalidGroup);
     let r = alice.c.request(&create(vec![1], vec![2])).await;
     assert_eq!(code(r), ErrorCode::InvalidGroup);
+    // A tree of many leaves is refused by its size, before openmls checks it.
+    let r = alice
+        .c
+        .request(&create(bobs.group_info.clone(), vec![0; 100_000]))
+        .await;
+    assert_eq!(code(r), ErrorCode::InvalidGroup);
     // A group id that is taken: room_exists.
     bob.c
         .request(&create(bobs.group_info.clone(), bobs.ratchet_tree.clone()))

@@ -18,6 +18,10 @@ use crate::room::{self, From3};
 use crate::store::GroupRow;
 use crate::validate;
 
+/// The most a new group's GroupInfo or tree may take (one leaf: about 1 KiB
+/// with a 4096-bit identity key's certificate).
+const NEW_GROUP_BYTES: usize = 16 * 1024;
+
 impl Session {
     /// The connection's proved device as the rooms need it.
     fn from3(&self) -> From3 {
@@ -142,6 +146,18 @@ impl Session {
         else {
             unreachable!("built above")
         };
+        // A new group has one leaf: its objects are small. Bigger ones are
+        // refused before openmls checks every leaf of a tree.
+        if group_info.len() > NEW_GROUP_BYTES || ratchet_tree.len() > NEW_GROUP_BYTES {
+            return self.fail(
+                ctx,
+                id,
+                Failure::new(
+                    ErrorCode::InvalidGroup,
+                    format!("a new group has one leaf: its GroupInfo and tree fit in {NEW_GROUP_BYTES} bytes"),
+                ),
+            );
+        }
         let from = self.from3();
         let created = RoomGroup::create(
             group_info,
