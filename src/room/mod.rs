@@ -124,6 +124,23 @@ fn internal(e: impl std::fmt::Display) -> Failure {
     Failure::from(ErrorCode::Internal)
 }
 
+/// A refused send that may be a resend: the stored copy's `sent` if the
+/// dedupe `lookup` finds one, else the refusal.
+async fn resend_or(
+    lookup: crate::store::StoreFuture<Option<(u64, u64)>>,
+    failure: Failure,
+) -> RoomResult<Appended> {
+    match lookup.await {
+        Ok(Some((seq, ts))) => Ok(Appended {
+            seq,
+            ts,
+            duplicate: true,
+        }),
+        Ok(None) => Err(failure),
+        Err(e) => Err(internal(e)),
+    }
+}
+
 impl RoomActor {
     pub fn new(
         record: RoomRecord,
@@ -700,17 +717,7 @@ impl Handler<SendMessage> for RoomActor {
             let lookup = self
                 .store
                 .find_message(&body.room_id, &msg.sender, &body.msg_id);
-            return Box::pin(async move {
-                match lookup.await {
-                    Ok(Some((seq, ts))) => Ok(Appended {
-                        seq,
-                        ts,
-                        duplicate: true,
-                    }),
-                    Ok(None) => Err(failure),
-                    Err(e) => Err(internal(e)),
-                }
-            });
+            return Box::pin(resend_or(lookup, failure));
         }
         let SendMessage { sender, body, .. } = msg;
         let room_id = body.room_id.clone();

@@ -401,20 +401,7 @@ impl RoomActor {
                 let lookup =
                     self.store
                         .find_entry(&self.record.room_id, &msg.device_id, &msg.msg_id);
-                return Box::pin(
-                    async move {
-                        match lookup.await {
-                            Ok(Some((seq, ts))) => Ok(Appended {
-                                seq,
-                                ts,
-                                duplicate: true,
-                            }),
-                            Ok(None) => Err(failure),
-                            Err(e) => Err(internal(e)),
-                        }
-                    }
-                    .into_actor(self),
-                );
+                return Box::pin(super::resend_or(lookup, failure).into_actor(self));
             }
             Err(refused) => return Box::pin(fut::ready(Err(refused.into()))),
         };

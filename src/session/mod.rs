@@ -364,13 +364,7 @@ impl Session {
         let username = user.username.clone();
         match request {
             Request::ListRooms { offset, limit } => {
-                let msg = registry::ListRooms {
-                    username,
-                    offset: offset.unwrap_or(0).min(usize::MAX as u64) as usize,
-                    limit: limit.unwrap_or(100).clamp(1, 1000) as usize,
-                };
-                let req = self.registry.send(msg);
-                let fut = async move { req.await.map_err(|_| Failure::from(ErrorCode::Internal)) };
+                let fut = self.list_rooms(offset, limit);
                 self.answer(ctx, id, fut, move |_, listed| ServerMsg::Rooms {
                     id,
                     rooms: listed.rooms,
@@ -484,6 +478,20 @@ impl Session {
                 unreachable!("handled before login")
             }
         }
+    }
+
+    /// `list_rooms`: a page of the directory (offset, limit 1..=1000).
+    fn list_rooms(
+        &self,
+        offset: Option<u64>,
+        limit: Option<u64>,
+    ) -> impl std::future::Future<Output = Result<registry::ListedRooms, Failure>> {
+        let req = self.registry.send(registry::ListRooms {
+            username: self.username().to_owned(),
+            offset: offset.unwrap_or(0).min(usize::MAX as u64) as usize,
+            limit: limit.unwrap_or(100).clamp(1, 1000) as usize,
+        });
+        async move { req.await.map_err(|_| Failure::from(ErrorCode::Internal)) }
     }
 
     /// A `history` request's query and its read slot: reads of one

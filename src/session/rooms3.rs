@@ -223,13 +223,7 @@ impl Session {
         let username = self.username().to_owned();
         match request.clone() {
             Request::ListRooms { offset, limit } => {
-                let msg = registry::ListRooms {
-                    username,
-                    offset: offset.unwrap_or(0).min(usize::MAX as u64) as usize,
-                    limit: limit.unwrap_or(100).clamp(1, 1000) as usize,
-                };
-                let req = self.registry.send(msg);
-                let fut = async move { req.await.map_err(|_| Failure::from(ErrorCode::Internal)) };
+                let fut = self.list_rooms(offset, limit);
                 self.answer(ctx, id, fut, move |_, listed| ServerMsg3::Rooms {
                     id,
                     rooms: listed

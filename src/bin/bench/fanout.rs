@@ -97,6 +97,27 @@ pub struct Prepared {
     pub per_sender: Vec<(usize, Vec<usize>)>,
 }
 
+impl Prepared {
+    /// The frames (by message index) and who sends each: (index, sending
+    /// connection), in sending order.
+    pub fn new(frames: Vec<Vec<u8>>, plan: impl Iterator<Item = (usize, usize)>) -> Prepared {
+        let mut owner = vec![0; frames.len()];
+        let mut per_sender: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (idx, conn) in plan {
+            owner[idx] = conn;
+            match per_sender.iter_mut().find(|(c, _)| *c == conn) {
+                Some((_, list)) => list.push(idx),
+                None => per_sender.push((conn, vec![idx])),
+            }
+        }
+        Prepared {
+            frames,
+            owner,
+            per_sender,
+        }
+    }
+}
+
 /// Signs and seals every message up front, on all cores.
 fn prepare(
     keys: &KeyPair,
@@ -158,20 +179,7 @@ fn prepare(
             }
         }
     });
-    let mut owner = vec![0; total];
-    let mut per_sender: Vec<(usize, Vec<usize>)> = Vec::new();
-    for &(idx, _, conn) in &plan {
-        owner[idx] = conn;
-        match per_sender.iter_mut().find(|(c, _)| *c == conn) {
-            Some((_, list)) => list.push(idx),
-            None => per_sender.push((conn, vec![idx])),
-        }
-    }
-    Prepared {
-        frames,
-        owner,
-        per_sender,
-    }
+    Prepared::new(frames, plan.iter().map(|&(idx, _, conn)| (idx, conn)))
 }
 
 /// Runs fan-out against the chat server at `url`.

@@ -186,20 +186,10 @@ fn encrypt_all(setup: &mut Setup, o: &FanoutOpts) -> BenchResult<Sealed> {
 }
 
 fn prepared(sealed: &Sealed, frames: Vec<Vec<u8>>) -> Prepared {
-    let mut owner = vec![0; frames.len()];
-    let mut per_sender: Vec<(usize, Vec<usize>)> = Vec::new();
-    for &(idx, _, conn, _, _) in sealed {
-        owner[idx] = conn;
-        match per_sender.iter_mut().find(|(c, _)| *c == conn) {
-            Some((_, list)) => list.push(idx),
-            None => per_sender.push((conn, vec![idx])),
-        }
-    }
-    Prepared {
+    Prepared::new(
         frames,
-        owner,
-        per_sender,
-    }
+        sealed.iter().map(|&(idx, _, conn, _, _)| (idx, conn)),
+    )
 }
 
 /// Runs v3 fan-out against the server and, with `relay_url`, the same

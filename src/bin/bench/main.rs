@@ -192,19 +192,30 @@ async fn fanout_with_baseline(
     baseline: bool,
 ) -> common::BenchResult<bool> {
     let server = fanout::run_server(url, pid, keys, opts).await?;
+    let base = match baseline {
+        true => Some(fanout::run_relay(&relay::start(2), keys, opts).await?),
+        false => None,
+    };
+    Ok(compare("fanout", &server, base.as_ref()))
+}
+
+/// Prints a server run and the relay's; whether both delivered everything.
+fn compare(
+    label: &str,
+    server: &fanout::FanoutReport,
+    base: Option<&fanout::FanoutReport>,
+) -> bool {
     server.print();
     let mut ok = server.deliveries == server.expected && server.errors == 0;
-    if baseline {
-        let relay_url = relay::start(2);
-        let base = fanout::run_relay(&relay_url, keys, opts).await?;
+    if let Some(base) = base {
         base.print();
         println!(
-            "fanout: server delivers {:.0}% of the baseline relay's deliveries/s",
+            "{label}: server delivers {:.0}% of the baseline relay's deliveries/s",
             100.0 * server.per_sec() / base.per_sec().max(1e-9)
         );
         ok &= base.deliveries == base.expected;
     }
-    Ok(ok)
+    ok
 }
 
 async fn fanout3_with_baseline(
@@ -216,21 +227,11 @@ async fn fanout3_with_baseline(
 ) -> common::BenchResult<bool> {
     let relay_url = baseline.then(|| relay::start(2));
     let (server, base) = fanout3::run(url, pid, keys, opts, relay_url.as_deref()).await?;
-    server.print();
-    let mut ok = server.deliveries == server.expected && server.errors == 0;
     println!(
         "fanout3: {:.0} messages stored and acknowledged per second",
         (opts.messages / opts.rooms * opts.rooms) as f64 / server.wall_secs.max(1e-9)
     );
-    if let Some(base) = base {
-        base.print();
-        println!(
-            "fanout3: server delivers {:.0}% of the baseline relay's deliveries/s",
-            100.0 * server.per_sec() / base.per_sec().max(1e-9)
-        );
-        ok &= base.deliveries == base.expected;
-    }
-    Ok(ok)
+    Ok(compare("fanout3", &server, base.as_ref()))
 }
 
 async fn smoke(
