@@ -12,6 +12,7 @@ pub mod device_store;
 pub mod display;
 pub mod envelope;
 pub mod mls;
+pub mod room3;
 pub mod v3;
 
 use std::collections::{HashMap, HashSet, VecDeque};
