@@ -540,3 +540,39 @@ async fn bad_groups_cannot_create_rooms() {
     };
     assert_eq!(rooms.len(), 1);
 }
+
+#[tokio::test]
+async fn a_device_that_lost_its_group_resyncs_by_external_commit_removing_its_old_leaf() {
+    let server = v3_server();
+    let (mut alice, mut bob) = room_with_bob(&server).await;
+    let old_leaf = bob.group().own_leaf_index().u32();
+    alice.commit(&[]).await;
+    // Bob lost his group state (it never saw epoch 2); he rejoins with the
+    // same device: openmls's external commit removes his old leaf.
+    bob.group = None;
+    let (group, objects) = bob.external_commit().await;
+    match bob.send_commit(&objects).await {
+        ServerMsg3::Committed { seq, epoch, .. } => {
+            assert_eq!(epoch, 3);
+            bob.group = Some(group);
+            bob.entered_at = seq;
+            bob.catch_up_to(seq).await;
+        }
+        other => panic!("resync refused: {other:?}"),
+    }
+    alice.catch_up_to(bob.applied).await;
+    // Two leaves, one per device: Bob's old one went with his rejoin.
+    let bob_cert = bob.dev.certificate.clone();
+    let bobs: Vec<u32> = alice
+        .group()
+        .members()
+        .filter(|m| m.credential.serialized_content() == bob_cert.as_slice())
+        .map(|m| m.index.u32())
+        .collect();
+    assert_eq!(alice.group().members().count(), 2);
+    assert_eq!(bobs.len(), 1, "{bobs:?} (old leaf {old_leaf})");
+    alice.say("welcome back").await;
+    assert_eq!(bob.hear().await, "welcome back");
+    bob.say("thanks").await;
+    assert_eq!(alice.hear().await, "thanks");
+}
