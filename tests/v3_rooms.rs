@@ -576,3 +576,25 @@ async fn a_device_that_lost_its_group_resyncs_by_external_commit_removing_its_ol
     bob.say("thanks").await;
     assert_eq!(alice.hear().await, "thanks");
 }
+
+#[tokio::test]
+async fn listings_after_a_restart_carry_each_groups_stored_epoch() {
+    let mut server = v3_server();
+    let (mut alice, _bob) = room_with_bob(&server).await;
+    alice.commit(&[]).await;
+    server.restart_with(|s| s.protocol.version = 3).await;
+    // Carol is no member: her login starts no room actor.
+    let mut carol = Phone::register(&server.url(), "carol", 2).await;
+    let listed = carol
+        .c
+        .request(&Request3::Shared(Request::ListRooms {
+            offset: None,
+            limit: None,
+        }))
+        .await
+        .unwrap();
+    let ServerMsg3::Rooms { rooms, .. } = listed else {
+        panic!("not rooms: {listed:?}");
+    };
+    assert_eq!((rooms[0].epoch, rooms[0].last_seq), (2, 2));
+}

@@ -108,8 +108,15 @@ pub(super) struct Directory {
 impl Directory {
     /// The directory as the store holds it (at start, and after a resync).
     pub(super) fn load(&mut self, entries: Vec<DirectoryEntry>) {
-        for DirectoryEntry { room, members } in entries {
-            self.insert(RoomEntry::new(room, members.into_iter().collect()));
+        for DirectoryEntry {
+            room,
+            members,
+            epoch,
+        } in entries
+        {
+            let entry = RoomEntry::new(room, members.into_iter().collect());
+            entry.epoch.store(epoch, Ordering::Relaxed);
+            self.insert(entry);
         }
     }
 

@@ -218,14 +218,18 @@ pub struct RoomRecord {
 pub struct DirectoryEntry {
     pub room: RoomRecord,
     pub members: Vec<String>,
+    /// v3: the room's group epoch (0 for a v2 room).
+    pub epoch: u64,
 }
 
 impl DirectoryEntry {
     /// The directory from its rooms, in listing order, and (room, member)
     /// pairs in join order; a member of a room not listed is left out.
+    /// `epochs`: (room, group epoch) of the rooms that have a group.
     pub(crate) fn assemble(
         rooms: Vec<RoomRecord>,
         members: impl IntoIterator<Item = (String, String)>,
+        epochs: impl IntoIterator<Item = (String, u64)>,
     ) -> Vec<DirectoryEntry> {
         let index: std::collections::HashMap<String, usize> = rooms
             .iter()
@@ -237,11 +241,17 @@ impl DirectoryEntry {
             .map(|room| DirectoryEntry {
                 room,
                 members: Vec::new(),
+                epoch: 0,
             })
             .collect();
         for (room_id, username) in members {
             if let Some(&i) = index.get(&room_id) {
                 entries[i].members.push(username);
+            }
+        }
+        for (room_id, epoch) in epochs {
+            if let Some(&i) = index.get(&room_id) {
+                entries[i].epoch = epoch;
             }
         }
         entries

@@ -52,7 +52,12 @@ pub(super) async fn load_directory(c: &Collections) -> Result<Vec<DirectoryEntry
     .iter()
     .map(|m| Ok((get_str(m, "room_id")?, get_str(m, "username")?)))
     .collect::<Result<Vec<_>, StoreError>>()?;
-    Ok(DirectoryEntry::assemble(rooms, members))
+    let epochs = collect(c.groups.find(doc! {}).await.map_err(err)?)
+        .await?
+        .iter()
+        .map(|g| Ok((get_str(g, "_id")?, get_u64(g, "epoch")?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    Ok(DirectoryEntry::assemble(rooms, members, epochs))
 }
 
 pub(super) async fn load_room(c: &Collections, room_id: &str) -> Result<RoomState, StoreError> {

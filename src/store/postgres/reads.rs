@@ -308,7 +308,14 @@ pub(super) async fn load_directory(c: &Client) -> Result<Vec<DirectoryEntry>, St
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect::<Vec<_>>();
-    Ok(DirectoryEntry::assemble(rooms, members))
+    let epochs = c
+        .query("SELECT room_id, epoch FROM groups", &[])
+        .await
+        .map_err(err)?
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+        .collect::<Vec<(String, u64)>>();
+    Ok(DirectoryEntry::assemble(rooms, members, epochs))
 }
 
 pub(super) async fn load_room(c: &Client, room_id: &str) -> Result<RoomState, StoreError> {

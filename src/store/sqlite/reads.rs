@@ -279,7 +279,14 @@ pub(super) fn load_directory(c: &Connection) -> Result<Vec<DirectoryEntry>, Stor
         .prepare("SELECT room_id, username FROM members ORDER BY rowid")
         .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
         .map_err(backend)?;
-    Ok(DirectoryEntry::assemble(rooms, members))
+    let epochs: Vec<(String, u64)> = c
+        .prepare("SELECT room_id, epoch FROM groups")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+                .collect()
+        })
+        .map_err(backend)?;
+    Ok(DirectoryEntry::assemble(rooms, members, epochs))
 }
 
 pub(super) fn load_room(c: &Connection, room_id: &str) -> Result<RoomState, StoreError> {
