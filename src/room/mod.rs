@@ -1,9 +1,11 @@
 //! `RoomActor`: one per active room. It owns the room's members (with their
 //! keys), the sessions of members that are online, the bans and the owner,
 //! checks every `send` against them, hands messages to the store in order and
-//! fans them out once they are durable.
+//! fans them out once they are durable. A v3 room also keeps its MLS group
+//! (`v3.rs`); its commits and messages take the same ordered path as entries.
 //!
-//! Ordering: sends are submitted to the store in arrival order and the store
+//! Ordering: sends (and v3 commits) are submitted to the store in arrival
+//! order (`submit`) and the store
 //! assigns seq in that order. Their completions are collected in `pending`
 //! and released strictly from the front, so `sent` replies and `message`
 //! events leave the room in seq order even if completions were to arrive out

@@ -2,9 +2,9 @@
 //! section 3, Account): registration with a proof of possession of the
 //! identity key, login proofs that carry a device certificate (the
 //! connection then acts as that device), `list_devices` and
-//! `remove_device`. Requests that are the same as in version 2 (`login`,
-//! `ping`) go through version 2's code. Rooms of version 3 (MLS groups) are
-//! not served yet: their requests answer `unknown_type`.
+//! `remove_device`, and the v3 dispatch. Requests that are the same as in
+//! version 2 (`login`, `ping`, leaving, owner operations) go through version
+//! 2's code; rooms' requests are in `rooms3.rs`.
 
 use std::sync::Arc;
 use std::time::Instant;
