@@ -521,3 +521,57 @@ async fn profile_files_move_an_identity_between_devices() {
     assert!(history.contains("from the laptop"), "{history}");
     t.stop().await;
 }
+
+/// Protocol v3 (`--protocol 3` against a v3 server): the profile's signing
+/// key is the identity key and the device lives in the profile's
+/// `device.db`. Create, join by external commit, talk both ways with the
+/// other's device announced first, history from the device's own store,
+/// devices, and a kick whose removal commit the next send makes.
+#[tokio::test]
+async fn protocol_v3_create_join_talk_history_and_a_kick() {
+    let t = TestServer::with(|s| s.protocol.version = 3);
+    let url = t.url();
+    let home = tempfile::tempdir().unwrap();
+    let v3 = [("E2EE_CHAT_PROTOCOL", "3")];
+    let (a, b) = (home.path().join("alice"), home.path().join("bob"));
+    for (dir, user) in [(&a, "alice"), (&b, "bob")] {
+        ok(&run(&url, dir, &["keygen", "--user", user]).await);
+        let r = run_env(&url, dir, &["register"], &v3).await;
+        assert!(ok(&r).contains("protocol v3"), "{}", r.stdout);
+    }
+    let out = ok(&run_env(&url, &a, &["create", "Lobby"], &v3).await).to_owned();
+    assert!(out.contains("created Lobby"), "{out}");
+    let joined = ok(&run_env(&url, &b, &["join", "lobby"], &v3).await).to_owned();
+    assert!(joined.contains("in its group"), "{joined}");
+
+    let first = run_env(&url, &a, &["send", "Lobby", "hello", "bob"], &v3).await;
+    ok(&first);
+    assert!(
+        first.stderr.contains("new device in this room: bob"),
+        "{}",
+        first.stderr
+    );
+    let again = run_env(&url, &a, &["send", "Lobby", "again"], &v3).await;
+    assert!(!ok(&again).is_empty() && !again.stderr.contains("new device"));
+    ok(&run_env(&url, &b, &["send", "Lobby", "hi alice"], &v3).await);
+    for dir in [&a, &b] {
+        let h = ok(&run_env(&url, dir, &["history", "Lobby"], &v3).await).to_owned();
+        assert!(h.contains("alice: hello bob"), "{h}");
+        assert!(h.contains("alice: again"), "{h}");
+        assert!(h.contains("bob: hi alice"), "{h}");
+    }
+    let devices = ok(&run_env(&url, &a, &["devices"], &v3).await).to_owned();
+    assert_eq!(devices.lines().count(), 1, "{devices}");
+    assert!(devices.contains("(this device)"), "{devices}");
+    let rooms = ok(&run_env(&url, &b, &["rooms"], &v3).await).to_owned();
+    assert!(rooms.contains("Lobby"), "{rooms}");
+
+    // A kick leaves Bob's leaf behind: Alice's next send commits its removal.
+    ok(&run_env(&url, &a, &["kick", "Lobby", "bob"], &v3).await);
+    ok(&run_env(&url, &a, &["send", "Lobby", "bob", "is", "out"], &v3).await);
+    let h = ok(&run_env(&url, &a, &["history", "Lobby"], &v3).await).to_owned();
+    assert!(h.contains("alice: bob is out"), "{h}");
+    let refused = run_env(&url, &b, &["send", "Lobby", "still", "here?"], &v3).await;
+    assert!(!refused.ok, "{}", refused.stdout);
+    t.stop().await;
+}

@@ -47,6 +47,21 @@ CREATE TABLE IF NOT EXISTS device (
     certificate BLOB NOT NULL,
     mls_key     BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rooms (
+    room_id  TEXT PRIMARY KEY,
+    group_id BLOB NOT NULL,
+    applied  INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS announced (
+    room_id   TEXT NOT NULL,
+    user      TEXT NOT NULL,
+    device_id BLOB NOT NULL,
+    PRIMARY KEY (room_id, user, device_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pins (
+    user         TEXT PRIMARY KEY,
+    identity_key BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS plaintexts (
     room_id   TEXT NOT NULL,
     seq       INTEGER NOT NULL,
@@ -67,6 +82,18 @@ pub struct Plaintext {
     pub device_id: Vec<u8>,
     pub sent_at: u64,
     pub text: String,
+}
+
+/// Where this device is in a room's log, saved with the MLS state that
+/// got it there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomMark {
+    pub room_id: String,
+    pub group_id: Vec<u8>,
+    /// The last seq applied.
+    pub applied: u64,
+    /// Devices the user has been told about since the last save.
+    pub announced: Vec<(String, Vec<u8>)>,
 }
 
 pub struct DeviceStore {
@@ -103,6 +130,17 @@ impl DeviceStore {
         provider: &OpenMlsRustCrypto,
         plaintexts: &[Plaintext],
     ) -> Result<usize> {
+        self.save_room(provider, plaintexts, None)
+    }
+
+    /// [`DeviceStore::save`], with where the device is in a room's log, in
+    /// the same transaction.
+    pub fn save_room(
+        &mut self,
+        provider: &OpenMlsRustCrypto,
+        plaintexts: &[Plaintext],
+        mark: Option<&RoomMark>,
+    ) -> Result<usize> {
         let now = provider
             .storage()
             .values
@@ -138,6 +176,18 @@ impl DeviceStore {
                     p.sent_at as i64,
                     p.text
                 ])?;
+            }
+            if let Some(m) = mark {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO rooms (room_id, group_id, applied) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![m.room_id, m.group_id, m.applied as i64])?;
+                let mut told = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO announced (room_id, user, device_id) VALUES (?1, ?2, ?3)",
+                )?;
+                for (user, device) in &m.announced {
+                    told.execute(params![m.room_id, user, device])?;
+                }
             }
         }
         tx.commit()?;
@@ -193,6 +243,51 @@ impl DeviceStore {
             signer,
             certificate,
         }))
+    }
+
+    /// Where this device is in `room_id`'s log (`announced`: every device
+    /// the user was told about there).
+    pub fn room(&self, room_id: &str) -> Result<Option<RoomMark>> {
+        let row: Option<(Vec<u8>, i64)> = self
+            .conn
+            .query_row(
+                "SELECT group_id, applied FROM rooms WHERE room_id = ?1",
+                params![room_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((group_id, applied)) = row else {
+            return Ok(None);
+        };
+        let announced = self
+            .conn
+            .prepare_cached("SELECT user, device_id FROM announced WHERE room_id = ?1")?
+            .query_map(params![room_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Some(RoomMark {
+            room_id: room_id.to_owned(),
+            group_id,
+            applied: applied as u64,
+            announced,
+        }))
+    }
+
+    /// The identity keys this device pinned (DER), by user.
+    pub fn pins(&self) -> Result<HashMap<String, Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT user, identity_key FROM pins")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Pins `user`'s identity key (first use).
+    pub fn pin(&self, user: &str, identity_key: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO pins (user, identity_key) VALUES (?1, ?2)",
+            params![user, identity_key],
+        )?;
+        Ok(())
     }
 
     /// What this device decrypted in `room_id`, in seq order.
@@ -339,5 +434,47 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(group.epoch().as_u64(), 0, "the state of the last save");
+    }
+
+    /// Where the device is in a room's log, the devices announced there and
+    /// the pinned keys are saved with the MLS state and read back after a
+    /// restart.
+    #[test]
+    fn room_marks_and_pins_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.db");
+        let (mut store, provider) = DeviceStore::open(&path).unwrap();
+        assert_eq!(store.room("r-1").unwrap(), None);
+        let mark = RoomMark {
+            room_id: "r-1".into(),
+            group_id: vec![9; 16],
+            applied: 7,
+            announced: vec![("bob".into(), vec![2; 16])],
+        };
+        store
+            .save_room(&provider, &[plaintext(7, "hi")], Some(&mark))
+            .unwrap();
+        let later = RoomMark {
+            applied: 9,
+            announced: vec![("carol".into(), vec![3; 16])],
+            ..mark.clone()
+        };
+        store.save_room(&provider, &[], Some(&later)).unwrap();
+        store.pin("bob", b"bob's key").unwrap();
+        store.pin("bob", b"another key").unwrap();
+        drop(store);
+        let (store, _) = DeviceStore::open(&path).unwrap();
+        let mut got = store.room("r-1").unwrap().unwrap();
+        got.announced.sort();
+        assert_eq!(got.applied, 9);
+        assert_eq!(
+            got.announced,
+            [
+                ("bob".to_owned(), vec![2; 16]),
+                ("carol".to_owned(), vec![3; 16])
+            ]
+        );
+        assert_eq!(store.plaintexts("r-1").unwrap().len(), 1);
+        assert_eq!(store.pins().unwrap()["bob"], b"bob's key", "first use wins");
     }
 }

@@ -11,6 +11,7 @@
 pub mod device_store;
 pub mod display;
 pub mod envelope;
+pub mod member3;
 pub mod mls;
 pub mod room3;
 pub mod v3;

@@ -100,10 +100,24 @@ impl RoomLog {
         pins: &impl Pins,
         applied: u64,
     ) -> Result<Self, LogError> {
+        Self::restore(me, group, pins, applied, [])
+    }
+
+    /// [`RoomLog::new`] for a group saved on the device, with the devices
+    /// the user was already told about.
+    pub fn restore(
+        me: &Device,
+        group: &MlsGroup,
+        pins: &impl Pins,
+        applied: u64,
+        announced: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> Result<Self, LogError> {
+        let mut told: HashSet<(String, Vec<u8>)> = announced.into_iter().collect();
+        told.insert((me.user.clone(), me.device_id.to_vec()));
         let mut log = RoomLog {
             applied,
             leaves: HashMap::new(),
-            announced: HashSet::from([(me.user.clone(), me.device_id.to_vec())]),
+            announced: told,
             pending: Vec::new(),
             untrusted: None,
         };
@@ -131,11 +145,15 @@ impl RoomLog {
         Ok(())
     }
 
-    /// The new devices were shown to the user.
-    pub fn announced(&mut self) {
-        for leaf in self.pending.drain(..) {
-            self.announced.insert((leaf.user, leaf.device_id));
-        }
+    /// The new devices were shown to the user: they are returned, to keep.
+    pub fn announced(&mut self) -> Vec<(String, Vec<u8>)> {
+        let told: Vec<(String, Vec<u8>)> = self
+            .pending
+            .drain(..)
+            .map(|leaf| (leaf.user, leaf.device_id))
+            .collect();
+        self.announced.extend(told.iter().cloned());
+        told
     }
 
     /// Checks every leaf of `group`; new devices join `pending`.

@@ -184,6 +184,9 @@ pub async fn command(s: &mut Connected, command: Command) -> CliResult<()> {
         | Command::Chat => {
             unreachable!("handled before connecting")
         }
+        Command::Devices { .. } | Command::RemoveDevice { .. } => {
+            return Err("devices are protocol v3's: add --protocol 3".into())
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod connection;
 mod profile;
 mod transfer;
 mod tui;
+mod v3;
 
 use std::path::PathBuf;
 
@@ -40,6 +41,10 @@ pub struct Cli {
     /// Server websocket URL (ws:// or wss://). Default: the profile's, else ws://127.0.0.1:8080/ws.
     #[arg(long, global = true, env = "E2EE_CHAT_SERVER")]
     server: Option<String>,
+    /// The protocol version to speak: 2 (default) or 3 (MLS rooms; the
+    /// device's state goes in the profile's `device.db`).
+    #[arg(long, global = true, env = "E2EE_CHAT_PROTOCOL", default_value_t = 2)]
+    protocol: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -138,6 +143,13 @@ enum Command {
     Delete { room: String },
     /// Interactive full-screen chat.
     Chat,
+    /// Protocol v3: USER's devices (yours without USER).
+    Devices { user: Option<String> },
+    /// Protocol v3: remove one of your devices (a lost one) for good.
+    RemoveDevice {
+        /// Its id, 32 hex digits (as `devices` prints them).
+        device_id: String,
+    },
 }
 
 fn main() {
@@ -210,6 +222,12 @@ async fn run(cli: Cli) -> CliResult<()> {
         return Ok(());
     }
     let keys = profile.keys()?;
+    if cli.protocol != 2 && cli.protocol != 3 {
+        return Err(format!("--protocol is 2 or 3, not {}", cli.protocol));
+    }
+    if cli.protocol == 3 {
+        return v3::run(profile, &url, keys, cli.command).await;
+    }
     if let Command::Register = &cli.command {
         let mut c = Client::connect(&url)
             .await

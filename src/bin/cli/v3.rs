@@ -1,0 +1,201 @@
+//! The one-shot subcommands over protocol v3 (`--protocol 3`): the
+//! profile's signing key is the user's identity key, and this profile's
+//! device (its MLS key, its groups, what it decrypted) lives in
+//! `device.db` beside the keys. The work is `client::member3::Member3`'s;
+//! this file parses, prints and escapes. The interactive `chat` screen and
+//! profile transfer still speak version 2.
+
+use e2ee_chat::client::display::escape;
+use e2ee_chat::client::member3::Member3;
+use e2ee_chat::client::v3::{Client3, IdentityPair};
+use e2ee_chat::crypto::{fingerprint_display, KeyPair};
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+use e2ee_chat::protocol::Request;
+use serde_bytes::ByteBuf;
+
+use crate::commands::{owner_request, OwnerCmd};
+use crate::connection::fmt_time;
+use crate::profile::{CliResult, Profile};
+use crate::Command;
+
+pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -> CliResult<()> {
+    let identity = IdentityPair::new(&profile.config.username, keys.sign.clone());
+    if let Command::Register = command {
+        let mut c = Client3::connect(url)
+            .await
+            .map_err(|e| format!("cannot reach {url}: {e}"))?;
+        c.register(&identity)
+            .await
+            .map_err(|e| format!("register: {e}"))?;
+        println!("registered {} at {url} (protocol v3)", identity.username);
+        return Ok(());
+    }
+    let mut m = Member3::open(url, &identity, &profile.dir.join("device.db")).await?;
+    let result = command3(&mut m, command).await;
+    for notice in m.notices.drain(..) {
+        eprintln!("{notice}");
+    }
+    result
+}
+
+/// A room named by id (`r-...`) or by its listed name.
+async fn resolve(m: &mut Member3, room: &str) -> CliResult<String> {
+    if room.starts_with("r-") {
+        return Ok(room.to_owned());
+    }
+    let listed =
+        m.c.request(&Request3::Shared(Request::ListRooms {
+            offset: None,
+            limit: Some(1000),
+        }))
+        .await
+        .map_err(|e| e.to_string())?;
+    let ServerMsg3::Rooms { rooms, .. } = listed else {
+        return Err("not a room list".into());
+    };
+    rooms
+        .into_iter()
+        .find(|r| r.name.to_lowercase() == room.to_lowercase())
+        .map(|r| r.room_id)
+        .ok_or_else(|| format!("no room named {room:?}"))
+}
+
+async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
+    match command {
+        Command::Rooms => {
+            let listed =
+                m.c.request(&Request3::Shared(Request::ListRooms {
+                    offset: None,
+                    limit: Some(1000),
+                }))
+                .await
+                .map_err(|e| e.to_string())?;
+            let ServerMsg3::Rooms { rooms, total, .. } = listed else {
+                return Err("not a room list".into());
+            };
+            println!(
+                "{:<24} {:>7} {:>6} {:>6} id",
+                "name", "members", "online", "epoch"
+            );
+            for r in &rooms {
+                println!(
+                    "{:<24} {:>7} {:>6} {:>6} {}",
+                    escape(&r.name),
+                    r.members,
+                    r.online,
+                    r.epoch,
+                    escape(&r.room_id)
+                );
+            }
+            println!("{total} rooms");
+        }
+        Command::Create {
+            name,
+            password,
+            hidden,
+        } => {
+            let room = m.create(&name, password, hidden).await?;
+            println!("created {} ({})", escape(&room.name), escape(&room.room_id));
+        }
+        Command::Join { room, password } => {
+            let id = resolve(m, &room).await?;
+            let r = m.join(&id, password).await?;
+            println!(
+                "joined {} ({}) with {} members; this device is in its group",
+                escape(&r.name),
+                escape(&r.room_id),
+                r.members
+            );
+        }
+        Command::Send { room, text } => {
+            let id = resolve(m, &room).await?;
+            let sent = m.send(&id, &text.join(" ")).await?;
+            for leaf in &sent.announced {
+                eprintln!(
+                    "new device in this room: {} device {} (fingerprint {})",
+                    escape(&leaf.user),
+                    hex::encode(&leaf.device_id),
+                    fingerprint_display(&leaf.fingerprint)
+                );
+            }
+            println!("sent (seq {})", sent.seq);
+        }
+        Command::History { room, n } => {
+            let id = resolve(m, &room).await?;
+            m.sync(&id).await?;
+            let all = m.history(&id)?;
+            for p in all.iter().skip(all.len().saturating_sub(n as usize)) {
+                println!(
+                    "#{} {} {}: {}",
+                    p.seq,
+                    fmt_time(p.sent_at),
+                    escape(&p.sender),
+                    escape(&p.text)
+                );
+            }
+        }
+        Command::Devices { user } => {
+            let user = user.unwrap_or_else(|| m.device.user.clone());
+            let reply =
+                m.c.request(&Request3::ListDevices {
+                    username: user.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let ServerMsg3::Devices { devices, .. } = reply else {
+                return Err("not a device list".into());
+            };
+            for d in devices {
+                let this = if d.device_id.as_slice() == m.device.device_id {
+                    " (this device)"
+                } else {
+                    ""
+                };
+                println!(
+                    "{} added {}{this}",
+                    hex::encode(&d.device_id),
+                    fmt_time(d.added_at)
+                );
+            }
+        }
+        Command::RemoveDevice { device_id } => {
+            let id = hex::decode(device_id.trim()).map_err(|_| "a device id is 32 hex digits")?;
+            m.c.request(&Request3::RemoveDevice {
+                device_id: ByteBuf::from(id),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+            println!("removed; its leaves are removed by the next commit in each room");
+        }
+        Command::Leave { room } => {
+            let id = resolve(m, &room).await?;
+            m.c.request(&Request3::Shared(Request::LeaveRoom {
+                room_id: id.clone(),
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+            println!("left {}", escape(&id));
+        }
+        other => {
+            let (room, cmd) = match other {
+                Command::Kick { room, user } => (room, OwnerCmd::Kick(user)),
+                Command::Ban { room, user } => (room, OwnerCmd::Ban(user)),
+                Command::Unban { room, user } => (room, OwnerCmd::Unban(user)),
+                Command::Rename { room, name } => (room, OwnerCmd::Rename(name)),
+                Command::SetPassword { room, password } => (room, OwnerCmd::Password(password)),
+                Command::Delete { room } => (room, OwnerCmd::Delete),
+                _ => {
+                    return Err("this command does not speak protocol v3 yet \
+                                (run it without --protocol 3)"
+                        .into())
+                }
+            };
+            let id = resolve(m, &room).await?;
+            m.c.request(&Request3::Shared(owner_request(cmd, &id)))
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("done");
+        }
+    }
+    Ok(())
+}

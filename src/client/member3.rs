@@ -1,0 +1,532 @@
+//! A v3 device at work, as the terminal client drives it: one connection
+//! (`Client3`), the device's state on disk (`DeviceStore`: its key, its
+//! groups, where it is in each room's log, the identity keys it pinned and
+//! what it decrypted), and section 7 per room (`RoomLog`).
+//!
+//! Every MLS operation is saved with its effects in one transaction. The
+//! duties of section 7 that need the server are here: identity keys pinned
+//! on first use (a changed key is refused), the log applied from history in
+//! order before a send, new devices announced (returned to the caller) before
+//! the send goes, `commit_required` answered by committing the Removes, and
+//! `stale_epoch` by applying the log and trying again.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use openmls::prelude::{GroupId, MlsGroup, OpenMlsProvider};
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use serde_bytes::ByteBuf;
+
+use super::device_store::{DeviceStore, Plaintext, RoomMark};
+use super::mls::Device;
+use super::room3::{Applied, Leaf, LogError, RoomLog};
+use super::v3::{Client3, IdentityPair};
+use crate::identity::IdentityKey;
+use crate::protocol::v3::{Entry, Member3 as MemberInfo, Request3, RoomSummary3, ServerMsg3};
+use crate::protocol::{ErrorCode, Request, ServerMsg};
+
+/// A failure, for people.
+pub type Result3<T> = std::result::Result<T, String>;
+
+fn because<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+/// What a send did besides sending: the devices announced before it.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub seq: u64,
+    pub announced: Vec<Leaf>,
+}
+
+struct Room {
+    group: MlsGroup,
+    log: RoomLog,
+}
+
+pub struct Member3 {
+    pub c: Client3,
+    pub device: Device,
+    store: DeviceStore,
+    provider: OpenMlsRustCrypto,
+    pins: HashMap<String, IdentityKey>,
+    rooms: HashMap<String, Room>,
+    /// What the user must be told (a resync), for the caller to show.
+    pub notices: Vec<String>,
+}
+
+/// Plaintext of section 2: a CBOR map of `text` and `sent_at`.
+fn encode_plaintext(text: &str) -> Vec<u8> {
+    use ciborium::Value;
+    let mut out = Vec::new();
+    ciborium::into_writer(
+        &Value::Map(vec![
+            (Value::Text("text".into()), Value::Text(text.into())),
+            (
+                Value::Text("sent_at".into()),
+                Value::Integer(crate::util::now_ms().into()),
+            ),
+        ]),
+        &mut out,
+    )
+    .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// (text, sent_at) of a plaintext, if it is one.
+fn decode_plaintext(bytes: &[u8]) -> Option<(String, u64)> {
+    use ciborium::Value;
+    let Value::Map(entries) = ciborium::from_reader::<Value, _>(bytes).ok()? else {
+        return None;
+    };
+    let get = |k: &str| entries.iter().find(|(key, _)| key.as_text() == Some(k));
+    let text = get("text")?.1.as_text()?.to_owned();
+    let sent_at = u64::try_from(get("sent_at")?.1.as_integer()?).ok()?;
+    Some((text, sent_at))
+}
+
+impl Member3 {
+    /// Opens the device file at `path` (making the device on first use),
+    /// connects to `url` and logs in as this device.
+    pub async fn open(url: &str, identity: &IdentityPair, path: &Path) -> Result3<Member3> {
+        let (mut store, provider) = DeviceStore::open(path).map_err(because("device store"))?;
+        let device = match store.device(&provider).map_err(because("device store"))? {
+            Some(d) if d.user == identity.username => d,
+            Some(d) => return Err(format!("{} holds a device of {}", path.display(), d.user)),
+            None => {
+                let d = Device::new(&identity.username, |m| identity.sign(m));
+                store
+                    .put_device(&d, &provider)
+                    .map_err(because("device store"))?;
+                d
+            }
+        };
+        let mut c = Client3::connect(url).await.map_err(because("connect"))?;
+        c.login(identity, &device.certificate)
+            .await
+            .map_err(|e| match e.code() {
+                Some(ErrorCode::UnknownUser) => format!(
+                    "{} is not registered on {url}: run `e2ee-chat register`",
+                    identity.username
+                ),
+                _ => format!("login failed: {e}"),
+            })?;
+        let mut pins = HashMap::new();
+        for (user, der) in store.pins().map_err(because("device store"))? {
+            pins.insert(
+                user,
+                IdentityKey::parse(&der).map_err(because("a pinned key"))?,
+            );
+        }
+        let me = IdentityKey::parse(&identity.der).map_err(because("identity key"))?;
+        store
+            .pin(&identity.username, &identity.der)
+            .map_err(because("device store"))?;
+        pins.entry(identity.username.clone()).or_insert(me);
+        Ok(Member3 {
+            c,
+            device,
+            store,
+            provider,
+            pins,
+            rooms: HashMap::new(),
+            notices: Vec::new(),
+        })
+    }
+
+    /// Pins the members' identity keys on first use; a member whose key
+    /// changed is refused (section 7).
+    fn pin_members(&mut self, members: &[MemberInfo]) -> Result3<()> {
+        for m in members {
+            match self.pins.get(&m.username) {
+                Some(k) if k.der() == m.identity_key.as_slice() => {}
+                Some(_) => {
+                    return Err(format!(
+                        "the identity key of {} changed since it was first seen: \
+                         compare fingerprints with them before you talk here",
+                        m.username
+                    ))
+                }
+                None => {
+                    let key =
+                        IdentityKey::parse(&m.identity_key).map_err(because("identity key"))?;
+                    self.store
+                        .pin(&m.username, &m.identity_key)
+                        .map_err(because("device store"))?;
+                    self.pins.insert(m.username.clone(), key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn members(&mut self, room_id: &str) -> Result3<Vec<MemberInfo>> {
+        match self
+            .c
+            .request(&Request3::Shared(Request::GetMembers {
+                room_id: room_id.into(),
+            }))
+            .await
+            .map_err(because("members"))?
+        {
+            ServerMsg3::Members { members, .. } => Ok(members),
+            other => Err(format!("not members: {other:?}")),
+        }
+    }
+
+    fn save(
+        &mut self,
+        room_id: &str,
+        plaintexts: &[Plaintext],
+        told: Vec<(String, Vec<u8>)>,
+    ) -> Result3<()> {
+        let room = &self.rooms[room_id];
+        let mark = RoomMark {
+            room_id: room_id.to_owned(),
+            group_id: room.group.group_id().as_slice().to_vec(),
+            applied: room.log.applied,
+            announced: told,
+        };
+        self.store
+            .save_room(&self.provider, plaintexts, Some(&mark))
+            .map(|_| ())
+            .map_err(because("device store"))
+    }
+
+    /// The room's group and log, from memory or the device file.
+    fn room(&mut self, room_id: &str) -> Result3<&mut Room> {
+        if !self.rooms.contains_key(room_id) {
+            let RoomMark {
+                group_id,
+                applied,
+                announced,
+                ..
+            } = self
+                .store
+                .room(room_id)
+                .map_err(because("device store"))?
+                .ok_or_else(|| format!("this device is not in {room_id}: join it first"))?;
+            let group = MlsGroup::load(self.provider.storage(), &GroupId::from_slice(&group_id))
+                .map_err(|e| format!("the saved group: {e:?}"))?
+                .ok_or("the saved group is missing")?;
+            let log = RoomLog::restore(&self.device, &group, &self.pins, applied, announced)
+                .map_err(|e| e.to_string())?;
+            self.rooms.insert(room_id.to_owned(), Room { group, log });
+        }
+        Ok(self.rooms.get_mut(room_id).expect("inserted"))
+    }
+
+    /// `create_room` with a new group whose only leaf is this device.
+    pub async fn create(
+        &mut self,
+        name: &str,
+        password: Option<String>,
+        hidden: bool,
+    ) -> Result3<RoomSummary3> {
+        let (group, objects) = self
+            .device
+            .create_group(&self.provider, rand::random())
+            .map_err(because("MLS"))?;
+        let joined = self
+            .c
+            .request(&Request3::CreateRoom {
+                name: name.into(),
+                password,
+                hidden: hidden.then_some(true),
+                group_info: ByteBuf::from(objects.group_info),
+                ratchet_tree: ByteBuf::from(objects.ratchet_tree),
+            })
+            .await
+            .map_err(because("create"))?;
+        let ServerMsg3::Joined { room, .. } = joined else {
+            return Err(format!("not joined: {joined:?}"));
+        };
+        let log = RoomLog::new(&self.device, &group, &self.pins, 0).map_err(|e| e.to_string())?;
+        self.rooms.insert(room.room_id.clone(), Room { group, log });
+        self.save(&room.room_id, &[], Vec::new())?;
+        Ok(room)
+    }
+
+    /// `join_room`, then this device enters the group by external commit
+    /// (a refused one is dropped and tried again from a fresh state).
+    pub async fn join(&mut self, room_id: &str, password: Option<String>) -> Result3<RoomSummary3> {
+        let joined = self
+            .c
+            .request(&Request3::Shared(Request::JoinRoom {
+                room_id: room_id.into(),
+                password,
+            }))
+            .await
+            .map_err(because("join"))?;
+        let ServerMsg3::Joined { room, members, .. } = joined else {
+            return Err(format!("not joined: {joined:?}"));
+        };
+        self.pin_members(&members)?;
+        if room.in_group == Some(true) {
+            self.room(room_id)?;
+            return Ok(room);
+        }
+        self.enter(room_id).await?;
+        Ok(room)
+    }
+
+    /// An external commit into the room's group (a join, or a resync that
+    /// removes this device's old leaf).
+    pub async fn enter(&mut self, room_id: &str) -> Result3<()> {
+        for _ in 0..5 {
+            let state = self
+                .c
+                .request(&Request3::GroupState {
+                    room_id: room_id.into(),
+                })
+                .await
+                .map_err(because("group_state"))?;
+            let ServerMsg3::GroupState {
+                group_info,
+                ratchet_tree,
+                ..
+            } = state
+            else {
+                return Err(format!("not group_state: {state:?}"));
+            };
+            let (mut group, join) = self
+                .device
+                .join_external(&self.provider, &group_info, &ratchet_tree)
+                .map_err(because("MLS"))?;
+            let reply = self
+                .c
+                .request_raw(&Request3::Commit {
+                    room_id: room_id.into(),
+                    commit: ByteBuf::from(join.commit),
+                    group_info: ByteBuf::from(join.group_info),
+                })
+                .await
+                .map_err(because("commit"))?;
+            match reply {
+                ServerMsg3::Committed { seq, .. } => {
+                    let log = RoomLog::new(&self.device, &group, &self.pins, seq)
+                        .map_err(|e| e.to_string())?;
+                    self.rooms.insert(room_id.to_owned(), Room { group, log });
+                    return self.save(room_id, &[], Vec::new());
+                }
+                // Section 7: a refused join's state is thrown away.
+                ServerMsg3::Error {
+                    code: ErrorCode::StaleEpoch,
+                    ..
+                } => {
+                    let _ = group.delete(self.provider.storage());
+                    continue;
+                }
+                other => return Err(format!("the server refused the join: {other:?}")),
+            }
+        }
+        Err("the group kept moving; try again".into())
+    }
+
+    /// Applies the room's log from history up to now; the messages of
+    /// others come back (and are kept on the device).
+    pub async fn sync(&mut self, room_id: &str) -> Result3<Vec<Plaintext>> {
+        let mut out = Vec::new();
+        loop {
+            let after = self.room(room_id)?.log.applied;
+            let page = self
+                .c
+                .request(&Request3::Shared(Request::History {
+                    room_id: room_id.into(),
+                    after_seq: Some(after),
+                    before_seq: None,
+                    limit: Some(200),
+                }))
+                .await
+                .map_err(because("history"))?;
+            let ServerMsg3::History {
+                entries, has_more, ..
+            } = page
+            else {
+                return Err(format!("not history: {page:?}"));
+            };
+            for e in &entries {
+                match self.apply(room_id, e) {
+                    Ok(p) => {
+                        self.save(room_id, p.as_slice(), Vec::new())?;
+                        out.extend(p);
+                    }
+                    Err(LogError::Resync(why)) => {
+                        // Section 7: rejoin by external commit (removing
+                        // this device's old leaf) and say so.
+                        self.rooms.remove(room_id);
+                        self.enter(room_id).await?;
+                        self.notices.push(format!(
+                            "{room_id}: this device could not follow the room ({why}); it \
+                             rejoined, and some messages may be unreadable"
+                        ));
+                        break;
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+            if !has_more || entries.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Applies one entry (the caller saves its effects, in one transaction).
+    fn apply(&mut self, room_id: &str, e: &Entry) -> Result<Option<Plaintext>, LogError> {
+        let room = self.rooms.get_mut(room_id).expect("loaded by sync");
+        let applied = room
+            .log
+            .apply(&self.device, &self.provider, &mut room.group, e, &self.pins);
+        let plaintext = match applied {
+            Ok(Applied::Message {
+                plaintext,
+                sender_ok,
+            }) => {
+                let (text, sent_at) = decode_plaintext(&plaintext)
+                    .unwrap_or_else(|| ("[not a chat message]".into(), 0));
+                Some(Plaintext {
+                    room_id: room_id.to_owned(),
+                    seq: e.seq,
+                    sender: if sender_ok {
+                        e.sender.clone()
+                    } else {
+                        format!("{} [sender check failed]", e.sender)
+                    },
+                    device_id: e.device_id.to_vec(),
+                    sent_at,
+                    text,
+                })
+            }
+            Ok(_) | Err(LogError::Replayed(_)) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(plaintext)
+    }
+
+    /// A member commit with these Removes and an update path, merged at
+    /// `committed`; on `stale_epoch` the log is applied and it is built
+    /// again.
+    pub async fn commit(&mut self, room_id: &str, remove: &[u32]) -> Result3<u64> {
+        for _ in 0..5 {
+            self.sync(room_id).await?;
+            self.room(room_id)?;
+            let room = self.rooms.get_mut(room_id).expect("loaded");
+            let objects = self
+                .device
+                .commit(&self.provider, &mut room.group, remove)
+                .map_err(because("MLS"))?;
+            let reply = self
+                .c
+                .request_raw(&Request3::Commit {
+                    room_id: room_id.into(),
+                    commit: ByteBuf::from(objects.commit),
+                    group_info: ByteBuf::from(objects.group_info),
+                })
+                .await
+                .map_err(because("commit"))?;
+            let room = self.rooms.get_mut(room_id).expect("loaded");
+            match reply {
+                ServerMsg3::Committed { seq, epoch, .. } => {
+                    room.group
+                        .merge_pending_commit(&self.provider)
+                        .map_err(|e| format!("merge: {e:?}"))?;
+                    // Its own entry: applied by merging.
+                    if room.log.applied + 1 == seq {
+                        room.log.applied = seq;
+                    }
+                    self.save(room_id, &[], Vec::new())?;
+                    return Ok(epoch);
+                }
+                ServerMsg3::Error {
+                    code: ErrorCode::StaleEpoch,
+                    ..
+                } => {
+                    room.group
+                        .clear_pending_commit(self.provider.storage())
+                        .map_err(|e| format!("{e:?}"))?;
+                }
+                other => {
+                    let _ = room.group.clear_pending_commit(self.provider.storage());
+                    return Err(format!("the server refused the commit: {other:?}"));
+                }
+            }
+        }
+        Err("the group kept moving; try again".into())
+    }
+
+    /// Sends `text`: applies the log first, announces new devices (they
+    /// come back in `Sent`), commits the Removes the server asks for, and
+    /// follows a moving epoch.
+    pub async fn send(&mut self, room_id: &str, text: &str) -> Result3<Sent> {
+        let members = self.members(room_id).await?;
+        self.pin_members(&members)?;
+        let mut sent = Sent::default();
+        for _ in 0..5 {
+            self.sync(room_id).await?;
+            let room = self.room(room_id)?;
+            match room.log.may_send() {
+                Ok(()) => {}
+                Err(Err(why)) => return Err(format!("not sending in an untrusted room: {why}")),
+                Err(Ok(leaves)) => {
+                    let told = room.log.announced();
+                    sent.announced.extend(leaves);
+                    self.save(room_id, &[], told)?;
+                }
+            }
+            let room = self.rooms.get_mut(room_id).expect("loaded");
+            let message = self
+                .device
+                .encrypt(&self.provider, &mut room.group, &encode_plaintext(text))
+                .map_err(because("MLS"))?;
+            self.save(room_id, &[], Vec::new())?;
+            let reply = self
+                .c
+                .request_raw(&Request3::Send {
+                    room_id: room_id.into(),
+                    msg_id: ByteBuf::from(rand::random::<[u8; 16]>().to_vec()),
+                    message: ByteBuf::from(message),
+                })
+                .await
+                .map_err(because("send"))?;
+            match reply {
+                ServerMsg3::Shared(ServerMsg::Sent { seq, ts, .. }) => {
+                    // Its own text, kept with the others' (it cannot
+                    // decrypt its own message later).
+                    let mine = Plaintext {
+                        room_id: room_id.to_owned(),
+                        seq,
+                        sender: self.device.user.clone(),
+                        device_id: self.device.device_id.to_vec(),
+                        sent_at: ts,
+                        text: text.to_owned(),
+                    };
+                    self.store
+                        .save(&self.provider, &[mine])
+                        .map_err(because("device store"))?;
+                    sent.seq = seq;
+                    return Ok(sent);
+                }
+                ServerMsg3::Error {
+                    code: ErrorCode::CommitRequired,
+                    remove: Some(remove),
+                    ..
+                } => {
+                    self.commit(room_id, &remove).await?;
+                }
+                ServerMsg3::Error {
+                    code: ErrorCode::StaleEpoch,
+                    ..
+                } => {}
+                other => return Err(format!("the server refused the message: {other:?}")),
+            }
+        }
+        Err("the group kept moving; try again".into())
+    }
+
+    /// What this device decrypted in the room, in seq order.
+    pub fn history(&self, room_id: &str) -> Result3<Vec<Plaintext>> {
+        self.store
+            .plaintexts(room_id)
+            .map_err(because("device store"))
+    }
+}
