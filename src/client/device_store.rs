@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS device (
 CREATE TABLE IF NOT EXISTS rooms (
     room_id  TEXT PRIMARY KEY,
     group_id BLOB NOT NULL,
-    applied  INTEGER NOT NULL
+    applied  INTEGER NOT NULL,
+    updated  INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS announced (
     room_id   TEXT NOT NULL,
@@ -92,6 +93,8 @@ pub struct RoomMark {
     pub group_id: Vec<u8>,
     /// The last seq applied.
     pub applied: u64,
+    /// When this device last committed an update of its leaf here (ms).
+    pub updated: u64,
     /// Devices the user has been told about since the last save.
     pub announced: Vec<(String, Vec<u8>)>,
 }
@@ -179,9 +182,15 @@ impl DeviceStore {
             }
             if let Some(m) = mark {
                 tx.prepare_cached(
-                    "INSERT OR REPLACE INTO rooms (room_id, group_id, applied) VALUES (?1, ?2, ?3)",
+                    "INSERT OR REPLACE INTO rooms (room_id, group_id, applied, updated)
+                     VALUES (?1, ?2, ?3, ?4)",
                 )?
-                .execute(params![m.room_id, m.group_id, m.applied as i64])?;
+                .execute(params![
+                    m.room_id,
+                    m.group_id,
+                    m.applied as i64,
+                    m.updated as i64
+                ])?;
                 let mut told = tx.prepare_cached(
                     "INSERT OR IGNORE INTO announced (room_id, user, device_id) VALUES (?1, ?2, ?3)",
                 )?;
@@ -248,15 +257,15 @@ impl DeviceStore {
     /// Where this device is in `room_id`'s log (`announced`: every device
     /// the user was told about there).
     pub fn room(&self, room_id: &str) -> Result<Option<RoomMark>> {
-        let row: Option<(Vec<u8>, i64)> = self
+        let row: Option<(Vec<u8>, i64, i64)> = self
             .conn
             .query_row(
-                "SELECT group_id, applied FROM rooms WHERE room_id = ?1",
+                "SELECT group_id, applied, updated FROM rooms WHERE room_id = ?1",
                 params![room_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((group_id, applied)) = row else {
+        let Some((group_id, applied, updated)) = row else {
             return Ok(None);
         };
         let announced = self
@@ -268,6 +277,7 @@ impl DeviceStore {
             room_id: room_id.to_owned(),
             group_id,
             applied: applied as u64,
+            updated: updated as u64,
             announced,
         }))
     }
@@ -449,6 +459,7 @@ mod tests {
             room_id: "r-1".into(),
             group_id: vec![9; 16],
             applied: 7,
+            updated: 5,
             announced: vec![("bob".into(), vec![2; 16])],
         };
         store

@@ -37,12 +37,20 @@ fn because<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
 pub struct Sent {
     pub seq: u64,
     pub announced: Vec<Leaf>,
+    /// This device committed its weekly update path first.
+    pub updated: bool,
 }
 
 struct Room {
     group: MlsGroup,
     log: RoomLog,
+    /// When this device last committed an update path here (ms).
+    updated: u64,
 }
+
+/// Section 7: a device commits an update path at least this often in a room
+/// where it is active.
+pub const UPDATE_EVERY_MS: u64 = 7 * 24 * 3600 * 1000;
 
 pub struct Member3 {
     pub c: Client3,
@@ -185,6 +193,7 @@ impl Member3 {
             room_id: room_id.to_owned(),
             group_id: room.group.group_id().as_slice().to_vec(),
             applied: room.log.applied,
+            updated: room.updated,
             announced: told,
         };
         self.store
@@ -199,6 +208,7 @@ impl Member3 {
             let RoomMark {
                 group_id,
                 applied,
+                updated,
                 announced,
                 ..
             } = self
@@ -211,7 +221,14 @@ impl Member3 {
                 .ok_or("the saved group is missing")?;
             let log = RoomLog::restore(&self.device, &group, &self.pins, applied, announced)
                 .map_err(|e| e.to_string())?;
-            self.rooms.insert(room_id.to_owned(), Room { group, log });
+            self.rooms.insert(
+                room_id.to_owned(),
+                Room {
+                    group,
+                    log,
+                    updated,
+                },
+            );
         }
         Ok(self.rooms.get_mut(room_id).expect("inserted"))
     }
@@ -242,7 +259,15 @@ impl Member3 {
             return Err(format!("not joined: {joined:?}"));
         };
         let log = RoomLog::new(&self.device, &group, &self.pins, 0).map_err(|e| e.to_string())?;
-        self.rooms.insert(room.room_id.clone(), Room { group, log });
+        let updated = crate::util::now_ms();
+        self.rooms.insert(
+            room.room_id.clone(),
+            Room {
+                group,
+                log,
+                updated,
+            },
+        );
         self.save(&room.room_id, &[], Vec::new())?;
         Ok(room)
     }
@@ -306,7 +331,15 @@ impl Member3 {
                 ServerMsg3::Committed { seq, .. } => {
                     let log = RoomLog::new(&self.device, &group, &self.pins, seq)
                         .map_err(|e| e.to_string())?;
-                    self.rooms.insert(room_id.to_owned(), Room { group, log });
+                    let updated = crate::util::now_ms();
+                    self.rooms.insert(
+                        room_id.to_owned(),
+                        Room {
+                            group,
+                            log,
+                            updated,
+                        },
+                    );
                     return self.save(room_id, &[], Vec::new());
                 }
                 // Section 7: a refused join's state is thrown away.
@@ -434,6 +467,7 @@ impl Member3 {
                     if room.log.applied + 1 == seq {
                         room.log.applied = seq;
                     }
+                    room.updated = crate::util::now_ms();
                     self.save(room_id, &[], Vec::new())?;
                     return Ok(epoch);
                 }
@@ -461,6 +495,11 @@ impl Member3 {
         let members = self.members(room_id).await?;
         self.pin_members(&members)?;
         let mut sent = Sent::default();
+        if self.room(room_id)?.updated + UPDATE_EVERY_MS < crate::util::now_ms() {
+            // Section 7: a fresh leaf key at least weekly.
+            self.commit(room_id, &[]).await?;
+            sent.updated = true;
+        }
         for _ in 0..5 {
             self.sync(room_id).await?;
             let room = self.room(room_id)?;
@@ -521,6 +560,13 @@ impl Member3 {
             }
         }
         Err("the group kept moving; try again".into())
+    }
+
+    /// Pretends this device last updated its leaf in `room_id` at `at` (ms):
+    /// for tests of the weekly update.
+    pub fn set_updated(&mut self, room_id: &str, at: u64) -> Result3<()> {
+        self.room(room_id)?.updated = at;
+        self.save(room_id, &[], Vec::new())
     }
 
     /// What this device decrypted in the room, in seq order.

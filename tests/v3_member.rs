@@ -1,0 +1,123 @@
+//! The client library's v3 device at work (`client::member3::Member3`)
+//! against a real v3 server, each with its state in its own device file:
+//! the weekly update path, a user's own new device announced to the
+//! others and to the user's other devices, a restart from the device file
+//! that goes on where it stopped.
+
+mod common;
+
+use common::phone3::identity3;
+use common::TestServer;
+use e2ee_chat::client::member3::{Member3, UPDATE_EVERY_MS};
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+
+async fn epoch(m: &mut Member3, room_id: &str) -> u64 {
+    match m
+        .c
+        .request(&Request3::GroupState {
+            room_id: room_id.into(),
+        })
+        .await
+        .unwrap()
+    {
+        ServerMsg3::GroupState { epoch, .. } => epoch,
+        other => panic!("not group_state: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn devices_talk_announce_new_devices_update_weekly_and_restart_from_their_file() {
+    let server = TestServer::with(|s| s.protocol.version = 3);
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (alice_id, bob_id) = (identity3("alice", 0), identity3("bob", 1));
+    let mut c = e2ee_chat::client::v3::Client3::connect(&url).await.unwrap();
+    c.register(&alice_id).await.unwrap();
+    c.register(&bob_id).await.unwrap();
+
+    let mut alice = Member3::open(&url, &alice_id, &dir.path().join("alice.db"))
+        .await
+        .unwrap();
+    let room = alice.create("Lobby", None, false).await.unwrap().room_id;
+    let mut bob = Member3::open(&url, &bob_id, &dir.path().join("bob.db"))
+        .await
+        .unwrap();
+    bob.join(&room, None).await.unwrap();
+    let sent = alice.send(&room, "hello bob").await.unwrap();
+    assert_eq!(sent.announced.len(), 1, "bob's device, before the send");
+    assert_eq!(sent.announced[0].user, "bob");
+    let got = bob.sync(&room).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].sender.as_str(), got[0].text.as_str()),
+        ("alice", "hello bob")
+    );
+    let sent = bob.send(&room, "hi alice").await.unwrap();
+    assert_eq!(
+        sent.announced.len(),
+        1,
+        "alice's phone, before bob's first send"
+    );
+
+    // Alice's laptop: a new device of hers. Bob and her phone both name it.
+    let mut laptop = Member3::open(&url, &alice_id, &dir.path().join("laptop.db"))
+        .await
+        .unwrap();
+    laptop.join(&room, None).await.unwrap();
+    let sent = bob.send(&room, "who is there?").await.unwrap();
+    assert_eq!(sent.announced.len(), 1);
+    assert_eq!(sent.announced[0].user, "alice");
+    assert_eq!(
+        sent.announced[0].device_id,
+        laptop.device.device_id.to_vec()
+    );
+    let sent = alice.send(&room, "that is my laptop").await.unwrap();
+    assert_eq!(
+        sent.announced
+            .iter()
+            .map(|l| l.device_id.clone())
+            .collect::<Vec<_>>(),
+        [laptop.device.device_id.to_vec()],
+        "the user's own new device is announced too"
+    );
+    alice.sync(&room).await.unwrap();
+    let on_laptop = laptop.sync(&room).await.unwrap();
+    assert_eq!(
+        on_laptop
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>(),
+        ["who is there?", "that is my laptop"]
+    );
+
+    // A week without an update: the next send commits one first.
+    let before = epoch(&mut alice, &room).await;
+    let now = e2ee_chat::util::now_ms();
+    alice.set_updated(&room, now - UPDATE_EVERY_MS - 1).unwrap();
+    let sent = alice.send(&room, "fresh keys").await.unwrap();
+    assert!(sent.updated);
+    assert_eq!(epoch(&mut alice, &room).await, before + 1);
+    let again = alice.send(&room, "no update now").await.unwrap();
+    assert!(!again.updated);
+
+    // Bob's device restarts from its file: it goes on where it stopped.
+    drop(bob);
+    let mut bob = Member3::open(&url, &bob_id, &dir.path().join("bob.db"))
+        .await
+        .unwrap();
+    let got = bob.sync(&room).await.unwrap();
+    assert_eq!(
+        got.iter().map(|p| p.text.as_str()).collect::<Vec<_>>(),
+        ["that is my laptop", "fresh keys", "no update now"]
+    );
+    let history = bob.history(&room).unwrap();
+    assert_eq!(history.first().unwrap().text, "hello bob");
+    assert!(
+        history.iter().any(|p| p.text == "hi alice"),
+        "its own text is kept"
+    );
+    assert_eq!(history.last().unwrap().text, "no update now");
+    let sent = bob.send(&room, "back").await.unwrap();
+    assert!(sent.announced.is_empty(), "announced before the restart");
+    server.stop().await;
+}
