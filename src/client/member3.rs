@@ -299,32 +299,18 @@ impl Member3 {
     /// removes this device's old leaf).
     pub async fn enter(&mut self, room_id: &str) -> Result3<()> {
         for _ in 0..5 {
-            let state = self
+            let (_, group_info, ratchet_tree) = self
                 .c
-                .request(&Request3::GroupState {
-                    room_id: room_id.into(),
-                })
+                .group_state(room_id)
                 .await
                 .map_err(because("group_state"))?;
-            let ServerMsg3::GroupState {
-                group_info,
-                ratchet_tree,
-                ..
-            } = state
-            else {
-                return Err(format!("not group_state: {state:?}"));
-            };
             let (mut group, join) = self
                 .device
                 .join_external(&self.provider, &group_info, &ratchet_tree)
                 .map_err(because("MLS"))?;
             let reply = self
                 .c
-                .request_raw(&Request3::Commit {
-                    room_id: room_id.into(),
-                    commit: ByteBuf::from(join.commit),
-                    group_info: ByteBuf::from(join.group_info),
-                })
+                .commit(room_id, &join)
                 .await
                 .map_err(because("commit"))?;
             match reply {
@@ -450,11 +436,7 @@ impl Member3 {
                 .map_err(because("MLS"))?;
             let reply = self
                 .c
-                .request_raw(&Request3::Commit {
-                    room_id: room_id.into(),
-                    commit: ByteBuf::from(objects.commit),
-                    group_info: ByteBuf::from(objects.group_info),
-                })
+                .commit(room_id, &objects)
                 .await
                 .map_err(because("commit"))?;
             let room = self.rooms.get_mut(room_id).expect("loaded");

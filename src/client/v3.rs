@@ -143,6 +143,39 @@ impl Client3 {
         self.read().await
     }
 
+    /// `group_state`: (epoch, GroupInfo, ratchet tree).
+    pub async fn group_state(&mut self, room_id: &str) -> Result<(u64, Vec<u8>, Vec<u8>)> {
+        match self
+            .request(&Request3::GroupState {
+                room_id: room_id.into(),
+            })
+            .await?
+        {
+            ServerMsg3::GroupState {
+                epoch,
+                group_info,
+                ratchet_tree,
+                ..
+            } => Ok((epoch, group_info.into_vec(), ratchet_tree.into_vec())),
+            other => Err(ClientError::Decode(format!("not group_state: {other:?}"))),
+        }
+    }
+
+    /// `commit` of a commit and its GroupInfo: the reply as it came
+    /// (`committed`, or an `error` the caller answers).
+    pub async fn commit(
+        &mut self,
+        room_id: &str,
+        objects: &super::mls::CommitObjects,
+    ) -> Result<ServerMsg3> {
+        self.request_raw(&Request3::Commit {
+            room_id: room_id.into(),
+            commit: ByteBuf::from(objects.commit.clone()),
+            group_info: ByteBuf::from(objects.group_info.clone()),
+        })
+        .await
+    }
+
     /// `register` with the proof of possession of the identity key.
     pub async fn register(&mut self, identity: &IdentityPair) -> Result<()> {
         let proof = identity.sign(&register_proof_input(&self.host, &identity.username));

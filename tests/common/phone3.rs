@@ -154,22 +154,7 @@ impl Phone {
 
     /// `group_state`: (epoch, GroupInfo, tree).
     pub async fn group_state(&mut self) -> (u64, Vec<u8>, Vec<u8>) {
-        match self
-            .c
-            .request(&Request3::GroupState {
-                room_id: self.room.clone(),
-            })
-            .await
-            .expect("group_state")
-        {
-            ServerMsg3::GroupState {
-                epoch,
-                group_info,
-                ratchet_tree,
-                ..
-            } => (epoch, group_info.into_vec(), ratchet_tree.into_vec()),
-            other => panic!("not group_state: {other:?}"),
-        }
+        self.c.group_state(&self.room).await.expect("group_state")
     }
 
     /// An external commit built from the current `group_state` (not sent).
@@ -182,14 +167,7 @@ impl Phone {
 
     /// `commit` of `objects`: the raw reply.
     pub async fn send_commit(&mut self, objects: &CommitObjects) -> ServerMsg3 {
-        self.c
-            .request_raw(&Request3::Commit {
-                room_id: self.room.clone(),
-                commit: ByteBuf::from(objects.commit.clone()),
-                group_info: ByteBuf::from(objects.group_info.clone()),
-            })
-            .await
-            .expect("a reply")
+        self.c.commit(&self.room, objects).await.expect("a reply")
     }
 
     /// Joins the group by external commit; its entry is applied.

@@ -96,31 +96,18 @@ async fn setup(url: &str, keys: &KeyPair, o: &FanoutOpts) -> BenchResult<Setup> 
             .await
             .map_err(err("join"))?;
             if i < senders_per_room {
-                let state = c
-                    .request(&Request3::GroupState {
-                        room_id: room.room_id.clone(),
-                    })
+                let (_, group_info, ratchet_tree) = c
+                    .group_state(&room.room_id)
                     .await
                     .map_err(err("group_state"))?;
-                let ServerMsg3::GroupState {
-                    group_info,
-                    ratchet_tree,
-                    ..
-                } = state
-                else {
-                    return Err(format!("not group_state: {state:?}"));
-                };
                 let provider = OpenMlsRustCrypto::default();
                 let (group, join) = device
                     .join_external(&provider, &group_info, &ratchet_tree)
                     .map_err(|e| e.to_string())?;
-                c.request(&Request3::Commit {
-                    room_id: room.room_id.clone(),
-                    commit: ByteBuf::from(join.commit.clone()),
-                    group_info: ByteBuf::from(join.group_info),
-                })
-                .await
-                .map_err(err("external commit"))?;
+                match c.commit(&room.room_id, &join).await {
+                    Ok(ServerMsg3::Committed { .. }) => {}
+                    other => return Err(format!("external commit: {other:?}")),
+                }
                 for s in &mut room_senders {
                     s.device
                         .process(&s.provider, &mut s.group, &join.commit)

@@ -9,7 +9,7 @@ use e2ee_chat::client::display::escape;
 use e2ee_chat::client::member3::Member3;
 use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::crypto::{fingerprint_display, KeyPair};
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+use e2ee_chat::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
 use e2ee_chat::protocol::Request;
 use serde_bytes::ByteBuf;
 
@@ -38,11 +38,8 @@ pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -
     result
 }
 
-/// A room named by id (`r-...`) or by its listed name.
-async fn resolve(m: &mut Member3, room: &str) -> CliResult<String> {
-    if room.starts_with("r-") {
-        return Ok(room.to_owned());
-    }
+/// The first 1,000 rooms listed, and how many there are.
+async fn list(m: &mut Member3) -> CliResult<(Vec<RoomSummary3>, u64)> {
     let listed =
         m.c.request(&Request3::Shared(Request::ListRooms {
             offset: None,
@@ -50,9 +47,18 @@ async fn resolve(m: &mut Member3, room: &str) -> CliResult<String> {
         }))
         .await
         .map_err(|e| e.to_string())?;
-    let ServerMsg3::Rooms { rooms, .. } = listed else {
-        return Err("not a room list".into());
-    };
+    match listed {
+        ServerMsg3::Rooms { rooms, total, .. } => Ok((rooms, total)),
+        _ => Err("not a room list".into()),
+    }
+}
+
+/// A room named by id (`r-...`) or by its listed name.
+async fn resolve(m: &mut Member3, room: &str) -> CliResult<String> {
+    if room.starts_with("r-") {
+        return Ok(room.to_owned());
+    }
+    let (rooms, _) = list(m).await?;
     rooms
         .into_iter()
         .find(|r| r.name.to_lowercase() == room.to_lowercase())
@@ -63,16 +69,7 @@ async fn resolve(m: &mut Member3, room: &str) -> CliResult<String> {
 async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
     match command {
         Command::Rooms => {
-            let listed =
-                m.c.request(&Request3::Shared(Request::ListRooms {
-                    offset: None,
-                    limit: Some(1000),
-                }))
-                .await
-                .map_err(|e| e.to_string())?;
-            let ServerMsg3::Rooms { rooms, total, .. } = listed else {
-                return Err("not a room list".into());
-            };
+            let (rooms, total) = list(m).await?;
             println!(
                 "{:<24} {:>7} {:>6} {:>6} id",
                 "name", "members", "online", "epoch"
