@@ -287,10 +287,13 @@ impl Member3 {
             return Err(format!("not joined: {joined:?}"));
         };
         self.pin_members(&members)?;
-        if room.in_group == Some(true) {
+        let saved = self.store.room(room_id).map_err(because("device store"))?;
+        if room.in_group == Some(true) && saved.is_some() {
             self.room(room_id)?;
             return Ok(room);
         }
+        // Not in the group, or in it with a state this device lost: an
+        // external commit (which removes its old leaf, if any).
         self.enter(room_id).await?;
         Ok(room)
     }
