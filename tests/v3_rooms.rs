@@ -91,17 +91,7 @@ async fn create_join_by_external_commit_and_talk() {
     // History holds both kinds in one order; the summary has the epoch.
     let (epoch, _, _, last) = snapshot(&mut bob).await;
     assert_eq!((epoch, last), (1, 3));
-    let listed = bob
-        .c
-        .request(&Request3::Shared(Request::ListRooms {
-            offset: None,
-            limit: None,
-        }))
-        .await
-        .unwrap();
-    let ServerMsg3::Rooms { rooms, .. } = listed else {
-        panic!("not rooms: {listed:?}");
-    };
+    let (rooms, _) = bob.c.list_rooms(None).await.unwrap();
     assert_eq!((rooms[0].epoch, rooms[0].last_seq), (1, 3));
 
     // A new connection of Bob's device is told it is in the group; members
@@ -527,17 +517,7 @@ async fn bad_groups_cannot_create_rooms() {
         })
         .await;
     assert_eq!(code(r), ErrorCode::RoomExists);
-    let listed = alice
-        .c
-        .request(&Request3::Shared(Request::ListRooms {
-            offset: None,
-            limit: None,
-        }))
-        .await
-        .unwrap();
-    let ServerMsg3::Rooms { rooms, .. } = listed else {
-        panic!()
-    };
+    let (rooms, _) = alice.c.list_rooms(None).await.unwrap();
     assert_eq!(rooms.len(), 1);
 }
 
@@ -585,16 +565,6 @@ async fn listings_after_a_restart_carry_each_groups_stored_epoch() {
     server.restart_with(|s| s.protocol.version = 3).await;
     // Carol is no member: her login starts no room actor.
     let mut carol = Phone::register(&server.url(), "carol", 2).await;
-    let listed = carol
-        .c
-        .request(&Request3::Shared(Request::ListRooms {
-            offset: None,
-            limit: None,
-        }))
-        .await
-        .unwrap();
-    let ServerMsg3::Rooms { rooms, .. } = listed else {
-        panic!("not rooms: {listed:?}");
-    };
+    let (rooms, _) = carol.c.list_rooms(None).await.unwrap();
     assert_eq!((rooms[0].epoch, rooms[0].last_seq), (2, 2));
 }

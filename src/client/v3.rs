@@ -143,6 +143,24 @@ impl Client3 {
         self.read().await
     }
 
+    /// `list_rooms` (the first `limit`, at most 1,000): the rooms and how
+    /// many there are.
+    pub async fn list_rooms(
+        &mut self,
+        limit: Option<u64>,
+    ) -> Result<(Vec<crate::protocol::v3::RoomSummary3>, u64)> {
+        match self
+            .request(&Request3::Shared(Request::ListRooms {
+                offset: None,
+                limit,
+            }))
+            .await?
+        {
+            ServerMsg3::Rooms { rooms, total, .. } => Ok((rooms, total)),
+            other => Err(ClientError::Decode(format!("not rooms: {other:?}"))),
+        }
+    }
+
     /// `group_state`: (epoch, GroupInfo, ratchet tree).
     pub async fn group_state(&mut self, room_id: &str) -> Result<(u64, Vec<u8>, Vec<u8>)> {
         match self

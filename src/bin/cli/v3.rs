@@ -40,17 +40,7 @@ pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -
 
 /// The first 1,000 rooms listed, and how many there are.
 async fn list(m: &mut Member3) -> CliResult<(Vec<RoomSummary3>, u64)> {
-    let listed =
-        m.c.request(&Request3::Shared(Request::ListRooms {
-            offset: None,
-            limit: Some(1000),
-        }))
-        .await
-        .map_err(|e| e.to_string())?;
-    match listed {
-        ServerMsg3::Rooms { rooms, total, .. } => Ok((rooms, total)),
-        _ => Err("not a room list".into()),
-    }
+    m.c.list_rooms(Some(1000)).await.map_err(|e| e.to_string())
 }
 
 /// A room named by id (`r-...`) or by its listed name.
