@@ -121,3 +121,124 @@ async fn devices_talk_announce_new_devices_update_weekly_and_restart_from_their_
     assert!(sent.announced.is_empty(), "announced before the restart");
     server.stop().await;
 }
+
+/// The next `entry` event of `room_id` (other events are skipped).
+async fn next_entry(m: &mut Member3, room_id: &str, seq: u64) -> e2ee_chat::protocol::v3::Entry {
+    loop {
+        if let ServerMsg3::Entry(e) = m.c.next_event().await.unwrap() {
+            if e.room_id == room_id && e.seq >= seq {
+                return e;
+            }
+        }
+    }
+}
+
+/// Waits for the `member_left` event of `user` in `room_id`.
+async fn member_left(m: &mut Member3, room_id: &str, user: &str) {
+    use e2ee_chat::protocol::ServerMsg;
+    loop {
+        if let ServerMsg3::Shared(ServerMsg::MemberLeft {
+            room_id: r,
+            username,
+            ..
+        }) = m.c.next_event().await.unwrap()
+        {
+            if r == room_id && username == user {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn live_entries_apply_and_a_member_who_leaves_is_removed_once_by_the_others() {
+    let server = TestServer::with(|s| s.protocol.version = 3);
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let ids = [
+        identity3("alice", 0),
+        identity3("bob", 1),
+        identity3("carol", 2),
+    ];
+    let mut c = e2ee_chat::client::v3::Client3::connect(&url).await.unwrap();
+    for id in &ids {
+        c.register(id).await.unwrap();
+    }
+    let mut open = Vec::new();
+    for id in &ids {
+        let path = dir.path().join(format!("{}.db", id.username));
+        open.push(Member3::open(&url, id, &path).await.unwrap());
+    }
+    let [mut alice, mut bob, mut carol] = <[Member3; 3]>::try_from(open).ok().unwrap();
+    let room = alice.create("Lobby", None, false).await.unwrap().room_id;
+    bob.join(&room, None).await.unwrap();
+    carol.join(&room, None).await.unwrap();
+    alice.sync(&room).await.unwrap();
+
+    // Live: Carol's device applies Alice's message as its event comes.
+    let sent = alice.send(&room, "live").await.unwrap();
+    let e = next_entry(&mut carol, &room, sent.seq).await;
+    let got = carol.receive(&e).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        (got[0].sender.as_str(), got[0].text.as_str()),
+        ("alice", "live")
+    );
+    assert!(
+        carol.receive(&e).await.unwrap().is_empty(),
+        "a replay is ignored"
+    );
+
+    // An event past a gap: what is missing is read from history first.
+    let one = bob.send(&room, "one").await.unwrap();
+    let two = bob.send(&room, "two").await.unwrap();
+    let e = next_entry(&mut carol, &room, two.seq).await;
+    assert!(one.seq < two.seq);
+    let got = carol.receive(&e).await.unwrap();
+    assert_eq!(
+        got.iter().map(|p| p.text.as_str()).collect::<Vec<_>>(),
+        ["one", "two"]
+    );
+
+    // Bob leaves. Alice's and Carol's devices both hear it and race to
+    // commit the removal of his leaf: one commit wins, the other device
+    // finds nothing left to remove, and both end in the same epoch.
+    alice.sync(&room).await.unwrap();
+    let before = epoch(&mut alice, &room).await;
+    bob.c
+        .request(&Request3::Shared(e2ee_chat::protocol::Request::LeaveRoom {
+            room_id: room.clone(),
+        }))
+        .await
+        .unwrap();
+    member_left(&mut alice, &room, "bob").await;
+    member_left(&mut carol, &room, "bob").await;
+    let (a, c) = tokio::join!(
+        alice.remove_user(&room, "bob"),
+        carol.remove_user(&room, "bob")
+    );
+    a.unwrap();
+    c.unwrap();
+    assert_eq!(epoch(&mut alice, &room).await, before + 1, "one commit");
+    for m in [&mut alice, &mut carol] {
+        m.sync(&room).await.unwrap();
+        let users: Vec<String> = m
+            .devices_in(&room)
+            .unwrap()
+            .into_iter()
+            .map(|(_, u, _)| u)
+            .collect();
+        assert_eq!(users.len(), 2, "{users:?}");
+        assert!(!users.contains(&"bob".to_owned()), "{users:?}");
+    }
+    let sent = carol.send(&room, "just us").await.unwrap();
+    assert!(!sent.updated);
+    assert_eq!(
+        epoch(&mut carol, &room).await,
+        before + 1,
+        "no commit_required"
+    );
+    let got = alice.sync(&room).await.unwrap();
+    assert_eq!(got.last().unwrap().text, "just us");
+    server.stop().await;
+}

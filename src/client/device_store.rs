@@ -300,6 +300,16 @@ impl DeviceStore {
         Ok(())
     }
 
+    /// Pins `identity_key` for `user` in place of any pinned before: the
+    /// user compared fingerprints and trusts the new key.
+    pub fn repin(&self, user: &str, identity_key: &[u8]) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO pins (user, identity_key) VALUES (?1, ?2)",
+            params![user, identity_key],
+        )?;
+        Ok(())
+    }
+
     /// What this device decrypted in `room_id`, in seq order.
     pub fn plaintexts(&self, room_id: &str) -> Result<Vec<Plaintext>> {
         let rows = self

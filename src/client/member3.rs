@@ -144,7 +144,7 @@ impl Member3 {
 
     /// Pins the members' identity keys on first use; a member whose key
     /// changed is refused (section 7).
-    fn pin_members(&mut self, members: &[MemberInfo]) -> Result3<()> {
+    pub fn pin_members(&mut self, members: &[MemberInfo]) -> Result3<()> {
         for m in members {
             match self.pins.get(&m.username) {
                 Some(k) if k.der() == m.identity_key.as_slice() => {}
@@ -168,7 +168,43 @@ impl Member3 {
         Ok(())
     }
 
-    async fn members(&mut self, room_id: &str) -> Result3<Vec<MemberInfo>> {
+    /// The identity key pinned for `user`, if this device has seen them.
+    pub fn pinned(&self, user: &str) -> Option<&IdentityKey> {
+        self.pins.get(user)
+    }
+
+    /// Pins `identity_key` for `user` in place of the key pinned before,
+    /// if its fingerprint is `fingerprint`, which the user compared with
+    /// them. Rooms are checked again with the new pin.
+    pub fn trust(&mut self, user: &str, identity_key: &[u8], fingerprint: [u8; 32]) -> Result3<()> {
+        let key = IdentityKey::parse(identity_key).map_err(because("identity key"))?;
+        if key.fingerprint() != fingerprint {
+            return Err(format!(
+                "the server serves {user} a key with another fingerprint: not trusted"
+            ));
+        }
+        self.store
+            .repin(user, identity_key)
+            .map_err(because("device store"))?;
+        self.pins.insert(user.to_owned(), key);
+        self.rooms.clear();
+        Ok(())
+    }
+
+    /// The devices in the room's group as this device checked them: (leaf
+    /// index, user, device id).
+    pub fn devices_in(&mut self, room_id: &str) -> Result3<Vec<(u32, String, Vec<u8>)>> {
+        Ok(self
+            .room(room_id)?
+            .log
+            .devices()
+            .into_iter()
+            .map(|(i, u, d)| (i, u.to_owned(), d.to_vec()))
+            .collect())
+    }
+
+    /// `get_members`: the room's members with their identity keys.
+    pub async fn members(&mut self, room_id: &str) -> Result3<Vec<MemberInfo>> {
         match self
             .c
             .request(&Request3::Shared(Request::GetMembers {
@@ -368,29 +404,96 @@ impl Member3 {
                 return Err(format!("not history: {page:?}"));
             };
             for e in &entries {
-                match self.apply(room_id, e) {
-                    Ok(p) => {
-                        self.save(room_id, p.as_slice(), Vec::new())?;
-                        out.extend(p);
-                    }
-                    Err(LogError::Resync(why)) => {
-                        // Section 7: rejoin by external commit (removing
-                        // this device's old leaf) and say so.
-                        self.rooms.remove(room_id);
-                        self.enter(room_id).await?;
-                        self.notices.push(format!(
-                            "{room_id}: this device could not follow the room ({why}); it \
-                             rejoined, and some messages may be unreadable"
-                        ));
-                        break;
-                    }
-                    Err(e) => return Err(e.to_string()),
+                match self.take(room_id, e).await? {
+                    Some(p) => out.extend(p),
+                    None => break,
                 }
             }
             if !has_more || entries.is_empty() {
                 return Ok(out);
             }
         }
+    }
+
+    /// Applies `e` and saves what it did in one transaction: its message,
+    /// if any (`Some`), or `None` when the device had to rejoin.
+    async fn take(&mut self, room_id: &str, e: &Entry) -> Result3<Option<Vec<Plaintext>>> {
+        match self.apply(room_id, e) {
+            Ok(p) => {
+                self.save(room_id, p.as_slice(), Vec::new())?;
+                Ok(Some(p.into_iter().collect()))
+            }
+            Err(LogError::Untrusted(why)) => {
+                // The commit was merged; a leaf failed, maybe only because
+                // its user is new here: pin the members and look again.
+                self.save(room_id, &[], Vec::new())?;
+                let members = self.members(room_id).await?;
+                self.pin_members(&members)?;
+                let room = self.rooms.get_mut(room_id).expect("loaded");
+                if room.log.recheck(&room.group, &self.pins).is_err() {
+                    self.notices.push(format!(
+                        "{room_id}: {why}; nothing is sent there until it is resolved"
+                    ));
+                }
+                Ok(Some(Vec::new()))
+            }
+            Err(LogError::Resync(why)) => {
+                // Section 7: rejoin by external commit (removing this
+                // device's old leaf) and say so.
+                self.rooms.remove(room_id);
+                self.enter(room_id).await?;
+                self.notices.push(format!(
+                    "{room_id}: this device could not follow the room ({why}); it \
+                     rejoined, and some messages may be unreadable"
+                ));
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// An `entry` event: applied if it is the next in the room's log, read
+    /// with what is missing from history if it is not, ignored if applied
+    /// already or if this device is not in the room. The messages of others
+    /// come back.
+    pub async fn receive(&mut self, e: &Entry) -> Result3<Vec<Plaintext>> {
+        if !self.is_in(&e.room_id)? {
+            return Ok(Vec::new());
+        }
+        let applied = self.room(&e.room_id)?.log.applied;
+        if e.seq <= applied {
+            return Ok(Vec::new());
+        }
+        if e.seq > applied + 1 {
+            return self.sync(&e.room_id).await;
+        }
+        Ok(self.take(&e.room_id, e).await?.unwrap_or_default())
+    }
+
+    /// Whether this device is in `room_id`'s group (in memory or on file).
+    pub fn is_in(&self, room_id: &str) -> Result3<bool> {
+        Ok(self.rooms.contains_key(room_id)
+            || self
+                .store
+                .room(room_id)
+                .map_err(because("device store"))?
+                .is_some())
+    }
+
+    /// Commits the removal of `user`'s leaves from the room's group, if it
+    /// still holds any (section 7: a member left, was kicked or banned).
+    /// Every other member's device may race to do the same: the first
+    /// commit wins, and the others find nothing left to remove.
+    pub async fn remove_user(&mut self, room_id: &str, user: &str) -> Result3<()> {
+        if !self.is_in(room_id)? {
+            return Ok(());
+        }
+        self.sync(room_id).await?;
+        let leaves = self.room(room_id)?.log.leaves_of(user);
+        if !leaves.is_empty() {
+            self.commit(room_id, &leaves).await?;
+        }
+        Ok(())
     }
 
     /// Applies one entry (the caller saves its effects, in one transaction).
@@ -428,14 +531,43 @@ impl Member3 {
     /// A member commit with these Removes and an update path, merged at
     /// `committed`; on `stale_epoch` the log is applied and it is built
     /// again.
+    ///
+    /// The leaves are named by index in the group as the server has it
+    /// now; on a retry they are found again by device, since a leaf index
+    /// may be reused by a device that entered meanwhile (and one already
+    /// removed by another member's commit is not removed twice).
     pub async fn commit(&mut self, room_id: &str, remove: &[u32]) -> Result3<u64> {
+        let mut devices: Option<Vec<(String, Vec<u8>)>> = None;
         for _ in 0..5 {
             self.sync(room_id).await?;
-            self.room(room_id)?;
+            let log = &self.room(room_id)?.log;
+            let remove: Vec<u32> = match &devices {
+                None => {
+                    devices = Some(
+                        remove
+                            .iter()
+                            .filter_map(|&i| log.leaf(i))
+                            .map(|(u, d)| (u.to_owned(), d.to_vec()))
+                            .collect(),
+                    );
+                    remove.to_vec()
+                }
+                Some(wanted) => {
+                    let now: Vec<u32> = wanted
+                        .iter()
+                        .filter_map(|(u, d)| log.index_of(u, d))
+                        .collect();
+                    if now.is_empty() && !wanted.is_empty() {
+                        // Another member's commit removed them.
+                        return Ok(self.rooms[room_id].group.epoch().as_u64());
+                    }
+                    now
+                }
+            };
             let room = self.rooms.get_mut(room_id).expect("loaded");
             let objects = self
                 .device
-                .commit(&self.provider, &mut room.group, remove)
+                .commit(&self.provider, &mut room.group, &remove)
                 .map_err(because("MLS"))?;
             let reply = self
                 .c
@@ -448,6 +580,8 @@ impl Member3 {
                     room.group
                         .merge_pending_commit(&self.provider)
                         .map_err(|e| format!("merge: {e:?}"))?;
+                    // The tree changed (leaves removed): the log's view too.
+                    let _ = room.log.recheck(&room.group, &self.pins);
                     // Its own entry: applied by merging.
                     if room.log.applied + 1 == seq {
                         room.log.applied = seq;

@@ -93,7 +93,8 @@ pub struct RoomLog {
 impl RoomLog {
     /// After `me` created or joined the group at log position `applied`:
     /// checks every leaf (the whole tree, as section 7 asks at a join); the
-    /// other devices in it are to announce.
+    /// other devices in it are to announce, and a leaf that fails the check
+    /// makes the room untrusted.
     pub fn new(
         me: &Device,
         group: &MlsGroup,
@@ -121,8 +122,12 @@ impl RoomLog {
             pending: Vec::new(),
             untrusted: None,
         };
-        log.check_tree(group, pins)?;
-        Ok(log)
+        // A leaf that fails makes the room untrusted (no sending, said by
+        // `may_send`), not unreadable.
+        match log.check_tree(group, pins) {
+            Ok(()) | Err(LogError::Untrusted(_)) => Ok(log),
+            Err(e) => Err(e),
+        }
     }
 
     /// The device at leaf `index`, as checked.
@@ -130,6 +135,44 @@ impl RoomLog {
         self.leaves
             .get(&index)
             .map(|(u, d)| (u.as_str(), d.as_slice()))
+    }
+
+    /// Checks the tree again (after pinning a user seen for the first
+    /// time, or trusting a new key): the room is trusted again if every
+    /// leaf passes.
+    pub fn recheck(&mut self, group: &MlsGroup, pins: &impl Pins) -> Result<(), LogError> {
+        self.check_tree(group, pins)
+    }
+
+    /// The leaves of `user`'s devices, in index order.
+    pub fn leaves_of(&self, user: &str) -> Vec<u32> {
+        let mut out: Vec<u32> = self
+            .leaves
+            .iter()
+            .filter(|(_, (u, _))| u == user)
+            .map(|(&i, _)| i)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The leaf of `user`'s device `device_id`, if it is in the group.
+    pub fn index_of(&self, user: &str, device_id: &[u8]) -> Option<u32> {
+        self.leaves
+            .iter()
+            .find(|(_, (u, d))| u == user && d == device_id)
+            .map(|(&i, _)| i)
+    }
+
+    /// Every device in the group: (leaf index, user, device id), by index.
+    pub fn devices(&self) -> Vec<(u32, &str, &[u8])> {
+        let mut out: Vec<(u32, &str, &[u8])> = self
+            .leaves
+            .iter()
+            .map(|(&i, (u, d))| (i, u.as_str(), d.as_slice()))
+            .collect();
+        out.sort_unstable_by_key(|l| l.0);
+        out
     }
 
     /// Whether this device may send now: not in an untrusted room, and
@@ -156,17 +199,22 @@ impl RoomLog {
         told
     }
 
-    /// Checks every leaf of `group`; new devices join `pending`.
+    /// Checks every leaf of `group`; new devices join `pending`. A leaf
+    /// that fails makes the room untrusted; it is still listed by the user
+    /// its certificate names, if it decodes, so it can be removed.
     fn check_tree(&mut self, group: &MlsGroup, pins: &impl Pins) -> Result<(), LogError> {
         let mut leaves = HashMap::new();
+        let mut failed = None;
         for member in group.members() {
             let credential = member.credential.serialized_content();
             let leaf = match check_leaf(credential, &member.signature_key, pins) {
                 Ok(cert) => cert,
                 Err(why) => {
-                    let why = format!("leaf {}: {why}", member.index.u32());
-                    self.untrusted = Some(why.clone());
-                    return Err(LogError::Untrusted(why));
+                    if let Ok(c) = DeviceCertificate::decode(credential) {
+                        leaves.insert(member.index.u32(), (c.user, c.device));
+                    }
+                    failed.get_or_insert(format!("leaf {}: {why}", member.index.u32()));
+                    continue;
                 }
             };
             let key = (leaf.user.clone(), leaf.device.clone());
@@ -190,7 +238,17 @@ impl RoomLog {
             leaves.insert(member.index.u32(), key);
         }
         self.leaves = leaves;
-        Ok(())
+        match failed {
+            // Every leaf checks (a bad one was removed): trusted again.
+            None => {
+                self.untrusted = None;
+                Ok(())
+            }
+            Some(why) => {
+                self.untrusted = Some(why.clone());
+                Err(LogError::Untrusted(why))
+            }
+        }
     }
 
     /// Applies the next entry of the log to `group` (this `device`'s).
