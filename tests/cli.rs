@@ -575,3 +575,179 @@ async fn protocol_v3_create_join_talk_history_and_a_kick() {
     assert!(!refused.ok, "{}", refused.stdout);
     t.stop().await;
 }
+
+/// The epoch of `room` as `rooms` lists it to `dir`'s user (protocol v3).
+async fn listed_epoch(url: &str, dir: &Path, room: &str) -> u64 {
+    let rooms = ok(&run_env(url, dir, &["rooms"], &[("E2EE_CHAT_PROTOCOL", "3")]).await).to_owned();
+    let line = rooms
+        .lines()
+        .find(|l| l.starts_with(room))
+        .unwrap_or_else(|| panic!("{room} not listed: {rooms}"));
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn protocol_v3_chat_screen_talks_announces_and_removes_who_left() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "tmux is needed for this test (apt-get install tmux)"
+        );
+        eprintln!("SKIP v3 chat screen: tmux is not installed");
+        return;
+    }
+    let t = TestServer::with(|s| s.protocol.version = 3);
+    let url = t.url();
+    let home = tempfile::tempdir().unwrap();
+    let v3 = [("E2EE_CHAT_PROTOCOL", "3")];
+    let [a, b, c] = ["alice", "bob", "carol"].map(|u| home.path().join(u));
+    for (dir, user) in [(&a, "alice"), (&b, "bob"), (&c, "carol")] {
+        ok(&run(&url, dir, &["keygen", "--user", user]).await);
+        ok(&run_env(&url, dir, &["register"], &v3).await);
+    }
+    ok(&run_env(&url, &a, &["create", "Screen"], &v3).await);
+    ok(&run_env(&url, &b, &["join", "Screen"], &v3).await);
+    ok(&run_env(&url, &b, &["send", "Screen", "before the screen"], &v3).await);
+
+    let session = format!("e2ee-test3-{}", std::process::id());
+    let command = format!(
+        "{CLI} --profile {} --server {url} --protocol 3 chat",
+        a.display()
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        &session,
+        "-x",
+        "200",
+        "-y",
+        "40",
+        &command,
+    ]);
+    let screen = screen_shows(&session, "before the screen").await;
+    assert!(screen.contains("bob ✓ before the screen"), "{screen}");
+    assert!(screen.contains("new device in this room: bob"), "{screen}");
+
+    // Live both ways.
+    ok(&run_env(&url, &b, &["send", "Screen", "hello screen"], &v3).await);
+    let screen = screen_shows(&session, "hello screen").await;
+    assert!(screen.contains("bob ✓ hello screen"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "typed in v3", "Enter"]);
+    let screen = screen_shows(&session, "alice ✓ typed in v3").await;
+    assert!(screen.contains("alice ✓ typed in v3"), "{screen}");
+    let h = ok(&run_env(&url, &b, &["history", "Screen"], &v3).await).to_owned();
+    assert!(h.contains("alice: typed in v3"), "{h}");
+
+    // A newcomer is shown with the fingerprint, and their device as it enters.
+    ok(&run_env(&url, &c, &["join", "Screen"], &v3).await);
+    let screen = screen_shows(&session, "new device in this room: carol").await;
+    assert!(screen.contains("carol joined (fingerprint"), "{screen}");
+    assert!(
+        screen.contains("new device in this room: carol"),
+        "{screen}"
+    );
+
+    // Bob leaves: the screen's device commits the removal of his leaf.
+    let before = listed_epoch(&url, &c, "Screen").await;
+    ok(&run_env(&url, &b, &["leave", "Screen"], &v3).await);
+    let screen = screen_shows(&session, "bob left").await;
+    assert!(screen.contains("bob left (left)"), "{screen}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed_epoch(&url, &c, "Screen").await == before {
+        assert!(Instant::now() < deadline, "no removal commit");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tmux(&["send-keys", "-t", &session, "/members", "Enter"]);
+    let screen = screen_shows(&session, "device in the group").await;
+    assert!(screen.contains("(1 device in the group)"), "{screen}");
+    ok(&run_env(&url, &c, &["send", "Screen", "after bob"], &v3).await);
+    let screen = screen_shows(&session, "after bob").await;
+    assert!(screen.contains("carol ✓ after bob"), "{screen}");
+    tmux(&["send-keys", "-t", &session, "/quit", "Enter"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tmux(&["kill-session", "-t", &session]);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_v3_members_trust_and_a_second_device_from_an_exported_profile() {
+    let t = TestServer::with(|s| s.protocol.version = 3);
+    let url = t.url();
+    let home = tempfile::tempdir().unwrap();
+    let v3 = [
+        ("E2EE_CHAT_PROTOCOL", "3"),
+        ("E2EE_CHAT_PASSPHRASE", "a long passphrase"),
+    ];
+    let (a, b) = (home.path().join("alice"), home.path().join("bob"));
+    for (dir, user) in [(&a, "alice"), (&b, "bob")] {
+        ok(&run_env(&url, dir, &["keygen", "--user", user, "--encrypt"], &v3).await);
+        ok(&run_env(&url, dir, &["register"], &v3).await);
+    }
+    ok(&run_env(&url, &a, &["create", "Lobby"], &v3).await);
+    ok(&run_env(&url, &b, &["join", "Lobby"], &v3).await);
+    ok(&run_env(&url, &a, &["send", "Lobby", "hello"], &v3).await);
+    let members = ok(&run_env(&url, &a, &["members", "Lobby"], &v3).await).to_owned();
+    let bob_line = members.lines().find(|l| l.starts_with("bob")).unwrap();
+    assert!(
+        bob_line.contains("1 device(s) in the group  pinned"),
+        "{members}"
+    );
+    let bob_fp = ok(&run_env(&url, &b, &["fingerprint"], &v3).await).to_owned();
+    let bob_fp = bob_fp.trim().strip_prefix("bob: ").unwrap().to_owned();
+    let seen = ok(&run_env(&url, &a, &["fingerprint", "bob"], &v3).await).to_owned();
+    assert_eq!(seen.trim(), format!("bob: {bob_fp}"));
+    assert!(bob_line.contains(&bob_fp), "{bob_line} / {bob_fp}");
+
+    // What a hostile server would make Alice see: another key for Bob than
+    // the one she pinned. Sends are refused, `members` says so, and `trust`
+    // with the fingerprint Bob read out (the served key's) lifts it.
+    {
+        use e2ee_chat::client::device_store::DeviceStore;
+        let (store, _) = DeviceStore::open(&a.join("device.db")).unwrap();
+        let other = common::phone3::identity3("mallory", 5);
+        store.repin("bob", &other.der).unwrap();
+    }
+    let refused = run_env(&url, &a, &["send", "Lobby", "to whom?"], &v3).await;
+    assert!(
+        !refused.ok && refused.stderr.contains("identity key of bob changed"),
+        "{}",
+        refused.stderr
+    );
+    let members = ok(&run_env(&url, &a, &["members", "Lobby"], &v3).await).to_owned();
+    assert!(members.contains("KEY CHANGED"), "{members}");
+    let wrong = run_env(&url, &a, &["trust", "bob", &"00".repeat(32)], &v3).await;
+    assert!(!wrong.ok, "{}", wrong.stdout);
+    let fp_words: Vec<&str> = bob_fp.split_whitespace().collect();
+    let mut args = vec!["trust", "bob"];
+    args.extend(fp_words);
+    assert!(ok(&run_env(&url, &a, &args, &v3).await).contains("bob trusted"));
+    ok(&run_env(&url, &a, &["send", "Lobby", "trusted again"], &v3).await);
+
+    // Alice's profile, exported and imported elsewhere: the same identity,
+    // a new device, which Bob's client announces before his next send.
+    let file = home.path().join("alice.json");
+    ok(&run_env(&url, &a, &["export-profile", file.to_str().unwrap()], &v3).await);
+    let tablet = home.path().join("tablet");
+    ok(&run_env(
+        &url,
+        &tablet,
+        &["import-profile", file.to_str().unwrap()],
+        &v3,
+    )
+    .await);
+    let joined = ok(&run_env(&url, &tablet, &["join", "Lobby"], &v3).await).to_owned();
+    assert!(joined.contains("in its group"), "{joined}");
+    let devices = ok(&run_env(&url, &tablet, &["devices"], &v3).await).to_owned();
+    assert_eq!(devices.lines().count(), 2, "{devices}");
+    let sent = run_env(&url, &b, &["send", "Lobby", "hi tablet"], &v3).await;
+    ok(&sent);
+    assert!(
+        sent.stderr.contains("new device in this room: alice"),
+        "{}",
+        sent.stderr
+    );
+    let h = ok(&run_env(&url, &tablet, &["history", "Lobby"], &v3).await).to_owned();
+    assert!(h.contains("bob: hi tablet"), "{h}");
+    t.stop().await;
+}

@@ -61,6 +61,11 @@ pub struct Member3 {
     rooms: HashMap<String, Room>,
     /// What the user must be told (a resync), for the caller to show.
     pub notices: Vec<String>,
+    /// The user's rooms when this device logged in (`logged_in`).
+    pub mine: Vec<RoomSummary3>,
+    /// Every message decrypted, by whatever call read it (a send or a
+    /// commit reads the log first): for a screen to drain and show.
+    pub received: Vec<Plaintext>,
 }
 
 /// Plaintext of section 2: a CBOR map of `text` and `sent_at`.
@@ -110,15 +115,19 @@ impl Member3 {
             }
         };
         let mut c = Client3::connect(url).await.map_err(because("connect"))?;
-        c.login(identity, &device.certificate)
-            .await
-            .map_err(|e| match e.code() {
-                Some(ErrorCode::UnknownUser) => format!(
-                    "{} is not registered on {url}: run `e2ee-chat register`",
-                    identity.username
-                ),
-                _ => format!("login failed: {e}"),
-            })?;
+        let logged_in =
+            c.login(identity, &device.certificate)
+                .await
+                .map_err(|e| match e.code() {
+                    Some(ErrorCode::UnknownUser) => format!(
+                        "{} is not registered on {url}: run `e2ee-chat register`",
+                        identity.username
+                    ),
+                    _ => format!("login failed: {e}"),
+                })?;
+        let ServerMsg3::LoggedIn { rooms: mine, .. } = logged_in else {
+            return Err(format!("not logged in: {logged_in:?}"));
+        };
         let mut pins = HashMap::new();
         for (user, der) in store.pins().map_err(because("device store"))? {
             pins.insert(
@@ -139,6 +148,8 @@ impl Member3 {
             pins,
             rooms: HashMap::new(),
             notices: Vec::new(),
+            mine,
+            received: Vec::new(),
         })
     }
 
@@ -189,6 +200,19 @@ impl Member3 {
         self.pins.insert(user.to_owned(), key);
         self.rooms.clear();
         Ok(())
+    }
+
+    /// New devices in the room's group not yet shown to the user: they
+    /// are returned once (to show now) and kept as told. The send path
+    /// shows them too, before it sends; a screen shows them as they come.
+    pub fn take_announcements(&mut self, room_id: &str) -> Result3<Vec<Leaf>> {
+        let room = self.room(room_id)?;
+        let Err(Ok(leaves)) = room.log.may_send() else {
+            return Ok(Vec::new());
+        };
+        let told = room.log.announced();
+        self.save(room_id, &[], told)?;
+        Ok(leaves)
     }
 
     /// The devices in the room's group as this device checked them: (leaf
@@ -421,6 +445,7 @@ impl Member3 {
         match self.apply(room_id, e) {
             Ok(p) => {
                 self.save(room_id, p.as_slice(), Vec::new())?;
+                self.received.extend(p.iter().cloned());
                 Ok(Some(p.into_iter().collect()))
             }
             Err(LogError::Untrusted(why)) => {

@@ -3,15 +3,18 @@
 //! verified and decrypted here. `chat` is the interactive full-screen mode.
 //!
 //! Files: this one (arguments and dispatch), `connection` (login, pins,
-//! display), `commands` (the one-shot subcommands), `tui` (`chat`),
-//! `profile` (the profile directory), `transfer` (the portable profile file
-//! and its export and import).
+//! display), `commands` (the one-shot subcommands), `tui` (`chat`'s screen;
+//! its network side is `tui2` or `tui3`), `v3` (the one-shot subcommands on
+//! protocol v3), `profile` (the profile directory), `transfer` (the portable
+//! profile file and its export and import).
 
 mod commands;
 mod connection;
 mod profile;
 mod transfer;
 mod tui;
+mod tui2;
+mod tui3;
 mod v3;
 
 use std::path::PathBuf;
@@ -209,7 +212,7 @@ async fn run(cli: Cli) -> CliResult<()> {
     if let Command::ExportProfile { file, force } = &cli.command {
         return transfer::export_profile(&profile, &url, file, *force);
     }
-    if let Command::Fingerprint { user } = &cli.command {
+    if let (Command::Fingerprint { user }, 2) = (&cli.command, cli.protocol) {
         let pins = profile.pins()?;
         let name = user
             .clone()
@@ -226,6 +229,9 @@ async fn run(cli: Cli) -> CliResult<()> {
         return Err(format!("--protocol is 2 or 3, not {}", cli.protocol));
     }
     if cli.protocol == 3 {
+        if let Command::Chat = &cli.command {
+            return tui3::run(profile, url, keys).await;
+        }
         return v3::run(profile, &url, keys, cli.command).await;
     }
     if let Command::Register = &cli.command {
@@ -243,7 +249,7 @@ async fn run(cli: Cli) -> CliResult<()> {
         return Ok(());
     }
     if let Command::Chat = &cli.command {
-        return tui::run(profile, url, keys).await;
+        return tui2::run(profile, url, keys).await;
     }
     let mut s = connect(profile, &url, &keys).await?;
     let result = commands::command(&mut s, cli.command).await;

@@ -2,13 +2,16 @@
 //! profile's signing key is the user's identity key, and this profile's
 //! device (its MLS key, its groups, what it decrypted) lives in
 //! `device.db` beside the keys. The work is `client::member3::Member3`'s;
-//! this file parses, prints and escapes. The interactive `chat` screen and
-//! profile transfer still speak version 2.
+//! this file parses, prints and escapes. The `chat` screen on v3 is
+//! `tui3`; `export-profile` and `import-profile` need no server (the
+//! imported profile's first v3 login makes a new device).
 
+use e2ee_chat::client::device_store::DeviceStore;
 use e2ee_chat::client::display::escape;
 use e2ee_chat::client::member3::Member3;
 use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::crypto::{fingerprint_display, KeyPair};
+use e2ee_chat::identity::IdentityKey;
 use e2ee_chat::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
 use e2ee_chat::protocol::Request;
 use serde_bytes::ByteBuf;
@@ -28,6 +31,24 @@ pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -
             .await
             .map_err(|e| format!("register: {e}"))?;
         println!("registered {} at {url} (protocol v3)", identity.username);
+        return Ok(());
+    }
+    if let Command::Fingerprint { user } = &command {
+        // From the device file, without the server.
+        let name = user.clone().unwrap_or_else(|| identity.username.clone());
+        let key = if name == identity.username {
+            identity.der.clone()
+        } else {
+            let (store, _) = DeviceStore::open(&profile.dir.join("device.db"))
+                .map_err(|e| format!("device store: {e}"))?;
+            store
+                .pins()
+                .map_err(|e| format!("device store: {e}"))?
+                .remove(&name)
+                .ok_or_else(|| format!("{name} is not pinned yet (you have not seen them)"))?
+        };
+        let key = IdentityKey::parse(&key).map_err(|e| format!("identity key: {e}"))?;
+        println!("{name}: {}", fingerprint_display(&key.fingerprint()));
         return Ok(());
     }
     let mut m = Member3::open(url, &identity, &profile.dir.join("device.db")).await?;
@@ -153,6 +174,48 @@ async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
             .await
             .map_err(|e| e.to_string())?;
             println!("removed; its leaves are removed by the next commit in each room");
+        }
+        Command::Members { room } => {
+            let id = resolve(m, &room).await?;
+            let members = m.members(&id).await?;
+            m.sync(&id).await?;
+            let devices = m.devices_in(&id)?;
+            for member in members {
+                let served = IdentityKey::parse(&member.identity_key)
+                    .map(|k| k.fingerprint())
+                    .unwrap_or_default();
+                let trust = match m.pinned(&member.username) {
+                    Some(k) if k.fingerprint() != served => {
+                        "KEY CHANGED: compare fingerprints, then `trust`"
+                    }
+                    Some(_) => "pinned",
+                    None => "new",
+                };
+                let n = devices
+                    .iter()
+                    .filter(|(_, u, _)| *u == member.username)
+                    .count();
+                println!(
+                    "{:<20} {}  {n} device(s) in the group  {trust}",
+                    escape(&member.username),
+                    fingerprint_display(&served)
+                );
+            }
+        }
+        Command::Trust { user, fingerprint } => {
+            let wanted = crate::parse_fingerprint(&fingerprint)?;
+            let mut served = None;
+            for r in m.mine.clone() {
+                let members = m.members(&r.room_id).await?;
+                if let Some(found) = members.into_iter().find(|x| x.username == user) {
+                    served = Some(found.identity_key.into_vec());
+                    break;
+                }
+            }
+            let key =
+                served.ok_or_else(|| format!("{} is in none of your rooms", escape(&user)))?;
+            m.trust(&user, &key, wanted)?;
+            println!("{} trusted", escape(&user));
         }
         Command::Leave { room } => {
             let id = resolve(m, &room).await?;
