@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable rooms idle fanout3 logins3)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable rooms idle fanout3 logins3 commits3)
 pg_admin=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 pg_dbs=()
 
@@ -109,6 +109,12 @@ PY
       start_server logins 18182
       timeout 900 "$bench" --url ws://127.0.0.1:18182/ws --server-pid "$server_pid" logins ${LOGIN_ARGS:-} | tee -a "$out"
       ;;
+    commits3)
+      # Protocol v3: a room grown by external joins to 100 and 1,000 members;
+      # client time per join, server CPU per commit at each size.
+      start_server commits3 18201 CHAT__PROTOCOL__VERSION=3
+      timeout 1800 "$bench" --url ws://127.0.0.1:18201/ws --server-pid "$server_pid" commits3 ${COMMITS3_ARGS:-} | tee -a "$out"
+      ;;
     logins3)
       start_server logins3 18199 CHAT__PROTOCOL__VERSION=3
       timeout 900 "$bench" --url ws://127.0.0.1:18199/ws --server-pid "$server_pid" logins3 ${LOGIN_ARGS:-} | tee -a "$out"
@@ -187,7 +193,7 @@ PY
       timeout 900 "$bench" --url ws://127.0.0.1:18187/ws --server-pid "$group_pid" durable \
         --compare-url ws://127.0.0.1:18188/ws --compare-pid "$server_pid" ${DURABLE_ARGS:-} | tee -a "$out"
       ;;
-    *) echo "unknown scenario $s (fanout fanout3 logins logins3 durable rooms idle passwords pg-fanout pg-durable pg-history cluster)" >&2; exit 2 ;;
+    *) echo "unknown scenario $s (fanout fanout3 commits3 logins logins3 durable rooms idle passwords pg-fanout pg-durable pg-history cluster)" >&2; exit 2 ;;
   esac
 done
 echo "results written to $out"

@@ -71,6 +71,15 @@ async fn bench_v3_scenarios_run() {
                 "0",
             ]),
             run(&["logins3", "--users", "5", "--concurrency", "2"]),
+            run(&[
+                "commits3",
+                "--members",
+                "3,5",
+                "--commits",
+                "2",
+                "--timed-joins",
+                "2",
+            ]),
         ]
     })
     .await
@@ -85,6 +94,8 @@ async fn bench_v3_scenarios_run() {
         );
     }
     for line in [
+        "commits3 3 members: external join",
+        "commits3 5 members: external join",
         "fanout[server v3]",
         "fanout[baseline relay]",
         "PrivateMessage",

@@ -38,7 +38,7 @@ fn err(what: &str) -> impl Fn(e2ee_chat::client::ClientError) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-async fn device_login(url: &str, id: &IdentityPair) -> BenchResult<(Client3, Device)> {
+pub async fn device_login(url: &str, id: &IdentityPair) -> BenchResult<(Client3, Device)> {
     let device = Device::new(&id.username, |m| id.sign(m));
     let mut c = Client3::connect(url).await.map_err(err("connect"))?;
     c.timeout = std::time::Duration::from_secs(60);

@@ -4,8 +4,9 @@
 //!
 //! Scenarios: `fanout` (with the baseline relay in the same run), `logins`,
 //! `logins3` (a v3 server),
-//! `durable`, `idle`, `passwords`, `history`, `mls` (in process, no server), and `smoke` (all of them, tiny, for the test suite).
+//! `durable`, `idle`, `passwords`, `history`, `commits3` (v3 groups on the wire), `mls` (in process, no server), and `smoke` (all of them, tiny, for the test suite).
 
+mod commits3;
 mod common;
 mod durable;
 mod fanout;
@@ -100,6 +101,12 @@ enum Command {
         #[command(flatten)]
         opts: idle::IdleOpts,
     },
+    /// Protocol v3 on the wire: a room grown by external joins; client
+    /// time per join and server CPU per commit at each size.
+    Commits3 {
+        #[command(flatten)]
+        opts: commits3::Commits3Opts,
+    },
     /// Protocol v3's Delivery Service core in process (no server): sizes
     /// and CPU per commit at N members.
     Mls {
@@ -156,6 +163,7 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
         }
         Command::Logins { opts } => logins::run(url, pid, &keys, &opts).await,
         Command::Logins3 { opts } => logins::run_v3(url, pid, &keys, &opts).await,
+        Command::Commits3 { opts } => commits3::run(url, pid, &keys, &opts).await,
         Command::Durable {
             opts,
             compare_url,
