@@ -26,8 +26,9 @@ pub struct Commits3Opts {
     /// Room sizes to measure at (the room grows to the largest).
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub members: Vec<usize>,
-    /// Update commits timed at each size.
-    #[arg(long, default_value_t = 20)]
+    /// Update commits timed at each size (the server's CPU is read in
+    /// 10 ms ticks: enough of them to read it to 0.1 ms).
+    #[arg(long, default_value_t = 100)]
     pub commits: usize,
     /// Joins timed before each size is reached.
     #[arg(long, default_value_t = 10)]

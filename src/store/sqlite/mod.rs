@@ -10,7 +10,8 @@
 //!
 //! Reads run on two reader threads with their own connections; WAL lets them
 //! read committed data while the writer works. A third thread checkpoints
-//! the WAL every 200 ms (PASSIVE), so commits never pay for a checkpoint.
+//! the WAL every 200 ms, so commits never pay for a checkpoint, and keeps
+//! it from growing without end under steady writes (`checkpoint`).
 //!
 //! A message's wrapped keys are one blob in its row (see
 //! [`encode_keys`](crate::store::keyblob::encode_keys)):
@@ -19,7 +20,8 @@
 //! was a member) and takes the user's key out of each row's blob, skipping
 //! the rare row without one (a member who joined while it was in flight).
 //!
-//! Files: `schema` (tables, version check, connection settings), `writes`
+//! Files: `schema` (tables, version check, connection settings),
+//! `checkpoint` (the checkpoint thread), `writes`
 //! (what runs on the writer), `reads` (what runs on the readers). The
 //! history walk and retention's plan are the shared ones of
 //! [`crate::store::page`] and [`crate::store::purge`]; this store answers
@@ -45,6 +47,7 @@ use crate::metrics;
 use schema::{backend, migrate, open_connection};
 use writes::WriterState;
 
+mod checkpoint;
 mod reads;
 mod schema;
 mod writes;
@@ -69,9 +72,6 @@ pub struct SqliteStore {
     path: std::path::PathBuf,
 }
 
-/// How often the checkpoint thread copies the WAL back into the database.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
-
 /// The result of a future that never waits: this store's answers to the
 /// shared page walk and purge plan are synchronous.
 fn now<T>(f: impl Future<Output = T>) -> T {
@@ -90,29 +90,22 @@ impl SqliteStore {
         }
         let writer = open_connection(path)?;
         migrate(&writer, path)?;
-        // Checkpoints run on their own thread (PASSIVE: they never block the
-        // writer), so no commit waits while 4 MB of WAL is copied back.
+        // Checkpoints run on their own thread, so no commit waits while the
+        // WAL is copied back; a WAL that starts over is trimmed to the limit.
         writer
-            .execute_batch("PRAGMA wal_autocheckpoint = 0")
+            .execute_batch(&format!(
+                "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = {};",
+                checkpoint::WAL_SIZE_LIMIT
+            ))
             .map_err(backend)?;
         let (ctx, crx) = unbounded::<()>();
-        let checkpointer = open_connection(path)?;
-        thread::Builder::new()
-            .name("sqlite-checkpoint".into())
-            .spawn(move || {
-                while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
-                    crx.recv_timeout(CHECKPOINT_EVERY)
-                {
-                    if let Err(e) = checkpointer.execute_batch("PRAGMA wal_checkpoint(PASSIVE)") {
-                        log::warn!("sqlite checkpoint: {e}");
-                    }
-                }
-            })
+        let long = checkpoint::WalLong::default();
+        checkpoint::spawn(open_connection(path)?, long.clone(), crx)
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (writes, batches) = WriteQueue::new(max_batch);
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer, batches))
+            .spawn(move || writer_loop(writer, batches, long))
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let (rtx, rrx) = unbounded::<ReadOp>();
         for i in 0..READERS {
@@ -200,7 +193,7 @@ fn in_savepoint<T>(
     result
 }
 
-fn writer_loop(conn: Connection, mut batches: Batches<WriteJob>) {
+fn writer_loop(conn: Connection, mut batches: Batches<WriteJob>, long: checkpoint::WalLong) {
     let mut state = WriterState::default();
     while let Some(jobs) = batches.blocking_next() {
         let started = std::time::Instant::now();
@@ -221,6 +214,7 @@ fn writer_loop(conn: Connection, mut batches: Batches<WriteJob>) {
         for done in completions {
             done(commit.clone());
         }
+        long.after_commit(&conn);
     }
     drop(conn);
     batches.finish();
