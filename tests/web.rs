@@ -111,7 +111,14 @@ fn browser_tests_in_chromium() {
         return;
     }
     let out = Command::new("node")
-        .args(["--test", "--test-concurrency=1", "test/unit/", "test/e2e/"])
+        // Node 20 has WebSocket (the v3 interop test's) behind this flag.
+        .args([
+            "--experimental-websocket",
+            "--test",
+            "--test-concurrency=1",
+            "test/unit/",
+            "test/e2e/",
+        ])
         .current_dir(&web)
         .env("E2E_SERVER_BIN", env!("CARGO_BIN_EXE_e2ee-chat-server"))
         .env("E2E_CLI_BIN", env!("CARGO_BIN_EXE_e2ee-chat"))

@@ -15,8 +15,9 @@ export const CHROMIUM = process.env.CHAT_TEST_CHROMIUM || '/usr/bin/chromium'
 export const PASSPHRASE = 'correct horse battery'
 
 // Starts the server (on a free port, or `port` to restart one in place on
-// the same store `dir`); resolves once it prints its address.
-export async function startServer ({ dir = mkdtempSync(join(tmpdir(), 'e2ee-web-')), port = 0 } = {}) {
+// the same store `dir`; `env` adds settings); resolves once it prints its
+// address.
+export async function startServer ({ dir = mkdtempSync(join(tmpdir(), 'e2ee-web-')), port = 0, env = {} } = {}) {
   const child = spawn(SERVER_BIN, [], {
     cwd: ROOT,
     env: {
@@ -24,7 +25,8 @@ export async function startServer ({ dir = mkdtempSync(join(tmpdir(), 'e2ee-web-
       RUST_LOG: 'warn',
       CHAT__STORE__PATH: join(dir, 'chat.db'),
       CHAT__SERVER__PORT: String(port),
-      CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR: '1000'
+      CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR: '1000',
+      ...env
     },
     stdio: ['ignore', 'pipe', 'inherit']
   })
