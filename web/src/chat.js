@@ -505,7 +505,7 @@ export class Chat {
   }
 }
 
-class Room {
+export class Room {
   constructor (summary) {
     this.summary = summary
     this.id = summary.room_id

@@ -128,5 +128,11 @@ export const profiles = {
 
 export const kv = {
   get: (key) => run('kv', 'readonly', (s) => s.get(key)),
-  put: (key, value) => run('kv', 'readwrite', (s) => s.put(value, key))
+  put: (key, value) => run('kv', 'readwrite', (s) => s.put(value, key)),
+  /** Several keys in one transaction: all are written, or none. @param {[string, any][]} entries */
+  putAll: (entries) => run('kv', 'readwrite', (s) => {
+    let last
+    for (const [key, value] of entries) last = s.put(value, key)
+    return last
+  })
 }

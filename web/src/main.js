@@ -5,6 +5,8 @@
 import './style.css'
 import { showWelcome } from './welcome.js'
 import { Chat } from './chat.js'
+import { Chat3 } from './chat3.js'
+import { serverProtocol } from './conn.js'
 import { ChatView } from './ui.js'
 
 const root = document.getElementById('app')
@@ -14,7 +16,9 @@ function welcome () {
   showWelcome(root, {
     url,
     onUnlocked: async (keys) => {
-      const chat = new Chat(keys, { url, host: location.host, visible: () => document.visibilityState !== 'hidden' })
+      const options = { url, host: location.host, visible: () => document.visibilityState !== 'hidden' }
+      // The server speaks one protocol; the page speaks both until v2 goes.
+      const chat = (await serverProtocol(url)) === 3 ? new Chat3(keys, options) : new Chat(keys, options)
       await chat.start()
       root.dataset.screen = 'chat'
       const view = new ChatView(root, chat, {

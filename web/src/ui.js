@@ -13,7 +13,7 @@ const full = (ms) => new Date(ms).toLocaleString()
 export class ChatView {
   /**
    * @param {HTMLElement} root
-   * @param {import('./chat.js').Chat} chat
+   * @param {import('./chat.js').Chat | any} chat either protocol's (chat.js, chat3.js)
    * @param {{onLock: () => void}} options
    */
   constructor (root, chat, { onLock }) {

@@ -1,0 +1,72 @@
+// The page on a protocol v3 server (rooms are MLS groups, ts-mls in the
+// browser): two browsers and the terminal client (openmls) in one room.
+// Register, create, join by external commit, talk every way, new devices
+// named, a kick followed by the removal commit, and a reload that shows the
+// history from this browser's store and catches up from the server.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import * as t from './harness.mjs'
+
+let server, browser, home
+before(async () => {
+  server = await t.startServer({ env: { CHAT__PROTOCOL__VERSION: '3' } })
+  browser = await t.launch()
+  home = mkdtempSync(join(tmpdir(), 'e2ee-web3-'))
+})
+after(async () => {
+  await browser?.close()
+  await server?.stop()
+  rmSync(home, { recursive: true, force: true })
+})
+
+const v3 = (dir, ...args) => t.cli(dir, server.ws, '--protocol', '3', ...args)
+
+test('v3: two browsers and the terminal client in one MLS room', async () => {
+  const [alice, bob, roomId] = await t.twoInRoom(browser, server.base, ['alice', 'bob'], 'Lobby')
+  assert.match(roomId, /^r-[0-9a-f]{32}$/)
+  // Bob's device enters by external commit: Alice's page names it. (A
+  // message sent before that commit is for an epoch his device never had.)
+  await alice.waitForSelector('#timeline li.recipient >> text=New device in this room: bob')
+  await t.send(alice, 'hello bob')
+  await t.seeMessage(bob, 'hello bob')
+  await t.send(bob, 'hi alice')
+  await t.seeMessage(alice, 'hi alice')
+
+  // The terminal client joins (openmls) and reads; the browsers read it.
+  const carol = join(home, 'carol')
+  await t.cli(carol, server.ws, 'keygen', '--user', 'carol', '--encrypt')
+  await v3(carol, 'register')
+  await v3(carol, 'join', roomId)
+  await v3(carol, 'send', roomId, 'hello from the terminal')
+  await t.seeMessage(alice, 'hello from the terminal')
+  await t.seeMessage(bob, 'hello from the terminal')
+  await alice.waitForSelector('#timeline li.recipient >> text=New device in this room: carol')
+  await t.send(alice, 'welcome carol')
+  assert.match(await v3(carol, 'history', roomId), /alice: welcome carol/)
+
+  // Alice kicks carol: a browser commits the removal of her leaf, and the
+  // room goes on without it.
+  await alice.click('#member-list li[data-member=carol] button >> text=Kick')
+  await alice.waitForSelector('#timeline li.sys >> text=carol was kicked.')
+  await t.send(bob, 'just the two of us')
+  await t.seeMessage(alice, 'just the two of us')
+  await assert.rejects(v3(carol, 'send', roomId, 'still here?'))
+
+  // Bob reloads: what his browser read shows from its store, and what he
+  // missed comes from the server.
+  await bob.reload()
+  await bob.waitForSelector('#unlock')
+  await t.send(alice, 'while you reloaded')
+  await t.wrongThenRightPassphrase(bob, '#unlock')
+  await bob.click(`#room-list [data-room="${roomId}"]`)
+  await t.seeMessage(bob, 'while you reloaded')
+  const texts = await t.timelineTexts(bob)
+  for (const text of ['hello bob', 'hi alice', 'hello from the terminal', 'just the two of us', 'while you reloaded']) {
+    assert.ok(texts.includes(text), `${text} in ${texts}`)
+  }
+  assert.deepEqual(alice.problems, [])
+  assert.deepEqual(bob.problems, [])
+})
