@@ -61,6 +61,8 @@ export class Chat3 {
     this.pins = new Map()
     /** username -> CryptoKey of the pinned key */
     this.pinKeys = new Map()
+    /** username -> fingerprint (hex) of the pinned key */
+    this.pinFps = new Map()
     this.read = new Map()
     /** @type {Promise<unknown>} */
     this.queue = Promise.resolve()
@@ -77,7 +79,7 @@ export class Chat3 {
     this.read = (await kv.get(this.key('read'))) || new Map()
     this.myFingerprint = await identityFingerprint(this.me.signDer)
     if (!this.pins.has(me)) this.pins.set(me, p.hex(this.me.signDer))
-    for (const [user, hex] of this.pins) this.pinKeys.set(user, await importIdentity(fromHex(hex)))
+    for (const [user, hex] of this.pins) await this.pinned(user, fromHex(hex))
     this.device = await kv.get(this.key('device'))
     if (!this.device) {
       this.device = await m.newDevice(me, this.me.sign)
@@ -327,13 +329,20 @@ export class Chat3 {
       const id = p.hex(cert.device)
       if (room.group.told.has(id)) continue
       room.group.told.add(id)
-      const pin = this.pins.get(cert.user)
-      const fp = pin ? p.fingerprintDisplay(await identityFingerprint(fromHex(pin))) : 'unknown'
+      const pin = this.pinFps.get(cert.user)
+      const fp = pin ? p.fingerprintDisplay(pin) : 'unknown'
       room.add({ kind: 'recipient', text: `New device in this room: ${cert.user}, device ${id}, fingerprint ${fp}.` })
     }
   }
 
   // ---- members and pins ----
+
+  // Keeps `der` as `user`'s pinned identity key (the caller saves `pins`).
+  async pinned (user, der) {
+    this.pins.set(user, p.hex(der))
+    this.pinKeys.set(user, await importIdentity(der))
+    this.pinFps.set(user, await identityFingerprint(der))
+  }
 
   async refreshMembers (room) {
     const reply = await this.conn.request('get_members', { room_id: room.id })
@@ -353,8 +362,7 @@ export class Chat3 {
     const fingerprint = await identityFingerprint(member.identity_key)
     room.members.set(member.username, { ...member, fingerprint })
     if (!this.pins.has(member.username)) {
-      this.pins.set(member.username, p.hex(member.identity_key))
-      this.pinKeys.set(member.username, await importIdentity(member.identity_key))
+      await this.pinned(member.username, member.identity_key)
       await kv.put(this.key('pins'), this.pins)
     }
     const changed = this.isChanged(room.members.get(member.username))
@@ -371,7 +379,8 @@ export class Chat3 {
   }
 
   keyChanges (room) {
-    return [...room.members.values()].filter((x) => this.isChanged(x)).map((x) => ({ username: x.username, fingerprint: x.fingerprint }))
+    return [...room.members.values()].filter((x) => this.isChanged(x))
+      .map((x) => ({ username: x.username, old: this.pinFps.get(x.username), fingerprint: x.fingerprint }))
   }
 
   blockedBy (room) {
@@ -387,8 +396,7 @@ export class Chat3 {
         this.notify(`That is not the fingerprint the server serves for ${username}. Nothing was changed.`, 'error')
         return
       }
-      this.pins.set(username, p.hex(member.identity_key))
-      this.pinKeys.set(username, await importIdentity(member.identity_key))
+      await this.pinned(username, member.identity_key)
       await kv.put(this.key('pins'), this.pins)
       room.add({ kind: 'event', text: `You confirmed ${username}'s new fingerprint.` })
       this.changed_()
