@@ -47,7 +47,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_server NAME PORT [ENV=VALUE...]: sets $server_pid
+# start_server NAME PORT [ENV=VALUE...]: sets $server_pid. Protocol version
+# 2 unless the scenario passes CHAT__PROTOCOL__VERSION=3.
 start_server() {
   local name=$1 port=$2; shift 2
   env CHAT__SERVER__HOST=127.0.0.1 CHAT__SERVER__PORT="$port" \
@@ -55,6 +56,7 @@ start_server() {
       CHAT__RATE_LIMIT__PER_SECOND=1000000 CHAT__RATE_LIMIT__BURST=1000000 \
       CHAT__LIMITS__MAX_CONNECTIONS_PER_IP=1000000 CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR=1000000 \
       CHAT__LIMITS__MEMBERSHIP_CHANGES_PER_MINUTE=1000000 \
+      CHAT__PROTOCOL__VERSION=2 \
       RUST_LOG=warn "$@" "$server" >"$tmp/$name.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")

@@ -34,6 +34,50 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// The next binary frame from the server within `timeout`, skipping
 /// control frames; a close frame is `Closed` with its code and reason.
+/// Version 2's subprotocol (this client's v2 connection sends none, which a
+/// v2 server accepts too).
+pub const SUBPROTOCOL: &str = "e2ee-chat.v2";
+
+/// Which protocol the server at `url` speaks: one handshake offering both
+/// subprotocols, of which the server picks its own (2 or 3).
+pub async fn server_protocol(url: &str) -> Result<u8> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
+    let mut request = url.into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_str(&format!("{}, {SUBPROTOCOL}", v3::SUBPROTOCOL))
+            .expect("a valid header"),
+    );
+    use tokio_tungstenite::tungstenite::error::{Error, ProtocolError, SubProtocolError};
+    let connected = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout)?;
+    let (mut ws, response) = match connected {
+        // A server that names no subprotocol speaks version 2 (as this
+        // client's own v2 connection, which asks for none).
+        Err(Error::Protocol(ProtocolError::SecWebSocketSubProtocolError(
+            SubProtocolError::NoSubProtocol,
+        ))) => return Ok(2),
+        other => other?,
+    };
+    let _ = ws.close(None).await;
+    match response
+        .headers()
+        .get("sec-websocket-protocol")
+        .and_then(|p| p.to_str().ok())
+    {
+        Some(v3::SUBPROTOCOL) => Ok(3),
+        Some(SUBPROTOCOL) => Ok(2),
+        other => Err(ClientError::Decode(format!(
+            "the server chose no protocol this client speaks ({other:?})"
+        ))),
+    }
+}
+
 pub(crate) async fn next_binary(ws: &mut Ws, timeout: Duration) -> Result<bytes::Bytes> {
     loop {
         let next = tokio::time::timeout(timeout, ws.next())

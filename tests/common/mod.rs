@@ -59,6 +59,8 @@ pub fn settings(dir: &Path) -> Settings {
     s.server.workers = 2;
     s.server.room_threads = 2;
     s.store.path = dir.join("chat.db");
+    // These helpers drive the version-2 suite; v3 tests set 3.
+    s.protocol.version = 2;
     s.rate_limit.per_second = 100_000.0;
     s.rate_limit.burst = 100_000.0;
     // Every test client comes from 127.0.0.1.
@@ -226,6 +228,8 @@ pub fn server_command(dir: &Path) -> std::process::Command {
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env("CHAT__STORE__PATH", dir.join("chat.db"))
+        // The version-2 suite's server; v3 tests set 3 after this.
+        .env("CHAT__PROTOCOL__VERSION", "2")
         .env("RUST_LOG", "warn");
     cmd
 }

@@ -44,10 +44,10 @@ pub struct Cli {
     /// Server websocket URL (ws:// or wss://). Default: the profile's, else ws://127.0.0.1:8080/ws.
     #[arg(long, global = true, env = "E2EE_CHAT_SERVER")]
     server: Option<String>,
-    /// The protocol version to speak: 2 (default) or 3 (MLS rooms; the
-    /// device's state goes in the profile's `device.db`).
-    #[arg(long, global = true, env = "E2EE_CHAT_PROTOCOL", default_value_t = 2)]
-    protocol: u8,
+    /// The protocol version to speak: 2 or 3 (MLS rooms; the device's state
+    /// goes in the profile's `device.db`). Default: the one the server speaks.
+    #[arg(long, global = true, env = "E2EE_CHAT_PROTOCOL")]
+    protocol: Option<u8>,
     #[command(subcommand)]
     command: Command,
 }
@@ -212,7 +212,23 @@ async fn run(cli: Cli) -> CliResult<()> {
     if let Command::ExportProfile { file, force } = &cli.command {
         return transfer::export_profile(&profile, &url, file, *force);
     }
-    if let (Command::Fingerprint { user }, 2) = (&cli.command, cli.protocol) {
+    let protocol = match cli.protocol {
+        Some(p @ (2 | 3)) => p,
+        Some(p) => return Err(format!("--protocol is 2 or 3, not {p}")),
+        // Offline commands fall back on what the profile holds.
+        None => match e2ee_chat::client::server_protocol(&url).await {
+            Ok(p) => p,
+            Err(_) if matches!(cli.command, Command::Fingerprint { .. }) => {
+                if profile.dir.join("device.db").exists() {
+                    3
+                } else {
+                    2
+                }
+            }
+            Err(e) => return Err(format!("cannot reach {url}: {e}")),
+        },
+    };
+    if let (Command::Fingerprint { user }, 2) = (&cli.command, protocol) {
         let pins = profile.pins()?;
         let name = user
             .clone()
@@ -225,10 +241,7 @@ async fn run(cli: Cli) -> CliResult<()> {
         return Ok(());
     }
     let keys = profile.keys()?;
-    if cli.protocol != 2 && cli.protocol != 3 {
-        return Err(format!("--protocol is 2 or 3, not {}", cli.protocol));
-    }
-    if cli.protocol == 3 {
+    if protocol == 3 {
         if let Command::Chat = &cli.command {
             return tui3::run(profile, url, keys).await;
         }
