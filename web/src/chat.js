@@ -10,10 +10,11 @@ import * as p from './proto.js'
 import { Conn, ServerError } from './conn.js'
 import { kv } from './keystore.js'
 import { describe } from './errors.js'
+import { ChatBase, safeName } from './chatbase.js'
 
 const PAGE = 50
 
-export class Chat {
+export class Chat extends ChatBase {
   /**
    * @param {{username: string, sign: CryptoKey, enc: CryptoKey, signDer: Uint8Array, encDer: Uint8Array}} me
    *   the unlocked keys
@@ -22,27 +23,14 @@ export class Chat {
    *   `visible` says whether the user can see the page (messages in the open
    *   room count as read only then); Chat itself never touches the DOM.
    */
-  constructor (me, { url, host, onChange = null, visible = () => true }) {
+  constructor (me, options) {
+    super(options)
     this.me = me
-    this.url = url
-    this.host = host
-    this.visible = visible
-    /** Called after every change of state; the view redraws. */
-    this.onChange = onChange
-    this.rooms = new Map() // room_id -> Room
-    this.active = null
-    this.status = 'connecting'
-    this.notices = [] // {id, text, kind}
-    this.directory = null // list_rooms reply
     // Maps, not objects: names and room ids come from the server, and a key
     // like "__proto__" must stay just a key. IndexedDB stores Maps as they are.
     this.pins = new Map() // username -> {fingerprint, sign_key, enc_key} (hex)
     this.recipients = new Map() // room_id -> [username]
-    this.read = new Map() // room_id -> seq read
     this.outbox = [] // sends waiting for the connection: {roomId, text, body}
-    /** @type {Promise<unknown>} */
-    this.queue = Promise.resolve()
-    this.noticeId = 0
   }
 
   async start () {
@@ -61,34 +49,6 @@ export class Chat {
         this.changed_()
       }
     })
-  }
-
-  stop () { this.conn?.close() }
-
-  /**
-   * Runs `fn` after everything queued before it. Resolves to its result, or
-   * to undefined when it failed (the failure is shown as a notice).
-   * @template T
-   * @param {() => T | Promise<T>} fn
-   * @returns {Promise<T | undefined>}
-   */
-  serial (fn) {
-    const run = this.queue.then(fn).catch((e) => {
-      this.notify(describe(e), 'error')
-      return undefined
-    })
-    this.queue = run
-    return run
-  }
-
-  changed_ () { this.onChange?.() }
-
-  notify (text, kind = 'info') {
-    const id = ++this.noticeId
-    this.notices.push({ id, text, kind })
-    if (this.notices.length > 5) this.notices.shift()
-    this.changed_()
-    setTimeout(() => { this.notices = this.notices.filter((n) => n.id !== id); this.changed_() }, 8000)
   }
 
   // ---- login and catch-up ----
@@ -130,11 +90,6 @@ export class Chat {
       this.rooms.set(summary.room_id, room)
     } else room.summary = summary
     return room
-  }
-
-  unread (room) {
-    const read = this.read.get(room.id) || 0
-    return Math.max(0, (room.summary.last_seq || 0) - read)
   }
 
   async markRead (room) {
@@ -415,50 +370,13 @@ export class Chat {
         room.summary.members = room.members.size
         room.add({ kind: 'event', text: `${safeName(e.username)} ${{ kicked: 'was kicked', banned: 'was banned' }[e.reason] || 'left'}.` })
         break
-      case 'owner_changed':
-        if (!room) return
-        room.summary.owner = e.owner
-        room.add({ kind: 'event', text: `${safeName(e.owner)} is now the owner.` })
-        break
-      case 'presence': {
-        const m = room?.members.get(e.username)
-        if (m) m.online = e.online
-        break
-      }
-      case 'room_renamed':
-        if (!room) return
-        room.add({ kind: 'event', text: `The room was renamed from "${room.summary.name}" to "${e.name}".` })
-        room.summary.name = e.name
-        break
-      case 'room_deleted':
-        if (room) this.dropRoom(room.id, `The room "${room.summary.name}" was deleted.`)
-        break
-      case 'removed':
-        if (room) this.dropRoom(room.id, `You were ${e.reason === 'banned' ? 'banned' : 'kicked'} from "${room.summary.name}".`)
-        break
       default:
-        return
+        if (!this.sharedEvent(room, e)) return
     }
     this.changed_()
   }
 
-  dropRoom (roomId, why) {
-    this.rooms.delete(roomId)
-    if (this.active === roomId) this.active = null
-    this.notify(why)
-  }
-
   // ---- requests from the UI ----
-
-  // Runs a request; on error, tells the user and answers null.
-  async ask (type, fields) {
-    try {
-      return await this.conn.request(type, fields)
-    } catch (e) {
-      this.notify(describe(e), 'error')
-      return null
-    }
-  }
 
   async joined (reply) {
     if (!reply) return null
@@ -479,29 +397,6 @@ export class Chat {
 
   async joinRoom (roomId, password) {
     return this.joined(await this.ask('join_room', { room_id: roomId, ...(password ? { password } : {}) }))
-  }
-
-  async listRooms () {
-    const reply = await this.ask('list_rooms', { limit: 100 })
-    if (reply) { this.directory = reply; this.changed_() }
-    return reply
-  }
-
-  async leave (roomId) {
-    if (await this.ask('leave_room', { room_id: roomId })) {
-      this.dropRoom(roomId, 'You left the room.')
-      this.listRooms()
-    }
-  }
-
-  // kick, ban, unban, rename_room, set_password, delete_room.
-  async owner (type, fields, done) {
-    const reply = await this.ask(type, fields)
-    if (reply && done) this.notify(done)
-    if (reply && type === 'delete_room') this.dropRoom(fields.room_id, 'You deleted the room.')
-    const room = this.rooms.get(fields.room_id)
-    if (reply && room && type === 'set_password') { room.summary.has_password = 'password' in fields; this.changed_() }
-    return reply
   }
 }
 
@@ -558,9 +453,4 @@ function pinOf (fingerprint, signDer, encDer) {
 
 function fromHex (h) {
   return Uint8Array.from(h.match(/../g), (b) => parseInt(b, 16))
-}
-
-// A name from the server for an event line: the UI escapes what it shows.
-function safeName (name) {
-  return typeof name === 'string' && p.USERNAME.test(name) ? name : '(a member with an invalid name)'
 }

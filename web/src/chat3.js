@@ -26,6 +26,7 @@ import { Conn, ServerError, SUBPROTOCOL_V3 } from './conn.js'
 import { kv } from './keystore.js'
 import { describe } from './errors.js'
 import { Room } from './chat.js'
+import { ChatBase, safeName } from './chatbase.js'
 import { decodeGroupState, encodeGroupState } from 'ts-mls'
 
 const WEEK_MS = 7 * 24 * 3600 * 1000
@@ -37,36 +38,23 @@ async function identityFingerprint (der) {
   return p.hex(new Uint8Array(await subtle.digest('SHA-256', new Uint8Array(der))))
 }
 
-export class Chat3 {
+export class Chat3 extends ChatBase {
   /**
    * @param {{username: string, sign: CryptoKey, signDer: Uint8Array}} me the
    *   unlocked keys (the signing key is the identity key)
    * @param {{url: string, host: string, onChange?: (() => void) | null,
    *   visible?: () => boolean}} options
    */
-  constructor (me, { url, host, onChange = null, visible = () => true }) {
+  constructor (me, options) {
+    super(options)
     this.me = me
-    this.url = url
-    this.host = host
-    this.visible = visible
-    this.onChange = onChange
     this.protocol = 3
-    /** @type {Map<string, any>} */
-    this.rooms = new Map()
-    this.active = null
-    this.status = 'connecting'
-    this.notices = []
-    this.directory = null
     /** username -> identity key DER, hex (first use) */
     this.pins = new Map()
     /** username -> CryptoKey of the pinned key */
     this.pinKeys = new Map()
     /** username -> fingerprint (hex) of the pinned key */
     this.pinFps = new Map()
-    this.read = new Map()
-    /** @type {Promise<unknown>} */
-    this.queue = Promise.resolve()
-    this.noticeId = 0
     this.auth = m.credentialCheck((u) => this.pinKeys.get(u))
     this.config = m.clientConfig(this.auth)
   }
@@ -94,27 +82,6 @@ export class Chat3 {
         this.changed_()
       }
     }, SUBPROTOCOL_V3)
-  }
-
-  stop () { this.conn?.close() }
-
-  serial (fn) {
-    const run = this.queue.then(fn).catch((e) => {
-      this.notify(describe(e), 'error')
-      return undefined
-    })
-    this.queue = run
-    return run
-  }
-
-  changed_ () { this.onChange?.() }
-
-  notify (text, kind = 'info') {
-    const id = ++this.noticeId
-    this.notices.push({ id, text, kind })
-    if (this.notices.length > 5) this.notices.shift()
-    this.changed_()
-    setTimeout(() => { this.notices = this.notices.filter((n) => n.id !== id); this.changed_() }, 8000)
   }
 
   // ---- login ----
@@ -155,11 +122,6 @@ export class Chat3 {
       this.rooms.set(summary.room_id, room)
     } else room.summary = summary
     return room
-  }
-
-  unread (room) {
-    const read = this.read.get(room.id) || 0
-    return Math.max(0, (room.summary.last_seq || 0) - read)
   }
 
   async markRead (room) {
@@ -507,49 +469,13 @@ export class Chat3 {
         room.add({ kind: 'event', text: `${safeName(e.username)} ${{ kicked: 'was kicked', banned: 'was banned' }[e.reason] || 'left'}.` })
         await this.removeUser(room, e.username).catch((err) => this.notify(describe(err), 'error'))
         break
-      case 'owner_changed':
-        if (!room) return
-        room.summary.owner = e.owner
-        room.add({ kind: 'event', text: `${safeName(e.owner)} is now the owner.` })
-        break
-      case 'presence': {
-        const member = room?.members.get(e.username)
-        if (member) member.online = e.online
-        break
-      }
-      case 'room_renamed':
-        if (!room) return
-        room.add({ kind: 'event', text: `The room was renamed from "${room.summary.name}" to "${e.name}".` })
-        room.summary.name = e.name
-        break
-      case 'room_deleted':
-        if (room) this.dropRoom(room.id, `The room "${room.summary.name}" was deleted.`)
-        break
-      case 'removed':
-        if (room) this.dropRoom(room.id, `You were ${e.reason === 'banned' ? 'banned' : 'kicked'} from "${room.summary.name}".`)
-        break
       default:
-        return
+        if (!this.sharedEvent(room, e)) return
     }
     this.changed_()
   }
 
-  dropRoom (roomId, why) {
-    this.rooms.delete(roomId)
-    if (this.active === roomId) this.active = null
-    this.notify(why)
-  }
-
   // ---- requests from the UI ----
-
-  async ask (type, fields) {
-    try {
-      return await this.conn.request(type, fields)
-    } catch (e) {
-      this.notify(describe(e), 'error')
-      return null
-    }
-  }
 
   async joined (reply, group = null) {
     if (!reply) return null
@@ -576,28 +502,6 @@ export class Chat3 {
   async joinRoom (roomId, password) {
     return this.joined(await this.ask('join_room', { room_id: roomId, ...(password ? { password } : {}) }))
   }
-
-  async listRooms () {
-    const reply = await this.ask('list_rooms', { limit: 100 })
-    if (reply) { this.directory = reply; this.changed_() }
-    return reply
-  }
-
-  async leave (roomId) {
-    if (await this.ask('leave_room', { room_id: roomId })) {
-      this.dropRoom(roomId, 'You left the room.')
-      this.listRooms()
-    }
-  }
-
-  async owner (type, fields, done) {
-    const reply = await this.ask(type, fields)
-    if (reply && done) this.notify(done)
-    if (reply && type === 'delete_room') this.dropRoom(fields.room_id, 'You deleted the room.')
-    const room = this.rooms.get(fields.room_id)
-    if (reply && room && type === 'set_password') { room.summary.has_password = 'password' in fields; this.changed_() }
-    return reply
-  }
 }
 
 /** (user, device id) of a leaf, as a string, or undefined. */
@@ -618,8 +522,4 @@ function importIdentity (der) {
 
 function fromHex (h) {
   return Uint8Array.from(h.match(/../g), (b) => parseInt(b, 16))
-}
-
-function safeName (name) {
-  return typeof name === 'string' && p.USERNAME.test(name) ? name : '(a member with an invalid name)'
 }
