@@ -293,6 +293,22 @@ fn tmux(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `command` in a new detached tmux session of `size` (columns, rows).
+fn start_tmux(session: &str, size: (u16, u16), command: &str) {
+    let (x, y) = (size.0.to_string(), size.1.to_string());
+    tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        session,
+        "-x",
+        &x,
+        "-y",
+        &y,
+        command,
+    ]);
+}
+
 async fn screen_shows(session: &str, text: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -320,17 +336,7 @@ async fn interactive_chat_in_a_real_terminal() {
     let (a, b) = alice_and_bob(&url, home.path(), Some("Terminal")).await;
     let session = format!("e2ee-test-{}", std::process::id());
     let command = format!("{CLI} --profile {} --server {url} chat", a.display());
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "140",
-        "-y",
-        "30",
-        &command,
-    ]);
+    start_tmux(&session, (140, 30), &command);
     let screen = screen_shows(&session, "connected to").await;
     assert!(screen.contains("Terminal"), "{screen}");
     // A message from bob appears on alice's screen, verified.
@@ -614,17 +620,7 @@ async fn protocol_v3_chat_screen_talks_announces_and_removes_who_left() {
         "{CLI} --profile {} --server {url} --protocol 3 chat",
         a.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "200",
-        "-y",
-        "40",
-        &command,
-    ]);
+    start_tmux(&session, (200, 40), &command);
     let screen = screen_shows(&session, "before the screen").await;
     assert!(screen.contains("bob ✓ before the screen"), "{screen}");
     assert!(screen.contains("new device in this room: bob"), "{screen}");

@@ -45,9 +45,9 @@ async function evilIdentity () {
   return new Uint8Array(await crypto.subtle.exportKey('spki', pair.publicKey))
 }
 
-// Serves `key` as bob's identity key in the frames `when(frame)` picks.
-function swapBob (key, when) {
-  const swap = (member) => member.username === 'bob' ? { ...member, identity_key: key } : member
+// Serves `key` as `user`'s identity key in the frames `when(frame)` picks.
+function swapKey (user, key, when) {
+  const swap = (member) => member.username === user ? { ...member, identity_key: key } : member
   return (f) => {
     if (!when(f)) return f
     if (f.type === 'member_joined') return { ...f, member: swap(f.member) }
@@ -60,7 +60,7 @@ test('v3: a changed identity key blocks that room only, until confirmed', async 
   const evil = await evilIdentity()
   let secret = null
   const alice = await t.openPage(browser, server.base)
-  await manInTheMiddle(alice, swapBob(evil, (f) => secret !== null && f.room_id === secret))
+  await manInTheMiddle(alice, swapKey('bob', evil, (f) => secret !== null && f.room_id === secret))
   const bob = await t.openPage(browser, server.base)
   await t.createAccount(alice, 'alice')
   await t.createAccount(bob, 'bob')
@@ -98,12 +98,7 @@ test('v3: a device not certified by the pinned identity key blocks its room', as
   // and dave's real device (certified by his real key) then fails.
   const evil = await evilIdentity()
   const alice = await t.openPage(browser, server.base)
-  await manInTheMiddle(alice, (f) => {
-    const swap = (member) => member.username === 'dave' ? { ...member, identity_key: evil } : member
-    if (f.type === 'member_joined') return { ...f, member: swap(f.member) }
-    if (Array.isArray(f.members)) return { ...f, members: f.members.map(swap) }
-    return f
-  })
+  await manInTheMiddle(alice, swapKey('dave', evil, () => true))
   const dave = await t.openPage(browser, server.base)
   await t.createAccount(alice, 'carla')
   await t.createAccount(dave, 'dave')
