@@ -7,6 +7,7 @@ import { showWelcome } from './welcome.js'
 import { Chat } from './chat.js'
 import { Chat3 } from './chat3.js'
 import { serverProtocol } from './conn.js'
+import { ed25519Supported } from './mls3.js'
 import { ChatView } from './ui.js'
 
 const root = document.getElementById('app')
@@ -28,5 +29,17 @@ function welcome () {
   }).catch((e) => { root.textContent = `This browser cannot run the client: ${e.message}` })
 }
 
-root.dataset.screen = 'welcome'
-welcome()
+// On a v3 server this browser's device key is Ed25519, which WebCrypto has
+// only from Chromium 137 (Firefox 129, Safari 17): say so plainly up front.
+async function boot () {
+  root.dataset.screen = 'welcome'
+  const v3 = await serverProtocol(url).then((p) => p === 3, () => false)
+  if (v3 && !await ed25519Supported()) {
+    root.dataset.screen = 'unsupported'
+    root.textContent = 'This browser cannot run the client: its WebCrypto has no Ed25519, which this server\'s encryption (MLS) needs. Use Chromium or Chrome 137 or later, Firefox 129 or later, or Safari 17 or later.'
+    return
+  }
+  welcome()
+}
+
+boot()

@@ -45,6 +45,19 @@ export function cipherSuite () {
   return suite
 }
 
+/**
+ * Whether this browser's WebCrypto has Ed25519 (Chromium 137 or later,
+ * Firefox 129, Safari 17): a v3 device's key is one.
+ */
+export async function ed25519Supported () {
+  try {
+    await subtle.generateKey({ name: 'Ed25519' }, false, ['sign', 'verify'])
+    return true
+  } catch {
+    return false
+  }
+}
+
 /** @param {...(Uint8Array|string)} parts */
 function concat (...parts) {
   const bytes = parts.map((p) => (typeof p === 'string' ? utf8.encode(p) : p))

@@ -129,3 +129,17 @@ test('v3: the same profile in a second browser is a second device, named to the 
   await t.seeMessage(fred, 'from fred\'s tablet')
   assert.deepEqual([...erin.problems, ...fred.problems, ...tablet.problems], [])
 })
+
+test('v3: a browser without WebCrypto Ed25519 is told so plainly', async () => {
+  const context = await browser.newContext()
+  await context.addInitScript(() => {
+    const generate = crypto.subtle.generateKey.bind(crypto.subtle)
+    crypto.subtle.generateKey = (alg, ...rest) =>
+      (alg === 'Ed25519' || alg?.name === 'Ed25519') ? Promise.reject(new DOMException('Unrecognized name', 'NotSupportedError')) : generate(alg, ...rest)
+  })
+  const page = await context.newPage()
+  await page.goto(server.base + '/')
+  await page.waitForSelector('#app[data-screen=unsupported]')
+  assert.match(await page.textContent('#app'), /no Ed25519.*Chromium or Chrome 137 or later/)
+  await context.close()
+})
