@@ -55,6 +55,8 @@ export class Chat3 extends ChatBase {
     this.pinKeys = new Map()
     /** username -> fingerprint (hex) of the pinned key */
     this.pinFps = new Map()
+    /** sends waiting for the connection: {roomId, text, msgId} */
+    this.outbox = []
     this.auth = m.credentialCheck((u) => this.pinKeys.get(u))
     this.config = m.clientConfig(this.auth)
   }
@@ -110,6 +112,7 @@ export class Chat3 extends ChatBase {
       await this.catchUp(room)
     }
     if (this.active && this.rooms.has(this.active)) await this.load(this.rooms.get(this.active))
+    await this.flushOutbox()
     await this.listRooms()
   }
 
@@ -371,9 +374,36 @@ export class Chat3 extends ChatBase {
     return this.serial(() => this.deliver(roomId, text))
   }
 
-  async deliver (roomId, text) {
+  // Sends `text`, or keeps it in the outbox while the connection is down:
+  // after the next login it goes again with the same msg_id (encrypted
+  // anew, for the epoch then), so a copy stored before the connection fell
+  // is answered with its first seq, never stored twice.
+  async deliver (roomId, text, msgId = crypto.getRandomValues(new Uint8Array(16))) {
     const room = this.rooms.get(roomId)
     if (!room) return false
+    try {
+      return await this.sendNow(room, text, msgId)
+    } catch (e) {
+      if (!(e instanceof ServerError) || e.code !== 'disconnected') throw e
+      this.outbox.push({ roomId, text, msgId })
+      room.add({ kind: 'event', text: `Not connected: "${text}" will be sent when the connection is back.` })
+      this.changed_()
+      return true
+    }
+  }
+
+  // After a login: what could not be sent while disconnected, in order.
+  async flushOutbox () {
+    for (const { roomId, text, msgId } of this.outbox.splice(0)) {
+      try {
+        await this.deliver(roomId, text, msgId)
+      } catch (e) {
+        this.notify(`Not sent: "${text}": ${describe(e)}`, 'error')
+      }
+    }
+  }
+
+  async sendNow (room, text, msgId) {
     if (!room.group) await this.load(room)
     const blocked = this.blockedBy(room)
     if (blocked.length) {
@@ -392,7 +422,7 @@ export class Chat3 extends ChatBase {
       room.group.state = state
       await this.save(room)
       try {
-        const reply = await this.conn.request('send', { room_id: room.id, msg_id: crypto.getRandomValues(new Uint8Array(16)), message })
+        const reply = await this.conn.request('send', { room_id: room.id, msg_id: msgId, message })
         const mine = { kind: 'msg', text, sentAt, mine: true, seq: reply.seq, ts: reply.ts, sender: this.me.username }
         this.show(room, mine)
         await this.save(room, [mine])

@@ -67,6 +67,21 @@ test('v3: two browsers and the terminal client in one MLS room', async () => {
   for (const text of ['hello bob', 'hi alice', 'hello from the terminal', 'just the two of us', 'while you reloaded']) {
     assert.ok(texts.includes(text), `${text} in ${texts}`)
   }
-  assert.deepEqual(alice.problems, [])
-  assert.deepEqual(bob.problems, [])
+
+  // The server restarts on the same store and port: what alice writes
+  // meanwhile waits, and goes (once) when she is back.
+  await server.stop({ keep: true })
+  await alice.waitForSelector('#status:not([data-state=online])')
+  await alice.fill('#message', 'written while offline')
+  await alice.press('#message', 'Enter')
+  await alice.waitForSelector('#timeline li.sys >> text=will be sent when the connection is back')
+  server = await t.startServer({ dir: server.dir, port: server.port, env: { CHAT__PROTOCOL__VERSION: '3' } })
+  await t.online(alice)
+  await t.online(bob)
+  await t.seeMessage(bob, 'written while offline')
+  await t.send(bob, 'after the restart')
+  await t.seeMessage(alice, 'after the restart')
+  assert.equal((await t.timelineTexts(bob)).filter((x) => x === 'written while offline').length, 1)
+  const quiet = (page) => page.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p))
+  assert.deepEqual([...quiet(alice), ...quiet(bob)], [])
 })
