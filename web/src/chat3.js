@@ -16,14 +16,16 @@
 //   device's leaf at least weekly, and a resync by external commit when the
 //   log cannot be followed, said in the timeline.
 //
-// State in IndexedDB (`kv`): the device (its key and certificate), the pins,
-// and per room the group state with the log position, the texts read and
-// the devices told about: written in one transaction per MLS operation.
+// State in IndexedDB (`kv`): the pins, and sealed under this browser's state
+// key (wrapped under the passphrase's key, keystore.js) the device (its key
+// and certificate) and per room the group state with the log position, the
+// texts read and the devices told about: written in one transaction per MLS
+// operation.
 
 import * as p from './proto.js'
 import * as m from './mls3.js'
 import { Conn, ServerError, SUBPROTOCOL_V3 } from './conn.js'
-import { kv } from './keystore.js'
+import { kv, stateKey, seal, unseal } from './keystore.js'
 import { describe } from './errors.js'
 import { Room } from './chat.js'
 import { ChatBase, safeName } from './chatbase.js'
@@ -40,8 +42,9 @@ async function identityFingerprint (der) {
 
 export class Chat3 extends ChatBase {
   /**
-   * @param {{username: string, sign: CryptoKey, signDer: Uint8Array}} me the
-   *   unlocked keys (the signing key is the identity key)
+   * @param {{username: string, sign: CryptoKey, signDer: Uint8Array, kek: CryptoKey}} me
+   *   the unlocked keys (the signing key is the identity key; `kek`, the
+   *   passphrase's key, unwraps this browser's state key)
    * @param {{url: string, host: string, onChange?: (() => void) | null,
    *   visible?: () => boolean}} options
    */
@@ -70,10 +73,11 @@ export class Chat3 extends ChatBase {
     this.myFingerprint = await identityFingerprint(this.me.signDer)
     if (!this.pins.has(me)) this.pins.set(me, p.hex(this.me.signDer))
     for (const [user, hex] of this.pins) await this.pinned(user, fromHex(hex))
-    this.device = await kv.get(this.key('device'))
+    this.sealKey = await stateKey(me, this.me.kek)
+    this.device = await this.load_('device')
     if (!this.device) {
       this.device = await m.newDevice(me, this.me.sign)
-      await kv.put(this.key('device'), this.device)
+      await kv.put(this.key('device'), await seal(this.sealKey, this.key('device'), this.device))
     }
     this.conn = new Conn(this.url, {
       onOpen: () => this.serial(() => this.login()),
@@ -150,7 +154,7 @@ export class Chat3 extends ChatBase {
       await this.refreshMembers(room)
       if (!room.group) await this.restore(room)
       if (!room.group) await this.enter(room, false)
-      for (const t of (await kv.get(this.key(`texts/${room.id}`))) || []) this.show(room, t)
+      for (const t of (await this.load_(`texts/${room.id}`)) || []) this.show(room, t)
       room.loaded = true
       await this.catchUp(room)
     }
@@ -159,7 +163,7 @@ export class Chat3 extends ChatBase {
   }
 
   async restore (room) {
-    const saved = await kv.get(this.key(`group/${room.id}`))
+    const saved = await this.load_(`group/${room.id}`)
     if (!saved) return
     const decoded = decodeGroupState(saved.state, 0)
     if (!decoded) throw new Error('The saved state of this room is damaged.')
@@ -170,16 +174,23 @@ export class Chat3 extends ChatBase {
   // log position, and the texts it read.
   async save (room, texts = []) {
     const g = room.group
+    const group = this.key(`group/${room.id}`)
     /** @type {[string, any][]} */
-    const entries = [[this.key(`group/${room.id}`), {
+    const entries = [[group, await seal(this.sealKey, group, {
       state: encodeGroupState(g.state), applied: g.applied, updated: g.updated, told: [...g.told]
-    }]]
+    })]]
     if (texts.length) {
       const key = this.key(`texts/${room.id}`)
-      const all = ((await kv.get(key)) || []).concat(texts)
-      entries.push([key, all.slice(-2000)])
+      const all = ((await this.load_(`texts/${room.id}`)) || []).concat(texts)
+      entries.push([key, await seal(this.sealKey, key, all.slice(-2000))])
     }
     await kv.putAll(entries)
+  }
+
+  // A sealed record of this user's, or undefined.
+  async load_ (what) {
+    const key = this.key(what)
+    return unseal(this.sealKey, key, await kv.get(key))
   }
 
   // An external commit into the room's group: a join, or (`resync`) a

@@ -7,9 +7,11 @@
 //
 // The same database keeps what this browser has learned: pinned keys (trust
 // on first use), the recipients already announced per room, and the last
-// read seq per room.
+// read seq per room; and on protocol v3 this browser's device key, group
+// states and the texts it read, sealed under a state key that is itself
+// wrapped under the passphrase's key.
 
-import { PSS, OAEP, sign, verify } from './proto.js'
+import { PSS, OAEP, sign, verify, encode, decode } from './proto.js'
 
 const subtle = globalThis.crypto.subtle
 export const PROFILE_FORMAT = 'e2ee-chat-profile'
@@ -91,7 +93,58 @@ export async function unlock (profile, passphrase) {
   const back = new Uint8Array(await subtle.decrypt({ name: 'RSA-OAEP' }, encKey,
     await subtle.encrypt({ name: 'RSA-OAEP' }, pub, probe)))
   if (back.length !== 32 || !back.every((b, i) => b === probe[i])) throw new Error('the profile\'s enc key does not match')
-  return { username: profile.username, sign: signKey, enc: encKey, signDer, encDer }
+  // The passphrase's key stays for this session's own state (`stateKey`).
+  return { username: profile.username, sign: signKey, enc: encKey, signDer, encDer, kek }
+}
+
+/**
+ * The key of this browser's own state for `username` (protocol v3: its
+ * device key, group states and the texts it read): made here once, kept in
+ * IndexedDB wrapped under the passphrase's key, never exported (another
+ * browser is another device). A key that no longer unwraps (the profile was
+ * replaced, with another passphrase) is replaced: what it sealed is then
+ * unreadable, and this browser starts as a new device.
+ * @param {string} username @param {CryptoKey} kek
+ * @returns {Promise<CryptoKey>}
+ */
+export async function stateKey (username, kek) {
+  const id = `state-key/${username}`
+  const params = (iv) => ({ name: 'AES-GCM', iv, additionalData: wrapAad(username, 'state_key') })
+  const stored = await kv.get(id)
+  if (stored) {
+    try {
+      return await subtle.unwrapKey('raw', stored.wrapped, kek, params(stored.iv), { name: 'AES-GCM' }, false, ['encrypt', 'decrypt'])
+    } catch {}
+  }
+  const key = await subtle.generateKey({ name: 'AES-GCM', length: 256 }, true, ['encrypt', 'decrypt'])
+  const iv = crypto.getRandomValues(new Uint8Array(12))
+  const wrapped = new Uint8Array(await subtle.wrapKey('raw', key, kek, params(iv)))
+  await kv.put(id, { iv, wrapped })
+  return key
+}
+
+/**
+ * `value` (CBOR-encodable) sealed under `key` for the record `name`.
+ * @param {CryptoKey} key @param {string} name @param {any} value
+ */
+export async function seal (key, name, value) {
+  const iv = crypto.getRandomValues(new Uint8Array(12))
+  const ct = new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv, additionalData: new TextEncoder().encode(name) }, key, encode(value)))
+  return { iv, ct }
+}
+
+/**
+ * What `seal` sealed, or undefined for nothing or for a record this key
+ * cannot open.
+ * @param {CryptoKey} key @param {string} name @param {any} sealed
+ */
+export async function unseal (key, name, sealed) {
+  if (!sealed?.iv || !sealed?.ct) return undefined
+  try {
+    return decode(new Uint8Array(await subtle.decrypt({ name: 'AES-GCM', iv: sealed.iv, additionalData: new TextEncoder().encode(name) }, key, sealed.ct)))
+  } catch {
+    return undefined
+  }
 }
 
 // IndexedDB, promisified: two object stores, `profiles` (by username) and

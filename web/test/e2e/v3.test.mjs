@@ -55,6 +55,17 @@ test('v3: two browsers and the terminal client in one MLS room', async () => {
   await t.seeMessage(alice, 'just the two of us')
   await assert.rejects(v3(carol, 'send', roomId, 'still here?'))
 
+  // At rest, bob's device key, group state and texts are sealed: IndexedDB
+  // holds no plaintext of them.
+  const atRest = await bob.evaluate(() => new Promise((resolve) => {
+    const req = indexedDB.open('e2ee-chat')
+    req.onsuccess = () => {
+      const all = req.result.transaction('kv').objectStore('kv').getAll()
+      all.onsuccess = () => resolve(JSON.stringify(all.result, (k, v) => v instanceof Uint8Array ? Array.from(v) : v))
+    }
+  }))
+  assert.ok(!atRest.includes('hello bob') && !atRest.includes('signKey') && !atRest.includes('"state"'), atRest.slice(0, 500))
+
   // Bob reloads: what his browser read shows from its store, and what he
   // missed comes from the server.
   await bob.reload()
