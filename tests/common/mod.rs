@@ -77,6 +77,8 @@ pub fn start(settings: Settings) -> RunningServer {
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub server: Option<RunningServer>,
+    /// The protocol it speaks: a restart keeps it (the store holds one).
+    pub version: u8,
 }
 
 impl TestServer {
@@ -88,10 +90,12 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path());
         tweak(&mut s);
+        let version = s.protocol.version;
         let server = start(s);
         TestServer {
             dir,
             server: Some(server),
+            version,
         }
     }
 
@@ -111,6 +115,7 @@ impl TestServer {
     pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut Settings)) {
         self.server.take().unwrap().stop().await;
         let mut s = settings(self.dir.path());
+        s.protocol.version = self.version;
         tweak(&mut s);
         self.server = Some(start(s));
     }

@@ -1,0 +1,291 @@
+//! Owner operations on protocol v3 (kick, ban, unban, rename, set_password,
+//! delete_room), over real websockets with openmls devices: the same
+//! decisions as version 2 (`tests/owner.rs`), plus what they leave in the
+//! room's group. A kicked or banned member's leaf becomes a leaf to remove:
+//! sends answer `commit_required` until a member commits its removal, and
+//! the member, back, enters the group again and reads nothing sent while out.
+
+mod common;
+
+use common::phone3::{code, refusal, Phone};
+use common::TestServer;
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+
+fn v3_server() -> TestServer {
+    TestServer::with(|s| s.protocol.version = 3)
+}
+
+fn owner(req: Request) -> Request3 {
+    Request3::Shared(req)
+}
+
+fn kick(room_id: &str, user: &str) -> Request3 {
+    owner(Request::Kick {
+        room_id: room_id.into(),
+        username: user.into(),
+    })
+}
+
+fn ban(room_id: &str, user: &str) -> Request3 {
+    owner(Request::Ban {
+        room_id: room_id.into(),
+        username: user.into(),
+    })
+}
+
+fn unban(room_id: &str, user: &str) -> Request3 {
+    owner(Request::Unban {
+        room_id: room_id.into(),
+        username: user.into(),
+    })
+}
+
+fn join(room_id: &str, password: Option<&str>) -> Request3 {
+    owner(Request::JoinRoom {
+        room_id: room_id.into(),
+        password: password.map(str::to_owned),
+    })
+}
+
+/// Alice's room with Bob and Carol in its group (epoch 2).
+async fn trio(server: &TestServer) -> (Phone, Phone, Phone) {
+    let url = server.url();
+    let mut alice = Phone::register(&url, "alice", 0).await;
+    alice.create("kicks").await;
+    let room = alice.room.clone();
+    let mut bob = Phone::register(&url, "bob", 1).await;
+    bob.join_room(&room).await;
+    bob.enter().await;
+    let mut carol = Phone::register(&url, "carol", 2).await;
+    carol.join_room(&room).await;
+    carol.enter().await;
+    alice.catch_up_to(carol.entered_at).await;
+    bob.catch_up_to(carol.entered_at).await;
+    assert_eq!(alice.epoch(), 2);
+    (alice, bob, carol)
+}
+
+/// Reads events until one matches.
+async fn wait_for(p: &mut Phone, want: impl Fn(&ServerMsg3) -> bool) -> ServerMsg3 {
+    loop {
+        let e = p.c.next_event().await.expect("an event");
+        if want(&e) {
+            return e;
+        }
+    }
+}
+
+/// The members' names, as `get_members` lists them.
+async fn members(p: &mut Phone) -> Vec<String> {
+    let reply =
+        p.c.request(&owner(Request::GetMembers {
+            room_id: p.room.clone(),
+        }))
+        .await
+        .unwrap();
+    let ServerMsg3::Members { members, .. } = reply else {
+        panic!("not members: {reply:?}");
+    };
+    members.into_iter().map(|m| m.username).collect()
+}
+
+#[tokio::test]
+async fn a_kick_leaves_a_leaf_to_remove_until_a_member_commits_and_the_kicked_may_rejoin() {
+    let server = v3_server();
+    let (mut alice, mut bob, mut carol) = trio(&server).await;
+    let room = alice.room.clone();
+
+    // The refusals of version 2, unchanged; nothing moves.
+    assert_eq!(
+        code(bob.c.request(&kick(&room, "carol")).await),
+        ErrorCode::NotOwner
+    );
+    assert_eq!(
+        code(alice.c.request(&kick(&room, "alice")).await),
+        ErrorCode::InvalidTarget
+    );
+    assert_eq!(
+        code(alice.c.request(&ban(&room, "alice")).await),
+        ErrorCode::InvalidTarget
+    );
+    assert_eq!(
+        code(alice.c.request(&kick(&room, "dave")).await),
+        ErrorCode::UnknownUser
+    );
+    assert_eq!(
+        code(alice.c.request(&kick(&room, "Dave!")).await),
+        ErrorCode::InvalidUsername
+    );
+    assert_eq!(
+        code(alice.c.request(&kick("r-nothere", "bob")).await),
+        ErrorCode::NoSuchRoom
+    );
+    assert_eq!(members(&mut alice).await.len(), 3);
+    assert_eq!(alice.group_state().await.0, 2);
+
+    alice.c.request(&kick(&room, "bob")).await.unwrap();
+    let removed = wait_for(&mut bob, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::Removed { .. }))
+    })
+    .await;
+    assert_eq!(
+        removed,
+        ServerMsg3::Shared(ServerMsg::Removed {
+            room_id: room.clone(),
+            reason: "kicked".into()
+        })
+    );
+    wait_for(&mut carol, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::MemberLeft { username, reason, .. })
+            if username == "bob" && reason == "kicked")
+    })
+    .await;
+
+    // Bob's leaf is still in the group: the server asks for its removal.
+    let refused = refusal(alice.try_say("while bob's leaf is in").await);
+    assert_eq!(refused.code, ErrorCode::CommitRequired);
+    let leaves = refused.remove.expect("the leaves to remove");
+    assert_eq!(leaves.len(), 1);
+    assert_eq!(alice.commit(&leaves).await, 3);
+    let seq = alice.say("after the kick").await;
+    carol.catch_up_to(seq).await;
+    assert_eq!(carol.epoch(), 3);
+    assert_eq!(
+        code(
+            bob.c
+                .request(&owner(Request::History {
+                    room_id: room.clone(),
+                    after_seq: None,
+                    before_seq: None,
+                    limit: None
+                }))
+                .await
+        ),
+        ErrorCode::NotMember
+    );
+
+    // Bob may rejoin; his device enters the group again and reads what is
+    // said from then on, not what was said while he was out.
+    bob.join_room(&room).await;
+    bob.group = None;
+    let epoch = bob.enter().await;
+    assert_eq!(epoch, 4);
+    alice.catch_up_to(bob.entered_at).await;
+    let back = alice.say("welcome back").await;
+    let heard = bob.catch_up_to(back).await;
+    assert_eq!(heard, ["welcome back"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_ban_blocks_rejoining_until_unban_and_survives_a_restart() {
+    let mut server = v3_server();
+    let (mut alice, mut bob, _carol) = trio(&server).await;
+    let room = alice.room.clone();
+    alice.c.request(&ban(&room, "bob")).await.unwrap();
+    wait_for(&mut bob, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::Removed { reason, .. }) if reason == "banned")
+    })
+    .await;
+    assert_eq!(
+        code(bob.c.request(&join(&room, None)).await),
+        ErrorCode::Banned
+    );
+
+    // The ban is stored: a restart keeps it (and the v3 store).
+    server.restart().await;
+    let url = server.url();
+    let mut alice = Phone::login(&url, alice.id.clone()).await;
+    alice.room = room.clone();
+    let mut bob = Phone::login(&url, bob.id.clone()).await;
+    assert_eq!(
+        code(bob.c.request(&join(&room, None)).await),
+        ErrorCode::Banned
+    );
+    alice.c.request(&unban(&room, "bob")).await.unwrap();
+    bob.c.request(&join(&room, None)).await.unwrap();
+    assert!(members(&mut alice).await.contains(&"bob".to_owned()));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn rename_password_and_delete() {
+    let server = v3_server();
+    let (mut alice, mut bob, mut carol) = trio(&server).await;
+    let room = alice.room.clone();
+    alice
+        .c
+        .request(&owner(Request::RenameRoom {
+            room_id: room.clone(),
+            name: "kicks 2".into(),
+        }))
+        .await
+        .unwrap();
+    wait_for(&mut bob, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::RoomRenamed { name, .. }) if name == "kicks 2")
+    })
+    .await;
+    let (rooms, _) = carol.c.list_rooms(None).await.unwrap();
+    let listed = rooms.iter().find(|r| r.room_id == room).unwrap();
+    assert_eq!((listed.name.as_str(), listed.epoch), ("kicks 2", 2));
+
+    // A password keeps newcomers out unless they know it.
+    alice
+        .c
+        .request(&owner(Request::SetPassword {
+            room_id: room.clone(),
+            password: Some("open sesame".into()),
+        }))
+        .await
+        .unwrap();
+    let mut dave = Phone::register(&server.url(), "dave", 3).await;
+    assert_eq!(
+        code(dave.c.request(&join(&room, None)).await),
+        ErrorCode::WrongPassword
+    );
+    assert_eq!(
+        code(dave.c.request(&join(&room, Some("wrong"))).await),
+        ErrorCode::WrongPassword
+    );
+    let joined = dave
+        .c
+        .request(&join(&room, Some("open sesame")))
+        .await
+        .unwrap();
+    let ServerMsg3::Joined { room: summary, .. } = joined else {
+        panic!("not joined: {joined:?}");
+    };
+    dave.room = room.clone();
+    dave.applied = summary.last_seq;
+    dave.enter().await;
+
+    // Deleting the room tells every member and leaves nothing behind.
+    alice
+        .c
+        .request(&owner(Request::DeleteRoom {
+            room_id: room.clone(),
+        }))
+        .await
+        .unwrap();
+    for p in [&mut bob, &mut carol, &mut dave] {
+        wait_for(p, |e| {
+            matches!(e, ServerMsg3::Shared(ServerMsg::RoomDeleted { .. }))
+        })
+        .await;
+    }
+    assert_eq!(
+        code(
+            alice
+                .c
+                .request(&Request3::GroupState {
+                    room_id: room.clone()
+                })
+                .await
+        ),
+        ErrorCode::NoSuchRoom
+    );
+    let (rooms, _) = carol.c.list_rooms(None).await.unwrap();
+    assert!(rooms.iter().all(|r| r.room_id != room));
+    server.stop().await;
+}
