@@ -21,6 +21,15 @@ test('a reload keeps the profile and catches up; a restart reconnects', async ()
   await t.send(bob, 'before the reload')
   await alice.click(`#room-list [data-room="${main}"]`)
   await t.seeMessage(alice, 'before the reload')
+  // Her read mark is written to IndexedDB just after the message shows; a
+  // reload before that write lands would count the message unread again.
+  await alice.waitForFunction((room) => new Promise((resolve) => {
+    const req = indexedDB.open('e2ee-chat')
+    req.onsuccess = () => {
+      const get = req.result.transaction('kv').objectStore('kv').get('read/alice')
+      get.onsuccess = () => resolve((get.result?.get(room) || 0) >= 1)
+    }
+  }), main)
 
   // Alice reloads; while the page waits for her passphrase, bob talks.
   await alice.reload()
