@@ -289,9 +289,16 @@ async fn list_rooms_order_hidden_and_paging() {
     let mut alice = t.user("alice", 0).await;
     let mut bob = t.user("bob", 1).await;
     let mut carol = t.user("carol", 2).await;
+    // Each room a later millisecond than the one before: rooms created in
+    // the same one tie on created_at and are then ordered by name, which
+    // this test does not expect (it failed so once in CI).
+    let tick = || tokio::time::sleep(std::time::Duration::from_millis(3));
     let (small, _) = alice.create_room("Small", None, false).await.unwrap();
+    tick().await;
     let (big, _) = alice.create_room("Big", Some("pw"), false).await.unwrap();
+    tick().await;
     let (_hidden, _) = alice.create_room("Secret", None, true).await.unwrap();
+    tick().await;
     let (also_small, _) = carol.create_room("Also small", None, false).await.unwrap();
     bob.join_room(&big.room_id, Some("pw")).await.unwrap();
     carol.join_room(&big.room_id, Some("pw")).await.unwrap();
