@@ -5,23 +5,12 @@
 mod common;
 
 use ciborium::Value;
+use common::cbor::map;
 use common::{assert_code, code_of, identity, still_serves, TestServer};
 use e2ee_chat::client::seal_message;
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 use serde_bytes::ByteBuf;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-fn map(entries: Vec<(&str, Value)>) -> Vec<u8> {
-    let v = Value::Map(
-        entries
-            .into_iter()
-            .map(|(k, v)| (Value::Text(k.into()), v))
-            .collect(),
-    );
-    let mut out = Vec::new();
-    ciborium::into_writer(&v, &mut out).unwrap();
-    out
-}
 
 #[tokio::test]
 async fn malformed_frames_get_malformed_and_the_connection_stays() {

@@ -7,39 +7,14 @@
 
 mod common;
 
-use common::phone3::Phone;
+use common::phone3::{v3_server_with, Phone};
 use common::TestServer;
 use e2ee_chat::protocol::v3::{Entry, EntryKind, Request3, ServerMsg3};
-use e2ee_chat::protocol::{Request, ServerMsg};
+use e2ee_chat::protocol::ServerMsg;
 use serde_bytes::ByteBuf;
 
 fn v3_server() -> TestServer {
-    TestServer::with(|s| s.protocol.version = 3)
-}
-
-/// A `history` page: (seqs, has_more).
-async fn page(
-    p: &mut Phone,
-    after: Option<u64>,
-    before: Option<u64>,
-    limit: Option<u64>,
-) -> (Vec<Entry>, bool) {
-    let reply =
-        p.c.request(&Request3::Shared(Request::History {
-            room_id: p.room.clone(),
-            after_seq: after,
-            before_seq: before,
-            limit,
-        }))
-        .await
-        .unwrap();
-    let ServerMsg3::History {
-        entries, has_more, ..
-    } = reply
-    else {
-        panic!("not history: {reply:?}");
-    };
-    (entries, has_more)
+    v3_server_with(|_| {})
 }
 
 fn seqs(entries: &[Entry]) -> Vec<u64> {
@@ -60,13 +35,13 @@ async fn history_pages_after_before_and_latest_over_commits_and_messages() {
     for i in 1..=11 {
         assert_eq!(alice.say(&format!("m{i}")).await, i + 1);
     }
-    let (entries, more) = page(&mut alice, None, None, Some(5)).await;
+    let (entries, more) = alice.history_page(None, None, Some(5)).await;
     assert_eq!(seqs(&entries), [8, 9, 10, 11, 12]);
     assert!(more);
-    let (entries, more) = page(&mut alice, None, Some(8), Some(5)).await;
+    let (entries, more) = alice.history_page(None, Some(8), Some(5)).await;
     assert_eq!(seqs(&entries), [3, 4, 5, 6, 7]);
     assert!(more);
-    let (entries, more) = page(&mut alice, None, Some(3), Some(5)).await;
+    let (entries, more) = alice.history_page(None, Some(3), Some(5)).await;
     assert_eq!(seqs(&entries), [1, 2]);
     assert!(!more);
     assert_eq!(entries[0].kind, EntryKind::Commit);
@@ -75,10 +50,10 @@ async fn history_pages_after_before_and_latest_over_commits_and_messages() {
         "a commit comes with its GroupInfo"
     );
     assert_eq!(entries[1].kind, EntryKind::Message);
-    let (entries, more) = page(&mut alice, Some(0), None, Some(5)).await;
+    let (entries, more) = alice.history_page(Some(0), None, Some(5)).await;
     assert_eq!(seqs(&entries), [1, 2, 3, 4, 5]);
     assert!(more);
-    let (entries, more) = page(&mut alice, Some(10), None, Some(5)).await;
+    let (entries, more) = alice.history_page(Some(10), None, Some(5)).await;
     assert_eq!(seqs(&entries), [11, 12]);
     assert!(!more);
     // Bob reads them from history, in order.
@@ -86,7 +61,7 @@ async fn history_pages_after_before_and_latest_over_commits_and_messages() {
     assert_eq!(texts.len(), 11);
     assert_eq!(texts.last().unwrap(), "m11");
     // A huge limit is clamped, not refused.
-    let (entries, _) = page(&mut alice, None, None, Some(10_000)).await;
+    let (entries, _) = alice.history_page(None, None, Some(10_000)).await;
     assert_eq!(entries.len(), 12);
     t.stop().await;
 }
@@ -103,7 +78,7 @@ async fn history_holds_only_what_was_logged_while_a_member() {
     bob.enter().await;
     alice.catch_up_to(bob.entered_at).await;
     let after = alice.say("after bob").await;
-    let (entries, _) = page(&mut bob, None, None, None).await;
+    let (entries, _) = bob.history_page(None, None, None).await;
     assert_eq!(seqs(&entries), [bob.entered_at, after]);
     assert_eq!(bob.catch_up_to(after).await, ["after bob"]);
     t.stop().await;

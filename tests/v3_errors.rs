@@ -7,31 +7,13 @@
 mod common;
 
 use ciborium::Value;
-use common::phone3::refusal;
+use common::cbor::map;
+use common::phone3::{refusal, v3_server_with};
 use common::TestServer;
 use e2ee_chat::client::v3::Client3;
 use e2ee_chat::client::ClientError;
 use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
-
-fn v3_server_with(tweak: impl FnOnce(&mut e2ee_chat::config::Settings)) -> TestServer {
-    TestServer::with(|s| {
-        s.protocol.version = 3;
-        tweak(s)
-    })
-}
-
-fn map(entries: Vec<(&str, Value)>) -> Vec<u8> {
-    let v = Value::Map(
-        entries
-            .into_iter()
-            .map(|(k, v)| (Value::Text(k.into()), v))
-            .collect(),
-    );
-    let mut out = Vec::new();
-    ciborium::into_writer(&v, &mut out).unwrap();
-    out
-}
 
 async fn connect(t: &TestServer) -> Client3 {
     Client3::connect(&t.url()).await.expect("connects")

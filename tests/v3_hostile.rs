@@ -10,37 +10,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::phone3::Phone;
+use common::phone3::{v3_server_with, Phone};
 use common::TestServer;
 use e2ee_chat::client::ClientError;
-use e2ee_chat::protocol::v3::{Entry, Request3, ServerMsg3};
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
 use e2ee_chat::protocol::{ErrorCode, Request};
-
-fn v3_server_with(tweak: impl FnOnce(&mut e2ee_chat::config::Settings)) -> TestServer {
-    TestServer::with(|s| {
-        s.protocol.version = 3;
-        tweak(s)
-    })
-}
-
-async fn page(p: &mut Phone, after: Option<u64>, before: Option<u64>) -> (Vec<Entry>, bool) {
-    let reply =
-        p.c.request(&Request3::Shared(Request::History {
-            room_id: p.room.clone(),
-            after_seq: after,
-            before_seq: before,
-            limit: Some(50),
-        }))
-        .await
-        .unwrap();
-    let ServerMsg3::History {
-        entries, has_more, ..
-    } = reply
-    else {
-        panic!("not history: {reply:?}");
-    };
-    (entries, has_more)
-}
 
 #[tokio::test]
 async fn history_pages_are_capped_in_bytes_and_page_on() {
@@ -55,7 +29,7 @@ async fn history_pages_are_capped_in_bytes_and_page_on() {
     }
     assert_eq!(last, 10);
     // The latest page stops before the byte cap, next to the cursor...
-    let (entries, more) = page(&mut alice, None, None).await;
+    let (entries, more) = alice.history_page(None, None, Some(50)).await;
     assert!(
         more && (1..10).contains(&entries.len()),
         "{} {more}",
@@ -66,14 +40,14 @@ async fn history_pages_are_capped_in_bytes_and_page_on() {
     let mut seen = entries.len();
     let mut cursor = entries[0].seq;
     while seen < 10 {
-        let (entries, _) = page(&mut alice, None, Some(cursor)).await;
+        let (entries, _) = alice.history_page(None, Some(cursor), Some(50)).await;
         assert!(!entries.is_empty() && entries.len() < 10);
         seen += entries.len();
         cursor = entries[0].seq;
     }
     assert_eq!(cursor, 1);
     // Catch-up forward is capped the same way.
-    let (entries, more) = page(&mut alice, Some(0), None).await;
+    let (entries, more) = alice.history_page(Some(0), None, Some(50)).await;
     assert!(more && entries[0].seq == 1 && entries.len() < 10);
     t.stop().await;
 }

@@ -7,13 +7,13 @@
 
 mod common;
 
-use common::phone3::{code, refusal, Phone};
+use common::phone3::{code, refusal, v3_server_with, Phone};
 use common::TestServer;
 use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 
 fn v3_server() -> TestServer {
-    TestServer::with(|s| s.protocol.version = 3)
+    v3_server_with(|_| {})
 }
 
 fn owner(req: Request) -> Request3 {
@@ -76,20 +76,6 @@ async fn wait_for(p: &mut Phone, want: impl Fn(&ServerMsg3) -> bool) -> ServerMs
     }
 }
 
-/// The members' names, as `get_members` lists them.
-async fn members(p: &mut Phone) -> Vec<String> {
-    let reply =
-        p.c.request(&owner(Request::GetMembers {
-            room_id: p.room.clone(),
-        }))
-        .await
-        .unwrap();
-    let ServerMsg3::Members { members, .. } = reply else {
-        panic!("not members: {reply:?}");
-    };
-    members.into_iter().map(|m| m.username).collect()
-}
-
 #[tokio::test]
 async fn a_kick_leaves_a_leaf_to_remove_until_a_member_commits_and_the_kicked_may_rejoin() {
     let server = v3_server();
@@ -121,7 +107,7 @@ async fn a_kick_leaves_a_leaf_to_remove_until_a_member_commits_and_the_kicked_ma
         code(alice.c.request(&kick("r-nothere", "bob")).await),
         ErrorCode::NoSuchRoom
     );
-    assert_eq!(members(&mut alice).await.len(), 3);
+    assert_eq!(alice.member_names(&room).await.len(), 3);
     assert_eq!(alice.group_state().await.0, 2);
 
     alice.c.request(&kick(&room, "bob")).await.unwrap();
@@ -205,7 +191,7 @@ async fn a_ban_blocks_rejoining_until_unban_and_survives_a_restart() {
     );
     alice.c.request(&unban(&room, "bob")).await.unwrap();
     bob.c.request(&join(&room, None)).await.unwrap();
-    assert!(members(&mut alice).await.contains(&"bob".to_owned()));
+    assert!(alice.member_names(&room).await.contains(&"bob".to_owned()));
     server.stop().await;
 }
 

@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::phone3::{code, Phone};
-use common::TestServer;
+use common::phone3::{code, v3_server_with, Phone};
 use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
 use e2ee_chat::protocol::{ErrorCode, Request};
 use futures_util::future::join_all;
@@ -16,13 +15,6 @@ use serde_bytes::ByteBuf;
 const NAMES: [&str; 8] = [
     "user-a", "user-b", "user-c", "user-d", "user-e", "user-f", "user-g", "user-h",
 ];
-
-fn v3_server_with(tweak: impl FnOnce(&mut e2ee_chat::config::Settings)) -> TestServer {
-    TestServer::with(|s| {
-        s.protocol.version = 3;
-        tweak(s)
-    })
-}
 
 fn shared(req: Request) -> Request3 {
     Request3::Shared(req)
@@ -65,19 +57,6 @@ async fn create_with_password(p: &mut Phone, name: &str, password: &str) -> Stri
     room.room_id
 }
 
-async fn member_names(p: &mut Phone, room_id: &str) -> Vec<String> {
-    let reply =
-        p.c.request(&shared(Request::GetMembers {
-            room_id: room_id.into(),
-        }))
-        .await
-        .unwrap();
-    let ServerMsg3::Members { members, .. } = reply else {
-        panic!("not members: {reply:?}");
-    };
-    members.into_iter().map(|m| m.username).collect()
-}
-
 #[tokio::test]
 async fn concurrent_password_joins_never_overfill_a_room() {
     let t = v3_server_with(|s| s.limits.max_members_per_room = 3);
@@ -95,7 +74,7 @@ async fn concurrent_password_joins_never_overfill_a_room() {
     for r in results.into_iter().filter(|r| r.is_err()) {
         assert_eq!(code(r), ErrorCode::RoomFull);
     }
-    assert_eq!(member_names(&mut owner, &room).await.len(), 3);
+    assert_eq!(owner.member_names(&room).await.len(), 3);
     t.stop().await;
 }
 
@@ -117,7 +96,7 @@ async fn a_ban_racing_a_password_join_keeps_the_user_out() {
         if joined.is_err() {
             assert_eq!(code(joined), ErrorCode::Banned, "round {round}");
         }
-        let members = member_names(&mut alice, &room).await;
+        let members = alice.member_names(&room).await;
         assert!(
             !members.contains(&"bob".to_owned()),
             "round {round}: banned bob is a member"
@@ -141,7 +120,7 @@ async fn a_ban_racing_a_password_join_keeps_the_user_out() {
     // After a restart the store agrees: bob is not a member.
     t.restart().await;
     let mut alice = Phone::login(&t.url(), alice.id.clone()).await;
-    assert_eq!(member_names(&mut alice, &room).await, ["alice"]);
+    assert_eq!(alice.member_names(&room).await, ["alice"]);
     t.stop().await;
 }
 
@@ -185,7 +164,7 @@ async fn members_leaving_at_once_never_leave_an_empty_or_ownerless_room() {
             .map(|r| r.owner.clone())
             .unwrap();
         assert_eq!(owner, "carol", "try {i}: the earliest member left");
-        assert_eq!(member_names(&mut carol, &room).await.len(), 2);
+        assert_eq!(carol.member_names(&room).await.len(), 2);
         // The new owner acts; the old owner cannot.
         let kick = shared(Request::Kick {
             room_id: room.clone(),

@@ -3,6 +3,19 @@
 
 use ciborium::Value;
 
+/// A CBOR map of text keys, encoded: a frame built by hand (bad input).
+pub fn map(entries: Vec<(&str, Value)>) -> Vec<u8> {
+    let v = Value::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::Text(k.into()), v))
+            .collect(),
+    );
+    let mut out = Vec::new();
+    ciborium::into_writer(&v, &mut out).unwrap();
+    out
+}
+
 /// The CBOR value in `tests/{path}`.
 pub fn load(path: &str) -> Value {
     let file = format!("{}/tests/{path}", env!("CARGO_MANIFEST_DIR"));

@@ -13,6 +13,14 @@ use openmls::prelude::{MlsGroup, OpenMlsProvider};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
 
+/// A test server on protocol v3, with `tweak` applied.
+pub fn v3_server_with(tweak: impl FnOnce(&mut e2ee_chat::config::Settings)) -> super::TestServer {
+    super::TestServer::with(|s| {
+        s.protocol.version = 3;
+        tweak(s)
+    })
+}
+
 pub fn identity3(name: &str, n: usize) -> IdentityPair {
     let pairs = &super::fixtures().pairs;
     IdentityPair::new(name, pairs[n % pairs.len()].sign.clone())
@@ -266,6 +274,47 @@ impl Phone {
             }
             other => panic!("send refused: {other:?}"),
         }
+    }
+
+    /// A `history` page of this phone's room: (entries, has_more).
+    pub async fn history_page(
+        &mut self,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: Option<u64>,
+    ) -> (Vec<Entry>, bool) {
+        let reply = self
+            .c
+            .request(&Request3::Shared(Request::History {
+                room_id: self.room.clone(),
+                after_seq: after,
+                before_seq: before,
+                limit,
+            }))
+            .await
+            .expect("history");
+        let ServerMsg3::History {
+            entries, has_more, ..
+        } = reply
+        else {
+            panic!("not history: {reply:?}");
+        };
+        (entries, has_more)
+    }
+
+    /// The names `get_members` lists for `room_id`.
+    pub async fn member_names(&mut self, room_id: &str) -> Vec<String> {
+        let reply = self
+            .c
+            .request(&Request3::Shared(Request::GetMembers {
+                room_id: room_id.into(),
+            }))
+            .await
+            .expect("members");
+        let ServerMsg3::Members { members, .. } = reply else {
+            panic!("not members: {reply:?}");
+        };
+        members.into_iter().map(|m| m.username).collect()
     }
 
     /// The next `entry` event of this room.
