@@ -30,22 +30,16 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProtocolSettings {
-    /// 2 or 3: the protocol `/ws` speaks.
+    /// The protocol `/ws` speaks: 3, the only one this server has. The
+    /// key stays so that a deployment still set to 2 is told plainly that
+    /// version 2 is gone, instead of starting as something else.
     pub version: u8,
 }
 
 impl ProtocolSettings {
-    pub fn v3(&self) -> bool {
-        self.version == 3
-    }
-
-    /// The websocket subprotocol of this version.
+    /// The websocket subprotocol (PROTOCOL.md section 1).
     pub fn subprotocol(&self) -> &'static str {
-        if self.v3() {
-            "e2ee-chat.v3"
-        } else {
-            "e2ee-chat.v2"
-        }
+        crate::client::SUBPROTOCOL
     }
 }
 
@@ -273,8 +267,12 @@ impl Settings {
                 self.server.host
             )));
         }
-        if !matches!(self.protocol.version, 2 | 3) {
-            return bad("protocol.version", "must be 2 or 3");
+        if self.protocol.version != 3 {
+            return bad(
+                "protocol.version",
+                "must be 3: version 2 is no longer served (its clients cannot talk to \
+                 version-3 rooms); remove the setting or set it to 3",
+            );
         }
         if self.limits.max_devices_per_user == 0 {
             return bad("limits.max_devices_per_user", "must be at least 1");

@@ -2,8 +2,9 @@
 //! regression corpus runs on stable in `cargo test` (tests/fuzz_regressions.rs)
 //! through exactly the same code the fuzzer runs.
 
-use crate::crypto::PublicKeys;
-use crate::protocol::{decode_request, Request, ServerMsg};
+use crate::identity::{DeviceCertificate, IdentityKey};
+use crate::protocol::decode_request;
+use crate::protocol::v3::{Request3, ServerMsg3};
 use crate::validate;
 
 /// Decodes a frame as the server does; what decodes must re-encode to a
@@ -15,24 +16,33 @@ pub fn decode_frame(data: &[u8]) {
         assert_eq!(again.0, id);
         assert_eq!(format!("{:?}", again.1), format!("{req:?}"));
     }
-    let _ = ServerMsg::decode(data);
+    let _ = ServerMsg3::decode(data);
 }
 
 /// Decode, then everything the session checks before a request reaches an
-/// actor: field validation, key parsing for `register`, lengths for `send`.
+/// actor: field validation, and parsing the identity key of `register` and
+/// the device certificate of `prove`.
 pub fn dispatch(data: &[u8]) {
     let Ok((_, req)) = decode_request(data) else {
         return;
     };
-    let _ = validate::request(&req);
     match &req {
-        Request::Register {
-            sign_key, enc_key, ..
-        } => {
-            let _ = PublicKeys::parse(sign_key, enc_key);
+        Request3::Shared(shared) => {
+            let _ = validate::request(shared);
         }
-        Request::Send(body) => {
-            let _ = body.signature_input();
+        Request3::Register {
+            username,
+            identity_key,
+            ..
+        } => {
+            let _ = validate::username(username);
+            let _ = IdentityKey::parse(identity_key);
+        }
+        Request3::Prove { device, .. } => {
+            let _ = DeviceCertificate::decode(device);
+        }
+        Request3::CreateRoom { name, password, .. } => {
+            let _ = validate::new_room(name, password.as_deref());
         }
         _ => {}
     }

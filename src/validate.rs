@@ -35,6 +35,12 @@ pub fn room_name(name: &str) -> Result<(), ErrorCode> {
     }
 }
 
+/// A new room's name and optional password.
+pub fn new_room(name: &str, password: Option<&str>) -> Result<(), ErrorCode> {
+    room_name(name)?;
+    password.map_or(Ok(()), self::password)
+}
+
 /// 1 to 128 bytes of UTF-8.
 pub fn password(pw: &str) -> Result<(), ErrorCode> {
     if (1..=128).contains(&pw.len()) {
@@ -45,17 +51,12 @@ pub fn password(pw: &str) -> Result<(), ErrorCode> {
 }
 
 /// The stateless checks of a request's fields (section 5), made by the
-/// session before anything else sees the request. Key material is checked
-/// where it is parsed (registration).
+/// session before anything else sees the request. Key material, names and
+/// passwords of the requests that carry MLS objects are checked where those
+/// are handled (`session::v3`, `session::rooms3`).
 pub fn request(req: &Request) -> Result<(), ErrorCode> {
     match req {
-        Request::Register { username, .. } | Request::Login { username } => {
-            self::username(username)
-        }
-        Request::CreateRoom { name, password, .. } => {
-            room_name(name)?;
-            password.as_deref().map_or(Ok(()), self::password)
-        }
+        Request::Login { username } => self::username(username),
         Request::Kick { username, .. }
         | Request::Ban { username, .. }
         | Request::Unban { username, .. } => self::username(username),

@@ -11,8 +11,10 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{identity, PgDatabase};
-use e2ee_chat::client::Client;
+use common::phone3::{no_event, refusal, wait_event, Phone};
+use common::PgDatabase;
+use e2ee_chat::client::v3::Client3;
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 
 struct Redis {
@@ -93,18 +95,6 @@ fn process_with(
     }
 }
 
-async fn user(url: &str, name: &str, n: usize) -> Client {
-    let id = identity(name, n);
-    let mut c = Client::connect(url).await.expect("connects");
-    match c.register(&id).await {
-        Ok(()) => {}
-        Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
-        Err(e) => panic!("register {name}: {e}"),
-    }
-    c.login(&id).await.expect("login");
-    c
-}
-
 /// A fresh database, a Redis of the test's own, a directory and a channel
 /// prefix; `None` (after a `SKIP cluster:` line) without PostgreSQL or
 /// redis-server.
@@ -143,40 +133,43 @@ macro_rules! eventually {
     }};
 }
 
-async fn online(c: &mut Client, rid: &str) -> Vec<(String, bool)> {
-    c.get_members(rid)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| (m.username, m.online))
-        .collect()
+fn in_order(from: u64, to: u64) -> Vec<u64> {
+    (from..=to).collect()
 }
 
-async fn connected(c: &mut Client) -> u64 {
-    c.list_rooms(None, None).await.unwrap().2
-}
-
-/// Reads `message` events of the room until seq `upto`; returns their seqs.
-async fn messages_until(c: &mut Client, upto: u64) -> Vec<u64> {
+/// Applies `p`'s entries until `upto`: the seqs of the messages others sent
+/// (`Phone::apply` asserts that every entry comes in seq order).
+async fn entries_until(p: &mut Phone, upto: u64) -> Vec<u64> {
     let mut seqs = Vec::new();
-    while seqs.last().is_none_or(|s| *s < upto) {
-        match c
-            .wait_for(|e| matches!(e, ServerMsg::Message(_)))
-            .await
-            .expect("messages keep coming")
-        {
-            ServerMsg::Message(m) => {
-                c.decrypt(&m).expect("verifies and decrypts");
-                seqs.push(m.seq);
-            }
-            _ => unreachable!(),
-        }
+    while p.applied < upto {
+        let e = p.next_entry().await;
+        p.apply(&e);
+        seqs.push(e.seq);
     }
     seqs
 }
 
-fn in_order(from: u64, to: u64) -> Vec<u64> {
-    (from..=to).collect()
+/// Sends `n` messages: their seqs.
+async fn say_n(p: &mut Phone, who: &str, n: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for i in 0..n {
+        seqs.push(p.say(&format!("{who} {i}")).await);
+    }
+    seqs
+}
+
+/// `who` (a new device) joins the room and enters its group by external
+/// commit; everyone in `others` applies the log up to it.
+async fn enter(who: &mut Phone, rid: &str, others: &mut [&mut Phone]) {
+    eventually!("the room is known on the joiner's process", {
+        who.join(rid, None).await.is_ok()
+    });
+    let last = others.iter().map(|p| p.applied).max().unwrap_or(0);
+    who.applied = who.applied.max(last);
+    who.enter().await;
+    for p in others.iter_mut() {
+        p.catch_up_to(who.applied).await;
+    }
 }
 
 #[tokio::test]
@@ -188,97 +181,103 @@ async fn three_processes_behave_as_one_server() {
     let b = process(dir.path(), &db.url, &redis.url(), &prefix);
     let c = process(dir.path(), &db.url, &redis.url(), &prefix);
 
-    // One room, members on all three: alice on A, bob on B, carol and dave on C.
-    let mut alice = user(&a.url, "alice", 0).await;
-    let (room, _) = alice.create_room("Spread", None, false).await.unwrap();
-    let rid = room.room_id.clone();
-    let mut bob = user(&b.url, "bob", 1).await;
-    let mut carol = user(&c.url, "carol", 2).await;
-    let mut dave = user(&c.url, "dave", 3).await;
-    // B and C learn of the room from the database when it is joined there.
-    bob.join_room(&rid, None).await.unwrap();
-    carol.join_room(&rid, None).await.unwrap();
-    dave.join_room(&rid, None).await.unwrap();
+    // One room, members on all three: alice on A, bob on B, carol and dave
+    // on C, each in the room's group.
+    let mut alice = Phone::register(&a.url, "alice", 0).await;
+    let rid = alice.create("Spread").await.room_id;
+    let mut bob = Phone::register(&b.url, "bob", 1).await;
+    let mut carol = Phone::register(&c.url, "carol", 2).await;
+    let mut dave = Phone::register(&c.url, "dave", 3).await;
+    enter(&mut bob, &rid, &mut [&mut alice]).await;
+    enter(&mut carol, &rid, &mut [&mut alice, &mut bob]).await;
+    enter(&mut dave, &rid, &mut [&mut alice, &mut bob, &mut carol]).await;
+    let base = dave.applied;
 
     // Presence and `connected` agree everywhere.
     let everyone: Vec<(String, bool)> = ["alice", "bob", "carol", "dave"]
         .iter()
         .map(|n| (n.to_string(), true))
         .collect();
-    for client in [&mut alice, &mut bob, &mut carol] {
+    for p in [&mut alice, &mut bob, &mut carol] {
         eventually!(
             "every member is online on every process",
-            online(client, &rid).await == everyone
+            p.online(&rid).await == everyone
         );
         eventually!(
             "connected counts every process",
-            connected(client).await == 4
+            p.rooms(None, None).await.2 == 4
         );
     }
 
     // Messages from three processes at once arrive everywhere in seq order.
     let n = 15u64;
-    async fn send(c: &mut Client, rid: &str, who: &str, n: u64) {
-        for i in 0..n {
-            c.send_text(rid, &format!("{who} {i}")).await.unwrap();
-        }
-    }
     tokio::join!(
-        send(&mut alice, &rid, "alice", n),
-        send(&mut bob, &rid, "bob", n),
-        send(&mut carol, &rid, "carol", n)
+        say_n(&mut alice, "alice", n),
+        say_n(&mut bob, "bob", n),
+        say_n(&mut carol, "carol", n)
     );
-    let total = 3 * n;
-    for client in [&mut alice, &mut bob, &mut carol, &mut dave] {
-        assert_eq!(messages_until(client, total).await, in_order(1, total));
+    let total = base + 3 * n;
+    for p in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        entries_until(p, total).await;
+        assert_eq!(p.applied, total);
     }
 
-    // A kick on A stops delivery to dave on C at once: the next message,
-    // sent right after the kick returns, never reaches him.
+    // A kick on A stops delivery to dave on C: alice's next message waits
+    // for the removal commit, which dave never gets, nor anything after.
+    let dave_leaf = dave.group().own_leaf_index().u32();
     alice
-        .request_ok(&Request::Kick {
+        .ask(Request::Kick {
             room_id: rid.clone(),
             username: "dave".into(),
         })
         .await
         .unwrap();
-    let (after_kick, _) = alice.send_text(&rid, "after the kick").await.unwrap();
-    assert_eq!(after_kick, total + 1);
-    let removed = dave
-        .wait_for(|e| matches!(e, ServerMsg::Removed { .. }))
-        .await
-        .unwrap();
-    assert!(matches!(removed, ServerMsg::Removed { reason, .. } if reason == "kicked"));
-    common::no_event(&mut dave, 500, |e| matches!(e, ServerMsg::Message(_))).await;
-    assert_eq!(messages_until(&mut carol, total + 1).await, [total + 1]);
-    assert_eq!(messages_until(&mut bob, total + 1).await, [total + 1]);
-    assert_eq!(messages_until(&mut alice, total + 1).await, [total + 1]);
-    dave.close().await;
+    let removed = wait_event(&mut dave.c, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::Removed { .. }))
+    })
+    .await;
+    assert!(
+        matches!(removed, ServerMsg3::Shared(ServerMsg::Removed { reason, .. }) if reason == "kicked")
+    );
+    alice.commit(&[dave_leaf]).await;
+    let after_kick = alice.say("after the kick").await;
+    assert_eq!(after_kick, total + 2);
+    no_event(&mut dave.c, 500, |e| matches!(e, ServerMsg3::Entry(_))).await;
+    for p in [&mut bob, &mut carol] {
+        assert_eq!(
+            entries_until(p, after_kick).await,
+            in_order(total + 1, after_kick)
+        );
+    }
+    drop(dave);
 
     // SIGKILL of B while bob and carol send: nothing bob saw acknowledged is
     // lost, and he catches up on A.
     let mut b = b;
-    let carol_sends = {
-        let rid = rid.clone();
-        let mut carol = carol;
-        tokio::spawn(async move {
-            for i in 0..40 {
-                carol
-                    .send_text(&rid, &format!("carol load {i}"))
-                    .await
-                    .unwrap();
-            }
-            carol
-        })
-    };
+    let carol_sends = tokio::spawn(async move {
+        for i in 0..40 {
+            carol.say(&format!("carol load {i}")).await;
+        }
+        carol
+    });
     let mut acked = Vec::new();
     for i in 0..1000 {
         if i == 10 {
             b.child.kill().unwrap();
         }
-        match bob.send_text(&rid, &format!("bob load {i}")).await {
-            Ok((seq, _)) => acked.push(seq),
-            Err(_) => break,
+        let text = format!("bob load {i}");
+        let message = bob.encrypt(&text);
+        match bob
+            .c
+            .request_raw(&e2ee_chat::protocol::v3::Request3::Send {
+                room_id: rid.clone(),
+                msg_id: serde_bytes::ByteBuf::from(rand::random::<[u8; 16]>().to_vec()),
+                message: serde_bytes::ByteBuf::from(message),
+            })
+            .await
+        {
+            Ok(ServerMsg3::Shared(ServerMsg::Sent { seq, .. })) => acked.push(seq),
+            _ => break,
         }
     }
     assert!(
@@ -286,23 +285,21 @@ async fn three_processes_behave_as_one_server() {
         "bob's sends before the kill were acknowledged"
     );
     let mut carol = carol_sends.await.unwrap();
-    // B is replaced by a new process (as an orchestrator would).
+    // B is replaced by a new process (as an orchestrator would); bob's
+    // device reconnects on A and reads what it missed from history.
     let b2 = process(dir.path(), &db.url, &redis.url(), &prefix);
-    let mut bob = user(&a.url, "bob", 1).await;
-    bob.get_members(&rid).await.unwrap();
-    let stored: Vec<u64> = common::all_history(&mut bob, &rid, 100)
-        .await
-        .iter()
-        .map(|m| m.seq)
-        .collect();
+    bob.reconnect(&a.url).await;
+    bob.sync().await;
+    let stored: Vec<u64> = bob.history_after(0).await.iter().map(|e| e.seq).collect();
     for seq in &acked {
         assert!(stored.contains(seq), "acknowledged seq {seq} lost");
     }
     assert_eq!(stored, in_order(1, *stored.last().unwrap()), "no seq gaps");
     let last = *stored.last().unwrap();
-    // Everyone still connected got every message, in order.
-    let seen = messages_until(&mut alice, last).await;
-    assert_eq!(seen, in_order(total + 2, last));
+    assert_eq!(bob.applied, last);
+    // Everyone still connected got every entry, in order.
+    entries_until(&mut alice, last).await;
+    entries_until(&mut carol, last).await;
     // B's users count as offline elsewhere within the peer timeout, until
     // bob is back (he now is, on A).
     let three: Vec<(String, bool)> = ["alice", "bob", "carol"]
@@ -311,15 +308,16 @@ async fn three_processes_behave_as_one_server() {
         .collect();
     eventually!(
         "presence agrees after the kill",
-        online(&mut carol, &rid).await == three
+        carol.online(&rid).await == three
     );
     eventually!(
         "connected agrees after the kill",
-        connected(&mut carol).await == 3
+        carol.rooms(None, None).await.2 == 3
     );
 
-    // Redis restarted mid-load: carol (on C) keeps sending, alice (on A)
-    // still gets every message, in order: the gap is read from the database.
+    // Redis restarted mid-load: carol (on C) keeps sending, alice and bob
+    // (on A) still get every entry, in order: the gap is read from the
+    // database.
     let port = redis.port;
     let from = last + 1;
     let mut sent_last = last;
@@ -330,23 +328,19 @@ async fn three_processes_behave_as_one_server() {
         if i == 40 {
             redis = Redis::start(port).unwrap();
         }
-        sent_last = carol
-            .send_text(&rid, &format!("through the outage {i}"))
-            .await
-            .unwrap()
-            .0;
+        sent_last = carol.say(&format!("through the outage {i}")).await;
     }
     assert_eq!(sent_last, last + 60);
     assert_eq!(
-        messages_until(&mut alice, sent_last).await,
+        entries_until(&mut alice, sent_last).await,
         in_order(from, sent_last)
     );
     assert_eq!(
-        messages_until(&mut bob, sent_last).await,
+        entries_until(&mut bob, sent_last).await,
         in_order(from, sent_last)
     );
 
-    // Subscriptions cut again and again while bob (on A) and carol (on C)
+    // Subscriptions cut again and again while alice (on A) and carol (on C)
     // send: every gap is filled from the database, nothing is delivered
     // twice or skipped.
     let redis_client = redis::Client::open(redis.url()).unwrap();
@@ -354,20 +348,12 @@ async fn three_processes_behave_as_one_server() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    assert_eq!(
-        messages_until(&mut carol, sent_last).await,
-        in_order(total + 2, sent_last)
-    );
-    let from = sent_last + 1;
-    let bob_sends = {
-        let rid = rid.clone();
-        tokio::spawn(async move {
-            for i in 0..40 {
-                bob.send_text(&rid, &format!("bob cut {i}")).await.unwrap();
-            }
-            bob
-        })
-    };
+    let alice_sends = tokio::spawn(async move {
+        for i in 0..40 {
+            alice.say(&format!("alice cut {i}")).await;
+        }
+        alice
+    });
     for i in 0..40 {
         if i % 8 == 4 {
             let _: redis::Value = redis::cmd("CLIENT")
@@ -376,31 +362,26 @@ async fn three_processes_behave_as_one_server() {
                 .await
                 .unwrap();
         }
-        carol
-            .send_text(&rid, &format!("carol cut {i}"))
-            .await
-            .unwrap();
+        carol.say(&format!("carol cut {i}")).await;
     }
-    let mut bob = bob_sends.await.unwrap();
-    let to = from + 79;
-    assert_eq!(messages_until(&mut alice, to).await, in_order(from, to));
-    assert_eq!(messages_until(&mut bob, to).await, in_order(from, to));
-    assert_eq!(messages_until(&mut carol, to).await, in_order(from, to));
+    let mut alice = alice_sends.await.unwrap();
+    let to = sent_last + 80;
+    for p in [&mut alice, &mut bob, &mut carol] {
+        entries_until(p, to).await;
+        assert_eq!(p.applied, to);
+    }
 
     // Room limits hold across processes: eight joins racing on B and C into
     // a room of at most 6 members (the owner and five more).
-    let (small, _) = alice.create_room("Small", None, false).await.unwrap();
+    let small = alice.create_with("Small", None, false).await.unwrap();
     let mut joiners = Vec::new();
     for i in 0..8 {
         let url = if i % 2 == 0 { &b2.url } else { &c.url };
-        joiners.push(user(url, &format!("joiner{i}"), 4 + i).await);
+        joiners.push(Phone::register(url, &format!("joiner{i}"), 4 + i).await);
     }
-    let results = futures_util::future::join_all(
-        joiners
-            .iter_mut()
-            .map(|j| j.join_room(&small.room_id, None)),
-    )
-    .await;
+    let results =
+        futures_util::future::join_all(joiners.iter_mut().map(|j| j.join(&small.room_id, None)))
+            .await;
     let joined = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(joined, 5, "{results:?}");
     assert!(results
@@ -409,7 +390,7 @@ async fn three_processes_behave_as_one_server() {
         .all(|e| e.code() == Some(ErrorCode::RoomFull)));
     eventually!(
         "the owner's process sees the five who joined elsewhere",
-        alice.get_members(&small.room_id).await.unwrap().len() == 6
+        alice.online(&small.room_id).await.len() == 6
     );
     drop((a, b2, c));
     db.drop_now().await;
@@ -426,12 +407,15 @@ async fn connections_per_user_are_counted_over_every_process() {
     let limit = [("CHAT__LIMITS__MAX_CONNECTIONS_PER_USER", "2")];
     let a = process_with(dir.path(), &db.url, &redis.url(), &prefix, &limit);
     let b = process_with(dir.path(), &db.url, &redis.url(), &prefix, &limit);
-    let login = |url: String| async move {
-        let mut c = Client::connect(&url).await.expect("connects");
-        let r = c.login(&identity("alice", 0)).await;
-        (c, r)
+    let first = Phone::register(&a.url, "alice", 0).await;
+    let login = |url: String| {
+        let (id, cert) = (first.id.clone(), first.dev.certificate.clone());
+        async move {
+            let mut c = Client3::connect(&url).await.expect("connects");
+            let r = c.login(&id, &cert).await;
+            (c, r)
+        }
     };
-    let first = user(&a.url, "alice", 0).await;
     let (second, r) = login(b.url.clone()).await;
     r.expect("the second connection, on B");
     // A learns of B's session a heartbeat later at most; from then on a
@@ -443,7 +427,7 @@ async fn connections_per_user_are_counted_over_every_process() {
     let (_, r) = login(b.url.clone()).await;
     assert_eq!(r.err().and_then(|e| e.code()), Some(ErrorCode::RateLimited));
     // Closing the one on B gives its place back on A.
-    second.close().await;
+    drop(second);
     eventually!("A sees the session on B gone", {
         let (_, r) = login(a.url.clone()).await;
         r.is_ok()
@@ -453,23 +437,18 @@ async fn connections_per_user_are_counted_over_every_process() {
     db.drop_now().await;
 }
 
-/// Protocol v3 on three processes: one MLS room whose members' devices are
-/// on different processes. Entries (commits and messages) reach every
+/// One MLS room whose members' devices are on different processes. Entries (commits and messages) reach every
 /// process in seq order; a commit made on one process moves the group on the
 /// others; two commits racing for one epoch from two processes: exactly one
 /// wins and everyone converges; a kick on one process makes the others ask
 /// for the removal commit.
 #[tokio::test]
 async fn three_processes_serve_one_mls_room() {
-    use common::phone3::{refusal, Phone};
-    use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-
     let Some((db, redis, dir, prefix)) = cluster_setup().await else {
         return;
     };
-    let v3 = [("CHAT__PROTOCOL__VERSION", "3")];
     let procs: Vec<Process> = (0..3)
-        .map(|_| process_with(dir.path(), &db.url, &redis.url(), &prefix, &v3))
+        .map(|_| process(dir.path(), &db.url, &redis.url(), &prefix))
         .collect();
     let mut alice = Phone::register(&procs[0].url, "alice", 0).await;
     alice.create("lobby").await;

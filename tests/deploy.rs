@@ -28,12 +28,9 @@ async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
     assert_eq!(addr, format!("0.0.0.0:{port}"), "PORT binds 0.0.0.0");
 
     let url = format!("ws://127.0.0.1:{port}/ws");
-    let mut c = e2ee_chat::client::Client::connect(&url).await.unwrap();
-    let alice = common::identity("alice", 0);
-    c.register(&alice).await.unwrap();
-    c.login(&alice).await.unwrap();
-    let (room, _) = c.create_room("Deployed", None, false).await.unwrap();
-    c.send_text(&room.room_id, "from the binary").await.unwrap();
+    let mut alice = common::phone3::Phone::register(&url, "alice", 0).await;
+    alice.create("Deployed").await;
+    alice.say("from the binary").await;
 
     // The Dockerfile's HEALTHCHECK command.
     let status = Command::new(BIN)
@@ -44,7 +41,7 @@ async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
         .unwrap();
     assert!(status.success());
 
-    c.close().await;
+    drop(alice);
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -58,7 +55,7 @@ async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
     // Everything acknowledged is on disk.
     let db = rusqlite::Connection::open(dir.path().join("chat.db")).unwrap();
     let n: i64 = db
-        .query_row("SELECT COUNT(*) FROM messages", [], |r| r.get(0))
+        .query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))
         .unwrap();
     assert_eq!(n, 1);
     // And the health check now fails: nothing listens.
@@ -115,6 +112,12 @@ fn bad_config_fails_fast_naming_the_key() {
     assert!(err.contains("server.public_hosts"), "{err}");
     let err = start_fails(&[("CHAT_ENV", "production"), ("CHAT__STORE__PATH", "x.db")]);
     assert!(err.contains("server.public_hosts"), "{err}");
+    // A deployment still set to protocol version 2 is told it is gone.
+    let err = start_fails(&[("CHAT__PROTOCOL__VERSION", "2")]);
+    assert!(
+        err.contains("protocol.version") && err.contains("version 2 is no longer served"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,316 +1,284 @@
 //! Owner operations (kick, ban, unban, rename, set_password, delete_room)
-//! and message retention, over real websockets.
+//! over real websockets with openmls devices, and what they leave in the
+//! room's group: a kicked or banned member's leaf becomes a leaf to remove;
+//! sends answer `commit_required` until a member commits its removal, and
+//! the member, back, enters the group again and reads nothing sent while
+//! out. Retention by age and by count, with seq never going back.
 
 mod common;
 
-use std::time::Duration;
-
-use common::{assert_code, no_event, TestServer};
+use common::phone3::{code, refusal, v3_server_with, Phone};
+use common::TestServer;
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
 use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 
-fn kick(room_id: &str, user: &str) -> Request {
-    Request::Kick {
-        room_id: room_id.into(),
-        username: user.into(),
-    }
+fn v3_server() -> TestServer {
+    v3_server_with(|_| {})
 }
 
-fn ban(room_id: &str, user: &str) -> Request {
-    Request::Ban {
-        room_id: room_id.into(),
-        username: user.into(),
-    }
+fn owner(req: Request) -> Request3 {
+    Request3::Shared(req)
 }
 
-fn unban(room_id: &str, user: &str) -> Request {
-    Request::Unban {
+fn kick(room_id: &str, user: &str) -> Request3 {
+    owner(Request::Kick {
         room_id: room_id.into(),
         username: user.into(),
+    })
+}
+
+fn ban(room_id: &str, user: &str) -> Request3 {
+    owner(Request::Ban {
+        room_id: room_id.into(),
+        username: user.into(),
+    })
+}
+
+fn unban(room_id: &str, user: &str) -> Request3 {
+    owner(Request::Unban {
+        room_id: room_id.into(),
+        username: user.into(),
+    })
+}
+
+fn join(room_id: &str, password: Option<&str>) -> Request3 {
+    owner(Request::JoinRoom {
+        room_id: room_id.into(),
+        password: password.map(str::to_owned),
+    })
+}
+
+/// Alice's room with Bob and Carol in its group (epoch 2).
+async fn trio(server: &TestServer) -> (Phone, Phone, Phone) {
+    let url = server.url();
+    let mut alice = Phone::register(&url, "alice", 0).await;
+    alice.create("kicks").await;
+    let room = alice.room.clone();
+    let mut bob = Phone::register(&url, "bob", 1).await;
+    bob.join_room(&room).await;
+    bob.enter().await;
+    let mut carol = Phone::register(&url, "carol", 2).await;
+    carol.join_room(&room).await;
+    carol.enter().await;
+    alice.catch_up_to(carol.entered_at).await;
+    bob.catch_up_to(carol.entered_at).await;
+    assert_eq!(alice.epoch(), 2);
+    (alice, bob, carol)
+}
+
+/// Reads events until one matches.
+async fn wait_for(p: &mut Phone, want: impl Fn(&ServerMsg3) -> bool) -> ServerMsg3 {
+    loop {
+        let e = p.c.next_event().await.expect("an event");
+        if want(&e) {
+            return e;
+        }
     }
 }
 
 #[tokio::test]
-async fn kick_removes_at_once_and_they_may_rejoin() {
-    let t = TestServer::new();
-    let (mut alice, mut bob, mut carol, rid) = t.trio("Kicks").await;
+async fn a_kick_leaves_a_leaf_to_remove_until_a_member_commits_and_the_kicked_may_rejoin() {
+    let server = v3_server();
+    let (mut alice, mut bob, mut carol) = trio(&server).await;
+    let room = alice.room.clone();
 
-    // Errors first: not_owner, invalid_target, no_such_member; nothing changes.
-    assert_code(
-        bob.request_ok(&kick(&rid, "carol")).await,
-        ErrorCode::NotOwner,
-    );
-    assert_code(
-        alice.request_ok(&kick(&rid, "alice")).await,
-        ErrorCode::InvalidTarget,
-    );
-    assert_code(
-        alice.request_ok(&ban(&rid, "alice")).await,
-        ErrorCode::InvalidTarget,
-    );
-    // The target must be a valid username of a registered user.
-    for req in [kick(&rid, "dave"), ban(&rid, "dave"), unban(&rid, "dave")] {
-        assert_code(alice.request_ok(&req).await, ErrorCode::UnknownUser);
-    }
-    let junk = "x".repeat(100_000);
-    for name in ["Dave!", junk.as_str(), ""] {
-        for req in [kick(&rid, name), ban(&rid, name), unban(&rid, name)] {
-            assert_code(alice.request_ok(&req).await, ErrorCode::InvalidUsername);
-        }
-    }
-    t.user("dave", 3).await.close().await;
-    assert_code(
-        alice.request_ok(&kick(&rid, "dave")).await,
-        ErrorCode::NoSuchMember,
-    );
-    assert_code(
-        alice.request_ok(&kick("r-nothere", "bob")).await,
-        ErrorCode::NoSuchRoom,
-    );
-    assert_eq!(alice.get_members(&rid).await.unwrap().len(), 3);
-
-    alice.request_ok(&kick(&rid, "bob")).await.unwrap();
-    let ev = bob
-        .wait_for(|e| matches!(e, ServerMsg::Removed { .. }))
-        .await
-        .unwrap();
+    // The refusals of version 2, unchanged; nothing moves.
     assert_eq!(
-        ev,
-        ServerMsg::Removed {
-            room_id: rid.clone(),
+        code(bob.c.request(&kick(&room, "carol")).await),
+        ErrorCode::NotOwner
+    );
+    assert_eq!(
+        code(alice.c.request(&kick(&room, "alice")).await),
+        ErrorCode::InvalidTarget
+    );
+    assert_eq!(
+        code(alice.c.request(&ban(&room, "alice")).await),
+        ErrorCode::InvalidTarget
+    );
+    assert_eq!(
+        code(alice.c.request(&kick(&room, "dave")).await),
+        ErrorCode::UnknownUser
+    );
+    assert_eq!(
+        code(alice.c.request(&kick(&room, "Dave!")).await),
+        ErrorCode::InvalidUsername
+    );
+    assert_eq!(
+        code(alice.c.request(&kick("r-nothere", "bob")).await),
+        ErrorCode::NoSuchRoom
+    );
+    assert_eq!(alice.member_names(&room).await.len(), 3);
+    assert_eq!(alice.group_state().await.0, 2);
+
+    alice.c.request(&kick(&room, "bob")).await.unwrap();
+    let removed = wait_for(&mut bob, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::Removed { .. }))
+    })
+    .await;
+    assert_eq!(
+        removed,
+        ServerMsg3::Shared(ServerMsg::Removed {
+            room_id: room.clone(),
             reason: "kicked".into()
-        }
+        })
     );
-    let ev = carol
-        .wait_for(|e| matches!(e, ServerMsg::MemberLeft { .. }))
-        .await
-        .unwrap();
+    wait_for(&mut carol, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::MemberLeft { username, reason, .. })
+            if username == "bob" && reason == "kicked")
+    })
+    .await;
+
+    // Bob's leaf is still in the group: the server asks for its removal.
+    let refused = refusal(alice.try_say("while bob's leaf is in").await);
+    assert_eq!(refused.code, ErrorCode::CommitRequired);
+    let leaves = refused.remove.expect("the leaves to remove");
+    assert_eq!(leaves.len(), 1);
+    assert_eq!(alice.commit(&leaves).await, 3);
+    let seq = alice.say("after the kick").await;
+    carol.catch_up_to(seq).await;
+    assert_eq!(carol.epoch(), 3);
     assert_eq!(
-        ev,
-        ServerMsg::MemberLeft {
-            room_id: rid.clone(),
-            username: "bob".into(),
-            reason: "kicked".into()
-        }
+        code(
+            bob.c
+                .request(&owner(Request::History {
+                    room_id: room.clone(),
+                    after_seq: None,
+                    before_seq: None,
+                    limit: None
+                }))
+                .await
+        ),
+        ErrorCode::NotMember
     );
 
-    // The next send does not include bob, and bob does not get it.
-    let (seq, _) = alice.send_text(&rid, "after the kick").await.unwrap();
-    assert_eq!(
-        carol.next_message(&rid).await.unwrap().text,
-        "after the kick"
-    );
-    no_event(&mut bob, 300, |e| matches!(e, ServerMsg::Message(_))).await;
-    assert_code(
-        bob.history(&rid, None, None, None).await,
-        ErrorCode::NotMember,
-    );
-    // A send still wrapped for bob is stale.
-    let stale = e2ee_chat::client::seal_message(
-        &common::identity("alice", 0).keys,
-        &rid,
-        "old set",
-        &common::recipients(&[("alice", 0), ("bob", 1), ("carol", 2)]),
-    )
-    .unwrap();
-    assert_code(
-        alice.request(&Request::Send(stale)).await,
-        ErrorCode::StaleMembers,
-    );
-
-    // Kicked users may rejoin.
-    bob.join_room(&rid, None).await.unwrap();
-    let (msgs, _) = bob.history(&rid, None, None, None).await.unwrap();
-    assert!(
-        msgs.iter().all(|m| m.seq != seq),
-        "bob holds no key for the message sent while out"
-    );
-    t.stop().await;
+    // Bob may rejoin; his device enters the group again and reads what is
+    // said from then on, not what was said while he was out.
+    bob.join_room(&room).await;
+    bob.group = None;
+    let epoch = bob.enter().await;
+    assert_eq!(epoch, 4);
+    alice.catch_up_to(bob.entered_at).await;
+    let back = alice.say("welcome back").await;
+    let heard = bob.catch_up_to(back).await;
+    assert_eq!(heard, ["welcome back"]);
+    server.stop().await;
 }
 
 #[tokio::test]
-async fn ban_blocks_rejoin_even_with_password_until_unban() {
-    let t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let mut carol = t.user("carol", 2).await;
-    let (room, _) = alice.create_room("Bans", Some("pw"), false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, Some("pw")).await.unwrap();
-    assert_code(
-        bob.request_ok(&ban(&rid, "alice")).await,
-        ErrorCode::NotOwner,
-    );
-    alice.request_ok(&ban(&rid, "bob")).await.unwrap();
-    let ev = bob
-        .wait_for(|e| matches!(e, ServerMsg::Removed { .. }))
-        .await
-        .unwrap();
+async fn a_ban_blocks_rejoining_until_unban_and_survives_a_restart() {
+    let mut server = v3_server();
+    let (mut alice, mut bob, _carol) = trio(&server).await;
+    let room = alice.room.clone();
+    alice.c.request(&ban(&room, "bob")).await.unwrap();
+    wait_for(&mut bob, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::Removed { reason, .. }) if reason == "banned")
+    })
+    .await;
     assert_eq!(
-        ev,
-        ServerMsg::Removed {
-            room_id: rid.clone(),
-            reason: "banned".into()
-        }
+        code(bob.c.request(&join(&room, None)).await),
+        ErrorCode::Banned
     );
-    let ev = alice
-        .wait_for(|e| matches!(e, ServerMsg::MemberLeft { .. }))
-        .await
-        .unwrap();
+
+    // The ban is stored: a restart keeps it (and the v3 store).
+    server.restart().await;
+    let url = server.url();
+    let mut alice = Phone::login(&url, alice.id.clone()).await;
+    alice.room = room.clone();
+    let mut bob = Phone::login(&url, bob.id.clone()).await;
     assert_eq!(
-        ev,
-        ServerMsg::MemberLeft {
-            room_id: rid.clone(),
-            username: "bob".into(),
-            reason: "banned".into()
-        }
+        code(bob.c.request(&join(&room, None)).await),
+        ErrorCode::Banned
     );
-    assert_code(bob.join_room(&rid, Some("pw")).await, ErrorCode::Banned);
-    // Banning a non-member is allowed and blocks them too.
-    alice.request_ok(&ban(&rid, "carol")).await.unwrap();
-    assert_code(carol.join_room(&rid, Some("pw")).await, ErrorCode::Banned);
-    assert_eq!(alice.get_members(&rid).await.unwrap().len(), 1);
-    assert_code(
-        bob.request_ok(&unban(&rid, "bob")).await,
-        ErrorCode::NotOwner,
-    );
-    alice.request_ok(&unban(&rid, "bob")).await.unwrap();
-    bob.join_room(&rid, Some("pw")).await.unwrap();
-    t.stop().await;
+    alice.c.request(&unban(&room, "bob")).await.unwrap();
+    bob.c.request(&join(&room, None)).await.unwrap();
+    assert!(alice.member_names(&room).await.contains(&"bob".to_owned()));
+    server.stop().await;
 }
 
 #[tokio::test]
-async fn bans_survive_a_restart() {
-    let mut t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let (room, _) = alice.create_room("Sticky", None, false).await.unwrap();
-    bob.join_room(&room.room_id, None).await.unwrap();
-    alice.request_ok(&ban(&room.room_id, "bob")).await.unwrap();
-    drop((alice, bob));
-    t.restart().await;
-    let mut bob = t.login("bob", 1).await;
-    assert_code(bob.join_room(&room.room_id, None).await, ErrorCode::Banned);
-    t.stop().await;
-}
+async fn rename_password_and_delete() {
+    let server = v3_server();
+    let (mut alice, mut bob, mut carol) = trio(&server).await;
+    let room = alice.room.clone();
+    alice
+        .c
+        .request(&owner(Request::RenameRoom {
+            room_id: room.clone(),
+            name: "kicks 2".into(),
+        }))
+        .await
+        .unwrap();
+    wait_for(&mut bob, |e| {
+        matches!(e, ServerMsg3::Shared(ServerMsg::RoomRenamed { name, .. }) if name == "kicks 2")
+    })
+    .await;
+    let (rooms, _) = carol.c.list_rooms(None).await.unwrap();
+    let listed = rooms.iter().find(|r| r.room_id == room).unwrap();
+    assert_eq!((listed.name.as_str(), listed.epoch), ("kicks 2", 2));
 
-#[tokio::test]
-async fn rename_and_set_password() {
-    let t = TestServer::new();
-    let mut alice = t.user("alice", 0).await;
-    let mut bob = t.user("bob", 1).await;
-    let mut carol = t.user("carol", 2).await;
-    let (room, _) = alice.create_room("Old name", None, false).await.unwrap();
-    let (_, _) = alice.create_room("Taken", None, false).await.unwrap();
-    let rid = room.room_id;
-    bob.join_room(&rid, None).await.unwrap();
-    let rename = |name: &str| Request::RenameRoom {
-        room_id: rid.clone(),
-        name: name.into(),
+    // A password keeps newcomers out unless they know it.
+    alice
+        .c
+        .request(&owner(Request::SetPassword {
+            room_id: room.clone(),
+            password: Some("open sesame".into()),
+        }))
+        .await
+        .unwrap();
+    let mut dave = Phone::register(&server.url(), "dave", 3).await;
+    assert_eq!(
+        code(dave.c.request(&join(&room, None)).await),
+        ErrorCode::WrongPassword
+    );
+    assert_eq!(
+        code(dave.c.request(&join(&room, Some("wrong"))).await),
+        ErrorCode::WrongPassword
+    );
+    let joined = dave
+        .c
+        .request(&join(&room, Some("open sesame")))
+        .await
+        .unwrap();
+    let ServerMsg3::Joined { room: summary, .. } = joined else {
+        panic!("not joined: {joined:?}");
     };
-    assert_code(
-        bob.request_ok(&rename("Bobs now")).await,
-        ErrorCode::NotOwner,
-    );
-    assert_code(
-        alice.request_ok(&rename("tAKEN")).await,
-        ErrorCode::RoomExists,
-    );
-    assert_code(
-        alice.request_ok(&rename(" bad")).await,
-        ErrorCode::InvalidRoomName,
-    );
-    // Renaming to another case of its own name is fine.
-    alice.request_ok(&rename("OLD NAME")).await.unwrap();
-    alice.request_ok(&rename("New name")).await.unwrap();
-    let ev = bob
-        .wait_for(|e| matches!(e, ServerMsg::RoomRenamed { name, .. } if name == "New name"))
+    dave.room = room.clone();
+    dave.applied = summary.last_seq;
+    dave.enter().await;
+
+    // Deleting the room tells every member and leaves nothing behind.
+    alice
+        .c
+        .request(&owner(Request::DeleteRoom {
+            room_id: room.clone(),
+        }))
         .await
         .unwrap();
+    for p in [&mut bob, &mut carol, &mut dave] {
+        wait_for(p, |e| {
+            matches!(e, ServerMsg3::Shared(ServerMsg::RoomDeleted { .. }))
+        })
+        .await;
+    }
     assert_eq!(
-        ev,
-        ServerMsg::RoomRenamed {
-            room_id: rid.clone(),
-            name: "New name".into()
-        }
+        code(
+            alice
+                .c
+                .request(&Request3::GroupState {
+                    room_id: room.clone()
+                })
+                .await
+        ),
+        ErrorCode::NoSuchRoom
     );
-    // The old name is free again, the new one is taken.
-    carol.create_room("Old name", None, false).await.unwrap();
-    assert_code(
-        carol.create_room("new NAME", None, false).await,
-        ErrorCode::RoomExists,
-    );
-    let (rooms, _, _) = carol.list_rooms(None, None).await.unwrap();
-    assert!(rooms
-        .iter()
-        .any(|r| r.room_id == rid && r.name == "New name"));
-
-    // set_password
-    let set = |pw: Option<&str>| Request::SetPassword {
-        room_id: rid.clone(),
-        password: pw.map(Into::into),
-    };
-    assert_code(bob.request_ok(&set(Some("x"))).await, ErrorCode::NotOwner);
-    assert_code(
-        alice.request_ok(&set(Some(""))).await,
-        ErrorCode::InvalidPassword,
-    );
-    alice.request_ok(&set(Some("door"))).await.unwrap();
-    assert_code(carol.join_room(&rid, None).await, ErrorCode::WrongPassword);
-    let (rooms, _, _) = carol.list_rooms(None, None).await.unwrap();
-    assert!(rooms.iter().any(|r| r.room_id == rid && r.has_password));
-    alice.request_ok(&set(None)).await.unwrap();
-    carol.join_room(&rid, None).await.unwrap();
-    t.stop().await;
+    let (rooms, _) = carol.c.list_rooms(None).await.unwrap();
+    assert!(rooms.iter().all(|r| r.room_id != room));
+    server.stop().await;
 }
 
 #[tokio::test]
-async fn delete_room_removes_it_and_its_history() {
-    let mut t = TestServer::new();
-    let (mut alice, mut bob, rid) = t.pair("Short lived").await;
-    alice.send_text(&rid, "soon gone").await.unwrap();
-    let del = Request::DeleteRoom {
-        room_id: rid.clone(),
-    };
-    assert_code(bob.request_ok(&del).await, ErrorCode::NotOwner);
-    alice.request_ok(&del).await.unwrap();
-    let ev = bob
-        .wait_for(|e| matches!(e, ServerMsg::RoomDeleted { .. }))
-        .await
-        .unwrap();
-    assert_eq!(
-        ev,
-        ServerMsg::RoomDeleted {
-            room_id: rid.clone()
-        }
-    );
-    let (rooms, total, _) = bob.list_rooms(None, None).await.unwrap();
-    assert!(rooms.is_empty() && total == 0);
-    assert_code(
-        bob.history(&rid, None, None, None).await,
-        ErrorCode::NoSuchRoom,
-    );
-    assert_code(bob.join_room(&rid, None).await, ErrorCode::NoSuchRoom);
-    // The name is free again, and after a restart the room stays gone.
-    alice.create_room("Short lived", None, false).await.unwrap();
-    drop((alice, bob));
-    t.restart().await;
-    let mut bob = t.login("bob", 1).await;
-    assert_code(bob.join_room(&rid, None).await, ErrorCode::NoSuchRoom);
-    let db = rusqlite::Connection::open(t.dir.path().join("chat.db")).unwrap();
-    let n: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM messages WHERE room_id = ?1",
-            [&rid],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(n, 0);
-    t.stop().await;
-}
-
-#[tokio::test]
-async fn retention_purges_old_messages_keeps_new_and_seq_never_goes_back() {
-    // Messages older than ~1.5 s go; the purge runs every 200 ms.
+async fn retention_purges_old_entries_keeps_new_and_seq_never_goes_back() {
+    // Entries older than ~1.5 s go; the purge runs every 200 ms.
     let age_days = 1.5 / 86_400.0;
     let tweak = move |s: &mut e2ee_chat::config::Settings| {
         s.retention.max_age_days = age_days;
@@ -318,26 +286,24 @@ async fn retention_purges_old_messages_keeps_new_and_seq_never_goes_back() {
         s.retention.purge_batch = 2;
     };
     let mut t = TestServer::with(tweak);
-    let mut alice = t.user("alice", 0).await;
-    let (room, _) = alice.create_room("Ephemeral", None, false).await.unwrap();
-    let rid = room.room_id;
+    let mut alice = Phone::register(&t.url(), "alice", 0).await;
+    alice.create("Ephemeral").await;
     for i in 0..5 {
-        alice.send_text(&rid, &format!("old {i}")).await.unwrap();
+        alice.say(&format!("old {i}")).await;
     }
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (seq, _) = alice.send_text(&rid, "new").await.unwrap();
-    assert_eq!(seq, 6);
-    let (msgs, _) = alice.history(&rid, None, None, None).await.unwrap();
-    let seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, [6], "old messages are purged, the new one stays");
-    drop(alice);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(alice.say("new").await, 6);
+    let (entries, _) = alice.history_page(None, None, None).await;
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [6], "old entries are purged, the new one stays");
     // After a restart seq continues from 6, not from what is left on disk.
     t.restart_with(tweak).await;
-    let mut alice = t.login("alice", 0).await;
-    let (seq, _) = alice.send_text(&rid, "newer").await.unwrap();
-    assert_eq!(seq, 7);
-    let (msgs, _) = alice.history(&rid, None, None, None).await.unwrap();
-    assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), [6, 7]);
+    alice.reconnect(&t.url()).await;
+    assert_eq!(alice.say("newer").await, 7);
+    let (entries, _) = alice.history_page(None, None, None).await;
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    // (6 may be past the age already: the restart takes a while.)
+    assert!(seqs == [6, 7] || seqs == [7], "{seqs:?}");
     t.stop().await;
 }
 
@@ -347,22 +313,16 @@ async fn retention_by_count_keeps_the_newest() {
         s.retention.max_messages_per_room = 3;
         s.retention.purge_interval_secs = 0.1;
     });
-    let mut alice = t.user("alice", 0).await;
-    let (room, _) = alice.create_room("Capped", None, false).await.unwrap();
+    let mut alice = Phone::register(&t.url(), "alice", 0).await;
+    alice.create("Capped").await;
     for i in 0..8 {
-        alice
-            .send_text(&room.room_id, &format!("m{i}"))
-            .await
-            .unwrap();
+        alice.say(&format!("m{i}")).await;
     }
     let mut seqs = Vec::new();
     for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let (msgs, _) = alice
-            .history(&room.room_id, None, None, None)
-            .await
-            .unwrap();
-        seqs = msgs.iter().map(|m| m.seq).collect();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let (entries, _) = alice.history_page(None, None, None).await;
+        seqs = entries.iter().map(|e| e.seq).collect();
         if seqs.len() == 3 {
             break;
         }

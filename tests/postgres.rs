@@ -1,15 +1,19 @@
-//! PostgreSQL beyond the conformance suite: two server processes appending to
-//! one room on one database, and the database going away mid-load (the
-//! connection cut by a proxy in this test) and coming back. Each test prints
-//! `SKIP postgres:` and passes when `CHAT_TEST_POSTGRES_URL` is not set.
+//! PostgreSQL beyond the conformance suite: two server processes on one
+//! database (gapless seqs, the user's room limit, the device limit, the
+//! first commit for an epoch winning), the database going away mid-load
+//! (the connection cut by a proxy in this test) and coming back, and TLS
+//! (`sslmode=require`, `verify-full`). Each test prints `SKIP postgres:` and
+//! passes when `CHAT_TEST_POSTGRES_URL` is not set.
 
 mod common;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_code, PgDatabase, TestServer};
-use e2ee_chat::protocol::ErrorCode;
+use common::phone3::{refusal, Phone};
+use common::{PgDatabase, TestServer};
+use e2ee_chat::protocol::v3::ServerMsg3;
+use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
 use e2ee_chat::store::postgres::PostgresStore;
 use e2ee_chat::store::Store;
 use tokio::net::{TcpListener, TcpStream};
@@ -25,53 +29,45 @@ async fn database() -> Option<PgDatabase> {
     }
 }
 
+/// Sends `n` messages: their seqs from `sent`.
+async fn say_n(p: &mut Phone, who: &str, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    for i in 0..n {
+        let m = p.encrypt(&format!("{who}{i}"));
+        match p.send_raw(rand::random(), m).await {
+            ServerMsg3::Shared(ServerMsg::Sent { seq, .. }) => seqs.push(seq),
+            other => panic!("send refused: {other:?}"),
+        }
+    }
+    seqs
+}
+
 #[tokio::test]
 async fn two_processes_append_to_one_room_with_gapless_unique_seqs() {
     let Some(db) = database().await else { return };
     let url = db.url.clone();
     let a = TestServer::with(|s| s.store.url = url.clone());
-    let mut alice = a.user("alice", 0).await;
-    let mut bob = a.user("bob", 1).await;
-    let (room, _) = alice.create_room("Shared", None, false).await.unwrap();
-    let rid = room.room_id.clone();
-    bob.join_room(&rid, None).await.unwrap();
-    drop(bob);
+    let mut alice = Phone::register(&a.url(), "alice", 0).await;
+    let rid = alice.create("Shared").await.room_id;
     // A second process on the same database, started after the room exists.
     let b = TestServer::with(|s| s.store.url = url.clone());
-    let mut bob = b.login("bob", 1).await;
-    bob.get_members(&rid).await.unwrap();
-    alice.get_members(&rid).await.unwrap();
+    let mut bob = Phone::register(&b.url(), "bob", 1).await;
+    bob.join(&rid, None).await.unwrap();
+    bob.enter().await;
     let n = 60;
-    let (on_a, on_b) = tokio::join!(
-        async {
-            let mut seqs = Vec::new();
-            for i in 0..n {
-                seqs.push(alice.send_text(&rid, &format!("a{i}")).await.unwrap().0);
-            }
-            seqs
-        },
-        async {
-            let mut seqs = Vec::new();
-            for i in 0..n {
-                seqs.push(bob.send_text(&rid, &format!("b{i}")).await.unwrap().0);
-            }
-            seqs
-        }
-    );
+    let (on_a, on_b) = tokio::join!(say_n(&mut alice, "a", n), say_n(&mut bob, "b", n));
     let mut all: Vec<u64> = on_a.iter().chain(&on_b).copied().collect();
     all.sort();
     assert_eq!(
         all,
-        (1..=2 * n as u64).collect::<Vec<_>>(),
-        "acks not gapless/unique"
+        (2..=2 * n as u64 + 1).collect::<Vec<_>>(),
+        "acks not gapless/unique (seq 1 is bob's external commit)"
     );
-    // The stored history agrees, read through either process.
-    let seen: Vec<u64> = common::all_history(&mut alice, &rid, 50)
-        .await
-        .iter()
-        .map(|m| m.seq)
-        .collect();
-    assert_eq!(seen, (1..=2 * n as u64).collect::<Vec<_>>());
+    // The stored log agrees, read through either process.
+    let seen: Vec<u64> = alice.history_after(0).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seen, (1..=2 * n as u64 + 1).collect::<Vec<_>>());
+    let seen: Vec<u64> = bob.history_after(0).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seen, (1..=2 * n as u64 + 1).collect::<Vec<_>>());
     a.stop().await;
     b.stop().await;
     db.drop_now().await;
@@ -145,16 +141,11 @@ async fn losing_the_database_fails_sends_and_health_then_recovers() {
     via_proxy.set_port(Some(proxy.port)).unwrap();
     let store_url = via_proxy.to_string();
     let t = TestServer::with(|s| s.store.url = store_url.clone());
-    let (mut alice, _bob, rid) = t.pair("Outage").await;
+    let mut alice = Phone::register(&t.url(), "alice", 0).await;
+    alice.create("Outage").await;
     let mut acked = Vec::new();
     for i in 0..10 {
-        acked.push(
-            alice
-                .send_text(&rid, &format!("before {i}"))
-                .await
-                .unwrap()
-                .0,
-        );
+        acked.push(alice.say(&format!("before {i}")).await);
     }
     assert!(healthz(&t).await.starts_with("HTTP/1.1 200"));
 
@@ -162,10 +153,8 @@ async fn losing_the_database_fails_sends_and_health_then_recovers() {
     // Sends fail with `internal` (promptly: no hang, no false `sent`).
     let started = Instant::now();
     for i in 0..3 {
-        assert_code(
-            alice.send_text(&rid, &format!("during {i}")).await,
-            ErrorCode::Internal,
-        );
+        let refused = refusal(alice.try_say(&format!("during {i}")).await);
+        assert_eq!(refused.code, ErrorCode::Internal);
     }
     assert!(
         started.elapsed() < Duration::from_secs(20),
@@ -193,17 +182,11 @@ async fn losing_the_database_fails_sends_and_health_then_recovers() {
     }
     // Serving again without a restart; the failed sends left no gap.
     for i in 0..5 {
-        acked.push(
-            alice
-                .send_text(&rid, &format!("after {i}"))
-                .await
-                .unwrap()
-                .0,
-        );
+        acked.push(alice.say(&format!("after {i}")).await);
     }
     assert_eq!(acked, (1..=15).collect::<Vec<u64>>());
-    let (msgs, _) = alice.history(&rid, None, None, Some(50)).await.unwrap();
-    assert_eq!(msgs.len(), 15);
+    let (entries, _) = alice.history_page(None, None, Some(50)).await;
+    assert_eq!(entries.len(), 15);
     t.stop().await;
     proxy.cut();
     db.drop_now().await;
@@ -221,8 +204,9 @@ async fn sslmode_require_connects_over_tls() {
     }
     let url = format!("{}?sslmode=require", db.url);
     let t = TestServer::with(|s| s.store.url = url.clone());
-    let (mut alice, _bob, rid) = t.pair("Tls").await;
-    alice.send_text(&rid, "over tls").await.unwrap();
+    let mut alice = Phone::register(&t.url(), "alice", 0).await;
+    alice.create("Tls").await;
+    alice.say("over tls").await;
     let name = url::Url::parse(&db.url).unwrap().path()[1..].to_owned();
     let tls_backends: i64 = admin
         .query_one(
@@ -239,48 +223,6 @@ async fn sslmode_require_connects_over_tls() {
     db.drop_now().await;
 }
 
-#[tokio::test]
-async fn a_member_who_joined_on_another_process_gets_the_key() {
-    let Some(db) = database().await else { return };
-    let url = db.url.clone();
-    let a = TestServer::with(|s| s.store.url = url.clone());
-    let (mut alice, _bob, rid) = a.pair("Across").await;
-    alice.send_text(&rid, "before carol").await.unwrap();
-    // carol joins through another process; alice's process has not heard.
-    let b = TestServer::with(|s| s.store.url = url.clone());
-    let mut carol = b.user("carol", 2).await;
-    carol.join_room(&rid, None).await.unwrap();
-    // alice wraps for the members she knows (alice, bob): the store sees
-    // the committed set differs, her process takes it, and her client
-    // re-wraps for carol too (announcing her first).
-    let (seq, _) = alice.send_text(&rid, "after carol").await.unwrap();
-    assert_eq!(seq, 2);
-    let told: Vec<String> = alice
-        .take_notices()
-        .into_iter()
-        .map(|n| match n {
-            e2ee_chat::client::Notice::NewRecipient { username, .. } => username,
-        })
-        .collect();
-    assert!(told.contains(&"carol".to_string()), "{told:?}");
-    let names: Vec<String> = alice
-        .get_members(&rid)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.username)
-        .collect();
-    assert_eq!(names, ["alice", "bob", "carol"]);
-    // carol, on the other process, holds the key for the new message.
-    carol.get_members(&rid).await.unwrap();
-    let (msgs, _) = carol.history(&rid, None, None, None).await.unwrap();
-    assert_eq!(msgs.len(), 1, "only what was sent while carol was a member");
-    assert_eq!(carol.decrypt(&msgs[0]).unwrap().text, "after carol");
-    a.stop().await;
-    b.stop().await;
-    db.drop_now().await;
-}
-
 /// Issue 20 item 6: `max_rooms_per_user` was counted per process, so one
 /// user got 10 rooms with a limit of 5 through two processes. The store
 /// counts it inside the write.
@@ -293,45 +235,48 @@ async fn rooms_per_user_hold_across_processes() {
         s.limits.max_rooms_per_user = 3;
     };
     let a = TestServer::with(limit);
-    let mut owner = a.user("owner", 1).await;
+    let mut owner = Phone::register(&a.url(), "owner", 1).await;
     let mut open = Vec::new();
-    for i in 0..4 {
-        open.push(
-            owner
-                .create_room(&format!("Open {i}"), None, false)
-                .await
-                .map(|(r, _)| r.room_id),
-        );
+    for i in 0..3 {
+        open.push(owner.create(&format!("Open {i}")).await.room_id);
     }
-    assert_code(open.pop().unwrap(), ErrorCode::TooManyRooms);
-    let open: Vec<String> = open.into_iter().map(Result::unwrap).collect();
+    let over = owner.create_with("Open 3", None, false).await;
+    assert_eq!(
+        over.err().and_then(|e| e.code()),
+        Some(ErrorCode::TooManyRooms)
+    );
     // A second process on the database (without Redis it learns of rooms
     // only at start). Mallory, connected to both: B has not seen her rooms
     // made through A, and A not those made through B.
     let b = TestServer::with(limit);
-    let mut on_a = a.user("mallory", 0).await;
-    let mut on_b = b.login("mallory", 0).await;
-    let (a1, _) = on_a.create_room("Mine A1", None, false).await.unwrap();
-    on_a.create_room("Mine A2", None, false).await.unwrap();
-    on_b.create_room("Mine B1", None, false).await.unwrap();
-    assert_code(
-        on_b.create_room("Mine B2", None, false).await,
-        ErrorCode::TooManyRooms,
+    let mut on_a = Phone::register(&a.url(), "mallory", 0).await;
+    let mut on_b = Phone::login(&b.url(), on_a.id.clone()).await;
+    let a1 = on_a.create_with("Mine A1", None, false).await.unwrap();
+    on_a.create_with("Mine A2", None, false).await.unwrap();
+    on_b.create_with("Mine B1", None, false).await.unwrap();
+    let code = |r: Result<
+        e2ee_chat::protocol::v3::RoomSummary3,
+        e2ee_chat::client::ClientError,
+    >| { r.err().and_then(|e| e.code()) };
+    assert_eq!(
+        code(on_b.create_with("Mine B2", None, false).await),
+        Some(ErrorCode::TooManyRooms)
     );
-    assert_code(
-        on_b.join_room(&open[0], None).await,
-        ErrorCode::TooManyRooms,
+    assert_eq!(
+        code(on_b.join(&open[0], None).await),
+        Some(ErrorCode::TooManyRooms)
     );
-    assert_code(
-        on_a.join_room(&open[1], None).await,
-        ErrorCode::TooManyRooms,
+    assert_eq!(
+        code(on_a.join(&open[1], None).await),
+        Some(ErrorCode::TooManyRooms)
     );
     // Racing from both at once does not get past it either.
-    on_a.leave_room(&a1.room_id).await.unwrap();
-    let (x, y) = tokio::join!(
-        on_a.join_room(&open[0], None),
-        on_b.join_room(&open[1], None)
-    );
+    on_a.ask(Request::LeaveRoom {
+        room_id: a1.room_id.clone(),
+    })
+    .await
+    .unwrap();
+    let (x, y) = tokio::join!(on_a.join(&open[0], None), on_b.join(&open[1], None));
     assert_eq!(
         [x.is_ok(), y.is_ok()].iter().filter(|ok| **ok).count(),
         1,
@@ -408,11 +353,11 @@ async fn verify_full_checks_the_certificate_and_the_host_name() {
     db.drop_now().await;
 }
 
-/// Protocol v3's rule that the first commit for an epoch wins, across
-/// processes: two stores on one database (each with its own pool and
-/// writer, as two server processes have) race commits for every epoch;
-/// exactly one wins each epoch and the log, the epoch and the group's state
-/// agree. (The same race over the wire comes with v3 rooms.)
+/// The first commit for an epoch wins, across processes: two stores on one
+/// database (each with its own pool and writer, as two server processes
+/// have) race commits for every epoch; exactly one wins each epoch and the
+/// log, the epoch and the group's state agree. (The same race over the
+/// wire is in `cluster.rs`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_stores_racing_commits_for_one_epoch_one_wins() {
     use e2ee_chat::store::{
@@ -421,10 +366,9 @@ async fn two_stores_racing_commits_for_one_epoch_one_wins() {
     let Some(db) = database().await else { return };
     let a: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.url, 64).await.unwrap());
     let b: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.url, 64).await.unwrap());
-    let keys = common::identity("alice", 0).keys;
     a.create_user(UserRecord {
         username: "alice".into(),
-        sign_key: keys.sign_der.clone(),
+        sign_key: common::phone3::identity3("alice", 0).der,
         enc_key: Vec::new(),
         created_at: 1,
     })
@@ -505,7 +449,7 @@ async fn two_stores_racing_commits_for_one_epoch_one_wins() {
     db.drop_now().await;
 }
 
-/// v3's device limit across processes: logins of new devices for one user,
+/// The device limit across processes: logins of new devices for one user,
 /// racing on two server processes over one database, never record more
 /// than `limits.max_devices_per_user` (the store decides inside the write,
 /// under the user's row lock).
@@ -518,12 +462,11 @@ async fn new_devices_racing_on_two_processes_stay_within_the_limit() {
     let url = db.url.clone();
     let tweak = |s: &mut e2ee_chat::config::Settings| {
         s.store.url = url.clone();
-        s.protocol.version = 3;
         s.limits.max_devices_per_user = 4;
     };
     let a = TestServer::with(tweak);
     let b = TestServer::with(tweak);
-    let alice = IdentityPair::new("alice", common::identity("alice", 0).keys.sign.clone());
+    let alice: IdentityPair = common::phone3::identity3("alice", 0);
     let mut c = Client3::connect(&a.url()).await.unwrap();
     c.register(&alice).await.unwrap();
     let logins = (0..12).map(|i| {

@@ -1,187 +1,204 @@
-//! The independent test vectors (tests/vectors/v2.cbor, a copy of
-//! ../shared/vectors/v2.cbor made with Python's `cryptography` and `cbor2`):
-//! our crypto and codec must agree with them byte for byte.
+//! Protocol v3's test vectors (tests/vectors/v3.cbor, a copy of
+//! ../shared/vectors/v3.cbor made with Python's `cryptography` and `cbor2`):
+//! the identity layer (`e2ee_chat::identity`) must agree with them byte for
+//! byte: fingerprints, the register proof, the login input, the device
+//! certificate's input and exact bytes, the certificates that must be
+//! refused, and a room id from its group id. (MLS objects are randomized;
+//! the clients prove interoperation by talking to each other.)
 
 mod common;
 
 use ciborium::Value;
 use common::cbor::{self, bytes, get, text};
-use e2ee_chat::crypto::{self, KeyPair, PublicKeys};
-use e2ee_chat::protocol::{decode_request, ErrorCode, MessageData, Request};
-use serde_bytes::ByteBuf;
+use e2ee_chat::crypto::fingerprint_display;
+use e2ee_chat::identity::{
+    device_signature_input, login_signature_input, register_proof_input, room_id_of_group_id,
+    CertError, DeviceCertificate, IdentityKey,
+};
 
 fn vectors() -> Value {
-    cbor::load("vectors/v2.cbor")
+    cbor::load("vectors/v3.cbor")
 }
 
-fn user(v: &Value, i: usize) -> &Value {
-    &get(v, "users").as_array().unwrap()[i]
-}
-
-fn keypair(u: &Value) -> KeyPair {
-    KeyPair::from_pkcs8_der(
-        &bytes(u, "sign_private_pkcs8"),
-        &bytes(u, "enc_private_pkcs8"),
-    )
-    .unwrap()
+fn identity(v: &Value, user: &str) -> IdentityKey {
+    IdentityKey::parse(&bytes(get(get(v, "users"), user), "identity_key")).unwrap()
 }
 
 #[test]
-fn public_keys_parse_and_fingerprints_match() {
+fn identity_keys_parse_and_fingerprints_match() {
     let v = vectors();
-    for i in 0..2 {
-        let u = user(&v, i);
-        let keys = PublicKeys::parse(&bytes(u, "sign_key"), &bytes(u, "enc_key")).unwrap();
-        let fp = keys.fingerprint();
+    assert_eq!(get(&v, "version").as_integer(), Some(3.into()));
+    for name in ["alice", "bob"] {
+        let u = get(get(&v, "users"), name);
+        let fp = identity(&v, name).fingerprint();
         assert_eq!(hex::encode(fp), text(u, "fingerprint"));
-        assert_eq!(
-            crypto::fingerprint_display(&fp),
-            text(u, "fingerprint_display")
-        );
-        // The private keys yield the same public DER.
-        let kp = keypair(u);
-        assert_eq!(kp.sign_der, bytes(u, "sign_key"));
-        assert_eq!(kp.enc_der, bytes(u, "enc_key"));
+        assert_eq!(fingerprint_display(&fp), text(u, "fingerprint_display"));
     }
 }
 
 #[test]
-fn login_signature_input_and_signature() {
+fn register_proof_and_login_signature() {
     let v = vectors();
-    let login = get(&v, "login");
-    let username = text(login, "username");
-    let host = text(login, "host");
-    let input = crypto::login_signature_input(&host, &username, &bytes(login, "nonce"));
-    assert_eq!(input, bytes(login, "signature_input"));
-    // The host is what a client dialing wss://chat.example.org/ws signs.
-    assert_eq!(
-        crypto::host_of_url("wss://Chat.Example.org:443/ws").as_deref(),
-        Some(host.as_str())
+    let (alice, bob) = (identity(&v, "alice"), identity(&v, "bob"));
+    let r = get(&v, "register");
+    let input = register_proof_input(&text(r, "host"), &text(r, "username"));
+    assert_eq!(input, bytes(r, "proof_input"));
+    assert!(alice.verify(&input, &bytes(r, "proof")));
+    assert!(!bob.verify(&input, &bytes(r, "proof")), "another key");
+    let other_host = register_proof_input("evil.example", "alice");
+    assert!(
+        !alice.verify(&other_host, &bytes(r, "proof")),
+        "another host"
     );
-    let alice = user(&v, 0);
-    let keys = PublicKeys::parse(&bytes(alice, "sign_key"), &bytes(alice, "enc_key")).unwrap();
-    assert!(keys.verify(&input, &bytes(login, "signature")));
-    // Any change breaks it.
-    let mut tampered = input.clone();
-    tampered[0] ^= 1;
-    assert!(!keys.verify(&tampered, &bytes(login, "signature")));
-    // Our own signature verifies with the same key.
-    let ours = keypair(alice).sign(&input);
-    assert!(keys.verify(&input, &ours));
-    // A proof for another host (a relaying look-alike) does not verify.
-    let relayed =
-        crypto::login_signature_input("chat.example.org.evil", &username, &bytes(login, "nonce"));
-    assert!(!keys.verify(&relayed, &bytes(login, "signature")));
+
+    let l = get(&v, "login");
+    let input = login_signature_input(&text(l, "host"), &text(l, "username"), &bytes(l, "nonce"));
+    assert_eq!(input, bytes(l, "signature_input"));
+    assert!(alice.verify(&input, &bytes(l, "signature")));
+    assert!(
+        !alice.verify(&bytes(r, "proof_input"), &bytes(l, "signature")),
+        "a login signature is not a register proof"
+    );
 }
 
 #[test]
-fn message_vector_decrypts_for_both_recipients() {
+fn device_certificate_bytes_and_check() {
     let v = vectors();
-    let m = get(&v, "message");
-    let room_id = text(m, "room_id");
-    let msg_id = bytes(m, "msg_id");
-    let nonce = bytes(m, "nonce");
-    let ciphertext = bytes(m, "ciphertext");
-    let commitment = bytes(m, "key_commitment");
-    assert_eq!(crypto::message_aad(&room_id, &msg_id), bytes(m, "aad"));
-    assert_eq!(
-        crypto::key_commitment(&bytes(m, "aes_key")).as_slice(),
-        commitment.as_slice()
+    let d = get(&v, "device");
+    let alice = identity(&v, "alice");
+    let (user, device, mls_key) = (
+        text(d, "username"),
+        bytes(d, "device_id"),
+        bytes(d, "mls_key"),
     );
-    assert_eq!(
-        crypto::message_signature_input(&room_id, &msg_id, &nonce, &commitment, &ciphertext),
-        bytes(m, "signature_input")
-    );
-    // Our plaintext encoding is the vector's, byte for byte.
-    let sent_at = get(m, "sent_at")
-        .as_integer()
-        .map(u64::try_from)
-        .unwrap()
+    // The device's Ed25519 key from its seed, as a client makes it.
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&bytes(d, "mls_private_seed"))
         .unwrap();
-    let plaintext = e2ee_chat::client::Plaintext {
-        text: text(m, "text"),
-        sent_at,
+    use ring::signature::KeyPair;
+    assert_eq!(pair.public_key().as_ref(), mls_key.as_slice());
+
+    let input = device_signature_input(&user, &device, &mls_key);
+    assert_eq!(input, bytes(d, "signature_input"));
+    let cert = DeviceCertificate {
+        user: user.clone(),
+        device: device.clone(),
+        mls_key: mls_key.clone(),
+        sig: bytes(d, "signature"),
     };
-    assert_eq!(plaintext.encode(), bytes(m, "plaintext"));
-    // AES-GCM with the given key reproduces the ciphertext exactly (deterministic).
+    assert_eq!(cert.encode(), bytes(d, "certificate"), "the exact bytes");
     assert_eq!(
-        crypto::seal(
-            &bytes(m, "aes_key"),
-            &nonce,
-            &bytes(m, "aad"),
-            &bytes(m, "plaintext")
-        ),
-        ciphertext
+        DeviceCertificate::check(&bytes(d, "certificate"), "alice", &alice),
+        Ok(cert.clone())
     );
-    let alice = user(&v, 0);
-    let sender = PublicKeys::parse(&bytes(alice, "sign_key"), &bytes(alice, "enc_key")).unwrap();
-    for (i, name) in [(0, "alice"), (1, "bob")] {
-        let me = keypair(user(&v, i));
-        let key = bytes(get(m, "keys"), name);
-        assert_eq!(me.unwrap_key(&key).unwrap(), bytes(m, "aes_key"));
-        let data = MessageData {
-            room_id: room_id.clone(),
-            seq: 1,
-            ts: 0,
-            msg_id: ByteBuf::from(msg_id.clone()),
-            sender: "alice".into(),
-            nonce: ByteBuf::from(nonce.clone()),
-            key_commitment: ByteBuf::from(commitment.clone()),
-            ciphertext: ByteBuf::from(ciphertext.clone()),
-            key: ByteBuf::from(key),
-            signature: ByteBuf::from(bytes(m, "signature")),
+    assert_eq!(
+        DeviceCertificate::check(&bytes(d, "certificate"), "bob", &alice),
+        Err(CertError::OtherUser)
+    );
+    assert_eq!(
+        DeviceCertificate::check(&bytes(d, "certificate"), "alice", &identity(&v, "bob")),
+        Err(CertError::Signature)
+    );
+}
+
+#[test]
+fn a_certificate_issued_here_checks() {
+    let v = vectors();
+    let d = get(&v, "device");
+    let private = bytes(get(get(&v, "users"), "alice"), "identity_private_pkcs8");
+    // KeyPair holds two RSA keys; the identity key serves as both here.
+    let keys = e2ee_chat::crypto::KeyPair::from_pkcs8_der(&private, &private).unwrap();
+    let cert =
+        DeviceCertificate::issue("alice", &bytes(d, "device_id"), &bytes(d, "mls_key"), |m| {
+            keys.sign(m)
+        });
+    let encoded = cert.encode();
+    assert_eq!(
+        DeviceCertificate::check(&encoded, "alice", &identity(&v, "alice")),
+        Ok(cert)
+    );
+    // RSA-PSS is randomized: same fields, other signature bytes.
+    assert_ne!(encoded, bytes(d, "certificate"));
+}
+
+#[test]
+fn refused_certificates_are_refused() {
+    let v = vectors();
+    let alice = identity(&v, "alice");
+    let refused = get(get(&v, "device"), "refused").as_map().unwrap();
+    assert!(refused.len() >= 6);
+    for (name, cert) in refused {
+        let name = name.as_text().unwrap();
+        let got = DeviceCertificate::check(cert.as_bytes().unwrap(), "alice", &alice);
+        let want = match name {
+            "mls_key_swapped" | "signed_by_bob" => CertError::Signature,
+            "user_renamed" => CertError::OtherUser,
+            "keys_out_of_order" | "extra_key" | "trailing_byte" => CertError::Encoding,
+            other => panic!("a refused certificate this test does not know: {other}"),
         };
-        let opened = e2ee_chat::client::open_message(&me, &sender, &data).unwrap();
-        assert_eq!(opened, plaintext);
-        // A different commitment breaks the signature; a matching signature
-        // over another commitment fails the commitment check.
-        let mut wrong = data.clone();
-        wrong.key_commitment[0] ^= 1;
-        assert!(e2ee_chat::client::open_message(&me, &sender, &wrong).is_err());
+        assert_eq!(got, Err(want), "{name}");
     }
 }
 
 #[test]
-fn good_frames_decode() {
+fn a_room_id_names_its_group() {
     let v = vectors();
-    let frames = get(&v, "frames");
-    let (id, req) = decode_request(&bytes(frames, "register")).unwrap();
+    let r = get(&v, "room_id_of_group_id");
+    assert_eq!(
+        room_id_of_group_id(&bytes(r, "group_id")),
+        text(r, "room_id")
+    );
+}
+
+#[test]
+fn the_application_plaintext_encodes_and_decodes_as_the_vector() {
+    use e2ee_chat::client::member3::{decode_plaintext, encode_plaintext};
+    let v = vectors();
+    let p = get(&v, "plaintext");
+    let sent_at: u64 = get(p, "sent_at").as_integer().unwrap().try_into().unwrap();
+    let encoded = bytes(p, "bytes");
+    assert_eq!(encode_plaintext(&text(p, "text"), sent_at), encoded);
+    assert_eq!(decode_plaintext(&encoded), Some((text(p, "text"), sent_at)));
+    let mut trailing = encoded.clone();
+    trailing.push(0);
+    assert_eq!(decode_plaintext(&trailing), None, "nothing after the map");
+}
+
+/// A frame of the vectors' `frames`, as the bytes a client sends.
+fn frame(v: &Value, name: &str) -> Vec<u8> {
+    match get(get(v, "frames"), name) {
+        Value::Bytes(b) => b.clone(),
+        map => {
+            let mut out = Vec::new();
+            ciborium::into_writer(map, &mut out).unwrap();
+            out
+        }
+    }
+}
+
+#[test]
+fn register_and_prove_frames_decode_as_version_3() {
+    use e2ee_chat::protocol::{decode_request, v3::Request3};
+    let v = vectors();
+    let (id, register) = decode_request(&frame(&v, "register")).unwrap();
     assert_eq!(id, Some(1));
-    assert!(matches!(req, Request::Register { username, .. } if username == "alice"));
-    let (id, req) = decode_request(&bytes(frames, "login_without_id")).unwrap();
-    assert_eq!(id, None);
-    assert!(matches!(req, Request::Login { username } if username == "alice"));
-    let (_, req) = decode_request(&bytes(frames, "send_keys_sorted_with_unknown_field")).unwrap();
-    let Request::Send(body) = req else {
-        panic!("not a send")
+    let Request3::Register {
+        username,
+        identity_key,
+        proof,
+    } = register
+    else {
+        panic!("not a register: {register:?}");
     };
-    let m = get(&v, "message");
-    assert_eq!(body.room_id, text(m, "room_id"));
-    assert_eq!(
-        body.ciphertext.as_slice(),
-        bytes(m, "ciphertext").as_slice()
-    );
-    assert_eq!(
-        body.key_commitment.as_slice(),
-        bytes(m, "key_commitment").as_slice()
-    );
-    assert_eq!(body.keys.len(), 2);
-    assert!(body.keys.contains_key("alice") && body.keys.contains_key("bob"));
-}
+    assert_eq!(username, "alice");
+    assert_eq!(identity_key.as_slice(), identity(&v, "alice").der());
+    assert_eq!(proof.into_vec(), bytes(get(&v, "register"), "proof"));
 
-#[test]
-fn bad_frames_are_malformed() {
-    let v = vectors();
-    let frames = get(&v, "frames");
-    for name in [
-        "bytes_as_array_is_malformed",
-        "not_a_map_is_malformed",
-        "truncated_is_malformed",
-    ] {
-        let err = decode_request(&bytes(frames, name)).unwrap_err();
-        assert_eq!(err.failure.code, ErrorCode::Malformed, "{name}");
-    }
-    // The array-bytes frame still has a readable id to echo.
-    let err = decode_request(&bytes(frames, "bytes_as_array_is_malformed")).unwrap_err();
-    assert_eq!(err.id, Some(3));
+    let (id, prove) = decode_request(&frame(&v, "prove")).unwrap();
+    assert_eq!(id, Some(2));
+    let Request3::Prove { signature, device } = prove else {
+        panic!("not a prove: {prove:?}");
+    };
+    assert_eq!(signature.into_vec(), bytes(get(&v, "login"), "signature"));
+    let cert = DeviceCertificate::check(&device, "alice", &identity(&v, "alice")).unwrap();
+    assert_eq!(cert.encode(), bytes(get(&v, "device"), "certificate"));
 }

@@ -68,16 +68,17 @@ pub struct Member3 {
     pub received: Vec<Plaintext>,
 }
 
-/// Plaintext of section 2: a CBOR map of `text` and `sent_at`.
-fn encode_plaintext(text: &str) -> Vec<u8> {
+/// The application plaintext (PROTOCOL.md section 2): one CBOR map of
+/// `text` and `sent_at` (the sender's clock, in ms).
+pub fn encode_plaintext(text: &str, sent_at: u64) -> Vec<u8> {
     use ciborium::Value;
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(text.len() + 24);
     ciborium::into_writer(
         &Value::Map(vec![
             (Value::Text("text".into()), Value::Text(text.into())),
             (
                 Value::Text("sent_at".into()),
-                Value::Integer(crate::util::now_ms().into()),
+                Value::Integer(sent_at.into()),
             ),
         ]),
         &mut out,
@@ -86,12 +87,17 @@ fn encode_plaintext(text: &str) -> Vec<u8> {
     out
 }
 
-/// (text, sent_at) of a plaintext, if it is one.
-fn decode_plaintext(bytes: &[u8]) -> Option<(String, u64)> {
+/// (text, sent_at) of a plaintext: exactly one CBOR map with `text` (text)
+/// and `sent_at` (unsigned), nothing after it; other keys are ignored.
+pub fn decode_plaintext(bytes: &[u8]) -> Option<(String, u64)> {
     use ciborium::Value;
-    let Value::Map(entries) = ciborium::from_reader::<Value, _>(bytes).ok()? else {
+    let mut reader = bytes;
+    let Value::Map(entries) = ciborium::from_reader::<Value, _>(&mut reader).ok()? else {
         return None;
     };
+    if !reader.is_empty() {
+        return None;
+    }
     let get = |k: &str| entries.iter().find(|(key, _)| key.as_text() == Some(k));
     let text = get("text")?.1.as_text()?.to_owned();
     let sent_at = u64::try_from(get("sent_at")?.1.as_integer()?).ok()?;
@@ -659,7 +665,11 @@ impl Member3 {
             let room = self.rooms.get_mut(room_id).expect("loaded");
             let message = self
                 .device
-                .encrypt(&self.provider, &mut room.group, &encode_plaintext(text))
+                .encrypt(
+                    &self.provider,
+                    &mut room.group,
+                    &encode_plaintext(text, crate::util::now_ms()),
+                )
                 .map_err(because("MLS"))?;
             self.save(room_id, &[], Vec::new())?;
             let reply = self

@@ -62,16 +62,30 @@ pub struct Client3 {
 }
 
 impl Client3 {
-    /// Connects to a `ws://` (or `wss://`) URL asking for `e2ee-chat.v3`.
+    /// Connects to a `ws://` (or `wss://`) URL asking for `e2ee-chat.v3`,
+    /// with TCP_NODELAY.
     pub async fn connect(url: &str) -> Result<Client3> {
+        Self::connect_with_headers(url, &[]).await
+    }
+
+    /// Connects with extra HTTP headers on the upgrade request (e.g. what a
+    /// proxy adds, for tests).
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Client3> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        use tokio_tungstenite::tungstenite::http::HeaderValue;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
         let host = crypto::host_of_url(url).ok_or(ClientError::NoHost)?;
         let mut request = url.into_client_request()?;
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(SUBPROTOCOL),
         );
+        for (name, value) in headers {
+            let bad = |e: String| ClientError::Decode(format!("header {name}: {e}"));
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).map_err(|e| bad(e.to_string()))?,
+                HeaderValue::from_str(value).map_err(|e| bad(e.to_string()))?,
+            );
+        }
         let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
         Ok(Client3 {
             ws,
@@ -90,6 +104,12 @@ impl Client3 {
     /// The host a proof signs (from the URL).
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Signs proofs for `host` instead (what a client relayed through a
+    /// look-alike server would sign; for tests).
+    pub fn set_host(&mut self, host: &str) {
+        self.host = host.to_owned();
     }
 
     /// Sends raw bytes as one binary frame (for tests of bad input).
@@ -123,14 +143,7 @@ impl Client3 {
     /// Like `request_raw`, but an `error` reply becomes `Err(Server{..})`.
     pub async fn request(&mut self, req: &Request3) -> Result<ServerMsg3> {
         match self.request_raw(req).await? {
-            ServerMsg3::Error { code, message, .. }
-            | ServerMsg3::Shared(ServerMsg::Error { code, message, .. }) => {
-                Err(ClientError::Server {
-                    code,
-                    message,
-                    members: None,
-                })
-            }
+            ServerMsg3::Error { code, message, .. } => Err(ClientError::Server { code, message }),
             other => Ok(other),
         }
     }

@@ -4,11 +4,11 @@
 //! The database stays the only source of truth; Redis carries
 //! notifications, never the only copy of anything:
 //!
-//! - **Messages**: a room publishes each message it stored on
+//! - **The room log**: a room publishes each entry it stored on
 //!   `{prefix}:room:{room_id}`; every process with that room running
 //!   delivers it to its own sessions in seq order. A process that sees a
 //!   seq gap, or that (re)subscribed, reads what it missed from the
-//!   database ([`crate::store::Store::messages_after`]).
+//!   database ([`crate::store::Store::entries_after`]).
 //! - **Directory and membership** (`{prefix}:ctl`): a room was created,
 //!   joined, left, changed or deleted; the other processes reload that room
 //!   from the database ([`Ctl::Room`]).
@@ -28,11 +28,10 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
 use tokio::sync::mpsc;
 
 use crate::config::ClusterSettings;
-use crate::store::{Appended, NewEntry, NewMessage, RoomMessage, StoredEntry};
+use crate::store::{Appended, NewEntry, StoredEntry};
 use outbox::{Outbox, Outgoing};
 
 /// A server process's identity for this run (random at start).
@@ -104,87 +103,21 @@ impl Ctl {
     }
 }
 
-/// A stored message on a room channel (field names as in `WireIn`).
-#[derive(Serialize)]
-struct WireOut<'a> {
-    seq: u64,
-    ts: u64,
-    sender: &'a str,
-    msg_id: &'a serde_bytes::Bytes,
-    nonce: &'a serde_bytes::Bytes,
-    key_commitment: &'a serde_bytes::Bytes,
-    ciphertext: &'a serde_bytes::Bytes,
-    signature: &'a serde_bytes::Bytes,
-    keys: Vec<(&'a str, &'a serde_bytes::Bytes)>,
-}
-
-#[derive(Deserialize)]
-struct WireIn {
-    seq: u64,
-    ts: u64,
-    sender: String,
-    msg_id: ByteBuf,
-    nonce: ByteBuf,
-    key_commitment: ByteBuf,
-    ciphertext: ByteBuf,
-    signature: ByteBuf,
-    keys: Vec<(String, ByteBuf)>,
-}
-
 fn encode(value: &impl Serialize) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(value, &mut out).expect("writing to a Vec cannot fail");
     out
 }
 
-fn encode_message(m: &NewMessage, at: Appended) -> Vec<u8> {
-    let b = serde_bytes::Bytes::new;
-    encode(&WireOut {
-        seq: at.seq,
-        ts: at.ts,
-        sender: &m.sealed.sender,
-        msg_id: b(&m.sealed.msg_id),
-        nonce: b(&m.sealed.nonce),
-        key_commitment: b(&m.sealed.key_commitment),
-        ciphertext: b(&m.sealed.ciphertext),
-        signature: b(&m.sealed.signature),
-        keys: m.keys.iter().map(|(n, k)| (n.as_str(), b(k))).collect(),
-    })
-}
-
-fn decode_message(room_id: &str, bytes: &[u8]) -> Option<RoomMessage> {
-    let w: WireIn = ciborium::from_reader(bytes).ok()?;
-    Some(RoomMessage {
-        seq: w.seq,
-        ts: w.ts,
-        message: NewMessage {
-            room_id: room_id.to_owned(),
-            sealed: crate::message::Sealed {
-                msg_id: w.msg_id.into_vec(),
-                sender: w.sender,
-                nonce: w.nonce.into_vec(),
-                key_commitment: w.key_commitment.into_vec(),
-                ciphertext: w.ciphertext.into_vec(),
-                signature: w.signature.into_vec(),
-            },
-            keys: w.keys.into_iter().map(|(n, k)| (n, k.into_vec())).collect(),
-            check_members: false,
-        },
-    })
-}
-
-/// A v3 log entry on a room channel: the `entry` event's fields.
+/// A log entry on a room channel: the `entry` event's fields.
 fn encode_entry(e: &NewEntry, at: Appended) -> Vec<u8> {
     encode(&crate::protocol::v3::Entry::new(
         &e.room_id, at.seq, at.ts, &e.entry,
     ))
 }
 
-/// What a room channel carried: a v2 message or a v3 entry.
+/// What a room channel carried: a log entry.
 fn decode_feed(room_id: &str, bytes: &[u8]) -> Option<RoomFeed> {
-    if let Some(m) = decode_message(room_id, bytes) {
-        return Some(RoomFeed::Message(Box::new(m)));
-    }
     let entry: crate::protocol::v3::Entry = ciborium::from_reader(bytes).ok()?;
     if entry.room_id != room_id {
         return None;
@@ -197,9 +130,7 @@ fn decode_feed(room_id: &str, bytes: &[u8]) -> Option<RoomFeed> {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub enum RoomFeed {
-    /// A message another process (or this one) stored.
-    Message(Box<RoomMessage>),
-    /// A v3 log entry another process (or this one) stored.
+    /// A log entry another process (or this one) stored.
     Entry(Box<StoredEntry>),
     /// The room's channel is subscribed (again): read what was missed.
     Subscribed,
@@ -300,14 +231,6 @@ impl Cluster {
         });
     }
 
-    pub fn publish_message(&self, m: &NewMessage, at: Appended) {
-        self.send(Outgoing {
-            channel: format!("{}:room:{}", self.prefix, m.room_id),
-            payload: encode_message(m, at),
-            control: false,
-        });
-    }
-
     pub fn publish_entry(&self, e: &NewEntry, at: Appended) {
         self.send(Outgoing {
             channel: format!("{}:room:{}", self.prefix, e.room_id),
@@ -330,30 +253,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_message_crosses_the_wire_whole() {
-        let m = NewMessage {
+    fn an_entry_and_a_control_cross_the_wire_whole() {
+        let e = NewEntry {
             room_id: "r".into(),
-            sealed: crate::message::Sealed {
-                msg_id: vec![1; 16],
+            entry: crate::message::LogEntry {
+                kind: crate::message::EntryKind::Commit,
                 sender: "alice".into(),
-                nonce: vec![2; 12],
-                key_commitment: vec![3; 32],
-                ciphertext: vec![4; 100],
-                signature: vec![5; 256],
+                device_id: vec![1; 16],
+                epoch: 4,
+                data: vec![2; 100],
+                msg_id: None,
+                group_info: Some(vec![3; 50]),
             },
-            keys: vec![("alice".into(), vec![6; 256]), ("bob".into(), vec![7; 256])],
-            check_members: true,
+            commit: None,
         };
         let at = Appended {
             seq: 9,
             ts: 10,
             duplicate: false,
         };
-        let got = decode_message("r", &encode_message(&m, at)).unwrap();
+        let Some(RoomFeed::Entry(got)) = decode_feed("r", &encode_entry(&e, at)) else {
+            panic!("an entry decodes");
+        };
         assert_eq!((got.seq, got.ts), (9, 10));
-        assert_eq!(got.message.keys, m.keys);
-        assert_eq!(got.message.sealed, m.sealed, "every sealed part");
-        assert!(decode_message("r", b"junk").is_none());
+        assert_eq!(got.entry, e.entry, "every part");
+        assert!(decode_feed("other", &encode_entry(&e, at)).is_none());
+        assert!(decode_feed("r", b"junk").is_none());
         let ctl = Ctl::Room {
             proc: 1,
             room_id: "r".into(),

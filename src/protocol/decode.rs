@@ -2,14 +2,12 @@
 //! (`super::shape`), then the map is read field by field with the exact
 //! CBOR types the spec names.
 
-use std::collections::BTreeMap;
-
 use ciborium::Value;
 use serde_bytes::ByteBuf;
 
 use super::shape;
 use super::v3::Request3;
-use super::{ErrorCode, Failure, Request, SendBody, MAX_REQUEST_ID};
+use super::{ErrorCode, Failure, Request, MAX_REQUEST_ID};
 
 /// Why a frame could not be turned into a request. `id` is the request id
 /// when it could still be read, so the error can echo it.
@@ -28,7 +26,7 @@ pub const MAX_DEPTH: usize = 4;
 
 /// Decodes one binary frame into `(id, request)`, checking every CBOR type,
 /// with at most [`DEFAULT_MAX_ITEMS`] items.
-pub fn decode_request(frame: &[u8]) -> Result<(Option<u64>, Request), DecodeError> {
+pub fn decode_request(frame: &[u8]) -> Result<(Option<u64>, Request3), DecodeError> {
     decode_request_bounded(frame, DEFAULT_MAX_ITEMS)
 }
 
@@ -37,20 +35,6 @@ pub fn decode_request(frame: &[u8]) -> Result<(Option<u64>, Request), DecodeErro
 /// [`MAX_DEPTH`] is `malformed` before anything is built, so a frame of a
 /// million tiny items costs a scan, not a million allocations.
 pub fn decode_request_bounded(
-    frame: &[u8],
-    max_items: usize,
-) -> Result<(Option<u64>, Request), DecodeError> {
-    decode_with(frame, max_items, |f, kind| f.request(kind))
-}
-
-/// Decodes one binary frame of protocol version 3 (PROTOCOL-v3.md), as
-/// strictly as [`decode_request`] does version 2's.
-pub fn decode_request_v3(frame: &[u8]) -> Result<(Option<u64>, Request3), DecodeError> {
-    decode_request_v3_bounded(frame, DEFAULT_MAX_ITEMS)
-}
-
-/// [`decode_request_v3`] with at most `max_items` CBOR items.
-pub fn decode_request_v3_bounded(
     frame: &[u8],
     max_items: usize,
 ) -> Result<(Option<u64>, Request3), DecodeError> {
@@ -186,51 +170,19 @@ impl Fields<'_> {
         }
     }
 
-    fn key_map(&self, key: &str) -> FieldResult<BTreeMap<String, ByteBuf>> {
-        let Some(Value::Map(entries)) = self.get(key) else {
-            return Err(match self.get(key) {
-                None => Self::missing(key),
-                Some(_) => Self::wrong(key, "a map"),
-            });
-        };
-        let mut out = BTreeMap::new();
-        for (k, v) in entries {
-            match (k, v) {
-                (Value::Text(name), Value::Bytes(wrapped)) => {
-                    out.insert(name.clone(), ByteBuf::from(wrapped.clone()));
-                }
-                _ => return Err(Self::wrong(key, "a map of text to byte strings")),
-            }
-        }
-        Ok(out)
-    }
-
     fn room_user(&self) -> FieldResult<(String, String)> {
         Ok((self.text("room_id")?, self.text("username")?))
     }
 
     fn request(&self, kind: &str) -> FieldResult<Request> {
         Ok(match kind {
-            "register" => Request::Register {
-                username: self.text("username")?,
-                sign_key: self.bytes("sign_key")?,
-                enc_key: self.bytes("enc_key")?,
-            },
             "login" => Request::Login {
                 username: self.text("username")?,
-            },
-            "prove" => Request::Prove {
-                signature: self.bytes("signature")?,
             },
             "ping" => Request::Ping,
             "list_rooms" => Request::ListRooms {
                 offset: self.opt_uint("offset")?,
                 limit: self.opt_uint("limit")?,
-            },
-            "create_room" => Request::CreateRoom {
-                name: self.text("name")?,
-                password: self.opt_text("password")?,
-                hidden: self.opt_bool("hidden")?,
             },
             "join_room" => Request::JoinRoom {
                 room_id: self.text("room_id")?,
@@ -265,15 +217,6 @@ impl Fields<'_> {
             "delete_room" => Request::DeleteRoom {
                 room_id: self.text("room_id")?,
             },
-            "send" => Request::Send(SendBody {
-                room_id: self.text("room_id")?,
-                msg_id: self.bytes("msg_id")?,
-                nonce: self.bytes("nonce")?,
-                key_commitment: self.bytes("key_commitment")?,
-                ciphertext: self.bytes("ciphertext")?,
-                keys: self.key_map("keys")?,
-                signature: self.bytes("signature")?,
-            }),
             "history" => Request::History {
                 room_id: self.text("room_id")?,
                 after_seq: self.opt_uint("after_seq")?,
@@ -284,8 +227,8 @@ impl Fields<'_> {
         })
     }
 
-    /// Version 3: the requests that changed or are new, the rest as
-    /// version 2 reads them.
+    /// Every request: those that carry MLS objects or device certificates
+    /// here, the rest by `request`.
     fn request_v3(&self, kind: &str) -> FieldResult<Request3> {
         Ok(match kind {
             "register" => Request3::Register {

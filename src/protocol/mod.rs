@@ -14,23 +14,17 @@
 //! `message` event once per room and cheaply per recipient; `v3` holds
 //! version 3's frames, beside version 2's until v2 goes.
 
-use crate::message::Sealed;
-use std::collections::BTreeMap;
-
 use ciborium::Value;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 mod decode;
-mod frame;
 mod shape;
 pub mod v3;
 
 pub use decode::{
-    decode_request, decode_request_bounded, decode_request_v3, decode_request_v3_bounded,
-    DecodeError, DEFAULT_MAX_ITEMS, MAX_DEPTH,
+    decode_request, decode_request_bounded, DecodeError, DEFAULT_MAX_ITEMS, MAX_DEPTH,
 };
-pub use frame::MessageFrame;
 
 /// Largest `id` a client may send (2^53, so JavaScript clients can use it).
 pub const MAX_REQUEST_ID: u64 = 1 << 53;
@@ -63,7 +57,6 @@ pub enum ErrorCode {
     NotOwner,
     NoSuchMember,
     InvalidTarget,
-    StaleMembers,
     InvalidMessage,
     Internal,
     // Version 3 (PROTOCOL-v3.md section 6).
@@ -104,7 +97,6 @@ impl ErrorCode {
             NotOwner => "only the room owner may do that",
             NoSuchMember => "that user is not a member of this room",
             InvalidTarget => "the owner cannot do that to themself",
-            StaleMembers => "the key set does not match the room's members",
             InvalidMessage => "the message is invalid",
             Internal => "internal server error",
             StaleEpoch => "the group has moved to another epoch",
@@ -122,7 +114,6 @@ impl ErrorCode {
 pub struct Failure {
     pub code: ErrorCode,
     pub message: String,
-    pub members: Option<Vec<Member>>,
     /// v3 `stale_epoch`: the group's current epoch.
     pub epoch: Option<u64>,
     /// v3 `commit_required`: the leaves to remove.
@@ -134,7 +125,6 @@ impl Failure {
         Failure {
             code,
             message: message.into(),
-            members: None,
             epoch: None,
             remove: None,
         }
@@ -172,15 +162,6 @@ impl Failure {
             remove: self.remove,
         }
     }
-
-    pub fn into_msg(self, id: Option<u64>) -> ServerMsg {
-        ServerMsg::Error {
-            id,
-            code: self.code,
-            message: self.message,
-            members: self.members,
-        }
-    }
 }
 
 impl From<ErrorCode> for Failure {
@@ -189,63 +170,12 @@ impl From<ErrorCode> for Failure {
     }
 }
 
-/// A `send` request's body.
-#[derive(Debug, Clone, Serialize)]
-pub struct SendBody {
-    pub room_id: String,
-    pub msg_id: ByteBuf,
-    pub nonce: ByteBuf,
-    pub key_commitment: ByteBuf,
-    pub ciphertext: ByteBuf,
-    pub keys: BTreeMap<String, ByteBuf>,
-    pub signature: ByteBuf,
-}
-
-impl SendBody {
-    /// The message as `sender` sealed it, and every recipient's wrapped key.
-    pub fn into_sealed(self, sender: String) -> (Sealed, Vec<(String, Vec<u8>)>) {
-        let sealed = Sealed {
-            msg_id: self.msg_id.into_vec(),
-            sender,
-            nonce: self.nonce.into_vec(),
-            key_commitment: self.key_commitment.into_vec(),
-            ciphertext: self.ciphertext.into_vec(),
-            signature: self.signature.into_vec(),
-        };
-        let keys = self
-            .keys
-            .into_iter()
-            .map(|(k, v)| (k, v.into_vec()))
-            .collect();
-        (sealed, keys)
-    }
-
-    /// The bytes the sender signs (PROTOCOL.md section 3, Messages, step 5).
-    pub fn signature_input(&self) -> Vec<u8> {
-        crate::crypto::message_signature_input(
-            &self.room_id,
-            &self.msg_id,
-            &self.nonce,
-            &self.key_commitment,
-            &self.ciphertext,
-        )
-    }
-}
-
 /// Every client request (without its `id`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
-    Register {
-        username: String,
-        sign_key: ByteBuf,
-        enc_key: ByteBuf,
-    },
     Login {
         username: String,
-    },
-    Prove {
-        signature: ByteBuf,
     },
     Ping,
     ListRooms {
@@ -253,13 +183,6 @@ pub enum Request {
         offset: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         limit: Option<u64>,
-    },
-    CreateRoom {
-        name: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        password: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        hidden: Option<bool>,
     },
     JoinRoom {
         room_id: String,
@@ -296,7 +219,6 @@ pub enum Request {
     DeleteRoom {
         room_id: String,
     },
-    Send(SendBody),
     History {
         room_id: String,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -333,50 +255,6 @@ pub struct RoomSummary {
     pub last_seq: u64,
 }
 
-/// 4.2 Member object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member {
-    pub username: String,
-    pub sign_key: ByteBuf,
-    pub enc_key: ByteBuf,
-    pub online: bool,
-    pub joined_at: u64,
-}
-
-/// A stored chat message as one recipient sees it (the `message` event, and
-/// the entries of a `history` reply).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MessageData {
-    pub room_id: String,
-    pub seq: u64,
-    pub ts: u64,
-    pub msg_id: ByteBuf,
-    pub sender: String,
-    pub nonce: ByteBuf,
-    pub key_commitment: ByteBuf,
-    pub ciphertext: ByteBuf,
-    pub key: ByteBuf,
-    pub signature: ByteBuf,
-}
-
-impl MessageData {
-    /// A stored message as the recipient holding `key` gets it.
-    pub fn new(room_id: &str, seq: u64, ts: u64, sealed: Sealed, key: Vec<u8>) -> Self {
-        MessageData {
-            room_id: room_id.to_owned(),
-            seq,
-            ts,
-            msg_id: ByteBuf::from(sealed.msg_id),
-            sender: sealed.sender,
-            nonce: ByteBuf::from(sealed.nonce),
-            key_commitment: ByteBuf::from(sealed.key_commitment),
-            ciphertext: ByteBuf::from(sealed.ciphertext),
-            key: ByteBuf::from(key),
-            signature: ByteBuf::from(sealed.signature),
-        }
-    }
-}
-
 /// Everything the server sends: direct replies (with the request's `id`) and
 /// pushed events (without).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -392,40 +270,14 @@ pub enum ServerMsg {
         id: Option<u64>,
         nonce: ByteBuf,
     },
-    LoggedIn {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        username: String,
-        server_time: u64,
-        rooms: Vec<RoomSummary>,
-    },
     Pong {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         server_time: u64,
     },
-    Rooms {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        rooms: Vec<RoomSummary>,
-        total: u64,
-        connected: u64,
-    },
-    Joined {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        room: RoomSummary,
-        members: Vec<Member>,
-    },
     Ok {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
-    },
-    Members {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        room_id: String,
-        members: Vec<Member>,
     },
     Sent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -434,25 +286,6 @@ pub enum ServerMsg {
         msg_id: ByteBuf,
         seq: u64,
         ts: u64,
-    },
-    History {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        room_id: String,
-        messages: Vec<MessageData>,
-        has_more: bool,
-    },
-    Error {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        id: Option<u64>,
-        code: ErrorCode,
-        message: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        members: Option<Vec<Member>>,
-    },
-    MemberJoined {
-        room_id: String,
-        member: Member,
     },
     MemberLeft {
         room_id: String,
@@ -479,7 +312,6 @@ pub enum ServerMsg {
     RoomDeleted {
         room_id: String,
     },
-    Message(MessageData),
 }
 
 impl ServerMsg {
@@ -489,15 +321,9 @@ impl ServerMsg {
         match self {
             Registered { id, .. }
             | Challenge { id, .. }
-            | LoggedIn { id, .. }
             | Pong { id, .. }
-            | Rooms { id, .. }
-            | Joined { id, .. }
             | Ok { id }
-            | Members { id, .. }
-            | Sent { id, .. }
-            | History { id, .. }
-            | Error { id, .. } => *id,
+            | Sent { id, .. } => *id,
             _ => None,
         }
     }
@@ -526,7 +352,7 @@ impl Reply for ServerMsg {
     }
 
     fn is_error(&self) -> bool {
-        matches!(self, ServerMsg::Error { .. })
+        false
     }
 }
 
@@ -536,10 +362,7 @@ impl Reply for v3::ServerMsg3 {
     }
 
     fn is_error(&self) -> bool {
-        matches!(
-            self,
-            v3::ServerMsg3::Error { .. } | v3::ServerMsg3::Shared(ServerMsg::Error { .. })
-        )
+        matches!(self, v3::ServerMsg3::Error { .. })
     }
 }
 
@@ -581,7 +404,7 @@ mod tests {
         let (id, back) = decode_request(&req.encode(Some(7))).unwrap();
         assert_eq!(id, Some(7));
         assert!(
-            matches!(back, Request::JoinRoom { room_id, password: Some(p) } if room_id == "r-1" && p == "pw")
+            matches!(back, v3::Request3::Shared(Request::JoinRoom { room_id, password: Some(p) }) if room_id == "r-1" && p == "pw")
         );
     }
 
@@ -658,7 +481,7 @@ mod tests {
         ];
         for frame in ok {
             let (_, req) = decode_request(frame).unwrap();
-            assert!(matches!(req, Request::Ping));
+            assert!(matches!(req, v3::Request3::Shared(Request::Ping)));
         }
         // Truncated or huge declared lengths are malformed, not a panic.
         for bad in [
@@ -668,38 +491,5 @@ mod tests {
         ] {
             assert_eq!(code_of(bad), ErrorCode::Malformed);
         }
-    }
-
-    #[test]
-    fn message_frame_matches_serde() {
-        let sealed = Sealed {
-            msg_id: vec![1; 16],
-            sender: "alice".into(),
-            nonce: vec![2; 12],
-            key_commitment: vec![6; 32],
-            ciphertext: vec![3; 300],
-            signature: vec![4; 256],
-        };
-        let frame = MessageFrame::new("r-1", 5, 99, &sealed);
-        let bytes = frame.for_recipient(&[5; 256]);
-        let msg = ServerMsg::decode(&bytes).unwrap();
-        let ServerMsg::Message(m) = msg else {
-            panic!("not a message")
-        };
-        assert_eq!(m.seq, 5);
-        assert_eq!(m.key.as_slice(), &[5; 256]);
-        assert_eq!(m.ciphertext.len(), 300);
-        assert_eq!(m.key_commitment.as_slice(), &[6; 32]);
-        assert_eq!(m.sender, "alice");
-        assert_eq!(peek_type(&bytes), b"message");
-        let sent = ServerMsg::Sent {
-            id: Some(1),
-            room_id: "r".into(),
-            msg_id: ByteBuf::from(vec![0; 16]),
-            seq: 1,
-            ts: 2,
-        };
-        assert_eq!(peek_type(&sent.encode()), b"sent");
-        assert_eq!(peek_type(b"\xa0"), b"");
     }
 }

@@ -125,19 +125,6 @@ pub struct Member3 {
     pub joined_at: u64,
 }
 
-impl From<super::Member> for Member3 {
-    /// A v3 user's version-2 member object carries the identity key as its
-    /// `sign_key` (`User::member`).
-    fn from(m: super::Member) -> Self {
-        Member3 {
-            username: m.username,
-            identity_key: m.sign_key,
-            online: m.online,
-            joined_at: m.joined_at,
-        }
-    }
-}
-
 /// One device of a user (`list_devices`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceInfo {
@@ -341,7 +328,7 @@ impl ServerMsg3 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::decode_request_v3;
+    use crate::protocol::decode_request;
 
     fn b(bytes: &[u8]) -> ByteBuf {
         ByteBuf::from(bytes.to_vec())
@@ -399,7 +386,7 @@ mod tests {
         ];
         for request in requests {
             let frame = request.encode(Some(5));
-            let (id, back) = decode_request_v3(&frame).unwrap();
+            let (id, back) = decode_request(&frame).unwrap();
             assert_eq!(id, Some(5));
             // Same fields: the re-encoding is the same frame.
             assert_eq!(back.encode(Some(5)), frame, "{request:?}");
@@ -408,21 +395,25 @@ mod tests {
 
     #[test]
     fn v2_shapes_are_malformed_in_v3() {
-        let v2_send = Request::Send(crate::protocol::SendBody {
-            room_id: "r-1".into(),
-            msg_id: b(&[1; 16]),
-            nonce: b(&[0; 12]),
-            key_commitment: b(&[0; 32]),
-            ciphertext: b(b"x"),
-            keys: Default::default(),
-            signature: b(b"s"),
-        });
-        let err = decode_request_v3(&v2_send.encode(Some(3))).unwrap_err();
+        // Version 2's `send` and `prove` shapes lack version 3's fields.
+        let v2_send = Value::Map(vec![
+            (Value::Text("type".into()), Value::Text("send".into())),
+            (Value::Text("id".into()), Value::Integer(3.into())),
+            (Value::Text("room_id".into()), Value::Text("r-1".into())),
+            (Value::Text("msg_id".into()), Value::Bytes(vec![1; 16])),
+            (Value::Text("ciphertext".into()), Value::Bytes(vec![1])),
+        ]);
+        let mut frame = Vec::new();
+        ciborium::into_writer(&v2_send, &mut frame).unwrap();
+        let err = decode_request(&frame).unwrap_err();
         assert_eq!((err.id, err.failure.code), (Some(3), ErrorCode::Malformed));
-        let v2_prove = Request::Prove {
-            signature: b(b"sig"),
-        };
-        let err = decode_request_v3(&v2_prove.encode(None)).unwrap_err();
+        let v2_prove = Value::Map(vec![
+            (Value::Text("type".into()), Value::Text("prove".into())),
+            (Value::Text("signature".into()), Value::Bytes(vec![1])),
+        ]);
+        let mut frame = Vec::new();
+        ciborium::into_writer(&v2_prove, &mut frame).unwrap();
+        let err = decode_request(&frame).unwrap_err();
         assert_eq!(err.failure.code, ErrorCode::Malformed);
         // Text where the commit's bytes belong.
         let text = Value::Map(vec![
@@ -433,7 +424,7 @@ mod tests {
         ]);
         let mut frame = Vec::new();
         ciborium::into_writer(&text, &mut frame).unwrap();
-        let err = decode_request_v3(&frame).unwrap_err();
+        let err = decode_request(&frame).unwrap_err();
         assert_eq!(err.failure.code, ErrorCode::Malformed);
     }
 

@@ -8,19 +8,18 @@ use actix::prelude::*;
 
 use super::{failed, internal, Registry, RegistryResult};
 use crate::handle::{SessionHandle, SessionId};
+use crate::identity::IdentityKey;
 use crate::protocol::{ErrorCode, Failure, RoomSummary};
 use crate::room::{self, RoomActor};
 use crate::store::{StoreError, UserRecord};
-use crate::user::{User, UserKeys};
+use crate::user::User;
 use crate::util::now_ms;
 
 #[derive(Message)]
 #[rtype(result = "RegistryResult<()>")]
 pub struct Register {
     pub username: String,
-    pub sign_key: Vec<u8>,
-    pub enc_key: Vec<u8>,
-    pub keys: UserKeys,
+    pub identity: IdentityKey,
 }
 
 impl Handler<Register> for Registry {
@@ -32,13 +31,13 @@ impl Handler<Register> for Registry {
         }
         let record = UserRecord {
             username: msg.username.clone(),
-            sign_key: msg.sign_key,
-            enc_key: msg.enc_key,
+            sign_key: msg.identity.der().to_vec(),
+            enc_key: Vec::new(),
             created_at: now_ms(),
         };
         let user = Arc::new(User {
             username: msg.username,
-            keys: msg.keys,
+            identity: msg.identity,
             created_at: record.created_at,
         });
         let create = self.store.create_user(record);

@@ -34,13 +34,14 @@ use crate::cluster::{presence::Peers, Cluster, RoomChange};
 use crate::config::Settings;
 use crate::handle::{SessionHandle, SessionId};
 use crate::password::Hasher;
-use crate::protocol::{ErrorCode, Failure, Member, RoomSummary};
+use crate::protocol::v3::Member3;
+use crate::protocol::{ErrorCode, Failure, RoomSummary};
 use crate::room::{
     self, DirectoryLink, OwnerAction, OwnerOp, OwnerOutcome, RoomActor, RoomChanged,
 };
 use crate::store::{GroupRow, RoomRecord, SharedStore, StoreError};
 use crate::user::User;
-use crate::util::{new_room_id, now_ms};
+use crate::util::now_ms;
 use crate::validate::room_name_key;
 use directory::{merge, Directory, ListKey, RoomEntry};
 
@@ -422,7 +423,7 @@ impl Handler<Resolve> for Registry {
 /// A joined room as the session needs it: the reply and the room's address.
 pub struct JoinedRoom {
     pub room: RoomSummary,
-    pub members: Vec<Member>,
+    pub members: Vec<Member3>,
     pub addr: Addr<RoomActor>,
     /// v3: the group's epoch and whether this device has a leaf.
     pub group: Option<(u64, bool)>,
@@ -435,9 +436,9 @@ pub struct CreateRoom {
     pub name: String,
     pub password: Option<String>,
     pub hidden: bool,
-    /// v3: the creator's epoch-0 group, checked by the session; the room's
-    /// id comes from its group id.
-    pub group: Option<GroupRow>,
+    /// The creator's epoch-0 group, checked by the session; the room's id
+    /// comes from its group id.
+    pub group: GroupRow,
 }
 
 impl Handler<CreateRoom> for Registry {
@@ -447,11 +448,8 @@ impl Handler<CreateRoom> for Registry {
         if let Err(f) = self.take_churn(&msg.user.username) {
             return failed(f);
         }
-        let room_id = match &msg.group {
-            Some(group) => crate::identity::room_id_of_group_id(&group.group_id),
-            None => new_room_id(),
-        };
-        if msg.group.is_some() && self.dir.rooms.contains_key(&room_id) {
+        let room_id = crate::identity::room_id_of_group_id(&msg.group.group_id);
+        if self.dir.rooms.contains_key(&room_id) {
             return failed(ErrorCode::RoomExists);
         }
         let folded = room_name_key(&msg.name, msg.hidden, &room_id);
@@ -477,17 +475,12 @@ impl Handler<CreateRoom> for Registry {
             .password
             .map(|pw| self.hasher.hash(&msg.user.username, pw));
         let group = msg.group;
-        let v3 = group.is_some();
         let work = async move {
             let mut record = record;
             if let Some(hashed) = hashed {
                 record.password_hash = Some(hashed.await?);
             }
-            let created = match group {
-                Some(group) => store.create_group_room(record.clone(), group).await,
-                None => store.create_room(record.clone()).await,
-            };
-            match created {
+            match store.create_group_room(record.clone(), group).await {
                 Ok(()) => Ok(record),
                 Err(StoreError::Conflict(_)) => Err(ErrorCode::RoomExists.into()),
                 // Rooms joined or created through other processes.
@@ -529,7 +522,7 @@ impl Handler<CreateRoom> for Registry {
                             user.member(act.is_online(&username), entry.record.created_at)
                         ],
                         addr,
-                        group: v3.then_some((0, true)),
+                        group: Some((0, true)),
                     })
                 }),
         )

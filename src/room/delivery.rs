@@ -13,13 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::Bytes;
 
 use super::RoomActor;
 use crate::cluster::RoomFeed;
 use crate::metrics;
-use crate::protocol::MessageFrame;
-use crate::store::{NewEntry, NewMessage, RoomMessage, StoredEntry};
+use crate::store::{NewEntry, StoredEntry};
 
 /// How long a seq gap may wait for the notification that fills it before
 /// the room reads the database.
@@ -27,15 +25,11 @@ const GAP_WAIT: Duration = Duration::from_millis(25);
 /// Most messages one database read fills in.
 const FILL_BATCH: usize = 256;
 
-/// What a room's log holds: a v2 message (one wrapped key per member) or
-/// a v3 entry (a commit or an MLS message, the same bytes for everyone).
-#[derive(Debug, Clone)]
-pub(super) enum Logged {
-    Message(Arc<NewMessage>),
-    Entry(Arc<NewEntry>),
-}
+/// What a room's log holds: an entry (a commit or an MLS message, the same
+/// bytes for everyone).
+pub(super) type Logged = Arc<NewEntry>;
 
-/// A stored message or entry released for fan-out.
+/// A stored entry released for fan-out.
 #[derive(Debug, Clone)]
 pub(super) struct Ready {
     pub seq: u64,
@@ -44,23 +38,15 @@ pub(super) struct Ready {
 }
 
 impl Ready {
-    fn message(m: RoomMessage) -> Ready {
-        Ready {
-            seq: m.seq,
-            ts: m.ts,
-            item: Logged::Message(Arc::new(m.message)),
-        }
-    }
-
     fn entry(room_id: &str, e: StoredEntry) -> Ready {
         Ready {
             seq: e.seq,
             ts: e.ts,
-            item: Logged::Entry(Arc::new(NewEntry {
+            item: Arc::new(NewEntry {
                 room_id: room_id.to_owned(),
                 entry: e.entry,
                 commit: None,
-            })),
+            }),
         }
     }
 }
@@ -221,13 +207,8 @@ impl RoomActor {
     fn deliver(&mut self, released: Vec<Ready>, ctx: &mut Context<Self>) {
         if let Some(last) = released.last().map(|r| r.seq) {
             for r in released {
-                match r.item {
-                    Logged::Message(m) => self.fan_out(&m, r.seq, r.ts),
-                    Logged::Entry(e) => {
-                        self.fan_out_entry(&e, r.seq, r.ts);
-                        self.follow_commit(&e, ctx);
-                    }
-                }
+                self.fan_out(&r.item, r.seq, r.ts);
+                self.follow_commit(&r.item, ctx);
             }
             self.record.last_seq = self.record.last_seq.max(last);
             // The directory reads this for listings; no message per send.
@@ -246,23 +227,15 @@ impl RoomActor {
         };
         metrics::inc(&metrics::CLUSTER_GAP_FILLS);
         let room_id = self.record.room_id.clone();
-        let read: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> = if self.group.is_some()
-        {
-            let read = self.store.entries_after(&room_id, fill.from, FILL_BATCH);
-            Box::pin(async move {
-                let entries = read.await?;
-                Ok(entries
+        let read = self.store.entries_after(&room_id, fill.from, FILL_BATCH);
+        let read = async move {
+            let entries = read.await?;
+            Ok::<_, crate::store::StoreError>(
+                entries
                     .into_iter()
                     .map(|e| Ready::entry(&room_id, e))
-                    .collect::<Vec<_>>())
-            })
-        } else {
-            let read = self.store.messages_after(&room_id, fill.from, FILL_BATCH);
-            Box::pin(async move {
-                Ok::<_, crate::store::StoreError>(
-                    read.await?.into_iter().map(Ready::message).collect(),
-                )
-            })
+                    .collect::<Vec<_>>(),
+            )
         };
         ctx.spawn(read.into_actor(self).map(move |res, act, ctx| {
             let messages = match res {
@@ -291,22 +264,9 @@ impl RoomActor {
         }));
     }
 
-    fn fan_out(&mut self, msg: &NewMessage, seq: u64, ts: u64) {
-        let frame = MessageFrame::new(&msg.room_id, seq, ts, &msg.sealed);
-        let mut deliveries = 0u64;
-        for (name, key) in &msg.keys {
-            if self.members.get(name).is_none_or(|m| m.sessions.is_empty()) {
-                continue;
-            }
-            deliveries += self.push_to(name, &Bytes::from(frame.for_recipient(key)));
-        }
-        metrics::add(&metrics::MESSAGES_DELIVERED, deliveries);
-        self.flush_offline();
-    }
-
-    /// A v3 entry: one frame, encoded once, to every connection of every
+    /// An entry: one frame, encoded once, to every connection of every
     /// member (the sender's too).
-    fn fan_out_entry(&mut self, e: &NewEntry, seq: u64, ts: u64) {
+    fn fan_out(&mut self, e: &NewEntry, seq: u64, ts: u64) {
         let frame = crate::protocol::v3::Entry::new(&e.room_id, seq, ts, &e.entry).event();
         let online: Vec<String> = self
             .members
@@ -328,10 +288,6 @@ impl Handler<RoomFeed> for RoomActor {
 
     fn handle(&mut self, msg: RoomFeed, ctx: &mut Self::Context) {
         match msg {
-            RoomFeed::Message(m) => {
-                self.delivery.offer(Ready::message(*m));
-                self.drain(ctx);
-            }
             RoomFeed::Entry(e) => {
                 let ready = Ready::entry(&self.record.room_id, *e);
                 self.delivery.offer(ready);
@@ -347,16 +303,19 @@ mod tests {
     use super::*;
 
     fn msg(seq: u64) -> Logged {
-        Logged::Message(Arc::new(NewMessage {
+        Arc::new(NewEntry {
             room_id: "r".into(),
-            sealed: crate::message::Sealed {
-                msg_id: seq.to_be_bytes().to_vec(),
+            entry: crate::message::LogEntry {
+                kind: crate::message::EntryKind::Message,
                 sender: "alice".into(),
-                ..Default::default()
+                device_id: vec![1; 16],
+                epoch: 1,
+                data: seq.to_be_bytes().to_vec(),
+                msg_id: Some(seq.to_be_bytes().to_vec()),
+                group_info: None,
             },
-            keys: vec![],
-            check_members: false,
-        }))
+            commit: None,
+        })
     }
 
     /// Offers `seq` as a stored message.

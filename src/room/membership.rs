@@ -9,14 +9,15 @@ use actix::prelude::*;
 
 use super::{internal, MemberState, RoomActor, RoomResult};
 use crate::handle::SessionHandle;
-use crate::protocol::{ErrorCode, Failure, Member, RoomSummary, ServerMsg};
+use crate::protocol::v3::Member3;
+use crate::protocol::{ErrorCode, Failure, RoomSummary, ServerMsg};
 use crate::store::StoreError;
 use crate::user::User;
 use crate::util::now_ms;
 
 pub struct Joined {
     pub room: RoomSummary,
-    pub members: Vec<Member>,
+    pub members: Vec<Member3>,
     /// v3: the group's epoch and whether the joining device has a leaf.
     pub group: Option<(u64, bool)>,
     /// False when the user already was a member.
@@ -263,13 +264,13 @@ impl RoomActor {
 }
 
 #[derive(Message)]
-#[rtype(result = "RoomResult<Vec<Member>>")]
+#[rtype(result = "RoomResult<Vec<Member3>>")]
 pub struct GetMembers {
     pub username: String,
 }
 
 impl Handler<GetMembers> for RoomActor {
-    type Result = RoomResult<Vec<Member>>;
+    type Result = RoomResult<Vec<Member3>>;
     fn handle(&mut self, msg: GetMembers, _: &mut Self::Context) -> Self::Result {
         if !self.members.contains_key(&msg.username) {
             return Err(ErrorCode::NotMember.into());

@@ -42,10 +42,9 @@ use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::handle::{SessionHandle, SessionId};
 use crate::password::Hasher;
-use crate::protocol::{ErrorCode, Failure, Member, MessageData, RoomSummary, SendBody, ServerMsg};
-use crate::store::{
-    Appended, HistoryPage, HistoryQuery, NewMessage, RoomRecord, RoomState, SharedStore, StoreError,
-};
+use crate::protocol::v3::Member3;
+use crate::protocol::{ErrorCode, Failure, RoomSummary, ServerMsg};
+use crate::store::{Appended, RoomRecord, RoomState, SharedStore, StoreError};
 use crate::user::User;
 use delivery::{Delivery, Logged};
 use group::GroupRoom;
@@ -195,7 +194,7 @@ impl RoomActor {
         }
     }
 
-    fn member_objects(&self) -> Vec<Member> {
+    fn member_objects(&self) -> Vec<Member3> {
         self.members
             .iter()
             .map(|(name, m)| {
@@ -269,37 +268,7 @@ impl RoomActor {
         }
     }
 
-    /// The checks of PROTOCOL.md "Messages" that come after the idempotency
-    /// point: key set, wrapped-key lengths, signature.
-    fn check_keys(&self, body: &SendBody, sig_ok: bool) -> RoomResult<()> {
-        let same_set = body.keys.len() == self.members.len()
-            && body.keys.keys().all(|k| self.members.contains_key(k));
-        if !same_set {
-            let mut f = Failure::new(
-                ErrorCode::StaleMembers,
-                "the keys do not match the room's current members",
-            );
-            f.members = Some(self.member_objects());
-            return Err(f);
-        }
-        for (name, wrapped) in &body.keys {
-            if Some(wrapped.len()) != self.members[name.as_str()].user.enc_len() {
-                return Err(Failure::new(
-                    ErrorCode::InvalidMessage,
-                    format!("the wrapped key for {name} has the wrong length"),
-                ));
-            }
-        }
-        if !sig_ok {
-            return Err(Failure::new(
-                ErrorCode::InvalidMessage,
-                "the message signature does not verify",
-            ));
-        }
-        Ok(())
-    }
-
-    /// Queues a store write of the room log (a v2 message, a v3 entry)
+    /// Queues a store write of the room log (an entry)
     /// behind the ones before it: its answer comes when it and everything
     /// before it are complete, in seq order.
     fn submit(
@@ -336,27 +305,19 @@ impl RoomActor {
         if let Some(p) = self.pending.iter_mut().find(|p| p.ticket == ticket) {
             p.outcome = Some(outcome);
         }
-        let mut stale = Vec::new();
         let mut reload_group = false;
         while self.pending.front().is_some_and(|p| p.outcome.is_some()) {
             let p = self.pending.pop_front().expect("front exists");
-            let is_commit = matches!(&p.item, Logged::Entry(e) if e.commit.is_some());
+            let is_commit = p.item.commit.is_some();
             let result = match p.outcome.expect("checked") {
                 Ok(appended) => {
                     if !appended.duplicate {
                         if let Some(cluster) = &self.cluster {
-                            match &p.item {
-                                Logged::Message(m) => cluster.publish_message(m, appended),
-                                Logged::Entry(e) => cluster.publish_entry(e, appended),
-                            }
+                            cluster.publish_entry(&p.item, appended);
                         }
                         self.offer(appended.seq, appended.ts, p.item);
                     }
                     Ok(appended)
-                }
-                Err(StoreError::StaleMembers) => {
-                    stale.push(p.reply);
-                    continue;
                 }
                 // Another process's commit won this epoch: the group here
                 // moved ahead with the loser, so it is read again.
@@ -372,40 +333,9 @@ impl RoomActor {
             let _ = p.reply.send(result);
         }
         self.drain(ctx);
-        if !stale.is_empty() {
-            self.reload_members(ctx, stale);
-        }
         if reload_group {
             self.reload_group(ctx);
         }
-    }
-
-    /// The store refused sends whose key sets were this room's members:
-    /// another process changed them. Takes the committed members, then
-    /// answers those sends `stale_members` with them, so the senders re-wrap.
-    fn reload_members(
-        &mut self,
-        ctx: &mut Context<Self>,
-        waiting: Vec<oneshot::Sender<RoomResult<Appended>>>,
-    ) {
-        let load = self.store.load_room(&self.record.room_id);
-        ctx.spawn(load.into_actor(self).map(move |res, act, _| {
-            let answer = match res {
-                Ok(state) => {
-                    act.adopt(state, None, false);
-                    let mut f = Failure::new(
-                        ErrorCode::StaleMembers,
-                        "the room's members changed; re-wrap for these members",
-                    );
-                    f.members = Some(act.member_objects());
-                    Err(f)
-                }
-                Err(e) => Err(internal(e)),
-            };
-            for reply in waiting {
-                let _ = reply.send(answer.clone());
-            }
-        }));
     }
 
     /// Takes the committed state (changed by another process): members
@@ -556,34 +486,24 @@ impl Actor for RoomActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(crate::util::MAILBOX_CAPACITY);
         let room = self.store.load_room(&self.record.room_id);
-        // v3: the group is read after the room, so it is at least as new as
-        // the room's last seq (entries in between are delivered by seq).
-        let group = self
-            .settings
-            .protocol
-            .v3()
-            .then(|| v3::load_group(&self.store, &self.record.room_id));
+        // The group is read after the room, so it is at least as new as the
+        // room's last seq (entries in between are delivered by seq).
+        let group = v3::load_group(&self.store, &self.record.room_id);
         let load = async move {
             let state = room.await?;
-            let group = match group {
-                Some(g) => Some(g.await?),
-                None => None,
-            };
-            Ok::<_, StoreError>((state, group))
+            Ok::<_, StoreError>((state, group.await?))
         };
         ctx.wait(load.into_actor(self).map(
-            |res: Result<(RoomState, Option<v3::GroupLoad>), StoreError>, act, ctx| match res {
+            |res: Result<(RoomState, v3::GroupLoad), StoreError>, act, ctx| match res {
                 Ok((state, group)) => {
                     let Some(record) = state.record.clone() else {
                         log::info!("room {} is gone", act.record.room_id);
                         ctx.stop();
                         return;
                     };
-                    if let Some(group) = group {
-                        if !act.take_group(group) {
-                            ctx.stop();
-                            return;
-                        }
+                    if !act.take_group(group) {
+                        ctx.stop();
+                        return;
                     }
                     // Live delivery starts after what is stored now.
                     act.delivery.restart_at(record.last_seq);
@@ -671,94 +591,5 @@ impl Handler<Detach> for RoomActor {
         {
             self.presence(&msg.username, false);
         }
-    }
-}
-
-// ---------------------------------------------------------------- messages
-
-#[derive(Message)]
-#[rtype(result = "RoomResult<Appended>")]
-pub struct SendMessage {
-    pub sender: String,
-    pub body: SendBody,
-    /// Whether the signature verified (checked by the session, off this thread).
-    pub signature_ok: bool,
-}
-
-impl Handler<SendMessage> for RoomActor {
-    type Result = ResponseFuture<RoomResult<Appended>>;
-
-    fn handle(&mut self, msg: SendMessage, ctx: &mut Self::Context) -> Self::Result {
-        let refuse = |f: Failure| -> Self::Result { Box::pin(async move { Err(f) }) };
-        let body = &msg.body;
-        if !self.members.contains_key(&msg.sender) {
-            return refuse(ErrorCode::NotMember.into());
-        }
-        if body.ciphertext.len() > self.settings.limits.max_ciphertext_bytes {
-            return refuse(Failure::new(
-                ErrorCode::TooLarge,
-                format!(
-                    "ciphertext is {} bytes; the limit is {}",
-                    body.ciphertext.len(),
-                    self.settings.limits.max_ciphertext_bytes
-                ),
-            ));
-        }
-        if body.msg_id.len() != crate::crypto::MSG_ID_LEN
-            || body.nonce.len() != crate::crypto::NONCE_LEN
-            || body.key_commitment.len() != crate::crypto::KEY_COMMITMENT_LEN
-        {
-            return refuse(Failure::new(
-                ErrorCode::InvalidMessage,
-                "msg_id must be 16 bytes, nonce 12 and key_commitment 32",
-            ));
-        }
-        if let Err(failure) = self.check_keys(body, msg.signature_ok) {
-            // The idempotency point comes before these checks: a resend of a
-            // stored message still answers its original `sent`.
-            let lookup = self
-                .store
-                .find_message(&body.room_id, &msg.sender, &body.msg_id);
-            return Box::pin(resend_or(lookup, failure));
-        }
-        let SendMessage { sender, body, .. } = msg;
-        let room_id = body.room_id.clone();
-        let (sealed, keys) = body.into_sealed(sender);
-        let message = Arc::new(NewMessage {
-            room_id,
-            sealed,
-            keys,
-            check_members: true,
-        });
-        let append = self.store.append_message(message.clone());
-        let done = self.submit(Logged::Message(message), append, ctx);
-        Box::pin(done)
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "RoomResult<(Vec<MessageData>, bool)>")]
-pub struct History {
-    pub username: String,
-    pub query: HistoryQuery,
-}
-
-impl Handler<History> for RoomActor {
-    type Result = ResponseFuture<RoomResult<(Vec<MessageData>, bool)>>;
-
-    fn handle(&mut self, msg: History, _: &mut Self::Context) -> Self::Result {
-        if !self.members.contains_key(&msg.username) {
-            return Box::pin(async { Err(ErrorCode::NotMember.into()) });
-        }
-        let room_id = self.record.room_id.clone();
-        let page = self.store.history(&room_id, &msg.username, msg.query);
-        Box::pin(async move {
-            let HistoryPage { messages, has_more } = page.await.map_err(internal)?;
-            let messages = messages
-                .into_iter()
-                .map(|m| MessageData::new(&room_id, m.seq, m.ts, m.sealed, m.key))
-                .collect();
-            Ok((messages, has_more))
-        })
     }
 }

@@ -14,12 +14,12 @@ use std::future::Future;
 use actix::prelude::*;
 use bytes::Bytes;
 
-use super::delivery::Logged;
 use super::group::{Devices, SendRefusal};
 use super::{internal, GroupRoom, RoomActor, RoomResult};
 use crate::mls::{CommitError, Committer};
+use crate::protocol::v3::Member3;
 use crate::protocol::v3::ServerMsg3;
-use crate::protocol::{ErrorCode, Failure, Member, ServerMsg};
+use crate::protocol::{ErrorCode, Failure};
 use crate::store::{
     Appended, EntryHistory, EntryKind, HistoryQuery, LogEntry, NewEntry, SharedStore, StoreError,
 };
@@ -63,14 +63,10 @@ fn too_large(what: &str, len: usize, max: usize) -> Failure {
 
 impl RoomActor {
     /// Takes the group as read from the store. `false` if the room has no
-    /// group (a version-2 room) or its state does not load.
+    /// group (a damaged database) or its state does not load.
     pub(super) fn take_group(&mut self, loaded: GroupLoad) -> bool {
         let Some((row, devices)) = loaded else {
-            log::error!(
-                "room {} has no MLS group: it is a version-2 room, which a \
-                 version-3 server does not serve",
-                self.record.room_id
-            );
+            log::error!("room {} has no MLS group", self.record.room_id);
             return false;
         };
         match GroupRoom::load(&self.record.room_id, &row, devices) {
@@ -139,18 +135,10 @@ impl RoomActor {
         }));
     }
 
-    /// The `member_joined` event in this server's protocol version.
-    pub(super) fn member_joined_frame(&self, member: Member) -> Bytes {
+    /// The `member_joined` event.
+    pub(super) fn member_joined_frame(&self, member: Member3) -> Bytes {
         let room_id = self.record.room_id.clone();
-        Bytes::from(if self.group.is_some() {
-            ServerMsg3::MemberJoined {
-                room_id,
-                member: member.into(),
-            }
-            .encode()
-        } else {
-            ServerMsg::MemberJoined { room_id, member }.encode()
-        })
+        Bytes::from(ServerMsg3::MemberJoined { room_id, member }.encode())
     }
 
     fn member_group(&self, username: &str) -> RoomResult<&GroupRoom> {
@@ -294,7 +282,7 @@ impl RoomActor {
             .epoch
             .store(epoch, std::sync::atomic::Ordering::Relaxed);
         let append = self.store.append_entry(entry.clone());
-        let done = self.submit(Logged::Entry(entry), append, ctx);
+        let done = self.submit(entry, append, ctx);
         Box::pin(async move { done.await.map(|a| (a.seq, epoch)) }.into_actor(self))
     }
 
@@ -419,10 +407,7 @@ impl RoomActor {
             commit: None,
         });
         let append = self.store.append_entry(entry.clone());
-        Box::pin(
-            self.submit(Logged::Entry(entry), append, ctx)
-                .into_actor(self),
-        )
+        Box::pin(self.submit(entry, append, ctx).into_actor(self))
     }
 }
 

@@ -1,6 +1,6 @@
-//! Logging in (PROTOCOL.md section 3, Account): registration and its
-//! per-address budget, the login challenge, the version 2 proof, and going
-//! online once a proof (of either version) holds.
+//! Logging in (PROTOCOL.md section 3, Account): the per-address budget of
+//! registrations, the login challenge, and going online once a proof holds
+//! (the proofs themselves are checked in `v3.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,45 +9,15 @@ use actix::prelude::*;
 use serde_bytes::ByteBuf;
 
 use super::{Challenge, Ctx, Session};
-use crate::crypto::{self, PublicKeys};
+use crate::crypto;
 use crate::handle::SessionHandle;
 use crate::metrics;
 use crate::protocol::{ErrorCode, Failure, Reply, RoomSummary, ServerMsg};
 use crate::registry;
 use crate::room;
-use crate::user::{User, UserKeys};
-use crate::util::now_ms;
+use crate::user::User;
 
 impl Session {
-    pub(super) fn register(
-        &mut self,
-        ctx: &mut Ctx,
-        id: Option<u64>,
-        username: String,
-        sign_key: ByteBuf,
-        enc_key: ByteBuf,
-    ) {
-        let keys = match PublicKeys::parse(&sign_key, &enc_key) {
-            Ok(k) => k,
-            Err(e) => {
-                return self.fail(ctx, id, Failure::new(ErrorCode::InvalidKey, e.to_string()))
-            }
-        };
-        if !self.may_register(ctx, id) {
-            return;
-        }
-        let msg = registry::Register {
-            username: username.clone(),
-            sign_key: sign_key.into_vec(),
-            enc_key: enc_key.into_vec(),
-            keys: UserKeys::V2(keys),
-        };
-        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered {
-            id,
-            username,
-        });
-    }
-
     /// Takes a registration from this address's hourly budget, or answers
     /// `rate_limited`.
     pub(super) fn may_register(&mut self, ctx: &mut Ctx, id: Option<u64>) -> bool {
@@ -106,37 +76,6 @@ impl Session {
                 }
             },
         );
-    }
-
-    pub(super) fn prove(&mut self, ctx: &mut Ctx, id: Option<u64>, signature: &[u8]) {
-        if self.user.is_some() {
-            return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
-        }
-        let Some(challenge) = self.challenge.take().filter(|c| c.expires > Instant::now()) else {
-            return self.fail(ctx, id, ErrorCode::NoChallenge);
-        };
-        let user = challenge.user;
-        let proves = |host: &String| {
-            let input = crypto::login_signature_input(host, &user.username, &challenge.nonce);
-            user.verify(&input, signature)
-        };
-        if !self.hosts.iter().any(proves) {
-            metrics::inc(&metrics::LOGIN_FAILURES);
-            log::info!(
-                "session {}: failed login proof for {}",
-                self.id,
-                user.username
-            );
-            return self.fail(ctx, id, ErrorCode::AuthFailed);
-        }
-        self.go_online(ctx, id, user, None, move |id, username, rooms| {
-            ServerMsg::LoggedIn {
-                id,
-                username,
-                server_time: now_ms(),
-                rooms: rooms.into_iter().map(|(summary, _)| summary).collect(),
-            }
-        });
     }
 
     /// A proved login: tell the Registry this session is `user`'s (it

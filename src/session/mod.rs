@@ -1,13 +1,15 @@
 //! `Session`: one actor per websocket connection. It decodes frames, applies
-//! the rate limit and heartbeat, runs the login challenge, verifies message
-//! signatures (on the actix-web worker thread it lives on, so the work is
-//! spread over the workers and per-connection order is kept), and forwards
-//! requests to the Registry or straight to a room.
+//! the rate limit and heartbeat, runs the login challenge, checks login
+//! proofs and device certificates (on the actix-web worker thread it lives
+//! on, so the work is spread over the workers and per-connection order is
+//! kept), and forwards requests to the Registry or straight to a room.
 //!
-//! The session holds no chat state of its own: only who it is logged in as,
-//! its pending challenge, and a cache of room addresses it has used.
-//! `v3.rs` holds what protocol v3 does differently (accounts with identity
-//! keys and devices), chosen by `protocol.version`.
+//! The session holds no chat state of its own: only who it is logged in as
+//! and which device it acts as, its pending challenge, and a cache of room
+//! addresses it has used. Files: this one (frames, limits, the requests that
+//! carry no MLS object), `login` (the challenge and going online), `v3`
+//! (registration, proofs, devices, and the dispatch of every request),
+//! `rooms3` (rooms and their groups).
 
 mod login;
 mod rooms3;
@@ -26,12 +28,9 @@ use crate::crypto::{self};
 use crate::handle::{Push, SessionId};
 use crate::metrics;
 use crate::peers::Slot;
-use crate::protocol::{
-    decode_request_bounded, decode_request_v3_bounded, v3::Request3, ErrorCode, Failure, Reply,
-    Request, SendBody, ServerMsg,
-};
+use crate::protocol::{decode_request_bounded, ErrorCode, Failure, Reply, Request, ServerMsg};
 use crate::registry::{self, Registry};
-use crate::room::{self, OwnerAction, RoomActor};
+use crate::room::{OwnerAction, RoomActor};
 use crate::store::HistoryQuery;
 use crate::user::User;
 use crate::util::now_ms;
@@ -107,12 +106,6 @@ pub struct Session {
 }
 
 type Ctx = ws::WebsocketContext<Session>;
-
-/// A decoded request, of the protocol version this server speaks.
-enum Incoming {
-    V2(Request),
-    V3(Request3),
-}
 
 /// Closes the connection with `code` and a reason, and stops the session.
 fn close(ctx: &mut Ctx, code: ws::CloseCode, why: &str) {
@@ -193,14 +186,9 @@ impl Session {
         ctx.binary(msg.encode());
     }
 
-    /// Writes an `error` frame in this connection's protocol version.
+    /// Writes an `error` frame.
     fn fail(&self, ctx: &mut Ctx, id: Option<u64>, f: impl Into<Failure>) {
-        let f = f.into();
-        if self.settings.protocol.v3() {
-            self.write(ctx, f.into_msg3(id));
-        } else {
-            self.write(ctx, f.into_msg(id));
-        }
+        self.write(ctx, f.into().into_msg3(id));
     }
 
     fn username(&self) -> &str {
@@ -217,12 +205,7 @@ impl Session {
             64
         };
         let decoded = match frame {
-            Some(bytes) if self.settings.protocol.v3() => {
-                decode_request_v3_bounded(bytes, max_items).map(|(id, r)| (id, Incoming::V3(r)))
-            }
-            Some(bytes) => {
-                decode_request_bounded(bytes, max_items).map(|(id, r)| (id, Incoming::V2(r)))
-            }
+            Some(bytes) => decode_request_bounded(bytes, max_items),
             None => Err(crate::protocol::DecodeError {
                 id: None,
                 failure: Failure::new(
@@ -243,8 +226,7 @@ impl Session {
         }
         self.refused_in_row = 0;
         match decoded {
-            Ok((id, Incoming::V2(request))) => self.dispatch(ctx, id, request),
-            Ok((id, Incoming::V3(request))) => self.dispatch3(ctx, id, request),
+            Ok((id, request)) => self.dispatch3(ctx, id, request),
             Err(e) => self.fail(ctx, e.id, e.failure),
         }
     }
@@ -326,14 +308,10 @@ impl Session {
         self.answer(ctx, id, fut, reply);
     }
 
+    /// The requests that carry no MLS object: `ping` and `login` at any
+    /// time, the rest once logged in.
     fn dispatch(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
-        let before_login = matches!(
-            request,
-            Request::Ping
-                | Request::Register { .. }
-                | Request::Login { .. }
-                | Request::Prove { .. }
-        );
+        let before_login = matches!(request, Request::Ping | Request::Login { .. });
         if !before_login && self.user.is_none() {
             return self.fail(ctx, id, ErrorCode::NotLoggedIn);
         }
@@ -348,61 +326,10 @@ impl Session {
                     server_time: now_ms(),
                 },
             ),
-            Request::Register {
-                username,
-                sign_key,
-                enc_key,
-            } => self.register(ctx, id, username, sign_key, enc_key),
             Request::Login { username } => self.login(ctx, id, username),
-            Request::Prove { signature } => self.prove(ctx, id, &signature),
-            other => self.dispatch_logged_in(ctx, id, other),
-        }
-    }
-
-    fn dispatch_logged_in(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
-        let user = self.user.clone().expect("checked by dispatch");
-        let username = user.username.clone();
-        match request {
-            Request::ListRooms { offset, limit } => {
-                let fut = self.list_rooms(offset, limit);
-                self.answer(ctx, id, fut, move |_, listed| ServerMsg::Rooms {
-                    id,
-                    rooms: listed.rooms,
-                    total: listed.total,
-                    connected: listed.connected,
-                });
-            }
-            Request::CreateRoom {
-                name,
-                password,
-                hidden,
-            } => {
-                let msg = registry::CreateRoom {
-                    user,
-                    name,
-                    password,
-                    hidden: hidden.unwrap_or(false),
-                    group: None,
-                };
-                self.ask_registry(ctx, id, msg, move |act, joined| {
-                    act.joined_reply(id, joined)
-                });
-            }
-            Request::JoinRoom { room_id, password } => {
-                let msg = registry::JoinRoom {
-                    user,
-                    room_id,
-                    password,
-                    ip: self.peer.ip,
-                    device: None,
-                };
-                self.ask_registry(ctx, id, msg, move |act, joined| {
-                    act.joined_reply(id, joined)
-                });
-            }
             Request::LeaveRoom { room_id } => {
                 let msg = registry::LeaveRoom {
-                    username,
+                    username: self.username().to_owned(),
                     room_id: room_id.clone(),
                 };
                 self.ask_registry(ctx, id, msg, move |act, ()| {
@@ -410,48 +337,6 @@ impl Session {
                     ServerMsg::Ok { id }
                 });
             }
-            Request::GetMembers { room_id } => {
-                let rid = room_id.clone();
-                self.ask_room(
-                    ctx,
-                    id,
-                    room_id,
-                    room::GetMembers { username },
-                    move |_, members| ServerMsg::Members {
-                        id,
-                        room_id: rid,
-                        members,
-                    },
-                );
-            }
-            Request::History {
-                room_id,
-                after_seq,
-                before_seq,
-                limit,
-            } => {
-                let Some((query, slot)) = self.history_query(ctx, id, after_seq, before_seq, limit)
-                else {
-                    return;
-                };
-                let rid = room_id.clone();
-                self.ask_room(
-                    ctx,
-                    id,
-                    room_id,
-                    room::History { username, query },
-                    move |_, (messages, has_more)| {
-                        drop(slot);
-                        ServerMsg::History {
-                            id,
-                            room_id: rid,
-                            messages,
-                            has_more,
-                        }
-                    },
-                );
-            }
-            Request::Send(body) => self.send(ctx, id, &user, body),
             Request::Kick {
                 room_id,
                 username: target,
@@ -471,12 +356,7 @@ impl Session {
                 self.owner_op(ctx, id, room_id, OwnerAction::SetPassword(password))
             }
             Request::DeleteRoom { room_id } => self.owner_op(ctx, id, room_id, OwnerAction::Delete),
-            Request::Ping
-            | Request::Register { .. }
-            | Request::Login { .. }
-            | Request::Prove { .. } => {
-                unreachable!("handled before login")
-            }
+            other => self.dispatch_rooms(ctx, id, other),
         }
     }
 
@@ -523,15 +403,6 @@ impl Session {
         }
     }
 
-    fn joined_reply(&mut self, id: Option<u64>, joined: registry::JoinedRoom) -> ServerMsg {
-        self.rooms.insert(joined.room.room_id.clone(), joined.addr);
-        ServerMsg::Joined {
-            id,
-            room: joined.room,
-            members: joined.members,
-        }
-    }
-
     fn owner_op(&mut self, ctx: &mut Ctx, id: Option<u64>, room_id: String, action: OwnerAction) {
         let msg = registry::OwnerRequest {
             username: self.username().to_owned(),
@@ -539,31 +410,6 @@ impl Session {
             action,
         };
         self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Ok { id });
-    }
-
-    fn send(&mut self, ctx: &mut Ctx, id: Option<u64>, user: &User, body: SendBody) {
-        let signature_ok = !self.settings.security.verify_signatures || {
-            let input = body.signature_input();
-            user.verify(&input, &body.signature)
-        };
-        let (room_id, msg_id) = (body.room_id.clone(), body.msg_id.clone());
-        let msg = room::SendMessage {
-            sender: user.username.clone(),
-            body,
-            signature_ok,
-        };
-        self.ask_room(ctx, id, room_id.clone(), msg, move |_, appended| {
-            if !appended.duplicate {
-                metrics::inc(&metrics::MESSAGES_SENT);
-            }
-            ServerMsg::Sent {
-                id,
-                room_id,
-                msg_id,
-                seq: appended.seq,
-                ts: appended.ts,
-            }
-        });
     }
 }
 

@@ -130,22 +130,9 @@ impl Session {
         group_info: &[u8],
         ratchet_tree: &[u8],
     ) {
-        let form = Request::CreateRoom {
-            name,
-            password,
-            hidden,
-        };
-        if let Err(code) = validate::request(&form) {
+        if let Err(code) = validate::new_room(&name, password.as_deref()) {
             return self.fail(ctx, id, code);
         }
-        let Request::CreateRoom {
-            name,
-            password,
-            hidden,
-        } = form
-        else {
-            unreachable!("built above")
-        };
         // A new group has one leaf: its objects are small. Bigger ones are
         // refused before openmls checks every leaf of a tree.
         if group_info.len() > NEW_GROUP_BYTES || ratchet_tree.len() > NEW_GROUP_BYTES {
@@ -195,7 +182,7 @@ impl Session {
             name,
             password,
             hidden: hidden.unwrap_or(false),
-            group: Some(row),
+            group: row,
         };
         self.ask_registry(ctx, id, msg, move |act, joined| act.joined3(id, joined));
     }
@@ -208,20 +195,15 @@ impl Session {
         ServerMsg3::Joined {
             id,
             room: RoomSummary3::new(joined.room, epoch, Some(in_group)),
-            members: joined.members.into_iter().map(Into::into).collect(),
+            members: joined.members,
         }
     }
 
-    /// The version-2 requests whose replies change shape in version 3.
-    /// `false` when `request` is not one of them.
-    pub(super) fn dispatch_shared3(
-        &mut self,
-        ctx: &mut Ctx,
-        id: Option<u64>,
-        request: &Request,
-    ) -> bool {
+    /// `list_rooms`, `join_room`, `get_members` and `history`: the
+    /// requests about rooms that carry no MLS object.
+    pub(super) fn dispatch_rooms(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
         let username = self.username().to_owned();
-        match request.clone() {
+        match request {
             Request::ListRooms { offset, limit } => {
                 let fut = self.list_rooms(offset, limit);
                 self.answer(ctx, id, fut, move |_, listed| ServerMsg3::Rooms {
@@ -256,7 +238,7 @@ impl Session {
                     move |_, members| ServerMsg3::Members {
                         id,
                         room_id: rid,
-                        members: members.into_iter().map(Into::into).collect(),
+                        members,
                     },
                 );
             }
@@ -268,7 +250,7 @@ impl Session {
             } => {
                 let Some((query, slot)) = self.history_query(ctx, id, after_seq, before_seq, limit)
                 else {
-                    return true;
+                    return;
                 };
                 let rid = room_id.clone();
                 self.ask_room(
@@ -293,8 +275,7 @@ impl Session {
                     },
                 );
             }
-            _ => return false,
+            other => unreachable!("dispatched in session/mod.rs: {other:?}"),
         }
-        true
     }
 }

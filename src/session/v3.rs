@@ -18,9 +18,9 @@ use crate::identity::{
 };
 use crate::metrics;
 use crate::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
-use crate::protocol::{ErrorCode, Failure, Request, ServerMsg};
+use crate::protocol::{ErrorCode, Failure, ServerMsg};
 use crate::registry;
-use crate::user::{User, UserKeys};
+use crate::user::User;
 use crate::util::now_ms;
 use crate::validate;
 
@@ -35,15 +35,13 @@ pub(super) struct ActingDevice {
 impl Session {
     pub(super) fn dispatch3(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request3) {
         match request {
-            Request3::Shared(request @ (Request::Ping | Request::Login { .. })) => {
-                self.dispatch(ctx, id, request)
-            }
             Request3::Register {
                 username,
                 identity_key,
                 proof,
             } => self.register3(ctx, id, username, &identity_key, &proof),
             Request3::Prove { signature, device } => self.prove3(ctx, id, &signature, device),
+            Request3::Shared(request) => self.dispatch(ctx, id, request),
             _ if self.user.is_none() => self.fail(ctx, id, ErrorCode::NotLoggedIn),
             Request3::ListDevices { username } => {
                 if let Err(code) = validate::username(&username) {
@@ -91,12 +89,6 @@ impl Session {
                 room_id,
                 group_info,
             } => self.publish3(ctx, id, room_id, group_info.into_vec()),
-            Request3::Shared(request) => {
-                if !self.dispatch_shared3(ctx, id, &request) {
-                    // Leaving and the owner operations: as version 2.
-                    self.dispatch(ctx, id, request)
-                }
-            }
         }
     }
 
@@ -134,9 +126,7 @@ impl Session {
         }
         let msg = registry::Register {
             username: username.clone(),
-            sign_key: identity.der().to_vec(),
-            enc_key: Vec::new(),
-            keys: UserKeys::V3(identity),
+            identity,
         };
         self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered {
             id,
@@ -152,10 +142,7 @@ impl Session {
             return self.fail(ctx, id, ErrorCode::NoChallenge);
         };
         let user = challenge.user;
-        let Some(identity) = user.identity() else {
-            // A version-2 account cannot log in with version 3.
-            return self.fail(ctx, id, ErrorCode::AuthFailed);
-        };
+        let identity = &user.identity;
         let proves = |host: &String| {
             identity.verify(
                 &login_signature_input(host, &user.username, &challenge.nonce),
@@ -215,10 +202,7 @@ impl Session {
         certificate: DeviceCertificate,
         device: ByteBuf,
     ) {
-        let Some(identity) = user.identity() else {
-            return self.fail(ctx, id, ErrorCode::AuthFailed);
-        };
-        if let Err(e) = certificate.check_signature(identity) {
+        if let Err(e) = certificate.check_signature(&user.identity) {
             return self.fail(
                 ctx,
                 id,

@@ -13,18 +13,17 @@
 //! change is durable (committed and fsynced for SQLite, journaled with
 //! majority write concern for MongoDB).
 //!
-//! `append_message` assigns the room's next `seq` inside the store's own
-//! commit order and deduplicates by (room, sender, msg_id) there, so seq stays
+//! `append_entry` assigns the room's next `seq` inside the store's own
+//! commit order and deduplicates by (room, device, msg_id) there, so seq stays
 //! gapless even when a commit fails or two copies of one message race.
 
 use std::future::Future;
 
-pub use crate::message::{EntryKind, LogEntry, Sealed};
+pub use crate::message::{EntryKind, LogEntry};
 use std::pin::Pin;
 use std::sync::Arc;
 
 pub(crate) mod batch;
-pub mod keyblob;
 pub mod mongo;
 pub mod page;
 pub mod postgres;
@@ -50,11 +49,6 @@ pub enum StoreError {
     Unavailable(String),
     #[error("store error: {0}")]
     Backend(String),
-    /// An append whose key set is not the room's committed member set (a
-    /// store shared by several processes checks this inside the append's
-    /// transaction; another process changed the members).
-    #[error("the key set is not the room's committed member set")]
-    StaleMembers,
     /// A join of a user the room has banned (a store shared by several
     /// processes checks this inside the membership write).
     #[error("the user is banned from the room")]
@@ -275,47 +269,14 @@ pub struct RoomState {
     pub bans: Vec<String>,
 }
 
-/// A stored message with every recipient's wrapped key, as another process
-/// delivers it (cluster gap fill).
-#[derive(Debug, Clone)]
-pub struct RoomMessage {
-    pub seq: u64,
-    pub ts: u64,
-    pub message: NewMessage,
-}
-
-/// A message to store; `seq` and `ts` are assigned by the store.
-#[derive(Debug, Clone)]
-pub struct NewMessage {
-    pub room_id: String,
-    pub sealed: Sealed,
-    /// (recipient, wrapped key)
-    pub keys: Vec<(String, Vec<u8>)>,
-    /// Refuse (`StaleMembers`) unless the recipients are exactly the room's
-    /// committed members. The room has checked its own view already; a store
-    /// that several processes share (PostgreSQL) checks again inside the
-    /// append, where another process's membership change is visible. SQLite
-    /// serves one process, whose room view is the truth, and ignores it.
-    pub check_members: bool,
-}
-
+/// Where an append landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
     pub seq: u64,
     pub ts: u64,
-    /// True when (room, sender, msg_id) was stored before: seq and ts are the
+    /// True when (room, device, msg_id) was stored before: seq and ts are the
     /// original ones and nothing new was written.
     pub duplicate: bool,
-}
-
-/// One stored message as a given recipient sees it.
-#[derive(Debug, Clone)]
-pub struct StoredMessage {
-    pub seq: u64,
-    pub ts: u64,
-    pub sealed: Sealed,
-    /// The recipient's wrapped key.
-    pub key: Vec<u8>,
 }
 
 /// Changes an owner makes to a room's record.
@@ -333,37 +294,31 @@ pub struct RoomUpdate {
 /// What retention should delete.
 #[derive(Debug, Clone, Copy)]
 pub struct PurgePolicy {
-    /// Delete messages with `ts` below this (0 = no age limit).
+    /// Delete entries with `ts` below this (0 = no age limit).
     pub older_than_ts: u64,
-    /// Keep at most this many newest messages per room (0 = no limit).
+    /// Keep at most this many newest entries per room (0 = no limit).
     pub max_per_room: u64,
-    /// Most messages deleted per transaction.
+    /// Most entries deleted per transaction.
     pub batch: usize,
 }
 
 /// What a store checks inside its own writes differs, and says so here:
 ///
 /// - **One process** (SQLite, MongoDB): the room actor's view is the truth,
-///   so `NewMessage::check_members`, the member limit and
-///   `max_rooms_per_user` are checked by the actors before the write and
-///   not again inside it.
+///   so the member limit and `max_rooms_per_user` are checked by the
+///   actors before the write and not again inside it.
 /// - **Shared by processes** (PostgreSQL, [`StoreKind::shared`]): every
 ///   rule another process could break meanwhile is checked inside the
-///   write that depends on it: the committed member set of an append
-///   (`StaleMembers`), bans (`Banned`), the member limit (`RoomFull`),
-///   the user's rooms (`TooManyRooms`) and the owner (`NotOwner`).
+///   write that depends on it: bans (`Banned`), the member limit
+///   (`RoomFull`), the user's rooms (`TooManyRooms`) and the owner
+///   (`NotOwner`).
 ///
 /// Every store checks the owner of an owner's write (`by`), decides who is
 /// left and who inherits in the removal's own transaction, assigns gapless
-/// seqs and deduplicates appends.
+/// seqs, deduplicates appends and lets the first commit for an epoch win.
 pub trait Store: Send + Sync + 'static {
     /// Answers when the store can serve requests (for /healthz).
     fn ping(&self) -> StoreFuture<()>;
-    /// Marks the database as holding `protocol`'s accounts and rooms
-    /// (schema version 2 or 3: the same tables), or refuses it when it
-    /// holds the other protocol's (see [`protocol_refused`]). A database
-    /// with no users and no rooms takes either.
-    fn claim_protocol(&self, protocol: u8) -> StoreFuture<()>;
 
     /// Stores a new user. `Conflict` when the username is taken.
     fn create_user(&self, user: UserRecord) -> StoreFuture<()>;
@@ -389,8 +344,7 @@ pub trait Store: Send + Sync + 'static {
     fn create_group_room(&self, room: RoomRecord, group: GroupRow) -> StoreFuture<()>;
     /// The room's group (`None` for a room without one).
     fn load_group(&self, room_id: &str) -> StoreFuture<Option<GroupRow>>;
-    /// Protocol v3: stores an entry durably with the room's next seq (the
-    /// same counter as messages'). A commit moves the group from
+    /// Stores an entry durably with the room's next seq. A commit moves the group from
     /// `from_epoch` to the next epoch in the same transaction, with its
     /// state and GroupInfo, and only if the group is still at `from_epoch`:
     /// otherwise nothing is written and the answer is `StaleEpoch(current)`.
@@ -405,15 +359,15 @@ pub trait Store: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> StoreFuture<Vec<StoredEntry>>;
-    /// v3 `history`: the room's entries from the periods when `username`
-    /// was a member, paged as [`Store::history`] pages messages.
+    /// `history`: the room's entries from the periods when `username` was a
+    /// member, paged by [`PageBuilder`].
     fn entry_history(
         &self,
         room_id: &str,
         username: &str,
         query: HistoryQuery,
     ) -> StoreFuture<EntryHistory>;
-    /// v3's dedupe lookup: the stored message `msg_id` of `device_id` in
+    /// The dedupe lookup: the stored message `msg_id` of `device_id` in
     /// the room, as (seq, ts).
     fn find_entry(
         &self,
@@ -427,9 +381,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// All rooms with their member names, for the directory at start-up.
     fn load_directory(&self) -> StoreFuture<Vec<DirectoryEntry>>;
-    /// Creates a room with its owner as first member. `Conflict` when the
-    /// case-folded name is taken.
-    fn create_room(&self, room: RoomRecord) -> StoreFuture<()>;
     fn load_room(&self, room_id: &str) -> StoreFuture<RoomState>;
     fn update_room(&self, room_id: &str, update: RoomUpdate) -> StoreFuture<()>;
     /// Deletes the room, its members, bans and messages.
@@ -450,32 +401,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreFuture<Removed>;
     fn set_ban(&self, room_id: &str, username: &str, banned: bool) -> StoreFuture<()>;
 
-    /// Stores a message durably, assigning the room's next seq (see module doc).
-    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended>;
-    /// The stored (seq, ts) of a message, if (room, sender, msg_id) exists.
-    /// Up to `limit` messages of the room after `after_seq`, in seq order,
-    /// with all wrapped keys: what a process missed of another's live
-    /// delivery.
-    fn messages_after(
-        &self,
-        room_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreFuture<Vec<RoomMessage>>;
-    fn find_message(
-        &self,
-        room_id: &str,
-        sender: &str,
-        msg_id: &[u8],
-    ) -> StoreFuture<Option<(u64, u64)>>;
-    /// Messages of a room that `username` holds a key for, ascending by seq.
-    fn history(
-        &self,
-        room_id: &str,
-        username: &str,
-        query: HistoryQuery,
-    ) -> StoreFuture<HistoryPage>;
-    /// Deletes at most `policy.batch` old messages in one transaction and
+    /// Deletes at most `policy.batch` old entries in one transaction and
     /// returns how many went; callers repeat while a full batch goes.
     fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64>;
 
@@ -520,23 +446,18 @@ impl StoreKind {
     }
 }
 
-/// The schema version of a database holding protocol `protocol`'s data.
-pub(crate) fn schema_of_protocol(protocol: u8) -> i64 {
-    if protocol >= 3 {
-        3
-    } else {
-        2
-    }
-}
+/// The schema version of this server's databases: protocol v3's accounts
+/// (identity keys), MLS rooms and their logs. 2 was protocol v2's; 1 its
+/// predecessor's.
+pub const SCHEMA_VERSION: i64 = 3;
 
-/// A database made by a server of the other protocol version, refused
-/// with what to do.
-pub(crate) fn protocol_refused(what: &str, found: i64, protocol: u8) -> StoreError {
-    let theirs = if found >= 3 { 3 } else { 2 };
+/// A database of an older schema that holds data, refused with what to do.
+pub(crate) fn v2_refused(what: &str, found: i64) -> StoreError {
     StoreError::Unavailable(format!(
-        "{what} holds protocol-v{theirs} accounts and rooms (schema version {found}); a \
-         protocol-v{protocol} server cannot serve them. Start this server on a new database \
-         (store.path or store.url), or run it with protocol.version = {theirs}"
+        "{what} has schema version {found}: it holds protocol-v2 accounts and rooms, which \
+         this server (protocol v3 only) cannot serve; v2 messages cannot be read by v3 \
+         clients. Start this server on a new database (store.path or store.url); keep the \
+         old one with a server release that speaks version 2 for as long as its users need it"
     ))
 }
 
@@ -558,10 +479,9 @@ pub async fn open(settings: &crate::config::Settings) -> Result<SharedStore, Sto
                 .with_max_rooms_per_user(settings.limits.max_rooms_per_user),
         ),
         StoreKind::Mongo => {
-            Arc::new(mongo::MongoStore::connect(&store.url, Some(&store.database), batch).await?)
+            Arc::new(mongo::MongoStore::connect(&store.url, Some(&store.database)).await?)
         }
         StoreKind::Sqlite => Arc::new(sqlite::SqliteStore::open(&store.path, batch)?),
     };
-    opened.claim_protocol(settings.protocol.version).await?;
     Ok(opened)
 }

@@ -2,10 +2,9 @@
 //! return ([`HistoryQuery::seq_range`]), how many rows a store reads at a
 //! time ([`HistoryQuery::fetch`]), the walk over the requester's membership
 //! periods ([`read_page`]) and the count and byte limits ([`PageBuilder`]).
-//! A store supplies only its dialect: [`MessageRows::chunk`]. The same walk
-//! pages v2 messages and v3 log entries ([`PageItem`]).
+//! A store supplies only its dialect: [`MessageRows::chunk`].
 
-use super::{StoreError, StoredEntry, StoredMessage};
+use super::{StoreError, StoredEntry};
 
 /// Rows read beyond the page's size per query: one to know `has_more`, and
 /// spares for rows without the requester's key (a member who joined while
@@ -47,7 +46,8 @@ impl HistoryQuery {
     }
 }
 
-/// What a history page holds: v2 messages or v3 log entries.
+/// What a history page holds (log entries; a trait so the walk is tested
+/// with plain numbers).
 pub trait PageItem {
     /// About what it costs on the wire.
     fn wire_len(&self) -> usize;
@@ -55,12 +55,6 @@ pub trait PageItem {
 
 /// Framing and fixed fields of one item on the wire, about.
 const FRAMING: usize = 128;
-
-impl PageItem for StoredMessage {
-    fn wire_len(&self) -> usize {
-        self.sealed.len() + self.key.len() + FRAMING
-    }
-}
 
 impl PageItem for StoredEntry {
     fn wire_len(&self) -> usize {
@@ -70,7 +64,7 @@ impl PageItem for StoredEntry {
 
 /// Builds a history page from items read in query order, so every store
 /// applies the count and byte limits the same way.
-pub struct PageBuilder<T = StoredMessage> {
+pub struct PageBuilder<T = StoredEntry> {
     query: HistoryQuery,
     bytes: usize,
     page: HistoryPage<T>,
@@ -118,10 +112,9 @@ impl<T: PageItem> PageBuilder<T> {
     }
 }
 
-/// A page of history: v2 messages (the default) or v3 log entries, in
-/// ascending seq order.
+/// A page of history in ascending seq order.
 #[derive(Debug, Clone)]
-pub struct HistoryPage<T = StoredMessage> {
+pub struct HistoryPage<T = StoredEntry> {
     pub messages: Vec<T>,
     pub has_more: bool,
 }
@@ -138,10 +131,9 @@ impl<T> Default for HistoryPage<T> {
 /// One row of a room's log as the page walk sees it: its seq, and the
 /// item the requester may read (`None` when the row holds no key for the
 /// requester; it is skipped).
-pub(crate) type KeyedRow<T = StoredMessage> = (i64, Option<T>);
+pub(crate) type KeyedRow<T = StoredEntry> = (i64, Option<T>);
 
-/// Log entries as the page walk reads them: a member may read every one
-/// (no per-recipient key, unlike v2's messages).
+/// Log entries as the page walk reads them: a member may read every one.
 pub(crate) fn readable(entries: Vec<StoredEntry>) -> Vec<KeyedRow<StoredEntry>> {
     entries
         .into_iter()
@@ -150,7 +142,7 @@ pub(crate) fn readable(entries: Vec<StoredEntry>) -> Vec<KeyedRow<StoredEntry>> 
 }
 
 /// What a store answers for the page walk, in its own dialect.
-pub(crate) trait MessageRows<T = StoredMessage> {
+pub(crate) trait MessageRows<T = StoredEntry> {
     /// Up to `n` of the room's rows with seq in `a..=b`, ascending or
     /// descending as asked.
     async fn chunk(
@@ -234,14 +226,18 @@ mod tests {
                 .into_iter()
                 .take(n)
                 .map(|seq| {
-                    let m = (!self.keyless.contains(&seq)).then(|| StoredMessage {
+                    let m = (!self.keyless.contains(&seq)).then(|| StoredEntry {
                         seq: seq as u64,
                         ts: 0,
-                        sealed: crate::message::Sealed {
-                            ciphertext: vec![0; 100],
-                            ..Default::default()
+                        entry: crate::message::LogEntry {
+                            kind: crate::message::EntryKind::Message,
+                            sender: "alice".into(),
+                            device_id: vec![],
+                            epoch: 0,
+                            data: vec![0; 100],
+                            msg_id: None,
+                            group_info: None,
                         },
-                        key: vec![],
                     });
                     (seq, m)
                 })

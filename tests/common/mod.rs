@@ -1,6 +1,7 @@
 //! Shared test harness: a real server on 127.0.0.1 (random port) with a real
 //! SQLite store in a temp dir, fixture RSA keys (made once, outside the
-//! tests, so no test waits for key generation), and logged-in clients.
+//! tests, so no test waits for key generation), and logged-in devices
+//! (`phone3::Phone`).
 #![allow(dead_code)]
 
 pub mod cbor;
@@ -9,10 +10,9 @@ pub mod phone3;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use e2ee_chat::client::{Client, Identity};
 use e2ee_chat::config::Settings;
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::{ErrorCode, ServerMsg};
+use e2ee_chat::protocol::ErrorCode;
 use e2ee_chat::server::{self, RunningServer};
 
 pub struct Fixtures {
@@ -41,16 +41,6 @@ pub fn fixtures() -> &'static Fixtures {
     })
 }
 
-/// An identity with fixture key pair `n` (users may share pairs; the server
-/// does not care, and tests that need distinct keys use distinct `n`).
-pub fn identity(name: &str, n: usize) -> Identity {
-    let pairs = &fixtures().pairs;
-    Identity {
-        username: name.to_owned(),
-        keys: pairs[n % pairs.len()].clone(),
-    }
-}
-
 /// Settings for a test server: random port, store in `dir`, generous rate limit.
 pub fn settings(dir: &Path) -> Settings {
     let mut s = Settings::defaults();
@@ -59,8 +49,6 @@ pub fn settings(dir: &Path) -> Settings {
     s.server.workers = 2;
     s.server.room_threads = 2;
     s.store.path = dir.join("chat.db");
-    // These helpers drive the version-2 suite; v3 tests set 3.
-    s.protocol.version = 2;
     s.rate_limit.per_second = 100_000.0;
     s.rate_limit.burst = 100_000.0;
     // Every test client comes from 127.0.0.1.
@@ -77,8 +65,6 @@ pub fn start(settings: Settings) -> RunningServer {
 pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub server: Option<RunningServer>,
-    /// The protocol it speaks: a restart keeps it (the store holds one).
-    pub version: u8,
 }
 
 impl TestServer {
@@ -90,12 +76,10 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut s = settings(dir.path());
         tweak(&mut s);
-        let version = s.protocol.version;
         let server = start(s);
         TestServer {
             dir,
             server: Some(server),
-            version,
         }
     }
 
@@ -115,7 +99,6 @@ impl TestServer {
     pub async fn restart_with(&mut self, tweak: impl FnOnce(&mut Settings)) {
         self.server.take().unwrap().stop().await;
         let mut s = settings(self.dir.path());
-        s.protocol.version = self.version;
         tweak(&mut s);
         self.server = Some(start(s));
     }
@@ -124,51 +107,6 @@ impl TestServer {
         if let Some(s) = self.server.take() {
             s.stop().await;
         }
-    }
-
-    pub async fn client(&self) -> Client {
-        Client::connect(&self.url()).await.expect("connects")
-    }
-
-    /// A client registered (if needed) and logged in as `name` with key pair `n`.
-    pub async fn user(&self, name: &str, n: usize) -> Client {
-        let id = identity(name, n);
-        let mut c = self.client().await;
-        match c.register(&id).await {
-            Ok(()) => {}
-            Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
-            Err(e) => panic!("register {name}: {e}"),
-        }
-        c.login(&id).await.expect("login");
-        c
-    }
-
-    /// alice and bob, and a room (no password) that alice created and bob
-    /// joined: (alice, bob, room_id).
-    pub async fn pair(&self, room: &str) -> (Client, Client, String) {
-        let mut alice = self.user("alice", 0).await;
-        let mut bob = self.user("bob", 1).await;
-        let (r, _) = alice
-            .create_room(room, None, false)
-            .await
-            .expect("create room");
-        bob.join_room(&r.room_id, None).await.expect("join room");
-        (alice, bob, r.room_id)
-    }
-
-    /// As `pair`, with carol joined too: (alice, bob, carol, room_id).
-    pub async fn trio(&self, room: &str) -> (Client, Client, Client, String) {
-        let (alice, bob, rid) = self.pair(room).await;
-        let mut carol = self.user("carol", 2).await;
-        carol.join_room(&rid, None).await.expect("join room");
-        (alice, bob, carol, rid)
-    }
-
-    /// A client logged in as an already registered user.
-    pub async fn login(&self, name: &str, n: usize) -> Client {
-        let mut c = self.client().await;
-        c.login(&identity(name, n)).await.expect("login");
-        c
     }
 }
 
@@ -184,44 +122,6 @@ pub fn assert_code<T: std::fmt::Debug>(
     }
 }
 
-/// The error code of a raw reply.
-#[track_caller]
-pub fn code_of(msg: &ServerMsg) -> ErrorCode {
-    match msg {
-        ServerMsg::Error { code, .. } => *code,
-        other => panic!("expected an error, got {other:?}"),
-    }
-}
-
-/// Waits until the client has no event matching `pred` within `ms`.
-pub async fn no_event(c: &mut Client, ms: u64, pred: impl Fn(&ServerMsg) -> bool) {
-    let old = c.timeout;
-    c.timeout = std::time::Duration::from_millis(ms);
-    let res = c.wait_for(|e| pred(e)).await;
-    c.timeout = old;
-    if let Ok(e) = res {
-        panic!("unexpected event {e:?}");
-    }
-}
-
-/// The connection still serves: a ping gets its pong.
-pub async fn still_serves(c: &mut Client) {
-    assert!(matches!(
-        c.request(&e2ee_chat::protocol::Request::Ping)
-            .await
-            .unwrap(),
-        ServerMsg::Pong { .. }
-    ));
-}
-
-/// `(username, enc_key)` pairs for fixture users, to wrap messages for them.
-pub fn recipients(users: &[(&str, usize)]) -> Vec<(String, Vec<u8>)> {
-    users
-        .iter()
-        .map(|(n, k)| (n.to_string(), identity(n, *k).keys.enc_der))
-        .collect()
-}
-
 /// The server binary with a clean environment and its store in `dir`, as
 /// deployments run it (tests that need a real process: SIGTERM, SIGKILL).
 pub fn server_command(dir: &Path) -> std::process::Command {
@@ -233,8 +133,6 @@ pub fn server_command(dir: &Path) -> std::process::Command {
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL")
         .env("CHAT__STORE__PATH", dir.join("chat.db"))
-        // The version-2 suite's server; v3 tests set 3 after this.
-        .env("CHAT__PROTOCOL__VERSION", "2")
         .env("RUST_LOG", "warn");
     cmd
 }
@@ -279,43 +177,6 @@ pub fn spawn_listening(cmd: &mut std::process::Command) -> (std::process::Child,
         .expect("a `listening on` line")
         .to_owned();
     (child, addr)
-}
-
-/// Every message of the room the client can read, paging `history` forward
-/// `page` at a time from the start.
-pub async fn all_history(
-    c: &mut Client,
-    room_id: &str,
-    page: u64,
-) -> Vec<e2ee_chat::protocol::MessageData> {
-    let mut out = Vec::new();
-    loop {
-        let after = out
-            .last()
-            .map_or(0, |m: &e2ee_chat::protocol::MessageData| m.seq);
-        let (msgs, more) = c
-            .history(room_id, Some(after), None, Some(page))
-            .await
-            .unwrap();
-        out.extend(msgs);
-        if !more {
-            return out;
-        }
-    }
-}
-
-/// Reads until the server ends the connection; returns how many `message`
-/// events arrived on the way and how the connection ended (with its close
-/// code, when there was one).
-pub async fn read_until_closed(c: &mut Client) -> (usize, String) {
-    let mut messages = 0;
-    loop {
-        match c.read().await {
-            Ok(ServerMsg::Message(_)) => messages += 1,
-            Ok(_) => {}
-            Err(e) => return (messages, e.to_string()),
-        }
-    }
 }
 
 /// A fresh PostgreSQL database for one test run, on the server named by

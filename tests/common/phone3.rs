@@ -13,12 +13,9 @@ use openmls::prelude::{MlsGroup, OpenMlsProvider};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
 
-/// A test server on protocol v3, with `tweak` applied.
+/// A test server with `tweak` applied.
 pub fn v3_server_with(tweak: impl FnOnce(&mut e2ee_chat::config::Settings)) -> super::TestServer {
-    super::TestServer::with(|s| {
-        s.protocol.version = 3;
-        tweak(s)
-    })
+    super::TestServer::with(tweak)
 }
 
 pub fn identity3(name: &str, n: usize) -> IdentityPair {
@@ -73,7 +70,162 @@ pub fn code(result: Result<ServerMsg3, ClientError>) -> ErrorCode {
     }
 }
 
+/// The next event matching `pred` (others are dropped), within the
+/// connection's timeout.
+pub async fn wait_event(c: &mut Client3, pred: impl Fn(&ServerMsg3) -> bool) -> ServerMsg3 {
+    loop {
+        let e = c.next_event().await.expect("an event");
+        if pred(&e) {
+            return e;
+        }
+    }
+}
+
+/// Asserts no event matching `pred` arrives within `ms`.
+pub async fn no_event(c: &mut Client3, ms: u64, pred: impl Fn(&ServerMsg3) -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
+    loop {
+        match tokio::time::timeout_at(deadline, c.next_event()).await {
+            Err(_) => return,
+            Ok(Ok(e)) => assert!(!pred(&e), "unexpected event {e:?}"),
+            Ok(Err(e)) => panic!("connection failed: {e}"),
+        }
+    }
+}
+
+/// A ping gets its pong.
+pub async fn still_serves(c: &mut Client3) {
+    let pong = c.request(&Request3::Shared(Request::Ping)).await.unwrap();
+    assert!(
+        matches!(pong, ServerMsg3::Shared(ServerMsg::Pong { .. })),
+        "{pong:?}"
+    );
+}
+
+/// Reads until the server closes: the close frame's code and reason.
+pub async fn read_until_closed(c: &mut Client3) -> String {
+    loop {
+        match c.read().await {
+            Ok(_) => continue,
+            Err(ClientError::Closed(reason)) => return reason.unwrap_or_default(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+/// A request that carries no MLS object, as a v3 request.
+pub fn shared(req: Request) -> Request3 {
+    Request3::Shared(req)
+}
+
 impl Phone {
+    /// `name` registered if new, and logged in as a new device.
+    pub async fn user(url: &str, name: &str, n: usize) -> Phone {
+        let id = identity3(name, n);
+        let mut c = Client3::connect(url).await.expect("connects");
+        match c.register(&id).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
+            Err(e) => panic!("register {name}: {e}"),
+        }
+        Phone::login(url, id).await
+    }
+
+    /// A request that carries no MLS object; an `error` reply is `Err`.
+    pub async fn ask(&mut self, req: Request) -> Result<ServerMsg3, ClientError> {
+        self.c.request(&Request3::Shared(req)).await
+    }
+
+    /// `create_room` with a new group, a password and `hidden`; on success
+    /// this phone is in the room's group.
+    pub async fn create_with(
+        &mut self,
+        name: &str,
+        password: Option<&str>,
+        hidden: bool,
+    ) -> Result<RoomSummary3, ClientError> {
+        let (group, objects) = self
+            .dev
+            .create_group(&self.provider, rand::random())
+            .expect("creates a group");
+        let joined = self
+            .c
+            .request(&Request3::CreateRoom {
+                name: name.into(),
+                password: password.map(str::to_owned),
+                hidden: hidden.then_some(true),
+                group_info: ByteBuf::from(objects.group_info),
+                ratchet_tree: ByteBuf::from(objects.ratchet_tree),
+            })
+            .await?;
+        let ServerMsg3::Joined { room, .. } = joined else {
+            panic!("not joined: {joined:?}");
+        };
+        self.group = Some(group);
+        self.room = room.room_id.clone();
+        self.applied = 0;
+        self.entered_at = 0;
+        Ok(room)
+    }
+
+    /// `join_room` with an optional password (no leaf yet).
+    pub async fn join(
+        &mut self,
+        room_id: &str,
+        password: Option<&str>,
+    ) -> Result<RoomSummary3, ClientError> {
+        let joined = self
+            .ask(Request::JoinRoom {
+                room_id: room_id.into(),
+                password: password.map(str::to_owned),
+            })
+            .await?;
+        let ServerMsg3::Joined { room, .. } = joined else {
+            panic!("not joined: {joined:?}");
+        };
+        self.room = room_id.to_owned();
+        self.applied = room.last_seq;
+        Ok(room)
+    }
+
+    /// `get_members` of `room_id`: (name, online), in join order.
+    pub async fn online(&mut self, room_id: &str) -> Vec<(String, bool)> {
+        match self
+            .ask(Request::GetMembers {
+                room_id: room_id.into(),
+            })
+            .await
+            .expect("members")
+        {
+            ServerMsg3::Members { members, .. } => members
+                .into_iter()
+                .map(|m| (m.username, m.online))
+                .collect(),
+            other => panic!("not members: {other:?}"),
+        }
+    }
+
+    /// `list_rooms`: (rooms, total, connected).
+    pub async fn rooms(
+        &mut self,
+        offset: Option<u64>,
+        limit: Option<u64>,
+    ) -> (Vec<RoomSummary3>, u64, u64) {
+        match self
+            .ask(Request::ListRooms { offset, limit })
+            .await
+            .expect("rooms")
+        {
+            ServerMsg3::Rooms {
+                rooms,
+                total,
+                connected,
+                ..
+            } => (rooms, total, connected),
+            other => panic!("not rooms: {other:?}"),
+        }
+    }
+
     /// `name` registered (first device) and logged in.
     pub async fn register(url: &str, name: &str, n: usize) -> Phone {
         let id = identity3(name, n);
@@ -118,28 +270,9 @@ impl Phone {
 
     /// `create_room` with a new group: the `joined` summary.
     pub async fn create(&mut self, name: &str) -> RoomSummary3 {
-        let group_id = rand::random::<[u8; 16]>();
-        let (group, objects) = self
-            .dev
-            .create_group(&self.provider, group_id)
-            .expect("creates a group");
-        let joined = self
-            .c
-            .request(&Request3::CreateRoom {
-                name: name.into(),
-                password: None,
-                hidden: None,
-                group_info: ByteBuf::from(objects.group_info),
-                ratchet_tree: ByteBuf::from(objects.ratchet_tree),
-            })
+        self.create_with(name, None, false)
             .await
-            .expect("creates the room");
-        let ServerMsg3::Joined { room, .. } = joined else {
-            panic!("not joined: {joined:?}");
-        };
-        self.group = Some(group);
-        self.room = room.room_id.clone();
-        room
+            .expect("creates the room")
     }
 
     /// `join_room`: the `joined` summary.

@@ -5,7 +5,7 @@
 import * as t from '../test/e2e/harness.mjs'
 
 const out = new URL('../../docs/', import.meta.url).pathname
-const server = await t.startServer({ env: { CHAT__PROTOCOL__VERSION: '3' } })
+const server = await t.startServer()
 const browser = await t.launch()
 try {
   const alice = await t.openPage(browser, server.base, { viewport: { width: 1280, height: 720 } })

@@ -1,8 +1,8 @@
 // @ts-check
-// What the logged-in client does the same on both protocols (`Chat` for
-// version 2, `Chat3` for version 3 extend it): the promise queue every event
-// and change runs through, notices, the room directory, leaving, the owner
-// operations, and the server events whose shape did not change. No DOM.
+// The logged-in client's plumbing that is not MLS (`Chat`, chat.js, extends
+// it): the promise queue every event and change runs through, notices, the
+// room directory, leaving, the owner operations, the server events about
+// rooms and members, and a room's timeline (`Room`). No DOM.
 
 import { describe } from './errors.js'
 import { USERNAME } from './proto.js'
@@ -76,7 +76,7 @@ export class ChatBase {
   }
 
   /**
-   * The events both protocols share: owner, presence, renames, deletions
+   * The events about rooms and members: owner, presence, renames, deletions
    * and removals. False for any other event.
    */
   sharedEvent (room, e) {
@@ -146,4 +146,51 @@ export class ChatBase {
 // A name from the server for an event line: the UI escapes what it shows.
 export function safeName (name) {
   return typeof name === 'string' && USERNAME.test(name) ? name : '(a member with an invalid name)'
+}
+
+// One room as the view draws it: its summary, members and timeline.
+export class Room {
+  constructor (summary) {
+    this.summary = summary
+    this.id = summary.room_id
+    this.members = new Map()
+    this.entries = [] // timeline, by seq; events without seq go at the end
+    this.seen = new Set()
+    this.warned = new Set() // username/fingerprint of key changes told here
+    this.loaded = false
+    this.lowest = Infinity
+    this.highest = 0
+    this.counter = 0
+  }
+
+  // The server has messages up to `seq` (for unread counts).
+  stored (seq) {
+    if (seq > (this.summary.last_seq || 0)) this.summary.last_seq = seq
+  }
+
+  cover (seq) {
+    if (seq === undefined) return
+    this.lowest = Math.min(this.lowest, seq)
+    this.highest = Math.max(this.highest, seq)
+  }
+
+  add (entry) {
+    entry.key = ++this.counter
+    if (entry.seq === undefined) {
+      entry.after = this.highest
+      this.entries.push(entry)
+      return
+    }
+    this.cover(entry.seq)
+    // Insert by seq; entries without one keep their place after older messages.
+    let i = this.entries.length
+    const later = (e) => e.seq === undefined ? e.after >= entry.seq : e.seq > entry.seq
+    while (i > 0 && later(this.entries[i - 1])) i--
+    this.entries.splice(i, 0, entry)
+    if (this.entries.length > 2000) this.entries.splice(0, this.entries.length - 2000)
+  }
+
+  remove (entry) {
+    this.entries = this.entries.filter((e) => e !== entry)
+  }
 }

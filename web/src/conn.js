@@ -5,29 +5,13 @@
 
 import { encode, decode } from './proto.js'
 
-export const SUBPROTOCOL = 'e2ee-chat.v2'
-export const SUBPROTOCOL_V3 = 'e2ee-chat.v3'
-
-/**
- * Which protocol the server at `url` speaks: the page offers both and the
- * server picks its own. Resolves to 2 or 3.
- * @param {string} url
- * @returns {Promise<2 | 3>}
- */
-export function serverProtocol (url) {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, [SUBPROTOCOL_V3, SUBPROTOCOL])
-    ws.onopen = () => { resolve(ws.protocol === SUBPROTOCOL_V3 ? 3 : 2); ws.close() }
-    ws.onerror = () => reject(new Error('Could not reach the server.'))
-  })
-}
+export const SUBPROTOCOL = 'e2ee-chat.v3'
 
 export class ServerError extends Error {
   constructor (reply) {
     super(reply.message || reply.code)
     this.code = reply.code
-    this.members = reply.members
-    // Version 3: `stale_epoch` says the epoch, `commit_required` the leaves.
+    // `stale_epoch` says the epoch, `commit_required` the leaves.
     this.epoch = reply.epoch
     this.remove = reply.remove
   }
@@ -39,11 +23,9 @@ export class Conn {
    * @param {{onOpen: () => void, onEvent: (frame: any) => void,
    *   onState: (state: 'connecting' | 'open' | 'closed', detail?: any) => void}} handlers
    *   onOpen runs on every (re)connect; onEvent gets pushes.
-   * @param {string} [subprotocol] version 2's unless told
    */
-  constructor (url, { onOpen, onEvent, onState }, subprotocol = SUBPROTOCOL) {
+  constructor (url, { onOpen, onEvent, onState }) {
     this.url = url
-    this.subprotocol = subprotocol
     this.onOpen = onOpen
     this.onEvent = onEvent
     this.onState = onState
@@ -56,7 +38,7 @@ export class Conn {
 
   connect () {
     this.onState('connecting')
-    const ws = new WebSocket(this.url, this.subprotocol)
+    const ws = new WebSocket(this.url, SUBPROTOCOL)
     ws.binaryType = 'arraybuffer'
     this.ws = ws
     ws.onopen = () => {

@@ -27,8 +27,13 @@ const MESSAGES = {
   not_owner: 'Only the room\'s owner can do that.',
   no_such_member: 'That user is not a member of the room.',
   invalid_target: 'You cannot do that to yourself.',
-  stale_members: 'The room\'s members changed while sending.',
   invalid_message: 'The server refused the message as invalid.',
+  stale_epoch: 'The room\'s group moved on while this was sent. Try again.',
+  commit_required: 'The room\'s group must first remove the devices of those who left. Try again.',
+  invalid_group: 'The server refused the room\'s encryption data (MLS) as invalid. This is a bug in the web client.',
+  not_allowed: 'The room does not allow that change to its group.',
+  invalid_device: 'The server refused this browser\'s device certificate.',
+  too_many_devices: 'You have as many devices as the server allows. Remove one you no longer use (the terminal client: e2ee-chat remove-device).',
   internal: 'The server had an internal error. Try again later.',
   disconnected: 'Not connected to the server. Reconnecting…'
 }

@@ -5,11 +5,10 @@
 // a JSON file that the terminal client imports too (`e2ee-chat import-profile`).
 // Unlocking unwraps the private keys as non-extractable CryptoKeys.
 //
-// The same database keeps what this browser has learned: pinned keys (trust
-// on first use), the recipients already announced per room, and the last
-// read seq per room; and on protocol v3 this browser's device key, group
-// states and the texts it read, sealed under a state key that is itself
-// wrapped under the passphrase's key.
+// The same database keeps what this browser has learned: pinned identity
+// keys (trust on first use) and the last read seq per room; and this
+// browser's device key, group states and the texts it read, sealed under a
+// state key that is itself wrapped under the passphrase's key.
 
 import { PSS, OAEP, sign, verify, encode, decode } from './proto.js'
 
@@ -98,8 +97,8 @@ export async function unlock (profile, passphrase) {
 }
 
 /**
- * The key of this browser's own state for `username` (protocol v3: its
- * device key, group states and the texts it read): made here once, kept in
+ * The key of this browser's own state for `username` (its device key,
+ * group states and the texts it read): made here once, kept in
  * IndexedDB wrapped under the passphrase's key, never exported (another
  * browser is another device). A key that no longer unwraps (the profile was
  * replaced, with another passphrase) is replaced: what it sealed is then

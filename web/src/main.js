@@ -5,9 +5,7 @@
 import './style.css'
 import { showWelcome } from './welcome.js'
 import { Chat } from './chat.js'
-import { Chat3 } from './chat3.js'
-import { serverProtocol } from './conn.js'
-import { ed25519Supported } from './mls3.js'
+import { ed25519Supported } from './mls.js'
 import { ChatView } from './ui.js'
 
 const root = document.getElementById('app')
@@ -18,8 +16,7 @@ function welcome () {
     url,
     onUnlocked: async (keys) => {
       const options = { url, host: location.host, visible: () => document.visibilityState !== 'hidden' }
-      // The server speaks one protocol; the page speaks both until v2 goes.
-      const chat = (await serverProtocol(url)) === 3 ? new Chat3(keys, options) : new Chat(keys, options)
+      const chat = new Chat(keys, options)
       await chat.start()
       root.dataset.screen = 'chat'
       const view = new ChatView(root, chat, {
@@ -29,12 +26,11 @@ function welcome () {
   }).catch((e) => { root.textContent = `This browser cannot run the client: ${e.message}` })
 }
 
-// On a v3 server this browser's device key is Ed25519, which WebCrypto has
-// only from Chromium 137 (Firefox 129, Safari 17): say so plainly up front.
+// This browser's device key is Ed25519, which WebCrypto has only from
+// Chromium 137 (Firefox 129, Safari 17): say so plainly up front.
 async function boot () {
   root.dataset.screen = 'welcome'
-  const v3 = await serverProtocol(url).then((p) => p === 3, () => false)
-  if (v3 && !await ed25519Supported()) {
+  if (!await ed25519Supported()) {
     root.dataset.screen = 'unsupported'
     root.textContent = 'This browser cannot run the client: its WebCrypto has no Ed25519, which this server\'s encryption (MLS) needs. Use Chromium or Chrome 137 or later, Firefox 129 or later, or Safari 17 or later.'
     return

@@ -1,7 +1,9 @@
 // @ts-check
-// The wire protocol's cryptography (docs/PROTOCOL.md sections 2, 3 and 7),
-// with nothing but WebCrypto and cborg. No DOM and no I/O, so the unit tests
-// run it in Node against the shared test vectors.
+// The protocol's bytes outside MLS (docs/PROTOCOL.md sections 2, 3 and 7):
+// CBOR frames, the identity key's signed inputs and fingerprint, and the
+// display escaping, with nothing but WebCrypto and cborg. No DOM and no I/O,
+// so the unit tests run it in Node against the shared test vectors. The MLS
+// side is mls.js.
 
 import { encode as cborEncode, decode as cborDecode } from 'cborg'
 
@@ -37,20 +39,13 @@ export function hex (bytes) {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('')
 }
 
-export function equalBytes (a, b) {
-  if (a.length !== b.length) return false
-  let diff = 0
-  for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i]
-  return diff === 0
-}
-
 export async function sha256 (bytes) {
   return new Uint8Array(await subtle.digest('SHA-256', bytes))
 }
 
-// SHA-256(sign_key DER || enc_key DER), as 64 hex digits.
-export async function fingerprint (signDer, encDer) {
-  return hex(await sha256(concat(signDer, encDer)))
+// SHA-256 of an identity key's DER, as 64 hex digits.
+export async function fingerprint (identityDer) {
+  return hex(await sha256(identityDer))
 }
 
 // 64 hex digits in groups of 4, for people to compare.
@@ -58,22 +53,15 @@ export function fingerprintDisplay (fp) {
   return fp.match(/.{4}/g).join(' ')
 }
 
-// The `host` a login proof signs: location.host is already lowercase and
-// drops the scheme's default port, as the protocol asks.
+// What an identity key signs (PROTOCOL.md section 3, Account). The `host`
+// is what a proof signs: location.host is already lowercase and drops the
+// scheme's default port, as the protocol asks.
+export function registerInput (host, username) {
+  return concat('e2ee-chat register v3', ZERO, host, ZERO, username)
+}
+
 export function loginInput (host, username, nonce) {
-  return concat('e2ee-chat login v2', ZERO, host, ZERO, username, ZERO, nonce)
-}
-
-export function messageInput (roomId, msgId, nonce, commitment, ciphertext) {
-  return concat('e2ee-chat msg v2', ZERO, roomId, ZERO, msgId, nonce, commitment, ciphertext)
-}
-
-export function aad (roomId, msgId) {
-  return concat(roomId, ZERO, msgId)
-}
-
-export async function keyCommitment (aesKey) {
-  return sha256(concat('e2ee-chat key v2', ZERO, aesKey))
+  return concat('e2ee-chat login v3', ZERO, host, ZERO, username, ZERO, nonce)
 }
 
 export async function sign (signKey, bytes) {
@@ -85,12 +73,10 @@ export async function verify (signDer, signature, bytes) {
   return subtle.verify(PSS_PARAMS, key, signature, bytes)
 }
 
-export async function wrapFor (encDer, aesKey) {
-  const key = await subtle.importKey('spki', encDer, OAEP, false, ['encrypt'])
-  return new Uint8Array(await subtle.encrypt({ name: 'RSA-OAEP' }, key, aesKey))
-}
-
-// A fresh user: both key pairs, extractable once so the profile can wrap them.
+// A fresh user: the identity key (RSA-PSS) and the profile format's second
+// key (RSA-OAEP; version 3 does not use it, but the profile file the page
+// and the terminal client share holds two), extractable once so the
+// profile can wrap them.
 export async function generateKeys () {
   const gen = (alg, usages) => subtle.generateKey(
     { ...alg, modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]) }, true, usages)
@@ -103,61 +89,6 @@ export async function generateKeys () {
     signDer: await spki(sign.publicKey),
     encDer: await spki(enc.publicKey)
   }
-}
-
-// The plaintext: exactly one CBOR map {text, sent_at}.
-export function encodePlaintext (text, sentAt) {
-  return encode({ text, sent_at: sentAt })
-}
-
-export function decodePlaintext (bytes) {
-  const value = decode(bytes) // throws on bytes after the map
-  if (value === null || typeof value !== 'object' || Array.isArray(value) || value instanceof Uint8Array) {
-    throw new Error('plaintext is not a map')
-  }
-  if (typeof value.text !== 'string') throw new Error('plaintext has no text')
-  if (!Number.isSafeInteger(value.sent_at) || value.sent_at < 0) throw new Error('plaintext has no sent_at')
-  return { text: value.text, sentAt: value.sent_at }
-}
-
-// Seals `text` for `members` (a list of {username, enc_key}): the body of a
-// `send` request, without `id`.
-export async function seal (signKey, roomId, members, text, sentAt = Date.now()) {
-  const k = random(32)
-  const nonce = random(12)
-  const msgId = random(16)
-  const aesKey = await subtle.importKey('raw', k, 'AES-GCM', false, ['encrypt'])
-  const ciphertext = new Uint8Array(await subtle.encrypt(
-    { name: 'AES-GCM', iv: nonce, additionalData: aad(roomId, msgId) },
-    aesKey, encodePlaintext(text, sentAt)))
-  const commitment = await keyCommitment(k)
-  const keys = {}
-  for (const m of members) keys[m.username] = await wrapFor(m.enc_key, k)
-  const signature = await sign(signKey, messageInput(roomId, msgId, nonce, commitment, ciphertext))
-  return { room_id: roomId, msg_id: msgId, nonce, key_commitment: commitment, ciphertext, keys, signature }
-}
-
-// Opens a `message` (or a history entry) with the sender's pinned sign key
-// and our enc key. Throws with a reason on any failed check: a message that
-// fails is shown as failed, never as text.
-export async function open (encKey, senderSignDer, m) {
-  if (!USERNAME.test(m.sender)) throw new Error('sender name is not valid')
-  const ok = await verify(senderSignDer, m.signature,
-    messageInput(m.room_id, m.msg_id, m.nonce, m.key_commitment, m.ciphertext))
-  if (!ok) throw new Error('signature does not verify')
-  let k
-  try {
-    k = new Uint8Array(await subtle.decrypt({ name: 'RSA-OAEP' }, encKey, m.key))
-  } catch { throw new Error('the wrapped key does not open') }
-  if (k.length !== 32) throw new Error('the wrapped key is not 32 bytes')
-  if (!equalBytes(await keyCommitment(k), m.key_commitment)) throw new Error('the key commitment does not match')
-  const aesKey = await subtle.importKey('raw', k, 'AES-GCM', false, ['decrypt'])
-  let plain
-  try {
-    plain = new Uint8Array(await subtle.decrypt(
-      { name: 'AES-GCM', iv: m.nonce, additionalData: aad(m.room_id, m.msg_id) }, aesKey, m.ciphertext))
-  } catch { throw new Error('the ciphertext does not decrypt') }
-  return decodePlaintext(plain)
 }
 
 // Control characters (C0, C1, DEL) and bidi overrides become visible

@@ -13,7 +13,7 @@ const full = (ms) => new Date(ms).toLocaleString()
 export class ChatView {
   /**
    * @param {HTMLElement} root
-   * @param {import('./chat.js').Chat | any} chat either protocol's (chat.js, chat3.js)
+   * @param {import('./chat.js').Chat} chat
    * @param {{onLock: () => void}} options
    */
   constructor (root, chat, { onLock }) {
@@ -88,7 +88,6 @@ export class ChatView {
 
     this.banners = h('div.banners#banners')
     this.timeline = h('ol.timeline#timeline', { 'aria-live': 'polite', 'aria-label': 'Messages' })
-    this.olderBtn = h('button.older#older', { type: 'button', text: 'Load older messages', onclick: () => chat.older(chat.active) })
     this.input = h('input#message', { name: 'text', autocomplete: 'off', placeholder: 'Write a message', 'aria-label': 'Message', maxlength: 20000 })
     // The box empties at once so the next message can be typed while this
     // one is sealed and sent (sends keep their order in Chat's queue); a
@@ -105,7 +104,7 @@ export class ChatView {
     this.roomInfo = h('div.roominfo#room-info')
     this.empty = h('div.empty#empty', {}, h('p', { text: 'Pick a room, create one, or join one by id.' }))
     this.main = h('section.room#room', { 'aria-label': 'Conversation' },
-      this.roomInfo, this.banners, this.olderBtn, this.timeline, this.composer)
+      this.roomInfo, this.banners, this.timeline, this.composer)
 
     this.memberList = h('ul.members#member-list')
     this.ownerTools = h('div.owner#owner-tools')
@@ -228,7 +227,6 @@ export class ChatView {
       this.renderBanners(room)
       this.renderTimeline(room)
       this.renderMembers(room)
-      this.olderBtn.hidden = !room.hasMore
       const blocked = chat.blockedBy(room).length > 0
       this.input.disabled = blocked
       this.input.placeholder = blocked ? 'Sending is blocked until you confirm the changed keys above' : 'Write a message'

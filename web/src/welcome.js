@@ -4,8 +4,8 @@
 // import a profile file exported by this page or by the terminal client.
 
 import { h } from './dom.js'
-import { generateKeys, fingerprint, fingerprintDisplay, sign, concat } from './proto.js'
-import { Conn, serverProtocol, SUBPROTOCOL, SUBPROTOCOL_V3 } from './conn.js'
+import { generateKeys, fingerprint, fingerprintDisplay, sign, registerInput } from './proto.js'
+import { Conn } from './conn.js'
 import { profiles, wrapProfile, checkProfile, unlock } from './keystore.js'
 import { describe } from './errors.js'
 
@@ -16,24 +16,21 @@ export async function profileFile (username) {
   return p ? new Blob([JSON.stringify(p, null, 2) + '\n'], { type: 'application/json' }) : null
 }
 
-// Registers on a connection of its own: registering does not log in. On
-// version 3 the signing key is the identity key, registered with a proof
-// that this browser holds it.
+// Registers on a connection of its own: registering does not log in. The
+// signing key is the identity key, registered with a proof that this
+// browser holds it.
 async function register (url, username, keys) {
-  const v3 = (await serverProtocol(url)) === 3
-  const fields = v3
-    ? {
-        username,
-        identity_key: keys.signDer,
-        proof: await sign(keys.sign, concat('e2ee-chat register v3', new Uint8Array([0]), new URL(url).host, new Uint8Array([0]), username))
-      }
-    : { username, sign_key: keys.signDer, enc_key: keys.encDer }
+  const fields = {
+    username,
+    identity_key: keys.signDer,
+    proof: await sign(keys.sign, registerInput(new URL(url).host, username))
+  }
   return new Promise((resolve, reject) => {
     const conn = new Conn(url, {
       onOpen: () => conn.request('register', fields).then(resolve, reject).finally(() => conn.close()),
       onEvent: () => {},
       onState: (state) => { if (state === 'closed' && !conn.stopped) { conn.close(); reject(new Error('Could not reach the server.')) } }
-    }, v3 ? SUBPROTOCOL_V3 : SUBPROTOCOL)
+    })
   })
 }
 
@@ -107,7 +104,7 @@ export async function showWelcome (root, { url, onUnlocked }) {
       const existing = (await profiles.list()).find((p) => p.username === profile.username)
       const same = existing && existing.sign_key.public === profile.sign_key.public && existing.enc_key.public === profile.enc_key.public
       if (existing && !same) {
-        const fp = fingerprintDisplay(await fingerprint(keys.signDer, keys.encDer))
+        const fp = fingerprintDisplay(await fingerprint(keys.signDer))
         if (!confirm(`This browser already holds other keys for ${profile.username}. Replace them with the imported keys (fingerprint ${fp})? The stored keys are lost unless you exported them.`)) {
           throw new Error('Nothing was imported: the stored profile was kept.')
         }

@@ -1,12 +1,17 @@
 //! Helpers every scenario shares: one key pair for all bench users, logged-in
-//! clients, the server's CPU and memory from /proc, /metrics counters,
-//! latency percentiles and report lines.
+//! devices and new rooms, the server's CPU and memory from /proc, /metrics
+//! counters, latency percentiles and report lines.
 
 use std::time::{Duration, Instant};
 
-use e2ee_chat::client::{Client, Identity};
+use e2ee_chat::client::mls::Device;
+use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::ErrorCode;
+use e2ee_chat::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
+use e2ee_chat::protocol::{ErrorCode, Request};
+use openmls::prelude::MlsGroup;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use serde_bytes::ByteBuf;
 
 pub type BenchResult<T> = Result<T, String>;
 
@@ -16,28 +21,42 @@ pub fn shared_keys() -> KeyPair {
     KeyPair::generate(2048).expect("key generation")
 }
 
-pub fn identity(keys: &KeyPair, name: &str) -> Identity {
-    Identity {
-        username: name.to_owned(),
-        keys: keys.clone(),
+/// A bench user: its name and the shared identity key.
+pub fn identity(keys: &KeyPair, name: &str) -> IdentityPair {
+    IdentityPair::new(name, keys.sign.clone())
+}
+
+fn err(what: &str) -> impl Fn(e2ee_chat::client::ClientError) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Registers `id` on `c` (an existing name is fine).
+async fn register(c: &mut Client3, id: &IdentityPair) -> BenchResult<()> {
+    match c.register(id).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => Ok(()),
+        Err(e) => Err(format!("register {}: {e}", id.username)),
     }
 }
 
-/// Connects, registers (an existing name is fine) and logs in.
-pub async fn logged_in(url: &str, id: &Identity) -> BenchResult<Client> {
-    let mut c = Client::connect(url)
-        .await
-        .map_err(|e| format!("connect {url}: {e}"))?;
+/// Connects and logs in as a new device of `id` (registered before).
+pub async fn device_login(url: &str, id: &IdentityPair) -> BenchResult<(Client3, Device)> {
+    let device = Device::new(&id.username, |m| id.sign(m));
+    let mut c = Client3::connect(url).await.map_err(err("connect"))?;
     c.timeout = Duration::from_secs(60);
-    match c.register(id).await {
-        Ok(()) => {}
-        Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
-        Err(e) => return Err(format!("register {}: {e}", id.username)),
-    }
-    c.login(id)
+    c.login(id, &device.certificate)
         .await
-        .map_err(|e| format!("login {}: {e}", id.username))?;
-    Ok(c)
+        .map_err(err("login"))?;
+    Ok((c, device))
+}
+
+/// Connects, registers (an existing name is fine) and logs in as a new
+/// device.
+pub async fn logged_in(url: &str, id: &IdentityPair) -> BenchResult<(Client3, Device)> {
+    let mut c = Client3::connect(url).await.map_err(err("connect"))?;
+    register(&mut c, id).await?;
+    drop(c);
+    device_login(url, id).await
 }
 
 /// Registers many users over a few parallel connections.
@@ -50,13 +69,9 @@ pub async fn register_all(url: &str, keys: &KeyPair, names: &[String]) -> BenchR
     for chunk in chunks {
         let (url, keys) = (url.to_owned(), keys.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = Client::connect(&url).await.map_err(|e| e.to_string())?;
+            let mut c = Client3::connect(&url).await.map_err(|e| e.to_string())?;
             for name in chunk {
-                match c.register(&identity(&keys, &name)).await {
-                    Ok(()) => {}
-                    Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
-                    Err(e) => return Err(format!("register {name}: {e}")),
-                }
+                register(&mut c, &identity(&keys, &name)).await?;
             }
             Ok::<_, String>(())
         }));
@@ -65,6 +80,46 @@ pub async fn register_all(url: &str, keys: &KeyPair, names: &[String]) -> BenchR
         t.await.map_err(|e| e.to_string())??;
     }
     Ok(())
+}
+
+/// A new room made by `device` on `c`, with its epoch-0 group: the room
+/// and the creator's group.
+pub async fn create_room(
+    c: &mut Client3,
+    device: &Device,
+    provider: &OpenMlsRustCrypto,
+    name: &str,
+    password: Option<&str>,
+    hidden: bool,
+) -> BenchResult<(RoomSummary3, MlsGroup)> {
+    let (group, objects) = device
+        .create_group(provider, rand::random())
+        .map_err(|e| e.to_string())?;
+    let joined = c
+        .request(&Request3::CreateRoom {
+            name: name.to_owned(),
+            password: password.map(str::to_owned),
+            hidden: hidden.then_some(true),
+            group_info: ByteBuf::from(objects.group_info),
+            ratchet_tree: ByteBuf::from(objects.ratchet_tree),
+        })
+        .await
+        .map_err(err("create_room"))?;
+    match joined {
+        ServerMsg3::Joined { room, .. } => Ok((room, group)),
+        other => Err(format!("create_room: {other:?}")),
+    }
+}
+
+/// Joins a room (as a member: without a leaf in its group).
+pub async fn join_room(c: &mut Client3, room_id: &str, password: Option<&str>) -> BenchResult<()> {
+    c.request(&Request3::Shared(Request::JoinRoom {
+        room_id: room_id.to_owned(),
+        password: password.map(str::to_owned),
+    }))
+    .await
+    .map(|_| ())
+    .map_err(err("join_room"))
 }
 
 /// CPU seconds (user + system) and resident memory of a process.

@@ -1,20 +1,30 @@
 //! `fanout`: R rooms × M members, S senders per room, at a target rate (or
-//! as fast as a per-sender window allows). Envelopes are real (AES-GCM, an
-//! RSA-OAEP wrap, an RSA-PSS signature) and prepared before the timed phase.
+//! as fast as a per-sender window allows). Every member is a device logged
+//! in with its certificate and joined to the room; the senders enter the
+//! room's MLS group by external commit (the others need no leaf to be
+//! delivered to). Each sender encrypts its messages (real openmls
+//! PrivateMessages of a CBOR `{text, sent_at}`) before the timed phase.
 //! Every member connection records when each message reaches it; latency is
 //! send→deliver by the bench's clock, keyed by the index carried in msg_id.
 //!
-//! The same engine drives the baseline relay with the same frames (the bytes
-//! the server would deliver), so the two runs compare like for like.
+//! The same engine drives the baseline relay with the same frames (the
+//! `entry` frames the server would deliver), so the two runs compare like
+//! for like.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use e2ee_chat::client::seal_parts;
+use e2ee_chat::client::mls::Device;
+use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::{peek_type, MessageFrame, Request};
+use e2ee_chat::message::{EntryKind, LogEntry};
+use e2ee_chat::protocol::v3::{Entry, Request3, ServerMsg3};
+use e2ee_chat::protocol::{peek_type, Request};
 use futures_util::{SinkExt, StreamExt};
+use openmls::prelude::MlsGroup;
+use openmls_rust_crypto::OpenMlsRustCrypto;
+use serde_bytes::ByteBuf;
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -118,139 +128,8 @@ impl Prepared {
     }
 }
 
-/// Signs and seals every message up front, on all cores.
-fn prepare(
-    keys: &KeyPair,
-    room_ids: &[String],
-    members: &[Vec<String>],
-    o: &FanoutOpts,
-    relay: bool,
-) -> Prepared {
-    let senders = o.senders.min(o.members).max(1);
-    let per_room = o.messages / o.rooms;
-    let total = per_room * o.rooms;
-    let mut plan = Vec::with_capacity(total); // (idx, room, sender connection)
-    for r in 0..o.rooms {
-        for j in 0..per_room {
-            plan.push((r * per_room + j, r, r * o.members + j % senders));
-        }
-    }
-    let text = "x".repeat(o.text_bytes);
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let chunk = plan.len().div_ceil(threads).max(1);
-    let mut frames: Vec<Vec<u8>> = vec![Vec::new(); total];
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = plan
-            .chunks(chunk)
-            .map(|part| {
-                let text = &text;
-                scope.spawn(move || {
-                    part.iter()
-                        .map(|&(idx, r, _)| {
-                            let room_id = &room_ids[r];
-                            let mut msg_id = [0u8; 16];
-                            msg_id[..8].copy_from_slice(&(idx as u64).to_be_bytes());
-                            msg_id[8..].copy_from_slice(&e2ee_chat::crypto::random_bytes::<8>());
-                            let (mut body, aes) = seal_parts(keys, room_id, text, msg_id);
-                            // Everyone shares the enc key, so one real wrap serves all members.
-                            let wrapped = serde_bytes::ByteBuf::from(
-                                e2ee_chat::crypto::wrap_key(&keys.enc_der, &aes).expect("wrap"),
-                            );
-                            body.keys = members[r]
-                                .iter()
-                                .map(|m| (m.clone(), wrapped.clone()))
-                                .collect();
-                            let frame = if relay {
-                                let (sealed, _) = body.into_sealed(members[r][0].clone());
-                                MessageFrame::new(room_id, idx as u64 + 1, 0, &sealed)
-                                    .for_recipient(&wrapped)
-                            } else {
-                                Request::Send(body).encode(Some(idx as u64))
-                            };
-                            (idx, frame)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for h in handles {
-            for (idx, frame) in h.join().expect("prepare thread") {
-                frames[idx] = frame;
-            }
-        }
-    });
-    Prepared::new(frames, plan.iter().map(|&(idx, _, conn)| (idx, conn)))
-}
-
-/// Runs fan-out against the chat server at `url`.
-pub async fn run_server(
-    url: &str,
-    pid: Option<u32>,
-    keys: &KeyPair,
-    o: &FanoutOpts,
-) -> BenchResult<FanoutReport> {
-    let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
-    let members: Vec<Vec<String>> = (0..o.rooms)
-        .map(|r| (0..o.members).map(|i| format!("f{run}-{r}-{i}")).collect())
-        .collect();
-    common::register_all(url, keys, &members.concat()).await?;
-    let mut conns = Vec::new();
-    let mut room_ids = Vec::new();
-    for (r, names) in members.iter().enumerate() {
-        let mut owner = common::logged_in(url, &common::identity(keys, &names[0])).await?;
-        let (room, _) = owner
-            .create_room(&format!("bench {run} {r}"), None, false)
-            .await
-            .map_err(|e| format!("create room: {e}"))?;
-        conns.push(owner);
-        for (i, name) in names.iter().enumerate().skip(1) {
-            let at = common::spread(url, i);
-            let mut c = common::logged_in(&at, &common::identity(keys, name)).await?;
-            c.join_room(&room.room_id, None)
-                .await
-                .map_err(|e| format!("join: {e}"))?;
-            conns.push(c);
-        }
-        room_ids.push(room.room_id);
-    }
-    let prepared = prepare(keys, &room_ids, &members, o, false);
-    let ws = conns.into_iter().map(|c| c.into_ws()).collect();
-    let before = common::CommitStats::snapshot(url).await;
-    let report = drive("server", ws, prepared, o, pid).await?;
-    println!(
-        "fanout[server] store: {}",
-        common::CommitStats::snapshot(url).await.describe(&before)
-    );
-    Ok(report)
-}
-
-/// Runs the same fan-out through the bare relay.
-pub async fn run_relay(
-    relay_url: &str,
-    keys: &KeyPair,
-    o: &FanoutOpts,
-) -> BenchResult<FanoutReport> {
-    let members: Vec<Vec<String>> = (0..o.rooms)
-        .map(|r| (0..o.members).map(|i| format!("relay-{r}-{i}")).collect())
-        .collect();
-    let room_ids: Vec<String> = (0..o.rooms).map(|r| format!("relay-room-{r}")).collect();
-    let mut ws = Vec::new();
-    for r in 0..o.rooms {
-        for _ in 0..o.members {
-            let url = format!("{relay_url}?room={r}");
-            let (s, _) = tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
-                .await
-                .map_err(|e| format!("relay connect: {e}"))?;
-            ws.push(s);
-        }
-    }
-    tokio::time::sleep(Duration::from_millis(200)).await; // let every join reach the hub
-    let prepared = prepare(keys, &room_ids, &members, o, true);
-    drive("baseline relay", ws, prepared, o, None).await
-}
-
 /// Sends every prepared frame (at the rate, within the window) and records
-/// when each delivery (a v2 `message` or a v3 `entry`) reaches each member.
+/// when each delivery (an `entry`) reaches each member.
 pub async fn drive(
     target: &'static str,
     conns: Vec<e2ee_chat::client::Ws>,
@@ -295,7 +174,7 @@ pub async fn drive(
                     break;
                 };
                 match peek_type(&frame) {
-                    b"message" | b"entry" => {
+                    b"entry" => {
                         if let Some(idx) = message_index(&frame).filter(|i| *i < sent_at.len()) {
                             let now = t0.elapsed().as_nanos() as u64;
                             last = Instant::now();
@@ -366,4 +245,231 @@ pub async fn drive(
         server_rss: rss,
         errors,
     })
+}
+
+/// One sender's device and group.
+struct Sender {
+    device: Device,
+    provider: OpenMlsRustCrypto,
+    group: MlsGroup,
+}
+
+/// The rooms as set up: connections (member order), room ids, senders'
+/// devices per room.
+struct Setup {
+    conns: Vec<Client3>,
+    room_ids: Vec<String>,
+    senders: Vec<Vec<Sender>>,
+}
+
+async fn setup(url: &str, keys: &KeyPair, o: &FanoutOpts) -> BenchResult<Setup> {
+    let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
+    let senders_per_room = o.senders.min(o.members).max(1);
+    let mut conns = Vec::new();
+    let mut room_ids = Vec::new();
+    let mut senders = Vec::new();
+    for r in 0..o.rooms {
+        let ids: Vec<IdentityPair> = (0..o.members)
+            .map(|i| IdentityPair::new(&format!("g{run}-{r}-{i}"), keys.sign.clone()))
+            .collect();
+        let mut registrar = Client3::connect(url)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        for id in &ids {
+            registrar
+                .register(id)
+                .await
+                .map_err(|e| format!("register: {e}"))?;
+        }
+        // The owner creates the room with its group.
+        let (mut owner, owner_dev) = common::device_login(url, &ids[0]).await?;
+        let provider = OpenMlsRustCrypto::default();
+        let (group, objects) = owner_dev
+            .create_group(&provider, rand::random())
+            .map_err(|e| e.to_string())?;
+        let joined = owner
+            .request(&Request3::CreateRoom {
+                name: format!("bench3 {run} {r}"),
+                password: None,
+                hidden: None,
+                group_info: ByteBuf::from(objects.group_info),
+                ratchet_tree: ByteBuf::from(objects.ratchet_tree),
+            })
+            .await
+            .map_err(|e| format!("create room: {e}"))?;
+        let ServerMsg3::Joined { room, .. } = joined else {
+            return Err(format!("not joined: {joined:?}"));
+        };
+        let mut room_senders = vec![Sender {
+            device: owner_dev,
+            provider,
+            group,
+        }];
+        conns.push(owner);
+        for (i, id) in ids.iter().enumerate().skip(1) {
+            let (mut c, device) = common::device_login(&common::spread(url, i), id).await?;
+            c.request(&Request3::Shared(Request::JoinRoom {
+                room_id: room.room_id.clone(),
+                password: None,
+            }))
+            .await
+            .map_err(|e| format!("join: {e}"))?;
+            if i < senders_per_room {
+                let (_, group_info, ratchet_tree) = c
+                    .group_state(&room.room_id)
+                    .await
+                    .map_err(|e| format!("group_state: {e}"))?;
+                let provider = OpenMlsRustCrypto::default();
+                let (group, join) = device
+                    .join_external(&provider, &group_info, &ratchet_tree)
+                    .map_err(|e| e.to_string())?;
+                match c.commit(&room.room_id, &join).await {
+                    Ok(ServerMsg3::Committed { .. }) => {}
+                    other => return Err(format!("external commit: {other:?}")),
+                }
+                for s in &mut room_senders {
+                    s.device
+                        .process(&s.provider, &mut s.group, &join.commit)
+                        .map_err(|e| e.to_string())?;
+                }
+                room_senders.push(Sender {
+                    device,
+                    provider,
+                    group,
+                });
+            }
+            conns.push(c);
+        }
+        room_ids.push(room.room_id);
+        senders.push(room_senders);
+    }
+    Ok(Setup {
+        conns,
+        room_ids,
+        senders,
+    })
+}
+
+/// Every message, encrypted in order by its sender: (index, room, sender
+/// connection, msg_id, PrivateMessage).
+type Sealed = Vec<(usize, usize, usize, [u8; 16], Vec<u8>)>;
+
+fn encrypt_all(setup: &mut Setup, o: &FanoutOpts) -> BenchResult<Sealed> {
+    let per_room = o.messages / o.rooms;
+    let text = "x".repeat(o.text_bytes);
+    let mut out = Vec::with_capacity(per_room * o.rooms);
+    for (r, senders) in setup.senders.iter_mut().enumerate() {
+        let n = senders.len();
+        for j in 0..per_room {
+            let idx = r * per_room + j;
+            let s = &mut senders[j % n];
+            let mut plaintext = Vec::new();
+            ciborium::into_writer(
+                &ciborium::Value::Map(vec![
+                    (
+                        ciborium::Value::Text("text".into()),
+                        ciborium::Value::Text(text.clone()),
+                    ),
+                    (
+                        ciborium::Value::Text("sent_at".into()),
+                        ciborium::Value::Integer(e2ee_chat::util::now_ms().into()),
+                    ),
+                ]),
+                &mut plaintext,
+            )
+            .map_err(|e| e.to_string())?;
+            let message = s
+                .device
+                .encrypt(&s.provider, &mut s.group, &plaintext)
+                .map_err(|e| e.to_string())?;
+            let mut msg_id = [0u8; 16];
+            msg_id[..8].copy_from_slice(&(idx as u64).to_be_bytes());
+            msg_id[8..].copy_from_slice(&e2ee_chat::crypto::random_bytes::<8>());
+            out.push((idx, r, r * o.members + j % n, msg_id, message));
+        }
+    }
+    Ok(out)
+}
+
+fn prepared(sealed: &Sealed, frames: Vec<Vec<u8>>) -> Prepared {
+    Prepared::new(
+        frames,
+        sealed.iter().map(|&(idx, _, conn, _, _)| (idx, conn)),
+    )
+}
+
+/// Runs fan-out against the server and, with `relay_url`, the same
+/// entries through the bare relay. Also prints what one message weighs.
+pub async fn run(
+    url: &str,
+    pid: Option<u32>,
+    keys: &KeyPair,
+    o: &FanoutOpts,
+    relay_url: Option<&str>,
+) -> BenchResult<(FanoutReport, Option<FanoutReport>)> {
+    let mut setup = setup(url, keys, o).await?;
+    let sealed = encrypt_all(&mut setup, o)?;
+    if let Some((_, _, _, _, m)) = sealed.first() {
+        println!(
+            "fanout: one {}-byte text is a {}-byte PrivateMessage",
+            o.text_bytes,
+            m.len()
+        );
+    }
+    let frames = sealed
+        .iter()
+        .map(|(idx, r, _, msg_id, m)| {
+            Request3::Send {
+                room_id: setup.room_ids[*r].clone(),
+                msg_id: ByteBuf::from(msg_id.to_vec()),
+                message: ByteBuf::from(m.clone()),
+            }
+            .encode(Some(*idx as u64))
+        })
+        .collect();
+    let relay_frames: Vec<Vec<u8>> = sealed
+        .iter()
+        .map(|(idx, r, _, msg_id, m)| {
+            let entry = LogEntry {
+                kind: EntryKind::Message,
+                sender: "sender".into(),
+                device_id: vec![0; 16],
+                epoch: 1,
+                data: m.clone(),
+                msg_id: Some(msg_id.to_vec()),
+                group_info: None,
+            };
+            Entry::new(&setup.room_ids[*r], *idx as u64 + 1, 0, &entry)
+                .event()
+                .to_vec()
+        })
+        .collect();
+    let server_plan = prepared(&sealed, frames);
+    let relay_plan = prepared(&sealed, relay_frames);
+    let ws = setup.conns.into_iter().map(Client3::into_ws).collect();
+    let before = common::CommitStats::snapshot(url).await;
+    let server = drive("server", ws, server_plan, o, pid).await?;
+    println!(
+        "fanout[server] store: {}",
+        common::CommitStats::snapshot(url).await.describe(&before)
+    );
+    let relay = match relay_url {
+        Some(relay_url) => {
+            let mut ws = Vec::new();
+            for r in 0..o.rooms {
+                for _ in 0..o.members {
+                    let url = format!("{relay_url}?room={r}");
+                    let (s, _) =
+                        tokio_tungstenite::connect_async_with_config(url.as_str(), None, true)
+                            .await
+                            .map_err(|e| format!("relay connect: {e}"))?;
+                    ws.push(s);
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            Some(drive("baseline relay", ws, relay_plan, o, None).await?)
+        }
+        None => None,
+    };
+    Ok((server, relay))
 }

@@ -2,22 +2,25 @@
 //! sends (issue 20 item 8: on PostgreSQL a late joiner's history scanned the
 //! whole room, and three connections of one account at 45 requests/s filled
 //! the store's pool: a bystander's send took seconds or failed). Fills a
-//! room with M messages (unsigned: run the server with signature checks
-//! off), lets a user join after them, then for S seconds that user's C
-//! connections ask for history at R requests/s in all while another member
-//! sends B messages/s; reports both sides' latencies.
+//! room with M messages (one real PrivateMessage of the owner's, sent under
+//! M msg_ids: the server cannot tell), lets a user join after them, then
+//! for S seconds that user's C connections ask for history at R requests/s
+//! in all while the owner, on another connection, sends B messages/s;
+//! reports both sides' latencies.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2ee_chat::client::v3::Client3;
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::{peek_type, Request, ServerMsg};
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+use e2ee_chat::protocol::{peek_type, Request};
 use futures_util::{SinkExt, StreamExt};
+use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::common::{self, BenchResult};
-use crate::durable::unsigned;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct HistoryOpts {
@@ -51,12 +54,7 @@ struct Paced {
 
 /// Sends `frames` (ids 0..n) at `per_sec` on `client`'s connection and
 /// times each answer by its id.
-async fn paced(
-    client: e2ee_chat::client::Client,
-    frames: Vec<Vec<u8>>,
-    per_sec: f64,
-    ok: &'static [u8],
-) -> Paced {
+async fn paced(client: Client3, frames: Vec<Vec<u8>>, per_sec: f64, ok: &'static [u8]) -> Paced {
     let (mut sink, mut stream) = client.into_ws().split();
     let total = frames.len();
     let stamps: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
@@ -76,7 +74,7 @@ async fn paced(
                     }
                     break;
                 };
-                let Ok(msg) = ServerMsg::decode(&f) else {
+                let Ok(msg) = ServerMsg3::decode(&f) else {
                     continue;
                 };
                 let Some(id) = msg.reply_id() else { continue };
@@ -85,7 +83,7 @@ async fn paced(
                 if peek_type(&f) == ok {
                     out.ok
                         .push(at.map_or(0, |t| t.elapsed().as_micros() as u64));
-                } else if let ServerMsg::Error { code, .. } = msg {
+                } else if let ServerMsg3::Error { code, .. } = msg {
                     out.errors.push(format!("{code:?}"));
                 }
             }
@@ -112,24 +110,30 @@ pub async fn run(
     o: &HistoryOpts,
 ) -> BenchResult<bool> {
     let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
-    let (w, b, late) = (
-        format!("h{run}-w"),
-        format!("h{run}-b"),
-        format!("h{run}-late"),
-    );
-    let mut writer = common::logged_in(url, &common::identity(keys, &w)).await?;
-    let (room, _) = writer
-        .create_room(&format!("history {run}"), None, false)
-        .await
-        .map_err(|e| format!("create: {e}"))?;
+    let (w, late) = (format!("h{run}-w"), format!("h{run}-late"));
+    let writer_id = common::identity(keys, &w);
+    let (mut writer, device) = common::logged_in(url, &writer_id).await?;
+    let provider = OpenMlsRustCrypto::default();
+    let (room, mut group) = common::create_room(
+        &mut writer,
+        &device,
+        &provider,
+        &format!("history {run}"),
+        None,
+        false,
+    )
+    .await?;
     let rid = room.room_id.clone();
-    let wrapped = ByteBuf::from(
-        e2ee_chat::crypto::wrap_key(&keys.enc_der, &[7u8; 32]).map_err(|e| e.to_string())?,
-    );
-    let frame = |id: u64, to: &[&String]| {
-        let (mut body, _) = unsigned(&rid, e2ee_chat::crypto::random_bytes::<16>());
-        body.keys = to.iter().map(|n| ((*n).clone(), wrapped.clone())).collect();
-        Request::Send(body).encode(Some(id))
+    let message = device
+        .encrypt(&provider, &mut group, b"history bench")
+        .map_err(|e| e.to_string())?;
+    let frame = |id: u64| {
+        Request3::Send {
+            room_id: rid.clone(),
+            msg_id: ByteBuf::from(e2ee_chat::crypto::random_bytes::<16>().to_vec()),
+            message: ByteBuf::from(message.clone()),
+        }
+        .encode(Some(id))
     };
     // Fill the room, pipelined.
     let started = Instant::now();
@@ -137,7 +141,7 @@ pub async fn run(
     let (mut next, mut acked) = (0usize, 0usize);
     while acked < o.messages {
         while next < o.messages && next - acked < 512 {
-            sink.send(WsMessage::Binary(frame(next as u64, &[&w]).into()))
+            sink.send(WsMessage::Binary(frame(next as u64).into()))
                 .await
                 .map_err(|e| e.to_string())?;
             next += 1;
@@ -145,7 +149,7 @@ pub async fn run(
         match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
             Ok(Some(Ok(WsMessage::Binary(f)))) => match peek_type(&f) {
                 b"sent" => acked += 1,
-                b"error" => return Err(format!("filling: {:?}", ServerMsg::decode(&f))),
+                b"error" => return Err(format!("filling: {:?}", ServerMsg3::decode(&f))),
                 _ => {}
             },
             Ok(Some(Ok(_))) => {}
@@ -154,31 +158,30 @@ pub async fn run(
     }
     let fill = started.elapsed();
     drop((sink, stream));
-    // The bystander joins now (a member that does not read its events
-    // during the fill would be disconnected as a slow reader).
-    let mut bystander = common::logged_in(url, &common::identity(keys, &b)).await?;
+    // The owner sends on a new connection of its device (one that did not
+    // read its events during the fill would be disconnected as a slow
+    // reader).
+    let mut bystander = Client3::connect(url).await.map_err(|e| e.to_string())?;
     bystander
-        .join_room(&rid, None)
+        .login(&writer_id, &device.certificate)
         .await
-        .map_err(|e| format!("join: {e}"))?;
-    // The late joiner: a member with no message of the room's to read.
+        .map_err(|e| format!("login: {e}"))?;
+    // The late joiner: a member with no entry of the room's to read.
+    let late_id = common::identity(keys, &late);
     let mut flooders = Vec::new();
     for _ in 0..o.connections.max(1) {
-        flooders.push(common::logged_in(url, &common::identity(keys, &late)).await?);
+        flooders.push(common::logged_in(url, &late_id).await?.0);
     }
-    flooders[0]
-        .join_room(&rid, None)
-        .await
-        .map_err(|e| format!("late join: {e}"))?;
+    common::join_room(&mut flooders[0], &rid, None).await?;
     let per_conn = (o.rate * o.secs as f64 / flooders.len() as f64).ceil() as usize;
     let conn_rate = o.rate / flooders.len() as f64;
     let history = |i: usize| {
-        Request::History {
+        Request3::Shared(Request::History {
             room_id: rid.clone(),
             after_seq: None,
             before_seq: None,
             limit: Some(50),
-        }
+        })
         .encode(Some(i as u64))
     };
     let sends = (o.bystander_rate * o.secs as f64).ceil() as usize;
@@ -190,9 +193,7 @@ pub async fn run(
             tokio::spawn(paced(c, frames, conn_rate, b"history"))
         })
         .collect();
-    let frames = (0..sends)
-        .map(|i| frame(i as u64, &[&w, &b, &late]))
-        .collect();
+    let frames = (0..sends).map(|i| frame(i as u64)).collect();
     let by = paced(bystander, frames, o.bystander_rate, b"sent").await;
     let mut reads = Paced::default();
     for f in flood {
@@ -204,7 +205,7 @@ pub async fn run(
     let (_, cpu, _) = meter.stop();
     let limited = reads.errors.iter().filter(|e| *e == "RateLimited").count();
     println!(
-        "history: room of {} messages (filled in {:.1} s); {} history requests at {}/s from {} connections of a late joiner: {} answered ({}), {limited} rate_limited, {} other errors, {} unanswered; bystander sends at {}/s: {}; bystander errors {:?}, unanswered {}; server CPU {}",
+        "history: room of {} entries (filled in {:.1} s); {} history requests at {}/s from {} connections of a late joiner: {} answered ({}), {limited} rate_limited, {} other errors, {} unanswered; bystander sends at {}/s: {}; bystander errors {:?}, unanswered {}; server CPU {}",
         o.messages,
         fill.as_secs_f64(),
         per_conn * o.connections.max(1),

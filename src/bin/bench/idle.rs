@@ -1,10 +1,11 @@
-//! `idle`: N connections, each logged in as its own user, then left idle;
+//! `idle`: N connections, each logged in as its own user's device, then
+//! left idle;
 //! reports the server's resident memory per connection (RSS after minus RSS
 //! before, with the users already registered and cached).
 
 use std::time::Duration;
 
-use e2ee_chat::client::Client;
+use e2ee_chat::client::v3::Client3;
 use e2ee_chat::crypto::KeyPair;
 use futures_util::{stream, StreamExt};
 
@@ -24,18 +25,15 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &IdleOpts) -> B
     let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
     let names: Vec<String> = (0..o.connections).map(|i| format!("i{run}-{i}")).collect();
     common::register_all(url, keys, &names).await?;
-    // Users are cached at login; warm the cache with one login each first?
-    // No: the cache entry is per user, made at registration, so it is in "before".
+    // The user cache entry is made at registration, so it is in "before";
+    // each login records a new device, which is in "after".
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = common::usage(pid);
-    let clients: Vec<Result<Client, String>> = stream::iter(names.iter().cloned())
+    let clients: Vec<Result<Client3, String>> = stream::iter(names.iter().cloned())
         .map(|name| {
             let (url, keys) = (url.to_owned(), keys.clone());
             async move {
-                let mut c = Client::connect(&url).await.map_err(|e| e.to_string())?;
-                c.login(&common::identity(&keys, &name))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (c, _) = common::device_login(&url, &common::identity(&keys, &name)).await?;
                 Ok(c)
             }
         })

@@ -1,5 +1,5 @@
 //! `logins`: N registered users log in at once over pre-opened connections,
-//! C at a time. Reports logins/s, login latency and the server's CPU per
+//! C at a time, each as its device (recorded before the timed phase). Reports logins/s, login latency and the server's CPU per
 //! login (the client's PSS signing, ~1.5 ms each, shares the machine, so
 //! server CPU per login is the number that speaks for the server).
 
@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use e2ee_chat::client::Client;
 use e2ee_chat::crypto::KeyPair;
 use tokio::sync::Mutex;
 
@@ -23,38 +22,8 @@ pub struct LoginOpts {
     pub concurrency: usize,
 }
 
-pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> BenchResult<bool> {
-    let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
-    let names: Vec<String> = (0..o.users).map(|i| format!("l{run}-{i}")).collect();
-    common::register_all(url, keys, &names).await?;
-    let mut conns = Vec::with_capacity(o.users);
-    for _ in 0..o.users {
-        conns.push(
-            Client::connect(url)
-                .await
-                .map_err(|e| format!("connect: {e}"))?,
-        );
-    }
-    let items: Vec<_> = names.into_iter().zip(conns).collect();
-    let keys = keys.clone();
-    timed(
-        "logins",
-        pid,
-        items,
-        o,
-        move |(name, mut c): (String, Client)| {
-            let id = common::identity(&keys, &name);
-            async move {
-                let ok = c.login(&id).await.is_ok();
-                (ok, (name, c))
-            }
-        },
-    )
-    .await
-}
-
-/// The timed phase both scenarios share: `login` over every item (a user and
-/// its open connection), `concurrency` at a time, and the report line.
+/// The timed phase: `login` over every item (a user and its open
+/// connection), `concurrency` at a time, and the report line.
 async fn timed<T, F, Fut>(
     label: &str,
     pid: Option<u32>,
@@ -114,18 +83,12 @@ where
     Ok(failed == 0 && n == o.users)
 }
 
-/// `logins3`: the same against a `protocol.version = 3` server: `login`
-/// then `prove` with the identity key's signature and the device's
-/// certificate, which the server checks (exact encoding, RSA-PSS) and looks
+/// The scenario: `login` then `prove` with the identity key's signature
+/// and the device's certificate, which the server checks (exact encoding, RSA-PSS) and looks
 /// up among the user's devices. Every user's device is recorded by a first
 /// login before the timed phase, so the timed logins are the everyday kind
 /// (a known device).
-pub async fn run_v3(
-    url: &str,
-    pid: Option<u32>,
-    keys: &KeyPair,
-    o: &LoginOpts,
-) -> BenchResult<bool> {
+pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> BenchResult<bool> {
     use e2ee_chat::client::mls::Device;
     use e2ee_chat::client::v3::{Client3, IdentityPair};
     let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
@@ -160,7 +123,7 @@ pub async fn run_v3(
     }
     let items: Vec<_> = users.into_iter().zip(conns).collect();
     timed(
-        "logins3",
+        "logins",
         pid,
         items,
         o,

@@ -3,14 +3,14 @@
 //! itself. See scripts/bench.sh and BENCHMARKS.md.
 //!
 //! Scenarios: `fanout` (with the baseline relay in the same run), `logins`,
-//! `logins3` (a v3 server),
-//! `durable`, `idle`, `passwords`, `history`, `commits3` (v3 groups on the wire), `mls` (in process, no server), and `smoke` (all of them, tiny, for the test suite).
+//! `durable`, `idle`, `rooms`, `passwords`, `history`, `commits` (groups
+//! growing on the wire), `mls` (in process, no server), and `smoke` (all of
+//! them, tiny, for the test suite).
 
-mod commits3;
+mod commits;
 mod common;
 mod durable;
 mod fanout;
-mod fanout3;
 mod history;
 mod idle;
 mod logins;
@@ -51,23 +51,8 @@ enum Command {
         #[arg(long)]
         no_baseline: bool,
     },
-    /// `fanout` against a `protocol.version = 3` server (MLS rooms), plus
-    /// the same entries through a bare relay.
-    Fanout3 {
-        #[command(flatten)]
-        opts: fanout::FanoutOpts,
-        /// Skip the baseline relay run.
-        #[arg(long)]
-        no_baseline: bool,
-    },
-    /// Concurrent logins.
+    /// Concurrent logins, each with a device certificate.
     Logins {
-        #[command(flatten)]
-        opts: logins::LoginOpts,
-    },
-    /// Concurrent logins against a `protocol.version = 3` server (a device
-    /// certificate with each proof).
-    Logins3 {
         #[command(flatten)]
         opts: logins::LoginOpts,
     },
@@ -101,14 +86,14 @@ enum Command {
         #[command(flatten)]
         opts: idle::IdleOpts,
     },
-    /// Protocol v3 on the wire: a room grown by external joins; client
-    /// time per join and server CPU per commit at each size.
-    Commits3 {
+    /// A room grown by external joins on the wire; client time per join
+    /// and server CPU per commit at each size.
+    Commits {
         #[command(flatten)]
-        opts: commits3::Commits3Opts,
+        opts: commits::CommitsOpts,
     },
-    /// Protocol v3's Delivery Service core in process (no server): sizes
-    /// and CPU per commit at N members.
+    /// The Delivery Service's core in process (no server): sizes and CPU
+    /// per commit at N members.
     Mls {
         #[command(flatten)]
         opts: mls::MlsOpts,
@@ -158,12 +143,8 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
         Command::Fanout { opts, no_baseline } => {
             fanout_with_baseline(url, pid, &keys, &opts, !no_baseline).await
         }
-        Command::Fanout3 { opts, no_baseline } => {
-            fanout3_with_baseline(url, pid, &keys, &opts, !no_baseline).await
-        }
         Command::Logins { opts } => logins::run(url, pid, &keys, &opts).await,
-        Command::Logins3 { opts } => logins::run_v3(url, pid, &keys, &opts).await,
-        Command::Commits3 { opts } => commits3::run(url, pid, &keys, &opts).await,
+        Command::Commits { opts } => commits::run(url, pid, &keys, &opts).await,
         Command::Durable {
             opts,
             compare_url,
@@ -192,21 +173,6 @@ async fn run(cli: Cli) -> common::BenchResult<bool> {
     }
 }
 
-async fn fanout_with_baseline(
-    url: &str,
-    pid: Option<u32>,
-    keys: &e2ee_chat::crypto::KeyPair,
-    opts: &fanout::FanoutOpts,
-    baseline: bool,
-) -> common::BenchResult<bool> {
-    let server = fanout::run_server(url, pid, keys, opts).await?;
-    let base = match baseline {
-        true => Some(fanout::run_relay(&relay::start(2), keys, opts).await?),
-        false => None,
-    };
-    Ok(compare("fanout", &server, base.as_ref()))
-}
-
 /// Prints a server run and the relay's; whether both delivered everything.
 fn compare(
     label: &str,
@@ -226,7 +192,7 @@ fn compare(
     ok
 }
 
-async fn fanout3_with_baseline(
+async fn fanout_with_baseline(
     url: &str,
     pid: Option<u32>,
     keys: &e2ee_chat::crypto::KeyPair,
@@ -234,12 +200,12 @@ async fn fanout3_with_baseline(
     baseline: bool,
 ) -> common::BenchResult<bool> {
     let relay_url = baseline.then(|| relay::start(2));
-    let (server, base) = fanout3::run(url, pid, keys, opts, relay_url.as_deref()).await?;
+    let (server, base) = fanout::run(url, pid, keys, opts, relay_url.as_deref()).await?;
     println!(
-        "fanout3: {:.0} messages stored and acknowledged per second",
+        "fanout: {:.0} messages stored and acknowledged per second",
         (opts.messages / opts.rooms * opts.rooms) as f64 / server.wall_secs.max(1e-9)
     );
-    Ok(compare("fanout3", &server, base.as_ref()))
+    Ok(compare("fanout", &server, base.as_ref()))
 }
 
 async fn smoke(
@@ -262,7 +228,7 @@ async fn smoke(
         rooms: 1,
         ..fo
     };
-    let r = fanout::run_server(url, pid, keys, &rated).await?;
+    let (r, _) = fanout::run(url, pid, keys, &rated, None).await?;
     r.print();
     ok &= r.deliveries == r.expected;
     ok &= logins::run(
@@ -279,7 +245,6 @@ async fn smoke(
         senders: 3,
         messages: 30,
         window: 4,
-        sign: true,
     };
     let report = durable::run(url, "group commit", pid, keys, &d).await?;
     ok &= report.acked == 30 && report.errors == 0;
@@ -314,6 +279,30 @@ async fn smoke(
             rooms: 1,
             paced: true,
             idle_secs: 0,
+        },
+    )
+    .await?;
+    ok &= commits::run(
+        url,
+        pid,
+        keys,
+        &commits::CommitsOpts {
+            members: vec![3, 5],
+            commits: 2,
+            timed_joins: 2,
+        },
+    )
+    .await?;
+    ok &= history::run(
+        url,
+        pid,
+        keys,
+        &history::HistoryOpts {
+            messages: 100,
+            connections: 2,
+            rate: 20.0,
+            bystander_rate: 5.0,
+            secs: 1,
         },
     )
     .await?;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+use e2ee_chat::protocol::{ErrorCode, Request};
 
 use crate::common::{self, BenchResult};
 
@@ -41,20 +42,21 @@ pub async fn run(
     o: &PasswordOpts,
 ) -> BenchResult<bool> {
     let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
-    let mut owner =
+    let (mut owner, device) =
         common::logged_in(url, &common::identity(keys, &format!("p{run}-owner"))).await?;
+    let provider = openmls_rust_crypto::OpenMlsRustCrypto::default();
     let mut rooms = Vec::new();
     for i in 0..o.rooms.max(1) {
-        let (room, _) = owner
-            .create_room(&format!("pw {run} {i}"), Some("right"), false)
-            .await
-            .map_err(|e| format!("create_room: {e}"))?;
+        let name = format!("pw {run} {i}");
+        let (room, _) =
+            common::create_room(&mut owner, &device, &provider, &name, Some("right"), false)
+                .await?;
         rooms.push(room.room_id);
     }
     let mut guessers = Vec::new();
     for u in 0..o.users.max(1) {
-        guessers
-            .push(common::logged_in(url, &common::identity(keys, &format!("p{run}-{u}"))).await?);
+        let id = common::identity(keys, &format!("p{run}-{u}"));
+        guessers.push(common::logged_in(url, &id).await?.0);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = common::usage(pid);
@@ -84,26 +86,26 @@ pub async fn run(
                     let (mut checked, mut limited, mut other) = (0usize, 0usize, 0usize);
                     for k in 0..per_user {
                         let room = &rooms[(u + k) % rooms.len()];
-                        match c.join_room(room, Some(&format!("wrong-{k}"))).await {
-                            Err(e) if e.code() == Some(ErrorCode::WrongPassword) => checked += 1,
-                            Err(e) if e.code() == Some(ErrorCode::RateLimited) => limited += 1,
+                        match common::join_room(&mut c, room, Some(&format!("wrong-{k}"))).await {
+                            Err(e) if e.contains("WrongPassword") => checked += 1,
+                            Err(e) if e.contains("RateLimited") => limited += 1,
                             _ => other += 1,
                         }
                     }
                     return Ok::<_, String>((checked, limited, other));
                 }
                 for k in 0..per_user {
-                    let req = Request::JoinRoom {
+                    let req = Request3::Shared(Request::JoinRoom {
                         room_id: rooms[(u + k) % rooms.len()].clone(),
                         password: Some(format!("wrong-{k}")),
-                    };
+                    });
                     c.send_raw(req.encode(Some(k as u64 + 1)))
                         .await
                         .map_err(|e| e.to_string())?;
                 }
                 let (mut checked, mut limited, mut other) = (0usize, 0usize, 0usize);
                 while checked + limited + other < per_user {
-                    if let ServerMsg::Error {
+                    if let ServerMsg3::Error {
                         id: Some(_), code, ..
                     } = c.read().await.map_err(|e| e.to_string())?
                     {

@@ -6,7 +6,9 @@
 use std::time::Instant;
 
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::{Request, ServerMsg};
+use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+use e2ee_chat::protocol::Request;
+use openmls_rust_crypto::OpenMlsRustCrypto;
 
 use crate::common::{self, percentiles, BenchResult, Meter};
 
@@ -30,18 +32,13 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &RoomsOpts) -> 
     let owners = o.rooms.div_ceil(ROOMS_PER_USER).max(1);
     let names: Vec<String> = (0..owners).map(|i| format!("r{run}-{i}")).collect();
     common::register_all(url, keys, &names).await?;
+    let provider = OpenMlsRustCrypto::default();
     for (i, name) in names.iter().enumerate() {
-        let mut c = common::logged_in(url, &common::identity(keys, name)).await?;
+        let (mut c, device) = common::logged_in(url, &common::identity(keys, name)).await?;
         let count = ROOMS_PER_USER.min(o.rooms - i * ROOMS_PER_USER);
         for r in 0..count {
-            let req = Request::CreateRoom {
-                name: format!("room {run} {i} {r}"),
-                password: None,
-                hidden: Some(r % 10 == 0),
-            };
-            c.request(&req)
-                .await
-                .map_err(|e| format!("create_room: {e}"))?;
+            let name = format!("room {run} {i} {r}");
+            common::create_room(&mut c, &device, &provider, &name, None, r % 10 == 0).await?;
         }
     }
     let per_worker = o.lists.div_ceil(o.concurrency.max(1));
@@ -50,19 +47,17 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &RoomsOpts) -> 
     for w in 0..o.concurrency.max(1) {
         let (url, name, keys) = (url.to_owned(), names[w % names.len()].clone(), keys.clone());
         workers.push(tokio::spawn(async move {
-            let mut c = common::logged_in(&url, &common::identity(&keys, &name)).await?;
+            let (mut c, _) = common::logged_in(&url, &common::identity(&keys, &name)).await?;
             let mut latencies = Vec::with_capacity(per_worker);
             for i in 0..per_worker {
                 let offset = (i * 97 % 40) as u64 * 100;
                 let started = Instant::now();
-                match c
-                    .request(&Request::ListRooms {
-                        offset: Some(offset),
-                        limit: Some(100),
-                    })
-                    .await
-                {
-                    Ok(ServerMsg::Rooms { .. }) => {}
+                let req = Request3::Shared(Request::ListRooms {
+                    offset: Some(offset),
+                    limit: Some(100),
+                });
+                match c.request(&req).await {
+                    Ok(ServerMsg3::Rooms { .. }) => {}
                     other => return Err(format!("list_rooms: {other:?}")),
                 }
                 latencies.push(started.elapsed().as_micros() as u64);

@@ -1,33 +1,27 @@
-//! `e2ee-chat`: the terminal client. Key files and trust on first use live
-//! in a profile directory; every message is encrypted and signed here and
-//! verified and decrypted here. `chat` is the interactive full-screen mode.
+//! `e2ee-chat`: the terminal client. The identity key and the device's MLS
+//! state live in a profile directory; every message is encrypted here and
+//! decrypted here, and every credential is checked here (PROTOCOL.md
+//! section 7). `chat` is the interactive full-screen mode.
 //!
-//! Files: this one (arguments and dispatch), `connection` (login, pins,
-//! display), `commands` (the one-shot subcommands), `tui` (`chat`'s screen;
-//! its network side is `tui2` or `tui3`), `v3` (the one-shot subcommands on
-//! protocol v3), `profile` (the profile directory), `transfer` (the portable
-//! profile file and its export and import).
+//! Files: this one (arguments and dispatch), `v3` (the one-shot
+//! subcommands), `tui` (`chat`'s screen; its network side is `tui3`),
+//! `show` (what both print), `profile` (the profile directory), `transfer`
+//! (the portable profile file and its export and import).
 
-mod commands;
-mod connection;
 mod profile;
+mod show;
 mod transfer;
 mod tui;
-mod tui2;
 mod tui3;
 mod v3;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use e2ee_chat::client::{Client, Identity};
 use e2ee_chat::crypto::{fingerprint_display, KeyPair};
 
-pub use commands::{owner_request, OwnerCmd};
-pub use connection::{
-    connect, describe, fmt_time, parse_fingerprint, render, server_url, Connected, Shown,
-};
 use profile::{CliResult, Profile, ProfileConfig};
+pub use show::{fmt_time, owner_request, parse_fingerprint, server_url, OwnerCmd, Shown};
 
 pub const DEFAULT_SERVER: &str = "ws://127.0.0.1:8080/ws";
 
@@ -44,10 +38,6 @@ pub struct Cli {
     /// Server websocket URL (ws:// or wss://). Default: the profile's, else ws://127.0.0.1:8080/ws.
     #[arg(long, global = true, env = "E2EE_CHAT_SERVER")]
     server: Option<String>,
-    /// The protocol version to speak: 2 or 3 (MLS rooms; the device's state
-    /// goes in the profile's `device.db`). Default: the one the server speaks.
-    #[arg(long, global = true, env = "E2EE_CHAT_PROTOCOL")]
-    protocol: Option<u8>,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,9 +136,9 @@ enum Command {
     Delete { room: String },
     /// Interactive full-screen chat.
     Chat,
-    /// Protocol v3: USER's devices (yours without USER).
+    /// USER's devices (yours without USER).
     Devices { user: Option<String> },
-    /// Protocol v3: remove one of your devices (a lost one) for good.
+    /// Remove one of your devices (a lost one) for good.
     RemoveDevice {
         /// Its id, 32 hex digits (as `devices` prints them).
         device_id: String,
@@ -212,60 +202,9 @@ async fn run(cli: Cli) -> CliResult<()> {
     if let Command::ExportProfile { file, force } = &cli.command {
         return transfer::export_profile(&profile, &url, file, *force);
     }
-    let protocol = match cli.protocol {
-        Some(p @ (2 | 3)) => p,
-        Some(p) => return Err(format!("--protocol is 2 or 3, not {p}")),
-        // Offline commands fall back on what the profile holds.
-        None => match e2ee_chat::client::server_protocol(&url).await {
-            Ok(p) => p,
-            Err(_) if matches!(cli.command, Command::Fingerprint { .. }) => {
-                if profile.dir.join("device.db").exists() {
-                    3
-                } else {
-                    2
-                }
-            }
-            Err(e) => return Err(format!("cannot reach {url}: {e}")),
-        },
-    };
-    if let (Command::Fingerprint { user }, 2) = (&cli.command, protocol) {
-        let pins = profile.pins()?;
-        let name = user
-            .clone()
-            .unwrap_or_else(|| profile.config.username.clone());
-        let pin = pins
-            .users
-            .get(&name)
-            .ok_or_else(|| format!("{name} is not pinned yet (you have not seen them)"))?;
-        println!("{name}: {}", pin.display());
-        return Ok(());
-    }
     let keys = profile.keys()?;
-    if protocol == 3 {
-        if let Command::Chat = &cli.command {
-            return tui3::run(profile, url, keys).await;
-        }
-        return v3::run(profile, &url, keys, cli.command).await;
-    }
-    if let Command::Register = &cli.command {
-        let mut c = Client::connect(&url)
-            .await
-            .map_err(|e| format!("cannot reach {url}: {e}"))?;
-        let id = Identity {
-            username: profile.config.username.clone(),
-            keys,
-        };
-        c.register(&id)
-            .await
-            .map_err(|e| format!("register: {e}"))?;
-        println!("registered {} at {url}", id.username);
-        return Ok(());
-    }
     if let Command::Chat = &cli.command {
-        return tui2::run(profile, url, keys).await;
+        return tui3::run(profile, url, keys).await;
     }
-    let mut s = connect(profile, &url, &keys).await?;
-    let result = commands::command(&mut s, cli.command).await;
-    s.warn_key_changes()?;
-    result
+    v3::run(profile, &url, keys, cli.command).await
 }

@@ -1,15 +1,13 @@
-//! A user's profile directory: `profile.toml` (username, server), the two
+//! A user's profile directory: `profile.toml` (username, server), the
 //! private keys as PKCS#8 PEM (mode 0600, optionally passphrase-encrypted
-//! with scrypt + AES-256-CBC), and `pins.toml`, the trust-on-first-use store
-//! of every user's fingerprint and keys as first seen, and of the recipients
-//! already announced per room.
+//! with scrypt + AES-256-CBC), and `device.db`, this device's MLS state and
+//! the identity keys it pinned (`client::device_store`).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use e2ee_chat::crypto::{fingerprint, fingerprint_display, KeyPair};
+use e2ee_chat::crypto::KeyPair;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
 use rsa::RsaPrivateKey;
 use serde::{Deserialize, Serialize};
@@ -25,49 +23,6 @@ pub struct ProfileConfig {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
-}
-
-/// One pinned user: fingerprint (for people) and the DER keys (for the client).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Pin {
-    pub fingerprint: String,
-    pub sign_key: String,
-    pub enc_key: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-pub struct Pins {
-    #[serde(default)]
-    pub users: BTreeMap<String, Pin>,
-    /// Per room id, the members you were told you encrypt to (PROTOCOL.md
-    /// section 7): anyone else is announced before the next send.
-    #[serde(default)]
-    pub recipients: BTreeMap<String, BTreeSet<String>>,
-}
-
-impl Pin {
-    pub fn new(sign_der: &[u8], enc_der: &[u8]) -> Pin {
-        Pin {
-            fingerprint: hex::encode(fingerprint(sign_der, enc_der)),
-            sign_key: hex::encode(sign_der),
-            enc_key: hex::encode(enc_der),
-        }
-    }
-
-    pub fn der(&self) -> CliResult<(Vec<u8>, Vec<u8>)> {
-        let d = |h: &str| hex::decode(h).map_err(|e| format!("pins.toml is damaged: {e}"));
-        Ok((d(&self.sign_key)?, d(&self.enc_key)?))
-    }
-
-    pub fn display(&self) -> String {
-        let mut fp = [0u8; 32];
-        if let Ok(bytes) = hex::decode(&self.fingerprint) {
-            if bytes.len() == 32 {
-                fp.copy_from_slice(&bytes);
-            }
-        }
-        fingerprint_display(&fp)
-    }
 }
 
 pub struct Profile {
@@ -206,13 +161,6 @@ impl Profile {
             config,
         };
         profile.save_config()?;
-        // A new identity starts with no pins but its own.
-        let mut pins = Pins::default();
-        pins.users.insert(
-            profile.config.username.clone(),
-            Pin::new(&keys.sign_der, &keys.enc_der),
-        );
-        profile.save_pins(&pins)?;
         Ok(profile)
     }
 
@@ -244,17 +192,5 @@ impl Profile {
                 .map_err(|e| e.to_string())
         };
         KeyPair::from_pkcs8_der(&der(&sign)?, &der(&enc)?).map_err(|e| e.to_string())
-    }
-
-    pub fn pins(&self) -> CliResult<Pins> {
-        match fs::read_to_string(self.dir.join("pins.toml")) {
-            Ok(text) => toml::from_str(&text).map_err(|e| format!("pins.toml: {e}")),
-            Err(_) => Ok(Pins::default()),
-        }
-    }
-
-    pub fn save_pins(&self, pins: &Pins) -> CliResult<()> {
-        let text = toml::to_string(pins).map_err(|e| e.to_string())?;
-        write_private(&self.dir.join("pins.toml"), text.as_bytes())
     }
 }

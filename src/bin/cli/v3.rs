@@ -16,9 +16,9 @@ use e2ee_chat::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
 use e2ee_chat::protocol::Request;
 use serde_bytes::ByteBuf;
 
-use crate::commands::{owner_request, OwnerCmd};
-use crate::connection::fmt_time;
 use crate::profile::{CliResult, Profile};
+use crate::show::fmt_time;
+use crate::show::{owner_request, OwnerCmd};
 use crate::Command;
 
 pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -> CliResult<()> {
@@ -30,7 +30,7 @@ pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -
         c.register(&identity)
             .await
             .map_err(|e| format!("register: {e}"))?;
-        println!("registered {} at {url} (protocol v3)", identity.username);
+        println!("registered {} at {url}", identity.username);
         return Ok(());
     }
     if let Command::Fingerprint { user } = &command {
@@ -234,17 +234,14 @@ async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
                 Command::Rename { room, name } => (room, OwnerCmd::Rename(name)),
                 Command::SetPassword { room, password } => (room, OwnerCmd::Password(password)),
                 Command::Delete { room } => (room, OwnerCmd::Delete),
-                _ => {
-                    return Err("this command does not speak protocol v3 yet \
-                                (run it without --protocol 3)"
-                        .into())
-                }
+                _ => unreachable!("every other command is handled above"),
             };
             let id = resolve(m, &room).await?;
+            let done = cmd.done(&room);
             m.c.request(&Request3::Shared(owner_request(cmd, &id)))
                 .await
                 .map_err(|e| e.to_string())?;
-            println!("done");
+            println!("{done}");
         }
     }
     Ok(())

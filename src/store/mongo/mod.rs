@@ -2,25 +2,26 @@
 //!
 //! Collections: `users` (_id = username), `rooms` (_id = room_id, unique
 //! `name_folded`, `last_seq`), `members` (unique room+user, by user), `bans`
-//! (unique room+user), `messages` (unique room+seq, unique room+sender+msg_id,
-//! by ts; each message embeds its wrapped keys as `keys.<username>`).
-//! Indexes are created at start-up.
+//! (unique room+user), `devices` (unique user+device), `groups` (_id =
+//! room_id, unique `group_id`), `entries` (the room log: unique room+seq,
+//! by ts). Indexes are created at start-up.
 //!
 //! Durability: the database handle uses write concern `majority` with
 //! journal and read concern `majority`, so an acknowledged write survives the
 //! loss of the primary and history only shows majority-committed messages.
 //!
-//! Seq: appends go through one writer task per store that takes the appends
-//! waiting (up to `store.max_batch`, the shared group-commit queue) and runs
-//! them in one multi-document transaction: dedupe by
-//! (room, sender, msg_id), `$inc` the room's `last_seq`, insert. Because the
-//! counter is incremented in the same transaction as the insert, a crash or a
-//! conflict can never leave a gap, and two server processes on one database
-//! still get unique, gapless seqs (a write conflict aborts one transaction,
-//! which is retried). Transactions need a replica set (Atlas always is; a
-//! single-node replica set is enough locally).
+//! Seq: each append is one multi-document transaction: dedupe by
+//! (room, device, msg_id), check a commit's epoch, `$inc` the room's
+//! `last_seq`, insert. Because the counter is incremented in the same
+//! transaction as the insert, a crash or a conflict can never leave a gap,
+//! and two server processes on one database still get unique, gapless seqs
+//! (a write conflict aborts one transaction, which is retried). Appends are
+//! not batched (`store.max_batch` does not apply). Transactions need a
+//! replica set (Atlas always is; a single-node replica set is enough
+//! locally).
 //!
-//! Multi-document changes: `create_room` (room + owner membership) and
+//! Multi-document changes: `create_group_room` (room + owner membership +
+//! group) and
 //! `remove_member` with ban are transactions. `delete_room` is ordered: the
 //! room document goes first, so a crash part-way leaves only orphans that no
 //! query can reach (members and messages are only read through a room).
@@ -40,15 +41,13 @@ use mongodb::options::{DatabaseOptions, ReadConcern};
 use mongodb::{Client, Database};
 use tokio::sync::oneshot;
 
-use super::batch::WriteQueue;
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryPage,
-    HistoryQuery, NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState,
-    RoomUpdate, Store, StoreError, StoreFuture, StoredEntry, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryQuery,
+    NewEntry, PurgePolicy, Removed, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, StoredEntry, UserRecord,
 };
 use crate::validate::room_name_key;
 use docs::{collect, durable, err, Collections};
-use writes::AppendJob;
 
 mod docs;
 mod reads;
@@ -60,19 +59,14 @@ pub struct MongoStore {
     client: Client,
     db: Database,
     runtime: tokio::runtime::Handle,
-    appends: WriteQueue<AppendJob>,
     shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl MongoStore {
-    /// Connects, creates the indexes and starts the append writer (batches
-    /// of at most `max_batch` appends). The database is the URI's default
-    /// database, else `database`, else `e2ee_chat`.
-    pub async fn connect(
-        uri: &str,
-        database: Option<&str>,
-        max_batch: usize,
-    ) -> Result<MongoStore, StoreError> {
+    /// Connects, checks the schema version and creates the indexes. The
+    /// database is the URI's default database, else `database`, else
+    /// `e2ee_chat`.
+    pub async fn connect(uri: &str, database: Option<&str>) -> Result<MongoStore, StoreError> {
         let (handle_tx, handle_rx) = oneshot::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -120,6 +114,7 @@ impl MongoStore {
                     .await
                     .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                 let colls = Collections::new(&db);
+                check_schema(&db, &colls).await?;
                 colls.create_indexes().await?;
                 // Hidden rooms stored before their names stopped being
                 // unique keys.
@@ -143,17 +138,10 @@ impl MongoStore {
             })
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))??;
-        let (appends, batches) = WriteQueue::new(max_batch);
-        runtime.spawn(writes::append_writer(
-            client.clone(),
-            Collections::new(&db),
-            batches,
-        ));
         Ok(MongoStore {
             client,
             db,
             runtime,
-            appends,
             shutdown: std::sync::Mutex::new(Some(stop_tx)),
         })
     }
@@ -176,11 +164,6 @@ impl MongoStore {
 }
 
 impl Store for MongoStore {
-    fn claim_protocol(&self, protocol: u8) -> StoreFuture<()> {
-        let db = self.db.clone();
-        self.run(move |_, c| async move { claim_protocol(&db, &c, protocol).await })
-    }
-
     fn ping(&self) -> StoreFuture<()> {
         let db = self.db.clone();
         self.run(move |_, _| async move {
@@ -273,10 +256,6 @@ impl Store for MongoStore {
         self.run(move |_, c| async move { reads::load_directory(&c).await })
     }
 
-    fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {
-        self.run(move |client, c| async move { writes::create_room(&client, &c, &room).await })
-    }
-
     fn load_room(&self, room_id: &str) -> StoreFuture<RoomState> {
         let room_id = room_id.to_owned();
         self.run(move |_, c| async move { reads::load_room(&c, &room_id).await })
@@ -318,40 +297,6 @@ impl Store for MongoStore {
         self.run(move |_, c| async move { writes::set_ban(&c, &room_id, &username, banned).await })
     }
 
-    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended> {
-        let (tx, rx) = oneshot::channel();
-        let sent = self.appends.submit((msg, tx));
-        Box::pin(async move {
-            if !sent {
-                return Err(StoreError::Unavailable("the store is closed".into()));
-            }
-            rx.await
-                .map_err(|_| StoreError::Unavailable("the store is closed".into()))?
-        })
-    }
-
-    fn messages_after(
-        &self,
-        room_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreFuture<Vec<RoomMessage>> {
-        let room_id = room_id.to_owned();
-        self.run(
-            move |_, c| async move { reads::messages_after(&c, &room_id, after_seq, limit).await },
-        )
-    }
-
-    fn find_message(
-        &self,
-        room_id: &str,
-        sender: &str,
-        msg_id: &[u8],
-    ) -> StoreFuture<Option<(u64, u64)>> {
-        let filter = reads::message_key(room_id, sender, msg_id);
-        self.run(move |_, c| async move { reads::find_seq(&c.messages, filter).await })
-    }
-
     fn find_entry(
         &self,
         room_id: &str,
@@ -362,22 +307,15 @@ impl Store for MongoStore {
         self.run(move |_, c| async move { reads::find_seq(&c.entries, filter).await })
     }
 
-    fn history(&self, room_id: &str, username: &str, q: HistoryQuery) -> StoreFuture<HistoryPage> {
-        let (room_id, username) = (room_id.to_owned(), username.to_owned());
-        self.run(move |_, c| async move { reads::history(&c, &room_id, &username, q).await })
-    }
-
     fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64> {
         self.run(move |_, c| async move { writes::purge(&c, policy).await })
     }
 
-    /// Finishes the appends queued before, then closes the driver.
+    /// Closes the driver (every write was awaited by its caller).
     fn close(&self) -> StoreFuture<()> {
         let stop = self.shutdown.lock().ok().and_then(|mut s| s.take());
-        let appends = self.appends.close();
         let client = self.client.clone();
         let task = self.runtime.spawn(async move {
-            appends.await;
             client.shutdown().await;
         });
         Box::pin(async move {
@@ -390,30 +328,31 @@ impl Store for MongoStore {
     }
 }
 
-/// See `Store::claim_protocol`: the schema version is the `meta`
-/// collection's `schema` document; a database from before it that holds
-/// data holds protocol v2's.
-async fn claim_protocol(db: &Database, c: &Collections, protocol: u8) -> Result<(), StoreError> {
+/// The schema version is the `meta` collection's `schema` document: a new
+/// database gets [`SCHEMA_VERSION`](super::SCHEMA_VERSION); one of an
+/// older version (or from before the document, which holds protocol v2's
+/// data) is taken over when it holds no users and no rooms, else refused
+/// with what to do.
+async fn check_schema(db: &Database, c: &Collections) -> Result<(), StoreError> {
     use mongodb::bson::Document;
-    let wanted = super::schema_of_protocol(protocol);
+    let wanted = super::SCHEMA_VERSION;
     let meta = db.collection::<Document>("meta");
     let recorded = meta
         .find_one(doc! {"_id": "schema"})
         .await
         .map_err(err)?
         .and_then(|d| d.get_i64("version").ok());
+    if recorded == Some(wanted) {
+        return Ok(());
+    }
     let used = c.users.find_one(doc! {}).await.map_err(err)?.is_some()
         || c.rooms.find_one(doc! {}).await.map_err(err)?.is_some();
-    match recorded.or(used.then_some(2)) {
-        Some(found) if found != wanted && used => {
-            Err(super::protocol_refused("the database", found, protocol))
-        }
-        Some(found) if found == wanted && recorded.is_some() => Ok(()),
-        _ => meta
-            .update_one(doc! {"_id": "schema"}, doc! {"$set": {"version": wanted}})
-            .upsert(true)
-            .await
-            .map(|_| ())
-            .map_err(err),
+    if used {
+        return Err(super::v2_refused("the database", recorded.unwrap_or(2)));
     }
+    meta.update_one(doc! {"_id": "schema"}, doc! {"$set": {"version": wanted}})
+        .upsert(true)
+        .await
+        .map(|_| ())
+        .map_err(err)
 }

@@ -9,9 +9,8 @@ use mongodb::Collection;
 use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from, Collections};
 use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
-    LogEntry, MemberRecord, NewMessage, RoomMessage, RoomState, Sealed, StoreError, StoredEntry,
-    StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryQuery, LogEntry,
+    MemberRecord, RoomState, StoreError, StoredEntry, UserRecord,
 };
 
 pub(super) async fn get_user(
@@ -98,131 +97,6 @@ pub(super) async fn load_room(c: &Collections, room_id: &str) -> Result<RoomStat
         members: out,
         bans,
     })
-}
-
-/// A message document's sealed parts.
-fn sealed_from(d: &Document) -> Result<Sealed, StoreError> {
-    Ok(Sealed {
-        msg_id: get_bin(d, "msg_id")?,
-        sender: get_str(d, "sender")?,
-        nonce: get_bin(d, "nonce")?,
-        key_commitment: get_bin(d, "key_commitment")?,
-        ciphertext: get_bin(d, "ciphertext")?,
-        signature: get_bin(d, "signature")?,
-    })
-}
-
-/// The history page walk's rows: only messages that hold the requester's
-/// key, with just that key projected.
-struct Rows<'c> {
-    c: &'c Collections,
-    room_id: &'c str,
-    username: &'c str,
-}
-
-impl MessageRows for Rows<'_> {
-    async fn chunk(
-        &mut self,
-        a: i64,
-        b: i64,
-        n: usize,
-        ascending: bool,
-    ) -> Result<Vec<KeyedRow>, StoreError> {
-        let key_field = format!("keys.{}", self.username);
-        let docs = collect(
-            self.c
-                .messages
-                .find(doc! {
-                    "room_id": self.room_id,
-                    "seq": {"$gte": a, "$lte": b},
-                    &key_field: {"$exists": true},
-                })
-                .sort(doc! {"seq": if ascending { 1 } else { -1 }})
-                .limit(n as i64)
-                .projection(doc! {
-                    "seq": 1, "ts": 1, "msg_id": 1, "sender": 1, "nonce": 1, "key_commitment": 1,
-                    "ciphertext": 1, "signature": 1, &key_field: 1,
-                })
-                .await
-                .map_err(err)?,
-        )
-        .await?;
-        docs.iter()
-            .map(|d| {
-                let key = d
-                    .get_document("keys")
-                    .map_err(|e| StoreError::Backend(e.to_string()))
-                    .and_then(|k| get_bin(k, self.username))?;
-                let seq = get_u64(d, "seq")?;
-                let message = StoredMessage {
-                    seq,
-                    ts: get_u64(d, "ts")?,
-                    sealed: sealed_from(d)?,
-                    key,
-                };
-                Ok((seq as i64, Some(message)))
-            })
-            .collect()
-    }
-}
-
-pub(super) async fn history(
-    c: &Collections,
-    room_id: &str,
-    username: &str,
-    q: HistoryQuery,
-) -> Result<HistoryPage, StoreError> {
-    let mut rows = Rows {
-        c,
-        room_id,
-        username,
-    };
-    read_page(&mut rows, vec![(1, i64::MAX)], q).await
-}
-
-pub(super) async fn messages_after(
-    c: &Collections,
-    room_id: &str,
-    after_seq: u64,
-    limit: usize,
-) -> Result<Vec<RoomMessage>, StoreError> {
-    let after = after_seq.min(i64::MAX as u64) as i64;
-    let docs = collect(
-        c.messages
-            .find(doc! {"room_id": room_id, "seq": {"$gt": after}})
-            .sort(doc! {"seq": 1})
-            .limit(limit as i64)
-            .await
-            .map_err(err)?,
-    )
-    .await?;
-    let mut out = Vec::with_capacity(docs.len());
-    for d in &docs {
-        let keys_doc = d
-            .get_document("keys")
-            .map_err(|e| StoreError::Backend(e.to_string()))?;
-        let mut keys = Vec::with_capacity(keys_doc.len());
-        for name in keys_doc.keys() {
-            keys.push((name.clone(), get_bin(keys_doc, name)?));
-        }
-        keys.sort();
-        out.push(RoomMessage {
-            seq: get_u64(d, "seq")?,
-            ts: get_u64(d, "ts")?,
-            message: NewMessage {
-                room_id: room_id.to_owned(),
-                sealed: sealed_from(d)?,
-                keys,
-                check_members: false,
-            },
-        });
-    }
-    Ok(out)
-}
-
-/// The dedupe lookup: a stored copy of (room, sender, msg_id).
-pub(super) fn message_key(room_id: &str, sender: &str, msg_id: &[u8]) -> Document {
-    doc! {"room_id": room_id, "sender": sender, "msg_id": super::docs::bin(msg_id)}
 }
 
 pub(super) fn entry_key(room_id: &str, device_id: &[u8], msg_id: &[u8]) -> Document {

@@ -1,32 +1,21 @@
-//! MongoDB writes: the append writer (group commit of appends in one
-//! multi-document transaction, drained from the shared queue), membership,
-//! owner changes and retention.
-
-use std::sync::Arc;
+//! MongoDB writes: accounts and devices, rooms with their groups, the log's
+//! appends (each in its own transaction), membership, owner changes and
+//! retention.
 
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
-use mongodb::{Client, ClientSession, Collection};
-use tokio::sync::oneshot;
+use mongodb::{Client, Collection};
 
 use super::docs::{
     bin, collect, err, get_str, get_u64, is_duplicate_key, transaction, Collections,
 };
-use super::reads::message_key;
-use crate::metrics;
-use crate::store::batch::Batches;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, NewMessage, PurgePolicy, Removed,
-    RoomRecord, RoomUpdate, StoreError, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, PurgePolicy, Removed, RoomRecord,
+    RoomUpdate, StoreError, UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::room_name_key;
-
-pub(super) type AppendJob = (
-    Arc<NewMessage>,
-    oneshot::Sender<Result<Appended, StoreError>>,
-);
 
 pub(super) async fn create_user(c: &Collections, user: &UserRecord) -> Result<(), StoreError> {
     c.users
@@ -41,15 +30,7 @@ pub(super) async fn create_user(c: &Collections, user: &UserRecord) -> Result<()
         .map_err(err)
 }
 
-pub(super) async fn create_room(
-    client: &Client,
-    c: &Collections,
-    room: &RoomRecord,
-) -> Result<(), StoreError> {
-    create_room_with(client, c, room, None).await
-}
-
-/// A v3 room: the room, its owner as member and its group, in one
+/// A room: the room, its owner as member and its group, in one
 /// transaction.
 pub(super) async fn create_group_room(
     client: &Client,
@@ -291,8 +272,7 @@ pub(super) async fn set_ban(
     }
 }
 
-/// Retention's questions (see [`crate::store::purge`]) about one log
-/// collection (`messages` or `entries`).
+/// Retention's questions (see [`crate::store::purge`]) about the log.
 struct Purge<'c> {
     c: &'c Collections,
     log: &'c Collection<Document>,
@@ -383,12 +363,7 @@ impl PurgeRows for Purge<'_> {
 }
 
 pub(super) async fn purge(c: &Collections, policy: PurgePolicy) -> Result<u64, StoreError> {
-    let mut messages = Purge {
-        c,
-        log: &c.messages,
-    };
-    let mut entries = Purge { c, log: &c.entries };
-    crate::store::purge::purge_logs(&mut messages, &mut entries, policy).await
+    crate::store::purge::purge(&mut Purge { c, log: &c.entries }, policy).await
 }
 
 /// `NotOwner` unless `by` is the room's recorded owner and a member.
@@ -427,10 +402,6 @@ pub(super) async fn delete_room_docs(c: &Collections, room_id: &str) -> Result<(
         .delete_many(doc! {"room_id": room_id})
         .await
         .map_err(err)?;
-    c.messages
-        .delete_many(doc! {"room_id": room_id})
-        .await
-        .map_err(err)?;
     c.entries
         .delete_many(doc! {"room_id": room_id})
         .await
@@ -440,100 +411,6 @@ pub(super) async fn delete_room_docs(c: &Collections, room_id: &str) -> Result<(
         .await
         .map_err(err)?;
     Ok(())
-}
-
-/// The append writer: batches waiting appends into one transaction.
-pub(super) async fn append_writer(client: Client, c: Collections, mut batches: Batches<AppendJob>) {
-    while let Some(batch) = batches.next().await {
-        let started = std::time::Instant::now();
-        let messages: Vec<Arc<NewMessage>> = batch.iter().map(|(m, _)| m.clone()).collect();
-        let c2 = c.clone();
-        let result = transaction(&client, |s| {
-            let (c, messages) = (c2.clone(), messages.clone());
-            Box::pin(async move {
-                let mut out = Vec::with_capacity(messages.len());
-                for m in &messages {
-                    out.push(append_one(&c, s, m).await?);
-                }
-                Ok(out)
-            })
-        })
-        .await;
-        match result {
-            Ok(outcomes) => {
-                metrics::observe_commit(batch.len(), started.elapsed());
-                for ((_, reply), outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
-                }
-            }
-            Err(e) => {
-                log::error!("mongodb append batch of {} failed: {e}", batch.len());
-                for (_, reply) in batch {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-    batches.finish();
-}
-
-async fn append_one(
-    c: &Collections,
-    s: &mut ClientSession,
-    m: &NewMessage,
-) -> Result<Result<Appended, StoreError>, mongodb::error::Error> {
-    let existing = c
-        .messages
-        .find_one(message_key(&m.room_id, &m.sealed.sender, &m.sealed.msg_id))
-        .projection(doc! {"seq": 1, "ts": 1})
-        .session(&mut *s)
-        .await?;
-    if let Some(d) = existing {
-        return Ok(match (get_u64(&d, "seq"), get_u64(&d, "ts")) {
-            (Ok(seq), Ok(ts)) => Ok(Appended {
-                seq,
-                ts,
-                duplicate: true,
-            }),
-            (Err(e), _) | (_, Err(e)) => Err(e),
-        });
-    }
-    let room = c
-        .rooms
-        .find_one_and_update(doc! {"_id": &m.room_id}, doc! {"$inc": {"last_seq": 1_i64}})
-        .return_document(ReturnDocument::After)
-        .projection(doc! {"last_seq": 1})
-        .session(&mut *s)
-        .await?;
-    let Some(room) = room else {
-        return Ok(Err(StoreError::NotFound));
-    };
-    let seq = match get_u64(&room, "last_seq") {
-        Ok(seq) => seq,
-        Err(e) => return Ok(Err(e)),
-    };
-    let ts = now_ms();
-    let keys: Document = m.keys.iter().map(|(u, k)| (u.clone(), bin(k))).collect();
-    c.messages
-        .insert_one(doc! {
-            "room_id": &m.room_id,
-            "seq": seq as i64,
-            "ts": ts as i64,
-            "msg_id": bin(&m.sealed.msg_id),
-            "sender": &m.sealed.sender,
-            "nonce": bin(&m.sealed.nonce),
-            "key_commitment": bin(&m.sealed.key_commitment),
-            "ciphertext": bin(&m.sealed.ciphertext),
-            "signature": bin(&m.sealed.signature),
-            "keys": keys,
-        })
-        .session(&mut *s)
-        .await?;
-    Ok(Ok(Appended {
-        seq,
-        ts,
-        duplicate: false,
-    }))
 }
 
 /// In one transaction that also writes the user's document, so two logins

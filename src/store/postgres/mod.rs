@@ -40,9 +40,9 @@ use tokio_postgres::error::SqlState;
 
 use super::batch::WriteQueue;
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryPage,
-    HistoryQuery, NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState,
-    RoomUpdate, Store, StoreError, StoreFuture, StoredEntry, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryQuery,
+    NewEntry, PurgePolicy, Removed, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, StoredEntry, UserRecord,
 };
 use connect::{pool_of, tls_for, READ_CONNECTIONS, READ_TIMEOUT_MS};
 use writes::{Done, Job, WriteOp};
@@ -245,10 +245,6 @@ impl Store for PostgresStore {
         self.read(|c| async move { reads::load_directory(&c).await })
     }
 
-    fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {
-        self.unit(WriteOp::CreateRoom(room, self.max_rooms))
-    }
-
     fn load_room(&self, room_id: &str) -> StoreFuture<RoomState> {
         let room_id = room_id.to_owned();
         self.read(move |c| async move { reads::load_room(&c, &room_id).await })
@@ -299,40 +295,6 @@ impl Store for PostgresStore {
         ))
     }
 
-    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended> {
-        self.write(WriteOp::Append(msg), |done| match done {
-            Done::Appended(a) => a,
-            _ => unreachable!("an append answers Appended"),
-        })
-    }
-
-    fn messages_after(
-        &self,
-        room_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreFuture<Vec<RoomMessage>> {
-        let room_id = room_id.to_owned();
-        self.read(
-            move |c| async move { reads::messages_after(&c, &room_id, after_seq, limit).await },
-        )
-    }
-
-    fn find_message(
-        &self,
-        room_id: &str,
-        sender: &str,
-        msg_id: &[u8],
-    ) -> StoreFuture<Option<(u64, u64)>> {
-        let (room_id, sender, msg_id) = (room_id.to_owned(), sender.to_owned(), msg_id.to_vec());
-        self.read(move |c| async move { reads::find_message(&c, &room_id, &sender, &msg_id).await })
-    }
-
-    fn claim_protocol(&self, protocol: u8) -> StoreFuture<()> {
-        let pool = self.pool.clone();
-        Box::pin(async move { schema::claim_protocol(&pool, protocol).await })
-    }
-
     fn find_entry(
         &self,
         room_id: &str,
@@ -344,16 +306,6 @@ impl Store for PostgresStore {
         self.read(
             move |c| async move { reads::find_entry(&c, &room_id, &device_id, &msg_id).await },
         )
-    }
-
-    fn history(
-        &self,
-        room_id: &str,
-        username: &str,
-        query: HistoryQuery,
-    ) -> StoreFuture<HistoryPage> {
-        let (room_id, username) = (room_id.to_owned(), username.to_owned());
-        self.read(move |c| async move { reads::history(&c, &room_id, &username, query).await })
     }
 
     fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64> {

@@ -4,36 +4,13 @@
 use tokio_postgres::Row;
 
 use super::err;
-use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
-    LogEntry, MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError,
-    StoredEntry, StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryQuery, LogEntry,
+    MemberRecord, RoomRecord, RoomState, StoreError, StoredEntry, UserRecord,
 };
 
 type Client = deadpool_postgres::Object;
-
-/// The dedupe lookup: a stored copy of (room, sender, msg_id).
-pub(super) const FIND_MESSAGE: &str =
-    "SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3";
-
-/// A message's sealed parts from a row of [`MESSAGE_COLUMNS`].
-fn sealed_from_row(r: &Row) -> Sealed {
-    Sealed {
-        msg_id: r.get(2),
-        sender: r.get(3),
-        nonce: r.get(4),
-        ciphertext: r.get(5),
-        signature: r.get(6),
-        key_commitment: r.get(8),
-    }
-}
-
-/// A message's columns; `keys` (the blob) is column 7.
-const MESSAGE_COLUMNS: &str =
-    "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys, key_commitment
-     FROM messages";
 
 pub(super) fn user_from_row(r: &Row, at: usize) -> UserRecord {
     UserRecord {
@@ -57,64 +34,6 @@ fn room_from_row(r: &Row) -> RoomRecord {
         created_at: r.get::<_, i64>(5) as u64,
         last_seq: r.get::<_, i64>(6) as u64,
     }
-}
-
-/// The history page walk's rows, read on one pooled connection.
-struct Rows<'c> {
-    client: &'c Client,
-    room_id: &'c str,
-    username: &'c str,
-}
-
-impl MessageRows for Rows<'_> {
-    async fn chunk(
-        &mut self,
-        a: i64,
-        b: i64,
-        n: usize,
-        ascending: bool,
-    ) -> Result<Vec<KeyedRow>, StoreError> {
-        let sql = format!(
-            "{MESSAGE_COLUMNS} WHERE room_id = $1 AND seq BETWEEN $2 AND $3
-             ORDER BY seq {} LIMIT $4",
-            if ascending { "ASC" } else { "DESC" }
-        );
-        let stmt = self.client.prepare_cached(&sql).await.map_err(err)?;
-        let rows = self
-            .client
-            .query(&stmt, &[&self.room_id, &a, &b, &(n as i64)])
-            .await
-            .map_err(err)?;
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let seq: i64 = r.get(0);
-                let message =
-                    find_key(r.get::<_, &[u8]>(7), self.username).map(|key| StoredMessage {
-                        seq: seq as u64,
-                        ts: r.get::<_, i64>(1) as u64,
-                        sealed: sealed_from_row(r),
-                        key,
-                    });
-                (seq, message)
-            })
-            .collect())
-    }
-}
-
-pub(super) async fn history(
-    client: &Client,
-    room_id: &str,
-    username: &str,
-    q: HistoryQuery,
-) -> Result<HistoryPage, StoreError> {
-    let periods = member_periods(client, room_id, username).await?;
-    let mut rows = Rows {
-        client,
-        room_id,
-        username,
-    };
-    read_page(&mut rows, periods, q).await
 }
 
 pub(super) async fn get_user(c: &Client, username: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -351,51 +270,6 @@ pub(super) async fn load_room(c: &Client, room_id: &str) -> Result<RoomState, St
         members,
         bans,
     })
-}
-
-pub(super) async fn messages_after(
-    c: &Client,
-    room_id: &str,
-    after_seq: u64,
-    limit: usize,
-) -> Result<Vec<RoomMessage>, StoreError> {
-    let after = after_seq.min(i64::MAX as u64) as i64;
-    let rows = c
-        .query(
-            &format!("{MESSAGE_COLUMNS} WHERE room_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"),
-            &[&room_id, &after, &(limit as i64)],
-        )
-        .await
-        .map_err(err)?;
-    rows.iter()
-        .map(|r| {
-            let seq = r.get::<_, i64>(0) as u64;
-            let keys = decode_keys(r.get::<_, &[u8]>(7))
-                .ok_or_else(|| StoreError::Backend(format!("bad key blob at seq {seq}")))?;
-            Ok(RoomMessage {
-                seq,
-                ts: r.get::<_, i64>(1) as u64,
-                message: NewMessage {
-                    room_id: room_id.to_owned(),
-                    sealed: sealed_from_row(r),
-                    keys,
-                    check_members: false,
-                },
-            })
-        })
-        .collect()
-}
-
-pub(super) async fn find_message(
-    c: &Client,
-    room_id: &str,
-    sender: &str,
-    msg_id: &[u8],
-) -> Result<Option<(u64, u64)>, StoreError> {
-    c.query_opt(FIND_MESSAGE, &[&room_id, &sender, &msg_id])
-        .await
-        .map(|r| r.map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64)))
-        .map_err(err)
 }
 
 pub(super) async fn find_entry(

@@ -4,13 +4,8 @@
 use deadpool_postgres::Pool;
 
 use super::{err, pool_err};
-use crate::store::StoreError;
+use crate::store::{v2_refused, StoreError, SCHEMA_VERSION};
 use crate::validate::HIDDEN_KEY;
-
-/// The schema version a new database gets (table `schema_version`): 1
-/// holds protocol v2's accounts and rooms, 3 protocol v3's (the same
-/// tables; `claim_protocol` sets it).
-const SCHEMA_VERSION: i32 = 1;
 
 /// Any fixed number: the advisory lock that serializes schema creation
 /// between processes starting at once.
@@ -47,21 +42,6 @@ CREATE TABLE IF NOT EXISTS bans (
     banned_at BIGINT NOT NULL,
     PRIMARY KEY (room_id, username)
 );
-CREATE TABLE IF NOT EXISTS messages (
-    room_id        TEXT NOT NULL,
-    seq            BIGINT NOT NULL,
-    ts             BIGINT NOT NULL,
-    msg_id         BYTEA NOT NULL,
-    sender         TEXT NOT NULL,
-    nonce          BYTEA NOT NULL,
-    key_commitment BYTEA NOT NULL,
-    ciphertext     BYTEA NOT NULL,
-    signature      BYTEA NOT NULL,
-    keys           BYTEA NOT NULL,
-    PRIMARY KEY (room_id, seq)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room_id, sender, msg_id);
-CREATE INDEX IF NOT EXISTS messages_by_ts ON messages (ts);
 CREATE TABLE IF NOT EXISTS member_periods (
     room_id  TEXT NOT NULL,
     username TEXT NOT NULL,
@@ -104,6 +84,11 @@ CREATE TABLE IF NOT EXISTS devices (
 );
 ";
 
+/// Creates the schema in a new database, or checks an existing one's
+/// version (table `schema_version`), under an advisory lock so processes
+/// starting at once do it once: [`SCHEMA_VERSION`] is served; an empty
+/// database of protocol v2 (version 1) is taken over; one that holds v2's
+/// users or rooms is refused with what to do.
 pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let mut client = pool.get().await.map_err(pool_err)?;
     let tx = client.transaction().await.map_err(err)?;
@@ -118,18 +103,36 @@ pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
         .await
         .map_err(err)?
         .map(|r| r.get(0));
+    let wanted = SCHEMA_VERSION as i32;
     match found {
-        Some(v) if v != 1 && v != 3 => {
+        Some(v) if v == wanted => {}
+        Some(1) => {
+            let used: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM rooms)",
+                    &[],
+                )
+                .await
+                .map_err(err)?
+                .get(0);
+            if used {
+                return Err(v2_refused("the database", 1));
+            }
+            tx.batch_execute(SCHEMA).await.map_err(err)?;
+            tx.execute("UPDATE schema_version SET version = $1", &[&wanted])
+                .await
+                .map_err(err)?;
+        }
+        Some(v) => {
             return Err(StoreError::Unavailable(format!(
-                "the database has schema version {v}; this server uses versions 1 and 3"
+                "the database has schema version {v}; this server uses {wanted}"
             )))
         }
-        Some(_) => {}
         None => {
             tx.batch_execute(SCHEMA).await.map_err(err)?;
             tx.execute(
                 "INSERT INTO schema_version (version) VALUES ($1)",
-                &[&SCHEMA_VERSION],
+                &[&wanted],
             )
             .await
             .map_err(err)?;
@@ -142,44 +145,5 @@ pub(super) async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     )
     .await
     .map_err(err)?;
-    tx.commit().await.map_err(err)
-}
-
-/// See `Store::claim_protocol`: version 1 for protocol v2, 3 for v3, under
-/// the migration lock (processes starting at once).
-pub(super) async fn claim_protocol(pool: &Pool, protocol: u8) -> Result<(), StoreError> {
-    let wanted: i32 = if protocol >= 3 { 3 } else { 1 };
-    let mut client = pool.get().await.map_err(pool_err)?;
-    let tx = client.transaction().await.map_err(err)?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await
-        .map_err(err)?;
-    let found: i32 = tx
-        .query_one("SELECT version FROM schema_version", &[])
-        .await
-        .map_err(err)?
-        .get(0);
-    if found == wanted {
-        return Ok(());
-    }
-    let used: bool = tx
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM rooms)",
-            &[],
-        )
-        .await
-        .map_err(err)?
-        .get(0);
-    if used {
-        let schema = if found == 3 { 3 } else { 2 };
-        return Err(crate::store::protocol_refused(
-            "the database",
-            schema,
-            protocol,
-        ));
-    }
-    tx.execute("UPDATE schema_version SET version = $1", &[&wanted])
-        .await
-        .map_err(err)?;
     tx.commit().await.map_err(err)
 }

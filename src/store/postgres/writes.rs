@@ -9,15 +9,13 @@ use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement, Transaction};
 
-use super::reads::FIND_MESSAGE;
 use super::{err, pool_err};
 use crate::metrics;
 use crate::store::batch::Batches;
-use crate::store::keyblob::encode_keys;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, NewMessage, PurgePolicy, Removed,
-    RoomRecord, RoomUpdate, StoreError, UserRecord, DEVICE_RECORDS_PER_LIVE,
+    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, PurgePolicy, Removed, RoomRecord,
+    RoomUpdate, StoreError, UserRecord, DEVICE_RECORDS_PER_LIVE,
 };
 use crate::util::now_ms;
 use crate::validate::{fold_room_name, room_name_key};
@@ -62,8 +60,6 @@ fn create_room_params(r: &RoomRecord, max_rooms: i64) -> Vec<Param> {
 /// One write, run by the writer inside the batch transaction.
 pub(super) enum WriteOp {
     CreateUser(UserRecord),
-    /// the room, the most rooms its owner may be in
-    CreateRoom(RoomRecord, i64),
     UpdateRoom(String, RoomUpdate),
     DeleteRoom(String),
     /// room, user, joined_at, most members the room may have, most rooms
@@ -72,7 +68,6 @@ pub(super) enum WriteOp {
     /// room, user, ban, by (the owner who kicks or bans)
     RemoveMember(String, String, bool, Option<String>),
     SetBan(String, String, bool),
-    Append(Arc<NewMessage>),
     Purge(PurgePolicy),
     /// the device, the most live devices its user may have
     AddDevice(DeviceRecord, i64),
@@ -213,7 +208,6 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
             "UPDATE groups SET group_info = $3 WHERE room_id = $1 AND epoch = $2 RETURNING 1",
             vec![p(room_id.clone()), ms(*epoch), p(info.clone())],
         ),
-        WriteOp::CreateRoom(r, max_rooms) => (create_room_sql!(""), create_room_params(r, *max_rooms)),
         // With `by`, only while `by` is the owner and a member: no row
         // comes back otherwise (NotOwner).
         WriteOp::UpdateRoom(room_id, u) => (
@@ -235,8 +229,7 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
             ],
         ),
         WriteOp::DeleteRoom(room_id) => (
-            "WITH a AS (DELETE FROM messages WHERE room_id = $1),
-                  e AS (DELETE FROM entries WHERE room_id = $1),
+            "WITH e AS (DELETE FROM entries WHERE room_id = $1),
                   g AS (DELETE FROM groups WHERE room_id = $1),
                   b AS (DELETE FROM member_periods WHERE room_id = $1),
                   c AS (DELETE FROM members WHERE room_id = $1),
@@ -313,8 +306,6 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
                 WHERE room_id = $1 AND owner = $2 AND EXISTS (SELECT 1 FROM del)
                   AND EXISTS (SELECT 1 FROM heir)
                 RETURNING owner
-             ), wipe_messages AS (
-                DELETE FROM messages WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
              ), wipe_entries AS (
                 DELETE FROM entries WHERE room_id = $1 AND EXISTS (SELECT 1 FROM emptied)
              ), wipe_groups AS (
@@ -382,46 +373,6 @@ fn statement(op: &WriteOp) -> Option<(&'static str, Vec<Param>)> {
              WHERE username = $1 AND device_id = $2 AND removed_at IS NULL RETURNING 1",
             vec![p(username.clone()), p(device_id.clone()), ms(*at)],
         ),
-        WriteOp::Append(m) => (
-            "WITH existing AS (
-                SELECT seq, ts FROM messages WHERE room_id = $1 AND sender = $2 AND msg_id = $3
-             ), committed AS (
-                SELECT COALESCE(array_agg(username ORDER BY username COLLATE \"C\"), '{}') AS names
-                FROM members WHERE room_id = $1
-             ), stale AS (
-                SELECT 1 FROM committed
-                WHERE $11 AND names IS DISTINCT FROM $10::text[] AND NOT EXISTS (SELECT 1 FROM existing)
-                  AND EXISTS (SELECT 1 FROM rooms WHERE room_id = $1)
-             ), bumped AS (
-                UPDATE rooms SET last_seq = last_seq + 1
-                WHERE room_id = $1 AND NOT EXISTS (SELECT 1 FROM existing)
-                  AND NOT EXISTS (SELECT 1 FROM stale)
-                RETURNING last_seq
-             ), inserted AS (
-                INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, key_commitment,
-                                      ciphertext, signature, keys)
-                SELECT $1, last_seq, $4, $3, $2, $5, $6, $7, $8, $9 FROM bumped
-                RETURNING seq, ts
-             )
-             SELECT seq, ts, false, false FROM inserted
-             UNION ALL
-             SELECT seq, ts, true, false FROM existing
-             UNION ALL
-             SELECT 0, 0, false, true FROM stale",
-            vec![
-                p(m.room_id.clone()),
-                p(m.sealed.sender.clone()),
-                p(m.sealed.msg_id.clone()),
-                ms(now_ms()),
-                p(m.sealed.nonce.clone()),
-                p(m.sealed.key_commitment.clone()),
-                p(m.sealed.ciphertext.clone()),
-                p(m.sealed.signature.clone()),
-                p(encode_keys(&m.keys)),
-                p(key_names(&m.keys)),
-                p(m.check_members),
-            ],
-        ),
         WriteOp::Purge(_) => return None,
     })
 }
@@ -430,13 +381,6 @@ type Param = Box<dyn ToSql + Sync + Send>;
 
 fn param_refs(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|b| &**b as &(dyn ToSql + Sync)).collect()
-}
-
-/// The recipients' names in byte order (`COLLATE "C"` in the statement).
-fn key_names(keys: &[(String, Vec<u8>)]) -> Vec<String> {
-    let mut names: Vec<String> = keys.iter().map(|(n, _)| n.clone()).collect();
-    names.sort();
-    names
 }
 
 /// The room whose row a write locks (`FOR UPDATE`, in a statement of its
@@ -448,7 +392,6 @@ fn key_names(keys: &[(String, Vec<u8>)]) -> Vec<String> {
 /// committed meanwhile would be missed.
 fn locks_room(op: &WriteOp) -> Option<&str> {
     match op {
-        WriteOp::Append(m) => Some(&m.room_id),
         WriteOp::AppendEntry(n) => Some(&n.room_id),
         WriteOp::AddMember(room_id, ..)
         | WriteOp::RemoveMember(room_id, ..)
@@ -465,7 +408,6 @@ fn locks_room(op: &WriteOp) -> Option<&str> {
 fn locks_user(op: &WriteOp) -> Option<&str> {
     match op {
         WriteOp::AddMember(_, username, ..) => Some(username),
-        WriteOp::CreateRoom(r, _) => Some(&r.owner),
         WriteOp::AddDevice(d, _) => Some(&d.username),
         WriteOp::CreateGroupRoom(r, ..) => Some(&r.owner),
         _ => None,
@@ -495,7 +437,7 @@ fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
             }
             Ok(Done::Unit)
         }
-        WriteOp::CreateRoom(..) | WriteOp::CreateGroupRoom(..) => {
+        WriteOp::CreateGroupRoom(..) => {
             if rows.first().is_some_and(|r| r.get::<_, i64>(0) == 0) {
                 return Err(StoreError::TooManyRooms);
             }
@@ -511,17 +453,6 @@ fn done(op: &WriteOp, rows: &[Row]) -> Result<Done, StoreError> {
             Ok(Done::Removed(Removed {
                 remaining,
                 owner: if remaining == 0 { None } else { row.get(2) },
-            }))
-        }
-        WriteOp::Append(_) => {
-            let row = rows.first().ok_or(StoreError::NotFound)?;
-            if row.get::<_, bool>(3) {
-                return Err(StoreError::StaleMembers);
-            }
-            Ok(Done::Appended(Appended {
-                seq: row.get::<_, i64>(0) as u64,
-                ts: row.get::<_, i64>(1) as u64,
-                duplicate: row.get(2),
             }))
         }
         WriteOp::AddDevice(d, max) => {
@@ -670,25 +601,6 @@ async fn run_batch(
             return Err(result.err().expect("checked"));
         }
         let result = match (op, result) {
-            // Another process stored this message between our lookup and
-            // the lock: answer with its seq.
-            (WriteOp::Append(m), Err(StoreError::Conflict(_))) => {
-                tx.batch_execute("ROLLBACK TO SAVEPOINT w")
-                    .await
-                    .map_err(err)?;
-                let row = tx
-                    .query_one(
-                        FIND_MESSAGE,
-                        &[&m.room_id, &m.sealed.sender, &m.sealed.msg_id],
-                    )
-                    .await
-                    .map_err(err)?;
-                Ok(Done::Appended(Appended {
-                    seq: row.get::<_, i64>(0) as u64,
-                    ts: row.get::<_, i64>(1) as u64,
-                    duplicate: true,
-                }))
-            }
             (_, Err(e)) => {
                 tx.batch_execute("ROLLBACK TO SAVEPOINT w")
                     .await
@@ -707,10 +619,9 @@ async fn run_batch(
 }
 
 /// Retention's questions (see [`crate::store::purge`]) inside the batch's
-/// transaction, about one log table (`messages` or `entries`).
+/// transaction.
 struct Purge<'t, 'c> {
     tx: &'t Transaction<'c>,
-    table: &'static str,
 }
 
 impl PurgeRows for Purge<'_, '_> {
@@ -719,13 +630,12 @@ impl PurgeRows for Purge<'_, '_> {
         before: u64,
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
-        let sql = format!(
-            "SELECT room_id, seq FROM {} WHERE ts < $1 ORDER BY ts LIMIT $2",
-            self.table
-        );
         let rows = self
             .tx
-            .query(&sql, &[&(before as i64), &(limit as i64)])
+            .query(
+                "SELECT room_id, seq FROM entries WHERE ts < $1 ORDER BY ts LIMIT $2",
+                &[&(before as i64), &(limit as i64)],
+            )
             .await
             .map_err(err)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
@@ -746,15 +656,14 @@ impl PurgeRows for Purge<'_, '_> {
         keep: u64,
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
-        let sql = format!(
-            "SELECT seq FROM {t} WHERE room_id = $1 AND seq <=
-               (SELECT seq FROM {t} WHERE room_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)
-             ORDER BY seq LIMIT $3",
-            t = self.table
-        );
         let rows = self
             .tx
-            .query(&sql, &[&room, &(keep as i64), &(limit as i64)])
+            .query(
+                "SELECT seq FROM entries WHERE room_id = $1 AND seq <=
+                   (SELECT seq FROM entries WHERE room_id = $1 ORDER BY seq DESC LIMIT 1 OFFSET $2)
+                 ORDER BY seq LIMIT $3",
+                &[&room, &(keep as i64), &(limit as i64)],
+            )
             .await
             .map_err(err)?;
         Ok(rows.iter().map(|r| (room.to_owned(), r.get(0))).collect())
@@ -763,23 +672,17 @@ impl PurgeRows for Purge<'_, '_> {
     async fn delete(&mut self, doomed: &[MessageKey]) -> Result<u64, StoreError> {
         let rooms: Vec<&str> = doomed.iter().map(|(r, _)| r.as_str()).collect();
         let seqs: Vec<i64> = doomed.iter().map(|(_, s)| *s).collect();
-        let sql = format!(
-            "DELETE FROM {} WHERE (room_id, seq) IN
-               (SELECT * FROM unnest($1::text[], $2::bigint[]))",
-            self.table
-        );
-        self.tx.execute(&sql, &[&rooms, &seqs]).await.map_err(err)
+        self.tx
+            .execute(
+                "DELETE FROM entries WHERE (room_id, seq) IN
+                   (SELECT * FROM unnest($1::text[], $2::bigint[]))",
+                &[&rooms, &seqs],
+            )
+            .await
+            .map_err(err)
     }
 }
 
 async fn purge(tx: &Transaction<'_>, policy: PurgePolicy) -> Result<u64, StoreError> {
-    let mut messages = Purge {
-        tx,
-        table: "messages",
-    };
-    let mut entries = Purge {
-        tx,
-        table: "entries",
-    };
-    crate::store::purge::purge_logs(&mut messages, &mut entries, policy).await
+    crate::store::purge::purge(&mut Purge { tx }, policy).await
 }

@@ -76,21 +76,21 @@ mod tests {
     use std::time::Instant;
 
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{NewMessage, RoomRecord, Sealed, Store};
+    use crate::store::{EntryKind, GroupRow, LogEntry, NewEntry, RoomRecord, Store};
 
-    fn message(n: u64) -> Arc<NewMessage> {
-        Arc::new(NewMessage {
+    fn message(n: u64) -> Arc<NewEntry> {
+        Arc::new(NewEntry {
             room_id: "r-wal".into(),
-            sealed: Sealed {
-                msg_id: n.to_be_bytes().repeat(2),
+            entry: LogEntry {
+                kind: EntryKind::Message,
                 sender: "alice".into(),
-                nonce: vec![1; 12],
-                key_commitment: vec![3; 32],
-                ciphertext: vec![7; 300],
-                signature: vec![2; 256],
+                device_id: vec![1; 16],
+                epoch: 0,
+                data: vec![7; 800],
+                msg_id: Some(n.to_be_bytes().repeat(2)),
+                group_info: None,
             },
-            keys: vec![("alice".into(), vec![9; 256])],
-            check_members: false,
+            commit: None,
         })
     }
 
@@ -100,18 +100,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("chat.db");
         let store = SqliteStore::open(&path, 512).unwrap();
-        store
-            .create_room(RoomRecord {
-                room_id: "r-wal".into(),
-                name: "wal".into(),
-                owner: "alice".into(),
-                password_hash: None,
-                hidden: false,
-                created_at: 1,
-                last_seq: 0,
-            })
-            .await
-            .unwrap();
+        let room = RoomRecord {
+            room_id: "r-wal".into(),
+            name: "wal".into(),
+            owner: "alice".into(),
+            password_hash: None,
+            hidden: false,
+            created_at: 1,
+            last_seq: 0,
+        };
+        let group = GroupRow {
+            group_id: vec![4; 16],
+            epoch: 0,
+            state: vec![5; 600],
+            group_info: vec![6; 300],
+            removal_epoch: 0,
+        };
+        store.create_group_room(room, group).await.unwrap();
         let store = Arc::new(store);
         let until = Instant::now() + std::time::Duration::from_secs(3);
         let mut tasks = Vec::new();
@@ -120,7 +125,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut n = w << 32;
                 while Instant::now() < until {
-                    store.append_message(message(n)).await.unwrap();
+                    store.append_entry(message(n)).await.unwrap();
                     n += 1;
                 }
                 n - (w << 32)

@@ -13,12 +13,10 @@
 //! the WAL every 200 ms, so commits never pay for a checkpoint, and keeps
 //! it from growing without end under steady writes (`checkpoint`).
 //!
-//! A message's wrapped keys are one blob in its row (see
-//! [`encode_keys`](crate::store::keyblob::encode_keys)):
-//! one insert per message however large the room. History finds a user's
-//! messages through `member_periods` (the seq ranges during which the user
-//! was a member) and takes the user's key out of each row's blob, skipping
-//! the rare row without one (a member who joined while it was in flight).
+//! A room's log is the `entries` table (commits and MLS messages, one seq
+//! order); its group's public state is one `groups` row. History finds a
+//! user's entries through `member_periods` (the seq ranges during which the
+//! user was a member).
 //!
 //! Files: `schema` (tables, version check, connection settings),
 //! `checkpoint` (the checkpoint thread), `writes`
@@ -39,9 +37,9 @@ use tokio::sync::oneshot;
 
 use super::batch::{Batches, WriteQueue};
 use super::{
-    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryPage,
-    HistoryQuery, NewEntry, NewMessage, PurgePolicy, Removed, RoomMessage, RoomRecord, RoomState,
-    RoomUpdate, Store, StoreError, StoreFuture, StoredEntry, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, DirectoryEntry, EntryHistory, GroupRow, HistoryQuery,
+    NewEntry, PurgePolicy, Removed, RoomRecord, RoomState, RoomUpdate, Store, StoreError,
+    StoreFuture, StoredEntry, UserRecord,
 };
 use crate::metrics;
 use schema::{backend, migrate, open_connection};
@@ -68,8 +66,6 @@ pub struct SqliteStore {
     reads: Sender<ReadOp>,
     /// Dropping (or sending on) this stops the checkpoint thread.
     checkpoints: Sender<()>,
-    /// The database file (for messages).
-    path: std::path::PathBuf,
 }
 
 /// The result of a future that never waits: this store's answers to the
@@ -128,7 +124,6 @@ impl SqliteStore {
             writes,
             reads: rtx,
             checkpoints: ctx,
-            path: path.to_path_buf(),
         })
     }
 
@@ -296,10 +291,6 @@ impl Store for SqliteStore {
         self.write(move |c, _| writes::set_group_info(c, &room_id, epoch, &group_info))
     }
 
-    fn create_room(&self, room: RoomRecord) -> StoreFuture<()> {
-        self.write(move |c, _| writes::create_room(c, &room))
-    }
-
     fn load_room(&self, room_id: &str) -> StoreFuture<RoomState> {
         let room_id = room_id.to_owned();
         self.read(move |c| reads::load_room(c, &room_id))
@@ -339,35 +330,6 @@ impl Store for SqliteStore {
         self.write(move |c, _| writes::set_ban(c, &room_id, &username, banned))
     }
 
-    fn append_message(&self, msg: Arc<NewMessage>) -> StoreFuture<Appended> {
-        self.write(move |c, state| writes::append(c, state, &msg))
-    }
-
-    fn messages_after(
-        &self,
-        room_id: &str,
-        after_seq: u64,
-        limit: usize,
-    ) -> StoreFuture<Vec<RoomMessage>> {
-        let room_id = room_id.to_owned();
-        self.read(move |c| reads::messages_after(c, &room_id, after_seq, limit))
-    }
-
-    fn find_message(
-        &self,
-        room_id: &str,
-        sender: &str,
-        msg_id: &[u8],
-    ) -> StoreFuture<Option<(u64, u64)>> {
-        let (room_id, sender, msg_id) = (room_id.to_owned(), sender.to_owned(), msg_id.to_vec());
-        self.read(move |c| reads::find_message(c, &room_id, &sender, &msg_id))
-    }
-
-    fn claim_protocol(&self, protocol: u8) -> StoreFuture<()> {
-        let path = self.path.clone();
-        self.read(move |c| schema::claim_protocol(c, protocol, &path))
-    }
-
     fn find_entry(
         &self,
         room_id: &str,
@@ -377,16 +339,6 @@ impl Store for SqliteStore {
         let (room_id, device_id, msg_id) =
             (room_id.to_owned(), device_id.to_vec(), msg_id.to_vec());
         self.read(move |c| reads::find_entry(c, &room_id, &device_id, &msg_id))
-    }
-
-    fn history(
-        &self,
-        room_id: &str,
-        username: &str,
-        query: HistoryQuery,
-    ) -> StoreFuture<HistoryPage> {
-        let (room_id, username) = (room_id.to_owned(), username.to_owned());
-        self.read(move |c| reads::history(c, &room_id, &username, query))
     }
 
     fn purge(&self, policy: PurgePolicy) -> StoreFuture<u64> {

@@ -1,15 +1,13 @@
-//! SQLite reads: row mapping, the directory, a room's state, history pages
-//! and gap fill. They run on the reader threads' own connections.
+//! SQLite reads: row mapping, the directory, a room's state and devices,
+//! the group, history pages and gap fill. They run on the reader threads' own connections.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema::backend;
-use crate::store::keyblob::{decode_keys, find_key};
 use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
 use crate::store::{
-    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryPage, HistoryQuery,
-    LogEntry, MemberRecord, NewMessage, RoomMessage, RoomRecord, RoomState, Sealed, StoreError,
-    StoredEntry, StoredMessage, UserRecord,
+    DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryQuery, LogEntry,
+    MemberRecord, RoomRecord, RoomState, StoreError, StoredEntry, UserRecord,
 };
 
 pub(super) fn user_from_row(
@@ -37,43 +35,6 @@ fn room_from_row(r: &rusqlite::Row) -> rusqlite::Result<RoomRecord> {
         created_at: r.get::<_, i64>(5)? as u64,
         last_seq: r.get::<_, i64>(6)? as u64,
     })
-}
-
-/// A message's sealed parts from a row of [`MESSAGE_COLUMNS`].
-fn sealed_from_row(r: &rusqlite::Row) -> rusqlite::Result<Sealed> {
-    Ok(Sealed {
-        msg_id: r.get(2)?,
-        sender: r.get(3)?,
-        nonce: r.get(4)?,
-        ciphertext: r.get(5)?,
-        signature: r.get(6)?,
-        key_commitment: r.get(8)?,
-    })
-}
-
-/// A message's columns; `keys` (the blob) is column 7.
-const MESSAGE_COLUMNS: &str =
-    "SELECT seq, ts, msg_id, sender, nonce, ciphertext, signature, keys, key_commitment
-     FROM messages WHERE room_id = ?1 AND seq BETWEEN ?2 AND ?3";
-
-/// The dedupe lookup: a stored copy of (room, sender, msg_id).
-pub(super) const FIND_MESSAGE: &str =
-    "SELECT seq, ts FROM messages WHERE room_id = ?1 AND sender = ?2 AND msg_id = ?3";
-
-pub(super) fn find_message(
-    c: &Connection,
-    room_id: &str,
-    sender: &str,
-    msg_id: &[u8],
-) -> Result<Option<(u64, u64)>, StoreError> {
-    c.prepare_cached(FIND_MESSAGE)
-        .and_then(|mut s| {
-            s.query_row(params![room_id, sender, msg_id], |r| {
-                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
-            })
-            .optional()
-        })
-        .map_err(backend)
 }
 
 pub(super) fn find_entry(
@@ -319,95 +280,4 @@ pub(super) fn load_room(c: &Connection, room_id: &str) -> Result<RoomState, Stor
         members,
         bans,
     })
-}
-
-/// The history page walk's rows, read on this connection.
-struct Rows<'c> {
-    conn: &'c Connection,
-    room_id: &'c str,
-    username: &'c str,
-}
-
-impl MessageRows for Rows<'_> {
-    async fn chunk(
-        &mut self,
-        a: i64,
-        b: i64,
-        n: usize,
-        ascending: bool,
-    ) -> Result<Vec<KeyedRow>, StoreError> {
-        let sql = format!(
-            "{MESSAGE_COLUMNS} ORDER BY seq {} LIMIT ?4",
-            if ascending { "ASC" } else { "DESC" }
-        );
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(backend)?;
-        let rows = stmt
-            .query_map(params![self.room_id, a, b, n as i64], |r| {
-                let seq: i64 = r.get(0)?;
-                let Some(key) = find_key(&r.get::<_, Vec<u8>>(7)?, self.username) else {
-                    return Ok((seq, None));
-                };
-                Ok((
-                    seq,
-                    Some(StoredMessage {
-                        seq: seq as u64,
-                        ts: r.get::<_, i64>(1)? as u64,
-                        sealed: sealed_from_row(r)?,
-                        key,
-                    }),
-                ))
-            })
-            .map_err(backend)?;
-        rows.collect::<Result<_, _>>().map_err(backend)
-    }
-}
-
-pub(super) fn history(
-    conn: &Connection,
-    room_id: &str,
-    username: &str,
-    q: HistoryQuery,
-) -> Result<HistoryPage, StoreError> {
-    let periods = member_periods(conn, room_id, username)?;
-    let mut rows = Rows {
-        conn,
-        room_id,
-        username,
-    };
-    super::now(read_page(&mut rows, periods, q))
-}
-
-pub(super) fn messages_after(
-    c: &Connection,
-    room_id: &str,
-    after_seq: u64,
-    limit: usize,
-) -> Result<Vec<RoomMessage>, StoreError> {
-    let mut stmt = c
-        .prepare_cached(&format!("{MESSAGE_COLUMNS} ORDER BY seq LIMIT ?4"))
-        .map_err(backend)?;
-    let lo = after_seq.saturating_add(1).min(i64::MAX as u64) as i64;
-    let rows = stmt
-        .query_map(params![room_id, lo, i64::MAX, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)? as u64,
-                r.get::<_, i64>(1)? as u64,
-                NewMessage {
-                    room_id: room_id.to_owned(),
-                    sealed: sealed_from_row(r)?,
-                    keys: Vec::new(),
-                    check_members: false,
-                },
-                r.get::<_, Vec<u8>>(7)?,
-            ))
-        })
-        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-        .map_err(backend)?;
-    rows.into_iter()
-        .map(|(seq, ts, mut message, blob)| {
-            message.keys = decode_keys(&blob)
-                .ok_or_else(|| StoreError::Backend(format!("bad key blob at seq {seq}")))?;
-            Ok(RoomMessage { seq, ts, message })
-        })
-        .collect()
 }

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection};
 
-use crate::store::StoreError;
+use crate::store::{v2_refused, StoreError, SCHEMA_VERSION};
 use crate::validate::HIDDEN_KEY;
 
 const SCHEMA: &str = "
@@ -37,21 +37,6 @@ CREATE TABLE IF NOT EXISTS bans (
     banned_at INTEGER NOT NULL,
     PRIMARY KEY (room_id, username)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS messages (
-    room_id    TEXT NOT NULL,
-    seq        INTEGER NOT NULL,
-    ts         INTEGER NOT NULL,
-    msg_id     BLOB NOT NULL,
-    sender     TEXT NOT NULL,
-    nonce      BLOB NOT NULL,
-    key_commitment BLOB NOT NULL,
-    ciphertext BLOB NOT NULL,
-    signature  BLOB NOT NULL,
-    keys       BLOB NOT NULL,
-    PRIMARY KEY (room_id, seq)
-);
-CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency ON messages (room_id, sender, msg_id);
-CREATE INDEX IF NOT EXISTS messages_by_ts ON messages (ts);
 CREATE TABLE IF NOT EXISTS member_periods (
     room_id  TEXT NOT NULL,
     username TEXT NOT NULL,
@@ -105,32 +90,22 @@ pub(super) fn backend(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// The schema version a new database gets (`PRAGMA user_version`).
-///
-/// 2: protocol v2 (messages carry `key_commitment`); 3: protocol v3 (MLS
-/// rooms). Both have the same tables; the version says whose accounts and
-/// rooms the database holds (`claim_protocol`). A version-1 database holds
-/// v1 messages that no client can verify, so it is refused.
-const SCHEMA_VERSION: i64 = 2;
-
-/// Creates the schema in a new database; refuses one of another version
-/// rather than guessing.
+/// Creates the schema in a new database, or checks an existing one's
+/// version (`PRAGMA user_version`): [`SCHEMA_VERSION`] is served; an empty
+/// database of an older version (no users, no rooms) is taken over; one
+/// that holds protocol-v2 data is refused with what to do.
 pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(backend)?;
-    let tables: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(backend)?;
-    if version != 2 && version != 3 && (version != 0 || tables > 0) {
+    if version > SCHEMA_VERSION {
         return Err(StoreError::Unavailable(format!(
-            "{} has schema version {version}; this server uses versions 2 and 3",
+            "{} has schema version {version}, made by a newer server; this one uses {SCHEMA_VERSION}",
             path.display()
         )));
+    }
+    if version != SCHEMA_VERSION && holds_data(conn)? {
+        return Err(v2_refused(&path.display().to_string(), version));
     }
     conn.execute_batch(SCHEMA).map_err(backend)?;
     // Hidden rooms stored before their names stopped being unique keys.
@@ -139,42 +114,31 @@ pub(super) fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> 
         params![HIDDEN_KEY],
     )
     .map_err(backend)?;
-    if version == 0 {
+    if version != SCHEMA_VERSION {
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .map_err(backend)?;
     }
     Ok(())
 }
 
-/// See `Store::claim_protocol`.
-pub(super) fn claim_protocol(
-    conn: &Connection,
-    protocol: u8,
-    path: &Path,
-) -> Result<(), StoreError> {
-    let wanted = crate::store::schema_of_protocol(protocol);
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(backend)?;
-    if version == wanted {
-        return Ok(());
-    }
-    let used: bool = conn
+/// Whether an older database holds users or rooms (any table of either).
+fn holds_data(conn: &Connection) -> Result<bool, StoreError> {
+    let tables: i64 = conn
         .query_row(
-            "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM rooms)",
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('users', 'rooms')",
             [],
             |r| r.get(0),
         )
         .map_err(backend)?;
-    if used {
-        return Err(crate::store::protocol_refused(
-            &path.display().to_string(),
-            version,
-            protocol,
-        ));
+    if tables < 2 {
+        return Ok(false);
     }
-    conn.execute_batch(&format!("PRAGMA user_version = {wanted}"))
-        .map_err(backend)
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM users) OR EXISTS (SELECT 1 FROM rooms)",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(backend)
 }
 
 pub(super) fn open_connection(path: &Path) -> Result<Connection, StoreError> {

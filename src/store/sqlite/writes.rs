@@ -6,13 +6,12 @@ use std::collections::HashMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::reads::{find_entry, find_message};
+use super::reads::find_entry;
 use super::schema::backend;
-use crate::store::keyblob::encode_keys;
 use crate::store::purge::{MessageKey, PurgeRows};
 use crate::store::{
-    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, NewMessage, PurgePolicy, Removed,
-    RoomRecord, RoomUpdate, StoreError, UserRecord,
+    Appended, DeviceAdded, DeviceRecord, GroupRow, NewEntry, PurgePolicy, Removed, RoomRecord,
+    RoomUpdate, StoreError, UserRecord,
 };
 use crate::util::now_ms;
 use crate::validate::{fold_room_name, room_name_key};
@@ -397,55 +396,9 @@ fn close_period(c: &Connection, room_id: &str, username: &str) -> Result<(), Sto
     .map_err(backend)
 }
 
-pub(super) fn append(
-    conn: &Connection,
-    state: &mut WriterState,
-    msg: &NewMessage,
-) -> Result<Appended, StoreError> {
-    let m = &msg.sealed;
-    if let Some((seq, ts)) = find_message(conn, &msg.room_id, &m.sender, &m.msg_id)? {
-        return Ok(Appended {
-            seq,
-            ts,
-            duplicate: true,
-        });
-    }
-    let last = last_seq(conn, state, &msg.room_id)?;
-    let seq = last + 1;
-    let ts = now_ms();
-    conn.prepare_cached(
-        "INSERT INTO messages (room_id, seq, ts, msg_id, sender, nonce, ciphertext, signature, keys,
-                               key_commitment)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            msg.room_id,
-            seq as i64,
-            ts as i64,
-            m.msg_id,
-            m.sender,
-            m.nonce,
-            m.ciphertext,
-            m.signature,
-            encode_keys(&msg.keys),
-            m.key_commitment
-        ])
-    })
-    .map_err(backend)?;
-    bump_seq(conn, state, &msg.room_id, seq)?;
-    Ok(Appended {
-        seq,
-        ts,
-        duplicate: false,
-    })
-}
-
-/// Retention's questions (see [`crate::store::purge`]) on this connection,
-/// about one log table (`messages` or `entries`).
+/// Retention's questions (see [`crate::store::purge`]) on this connection.
 struct Purge<'c> {
     conn: &'c Connection,
-    table: &'static str,
 }
 
 impl PurgeRows for Purge<'_> {
@@ -454,12 +407,8 @@ impl PurgeRows for Purge<'_> {
         before: u64,
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
-        let sql = format!(
-            "SELECT room_id, seq FROM {} WHERE ts < ?1 ORDER BY ts LIMIT ?2",
-            self.table
-        );
         self.conn
-            .prepare_cached(&sql)
+            .prepare_cached("SELECT room_id, seq FROM entries WHERE ts < ?1 ORDER BY ts LIMIT ?2")
             .and_then(|mut s| {
                 s.query_map(params![before as i64, limit as i64], |r| {
                     Ok((r.get(0)?, r.get(1)?))
@@ -482,14 +431,12 @@ impl PurgeRows for Purge<'_> {
         keep: u64,
         limit: usize,
     ) -> Result<Vec<MessageKey>, StoreError> {
-        let sql = format!(
-            "SELECT seq FROM {t} WHERE room_id = ?1 AND seq <=
-               (SELECT seq FROM {t} WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)
-             ORDER BY seq LIMIT ?3",
-            t = self.table
-        );
         self.conn
-            .prepare_cached(&sql)
+            .prepare_cached(
+                "SELECT seq FROM entries WHERE room_id = ?1 AND seq <=
+                   (SELECT seq FROM entries WHERE room_id = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)
+                 ORDER BY seq LIMIT ?3",
+            )
             .and_then(|mut s| {
                 s.query_map(params![room, keep as i64, limit as i64], |r| {
                     Ok((room.to_owned(), r.get(0)?))
@@ -500,8 +447,10 @@ impl PurgeRows for Purge<'_> {
     }
 
     async fn delete(&mut self, doomed: &[MessageKey]) -> Result<u64, StoreError> {
-        let sql = format!("DELETE FROM {} WHERE room_id = ?1 AND seq = ?2", self.table);
-        let mut del = self.conn.prepare_cached(&sql).map_err(backend)?;
+        let mut del = self
+            .conn
+            .prepare_cached("DELETE FROM entries WHERE room_id = ?1 AND seq = ?2")
+            .map_err(backend)?;
         for (room, seq) in doomed {
             del.execute(params![room, seq]).map_err(backend)?;
         }
@@ -510,19 +459,7 @@ impl PurgeRows for Purge<'_> {
 }
 
 pub(super) fn purge(conn: &Connection, policy: PurgePolicy) -> Result<u64, StoreError> {
-    let mut messages = Purge {
-        conn,
-        table: "messages",
-    };
-    let mut entries = Purge {
-        conn,
-        table: "entries",
-    };
-    super::now(crate::store::purge::purge_logs(
-        &mut messages,
-        &mut entries,
-        policy,
-    ))
+    super::now(crate::store::purge::purge(&mut Purge { conn }, policy))
 }
 
 /// `NotOwner` unless `by` is the room's recorded owner and a member.
@@ -548,7 +485,6 @@ pub(super) fn delete_room(
     room_id: &str,
 ) -> Result<(), StoreError> {
     for table in [
-        "messages",
         "entries",
         "groups",
         "member_periods",

@@ -1,5 +1,7 @@
 // Two browsers (separate contexts: separate IndexedDB) register, meet in a
-// room and talk both ways through a real server; the page's CSP holds.
+// room (its MLS group) and talk both ways through a real server; the page's
+// CSP holds; rooms, passwords, unread counts, owner tools and the phone
+// layout work as people use them.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import * as t from './harness.mjs'
@@ -12,19 +14,19 @@ test('two browsers register, create and join a room, and exchange messages both 
   const [alice, bob] = await t.twoInRoom(browser, server.base, ['alice', 'bob'], 'General')
 
   // Alice sees bob join, with his fingerprint, online.
-  await alice.waitForSelector('#timeline li.sys >> text=bob joined.')
-  await alice.waitForSelector('#member-list li.member.online[data-member=bob] code.fp')
   const bobFp = await bob.textContent('#sidebar .fp')
+  await alice.waitForSelector(`#timeline li.sys >> text=bob joined (fingerprint ${bobFp}).`)
+  await alice.waitForSelector('#member-list li.member.online[data-member=bob] code.fp')
   assert.equal(await alice.textContent('#member-list li[data-member=bob] code.fp'), bobFp)
+  // Before her first message after bob's device entered the group, alice
+  // was told whose device it is.
+  const notice = await alice.waitForSelector('#timeline li.recipient >> text=New device in this room: bob')
+  assert.ok((await notice.textContent()).includes(bobFp))
 
   await t.send(alice, 'hello bob')
   await t.seeMessage(bob, 'hello bob')
   await t.send(bob, 'hi alice ✓')
   await t.seeMessage(alice, 'hi alice ✓')
-  // Before her first message to bob, alice was told who he is.
-  const notice = await alice.textContent('#timeline li.recipient')
-  assert.match(notice, /encrypted to bob, fingerprint/)
-  assert.ok(notice.includes(bobFp))
 
   // What the sender typed is what the reader sees, escaped: no control
   // character reaches the page raw, and nothing is parsed as HTML.

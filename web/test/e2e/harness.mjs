@@ -26,8 +26,6 @@ export async function startServer ({ dir = mkdtempSync(join(tmpdir(), 'e2ee-web-
       CHAT__STORE__PATH: join(dir, 'chat.db'),
       CHAT__SERVER__PORT: String(port),
       CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR: '1000',
-      // The version-2 browser tests' server; the v3 tests pass 3.
-      CHAT__PROTOCOL__VERSION: '2',
       ...env
     },
     stdio: ['ignore', 'pipe', 'inherit']

@@ -68,7 +68,7 @@ test('a reload keeps the profile and catches up; a restart reconnects', async ()
   assert.deepEqual([...alice.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p)), ...bob.problems.filter((p) => !/WebSocket|ERR_CONNECTION_REFUSED/.test(p))], [])
 })
 
-test('the timeline pages back through older history', async () => {
+test('after a reload the timeline is what this browser read, from its own store', async () => {
   const page = await t.openPage(browser, server.base)
   await t.createAccount(page, 'paula')
   await t.createRoom(page, 'Long')
@@ -83,10 +83,8 @@ test('the timeline pages back through older history', async () => {
   await t.online(page)
   await page.click('#room-list .roombtn')
   await t.seeMessage(page, 'note 55')
-  // The latest page is 50 messages; the rest is one click away, in order.
-  assert.equal((await t.timelineTexts(page)).length, 50)
-  await page.click('#older')
-  await t.seeMessage(page, 'note 1')
+  // Every text, in order: forward secrecy means the server's copies could
+  // not be read again, so there is nothing older to page back to.
   assert.deepEqual(await t.timelineTexts(page), Array.from({ length: 55 }, (_, i) => `note ${i + 1}`))
-  assert.equal(await page.isVisible('#older'), false)
+  assert.equal(await page.$('#older'), null)
 })

@@ -1,5 +1,7 @@
 // The browser and the Rust terminal client on one server: messages both
-// ways, and one identity moved between them with a profile file, both ways.
+// ways, and one identity moved between them with a profile file, both ways
+// (each import is a new device of the same user, which enters the rooms'
+// groups and reads what is sent from then on).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -43,6 +45,7 @@ test('the Rust client and the browser read each other, and share identities', as
   const imported = await t.cli(aliceCli, server.ws, 'import-profile', file)
   const fp = (await alice.textContent('#sidebar .fp')).trim()
   assert.ok(imported.includes(fp), `${imported} lacks ${fp}`)
+  await t.cli(aliceCli, server.ws, 'join', roomId)
   await t.cli(aliceCli, server.ws, 'send', roomId, 'alice, from her terminal')
   await t.seeMessage(alice, 'alice, from her terminal')
   assert.equal(await alice.getAttribute('#timeline li.msg:last-child', 'class'), 'msg mine')
@@ -55,8 +58,13 @@ test('the Rust client and the browser read each other, and share identities', as
   await t.wrongThenRightPassphrase(bobPage, '#import')
   assert.equal(await bobPage.textContent('#me'), 'bob')
   await bobPage.click(`#room-list [data-room="${roomId}"]`)
-  await t.seeMessage(bobPage, 'hello from the browser')
-  await t.seeMessage(bobPage, 'alice, from her terminal')
+  // Alice's page names bob's new device once it is in the group (his
+  // terminal's was the first).
+  await alice.waitForFunction(() => [...document.querySelectorAll('#timeline li.recipient')]
+    .filter((e) => e.textContent.includes('New device in this room: bob')).length === 2)
+  await t.send(alice, 'to both of bob\'s devices')
+  await t.seeMessage(bobPage, 'to both of bob\'s devices')
+  assert.match(await t.cli(bob, server.ws, 'history', roomId), /to both of bob's devices/)
   assert.deepEqual([...alice.problems, ...bobPage.problems], [])
 })
 

@@ -1,10 +1,10 @@
 // A protocol v3 device for Node tests, on the page's MLS layer
-// (src/mls3.js, ts-mls): a websocket with request ids (Node's WebSocket,
+// (src/mls.js, ts-mls): a websocket with request ids (Node's WebSocket,
 // `--experimental-websocket` on Node 20), the account steps, and one room's
 // group applied in log order with section 7's checks. What the page will
 // do, without the page, so the two libraries can be tested against each
 // other before the page speaks v3.
-import * as m from '../../src/mls3.js'
+import * as m from '../../src/mls.js'
 import { encode, decode, concat } from '../../src/proto.js'
 
 const subtle = globalThis.crypto.subtle

@@ -1,5 +1,5 @@
-//! `commits3`: what a room's group costs on the wire, against a
-//! `protocol.version = 3` server. One room grows by external joins, one new
+//! `commits`: what a room's group costs on the wire, against a
+//! server. One room grows by external joins, one new
 //! device at a time (login, `join_room`, `group_state`, the external commit,
 //! `committed`), to each size in `--members`. The last joins before each
 //! size are timed on the client (the whole join, and openmls's part of it);
@@ -18,11 +18,11 @@ use e2ee_chat::protocol::Request;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
 
+use crate::common::device_login;
 use crate::common::{self, BenchResult, Meter};
-use crate::fanout3::device_login;
 
 #[derive(Args, Clone)]
-pub struct Commits3Opts {
+pub struct CommitsOpts {
     /// Room sizes to measure at (the room grows to the largest).
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub members: Vec<usize>,
@@ -47,7 +47,7 @@ pub async fn run(
     url: &str,
     pid: Option<u32>,
     keys: &KeyPair,
-    o: &Commits3Opts,
+    o: &CommitsOpts,
 ) -> BenchResult<bool> {
     let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
     let max = o.members.iter().copied().max().unwrap_or(2).max(2);
@@ -65,7 +65,7 @@ pub async fn run(
         .map_err(|e| e.to_string())?;
     let joined = owner
         .request(&Request3::CreateRoom {
-            name: format!("commits3 {run}"),
+            name: format!("commits {run}"),
             password: None,
             hidden: None,
             group_info: ByteBuf::from(objects.group_info),
@@ -128,7 +128,7 @@ pub async fn run(
         let per_commit = ms(t) / o.commits as f64;
         let (_, cpu, rss) = meter.stop();
         println!(
-            "commits3 {size} members: external join {:.1} ms on the client (openmls {:.1} ms; \
+            "commits {size} members: external join {:.1} ms on the client (openmls {:.1} ms; \
              mean of the last {}), ratchet tree {} B; update commit {:.2} ms on the client, \
              {commit_bytes} B; server CPU per commit {}; server RSS {} (grown in {:.0} s)",
             mean(&join_ms),

@@ -12,7 +12,7 @@ import * as t from './harness.mjs'
 
 let server, browser, home
 before(async () => {
-  server = await t.startServer({ env: { CHAT__PROTOCOL__VERSION: '3' } })
+  server = await t.startServer()
   browser = await t.launch()
   home = mkdtempSync(join(tmpdir(), 'e2ee-web3-'))
 })
@@ -22,9 +22,9 @@ after(async () => {
   rmSync(home, { recursive: true, force: true })
 })
 
-const v3 = (dir, ...args) => t.cli(dir, server.ws, '--protocol', '3', ...args)
+const cli = (dir, ...args) => t.cli(dir, server.ws, ...args)
 
-test('v3: two browsers and the terminal client in one MLS room', async () => {
+test('two browsers and the terminal client in one MLS room', async () => {
   const [alice, bob, roomId] = await t.twoInRoom(browser, server.base, ['alice', 'bob'], 'Lobby')
   assert.match(roomId, /^r-[0-9a-f]{32}$/)
   // Bob's device enters by external commit: Alice's page names it. (A
@@ -38,14 +38,14 @@ test('v3: two browsers and the terminal client in one MLS room', async () => {
   // The terminal client joins (openmls) and reads; the browsers read it.
   const carol = join(home, 'carol')
   await t.cli(carol, server.ws, 'keygen', '--user', 'carol', '--encrypt')
-  await v3(carol, 'register')
-  await v3(carol, 'join', roomId)
-  await v3(carol, 'send', roomId, 'hello from the terminal')
+  await cli(carol, 'register')
+  await cli(carol, 'join', roomId)
+  await cli(carol, 'send', roomId, 'hello from the terminal')
   await t.seeMessage(alice, 'hello from the terminal')
   await t.seeMessage(bob, 'hello from the terminal')
   await alice.waitForSelector('#timeline li.recipient >> text=New device in this room: carol')
   await t.send(alice, 'welcome carol')
-  assert.match(await v3(carol, 'history', roomId), /alice: welcome carol/)
+  assert.match(await cli(carol, 'history', roomId), /alice: welcome carol/)
 
   // Alice kicks carol: a browser commits the removal of her leaf, and the
   // room goes on without it.
@@ -53,7 +53,7 @@ test('v3: two browsers and the terminal client in one MLS room', async () => {
   await alice.waitForSelector('#timeline li.sys >> text=carol was kicked.')
   await t.send(bob, 'just the two of us')
   await t.seeMessage(alice, 'just the two of us')
-  await assert.rejects(v3(carol, 'send', roomId, 'still here?'))
+  await assert.rejects(cli(carol, 'send', roomId, 'still here?'))
 
   // At rest, bob's device key, group state and texts are sealed: IndexedDB
   // holds no plaintext of them.
@@ -86,7 +86,7 @@ test('v3: two browsers and the terminal client in one MLS room', async () => {
   await alice.fill('#message', 'written while offline')
   await alice.press('#message', 'Enter')
   await alice.waitForSelector('#timeline li.sys >> text=will be sent when the connection is back')
-  server = await t.startServer({ dir: server.dir, port: server.port, env: { CHAT__PROTOCOL__VERSION: '3' } })
+  server = await t.startServer({ dir: server.dir, port: server.port })
   await t.online(alice)
   await t.online(bob)
   await t.seeMessage(bob, 'written while offline')

@@ -1,4 +1,4 @@
-// Protocol v3 across the two MLS libraries: the page's layer (src/mls3.js,
+// Protocol v3 across the two MLS libraries: the page's layer (src/mls.js,
 // ts-mls, in Node) and the terminal client (openmls) in one room on a real
 // v3 server. Each reads what the other sends, across a commit made by each
 // of them, and a terminal device joins after the ts-mls device committed
@@ -9,11 +9,11 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import * as t from './harness.mjs'
-import { Device3 } from './v3device.mjs'
+import { Device3 } from './device.mjs'
 
 let server, home
 before(async () => {
-  server = await t.startServer({ env: { CHAT__PROTOCOL__VERSION: '3' } })
+  server = await t.startServer()
   home = mkdtempSync(join(tmpdir(), 'e2ee-interop3-'))
 })
 after(async () => {
@@ -21,16 +21,16 @@ after(async () => {
   rmSync(home, { recursive: true, force: true })
 })
 
-const v3 = (dir, ...args) => t.cli(dir, server.ws, '--protocol', '3', ...args)
+const cli = (dir, ...args) => t.cli(dir, server.ws, ...args)
 
 test('ts-mls and openmls devices talk in one room, through commits by each', async () => {
   const bob = join(home, 'bob')
   const carol = join(home, 'carol')
   for (const [dir, user] of [[bob, 'bob'], [carol, 'carol']]) {
     await t.cli(dir, server.ws, 'keygen', '--user', user, '--encrypt')
-    await v3(dir, 'register')
+    await cli(dir, 'register')
   }
-  const created = await v3(bob, 'create', 'Bridge')
+  const created = await cli(bob, 'create', 'Bridge')
   const roomId = created.match(/\((r-[0-9a-f]{32})\)/)[1]
 
   // The ts-mls device enters by external commit from openmls's GroupInfo.
@@ -39,9 +39,9 @@ test('ts-mls and openmls devices talk in one room, through commits by each', asy
   await alice.login()
   await alice.join(roomId)
   await alice.send('hello from ts-mls')
-  assert.match(await v3(bob, 'history', 'Bridge'), /alice: hello from ts-mls/)
+  assert.match(await cli(bob, 'history', 'Bridge'), /alice: hello from ts-mls/)
 
-  await v3(bob, 'send', 'Bridge', 'hello from openmls')
+  await cli(bob, 'send', 'Bridge', 'hello from openmls')
   await alice.sync()
   assert.deepEqual(alice.read.at(-1), { seq: alice.applied, sender: 'bob', senderOk: true, text: 'hello from openmls' })
 
@@ -49,25 +49,25 @@ test('ts-mls and openmls devices talk in one room, through commits by each', asy
   const before = (await alice.ok({ type: 'group_state', room_id: roomId })).epoch
   const updated = await alice.commit()
   assert.equal(updated.epoch, before + 1)
-  await v3(bob, 'send', 'Bridge', 'after your update')
+  await cli(bob, 'send', 'Bridge', 'after your update')
   await alice.sync()
   assert.equal(alice.read.at(-1).text, 'after your update')
 
   // A terminal device joins from the GroupInfo ts-mls signed; both read it.
-  await v3(carol, 'join', 'Bridge')
-  await v3(carol, 'send', 'Bridge', 'carol joined after an update by ts-mls')
+  await cli(carol, 'join', 'Bridge')
+  await cli(carol, 'send', 'Bridge', 'carol joined after an update by ts-mls')
   await alice.sync()
   assert.equal(alice.read.at(-1).text, 'carol joined after an update by ts-mls')
   assert.ok(alice.read.every((r) => r.senderOk))
-  assert.match(await v3(bob, 'history', 'Bridge'), /carol: carol joined after an update by ts-mls/)
+  assert.match(await cli(bob, 'history', 'Bridge'), /carol: carol joined after an update by ts-mls/)
 
   // Carol leaves; openmls (bob's next send) commits her removal, which
   // ts-mls applies; and ts-mls's message after it reads on both sides.
-  await v3(carol, 'leave', 'Bridge')
-  await v3(bob, 'send', 'Bridge', 'carol is gone')
+  await cli(carol, 'leave', 'Bridge')
+  await cli(bob, 'send', 'Bridge', 'carol is gone')
   await alice.sync()
   assert.equal(alice.read.at(-1).text, 'carol is gone')
   await alice.send('bye from ts-mls')
-  assert.match(await v3(bob, 'history', 'Bridge'), /alice: bye from ts-mls/)
+  assert.match(await cli(bob, 'history', 'Bridge'), /alice: bye from ts-mls/)
   alice.close()
 })

@@ -363,41 +363,48 @@ async fn unknown_rooms_and_requests_before_login_are_refused() {
     server.stop().await;
 }
 
-/// A database holds one protocol's accounts and rooms (schema version 2 or
-/// 3): a server of the other version refuses it at start and says what to
-/// do; an empty one takes either.
+/// A database made by a version-2 server that holds accounts is refused at
+/// start, saying what to do; an empty one is taken over.
 #[tokio::test]
-async fn a_database_of_the_other_protocol_is_refused_at_start() {
-    // v2 data, then a v3 server.
-    let mut server = common::TestServer::new();
-    server.user("alice", 0).await;
-    server.server.take().unwrap().stop().await;
-    let mut s = common::settings(server.dir.path());
-    s.protocol.version = 3;
-    let err = e2ee_chat::server::start(s, false)
+async fn a_version_2_database_is_refused_at_start_and_an_empty_one_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = |with_user: bool| {
+        let path = dir.path().join("chat.db");
+        let _ = std::fs::remove_file(&path);
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE users (username TEXT PRIMARY KEY, sign_key BLOB NOT NULL,
+                                 enc_key BLOB NOT NULL, created_at INTEGER NOT NULL);
+             CREATE TABLE rooms (room_id TEXT PRIMARY KEY, name TEXT NOT NULL,
+                                 name_folded TEXT NOT NULL UNIQUE, owner TEXT NOT NULL,
+                                 password_hash TEXT, hidden INTEGER NOT NULL,
+                                 created_at INTEGER NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0);
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        if with_user {
+            c.execute(
+                "INSERT INTO users VALUES ('alice', x'3082', x'3082', 1)",
+                [],
+            )
+            .unwrap();
+        }
+    };
+    v2(true);
+    let err = e2ee_chat::server::start(common::settings(dir.path()), false)
         .err()
-        .expect("a v3 server refuses a v2 database")
+        .expect("a version-2 database with accounts is refused")
         .to_string();
+    assert!(err.contains("schema version 2"), "{err}");
     assert!(err.contains("protocol-v2"), "{err}");
-    assert!(err.contains("protocol.version = 2"), "{err}");
-    // The v2 server still serves it.
-    server.server = Some(common::start(common::settings(server.dir.path())));
-    server.login("alice", 0).await;
-    server.stop().await;
-
-    // v3 data, then a v2 server.
-    let mut server = v3_server();
+    assert!(err.contains("new database"), "{err}");
+    v2(false);
+    let mut server = common::TestServer {
+        server: Some(common::start(common::settings(dir.path()))),
+        dir,
+    };
     user(&server, "bob", 1).await;
-    server.server.take().unwrap().stop().await;
-    let err = e2ee_chat::server::start(common::settings(server.dir.path()), false)
-        .err()
-        .expect("a v2 server refuses a v3 database")
-        .to_string();
-    assert!(err.contains("protocol-v3"), "{err}");
-    // The v3 server still serves it.
-    let mut s = common::settings(server.dir.path());
-    s.protocol.version = 3;
-    server.server = Some(common::start(s));
+    server.restart().await;
     let mut c = connect(&server).await;
     c.login(
         &identity("bob", 1),
@@ -405,5 +412,47 @@ async fn a_database_of_the_other_protocol_is_refused_at_start() {
     )
     .await
     .expect("bob is still there");
+    server.stop().await;
+}
+
+/// A look-alike server relays the real challenge: the victim signed the
+/// host she dialed, which is not this server, so the real server refuses.
+#[tokio::test]
+async fn a_relayed_login_proof_is_refused() {
+    let server = v3_server();
+    let (mut c, alice, device) = user(&server, "alice", 0).await;
+    drop(c);
+    let mut relayed = connect(&server).await;
+    relayed.set_host("chat.example.org.evil");
+    assert_eq!(
+        code(relayed.login(&alice, &device.certificate).await),
+        ErrorCode::AuthFailed
+    );
+    c = connect(&server).await;
+    c.login(&alice, &device.certificate).await.unwrap();
+    server.stop().await;
+
+    // With server.public_hosts set, only those names count, whatever the
+    // Host header says.
+    let server = TestServer::with(|s| s.server.public_hosts = vec!["chat.example.org".into()]);
+    let mut c = connect(&server).await;
+    // (Registering signs the host too.)
+    assert_eq!(
+        code(
+            c.register(&alice)
+                .await
+                .map(|_| ServerMsg3::Shared(ServerMsg::Ok { id: None }))
+        ),
+        ErrorCode::AuthFailed
+    );
+    c.set_host("chat.example.org");
+    c.register(&alice).await.unwrap();
+    let mut direct = connect(&server).await;
+    assert_eq!(
+        code(direct.login(&alice, &device.certificate).await),
+        ErrorCode::AuthFailed
+    );
+    direct.set_host("chat.example.org");
+    direct.login(&alice, &device.certificate).await.unwrap();
     server.stop().await;
 }

@@ -1,4 +1,4 @@
-// The page's protocol v3 MLS layer (src/mls3.js) against the shared v3
+// The page's protocol v3 MLS layer (src/mls.js) against the shared v3
 // vectors, in Node's WebCrypto: certificates byte for byte, the refused
 // ones refused, the device key from its seed, the plaintext; and the
 // external_pub wrap, which must never be applied twice.
@@ -6,7 +6,7 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
 import * as mls from 'ts-mls'
-import * as m from '../../src/mls3.js'
+import * as m from '../../src/mls.js'
 import { decode } from '../../src/proto.js'
 
 const v = decode(readFileSync(new URL('../../../tests/vectors/v3.cbor', import.meta.url)))
@@ -73,7 +73,7 @@ test('the external_pub wrap cannot be applied twice, and ts-mls still needs it',
   assert.deepEqual(m.unprefixExternalPub(wrapped), key)
   assert.throws(() => m.unprefixExternalPub(key), /applied twice/)
   // ts-mls 1.6.4 writes the key bare. When an upgrade writes the prefix
-  // itself, this fails: remove the wrap in src/mls3.js then.
+  // itself, this fails: remove the wrap in src/mls.js then.
   const cs = await m.cipherSuite()
   const pair = await subtle.generateKey({ ...PSS, modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]) }, false, ['sign', 'verify'])
   const d = await m.newDevice('dave', pair.privateKey)
