@@ -19,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable rooms idle fanout3 logins3 commits3)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout logins durable rooms idle commits)
 pg_admin=${BENCH_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 pg_dbs=()
 
@@ -47,8 +47,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_server NAME PORT [ENV=VALUE...]: sets $server_pid. Protocol version
-# 2 unless the scenario passes CHAT__PROTOCOL__VERSION=3.
+# start_server NAME PORT [ENV=VALUE...]: sets $server_pid.
 start_server() {
   local name=$1 port=$2; shift 2
   env CHAT__SERVER__HOST=127.0.0.1 CHAT__SERVER__PORT="$port" \
@@ -56,7 +55,6 @@ start_server() {
       CHAT__RATE_LIMIT__PER_SECOND=1000000 CHAT__RATE_LIMIT__BURST=1000000 \
       CHAT__LIMITS__MAX_CONNECTIONS_PER_IP=1000000 CHAT__LIMITS__REGISTRATIONS_PER_IP_PER_HOUR=1000000 \
       CHAT__LIMITS__MEMBERSHIP_CHANGES_PER_MINUTE=1000000 \
-      CHAT__PROTOCOL__VERSION=2 \
       RUST_LOG=warn "$@" "$server" >"$tmp/$name.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")
@@ -88,44 +86,34 @@ for s in "${scenarios[@]}"; do
   echo "## $s" | tee -a "$out"
   case $s in
     fanout)
+      # Rated and flat out, each with the relay carrying the same entry
+      # frames; then what the store holds per message.
       start_server fanout 18181
       timeout 900 "$bench" --url ws://127.0.0.1:18181/ws --server-pid "$server_pid" fanout ${FANOUT_ARGS:-} | tee -a "$out"
       timeout 900 "$bench" --url ws://127.0.0.1:18181/ws --server-pid "$server_pid" fanout --rate 0 --messages 5000 ${FANOUT_MAX_ARGS:-} | tee -a "$out"
-      ;;
-    fanout3)
-      # Protocol v3 (MLS rooms): rated and flat out, each with the relay
-      # carrying the same entry frames; then what the store holds per message.
-      start_server fanout3 18200 CHAT__PROTOCOL__VERSION=3
-      timeout 900 "$bench" --url ws://127.0.0.1:18200/ws --server-pid "$server_pid" fanout3 ${FANOUT_ARGS:-} | tee -a "$out"
-      timeout 900 "$bench" --url ws://127.0.0.1:18200/ws --server-pid "$server_pid" fanout3 --rate 0 --messages 5000 ${FANOUT_MAX_ARGS:-} | tee -a "$out"
-      python3 - "$tmp/fanout3/chat.db" <<'PY' | tee -a "$out"
+      python3 - "$tmp/fanout/chat.db" <<'PY' | tee -a "$out"
 import sqlite3, sys
 db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
 n, data, row = db.execute(
     "SELECT count(*), sum(length(data)), sum(length(data) + length(device_id) + length(msg_id)"
     " + length(sender) + length(room_id) + 8 * 4) FROM entries WHERE kind = 2").fetchone()
-print(f"fanout3 store: {n} messages, {data / n:.0f} B of MLS message and about {row / n:.0f} B of row each (before indexes)")
+print(f"fanout store: {n} messages, {data / n:.0f} B of MLS message and about {row / n:.0f} B of row each (before indexes)")
 PY
       ;;
     logins)
       start_server logins 18182
       timeout 900 "$bench" --url ws://127.0.0.1:18182/ws --server-pid "$server_pid" logins ${LOGIN_ARGS:-} | tee -a "$out"
       ;;
-    commits3)
-      # Protocol v3: a room grown by external joins to 100 and 1,000 members;
-      # client time per join, server CPU per commit at each size.
-      start_server commits3 18201 CHAT__PROTOCOL__VERSION=3
-      timeout 1800 "$bench" --url ws://127.0.0.1:18201/ws --server-pid "$server_pid" commits3 ${COMMITS3_ARGS:-} | tee -a "$out"
-      ;;
-    logins3)
-      start_server logins3 18199 CHAT__PROTOCOL__VERSION=3
-      timeout 900 "$bench" --url ws://127.0.0.1:18199/ws --server-pid "$server_pid" logins3 ${LOGIN_ARGS:-} | tee -a "$out"
+    commits)
+      # A room grown by external joins to 100 and 1,000 members; client
+      # time per join, server CPU per commit at each size.
+      start_server commits 18201
+      timeout 1800 "$bench" --url ws://127.0.0.1:18201/ws --server-pid "$server_pid" commits ${COMMITS_ARGS:-} | tee -a "$out"
       ;;
     durable)
-      # Signatures off on both: this scenario isolates the store path.
-      start_server durable-group 18183 CHAT__SECURITY__VERIFY_SIGNATURES=false
+      start_server durable-group 18183
       group_pid=$server_pid
-      start_server durable-single 18184 CHAT__SECURITY__VERIFY_SIGNATURES=false CHAT__STORE__GROUP_COMMIT=false
+      start_server durable-single 18184 CHAT__STORE__GROUP_COMMIT=false
       timeout 900 "$bench" --url ws://127.0.0.1:18183/ws --server-pid "$group_pid" durable \
         --compare-url ws://127.0.0.1:18184/ws --compare-pid "$server_pid" ${DURABLE_ARGS:-} | tee -a "$out"
       ;;
@@ -145,10 +133,10 @@ PY
       timeout 900 "$bench" --url ws://127.0.0.1:18195/ws --server-pid "$server_pid" passwords --paced --rooms 40 ${PASSWORD_ARGS:-} | tee -a "$out"
       ;;
     pg-history)
-      # A late joiner floods history on a 200,000-message room (PostgreSQL);
-      # a bystander sends meanwhile. Unsigned fill: signature checks off.
+      # A late joiner floods history on a 200,000-entry room (PostgreSQL);
+      # the owner sends meanwhile.
       pg_url history
-      start_server pg-history 18196 CHAT__STORE__URL="$pg_last" CHAT__SECURITY__VERIFY_SIGNATURES=false
+      start_server pg-history 18196 CHAT__STORE__URL="$pg_last"
       timeout 900 "$bench" --url ws://127.0.0.1:18196/ws --server-pid "$server_pid" history ${HISTORY_ARGS:-} | tee -a "$out"
       ;;
     idle)
@@ -187,15 +175,15 @@ PY
       ;;
     pg-durable)
       pg_url group
-      start_server pg-durable-group 18187 CHAT__SECURITY__VERIFY_SIGNATURES=false CHAT__STORE__URL="$pg_last"
+      start_server pg-durable-group 18187 CHAT__STORE__URL="$pg_last"
       group_pid=$server_pid
       pg_url single
-      start_server pg-durable-single 18188 CHAT__SECURITY__VERIFY_SIGNATURES=false CHAT__STORE__GROUP_COMMIT=false \
+      start_server pg-durable-single 18188 CHAT__STORE__GROUP_COMMIT=false \
         CHAT__STORE__URL="$pg_last"
       timeout 900 "$bench" --url ws://127.0.0.1:18187/ws --server-pid "$group_pid" durable \
         --compare-url ws://127.0.0.1:18188/ws --compare-pid "$server_pid" ${DURABLE_ARGS:-} | tee -a "$out"
       ;;
-    *) echo "unknown scenario $s (fanout fanout3 commits3 logins logins3 durable rooms idle passwords pg-fanout pg-durable pg-history cluster)" >&2; exit 2 ;;
+    *) echo "unknown scenario $s (fanout commits logins durable rooms idle passwords pg-fanout pg-durable pg-history cluster)" >&2; exit 2 ;;
   esac
 done
 echo "results written to $out"

@@ -27,7 +27,7 @@ step "messages"
 for who in a b; do
   out=$("$cli" --profile "$tmp/$who" history "$room")
   echo "$out"
-  grep -q "✓ ping from $a" <<<"$out" && grep -q "✓ pong from $b" <<<"$out" || { echo "FAIL: $who cannot read both messages"; exit 1; }
+  grep -q "$a: ping from $a" <<<"$out" && grep -q "$b: pong from $b" <<<"$out" || { echo "FAIL: $who cannot read both messages"; exit 1; }
 done
 "$cli" --profile "$tmp/a" leave "$room"
 "$cli" --profile "$tmp/b" leave "$room"

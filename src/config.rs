@@ -107,7 +107,6 @@ pub struct StoreSettings {
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     pub max_frame_bytes: usize,
-    pub max_ciphertext_bytes: usize,
     pub max_rooms_per_user: usize,
     pub max_members_per_room: usize,
     pub max_connections: usize,
@@ -133,11 +132,11 @@ pub struct Limits {
     pub registrations_per_ip_per_hour: u32,
     pub handshake_timeout_secs: u64,
     pub tcp_user_timeout_secs: u64,
-    /// Protocol v3: live devices one user may have.
+    /// Live devices one user may have.
     pub max_devices_per_user: u64,
-    /// Protocol v3: the largest `commit` (commit and GroupInfo together).
+    /// The largest `commit` (commit and GroupInfo together).
     pub max_commit_bytes: usize,
-    /// Protocol v3: the largest `send` message (one PrivateMessage).
+    /// The largest `send` message (one PrivateMessage).
     pub max_message_bytes: usize,
 }
 
@@ -159,7 +158,6 @@ pub struct RateLimit {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Security {
-    pub verify_signatures: bool,
     pub challenge_ttl_secs: u64,
 }
 
@@ -411,7 +409,6 @@ mod tests {
         let s = Settings::load_from(HashMap::new()).unwrap();
         assert_eq!(s.server.port, 8080);
         assert_eq!(s.server.host, "127.0.0.1");
-        assert!(s.security.verify_signatures);
     }
 
     #[test]

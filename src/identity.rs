@@ -1,5 +1,4 @@
-//! Protocol v3's identity layer (`../shared/PROTOCOL-v3.md` section 2), built
-//! beside version 2 and not yet spoken on the wire: one RSA-PSS identity key
+//! The identity layer (`docs/PROTOCOL.md` section 2): one RSA-PSS identity key
 //! per user, and device certificates by which that key vouches for each
 //! device's MLS signature key (Ed25519). Both the server (which checks a
 //! certificate at login) and the clients (which check every leaf's
@@ -22,7 +21,7 @@ pub const DEVICE_ID_LEN: usize = 16;
 pub const MLS_KEY_LEN: usize = 32;
 
 /// A user's identity key: RSA-PSS (SHA-256, MGF1-SHA-256, salt 32), SPKI DER,
-/// with version 2's limits (2048–4096 bits, exponent 65537).
+/// with the protocol's limits (2048–4096 bits, exponent 65537).
 #[derive(Debug, Clone)]
 pub struct IdentityKey {
     der: Vec<u8>,
@@ -194,7 +193,7 @@ impl DeviceCertificate {
         Ok(cert)
     }
 
-    /// The check of PROTOCOL-v3.md section 3 (`prove`) and section 7 (a
+    /// The check of PROTOCOL.md section 3 (`prove`) and section 7 (a
     /// leaf's credential): the exact encoding, for `username`, the right
     /// lengths, signed by `identity`.
     pub fn check(bytes: &[u8], username: &str, identity: &IdentityKey) -> Result<Self, CertError> {

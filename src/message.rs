@@ -1,45 +1,14 @@
-//! The one chat message type: [`Sealed`], a message as its sender sealed it
-//! (PROTOCOL.md section 3, Messages). Every layer wraps it instead of
-//! repeating its fields: the request that brings it (`protocol::SendBody`
-//! converts into it), what a store keeps (`store::NewMessage` with every
-//! recipient's wrapped key, `store::StoredMessage` with one), what another
-//! process relays (`cluster`), and the `message` event every recipient gets
-//! (`protocol::MessageFrame`, `protocol::MessageData`). The wire encodings
-//! stay as they are, byte for byte; a protocol change changes this type.
-//! Protocol v3's log entry ([`LogEntry`]: a commit or an MLS message) lives
-//! here too, beside it until v2 goes.
+//! The one log entry type: [`LogEntry`], a commit or an application
+//! message as its device sent it (PROTOCOL.md section 3, "The room log"),
+//! with what the server read of it. Every layer wraps it instead of
+//! repeating its fields: what a room submits and a store keeps
+//! (`store::NewEntry`, `store::StoredEntry`), what another process relays
+//! (`cluster`), and the `entry` event every member gets
+//! (`protocol::v3::Entry`, encoded once per entry). The wire encodings stay
+//! as they are, byte for byte; a protocol change changes this type.
 
-/// A message's sealed parts: who sent it, its id, and the encrypted text
-/// with what proves and binds it. The wrapped content keys travel beside it
-/// (every recipient's in a store or on the cluster; one in a delivery).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sealed {
-    pub msg_id: Vec<u8>,
-    pub sender: String,
-    pub nonce: Vec<u8>,
-    pub key_commitment: Vec<u8>,
-    pub ciphertext: Vec<u8>,
-    pub signature: Vec<u8>,
-}
-
-impl Sealed {
-    /// Its bytes, without framing.
-    pub fn len(&self) -> usize {
-        self.msg_id.len()
-            + self.sender.len()
-            + self.nonce.len()
-            + self.key_commitment.len()
-            + self.ciphertext.len()
-            + self.signature.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Protocol v3: what an entry of a room's log holds (PROTOCOL-v3.md, "The
-/// room log"): a commit or an application message, one seq order for both.
+/// What an entry of a room's log holds: a commit or an application
+/// message, one seq order for both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
     Commit,
@@ -64,7 +33,7 @@ impl EntryKind {
     }
 }
 
-/// One v3 log entry as its device sent it: the MLSMessage bytes and what
+/// One log entry as its device sent it: the MLSMessage bytes and what
 /// the server read of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {

@@ -47,3 +47,28 @@ fn deeply_nested_frames_do_not_overflow_the_stack() {
     frame.push(0);
     e2ee_chat::fuzzing::decode_frame(&frame);
 }
+
+/// The seeds of the requests that carry MLS objects or devices are valid
+/// frames (so the fuzzer starts from inside the decoder, not at its door).
+#[test]
+fn the_request_seeds_decode() {
+    let seeds = inputs("fuzz/seeds");
+    for name in [
+        "register",
+        "prove",
+        "create_room",
+        "send_with_unknown_field",
+        "commit",
+        "group_state",
+        "publish_group_info",
+        "list_devices",
+        "remove_device",
+    ] {
+        let (_, data) = seeds
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no seed {name}"));
+        e2ee_chat::protocol::decode_request(data)
+            .unwrap_or_else(|e| panic!("seed {name}: {:?}", e.failure));
+    }
+}

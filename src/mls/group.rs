@@ -1,5 +1,5 @@
 //! [`RoomGroup`]: one room's MLS group as its Delivery Service sees it, and
-//! the checks of PROTOCOL-v3.md section 3 (`create_room`, `commit`,
+//! the checks of PROTOCOL.md section 3 (`create_room`, `commit`,
 //! `publish_group_info`, leaves to remove).
 
 use openmls::messages::group_info::VerifiableGroupInfo;
@@ -11,7 +11,7 @@ use super::{crypto, wire, CIPHERSUITE};
 use crate::identity::{DeviceCertificate, DEVICE_ID_LEN};
 
 /// The device a request comes from: this connection's, with the
-/// certificate it proved at login (already checked, PROTOCOL-v3.md `prove`).
+/// certificate it proved at login (already checked, PROTOCOL.md `prove`).
 #[derive(Debug, Clone, Copy)]
 pub struct Committer<'a> {
     pub user: &'a str,

@@ -1,4 +1,4 @@
-//! Protocol v3's Delivery Service core (`PROTOCOL-v3.md` sections 2–3, and
+//! The Delivery Service core (`PROTOCOL.md` sections 2–3, and
 //! DESIGN.md "Rooms as MLS groups"): what the server knows of a room's MLS
 //! group and the checks it makes on what devices upload. No actors and no
 //! store: a room holds a [`RoomGroup`], asks it to check a commit, writes the
@@ -25,7 +25,7 @@ pub use wire::{message_epoch, MessageError};
 use openmls::prelude::Ciphersuite;
 use openmls_rust_crypto::RustCrypto;
 
-/// The one ciphersuite of v3: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
+/// The one ciphersuite: MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519.
 pub const CIPHERSUITE: Ciphersuite = Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519;
 
 /// Epochs before the current one whose application messages are still

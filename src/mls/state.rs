@@ -7,7 +7,7 @@
 //! values, each serialized with `postcard` (byte strings stay raw, so the row
 //! is close to the TLS size of the tree; openmls's own MemoryStorage writes
 //! JSON, about four times larger). The server keeps no queued proposals:
-//! every proposal is committed by value (PROTOCOL-v3.md section 2).
+//! every proposal is committed by value (PROTOCOL.md section 2).
 
 use std::cell::RefCell;
 

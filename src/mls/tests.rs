@@ -1,5 +1,5 @@
 //! The Delivery Service core against real openmls devices (the client
-//! library's `client::mls::Device`): every rule of PROTOCOL-v3.md section 3
+//! library's `client::mls::Device`): every rule of PROTOCOL.md section 3
 //! that a [`RoomGroup`] decides, each refusal checked to change nothing.
 //! Certificates carry a placeholder signature: the RSA check happens at
 //! `prove`, before a device's certificate reaches a roster.

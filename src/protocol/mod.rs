@@ -10,9 +10,11 @@
 //! One file per mechanism, as mini-redis keeps frame, parse and connection
 //! apart: this one holds the types and the error codes; `shape` scans a
 //! frame's CBOR items and depth without building anything; `decode` turns
-//! a checked frame into a `Request`, field by field; `frame` encodes a
-//! `message` event once per room and cheaply per recipient; `v3` holds
-//! version 3's frames, beside version 2's until v2 goes.
+//! a checked frame into a request, field by field; `v3` holds the
+//! requests and frames that carry MLS objects or devices (`Request3`,
+//! `ServerMsg3`), whose `Shared` variants hold this file's `Request` and
+//! `ServerMsg`: the frames about accounts, rooms and members that carry
+//! none.
 
 use ciborium::Value;
 use serde::{Deserialize, Serialize};
@@ -59,7 +61,7 @@ pub enum ErrorCode {
     InvalidTarget,
     InvalidMessage,
     Internal,
-    // Version 3 (PROTOCOL-v3.md section 6).
+    // Added by version 3 (PROTOCOL.md section 6).
     StaleEpoch,
     CommitRequired,
     InvalidGroup,
@@ -152,7 +154,7 @@ impl Failure {
         }
     }
 
-    /// Version 3's `error` frame (with `epoch` and `remove`).
+    /// The `error` frame (with `epoch` and `remove`).
     pub fn into_msg3(self, id: Option<u64>) -> v3::ServerMsg3 {
         v3::ServerMsg3::Error {
             id,
@@ -339,7 +341,8 @@ impl ServerMsg {
     }
 }
 
-/// A server frame a session writes: version 2's or version 3's.
+/// A server frame a session writes (`ServerMsg3`, or a `ServerMsg` it
+/// wraps).
 pub trait Reply: 'static {
     fn encode(&self) -> Vec<u8>;
     /// An `error` frame (counted in the metrics).

@@ -1,9 +1,10 @@
-//! Version 3's frames (`PROTOCOL-v3.md` sections 3–4), beside version 2's
-//! until the page speaks v3: the requests and replies that changed or are
-//! new, each enum ending in a `Shared` variant that carries what is the same
-//! as version 2 (login, ping, rooms, owner operations, presence...).
-//! Requests are decoded strictly by `decode::decode_request_v3`, as version
-//! 2's are.
+//! The whole wire (`PROTOCOL.md` sections 3–4): every request
+//! ([`Request3`]) and every server frame ([`ServerMsg3`]). Those that carry
+//! MLS objects, devices or identity keys are variants here; each enum ends
+//! in a `Shared` variant holding the frames that carry none (login, ping,
+//! rooms, owner operations, presence...: `super::Request`,
+//! `super::ServerMsg`). Requests are decoded strictly by
+//! `decode::decode_request`.
 
 use ciborium::Value;
 use serde::{Deserialize, Serialize};
@@ -57,7 +58,7 @@ pub enum Request3 {
     ListDevices {
         username: String,
     },
-    /// A request that is the same as in version 2 (never `register`,
+    /// A request that carries no MLS object (never `register`,
     /// `prove`, `create_room` or `send`).
     #[serde(untagged)]
     Shared(Request),
@@ -79,7 +80,7 @@ impl Request3 {
     }
 }
 
-/// 4.1 Room summary, version 3: version 2's and the group's epoch.
+/// 4.1 Room summary: the directory's summary and the group's epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoomSummary3 {
     pub room_id: String,
@@ -98,7 +99,7 @@ pub struct RoomSummary3 {
 }
 
 impl RoomSummary3 {
-    /// Version 2's summary with the group's epoch (and `in_group`).
+    /// The directory's summary with the group's epoch (and `in_group`).
     pub fn new(s: super::RoomSummary, epoch: u64, in_group: Option<bool>) -> Self {
         RoomSummary3 {
             room_id: s.room_id,
@@ -116,7 +117,7 @@ impl RoomSummary3 {
     }
 }
 
-/// 4.2 Member object, version 3: one identity key.
+/// 4.2 Member object: one identity key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member3 {
     pub username: String,
@@ -207,8 +208,8 @@ impl Entry {
     }
 }
 
-/// Every v3 server frame whose shape differs from version 2's, and the rest
-/// as `Shared`.
+/// Every server frame: those that carry MLS objects, devices or identity
+/// keys here, and the rest as `Shared`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerMsg3 {
@@ -285,7 +286,7 @@ pub enum ServerMsg3 {
         member: Member3,
     },
     Entry(Entry),
-    /// A frame that is the same as in version 2 (`registered`, `challenge`,
+    /// A frame that carries none of those (`registered`, `challenge`,
     /// `pong`, `ok`, `sent`, `member_left`, `owner_changed`, `presence`,
     /// `removed`, `room_renamed`, `room_deleted`).
     #[serde(untagged)]
@@ -497,7 +498,7 @@ mod tests {
             let frame = msg.encode();
             assert_eq!(ServerMsg3::decode(&frame).unwrap(), msg);
         }
-        // A shared frame has version 2's bytes.
+        // A shared frame has the plain enum's bytes.
         let ok = ServerMsg::Ok { id: Some(9) };
         assert_eq!(ServerMsg3::Shared(ok.clone()).encode(), ok.encode());
         assert_eq!(

@@ -1,4 +1,4 @@
-//! Protocol v3's devices: recording a device at `prove`, listing a user's
+//! Devices: recording a device at `prove`, listing a user's
 //! devices, removing one. The store decides each inside its write (the
 //! per-user limit holds across processes); the Registry maps its answer to
 //! the protocol's errors.

@@ -30,7 +30,7 @@ pub(super) struct RoomEntry {
     /// The last seq the running room delivered (`room::DirectoryLink`):
     /// listings take the larger of this and `record.last_seq`.
     pub(super) last_seq: Arc<AtomicU64>,
-    /// v3: the group's epoch as the running room last reported it.
+    /// The group's epoch as the running room last reported it.
     pub(super) epoch: Arc<AtomicU64>,
 }
 

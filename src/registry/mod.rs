@@ -79,7 +79,7 @@ pub struct Registry {
     presence_version: u64,
     room_loads: HashMap<String, crate::cluster::reloads::Reloads>,
     subscriptions: u64,
-    /// v3: live devices recorded through this process, so a known device's
+    /// Live devices recorded through this process, so a known device's
     /// login reads no store. One process only: with several, another
     /// process may remove a device, so the store is asked every time.
     devices: HashMap<(String, Vec<u8>), crate::store::DeviceRecord>,
@@ -368,7 +368,7 @@ pub struct ListRooms {
 
 pub struct ListedRooms {
     pub rooms: Vec<RoomSummary>,
-    /// v3: each room's epoch (as its running room last reported it).
+    /// Each room's epoch (as its running room last reported it).
     pub epochs: Vec<u64>,
     pub total: u64,
     pub connected: u64,
@@ -425,7 +425,7 @@ pub struct JoinedRoom {
     pub room: RoomSummary,
     pub members: Vec<Member3>,
     pub addr: Addr<RoomActor>,
-    /// v3: the group's epoch and whether this device has a leaf.
+    /// The group's epoch and whether this device has a leaf.
     pub group: Option<(u64, bool)>,
 }
 
@@ -537,7 +537,7 @@ pub struct JoinRoom {
     pub password: Option<String>,
     /// The client's address (its password attempts are budgeted by it too).
     pub ip: std::net::IpAddr,
-    /// v3: the connection's device (for `in_group`).
+    /// The connection's device (for `in_group`).
     pub device: Option<Vec<u8>>,
 }
 

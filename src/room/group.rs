@@ -1,4 +1,4 @@
-//! A v3 room's MLS group as its `RoomActor` will keep it (PROTOCOL-v3.md
+//! A room's MLS group as its `RoomActor` keeps it (PROTOCOL.md
 //! section 3, "The room log"): the group's public state ([`RoomGroup`]),
 //! the stored GroupInfo, the removal epoch, who may hold a leaf (members'
 //! registered devices), and the leaves to remove, kept current so that a

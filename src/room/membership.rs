@@ -18,7 +18,7 @@ use crate::util::now_ms;
 pub struct Joined {
     pub room: RoomSummary,
     pub members: Vec<Member3>,
-    /// v3: the group's epoch and whether the joining device has a leaf.
+    /// The group's epoch and whether the joining device has a leaf.
     pub group: Option<(u64, bool)>,
     /// False when the user already was a member.
     pub added: bool,
@@ -33,7 +33,7 @@ pub struct Join {
     pub password: Option<String>,
     /// The client's address, for the password attempt budget.
     pub ip: std::net::IpAddr,
-    /// v3: the connection's device (for `in_group`).
+    /// The connection's device (for `in_group`).
     pub device: Option<Vec<u8>>,
 }
 
@@ -131,7 +131,7 @@ impl Handler<Join> for RoomActor {
             // before any ban this room submits later.
             let write =
                 admitted.map(|()| act.store.add_member(&act.record.room_id, &name, joined_at));
-            // v3: the member's devices may hold leaves from the moment the
+            // The member's devices may hold leaves from the moment the
             // join is answered, so they are read before it is.
             let devices = act.group.is_some().then(|| act.store.list_devices(&name));
             async move {

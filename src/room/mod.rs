@@ -83,7 +83,7 @@ pub struct RoomChanged {
 pub struct DirectoryLink {
     pub changed: Recipient<RoomChanged>,
     pub last_seq: Arc<AtomicU64>,
-    /// v3: the group's epoch, for listings.
+    /// The group's epoch, for listings.
     pub epoch: Arc<AtomicU64>,
 }
 
@@ -116,7 +116,7 @@ pub struct RoomActor {
     reloads: Reloads,
     /// Sessions to attach once the next reload is applied.
     waiting_attach: Vec<(String, SessionHandle)>,
-    /// Protocol v3: the room's MLS group (`v3.rs`), loaded with the room.
+    /// The room's MLS group (`v3.rs`), loaded with the room.
     group: Option<GroupRoom>,
 }
 

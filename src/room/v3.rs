@@ -1,4 +1,4 @@
-//! A version-3 room's MLS side (`PROTOCOL-v3.md` section 3): the room's
+//! A room's MLS side (`PROTOCOL.md` section 3): the room's
 //! group ([`GroupRoom`]) loaded with the room, and the requests that use it:
 //! `group_state`, `commit`, `send`, `publish_group_info` and `history`.
 //! Commits and messages go through the room's one ordered write queue

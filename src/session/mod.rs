@@ -101,7 +101,7 @@ pub struct Session {
     /// Bytes of the fragmented message being received (continuation frames
     /// are never reassembled, but they count against `max_frame_bytes`).
     fragments: usize,
-    /// Protocol v3: the device this connection acts as, once proved.
+    /// The device this connection acts as, once proved.
     device: Option<v3::ActingDevice>,
 }
 

@@ -36,7 +36,7 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
-    /// v3: a commit for an epoch the group has left (the first commit for
+    /// A commit for an epoch the group has left (the first commit for
     /// an epoch won); the group's current epoch.
     #[error("the group is at epoch {0}")]
     StaleEpoch(u64),
@@ -89,7 +89,7 @@ pub struct UserRecord {
     pub created_at: u64,
 }
 
-/// A user's device (protocol v3, PROTOCOL-v3.md `prove`): the certificate
+/// A user's device (PROTOCOL.md `prove`): the certificate
 /// by which the user's identity key vouches for the device's MLS key, as
 /// the server first saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,7 +139,7 @@ impl DeviceAdded {
     }
 }
 
-/// Protocol v3: a room's MLS group as the store keeps it, one row written
+/// A room's MLS group as the store keeps it, one row written
 /// with each commit (DESIGN.md, "Rooms as MLS groups").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupRow {
@@ -212,7 +212,7 @@ pub struct RoomRecord {
 pub struct DirectoryEntry {
     pub room: RoomRecord,
     pub members: Vec<String>,
-    /// v3: the room's group epoch (0 for a v2 room).
+    /// The room's group epoch.
     pub epoch: u64,
 }
 
@@ -324,7 +324,7 @@ pub trait Store: Send + Sync + 'static {
     fn create_user(&self, user: UserRecord) -> StoreFuture<()>;
     fn get_user(&self, username: &str) -> StoreFuture<Option<UserRecord>>;
 
-    /// Protocol v3: records `device` unless its id is known for the user,
+    /// Records `device` unless its id is known for the user,
     /// keeping the user under `max` live devices (see [`DeviceAdded`]).
     /// Every store decides inside the write, so logins racing on several
     /// processes cannot pass the limit.
@@ -338,7 +338,7 @@ pub trait Store: Send + Sync + 'static {
     /// its group (`room::group::Devices`).
     fn room_devices(&self, room_id: &str) -> StoreFuture<Vec<DeviceRecord>>;
 
-    /// Protocol v3: creates a room whose MLS group is `group` (epoch 0),
+    /// Creates a room whose MLS group is `group` (epoch 0),
     /// with its owner as first member, in one transaction. `Conflict` when
     /// the name or the room id is taken.
     fn create_group_room(&self, room: RoomRecord, group: GroupRow) -> StoreFuture<()>;
