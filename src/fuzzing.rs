@@ -4,7 +4,7 @@
 
 use crate::identity::{DeviceCertificate, IdentityKey};
 use crate::protocol::decode_request;
-use crate::protocol::v3::{Request3, ServerMsg3};
+use crate::protocol::{Request, ServerMsg};
 use crate::validate;
 
 /// Decodes a frame as the server does; what decodes must re-encode to a
@@ -16,7 +16,7 @@ pub fn decode_frame(data: &[u8]) {
         assert_eq!(again.0, id);
         assert_eq!(format!("{:?}", again.1), format!("{req:?}"));
     }
-    let _ = ServerMsg3::decode(data);
+    let _ = ServerMsg::decode(data);
 }
 
 /// Decode, then everything the session checks before a request reaches an
@@ -27,10 +27,10 @@ pub fn dispatch(data: &[u8]) {
         return;
     };
     match &req {
-        Request3::Shared(shared) => {
+        Request::Shared(shared) => {
             let _ = validate::request(shared);
         }
-        Request3::Register {
+        Request::Register {
             username,
             identity_key,
             ..
@@ -38,10 +38,10 @@ pub fn dispatch(data: &[u8]) {
             let _ = validate::username(username);
             let _ = IdentityKey::parse(identity_key);
         }
-        Request3::Prove { device, .. } => {
+        Request::Prove { device, .. } => {
             let _ = DeviceCertificate::decode(device);
         }
-        Request3::CreateRoom { name, password, .. } => {
+        Request::CreateRoom { name, password, .. } => {
             let _ = validate::new_room(name, password.as_deref());
         }
         _ => {}

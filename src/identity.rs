@@ -14,7 +14,7 @@ use crate::crypto::{parse_public_key, CryptoError};
 pub const DEVICE_CONTEXT: &[u8] = b"e2ee-chat device v3";
 /// What a registration's proof of possession covers, first.
 pub const REGISTER_CONTEXT: &[u8] = b"e2ee-chat register v3";
-/// What a v3 login signature covers, first.
+/// What a login signature covers, first.
 pub const LOGIN_CONTEXT: &[u8] = b"e2ee-chat login v3";
 pub const DEVICE_ID_LEN: usize = 16;
 /// An Ed25519 public key.

@@ -4,7 +4,7 @@
 //! repeating its fields: what a room submits and a store keeps
 //! (`store::NewEntry`, `store::StoredEntry`), what another process relays
 //! (`cluster`), and the `entry` event every member gets
-//! (`protocol::v3::Entry`, encoded once per entry). The wire encodings stay
+//! (`protocol::Entry`, encoded once per entry). The wire encodings stay
 //! as they are, byte for byte; a protocol change changes this type.
 
 /// What an entry of a room's log holds: a commit or an application

@@ -9,7 +9,7 @@ use serde_bytes::ByteBuf;
 
 use crate::crypto::CryptoError;
 use crate::identity::IdentityKey;
-use crate::protocol::v3::Member3;
+use crate::protocol::Member;
 use crate::store::UserRecord;
 
 #[derive(Debug)]
@@ -35,8 +35,8 @@ impl User {
     }
 
     /// The member object (4.2) for this user.
-    pub fn member(&self, online: bool, joined_at: u64) -> Member3 {
-        Member3 {
+    pub fn member(&self, online: bool, joined_at: u64) -> Member {
+        Member {
             username: self.username.clone(),
             identity_key: ByteBuf::from(self.identity.der().to_vec()),
             online,

@@ -1,7 +1,7 @@
 //! Validation rules of PROTOCOL.md section 5, and room-name folding for
 //! case-insensitive uniqueness.
 
-use crate::protocol::{ErrorCode, Request};
+use crate::protocol::{ErrorCode, PlainRequest};
 
 /// `^[a-z0-9][a-z0-9_-]{2,31}$`
 pub fn username(name: &str) -> Result<(), ErrorCode> {
@@ -53,15 +53,17 @@ pub fn password(pw: &str) -> Result<(), ErrorCode> {
 /// The stateless checks of a request's fields (section 5), made by the
 /// session before anything else sees the request. Key material, names and
 /// passwords of the requests that carry MLS objects are checked where those
-/// are handled (`session::v3`, `session::rooms3`).
-pub fn request(req: &Request) -> Result<(), ErrorCode> {
+/// are handled (`session::account`, `session::rooms`).
+pub fn request(req: &PlainRequest) -> Result<(), ErrorCode> {
     match req {
-        Request::Login { username } => self::username(username),
-        Request::Kick { username, .. }
-        | Request::Ban { username, .. }
-        | Request::Unban { username, .. } => self::username(username),
-        Request::RenameRoom { name, .. } => room_name(name),
-        Request::SetPassword { password, .. } => password.as_deref().map_or(Ok(()), self::password),
+        PlainRequest::Login { username } => self::username(username),
+        PlainRequest::Kick { username, .. }
+        | PlainRequest::Ban { username, .. }
+        | PlainRequest::Unban { username, .. } => self::username(username),
+        PlainRequest::RenameRoom { name, .. } => room_name(name),
+        PlainRequest::SetPassword { password, .. } => {
+            password.as_deref().map_or(Ok(()), self::password)
+        }
         _ => Ok(()),
     }
 }

@@ -1,5 +1,4 @@
-//! Protocol v3's accounts and devices over real sockets (a server with
-//! `protocol.version = 3`): registration with a proof of possession, login
+//! Accounts and devices over real sockets: registration with a proof of possession, login
 //! proved by the identity key with a device certificate, `list_devices`,
 //! `remove_device`, and every error of those steps, each checked to change
 //! nothing. Identity keys are the fixture key pairs' signing keys.
@@ -7,16 +6,12 @@
 mod common;
 
 use common::TestServer;
+use e2ee_chat::client::conn::{Conn, IdentityPair};
 use e2ee_chat::client::mls::Device;
-use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::client::ClientError;
-use e2ee_chat::protocol::v3::{DeviceInfo, Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::protocol::{DeviceInfo, Request, ServerMsg};
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
 use serde_bytes::ByteBuf;
-
-fn v3_server() -> TestServer {
-    TestServer::with(|s| s.protocol.version = 3)
-}
 
 fn identity(name: &str, n: usize) -> IdentityPair {
     let pairs = &common::fixtures().pairs;
@@ -27,12 +22,12 @@ fn device(id: &IdentityPair) -> Device {
     Device::new(&id.username, |m| id.sign(m))
 }
 
-async fn connect(server: &TestServer) -> Client3 {
-    Client3::connect(&server.url()).await.expect("connects")
+async fn connect(server: &TestServer) -> Conn {
+    Conn::connect(&server.url()).await.expect("connects")
 }
 
 /// `name` registered and logged in with a new device.
-async fn user(server: &TestServer, name: &str, n: usize) -> (Client3, IdentityPair, Device) {
+async fn user(server: &TestServer, name: &str, n: usize) -> (Conn, IdentityPair, Device) {
     let id = identity(name, n);
     let dev = device(&id);
     let mut c = connect(server).await;
@@ -41,7 +36,7 @@ async fn user(server: &TestServer, name: &str, n: usize) -> (Client3, IdentityPa
     (c, id, dev)
 }
 
-fn code(result: Result<ServerMsg3, ClientError>) -> ErrorCode {
+fn code(result: Result<ServerMsg, ClientError>) -> ErrorCode {
     match result {
         Err(e) => e
             .code()
@@ -50,23 +45,23 @@ fn code(result: Result<ServerMsg3, ClientError>) -> ErrorCode {
     }
 }
 
-async fn devices(c: &mut Client3, username: &str) -> Vec<DeviceInfo> {
+async fn devices(c: &mut Conn, username: &str) -> Vec<DeviceInfo> {
     match c
-        .request(&Request3::ListDevices {
+        .request(&Request::ListDevices {
             username: username.into(),
         })
         .await
         .unwrap()
     {
-        ServerMsg3::Devices { devices, .. } => devices,
+        ServerMsg::Devices { devices, .. } => devices,
         other => panic!("not devices: {other:?}"),
     }
 }
 
 /// Whether this connection is still not logged in.
-async fn not_logged_in(c: &mut Client3) {
+async fn not_logged_in(c: &mut Conn) {
     let result = c
-        .request(&Request3::ListDevices {
+        .request(&Request::ListDevices {
             username: "alice".into(),
         })
         .await;
@@ -75,13 +70,13 @@ async fn not_logged_in(c: &mut Client3) {
 
 #[tokio::test]
 async fn register_login_and_list_devices() {
-    let server = v3_server();
+    let server = TestServer::new();
     let alice = identity("alice", 0);
     let phone = device(&alice);
     let mut c = connect(&server).await;
     c.register(&alice).await.unwrap();
     let logged_in = c.login(&alice, &phone.certificate).await.unwrap();
-    let ServerMsg3::LoggedIn {
+    let ServerMsg::LoggedIn {
         username,
         device_id,
         rooms,
@@ -111,7 +106,7 @@ async fn register_login_and_list_devices() {
     let (mut bob, _, _) = user(&server, "bob", 1).await;
     assert_eq!(devices(&mut bob, "alice").await.len(), 2);
     let result = bob
-        .request(&Request3::ListDevices {
+        .request(&Request::ListDevices {
             username: "nobody".into(),
         })
         .await;
@@ -121,10 +116,10 @@ async fn register_login_and_list_devices() {
 
 #[tokio::test]
 async fn registration_errors_register_nobody() {
-    let server = v3_server();
+    let server = TestServer::new();
     let alice = identity("alice", 0);
     let mut c = connect(&server).await;
-    let register = |username: &str, key: Vec<u8>, proof: Vec<u8>| Request3::Register {
+    let register = |username: &str, key: Vec<u8>, proof: Vec<u8>| Request::Register {
         username: username.into(),
         identity_key: ByteBuf::from(key),
         proof: ByteBuf::from(proof),
@@ -154,7 +149,7 @@ async fn registration_errors_register_nobody() {
     assert_eq!(code(result), ErrorCode::InvalidUsername);
     // Nobody was registered.
     let login = c
-        .request(&Request3::Shared(Request::Login {
+        .request(&Request::Shared(PlainRequest::Login {
             username: "alice".into(),
         }))
         .await;
@@ -168,7 +163,7 @@ async fn registration_errors_register_nobody() {
 
 #[tokio::test]
 async fn bad_device_certificates_log_nobody_in() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice_c, alice, phone) = user(&server, "alice", 0).await;
     let mallory = identity("mallory", 2);
 
@@ -221,13 +216,13 @@ async fn bad_device_certificates_log_nobody_in() {
     not_logged_in(&mut c).await;
     // A wrong login signature.
     let mut c = connect(&server).await;
-    c.request(&Request3::Shared(Request::Login {
+    c.request(&Request::Shared(PlainRequest::Login {
         username: "alice".into(),
     }))
     .await
     .unwrap();
     let result = c
-        .request(&Request3::Prove {
+        .request(&Request::Prove {
             signature: ByteBuf::from(vec![0; 256]),
             device: ByteBuf::from(phone.certificate.clone()),
         })
@@ -242,7 +237,6 @@ async fn bad_device_certificates_log_nobody_in() {
 #[tokio::test]
 async fn devices_are_limited_per_user() {
     let server = TestServer::with(|s| {
-        s.protocol.version = 3;
         s.limits.max_devices_per_user = 2;
     });
     let (mut c, alice, _) = user(&server, "alice", 0).await;
@@ -264,7 +258,7 @@ async fn devices_are_limited_per_user() {
 
 #[tokio::test]
 async fn a_removed_device_cannot_log_in_again() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut phone_c, alice, phone) = user(&server, "alice", 0).await;
     let laptop = device(&alice);
     let mut laptop_c = connect(&server).await;
@@ -272,12 +266,12 @@ async fn a_removed_device_cannot_log_in_again() {
 
     // The laptop removes the lost phone.
     let removed = laptop_c
-        .request(&Request3::RemoveDevice {
+        .request(&Request::RemoveDevice {
             device_id: ByteBuf::from(phone.device_id.to_vec()),
         })
         .await
         .unwrap();
-    assert!(matches!(removed, ServerMsg3::Shared(ServerMsg::Ok { .. })));
+    assert!(matches!(removed, ServerMsg::Shared(PlainMsg::Ok { .. })));
     let listed = devices(&mut laptop_c, "alice").await;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].device_id.as_slice(), laptop.device_id);
@@ -293,7 +287,7 @@ async fn a_removed_device_cannot_log_in_again() {
     // Removing it again, or a device that never was: invalid_device.
     for id in [phone.device_id, [9; 16]] {
         let result = laptop_c
-            .request(&Request3::RemoveDevice {
+            .request(&Request::RemoveDevice {
                 device_id: ByteBuf::from(id.to_vec()),
             })
             .await;
@@ -302,7 +296,7 @@ async fn a_removed_device_cannot_log_in_again() {
     // Bob cannot remove Alice's devices: he names his own, which it is not.
     let (mut bob, _, _) = user(&server, "bob", 1).await;
     let result = bob
-        .request(&Request3::RemoveDevice {
+        .request(&Request::RemoveDevice {
             device_id: ByteBuf::from(laptop.device_id.to_vec()),
         })
         .await;
@@ -315,7 +309,6 @@ async fn a_removed_device_cannot_log_in_again() {
 async fn the_vectors_register_frame_registers_alice() {
     // The vectors sign for chat.example.org.
     let server = TestServer::with(|s| {
-        s.protocol.version = 3;
         s.server.public_hosts = vec!["chat.example.org".into()];
     });
     let v = common::cbor::load("vectors/v3.cbor");
@@ -327,7 +320,7 @@ async fn the_vectors_register_frame_registers_alice() {
     let reply = c.read().await.unwrap();
     assert_eq!(
         reply,
-        ServerMsg3::Shared(ServerMsg::Registered {
+        ServerMsg::Shared(PlainMsg::Registered {
             id: Some(1),
             username: "alice".into()
         })
@@ -337,17 +330,17 @@ async fn the_vectors_register_frame_registers_alice() {
 
 #[tokio::test]
 async fn unknown_rooms_and_requests_before_login_are_refused() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut c, _, _) = user(&server, "alice", 0).await;
     let result = c
-        .request(&Request3::GroupState {
+        .request(&Request::GroupState {
             room_id: "r-00".into(),
         })
         .await;
     assert_eq!(code(result), ErrorCode::NoSuchRoom);
     let mut fresh = connect(&server).await;
     let result = fresh
-        .request(&Request3::GroupState {
+        .request(&Request::GroupState {
             room_id: "r-00".into(),
         })
         .await;
@@ -356,10 +349,10 @@ async fn unknown_rooms_and_requests_before_login_are_refused() {
     let mut fresh = connect(&server).await;
     not_logged_in(&mut fresh).await;
     let pong = fresh
-        .request(&Request3::Shared(Request::Ping))
+        .request(&Request::Shared(PlainRequest::Ping))
         .await
         .unwrap();
-    assert!(matches!(pong, ServerMsg3::Shared(ServerMsg::Pong { .. })));
+    assert!(matches!(pong, ServerMsg::Shared(PlainMsg::Pong { .. })));
     server.stop().await;
 }
 
@@ -419,7 +412,7 @@ async fn a_version_2_database_is_refused_at_start_and_an_empty_one_taken_over() 
 /// host she dialed, which is not this server, so the real server refuses.
 #[tokio::test]
 async fn a_relayed_login_proof_is_refused() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut c, alice, device) = user(&server, "alice", 0).await;
     drop(c);
     let mut relayed = connect(&server).await;
@@ -441,7 +434,7 @@ async fn a_relayed_login_proof_is_refused() {
         code(
             c.register(&alice)
                 .await
-                .map(|_| ServerMsg3::Shared(ServerMsg::Ok { id: None }))
+                .map(|_| ServerMsg::Shared(PlainMsg::Ok { id: None }))
         ),
         ErrorCode::AuthFailed
     );

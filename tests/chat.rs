@@ -1,5 +1,4 @@
-//! The room log on protocol v3 as members read it (as `tests/chat.rs` on
-//! version 2), over real sockets with openmls devices: history paging
+//! The room log as members read it, over real sockets with openmls devices: history paging
 //! after, before and latest over commits and messages in one seq order; a
 //! member's history holding only what was logged while they were a member;
 //! pipelined sends keeping their order; and a restart keeping users, rooms,
@@ -7,15 +6,11 @@
 
 mod common;
 
-use common::phone3::{v3_server_with, Phone};
+use common::phone::Phone;
 use common::TestServer;
-use e2ee_chat::protocol::v3::{Entry, EntryKind, Request3, ServerMsg3};
-use e2ee_chat::protocol::ServerMsg;
+use e2ee_chat::protocol::PlainMsg;
+use e2ee_chat::protocol::{Entry, EntryKind, Request, ServerMsg};
 use serde_bytes::ByteBuf;
-
-fn v3_server() -> TestServer {
-    v3_server_with(|_| {})
-}
 
 fn seqs(entries: &[Entry]) -> Vec<u64> {
     entries.iter().map(|e| e.seq).collect()
@@ -23,7 +18,7 @@ fn seqs(entries: &[Entry]) -> Vec<u64> {
 
 #[tokio::test]
 async fn history_pages_after_before_and_latest_over_commits_and_messages() {
-    let t = v3_server();
+    let t = TestServer::new();
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     alice.create("paging").await;
@@ -68,7 +63,7 @@ async fn history_pages_after_before_and_latest_over_commits_and_messages() {
 
 #[tokio::test]
 async fn history_holds_only_what_was_logged_while_a_member() {
-    let t = v3_server();
+    let t = TestServer::new();
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     alice.create("late").await;
@@ -86,7 +81,7 @@ async fn history_holds_only_what_was_logged_while_a_member() {
 
 #[tokio::test]
 async fn pipelined_sends_keep_their_order() {
-    let t = v3_server();
+    let t = TestServer::new();
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     alice.create("burst").await;
@@ -103,7 +98,7 @@ async fn pipelined_sends_keep_their_order() {
         alice
             .c
             .send_raw(
-                Request3::Send {
+                Request::Send {
                     room_id: alice.room.clone(),
                     msg_id: ByteBuf::from(msg_id.to_vec()),
                     message: ByteBuf::from(message),
@@ -116,7 +111,7 @@ async fn pipelined_sends_keep_their_order() {
     // A reply for every request, and seq follows the request order.
     let mut sent = Vec::new();
     while sent.len() < n as usize {
-        if let ServerMsg3::Shared(ServerMsg::Sent {
+        if let ServerMsg::Shared(PlainMsg::Sent {
             id, seq, msg_id, ..
         }) = alice.c.read().await.unwrap()
         {
@@ -138,7 +133,7 @@ async fn pipelined_sends_keep_their_order() {
 
 #[tokio::test]
 async fn a_restart_keeps_users_rooms_membership_the_group_and_the_log() {
-    let mut t = v3_server();
+    let mut t = TestServer::new();
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     alice.create("kept").await;

@@ -280,7 +280,7 @@ async fn chat_screen_talks_announces_and_removes_who_left() {
             std::env::var("CI").is_err(),
             "tmux is needed for this test (apt-get install tmux)"
         );
-        eprintln!("SKIP v3 chat screen: tmux is not installed");
+        eprintln!("SKIP chat screen: tmux is not installed");
         return;
     }
     let t = TestServer::new();
@@ -375,7 +375,7 @@ async fn members_trust_and_a_second_device_from_an_exported_profile() {
     {
         use e2ee_chat::client::device_store::DeviceStore;
         let (store, _) = DeviceStore::open(&a.join("device.db")).unwrap();
-        let other = common::phone3::identity3("mallory", 5);
+        let other = common::phone::identity("mallory", 5);
         store.repin("bob", &other.der).unwrap();
     }
     let refused = run_env(&url, &a, &["send", "Lobby", "to whom?"], &pw).await;

@@ -1,4 +1,4 @@
-//! A hostile server against a v3 device (`PROTOCOL-v3.md` section 7): the
+//! A hostile server against a device (`PROTOCOL.md` section 7): the
 //! "server" here is the test, which builds the log entries a real server
 //! would relay and tampers with them. Each client duty of the section gets
 //! its case: a leaf whose certificate is forged or signed by another
@@ -11,12 +11,12 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::phone3::identity3;
+use common::phone::identity;
+use e2ee_chat::client::conn::IdentityPair;
 use e2ee_chat::client::mls::{CommitObjects, Device};
-use e2ee_chat::client::room3::{Applied, LogError, RoomLog};
-use e2ee_chat::client::v3::IdentityPair;
+use e2ee_chat::client::room_log::{Applied, LogError, RoomLog};
 use e2ee_chat::identity::IdentityKey;
-use e2ee_chat::protocol::v3::{Entry, EntryKind};
+use e2ee_chat::protocol::{Entry, EntryKind};
 use openmls::prelude::MlsGroup;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
@@ -114,7 +114,7 @@ fn entry(seq: u64, from: &Dev, kind: EntryKind, epoch: u64, data: &[u8]) -> Entr
 
 /// Alice's group; her log; Bob joined (entry 1), applied and announced.
 fn alice_and_bob() -> (IdentityPair, IdentityPair, Dev, Dev, RoomLog, Pinned) {
-    let (alice_id, bob_id) = (identity3("alice", 0), identity3("bob", 1));
+    let (alice_id, bob_id) = (identity("alice", 0), identity("bob", 1));
     let pins = pins(&[&alice_id, &bob_id]);
     let mut alice = Dev::of(&alice_id);
     let (group, _) = alice
@@ -169,7 +169,7 @@ fn a_forged_certificate_makes_the_room_untrusted() {
 fn a_certificate_signed_by_another_identity_key_makes_the_room_untrusted() {
     let (_, _, mut alice, _, mut log, pins) = alice_and_bob();
     // Carol's identity key certifies a device for "bob".
-    let carol = identity3("carol", 2);
+    let carol = identity("carol", 2);
     let mut fake = Dev::with(Device::new("bob", |m| carol.sign(m)));
     let join = fake.join(&alice);
     let r = alice.apply(
@@ -193,7 +193,7 @@ fn a_certificate_signed_by_another_identity_key_makes_the_room_untrusted() {
 #[test]
 fn a_message_whose_mls_sender_is_not_the_claimed_one_is_marked_failed() {
     let (_, _, mut alice, mut bob, mut log, pins) = alice_and_bob();
-    let carol_id = identity3("carol", 2);
+    let carol_id = identity("carol", 2);
     let carol = Dev::of(&carol_id);
     let hi = bob.say("hi");
     // The server says Carol sent Bob's message.

@@ -11,11 +11,11 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::phone3::{no_event, refusal, wait_event, Phone};
+use common::phone::{no_event, refusal, wait_event, Phone};
 use common::PgDatabase;
-use e2ee_chat::client::v3::Client3;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::client::conn::Conn;
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
+use e2ee_chat::protocol::{Request, ServerMsg};
 
 struct Redis {
     child: Child,
@@ -226,23 +226,23 @@ async fn three_processes_behave_as_one_server() {
     // for the removal commit, which dave never gets, nor anything after.
     let dave_leaf = dave.group().own_leaf_index().u32();
     alice
-        .ask(Request::Kick {
+        .ask(PlainRequest::Kick {
             room_id: rid.clone(),
             username: "dave".into(),
         })
         .await
         .unwrap();
     let removed = wait_event(&mut dave.c, |e| {
-        matches!(e, ServerMsg3::Shared(ServerMsg::Removed { .. }))
+        matches!(e, ServerMsg::Shared(PlainMsg::Removed { .. }))
     })
     .await;
     assert!(
-        matches!(removed, ServerMsg3::Shared(ServerMsg::Removed { reason, .. }) if reason == "kicked")
+        matches!(removed, ServerMsg::Shared(PlainMsg::Removed { reason, .. }) if reason == "kicked")
     );
     alice.commit(&[dave_leaf]).await;
     let after_kick = alice.say("after the kick").await;
     assert_eq!(after_kick, total + 2);
-    no_event(&mut dave.c, 500, |e| matches!(e, ServerMsg3::Entry(_))).await;
+    no_event(&mut dave.c, 500, |e| matches!(e, ServerMsg::Entry(_))).await;
     for p in [&mut bob, &mut carol] {
         assert_eq!(
             entries_until(p, after_kick).await,
@@ -269,14 +269,14 @@ async fn three_processes_behave_as_one_server() {
         let message = bob.encrypt(&text);
         match bob
             .c
-            .request_raw(&e2ee_chat::protocol::v3::Request3::Send {
+            .request_raw(&e2ee_chat::protocol::Request::Send {
                 room_id: rid.clone(),
                 msg_id: serde_bytes::ByteBuf::from(rand::random::<[u8; 16]>().to_vec()),
                 message: serde_bytes::ByteBuf::from(message),
             })
             .await
         {
-            Ok(ServerMsg3::Shared(ServerMsg::Sent { seq, .. })) => acked.push(seq),
+            Ok(ServerMsg::Shared(PlainMsg::Sent { seq, .. })) => acked.push(seq),
             _ => break,
         }
     }
@@ -411,7 +411,7 @@ async fn connections_per_user_are_counted_over_every_process() {
     let login = |url: String| {
         let (id, cert) = (first.id.clone(), first.dev.certificate.clone());
         async move {
-            let mut c = Client3::connect(&url).await.expect("connects");
+            let mut c = Conn::connect(&url).await.expect("connects");
             let r = c.login(&id, &cert).await;
             (c, r)
         }
@@ -457,7 +457,7 @@ async fn three_processes_serve_one_mls_room() {
     eventually!("the room is known on process 1", {
         let r = bob
             .c
-            .request(&Request3::Shared(Request::JoinRoom {
+            .request(&Request::Shared(PlainRequest::JoinRoom {
                 room_id: rid.clone(),
                 password: None,
             }))
@@ -471,7 +471,7 @@ async fn three_processes_serve_one_mls_room() {
     eventually!("the room is known on process 2", {
         carol
             .c
-            .request(&Request3::Shared(Request::JoinRoom {
+            .request(&Request::Shared(PlainRequest::JoinRoom {
                 room_id: rid.clone(),
                 password: None,
             }))
@@ -498,8 +498,8 @@ async fn three_processes_serve_one_mls_room() {
     let b = bob.build_commit(&[]);
     let (ra, rb) = tokio::join!(alice.send_commit(&a), bob.send_commit(&b));
     let (winner, loser, lost) = match (&ra, &rb) {
-        (ServerMsg3::Committed { .. }, _) => (&mut alice, &mut bob, rb),
-        (_, ServerMsg3::Committed { .. }) => (&mut bob, &mut alice, ra),
+        (ServerMsg::Committed { .. }, _) => (&mut alice, &mut bob, rb),
+        (_, ServerMsg::Committed { .. }) => (&mut bob, &mut alice, ra),
         _ => panic!("one commit must win: {ra:?} {rb:?}"),
     };
     assert_eq!(refusal(lost).code, ErrorCode::StaleEpoch);
@@ -520,7 +520,7 @@ async fn three_processes_serve_one_mls_room() {
     let bob_leaf = bob.group().own_leaf_index().u32();
     alice
         .c
-        .request(&Request3::Shared(Request::Kick {
+        .request(&Request::Shared(PlainRequest::Kick {
             room_id: rid.clone(),
             username: "bob".into(),
         }))
@@ -529,7 +529,7 @@ async fn three_processes_serve_one_mls_room() {
     eventually!("process 2 asks for the removal commit", {
         let r = carol.try_say("anyone?").await;
         match r {
-            ServerMsg3::Shared(ServerMsg::Sent { seq, .. }) => {
+            ServerMsg::Shared(PlainMsg::Sent { seq, .. }) => {
                 carol.catch_up_to(seq).await;
                 alice.catch_up_to(seq).await;
                 false

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::process::Child;
 use std::time::Duration;
 
-use e2ee_chat::protocol::ServerMsg;
+use e2ee_chat::protocol::PlainMsg;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -59,7 +59,7 @@ fn pipeline(
     messages: Vec<Vec<u8>>,
     tx: mpsc::UnboundedSender<(u64, Vec<u8>)>,
 ) -> tokio::task::JoinHandle<()> {
-    use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+    use e2ee_chat::protocol::{Request, ServerMsg};
     tokio::spawn(async move {
         let (mut sink, mut stream) = ws.split();
         // In the order they were encrypted: a receiver reads a sender's
@@ -70,7 +70,7 @@ fn pipeline(
             .iter()
             .enumerate()
             .map(|(i, (id, m))| {
-                Request3::Send {
+                Request::Send {
                     room_id: room_id.clone(),
                     msg_id: serde_bytes::ByteBuf::from(id.to_vec()),
                     message: serde_bytes::ByteBuf::from(m.clone()),
@@ -88,12 +88,12 @@ fn pipeline(
             }
         });
         while let Some(Ok(WsMessage::Binary(f))) = stream.next().await {
-            match ServerMsg3::decode(&f) {
-                Ok(ServerMsg3::Shared(ServerMsg::Sent { seq, msg_id, .. })) => {
+            match ServerMsg::decode(&f) {
+                Ok(ServerMsg::Shared(PlainMsg::Sent { seq, msg_id, .. })) => {
                     let id: [u8; 16] = msg_id.as_slice().try_into().unwrap();
                     let _ = tx.send((seq, by_id[&id].clone()));
                 }
-                Ok(e @ ServerMsg3::Error { .. }) => panic!("a send was refused: {e:?}"),
+                Ok(e @ ServerMsg::Error { .. }) => panic!("a send was refused: {e:?}"),
                 _ => {}
             }
         }
@@ -102,8 +102,8 @@ fn pipeline(
 }
 
 async fn crash_rounds(store_url: &str) {
-    use common::phone3::Phone;
-    use e2ee_chat::protocol::v3::{EntryKind, Request3, ServerMsg3};
+    use common::phone::Phone;
+    use e2ee_chat::protocol::{EntryKind, Request, ServerMsg};
 
     let rounds: usize = std::env::var("CRASH_ROUNDS")
         .ok()
@@ -144,13 +144,13 @@ async fn crash_rounds(store_url: &str) {
                 for _ in 0..2 {
                     tokio::time::sleep(Duration::from_millis(15)).await;
                     let objects = alice.build_commit(&[]);
-                    let request = Request3::Commit {
+                    let request = Request::Commit {
                         room_id: rid.clone(),
                         commit: serde_bytes::ByteBuf::from(objects.commit.clone()),
                         group_info: serde_bytes::ByteBuf::from(objects.group_info.clone()),
                     };
                     match alice.c.request_raw(&request).await {
-                        Ok(ServerMsg3::Committed { seq, .. }) => {
+                        Ok(ServerMsg::Committed { seq, .. }) => {
                             alice.merge_pending();
                             let _ = tx.send((seq, objects.commit));
                         }
@@ -232,7 +232,7 @@ async fn crash_rounds(store_url: &str) {
         assert_eq!(bob.hear().await, format!("after round {round}"));
         assert_eq!(carol.hear().await, format!("after round {round}"));
         println!(
-            "v3 round {round}: killed after {kill_at} acks; {} acked in all, {} stored, \
+            "round {round}: killed after {kill_at} acks; {} acked in all, {} stored, \
              epoch {epoch}, lost 0",
             acked.len(),
             history.len()

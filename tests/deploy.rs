@@ -28,7 +28,7 @@ async fn runs_like_the_procfile_with_port_and_stops_on_sigterm() {
     assert_eq!(addr, format!("0.0.0.0:{port}"), "PORT binds 0.0.0.0");
 
     let url = format!("ws://127.0.0.1:{port}/ws");
-    let mut alice = common::phone3::Phone::register(&url, "alice", 0).await;
+    let mut alice = common::phone::Phone::register(&url, "alice", 0).await;
     alice.create("Deployed").await;
     alice.say("from the binary").await;
 

@@ -8,14 +8,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::phone3::{no_event, wait_event, Phone};
+use common::phone::{no_event, wait_event, Phone};
 use common::TestServer;
-use e2ee_chat::client::v3::Client3;
-use e2ee_chat::protocol::v3::{RoomSummary3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::client::conn::Conn;
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
+use e2ee_chat::protocol::{RoomSummary, ServerMsg};
 
-fn leave(room_id: &str) -> Request {
-    Request::LeaveRoom {
+fn leave(room_id: &str) -> PlainRequest {
+    PlainRequest::LeaveRoom {
         room_id: room_id.into(),
     }
 }
@@ -30,7 +30,7 @@ fn code_of<T: std::fmt::Debug>(r: Result<T, e2ee_chat::client::ClientError>) -> 
     }
 }
 
-fn names(rooms: Vec<RoomSummary3>) -> Vec<String> {
+fn names(rooms: Vec<RoomSummary>) -> Vec<String> {
     rooms.into_iter().map(|r| r.name).collect()
 }
 
@@ -53,7 +53,7 @@ async fn one_user_in_several_rooms_and_on_several_connections() {
     for room in [&r1.room_id, &r2.room_id] {
         let mut seen = 0;
         while seen < 1 {
-            if let ServerMsg3::Entry(e) = alice2.next_event().await.unwrap() {
+            if let ServerMsg::Entry(e) = alice2.next_event().await.unwrap() {
                 assert_eq!(&e.room_id, room);
                 seen += 1;
             }
@@ -66,8 +66,8 @@ async fn one_user_in_several_rooms_and_on_several_connections() {
     assert_eq!(alice.hear().await, "in one");
     assert_eq!(in_two.hear().await, "in two");
     // logged_in lists both rooms, and where this device has a leaf.
-    let mut again = Client3::connect(&url).await.unwrap();
-    let ServerMsg3::LoggedIn { rooms, .. } = again
+    let mut again = Conn::connect(&url).await.unwrap();
+    let ServerMsg::LoggedIn { rooms, .. } = again
         .login(&alice.id, &alice.dev.certificate)
         .await
         .unwrap()
@@ -131,7 +131,7 @@ async fn list_rooms_order_hidden_and_paging() {
     bob.ask(leave(&big.room_id)).await.unwrap();
     carol.ask(leave(&big.room_id)).await.unwrap();
     alice
-        .ask(Request::RenameRoom {
+        .ask(PlainRequest::RenameRoom {
             room_id: small.room_id.clone(),
             name: "Tiny".into(),
         })
@@ -170,11 +170,11 @@ async fn a_hidden_room_is_joined_by_id_with_its_password() {
     // Joining again is not an error, needs no password, and emits no event.
     bob.join(&room.room_id, None).await.unwrap();
     wait_event(&mut alice.c, |e| {
-        matches!(e, ServerMsg3::MemberJoined { .. })
+        matches!(e, ServerMsg::MemberJoined { .. })
     })
     .await;
     no_event(&mut alice.c, 300, |e| {
-        matches!(e, ServerMsg3::MemberJoined { .. })
+        matches!(e, ServerMsg::MemberJoined { .. })
     })
     .await;
     t.stop().await;
@@ -189,25 +189,25 @@ async fn presence_events() {
     let mut bob = Phone::register(&url, "bob", 1).await;
     bob.join(&rid, None).await.unwrap();
     let presence = |online: bool| {
-        ServerMsg3::Shared(ServerMsg::Presence {
+        ServerMsg::Shared(PlainMsg::Presence {
             room_id: rid.clone(),
             username: "bob".into(),
             online,
         })
     };
-    let is_bob = |e: &ServerMsg3| matches!(e, ServerMsg3::Shared(ServerMsg::Presence { username, .. }) if username == "bob");
+    let is_bob = |e: &ServerMsg| matches!(e, ServerMsg::Shared(PlainMsg::Presence { username, .. }) if username == "bob");
     let (bob_id, bob_cert) = (bob.id.clone(), bob.dev.certificate.clone());
     drop(bob);
     assert_eq!(wait_event(&mut alice.c, is_bob).await, presence(false));
-    let mut bob = Client3::connect(&url).await.unwrap();
+    let mut bob = Conn::connect(&url).await.unwrap();
     bob.login(&bob_id, &bob_cert).await.unwrap();
     assert_eq!(wait_event(&mut alice.c, is_bob).await, presence(true));
     // A second connection of an online user is not news.
-    let mut bob2 = Client3::connect(&url).await.unwrap();
+    let mut bob2 = Conn::connect(&url).await.unwrap();
     bob2.login(&bob_id, &bob_cert).await.unwrap();
     drop(bob2);
     no_event(&mut alice.c, 300, |e| {
-        matches!(e, ServerMsg3::Shared(ServerMsg::Presence { .. }))
+        matches!(e, ServerMsg::Shared(PlainMsg::Presence { .. }))
     })
     .await;
     assert!(alice.online(&rid).await.iter().all(|(_, online)| *online));
@@ -227,24 +227,24 @@ async fn leave_passes_ownership_and_the_last_leave_deletes() {
     carol.join(&rid, None).await.unwrap();
     alice.ask(leave(&rid)).await.unwrap();
     let left = wait_event(&mut bob.c, |e| {
-        matches!(e, ServerMsg3::Shared(ServerMsg::MemberLeft { .. }))
+        matches!(e, ServerMsg::Shared(PlainMsg::MemberLeft { .. }))
     })
     .await;
     assert_eq!(
         left,
-        ServerMsg3::Shared(ServerMsg::MemberLeft {
+        ServerMsg::Shared(PlainMsg::MemberLeft {
             room_id: rid.clone(),
             username: "alice".into(),
             reason: "left".into()
         })
     );
     let owner = wait_event(&mut carol.c, |e| {
-        matches!(e, ServerMsg3::Shared(ServerMsg::OwnerChanged { .. }))
+        matches!(e, ServerMsg::Shared(PlainMsg::OwnerChanged { .. }))
     })
     .await;
     assert_eq!(
         owner,
-        ServerMsg3::Shared(ServerMsg::OwnerChanged {
+        ServerMsg::Shared(PlainMsg::OwnerChanged {
             room_id: rid.clone(),
             owner: "bob".into()
         })
@@ -253,7 +253,7 @@ async fn leave_passes_ownership_and_the_last_leave_deletes() {
     assert_eq!(
         code_of(
             alice
-                .ask(Request::GetMembers {
+                .ask(PlainRequest::GetMembers {
                     room_id: rid.clone()
                 })
                 .await

@@ -10,23 +10,21 @@ mod common;
 
 use ciborium::Value;
 use common::cbor::map;
-use common::phone3::{
-    code, identity3, read_until_closed, refusal, still_serves, v3_server_with, Phone,
-};
+use common::phone::{code, identity, read_until_closed, refusal, still_serves, Phone};
 use common::TestServer;
-use e2ee_chat::client::v3::Client3;
+use e2ee_chat::client::conn::Conn;
 use e2ee_chat::client::ClientError;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
+use e2ee_chat::protocol::{Request, ServerMsg};
 use serde_bytes::ByteBuf;
 
-async fn connect(t: &TestServer) -> Client3 {
-    Client3::connect(&t.url()).await.expect("connects")
+async fn connect(t: &TestServer) -> Conn {
+    Conn::connect(&t.url()).await.expect("connects")
 }
 
 #[tokio::test]
 async fn malformed_frames_get_malformed_and_the_connection_stays() {
-    let t = v3_server_with(|_| {});
+    let t = TestServer::with(|_| {});
     let mut c = connect(&t).await;
     let cases: Vec<Vec<u8>> = vec![
         b"\xff\xfe not cbor".to_vec(),
@@ -81,7 +79,7 @@ async fn malformed_frames_get_malformed_and_the_connection_stays() {
 
 #[tokio::test]
 async fn unknown_types_are_refused_and_unknown_keys_ignored() {
-    let t = v3_server_with(|_| {});
+    let t = TestServer::with(|_| {});
     let mut c = connect(&t).await;
     c.send_raw(map(vec![
         ("type", Value::Text("frobnicate".into())),
@@ -101,28 +99,28 @@ async fn unknown_types_are_refused_and_unknown_keys_ignored() {
     .unwrap();
     assert!(matches!(
         c.read().await.unwrap(),
-        ServerMsg3::Shared(ServerMsg::Pong { id: Some(9), .. })
+        ServerMsg::Shared(PlainMsg::Pong { id: Some(9), .. })
     ));
     t.stop().await;
 }
 
 #[tokio::test]
 async fn a_flood_is_rate_limited_then_closed_with_1008_while_others_are_served() {
-    let t = v3_server_with(|s| {
+    let t = TestServer::with(|s| {
         s.rate_limit.per_second = 1.0;
         s.rate_limit.burst = 5.0;
         s.rate_limit.close_after = 20;
     });
     let mut flooder = connect(&t).await;
     let mut polite = connect(&t).await;
-    let ping = Request3::Shared(Request::Ping);
+    let ping = Request::Shared(PlainRequest::Ping);
     for i in 0..10 {
         flooder.send_raw(ping.encode(Some(i))).await.unwrap();
     }
     let mut limited = 0;
     for _ in 0..10 {
         match flooder.read().await.unwrap() {
-            ServerMsg3::Shared(ServerMsg::Pong { .. }) => {}
+            ServerMsg::Shared(PlainMsg::Pong { .. }) => {}
             other => {
                 assert_eq!(refusal(other).code, ErrorCode::RateLimited);
                 limited += 1;
@@ -143,7 +141,7 @@ async fn a_flood_is_rate_limited_then_closed_with_1008_while_others_are_served()
 
 #[tokio::test]
 async fn an_oversized_frame_closes_with_1009_and_others_are_served() {
-    let t = v3_server_with(|s| s.limits.max_frame_bytes = 4096);
+    let t = TestServer::with(|s| s.limits.max_frame_bytes = 4096);
     let mut big = connect(&t).await;
     let mut polite = connect(&t).await;
     big.send_raw(vec![0xa0; 10_000]).await.unwrap();
@@ -163,15 +161,15 @@ fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
 }
 
 /// `login` for `username`: the challenge's nonce.
-async fn challenge(c: &mut Client3, username: &str) -> Vec<u8> {
+async fn challenge(c: &mut Conn, username: &str) -> Vec<u8> {
     match c
-        .request(&Request3::Shared(Request::Login {
+        .request(&Request::Shared(PlainRequest::Login {
             username: username.into(),
         }))
         .await
         .unwrap()
     {
-        ServerMsg3::Shared(ServerMsg::Challenge { nonce, .. }) => nonce.into_vec(),
+        ServerMsg::Shared(PlainMsg::Challenge { nonce, .. }) => nonce.into_vec(),
         other => panic!("expected a challenge, got {other:?}"),
     }
 }
@@ -180,14 +178,14 @@ async fn challenge(c: &mut Client3, username: &str) -> Vec<u8> {
 async fn challenge_errors() {
     use e2ee_chat::client::mls::Device;
     use e2ee_chat::identity::login_signature_input;
-    let t = v3_server_with(|_| {});
-    let (alice, bob) = (identity3("alice", 0), identity3("bob", 1));
+    let t = TestServer::with(|_| {});
+    let (alice, bob) = (identity("alice", 0), identity("bob", 1));
     let mut setup = connect(&t).await;
     setup.register(&alice).await.unwrap();
     setup.register(&bob).await.unwrap();
     let device = Device::new("alice", |m| alice.sign(m)).certificate;
     let mut c = connect(&t).await;
-    let prove = |sig: Vec<u8>| Request3::Prove {
+    let prove = |sig: Vec<u8>| Request::Prove {
         signature: ByteBuf::from(sig),
         device: ByteBuf::from(device.clone()),
     };
@@ -224,7 +222,7 @@ async fn challenge_errors() {
     // unknown_user
     assert_eq!(
         code(
-            c.request(&Request3::Shared(Request::Login {
+            c.request(&Request::Shared(PlainRequest::Login {
                 username: "nobody".into(),
             }))
             .await
@@ -234,7 +232,7 @@ async fn challenge_errors() {
     // Still not logged in after all that; then a proper login works.
     assert_eq!(
         code(
-            c.request(&Request3::Shared(Request::GetMembers {
+            c.request(&Request::Shared(PlainRequest::GetMembers {
                 room_id: "r-x".into()
             }))
             .await
@@ -247,8 +245,8 @@ async fn challenge_errors() {
 
 #[tokio::test]
 async fn an_expired_challenge_is_no_challenge() {
-    let t = v3_server_with(|s| s.security.challenge_ttl_secs = 0);
-    let alice = identity3("alice", 0);
+    let t = TestServer::with(|s| s.security.challenge_ttl_secs = 0);
+    let alice = identity("alice", 0);
     let mut c = connect(&t).await;
     c.register(&alice).await.unwrap();
     let device = e2ee_chat::client::mls::Device::new("alice", |m| alice.sign(m));
@@ -261,7 +259,7 @@ async fn an_expired_challenge_is_no_challenge() {
 
 #[tokio::test]
 async fn room_creation_errors() {
-    let t = v3_server_with(|s| s.limits.max_rooms_per_user = 2);
+    let t = TestServer::with(|s| s.limits.max_rooms_per_user = 2);
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     for bad in [
@@ -320,7 +318,7 @@ async fn room_creation_errors() {
 
 #[tokio::test]
 async fn join_and_membership_errors() {
-    let t = v3_server_with(|s| s.limits.max_members_per_room = 2);
+    let t = TestServer::with(|s| s.limits.max_members_per_room = 2);
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     let mut bob = Phone::register(&url, "bob", 1).await;
@@ -333,16 +331,16 @@ async fn join_and_membership_errors() {
     let rid = room.room_id;
     // Not a member yet: nothing of the room.
     for req in [
-        Request::GetMembers {
+        PlainRequest::GetMembers {
             room_id: rid.clone(),
         },
-        Request::History {
+        PlainRequest::History {
             room_id: rid.clone(),
             after_seq: None,
             before_seq: None,
             limit: None,
         },
-        Request::LeaveRoom {
+        PlainRequest::LeaveRoom {
             room_id: rid.clone(),
         },
     ] {
@@ -353,7 +351,7 @@ async fn join_and_membership_errors() {
             bob.c
                 .group_state(&rid)
                 .await
-                .map(|_| ServerMsg3::Shared(ServerMsg::Ok { id: None }))
+                .map(|_| ServerMsg::Shared(PlainMsg::Ok { id: None }))
         ),
         ErrorCode::NotMember
     );
@@ -369,7 +367,7 @@ async fn join_and_membership_errors() {
     assert_eq!(alice.online(&rid).await.len(), 2);
     assert_eq!(
         refused(
-            bob.ask(Request::LeaveRoom {
+            bob.ask(PlainRequest::LeaveRoom {
                 room_id: "r-doesnotexist".into()
             })
             .await
@@ -381,7 +379,7 @@ async fn join_and_membership_errors() {
 
 #[tokio::test]
 async fn internal_when_the_store_fails_and_nothing_is_half_done() {
-    let t = v3_server_with(|_| {});
+    let t = TestServer::with(|_| {});
     let mut alice = Phone::register(&t.url(), "alice", 0).await;
     let rid = alice.create("Doomed").await.room_id;
     // Break the store behind the server's back: the room's row disappears,

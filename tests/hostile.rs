@@ -1,5 +1,4 @@
-//! Hostile clients against protocol v3 (as `tests/hostile.rs` on version
-//! 2): a history page is capped in bytes whatever its entries hold
+//! Hostile clients (more in `limits.rs`): a history page is capped in bytes whatever its entries hold
 //! (messages up to 64 KiB, commits with their GroupInfo); a member who never
 //! reads is dropped once its queued bytes pass the budget, while the room
 //! goes on (one encoded `entry` frame is shared by every recipient; the
@@ -10,15 +9,15 @@ mod common;
 
 use std::time::Duration;
 
-use common::phone3::{v3_server_with, Phone};
+use common::phone::Phone;
 use common::TestServer;
 use e2ee_chat::client::ClientError;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request};
+use e2ee_chat::protocol::{ErrorCode, PlainRequest};
+use e2ee_chat::protocol::{Request, ServerMsg};
 
 #[tokio::test]
 async fn history_pages_are_capped_in_bytes_and_page_on() {
-    let t = v3_server_with(|s| s.limits.history_page_bytes = 100_000);
+    let t = TestServer::with(|s| s.limits.history_page_bytes = 100_000);
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     alice.create("big").await;
@@ -54,7 +53,7 @@ async fn history_pages_are_capped_in_bytes_and_page_on() {
 
 #[tokio::test]
 async fn a_member_that_never_reads_is_dropped_at_its_byte_budget() {
-    let t = v3_server_with(|s| {
+    let t = TestServer::with(|s| {
         s.limits.send_queue_bytes = 1 << 20;
         // Neither the kernel nor the heartbeat may be what drops the sloth;
         // the heartbeat tick only lets its session notice the overflow.
@@ -78,7 +77,7 @@ async fn a_member_that_never_reads_is_dropped_at_its_byte_budget() {
     let mut seen = 0;
     let end = loop {
         match sloth.c.read().await {
-            Ok(ServerMsg3::Entry(_)) => seen += 1,
+            Ok(ServerMsg::Entry(_)) => seen += 1,
             Ok(_) => {}
             Err(ClientError::Closed(reason)) => break reason.unwrap_or_default(),
             Err(e) => break e.to_string(),
@@ -116,11 +115,11 @@ async fn rooms_running_become(t: &TestServer, want: u64) {
     );
 }
 
-/// An idle v3 room stops; its next use starts it again from the stored
+/// An idle room stops; its next use starts it again from the stored
 /// group and log, and commits and messages go on from there.
 #[tokio::test]
 async fn idle_rooms_stop_and_start_again_from_the_stored_group() {
-    let t = v3_server_with(|s| {
+    let t = TestServer::with(|s| {
         s.limits.room_idle_secs = 1;
         s.server.metrics_token = "m".into();
     });
@@ -138,8 +137,8 @@ async fn idle_rooms_stop_and_start_again_from_the_stored_group() {
     let (alice_id, bob_id) = (alice.id.clone(), bob.id.clone());
     // Both go offline (their devices keep their groups): the room stops.
     let (mut a_dev, mut b_dev) = (alice, bob);
-    a_dev.c = e2ee_chat::client::v3::Client3::connect(&url).await.unwrap();
-    b_dev.c = e2ee_chat::client::v3::Client3::connect(&url).await.unwrap();
+    a_dev.c = e2ee_chat::client::conn::Conn::connect(&url).await.unwrap();
+    b_dev.c = e2ee_chat::client::conn::Conn::connect(&url).await.unwrap();
     rooms_running_become(&t, 0).await;
     // They come back on the same devices: the room starts from its row.
     a_dev
@@ -164,7 +163,7 @@ async fn idle_rooms_stop_and_start_again_from_the_stored_group() {
 
 #[tokio::test]
 async fn logins_are_limited_per_user_and_per_minute() {
-    let t = v3_server_with(|s| {
+    let t = TestServer::with(|s| {
         s.limits.max_connections_per_user = 2;
         s.limits.login_attempts_per_minute = 30;
     });
@@ -172,7 +171,7 @@ async fn logins_are_limited_per_user_and_per_minute() {
     let a1 = Phone::register(&url, "alice", 0).await;
     let _a2 = Phone::login(&url, a1.id.clone()).await;
     // A third connection of the user is refused, and stays logged out.
-    let mut a3 = e2ee_chat::client::v3::Client3::connect(&url).await.unwrap();
+    let mut a3 = e2ee_chat::client::conn::Conn::connect(&url).await.unwrap();
     let third = a3.login(&a1.id, &a1.dev.certificate).await;
     assert_eq!(
         third.err().and_then(|e| e.code()),
@@ -184,11 +183,11 @@ async fn logins_are_limited_per_user_and_per_minute() {
         Some(ErrorCode::NotLoggedIn)
     );
     // Login requests without a prove are limited per minute.
-    let mut flood = e2ee_chat::client::v3::Client3::connect(&url).await.unwrap();
+    let mut flood = e2ee_chat::client::conn::Conn::connect(&url).await.unwrap();
     let mut refused = 0;
     for _ in 0..40 {
         if let Err(e) = flood
-            .request(&Request3::Shared(Request::Login {
+            .request(&Request::Shared(PlainRequest::Login {
                 username: "alice".into(),
             }))
             .await

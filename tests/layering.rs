@@ -3,7 +3,7 @@
 //! to the Registry through a `Recipient<RoomChanged>` it declares itself).
 //! What they share (`Push`, `SessionHandle`, `SessionId`) lives in
 //! `handle`, which uses none of them. Below them, the store and the one
-//! message type, the v3 identity layer and the MLS Delivery Service core
+//! message type, the identity layer and the MLS Delivery Service core
 //! (`mls`) use no actor at all. A new import against that order fails
 //! here (ARCHITECTURE.md, invariant I1).
 

@@ -9,12 +9,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::phone3::{identity3, read_until_closed, still_serves, Phone};
+use common::phone::{identity, read_until_closed, still_serves, Phone};
 use common::TestServer;
-use e2ee_chat::client::v3::Client3;
+use e2ee_chat::client::conn::Conn;
 use e2ee_chat::client::Ws;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
+use e2ee_chat::protocol::{Request, ServerMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[track_caller]
@@ -58,7 +58,7 @@ async fn too_many_connections_for_one_user() {
     let url = t.url();
     let alice = Phone::register(&url, "alice", 0).await;
     let second = alice.second_connection(&url).await;
-    let mut third = Client3::connect(&url).await.unwrap();
+    let mut third = Conn::connect(&url).await.unwrap();
     assert_eq!(
         code_of(third.login(&alice.id, &alice.dev.certificate).await),
         ErrorCode::RateLimited
@@ -67,7 +67,7 @@ async fn too_many_connections_for_one_user() {
     assert_eq!(
         code_of(
             third
-                .request(&Request3::Shared(Request::ListRooms {
+                .request(&Request::Shared(PlainRequest::ListRooms {
                     offset: None,
                     limit: None
                 }))
@@ -88,10 +88,10 @@ async fn too_many_connections_in_all_get_503() {
     let url = t.url();
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(Client3::connect(&url).await.unwrap());
+        held.push(Conn::connect(&url).await.unwrap());
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let err = Client3::connect(&url)
+    let err = Conn::connect(&url)
         .await
         .err()
         .expect("the fourth is refused");
@@ -114,8 +114,8 @@ async fn msg_id_collisions_across_rooms_and_devices_are_separate_messages() {
     bob.enter().await;
     alice.catch_up_to(bob.applied).await;
     let fixed = [0x42; 16];
-    let seq = |m: ServerMsg3| match m {
-        ServerMsg3::Shared(ServerMsg::Sent { seq, .. }) => seq,
+    let seq = |m: ServerMsg| match m {
+        ServerMsg::Shared(PlainMsg::Sent { seq, .. }) => seq,
         other => panic!("{other:?}"),
     };
     let a1 = alice.encrypt("a1");
@@ -165,9 +165,9 @@ async fn unicode_tricks_in_names() {
         );
     }
     // Usernames: ASCII only; look-alikes (Cyrillic а) and NUL are refused.
-    let mut c = Client3::connect(&url).await.unwrap();
+    let mut c = Conn::connect(&url).await.unwrap();
     for bad in ["\u{430}lice", "al\0ce", "ALICE", "alice\u{202e}"] {
-        let id = identity3(bad, 1);
+        let id = identity(bad, 1);
         assert_eq!(code_of(c.register(&id).await), ErrorCode::InvalidUsername);
     }
     let (rooms, total, _) = alice.rooms(None, None).await;
@@ -195,13 +195,13 @@ async fn anonymous_connections_get_small_frames_and_a_deadline() {
     });
     let url = t.url();
     // Never logs in: closed with 1008 after the deadline.
-    let mut idle = Client3::connect(&url).await.unwrap();
+    let mut idle = Conn::connect(&url).await.unwrap();
     let started = std::time::Instant::now();
     let end = read_until_closed(&mut idle).await;
     assert!(end.contains("1008"), "{end}");
     assert!(started.elapsed() < Duration::from_secs(5));
     // A 16 KiB frame before login: closed with 1009, without decoding it.
-    let mut big = Client3::connect(&url).await.unwrap();
+    let mut big = Conn::connect(&url).await.unwrap();
     big.send_raw(padded_ping(16 * 1024)).await.unwrap();
     let end = read_until_closed(&mut big).await;
     assert!(end.contains("1009"), "{end}");
@@ -210,7 +210,7 @@ async fn anonymous_connections_get_small_frames_and_a_deadline() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     alice.c.send_raw(padded_ping(16 * 1024)).await.unwrap();
     loop {
-        if let ServerMsg3::Shared(ServerMsg::Pong { id: Some(77), .. }) =
+        if let ServerMsg::Shared(PlainMsg::Pong { id: Some(77), .. }) =
             alice.c.read().await.unwrap()
         {
             break;
@@ -221,9 +221,9 @@ async fn anonymous_connections_get_small_frames_and_a_deadline() {
 }
 
 /// The id and code of the next `error` reply.
-async fn next_error(c: &mut Client3) -> (u64, ErrorCode) {
+async fn next_error(c: &mut Conn) -> (u64, ErrorCode) {
     loop {
-        if let ServerMsg3::Error {
+        if let ServerMsg::Error {
             id: Some(id), code, ..
         } = c.read().await.unwrap()
         {
@@ -252,7 +252,7 @@ async fn password_hashing_is_bounded_and_a_full_queue_answers_rate_limited() {
         guessers.push(Phone::register(&url, &format!("guesser-{i}"), 1 + i % 3).await);
     }
     for (i, g) in guessers.iter_mut().enumerate() {
-        let req = Request3::Shared(Request::JoinRoom {
+        let req = Request::Shared(PlainRequest::JoinRoom {
             room_id: room.room_id.clone(),
             password: Some(format!("guess-{i}")),
         });
@@ -271,7 +271,7 @@ async fn password_hashing_is_bounded_and_a_full_queue_answers_rate_limited() {
     // are refused without counting, so the right password still works.
     let mut bob = Phone::register(&url, "bob", 1).await;
     for i in 0..20u64 {
-        let req = Request3::Shared(Request::JoinRoom {
+        let req = Request::Shared(PlainRequest::JoinRoom {
             room_id: room.room_id.clone(),
             password: Some(format!("guess-{i}")),
         });
@@ -328,18 +328,18 @@ async fn connections_and_registrations_are_limited_per_address() {
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(
-            Client3::connect_with_headers(&url, &from("203.0.113.7"))
+            Conn::connect_with_headers(&url, &from("203.0.113.7"))
                 .await
                 .unwrap(),
         );
     }
-    let err = Client3::connect_with_headers(&url, &from("203.0.113.7"))
+    let err = Conn::connect_with_headers(&url, &from("203.0.113.7"))
         .await
         .err()
         .expect("a fourth connection from one address is refused");
     assert!(err.to_string().contains("429"), "{err}");
     // A client's own claim to the left of the proxy's entry is ignored.
-    let err = Client3::connect_with_headers(&url, &from("198.51.100.1, 203.0.113.7"))
+    let err = Conn::connect_with_headers(&url, &from("198.51.100.1, 203.0.113.7"))
         .await
         .err()
         .expect("spoofed left entries do not help");
@@ -356,29 +356,29 @@ async fn connections_and_registrations_are_limited_per_address() {
             ("X-Forwarded-For", "203.0.113.7:4711"),
         ],
     ] {
-        let err = Client3::connect_with_headers(&url, &lines)
+        let err = Conn::connect_with_headers(&url, &lines)
             .await
             .err()
             .expect("a first header line of the client's own does not help");
         assert!(err.to_string().contains("429"), "{err}");
     }
-    let mut other = Client3::connect_with_headers(&url, &from("198.51.100.1"))
+    let mut other = Conn::connect_with_headers(&url, &from("198.51.100.1"))
         .await
         .unwrap();
     // Closing one gives its place back.
     drop(held.pop());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut again = Client3::connect_with_headers(&url, &from("203.0.113.7"))
+    let mut again = Conn::connect_with_headers(&url, &from("203.0.113.7"))
         .await
         .unwrap();
     // Two registrations per hour from one address, then rate_limited.
-    again.register(&identity3("reg-one", 0)).await.unwrap();
-    again.register(&identity3("reg-two", 1)).await.unwrap();
+    again.register(&identity("reg-one", 0)).await.unwrap();
+    again.register(&identity("reg-two", 1)).await.unwrap();
     assert_eq!(
-        code_of(again.register(&identity3("reg-three", 2)).await),
+        code_of(again.register(&identity("reg-three", 2)).await),
         ErrorCode::RateLimited
     );
-    other.register(&identity3("reg-four", 3)).await.unwrap();
+    other.register(&identity("reg-four", 3)).await.unwrap();
     still_serves(&mut other).await;
     t.stop().await;
 }
@@ -402,7 +402,7 @@ async fn fragments(mut ws: Ws, parts: usize, size: usize) -> String {
             Ok(Some(Ok(WsMessage::Close(c)))) => return format!("closed {c:?}"),
             Ok(Some(Ok(other))) => {
                 if let WsMessage::Binary(b) = &other {
-                    if let Ok(ServerMsg3::Error { code, .. }) = ServerMsg3::decode(b) {
+                    if let Ok(ServerMsg::Error { code, .. }) = ServerMsg::decode(b) {
                         return format!("error {code:?}");
                     }
                 }
@@ -424,7 +424,7 @@ async fn fragmented_messages_count_against_the_frame_limits() {
     });
     let url = t.url();
     // Before login no fragments at all, however small.
-    let end = fragments(Client3::connect(&url).await.unwrap().into_ws(), 3, 1024).await;
+    let end = fragments(Conn::connect(&url).await.unwrap().into_ws(), 3, 1024).await;
     assert!(end.contains("Size"), "{end}");
     // Logged in: fragments that add up past max_frame_bytes close with 1009,
     let alice = Phone::register(&url, "alice", 0).await;
@@ -452,7 +452,7 @@ async fn history_reads_in_flight_are_bounded_per_connection() {
     }
     let n = 40u64;
     for i in 0..n {
-        let req = Request3::Shared(Request::History {
+        let req = Request::Shared(PlainRequest::History {
             room_id: alice.room.clone(),
             after_seq: None,
             before_seq: None,
@@ -463,8 +463,8 @@ async fn history_reads_in_flight_are_bounded_per_connection() {
     let (mut pages, mut limited) = (0, 0);
     while pages + limited < n {
         match alice.c.read().await.unwrap() {
-            ServerMsg3::History { id: Some(_), .. } => pages += 1,
-            ServerMsg3::Error {
+            ServerMsg::History { id: Some(_), .. } => pages += 1,
+            ServerMsg::Error {
                 id: Some(_),
                 code: ErrorCode::RateLimited,
                 ..
@@ -516,13 +516,13 @@ async fn hidden_room_names_cannot_be_probed() {
     );
     // ...and a hidden room may be renamed to a hidden room's name.
     mallory
-        .ask(Request::RenameRoom {
+        .ask(PlainRequest::RenameRoom {
             room_id: other_hidden.room_id.clone(),
             name: "Merger Talks".into(),
         })
         .await
         .unwrap();
-    let rename = Request::RenameRoom {
+    let rename = PlainRequest::RenameRoom {
         room_id: public.room_id.clone(),
         name: "Merger talks".into(),
     };
@@ -555,7 +555,7 @@ async fn join_leave_churn_is_limited_per_user() {
             mallory.join(&room.room_id, None).await.map(|_| ())
         } else {
             mallory
-                .ask(Request::LeaveRoom {
+                .ask(PlainRequest::LeaveRoom {
                     room_id: room.room_id.clone(),
                 })
                 .await

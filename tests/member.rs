@@ -1,45 +1,45 @@
-//! The client library's v3 device at work (`client::member3::Member3`)
-//! against a real v3 server, each with its state in its own device file:
+//! The client library's device at work (`client::chat::Chat`)
+//! against a real server, each with its state in its own device file:
 //! the weekly update path, a user's own new device announced to the
 //! others and to the user's other devices, a restart from the device file
 //! that goes on where it stopped.
 
 mod common;
 
-use common::phone3::identity3;
+use common::phone::identity;
 use common::TestServer;
-use e2ee_chat::client::member3::{Member3, UPDATE_EVERY_MS};
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+use e2ee_chat::client::chat::{Chat, UPDATE_EVERY_MS};
+use e2ee_chat::protocol::{Request, ServerMsg};
 
-async fn epoch(m: &mut Member3, room_id: &str) -> u64 {
+async fn epoch(m: &mut Chat, room_id: &str) -> u64 {
     match m
         .c
-        .request(&Request3::GroupState {
+        .request(&Request::GroupState {
             room_id: room_id.into(),
         })
         .await
         .unwrap()
     {
-        ServerMsg3::GroupState { epoch, .. } => epoch,
+        ServerMsg::GroupState { epoch, .. } => epoch,
         other => panic!("not group_state: {other:?}"),
     }
 }
 
 #[tokio::test]
 async fn devices_talk_announce_new_devices_update_weekly_and_restart_from_their_file() {
-    let server = TestServer::with(|s| s.protocol.version = 3);
+    let server = TestServer::new();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
-    let (alice_id, bob_id) = (identity3("alice", 0), identity3("bob", 1));
-    let mut c = e2ee_chat::client::v3::Client3::connect(&url).await.unwrap();
+    let (alice_id, bob_id) = (identity("alice", 0), identity("bob", 1));
+    let mut c = e2ee_chat::client::conn::Conn::connect(&url).await.unwrap();
     c.register(&alice_id).await.unwrap();
     c.register(&bob_id).await.unwrap();
 
-    let mut alice = Member3::open(&url, &alice_id, &dir.path().join("alice.db"))
+    let mut alice = Chat::open(&url, &alice_id, &dir.path().join("alice.db"))
         .await
         .unwrap();
     let room = alice.create("Lobby", None, false).await.unwrap().room_id;
-    let mut bob = Member3::open(&url, &bob_id, &dir.path().join("bob.db"))
+    let mut bob = Chat::open(&url, &bob_id, &dir.path().join("bob.db"))
         .await
         .unwrap();
     bob.join(&room, None).await.unwrap();
@@ -60,7 +60,7 @@ async fn devices_talk_announce_new_devices_update_weekly_and_restart_from_their_
     );
 
     // Alice's laptop: a new device of hers. Bob and her phone both name it.
-    let mut laptop = Member3::open(&url, &alice_id, &dir.path().join("laptop.db"))
+    let mut laptop = Chat::open(&url, &alice_id, &dir.path().join("laptop.db"))
         .await
         .unwrap();
     laptop.join(&room, None).await.unwrap();
@@ -102,7 +102,7 @@ async fn devices_talk_announce_new_devices_update_weekly_and_restart_from_their_
 
     // Bob's device restarts from its file: it goes on where it stopped.
     drop(bob);
-    let mut bob = Member3::open(&url, &bob_id, &dir.path().join("bob.db"))
+    let mut bob = Chat::open(&url, &bob_id, &dir.path().join("bob.db"))
         .await
         .unwrap();
     let got = bob.sync(&room).await.unwrap();
@@ -123,9 +123,9 @@ async fn devices_talk_announce_new_devices_update_weekly_and_restart_from_their_
 }
 
 /// The next `entry` event of `room_id` (other events are skipped).
-async fn next_entry(m: &mut Member3, room_id: &str, seq: u64) -> e2ee_chat::protocol::v3::Entry {
+async fn next_entry(m: &mut Chat, room_id: &str, seq: u64) -> e2ee_chat::protocol::Entry {
     loop {
-        if let ServerMsg3::Entry(e) = m.c.next_event().await.unwrap() {
+        if let ServerMsg::Entry(e) = m.c.next_event().await.unwrap() {
             if e.room_id == room_id && e.seq >= seq {
                 return e;
             }
@@ -134,10 +134,10 @@ async fn next_entry(m: &mut Member3, room_id: &str, seq: u64) -> e2ee_chat::prot
 }
 
 /// Waits for the `member_left` event of `user` in `room_id`.
-async fn member_left(m: &mut Member3, room_id: &str, user: &str) {
-    use e2ee_chat::protocol::ServerMsg;
+async fn member_left(m: &mut Chat, room_id: &str, user: &str) {
+    use e2ee_chat::protocol::PlainMsg;
     loop {
-        if let ServerMsg3::Shared(ServerMsg::MemberLeft {
+        if let ServerMsg::Shared(PlainMsg::MemberLeft {
             room_id: r,
             username,
             ..
@@ -152,24 +152,24 @@ async fn member_left(m: &mut Member3, room_id: &str, user: &str) {
 
 #[tokio::test]
 async fn live_entries_apply_and_a_member_who_leaves_is_removed_once_by_the_others() {
-    let server = TestServer::with(|s| s.protocol.version = 3);
+    let server = TestServer::new();
     let url = server.url();
     let dir = tempfile::tempdir().unwrap();
     let ids = [
-        identity3("alice", 0),
-        identity3("bob", 1),
-        identity3("carol", 2),
+        identity("alice", 0),
+        identity("bob", 1),
+        identity("carol", 2),
     ];
-    let mut c = e2ee_chat::client::v3::Client3::connect(&url).await.unwrap();
+    let mut c = e2ee_chat::client::conn::Conn::connect(&url).await.unwrap();
     for id in &ids {
         c.register(id).await.unwrap();
     }
     let mut open = Vec::new();
     for id in &ids {
         let path = dir.path().join(format!("{}.db", id.username));
-        open.push(Member3::open(&url, id, &path).await.unwrap());
+        open.push(Chat::open(&url, id, &path).await.unwrap());
     }
-    let [mut alice, mut bob, mut carol] = <[Member3; 3]>::try_from(open).ok().unwrap();
+    let [mut alice, mut bob, mut carol] = <[Chat; 3]>::try_from(open).ok().unwrap();
     let room = alice.create("Lobby", None, false).await.unwrap().room_id;
     bob.join(&room, None).await.unwrap();
     carol.join(&room, None).await.unwrap();
@@ -206,9 +206,11 @@ async fn live_entries_apply_and_a_member_who_leaves_is_removed_once_by_the_other
     alice.sync(&room).await.unwrap();
     let before = epoch(&mut alice, &room).await;
     bob.c
-        .request(&Request3::Shared(e2ee_chat::protocol::Request::LeaveRoom {
-            room_id: room.clone(),
-        }))
+        .request(&Request::Shared(
+            e2ee_chat::protocol::PlainRequest::LeaveRoom {
+                room_id: room.clone(),
+            },
+        ))
         .await
         .unwrap();
     member_left(&mut alice, &room, "bob").await;

@@ -7,42 +7,38 @@
 
 mod common;
 
-use common::phone3::{code, refusal, v3_server_with, Phone};
+use common::phone::{code, refusal, Phone};
 use common::TestServer;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
+use e2ee_chat::protocol::{Request, ServerMsg};
 
-fn v3_server() -> TestServer {
-    v3_server_with(|_| {})
+fn owner(req: PlainRequest) -> Request {
+    Request::Shared(req)
 }
 
-fn owner(req: Request) -> Request3 {
-    Request3::Shared(req)
-}
-
-fn kick(room_id: &str, user: &str) -> Request3 {
-    owner(Request::Kick {
+fn kick(room_id: &str, user: &str) -> Request {
+    owner(PlainRequest::Kick {
         room_id: room_id.into(),
         username: user.into(),
     })
 }
 
-fn ban(room_id: &str, user: &str) -> Request3 {
-    owner(Request::Ban {
+fn ban(room_id: &str, user: &str) -> Request {
+    owner(PlainRequest::Ban {
         room_id: room_id.into(),
         username: user.into(),
     })
 }
 
-fn unban(room_id: &str, user: &str) -> Request3 {
-    owner(Request::Unban {
+fn unban(room_id: &str, user: &str) -> Request {
+    owner(PlainRequest::Unban {
         room_id: room_id.into(),
         username: user.into(),
     })
 }
 
-fn join(room_id: &str, password: Option<&str>) -> Request3 {
-    owner(Request::JoinRoom {
+fn join(room_id: &str, password: Option<&str>) -> Request {
+    owner(PlainRequest::JoinRoom {
         room_id: room_id.into(),
         password: password.map(str::to_owned),
     })
@@ -67,7 +63,7 @@ async fn trio(server: &TestServer) -> (Phone, Phone, Phone) {
 }
 
 /// Reads events until one matches.
-async fn wait_for(p: &mut Phone, want: impl Fn(&ServerMsg3) -> bool) -> ServerMsg3 {
+async fn wait_for(p: &mut Phone, want: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
     loop {
         let e = p.c.next_event().await.expect("an event");
         if want(&e) {
@@ -78,7 +74,7 @@ async fn wait_for(p: &mut Phone, want: impl Fn(&ServerMsg3) -> bool) -> ServerMs
 
 #[tokio::test]
 async fn a_kick_leaves_a_leaf_to_remove_until_a_member_commits_and_the_kicked_may_rejoin() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice, mut bob, mut carol) = trio(&server).await;
     let room = alice.room.clone();
 
@@ -112,18 +108,18 @@ async fn a_kick_leaves_a_leaf_to_remove_until_a_member_commits_and_the_kicked_ma
 
     alice.c.request(&kick(&room, "bob")).await.unwrap();
     let removed = wait_for(&mut bob, |e| {
-        matches!(e, ServerMsg3::Shared(ServerMsg::Removed { .. }))
+        matches!(e, ServerMsg::Shared(PlainMsg::Removed { .. }))
     })
     .await;
     assert_eq!(
         removed,
-        ServerMsg3::Shared(ServerMsg::Removed {
+        ServerMsg::Shared(PlainMsg::Removed {
             room_id: room.clone(),
             reason: "kicked".into()
         })
     );
     wait_for(&mut carol, |e| {
-        matches!(e, ServerMsg3::Shared(ServerMsg::MemberLeft { username, reason, .. })
+        matches!(e, ServerMsg::Shared(PlainMsg::MemberLeft { username, reason, .. })
             if username == "bob" && reason == "kicked")
     })
     .await;
@@ -140,7 +136,7 @@ async fn a_kick_leaves_a_leaf_to_remove_until_a_member_commits_and_the_kicked_ma
     assert_eq!(
         code(
             bob.c
-                .request(&owner(Request::History {
+                .request(&owner(PlainRequest::History {
                     room_id: room.clone(),
                     after_seq: None,
                     before_seq: None,
@@ -166,20 +162,21 @@ async fn a_kick_leaves_a_leaf_to_remove_until_a_member_commits_and_the_kicked_ma
 
 #[tokio::test]
 async fn a_ban_blocks_rejoining_until_unban_and_survives_a_restart() {
-    let mut server = v3_server();
+    let mut server = TestServer::new();
     let (mut alice, mut bob, _carol) = trio(&server).await;
     let room = alice.room.clone();
     alice.c.request(&ban(&room, "bob")).await.unwrap();
-    wait_for(&mut bob, |e| {
-        matches!(e, ServerMsg3::Shared(ServerMsg::Removed { reason, .. }) if reason == "banned")
-    })
+    wait_for(
+        &mut bob,
+        |e| matches!(e, ServerMsg::Shared(PlainMsg::Removed { reason, .. }) if reason == "banned"),
+    )
     .await;
     assert_eq!(
         code(bob.c.request(&join(&room, None)).await),
         ErrorCode::Banned
     );
 
-    // The ban is stored: a restart keeps it (and the v3 store).
+    // The ban is stored: a restart keeps it (and the group).
     server.restart().await;
     let url = server.url();
     let mut alice = Phone::login(&url, alice.id.clone()).await;
@@ -197,20 +194,21 @@ async fn a_ban_blocks_rejoining_until_unban_and_survives_a_restart() {
 
 #[tokio::test]
 async fn rename_password_and_delete() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice, mut bob, mut carol) = trio(&server).await;
     let room = alice.room.clone();
     alice
         .c
-        .request(&owner(Request::RenameRoom {
+        .request(&owner(PlainRequest::RenameRoom {
             room_id: room.clone(),
             name: "kicks 2".into(),
         }))
         .await
         .unwrap();
-    wait_for(&mut bob, |e| {
-        matches!(e, ServerMsg3::Shared(ServerMsg::RoomRenamed { name, .. }) if name == "kicks 2")
-    })
+    wait_for(
+        &mut bob,
+        |e| matches!(e, ServerMsg::Shared(PlainMsg::RoomRenamed { name, .. }) if name == "kicks 2"),
+    )
     .await;
     let (rooms, _) = carol.c.list_rooms(None).await.unwrap();
     let listed = rooms.iter().find(|r| r.room_id == room).unwrap();
@@ -219,7 +217,7 @@ async fn rename_password_and_delete() {
     // A password keeps newcomers out unless they know it.
     alice
         .c
-        .request(&owner(Request::SetPassword {
+        .request(&owner(PlainRequest::SetPassword {
             room_id: room.clone(),
             password: Some("open sesame".into()),
         }))
@@ -239,7 +237,7 @@ async fn rename_password_and_delete() {
         .request(&join(&room, Some("open sesame")))
         .await
         .unwrap();
-    let ServerMsg3::Joined { room: summary, .. } = joined else {
+    let ServerMsg::Joined { room: summary, .. } = joined else {
         panic!("not joined: {joined:?}");
     };
     dave.room = room.clone();
@@ -249,14 +247,14 @@ async fn rename_password_and_delete() {
     // Deleting the room tells every member and leaves nothing behind.
     alice
         .c
-        .request(&owner(Request::DeleteRoom {
+        .request(&owner(PlainRequest::DeleteRoom {
             room_id: room.clone(),
         }))
         .await
         .unwrap();
     for p in [&mut bob, &mut carol, &mut dave] {
         wait_for(p, |e| {
-            matches!(e, ServerMsg3::Shared(ServerMsg::RoomDeleted { .. }))
+            matches!(e, ServerMsg::Shared(PlainMsg::RoomDeleted { .. }))
         })
         .await;
     }
@@ -264,7 +262,7 @@ async fn rename_password_and_delete() {
         code(
             alice
                 .c
-                .request(&Request3::GroupState {
+                .request(&Request::GroupState {
                     room_id: room.clone()
                 })
                 .await

@@ -10,10 +10,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::phone3::{refusal, Phone};
+use common::phone::{refusal, Phone};
 use common::{PgDatabase, TestServer};
-use e2ee_chat::protocol::v3::ServerMsg3;
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::protocol::ServerMsg;
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
 use e2ee_chat::store::postgres::PostgresStore;
 use e2ee_chat::store::Store;
 use tokio::net::{TcpListener, TcpStream};
@@ -35,7 +35,7 @@ async fn say_n(p: &mut Phone, who: &str, n: usize) -> Vec<u64> {
     for i in 0..n {
         let m = p.encrypt(&format!("{who}{i}"));
         match p.send_raw(rand::random(), m).await {
-            ServerMsg3::Shared(ServerMsg::Sent { seq, .. }) => seqs.push(seq),
+            ServerMsg::Shared(PlainMsg::Sent { seq, .. }) => seqs.push(seq),
             other => panic!("send refused: {other:?}"),
         }
     }
@@ -254,10 +254,9 @@ async fn rooms_per_user_hold_across_processes() {
     let a1 = on_a.create_with("Mine A1", None, false).await.unwrap();
     on_a.create_with("Mine A2", None, false).await.unwrap();
     on_b.create_with("Mine B1", None, false).await.unwrap();
-    let code = |r: Result<
-        e2ee_chat::protocol::v3::RoomSummary3,
-        e2ee_chat::client::ClientError,
-    >| { r.err().and_then(|e| e.code()) };
+    let code = |r: Result<e2ee_chat::protocol::RoomSummary, e2ee_chat::client::ClientError>| {
+        r.err().and_then(|e| e.code())
+    };
     assert_eq!(
         code(on_b.create_with("Mine B2", None, false).await),
         Some(ErrorCode::TooManyRooms)
@@ -271,7 +270,7 @@ async fn rooms_per_user_hold_across_processes() {
         Some(ErrorCode::TooManyRooms)
     );
     // Racing from both at once does not get past it either.
-    on_a.ask(Request::LeaveRoom {
+    on_a.ask(PlainRequest::LeaveRoom {
         room_id: a1.room_id.clone(),
     })
     .await
@@ -368,7 +367,7 @@ async fn two_stores_racing_commits_for_one_epoch_one_wins() {
     let b: Arc<dyn Store> = Arc::new(PostgresStore::connect(&db.url, 64).await.unwrap());
     a.create_user(UserRecord {
         username: "alice".into(),
-        sign_key: common::phone3::identity3("alice", 0).der,
+        sign_key: common::phone::identity("alice", 0).der,
         enc_key: Vec::new(),
         created_at: 1,
     })
@@ -455,9 +454,9 @@ async fn two_stores_racing_commits_for_one_epoch_one_wins() {
 /// under the user's row lock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_devices_racing_on_two_processes_stay_within_the_limit() {
+    use e2ee_chat::client::conn::{Conn, IdentityPair};
     use e2ee_chat::client::mls::Device;
-    use e2ee_chat::client::v3::{Client3, IdentityPair};
-    use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
+    use e2ee_chat::protocol::{Request, ServerMsg};
     let Some(db) = database().await else { return };
     let url = db.url.clone();
     let tweak = |s: &mut e2ee_chat::config::Settings| {
@@ -466,15 +465,15 @@ async fn new_devices_racing_on_two_processes_stay_within_the_limit() {
     };
     let a = TestServer::with(tweak);
     let b = TestServer::with(tweak);
-    let alice: IdentityPair = common::phone3::identity3("alice", 0);
-    let mut c = Client3::connect(&a.url()).await.unwrap();
+    let alice: IdentityPair = common::phone::identity("alice", 0);
+    let mut c = Conn::connect(&a.url()).await.unwrap();
     c.register(&alice).await.unwrap();
     let logins = (0..12).map(|i| {
         let server = if i % 2 == 0 { a.url() } else { b.url() };
         let alice = alice.clone();
         tokio::spawn(async move {
             let device = Device::new("alice", |m| alice.sign(m));
-            let mut c = Client3::connect(&server).await.unwrap();
+            let mut c = Conn::connect(&server).await.unwrap();
             let result = c.login(&alice, &device.certificate).await;
             (result.map(|_| ()).map_err(|e| e.code()), c)
         })
@@ -496,12 +495,12 @@ async fn new_devices_racing_on_two_processes_stay_within_the_limit() {
         .all(|(r, _)| r.is_ok() || *r == Err(Some(ErrorCode::TooManyDevices))));
     let (_, mut logged_in) = results.into_iter().find(|(r, _)| r.is_ok()).unwrap();
     let listed = logged_in
-        .request(&Request3::ListDevices {
+        .request(&Request::ListDevices {
             username: "alice".into(),
         })
         .await
         .unwrap();
-    let ServerMsg3::Devices { devices, .. } = listed else {
+    let ServerMsg::Devices { devices, .. } = listed else {
         panic!("not devices: {listed:?}");
     };
     assert_eq!(devices.len(), 4);

@@ -7,9 +7,11 @@
 
 mod common;
 
-use common::phone3::{code, v3_server_with, Phone};
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request};
+use common::TestServer;
+
+use common::phone::{code, Phone};
+use e2ee_chat::protocol::{ErrorCode, PlainRequest};
+use e2ee_chat::protocol::{Request, ServerMsg};
 use futures_util::future::join_all;
 use serde_bytes::ByteBuf;
 
@@ -17,19 +19,19 @@ const NAMES: [&str; 8] = [
     "user-a", "user-b", "user-c", "user-d", "user-e", "user-f", "user-g", "user-h",
 ];
 
-fn shared(req: Request) -> Request3 {
-    Request3::Shared(req)
+fn shared(req: PlainRequest) -> Request {
+    Request::Shared(req)
 }
 
-fn join(room_id: &str, password: Option<&str>) -> Request3 {
-    shared(Request::JoinRoom {
+fn join(room_id: &str, password: Option<&str>) -> Request {
+    shared(PlainRequest::JoinRoom {
         room_id: room_id.into(),
         password: password.map(str::to_owned),
     })
 }
 
-fn leave(room_id: &str) -> Request3 {
-    shared(Request::LeaveRoom {
+fn leave(room_id: &str) -> Request {
+    shared(PlainRequest::LeaveRoom {
         room_id: room_id.into(),
     })
 }
@@ -41,7 +43,7 @@ async fn create_with_password(p: &mut Phone, name: &str, password: &str) -> Stri
         .create_group(&p.provider, rand::random())
         .expect("a group");
     let reply =
-        p.c.request(&Request3::CreateRoom {
+        p.c.request(&Request::CreateRoom {
             name: name.into(),
             password: Some(password.into()),
             hidden: None,
@@ -50,7 +52,7 @@ async fn create_with_password(p: &mut Phone, name: &str, password: &str) -> Stri
         })
         .await
         .expect("created");
-    let ServerMsg3::Joined { room, .. } = reply else {
+    let ServerMsg::Joined { room, .. } = reply else {
         panic!("not joined: {reply:?}");
     };
     p.group = Some(group);
@@ -60,7 +62,7 @@ async fn create_with_password(p: &mut Phone, name: &str, password: &str) -> Stri
 
 #[tokio::test]
 async fn concurrent_password_joins_never_overfill_a_room() {
-    let t = v3_server_with(|s| s.limits.max_members_per_room = 3);
+    let t = TestServer::with(|s| s.limits.max_members_per_room = 3);
     let url = t.url();
     let mut owner = Phone::register(&url, "owner", 0).await;
     let room = create_with_password(&mut owner, "Small", "pw").await;
@@ -81,13 +83,13 @@ async fn concurrent_password_joins_never_overfill_a_room() {
 
 #[tokio::test]
 async fn a_ban_racing_a_password_join_keeps_the_user_out() {
-    let mut t = v3_server_with(|_| {});
+    let mut t = TestServer::with(|_| {});
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     let mut bob = Phone::register(&url, "bob", 1).await;
     let room = create_with_password(&mut alice, "Guarded", "pw").await;
     for round in 0..5 {
-        let ban = shared(Request::Ban {
+        let ban = shared(PlainRequest::Ban {
             room_id: room.clone(),
             username: "bob".into(),
         });
@@ -104,14 +106,14 @@ async fn a_ban_racing_a_password_join_keeps_the_user_out() {
         );
         let theirs = bob
             .c
-            .request(&shared(Request::GetMembers {
+            .request(&shared(PlainRequest::GetMembers {
                 room_id: room.clone(),
             }))
             .await;
         assert_eq!(code(theirs), ErrorCode::NotMember);
         alice
             .c
-            .request(&shared(Request::Unban {
+            .request(&shared(PlainRequest::Unban {
                 room_id: room.clone(),
                 username: "bob".into(),
             }))
@@ -127,7 +129,7 @@ async fn a_ban_racing_a_password_join_keeps_the_user_out() {
 
 #[tokio::test]
 async fn members_leaving_at_once_never_leave_an_empty_or_ownerless_room() {
-    let t = v3_server_with(|_| {});
+    let t = TestServer::with(|_| {});
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     let mut bob = Phone::register(&url, "bob", 1).await;
@@ -167,7 +169,7 @@ async fn members_leaving_at_once_never_leave_an_empty_or_ownerless_room() {
         assert_eq!(owner, "carol", "try {i}: the earliest member left");
         assert_eq!(carol.member_names(&room).await.len(), 2);
         // The new owner acts; the old owner cannot.
-        let kick = shared(Request::Kick {
+        let kick = shared(PlainRequest::Kick {
             room_id: room.clone(),
             username: "dave".into(),
         });
@@ -180,14 +182,14 @@ async fn members_leaving_at_once_never_leave_an_empty_or_ownerless_room() {
 
 #[tokio::test]
 async fn pipelined_create_room_stops_at_the_limit() {
-    let t = v3_server_with(|s| s.limits.max_rooms_per_user = 5);
+    let t = TestServer::with(|s| s.limits.max_rooms_per_user = 5);
     let mut c = Phone::register(&t.url(), "builder", 0).await;
     for i in 0..30u64 {
         let (_, objects) = c
             .dev
             .create_group(&c.provider, rand::random())
             .expect("a group");
-        let req = Request3::CreateRoom {
+        let req = Request::CreateRoom {
             name: format!("Room {i}"),
             password: (i % 2 == 0).then(|| "pw".to_string()),
             hidden: None,
@@ -199,8 +201,8 @@ async fn pipelined_create_room_stops_at_the_limit() {
     let (mut created, mut replies) = (0, 0);
     while replies < 30 {
         match c.c.read().await.unwrap() {
-            ServerMsg3::Joined { id: Some(_), .. } => created += 1,
-            ServerMsg3::Error {
+            ServerMsg::Joined { id: Some(_), .. } => created += 1,
+            ServerMsg::Error {
                 id: Some(_), code, ..
             } => {
                 // (A user's password hashes run one at a time: a second
@@ -230,14 +232,14 @@ async fn pipelined_create_room_stops_at_the_limit() {
 }
 
 /// The code of the reply to each of `n` pipelined requests.
-async fn codes_of_replies(c: &mut e2ee_chat::client::v3::Client3, n: usize) -> Vec<ErrorCode> {
+async fn codes_of_replies(c: &mut e2ee_chat::client::conn::Conn, n: usize) -> Vec<ErrorCode> {
     let mut codes = Vec::new();
     while codes.len() < n {
         match c.read().await.unwrap() {
-            ServerMsg3::Error {
+            ServerMsg::Error {
                 id: Some(_), code, ..
             } => codes.push(code),
-            ServerMsg3::Joined { id: Some(_), .. } => panic!("a guess got in"),
+            ServerMsg::Joined { id: Some(_), .. } => panic!("a guess got in"),
             _ => {}
         }
     }
@@ -246,7 +248,7 @@ async fn codes_of_replies(c: &mut e2ee_chat::client::v3::Client3, n: usize) -> V
 
 #[tokio::test]
 async fn wrong_passwords_are_limited_per_user_across_rooms() {
-    let t = v3_server_with(|s| s.limits.password_attempts_per_minute = 4);
+    let t = TestServer::with(|s| s.limits.password_attempts_per_minute = 4);
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;
     let mut bob = Phone::register(&url, "bob", 1).await;
@@ -299,7 +301,7 @@ async fn wrong_passwords_are_limited_per_user_across_rooms() {
 /// budget is now per user across rooms and it has one hash at a time.
 #[tokio::test]
 async fn one_account_flooding_password_joins_does_not_starve_others() {
-    let t = v3_server_with(|s| {
+    let t = TestServer::with(|s| {
         s.limits.password_hashes = 1;
         s.limits.password_queue = 3;
         s.limits.password_attempts_per_ip_per_minute = 100_000;

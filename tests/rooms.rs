@@ -1,5 +1,5 @@
-//! Protocol v3's rooms over real sockets (`PROTOCOL-v3.md` section 3): a
-//! server with `protocol.version = 3`, devices with real openmls groups.
+//! Rooms over real sockets (`PROTOCOL.md` section 3), with devices that
+//! have real openmls groups.
 //! Creating a room with its group, joining by external commit, commits and
 //! messages in one log with `entry` events, history, `group_state`,
 //! `publish_group_info`, and every rule of the section with its error,
@@ -8,15 +8,11 @@
 
 mod common;
 
-use common::phone3::{code, refusal, Phone, Refusal};
+use common::phone::{code, refusal, Phone, Refusal};
 use common::TestServer;
-use e2ee_chat::protocol::v3::{EntryKind, Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::protocol::{EntryKind, Request, ServerMsg};
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
 use serde_bytes::ByteBuf;
-
-fn v3_server() -> TestServer {
-    TestServer::with(|s| s.protocol.version = 3)
-}
 
 /// Alice's room with Bob in its group (epoch 1).
 async fn room_with_bob(server: &TestServer) -> (Phone, Phone) {
@@ -31,9 +27,9 @@ async fn room_with_bob(server: &TestServer) -> (Phone, Phone) {
 }
 
 /// A `sent` reply's seq and ts.
-fn sent(reply: ServerMsg3) -> (u64, u64) {
+fn sent(reply: ServerMsg) -> (u64, u64) {
     match reply {
-        ServerMsg3::Shared(ServerMsg::Sent { seq, ts, .. }) => (seq, ts),
+        ServerMsg::Shared(PlainMsg::Sent { seq, ts, .. }) => (seq, ts),
         other => panic!("not sent: {other:?}"),
     }
 }
@@ -42,7 +38,7 @@ fn sent(reply: ServerMsg3) -> (u64, u64) {
 async fn snapshot(p: &mut Phone) -> (u64, Vec<u8>, Vec<u8>, u64) {
     let (epoch, info, tree) = p.group_state().await;
     let history =
-        p.c.request(&Request3::Shared(Request::History {
+        p.c.request(&Request::Shared(PlainRequest::History {
             room_id: p.room.clone(),
             after_seq: None,
             before_seq: None,
@@ -50,7 +46,7 @@ async fn snapshot(p: &mut Phone) -> (u64, Vec<u8>, Vec<u8>, u64) {
         }))
         .await
         .unwrap();
-    let ServerMsg3::History { entries, .. } = history else {
+    let ServerMsg::History { entries, .. } = history else {
         panic!("not history: {history:?}");
     };
     (epoch, info, tree, entries.last().map_or(0, |e| e.seq))
@@ -58,7 +54,7 @@ async fn snapshot(p: &mut Phone) -> (u64, Vec<u8>, Vec<u8>, u64) {
 
 #[tokio::test]
 async fn create_join_by_external_commit_and_talk() {
-    let server = v3_server();
+    let server = TestServer::new();
     let mut alice = Phone::register(&server.url(), "alice", 0).await;
     let room = alice.create("lobby").await;
     assert!(room.room_id.starts_with("r-") && room.room_id.len() == 34);
@@ -98,20 +94,20 @@ async fn create_join_by_external_commit_and_talk() {
     // come in version 3's shape.
     let mut again = bob.second_connection(&server.url()).await;
     let logged_in = again
-        .request(&Request3::Shared(Request::Ping))
+        .request(&Request::Shared(PlainRequest::Ping))
         .await
         .unwrap();
     assert!(matches!(
         logged_in,
-        ServerMsg3::Shared(ServerMsg::Pong { .. })
+        ServerMsg::Shared(PlainMsg::Pong { .. })
     ));
     let members = again
-        .request(&Request3::Shared(Request::GetMembers {
+        .request(&Request::Shared(PlainRequest::GetMembers {
             room_id: room.room_id.clone(),
         }))
         .await
         .unwrap();
-    let ServerMsg3::Members { members, .. } = members else {
+    let ServerMsg::Members { members, .. } = members else {
         panic!("not members: {members:?}");
     };
     assert_eq!(members.len(), 2);
@@ -120,12 +116,12 @@ async fn create_join_by_external_commit_and_talk() {
 
 #[tokio::test]
 async fn logged_in_says_which_rooms_this_device_is_in() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (alice, _bob) = room_with_bob(&server).await;
-    let mut c = e2ee_chat::client::v3::Client3::connect(&server.url())
+    let mut c = e2ee_chat::client::conn::Conn::connect(&server.url())
         .await
         .unwrap();
-    let ServerMsg3::LoggedIn { rooms, .. } =
+    let ServerMsg::LoggedIn { rooms, .. } =
         c.login(&alice.id, &alice.dev.certificate).await.unwrap()
     else {
         panic!("not logged_in");
@@ -135,11 +131,11 @@ async fn logged_in_says_which_rooms_this_device_is_in() {
     // Another device of Alice's is a member but has no leaf.
     let other = Phone::login(&server.url(), alice.id.clone()).await;
     drop(other);
-    let mut c = e2ee_chat::client::v3::Client3::connect(&server.url())
+    let mut c = e2ee_chat::client::conn::Conn::connect(&server.url())
         .await
         .unwrap();
     let fresh = e2ee_chat::client::mls::Device::new("alice", |m| alice.id.sign(m));
-    let ServerMsg3::LoggedIn { rooms, .. } = c.login(&alice.id, &fresh.certificate).await.unwrap()
+    let ServerMsg::LoggedIn { rooms, .. } = c.login(&alice.id, &fresh.certificate).await.unwrap()
     else {
         panic!("not logged_in");
     };
@@ -149,7 +145,6 @@ async fn logged_in_says_which_rooms_this_device_is_in() {
 #[tokio::test]
 async fn bad_commits_get_their_error_and_change_nothing() {
     let server = TestServer::with(|s| {
-        s.protocol.version = 3;
         s.limits.max_commit_bytes = 100_000;
     });
     let (mut alice, mut bob) = room_with_bob(&server).await;
@@ -252,7 +247,7 @@ async fn bad_commits_get_their_error_and_change_nothing() {
 
 #[tokio::test]
 async fn bad_sends_get_their_error_and_change_nothing() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice, mut bob) = room_with_bob(&server).await;
     let old = alice.encrypt("from epoch 1");
     for _ in 0..3 {
@@ -286,7 +281,7 @@ async fn bad_sends_get_their_error_and_change_nothing() {
     let fine = alice.encrypt("fine");
     let short_id = alice
         .c
-        .request_raw(&Request3::Send {
+        .request_raw(&Request::Send {
             room_id: alice.room.clone(),
             msg_id: ByteBuf::from(vec![1; 15]),
             message: ByteBuf::from(fine),
@@ -318,7 +313,7 @@ async fn bad_sends_get_their_error_and_change_nothing() {
 
 #[tokio::test]
 async fn a_kick_requires_the_removal_commit_before_anyone_sends() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice, mut bob) = room_with_bob(&server).await;
     let mut carol = Phone::register(&server.url(), "carol", 2).await;
     carol.join_room(&alice.room.clone()).await;
@@ -335,7 +330,7 @@ async fn a_kick_requires_the_removal_commit_before_anyone_sends() {
     let bob_leaf = bob.group().own_leaf_index().u32();
     alice
         .c
-        .request(&Request3::Shared(Request::Kick {
+        .request(&Request::Shared(PlainRequest::Kick {
             room_id: alice.room.clone(),
             username: "bob".into(),
         }))
@@ -359,7 +354,7 @@ async fn a_kick_requires_the_removal_commit_before_anyone_sends() {
     assert_eq!(
         code(
             bob.c
-                .request(&Request3::GroupState {
+                .request(&Request::GroupState {
                     room_id: alice.room.clone()
                 })
                 .await
@@ -381,7 +376,7 @@ async fn a_kick_requires_the_removal_commit_before_anyone_sends() {
 
 #[tokio::test]
 async fn a_removed_device_leaves_a_leaf_to_remove_and_its_own_user_may_remove_it() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice, mut bob) = room_with_bob(&server).await;
     // Bob's second device enters the group.
     let mut tablet = Phone::login(&server.url(), bob.id.clone()).await;
@@ -392,7 +387,7 @@ async fn a_removed_device_leaves_a_leaf_to_remove_and_its_own_user_may_remove_it
     let tablet_leaf = tablet.group().own_leaf_index().u32();
 
     bob.c
-        .request(&Request3::RemoveDevice {
+        .request(&Request::RemoveDevice {
             device_id: ByteBuf::from(tablet.dev.device_id.to_vec()),
         })
         .await
@@ -407,14 +402,14 @@ async fn a_removed_device_leaves_a_leaf_to_remove_and_its_own_user_may_remove_it
 
 #[tokio::test]
 async fn two_commits_racing_for_one_epoch_one_wins_and_everyone_converges() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice, mut bob) = room_with_bob(&server).await;
     let a = alice.build_commit(&[]);
     let b = bob.build_commit(&[]);
     let (ra, rb) = tokio::join!(alice.send_commit(&a), bob.send_commit(&b));
     let (winner, loser, loser_reply) = match (&ra, &rb) {
-        (ServerMsg3::Committed { .. }, _) => (&mut alice, &mut bob, rb),
-        (_, ServerMsg3::Committed { .. }) => (&mut bob, &mut alice, ra),
+        (ServerMsg::Committed { .. }, _) => (&mut alice, &mut bob, rb),
+        (_, ServerMsg::Committed { .. }) => (&mut bob, &mut alice, ra),
         _ => panic!("one commit must win: {ra:?} {rb:?}"),
     };
     assert_eq!(
@@ -440,7 +435,7 @@ async fn two_commits_racing_for_one_epoch_one_wins_and_everyone_converges() {
 
 #[tokio::test]
 async fn published_group_infos_are_served_and_bad_ones_refused() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice, mut bob) = room_with_bob(&server).await;
     let mine = alice
         .dev
@@ -448,7 +443,7 @@ async fn published_group_infos_are_served_and_bad_ones_refused() {
         .unwrap();
     alice
         .c
-        .request(&Request3::PublishGroupInfo {
+        .request(&Request::PublishGroupInfo {
             room_id: alice.room.clone(),
             group_info: ByteBuf::from(mine.clone()),
         })
@@ -462,7 +457,7 @@ async fn published_group_infos_are_served_and_bad_ones_refused() {
     for bad in [mine, vec![1, 2, 3]] {
         let r = alice
             .c
-            .request(&Request3::PublishGroupInfo {
+            .request(&Request::PublishGroupInfo {
                 room_id: alice.room.clone(),
                 group_info: ByteBuf::from(bad),
             })
@@ -474,12 +469,12 @@ async fn published_group_infos_are_served_and_bad_ones_refused() {
 
 #[tokio::test]
 async fn bad_groups_cannot_create_rooms() {
-    let server = v3_server();
+    let server = TestServer::new();
     let mut alice = Phone::register(&server.url(), "alice", 0).await;
     let mut bob = Phone::register(&server.url(), "bob", 1).await;
     // Bob's group uploaded by Alice: its only leaf is not her device.
     let (_, bobs) = bob.dev.create_group(&bob.provider, [9; 16]).unwrap();
-    let create = |gi: Vec<u8>, tree: Vec<u8>| Request3::CreateRoom {
+    let create = |gi: Vec<u8>, tree: Vec<u8>| Request::CreateRoom {
         name: "taken".into(),
         password: None,
         hidden: None,
@@ -508,7 +503,7 @@ async fn bad_groups_cannot_create_rooms() {
     let (_, again) = bob.dev.create_group(&fresh, [9; 16]).unwrap();
     let r = bob
         .c
-        .request(&Request3::CreateRoom {
+        .request(&Request::CreateRoom {
             name: "another name".into(),
             password: None,
             hidden: None,
@@ -523,7 +518,7 @@ async fn bad_groups_cannot_create_rooms() {
 
 #[tokio::test]
 async fn a_device_that_lost_its_group_resyncs_by_external_commit_removing_its_old_leaf() {
-    let server = v3_server();
+    let server = TestServer::new();
     let (mut alice, mut bob) = room_with_bob(&server).await;
     let old_leaf = bob.group().own_leaf_index().u32();
     alice.commit(&[]).await;
@@ -532,7 +527,7 @@ async fn a_device_that_lost_its_group_resyncs_by_external_commit_removing_its_ol
     bob.group = None;
     let (group, objects) = bob.external_commit().await;
     match bob.send_commit(&objects).await {
-        ServerMsg3::Committed { seq, epoch, .. } => {
+        ServerMsg::Committed { seq, epoch, .. } => {
             assert_eq!(epoch, 3);
             bob.group = Some(group);
             bob.entered_at = seq;
@@ -559,10 +554,10 @@ async fn a_device_that_lost_its_group_resyncs_by_external_commit_removing_its_ol
 
 #[tokio::test]
 async fn listings_after_a_restart_carry_each_groups_stored_epoch() {
-    let mut server = v3_server();
+    let mut server = TestServer::new();
     let (mut alice, _bob) = room_with_bob(&server).await;
     alice.commit(&[]).await;
-    server.restart_with(|s| s.protocol.version = 3).await;
+    server.restart().await;
     // Carol is no member: her login starts no room actor.
     let mut carol = Phone::register(&server.url(), "carol", 2).await;
     let (rooms, _) = carol.c.list_rooms(None).await.unwrap();

@@ -33,7 +33,7 @@ use e2ee_chat::util::now_ms;
 fn user(name: &str, n: usize) -> UserRecord {
     UserRecord {
         username: name.into(),
-        sign_key: common::phone3::identity3(name, n).der,
+        sign_key: common::phone::identity(name, n).der,
         enc_key: Vec::new(),
         created_at: now_ms(),
     }
@@ -619,7 +619,7 @@ fn group(id: u8) -> GroupRow {
     }
 }
 
-/// A v3 message from `sender`'s device `device` at `epoch`.
+/// A message from `sender`'s device `device` at `epoch`.
 fn entry_message(room_id: &str, sender: &str, device: u8, msg: u8, epoch: u64) -> Arc<NewEntry> {
     Arc::new(NewEntry {
         room_id: room_id.into(),
@@ -636,7 +636,7 @@ fn entry_message(room_id: &str, sender: &str, device: u8, msg: u8, epoch: u64) -
     })
 }
 
-/// A v3 commit moving the group from `from` (with `removed` leaves).
+/// A commit moving the group from `from` (with `removed` leaves).
 fn entry_commit(room_id: &str, sender: &str, from: u64, removed: bool, tag: u8) -> Arc<NewEntry> {
     Arc::new(NewEntry {
         room_id: room_id.into(),
@@ -950,7 +950,7 @@ const CASES: &[(&str, Case)] = cases![
 /// messages both ways, then a restart, the directory, history and the
 /// group as stored.
 async fn websocket_scenario(tweak: impl Fn(&mut Settings) + Copy) {
-    use common::phone3::Phone;
+    use common::phone::Phone;
     let mut t = common::TestServer::with(tweak);
     let url = t.url();
     let mut alice = Phone::register(&url, "alice", 0).await;

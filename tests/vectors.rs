@@ -1,4 +1,4 @@
-//! Protocol v3's test vectors (tests/vectors/v3.cbor, a copy of
+//! The protocol's test vectors (tests/vectors/v3.cbor, a copy of
 //! ../shared/vectors/v3.cbor made with Python's `cryptography` and `cbor2`):
 //! the identity layer (`e2ee_chat::identity`) must agree with them byte for
 //! byte: fingerprints, the register proof, the login input, the device
@@ -151,7 +151,7 @@ fn a_room_id_names_its_group() {
 
 #[test]
 fn the_application_plaintext_encodes_and_decodes_as_the_vector() {
-    use e2ee_chat::client::member3::{decode_plaintext, encode_plaintext};
+    use e2ee_chat::client::chat::{decode_plaintext, encode_plaintext};
     let v = vectors();
     let p = get(&v, "plaintext");
     let sent_at: u64 = get(p, "sent_at").as_integer().unwrap().try_into().unwrap();
@@ -177,11 +177,11 @@ fn frame(v: &Value, name: &str) -> Vec<u8> {
 
 #[test]
 fn register_and_prove_frames_decode_as_version_3() {
-    use e2ee_chat::protocol::{decode_request, v3::Request3};
+    use e2ee_chat::protocol::{decode_request, Request};
     let v = vectors();
     let (id, register) = decode_request(&frame(&v, "register")).unwrap();
     assert_eq!(id, Some(1));
-    let Request3::Register {
+    let Request::Register {
         username,
         identity_key,
         proof,
@@ -195,7 +195,7 @@ fn register_and_prove_frames_decode_as_version_3() {
 
     let (id, prove) = decode_request(&frame(&v, "prove")).unwrap();
     assert_eq!(id, Some(2));
-    let Request3::Prove { signature, device } = prove else {
+    let Request::Prove { signature, device } = prove else {
         panic!("not a prove: {prove:?}");
     };
     assert_eq!(signature.into_vec(), bytes(get(&v, "login"), "signature"));

@@ -111,7 +111,7 @@ fn browser_tests_in_chromium() {
         return;
     }
     let out = Command::new("node")
-        // Node 20 has WebSocket (the v3 interop test's) behind this flag.
+        // Node 20 has WebSocket (the interop test's) behind this flag.
         .args([
             "--experimental-websocket",
             "--test",

@@ -1,4 +1,4 @@
-//! A v3 device's state on disk (PROTOCOL-v3.md section 7, "Keep what it
+//! A device's state on disk (PROTOCOL.md section 7, "Keep what it
 //! decrypted"): the device itself (id, certificate, MLS signature key), every
 //! group's MLS state, and the plaintexts it decrypted, in one SQLite file
 //! beside the terminal client's profile.

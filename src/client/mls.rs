@@ -1,11 +1,11 @@
-//! A device's side of protocol v3's MLS rooms (PROTOCOL-v3.md section 2):
+//! A device's side of MLS rooms (PROTOCOL.md section 2):
 //! its Ed25519 key and certificate, the one group configuration every device
 //! uses, and the MLS operations a device sends to the server (create a
 //! group, join by external commit, commit removals and updates, encrypt),
 //! each returning the TLS bytes that go into a frame.
 //!
 //! State lives in the `OpenMlsRustCrypto` provider the caller passes; the
-//! terminal client's persistent profile store comes with the v3 client.
+//! terminal client's persistent store is `device_store`.
 
 use openmls::prelude::tls_codec::{Deserialize as _, Serialize as _};
 use openmls::prelude::*;

@@ -1,17 +1,17 @@
-//! The client library: a connection (`v3::Client3`: requests with ids,
+//! The client library: a connection (`conn::Conn`: requests with ids,
 //! events queued in arrival order, no background task), a device's MLS
 //! side (`mls::Device`), a room's log as one device applies it
-//! (`room3::RoomLog`, with the checks of PROTOCOL.md section 7), the
+//! (`room_log::RoomLog`, with the checks of PROTOCOL.md section 7), the
 //! device's state on disk (`device_store`), and a device at work over one
-//! connection (`member3::Member3`). The tests, the terminal client and the
+//! connection (`chat::Chat`). The tests, the terminal client and the
 //! load generator all use it.
 
+pub mod chat;
+pub mod conn;
 pub mod device_store;
 pub mod display;
-pub mod member3;
 pub mod mls;
-pub mod room3;
-pub mod v3;
+pub mod room_log;
 
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use crate::crypto::CryptoError;
 use crate::protocol::ErrorCode;
 
-pub use v3::SUBPROTOCOL;
+pub use conn::SUBPROTOCOL;
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

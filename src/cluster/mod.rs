@@ -111,14 +111,14 @@ fn encode(value: &impl Serialize) -> Vec<u8> {
 
 /// A log entry on a room channel: the `entry` event's fields.
 fn encode_entry(e: &NewEntry, at: Appended) -> Vec<u8> {
-    encode(&crate::protocol::v3::Entry::new(
+    encode(&crate::protocol::Entry::new(
         &e.room_id, at.seq, at.ts, &e.entry,
     ))
 }
 
 /// What a room channel carried: a log entry.
 fn decode_feed(room_id: &str, bytes: &[u8]) -> Option<RoomFeed> {
-    let entry: crate::protocol::v3::Entry = ciborium::from_reader(bytes).ok()?;
+    let entry: crate::protocol::Entry = ciborium::from_reader(bytes).ok()?;
     if entry.room_id != room_id {
         return None;
     }

@@ -1,4 +1,4 @@
-//! Parsing the MLS objects of a v3 frame (TLS-encoded `MLSMessage`s and the
+//! Parsing the MLS objects of a frame (TLS-encoded `MLSMessage`s and the
 //! ratchet tree) and reading what the server may read of them: the clear
 //! header of a PrivateMessage, the signer and confirmation tag of a
 //! GroupInfo.

@@ -5,9 +5,9 @@
 use ciborium::Value;
 use serde_bytes::ByteBuf;
 
+use super::frames::Request;
 use super::shape;
-use super::v3::Request3;
-use super::{ErrorCode, Failure, Request, MAX_REQUEST_ID};
+use super::{ErrorCode, Failure, PlainRequest, MAX_REQUEST_ID};
 
 /// Why a frame could not be turned into a request. `id` is the request id
 /// when it could still be read, so the error can echo it.
@@ -26,7 +26,7 @@ pub const MAX_DEPTH: usize = 4;
 
 /// Decodes one binary frame into `(id, request)`, checking every CBOR type,
 /// with at most [`DEFAULT_MAX_ITEMS`] items.
-pub fn decode_request(frame: &[u8]) -> Result<(Option<u64>, Request3), DecodeError> {
+pub fn decode_request(frame: &[u8]) -> Result<(Option<u64>, Request), DecodeError> {
     decode_request_bounded(frame, DEFAULT_MAX_ITEMS)
 }
 
@@ -37,8 +37,8 @@ pub fn decode_request(frame: &[u8]) -> Result<(Option<u64>, Request3), DecodeErr
 pub fn decode_request_bounded(
     frame: &[u8],
     max_items: usize,
-) -> Result<(Option<u64>, Request3), DecodeError> {
-    decode_with(frame, max_items, |f, kind| f.request_v3(kind))
+) -> Result<(Option<u64>, Request), DecodeError> {
+    decode_with(frame, max_items, |f, kind| f.request(kind))
 }
 
 fn decode_with<R>(
@@ -174,50 +174,50 @@ impl Fields<'_> {
         Ok((self.text("room_id")?, self.text("username")?))
     }
 
-    fn request(&self, kind: &str) -> FieldResult<Request> {
+    fn plain_request(&self, kind: &str) -> FieldResult<PlainRequest> {
         Ok(match kind {
-            "login" => Request::Login {
+            "login" => PlainRequest::Login {
                 username: self.text("username")?,
             },
-            "ping" => Request::Ping,
-            "list_rooms" => Request::ListRooms {
+            "ping" => PlainRequest::Ping,
+            "list_rooms" => PlainRequest::ListRooms {
                 offset: self.opt_uint("offset")?,
                 limit: self.opt_uint("limit")?,
             },
-            "join_room" => Request::JoinRoom {
+            "join_room" => PlainRequest::JoinRoom {
                 room_id: self.text("room_id")?,
                 password: self.opt_text("password")?,
             },
-            "leave_room" => Request::LeaveRoom {
+            "leave_room" => PlainRequest::LeaveRoom {
                 room_id: self.text("room_id")?,
             },
-            "get_members" => Request::GetMembers {
+            "get_members" => PlainRequest::GetMembers {
                 room_id: self.text("room_id")?,
             },
             "kick" => {
                 let (room_id, username) = self.room_user()?;
-                Request::Kick { room_id, username }
+                PlainRequest::Kick { room_id, username }
             }
             "ban" => {
                 let (room_id, username) = self.room_user()?;
-                Request::Ban { room_id, username }
+                PlainRequest::Ban { room_id, username }
             }
             "unban" => {
                 let (room_id, username) = self.room_user()?;
-                Request::Unban { room_id, username }
+                PlainRequest::Unban { room_id, username }
             }
-            "rename_room" => Request::RenameRoom {
+            "rename_room" => PlainRequest::RenameRoom {
                 room_id: self.text("room_id")?,
                 name: self.text("name")?,
             },
-            "set_password" => Request::SetPassword {
+            "set_password" => PlainRequest::SetPassword {
                 room_id: self.text("room_id")?,
                 password: self.opt_text("password")?,
             },
-            "delete_room" => Request::DeleteRoom {
+            "delete_room" => PlainRequest::DeleteRoom {
                 room_id: self.text("room_id")?,
             },
-            "history" => Request::History {
+            "history" => PlainRequest::History {
                 room_id: self.text("room_id")?,
                 after_seq: self.opt_uint("after_seq")?,
                 before_seq: self.opt_uint("before_seq")?,
@@ -229,48 +229,48 @@ impl Fields<'_> {
 
     /// Every request: those that carry MLS objects or device certificates
     /// here, the rest by `request`.
-    fn request_v3(&self, kind: &str) -> FieldResult<Request3> {
+    fn request(&self, kind: &str) -> FieldResult<Request> {
         Ok(match kind {
-            "register" => Request3::Register {
+            "register" => Request::Register {
                 username: self.text("username")?,
                 identity_key: self.bytes("identity_key")?,
                 proof: self.bytes("proof")?,
             },
-            "prove" => Request3::Prove {
+            "prove" => Request::Prove {
                 signature: self.bytes("signature")?,
                 device: self.bytes("device")?,
             },
-            "create_room" => Request3::CreateRoom {
+            "create_room" => Request::CreateRoom {
                 name: self.text("name")?,
                 password: self.opt_text("password")?,
                 hidden: self.opt_bool("hidden")?,
                 group_info: self.bytes("group_info")?,
                 ratchet_tree: self.bytes("ratchet_tree")?,
             },
-            "send" => Request3::Send {
+            "send" => Request::Send {
                 room_id: self.text("room_id")?,
                 msg_id: self.bytes("msg_id")?,
                 message: self.bytes("message")?,
             },
-            "commit" => Request3::Commit {
+            "commit" => Request::Commit {
                 room_id: self.text("room_id")?,
                 commit: self.bytes("commit")?,
                 group_info: self.bytes("group_info")?,
             },
-            "group_state" => Request3::GroupState {
+            "group_state" => Request::GroupState {
                 room_id: self.text("room_id")?,
             },
-            "publish_group_info" => Request3::PublishGroupInfo {
+            "publish_group_info" => Request::PublishGroupInfo {
                 room_id: self.text("room_id")?,
                 group_info: self.bytes("group_info")?,
             },
-            "remove_device" => Request3::RemoveDevice {
+            "remove_device" => Request::RemoveDevice {
                 device_id: self.bytes("device_id")?,
             },
-            "list_devices" => Request3::ListDevices {
+            "list_devices" => Request::ListDevices {
                 username: self.text("username")?,
             },
-            _ => Request3::Shared(self.request(kind)?),
+            _ => Request::Shared(self.plain_request(kind)?),
         })
     }
 }

@@ -10,10 +10,10 @@
 //! One file per mechanism, as mini-redis keeps frame, parse and connection
 //! apart: this one holds the types and the error codes; `shape` scans a
 //! frame's CBOR items and depth without building anything; `decode` turns
-//! a checked frame into a request, field by field; `v3` holds the
-//! requests and frames that carry MLS objects or devices (`Request3`,
-//! `ServerMsg3`), whose `Shared` variants hold this file's `Request` and
-//! `ServerMsg`: the frames about accounts, rooms and members that carry
+//! a checked frame into a request, field by field; `frames` holds the
+//! requests and frames that carry MLS objects or devices (`Request`,
+//! `ServerMsg`), whose `Shared` variants hold this file's `PlainRequest` and
+//! `PlainMsg`: the frames about accounts, rooms and members that carry
 //! none.
 
 use ciborium::Value;
@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 mod decode;
+mod frames;
 mod shape;
-pub mod v3;
+
+pub use frames::{DeviceInfo, Entry, EntryKind, Member, Request, RoomSummary, ServerMsg};
 
 pub use decode::{
     decode_request, decode_request_bounded, DecodeError, DEFAULT_MAX_ITEMS, MAX_DEPTH,
@@ -116,9 +118,9 @@ impl ErrorCode {
 pub struct Failure {
     pub code: ErrorCode,
     pub message: String,
-    /// v3 `stale_epoch`: the group's current epoch.
+    /// `stale_epoch`: the group's current epoch.
     pub epoch: Option<u64>,
-    /// v3 `commit_required`: the leaves to remove.
+    /// `commit_required`: the leaves to remove.
     pub remove: Option<Vec<u32>>,
 }
 
@@ -132,7 +134,7 @@ impl Failure {
         }
     }
 
-    /// v3 `stale_epoch`, with the group's current epoch.
+    /// `stale_epoch`, with the group's current epoch.
     pub fn stale_epoch(epoch: u64) -> Self {
         Failure {
             epoch: Some(epoch),
@@ -143,7 +145,7 @@ impl Failure {
         }
     }
 
-    /// v3 `commit_required`, with the leaves to remove.
+    /// `commit_required`, with the leaves to remove.
     pub fn commit_required(remove: Vec<u32>) -> Self {
         Failure {
             remove: Some(remove),
@@ -155,8 +157,8 @@ impl Failure {
     }
 
     /// The `error` frame (with `epoch` and `remove`).
-    pub fn into_msg3(self, id: Option<u64>) -> v3::ServerMsg3 {
-        v3::ServerMsg3::Error {
+    pub fn into_msg(self, id: Option<u64>) -> frames::ServerMsg {
+        frames::ServerMsg::Error {
             id,
             code: self.code,
             message: self.message,
@@ -175,7 +177,7 @@ impl From<ErrorCode> for Failure {
 /// Every client request (without its `id`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Request {
+pub enum PlainRequest {
     Login {
         username: String,
     },
@@ -232,7 +234,7 @@ pub enum Request {
     },
 }
 
-impl Request {
+impl PlainRequest {
     /// Encodes the request as one CBOR frame, with `id` when given.
     pub fn encode(&self, id: Option<u64>) -> Vec<u8> {
         let mut value = Value::serialized(self).expect("requests always serialize");
@@ -245,7 +247,7 @@ impl Request {
 
 /// 4.1 Room summary.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoomSummary {
+pub struct DirectorySummary {
     pub room_id: String,
     pub name: String,
     pub owner: String,
@@ -261,7 +263,7 @@ pub struct RoomSummary {
 /// pushed events (without).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMsg {
+pub enum PlainMsg {
     Registered {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
@@ -316,10 +318,10 @@ pub enum ServerMsg {
     },
 }
 
-impl ServerMsg {
+impl PlainMsg {
     /// The request id this message answers, if it is a direct reply.
     pub fn reply_id(&self) -> Option<u64> {
-        use ServerMsg::*;
+        use PlainMsg::*;
         match self {
             Registered { id, .. }
             | Challenge { id, .. }
@@ -336,12 +338,12 @@ impl ServerMsg {
         out
     }
 
-    pub fn decode(frame: &[u8]) -> Result<ServerMsg, String> {
+    pub fn decode(frame: &[u8]) -> Result<PlainMsg, String> {
         ciborium::from_reader(frame).map_err(|e| e.to_string())
     }
 }
 
-/// A server frame a session writes (`ServerMsg3`, or a `ServerMsg` it
+/// A server frame a session writes (`ServerMsg`, or a `PlainMsg` it
 /// wraps).
 pub trait Reply: 'static {
     fn encode(&self) -> Vec<u8>;
@@ -349,9 +351,9 @@ pub trait Reply: 'static {
     fn is_error(&self) -> bool;
 }
 
-impl Reply for ServerMsg {
+impl Reply for PlainMsg {
     fn encode(&self) -> Vec<u8> {
-        ServerMsg::encode(self)
+        PlainMsg::encode(self)
     }
 
     fn is_error(&self) -> bool {
@@ -359,13 +361,13 @@ impl Reply for ServerMsg {
     }
 }
 
-impl Reply for v3::ServerMsg3 {
+impl Reply for frames::ServerMsg {
     fn encode(&self) -> Vec<u8> {
-        v3::ServerMsg3::encode(self)
+        frames::ServerMsg::encode(self)
     }
 
     fn is_error(&self) -> bool {
-        matches!(self, v3::ServerMsg3::Error { .. })
+        matches!(self, frames::ServerMsg::Error { .. })
     }
 }
 
@@ -400,14 +402,14 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let req = Request::JoinRoom {
+        let req = PlainRequest::JoinRoom {
             room_id: "r-1".into(),
             password: Some("pw".into()),
         };
         let (id, back) = decode_request(&req.encode(Some(7))).unwrap();
         assert_eq!(id, Some(7));
         assert!(
-            matches!(back, v3::Request3::Shared(Request::JoinRoom { room_id, password: Some(p) }) if room_id == "r-1" && p == "pw")
+            matches!(back, frames::Request::Shared(PlainRequest::JoinRoom { room_id, password: Some(p) }) if room_id == "r-1" && p == "pw")
         );
     }
 
@@ -484,7 +486,7 @@ mod tests {
         ];
         for frame in ok {
             let (_, req) = decode_request(frame).unwrap();
-            assert!(matches!(req, v3::Request3::Shared(Request::Ping)));
+            assert!(matches!(req, frames::Request::Shared(PlainRequest::Ping)));
         }
         // Truncated or huge declared lengths are malformed, not a panic.
         for bad in [

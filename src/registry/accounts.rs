@@ -9,7 +9,7 @@ use actix::prelude::*;
 use super::{failed, internal, Registry, RegistryResult};
 use crate::handle::{SessionHandle, SessionId};
 use crate::identity::IdentityKey;
-use crate::protocol::{ErrorCode, Failure, RoomSummary};
+use crate::protocol::{DirectorySummary, ErrorCode, Failure};
 use crate::room::{self, RoomActor};
 use crate::store::{StoreError, UserRecord};
 use crate::user::User;
@@ -89,7 +89,7 @@ pub struct Online {
 }
 
 pub struct OnlineInfo {
-    pub rooms: Vec<RoomSummary>,
+    pub rooms: Vec<DirectorySummary>,
     pub addrs: Vec<(String, Addr<RoomActor>)>,
 }
 
@@ -126,7 +126,7 @@ impl Handler<Online> for Registry {
                 addrs.push((room_id, addr));
             }
         }
-        let mut rooms: Vec<RoomSummary> = addrs
+        let mut rooms: Vec<DirectorySummary> = addrs
             .iter()
             .filter_map(|(id, _)| self.dir.rooms.get(id).map(|e| self.summary(e)))
             .collect();

@@ -8,7 +8,7 @@ use actix::prelude::*;
 use super::{internal, Registry, RegistryResult};
 use crate::cluster::RoomChange;
 use crate::identity::DeviceCertificate;
-use crate::protocol::v3::DeviceInfo;
+use crate::protocol::DeviceInfo;
 use crate::protocol::{ErrorCode, Failure};
 use crate::room;
 use crate::store::{DeviceAdded, DeviceRecord};

@@ -34,8 +34,8 @@ use crate::cluster::{presence::Peers, Cluster, RoomChange};
 use crate::config::Settings;
 use crate::handle::{SessionHandle, SessionId};
 use crate::password::Hasher;
-use crate::protocol::v3::Member3;
-use crate::protocol::{ErrorCode, Failure, RoomSummary};
+use crate::protocol::Member;
+use crate::protocol::{DirectorySummary, ErrorCode, Failure};
 use crate::room::{
     self, DirectoryLink, OwnerAction, OwnerOp, OwnerOutcome, RoomActor, RoomChanged,
 };
@@ -258,9 +258,9 @@ impl Registry {
         }
     }
 
-    fn summary(&self, entry: &RoomEntry) -> RoomSummary {
+    fn summary(&self, entry: &RoomEntry) -> DirectorySummary {
         let r = &entry.record;
-        RoomSummary {
+        DirectorySummary {
             room_id: r.room_id.clone(),
             name: r.name.clone(),
             owner: r.owner.clone(),
@@ -367,7 +367,7 @@ pub struct ListRooms {
 }
 
 pub struct ListedRooms {
-    pub rooms: Vec<RoomSummary>,
+    pub rooms: Vec<DirectorySummary>,
     /// Each room's epoch (as its running room last reported it).
     pub epochs: Vec<u64>,
     pub total: u64,
@@ -422,8 +422,8 @@ impl Handler<Resolve> for Registry {
 
 /// A joined room as the session needs it: the reply and the room's address.
 pub struct JoinedRoom {
-    pub room: RoomSummary,
-    pub members: Vec<Member3>,
+    pub room: DirectorySummary,
+    pub members: Vec<Member>,
     pub addr: Addr<RoomActor>,
     /// The group's epoch and whether this device has a leaf.
     pub group: Option<(u64, bool)>,

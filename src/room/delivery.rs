@@ -267,7 +267,7 @@ impl RoomActor {
     /// An entry: one frame, encoded once, to every connection of every
     /// member (the sender's too).
     fn fan_out(&mut self, e: &NewEntry, seq: u64, ts: u64) {
-        let frame = crate::protocol::v3::Entry::new(&e.room_id, seq, ts, &e.entry).event();
+        let frame = crate::protocol::Entry::new(&e.room_id, seq, ts, &e.entry).event();
         let online: Vec<String> = self
             .members
             .iter()

@@ -9,15 +9,15 @@ use actix::prelude::*;
 
 use super::{internal, MemberState, RoomActor, RoomResult};
 use crate::handle::SessionHandle;
-use crate::protocol::v3::Member3;
-use crate::protocol::{ErrorCode, Failure, RoomSummary, ServerMsg};
+use crate::protocol::Member;
+use crate::protocol::{DirectorySummary, ErrorCode, Failure, PlainMsg};
 use crate::store::StoreError;
 use crate::user::User;
 use crate::util::now_ms;
 
 pub struct Joined {
-    pub room: RoomSummary,
-    pub members: Vec<Member3>,
+    pub room: DirectorySummary,
+    pub members: Vec<Member>,
     /// The group's epoch and whether the joining device has a leaf.
     pub group: Option<(u64, bool)>,
     /// False when the user already was a member.
@@ -253,7 +253,7 @@ impl RoomActor {
         };
         self.record.owner = owner.clone();
         self.broadcast(
-            &ServerMsg::OwnerChanged {
+            &PlainMsg::OwnerChanged {
                 room_id: self.record.room_id.clone(),
                 owner,
             },
@@ -264,13 +264,13 @@ impl RoomActor {
 }
 
 #[derive(Message)]
-#[rtype(result = "RoomResult<Vec<Member3>>")]
+#[rtype(result = "RoomResult<Vec<Member>>")]
 pub struct GetMembers {
     pub username: String,
 }
 
 impl Handler<GetMembers> for RoomActor {
-    type Result = RoomResult<Vec<Member3>>;
+    type Result = RoomResult<Vec<Member>>;
     fn handle(&mut self, msg: GetMembers, _: &mut Self::Context) -> Self::Result {
         if !self.members.contains_key(&msg.username) {
             return Err(ErrorCode::NotMember.into());

@@ -1,10 +1,10 @@
 //! `RoomActor`: one per active room. It owns the room's members (with their
 //! keys), the sessions of members that are online, the bans and the owner,
 //! checks every `send` against them, hands messages to the store in order and
-//! fans them out once they are durable. A v3 room also keeps its MLS group
-//! (`v3.rs`); its commits and messages take the same ordered path as entries.
+//! fans them out once they are durable. It also keeps its MLS group
+//! (`entries.rs`); its commits and messages take one ordered path, the log.
 //!
-//! Ordering: sends (and v3 commits) are submitted to the store in arrival
+//! Ordering: sends (and commits) are submitted to the store in arrival
 //! order (`submit`) and the store
 //! assigns seq in that order. Their completions are collected in `pending`
 //! and released strictly from the front, so `sent` replies and `message`
@@ -16,17 +16,17 @@
 
 mod cluster;
 mod delivery;
+mod entries;
 pub mod group;
 mod membership;
 mod owner;
-mod v3;
 
 pub use cluster::{Elsewhere, Reload};
+pub use entries::{
+    Commit, DeviceChange, FromDevice, GroupState, GroupView, History, PublishGroupInfo, SendMessage,
+};
 pub use membership::{GetMembers, Join, Joined, Leave, Left};
 pub use owner::{OwnerAction, OwnerOp, OwnerOutcome};
-pub use v3::{
-    Commit, DeviceChange, From3, GroupState, GroupView, History3, PublishGroupInfo, Send3,
-};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicU64;
@@ -42,8 +42,8 @@ use crate::cluster::Cluster;
 use crate::config::Settings;
 use crate::handle::{SessionHandle, SessionId};
 use crate::password::Hasher;
-use crate::protocol::v3::Member3;
-use crate::protocol::{ErrorCode, Failure, RoomSummary, ServerMsg};
+use crate::protocol::Member;
+use crate::protocol::{DirectorySummary, ErrorCode, Failure, PlainMsg};
 use crate::store::{Appended, RoomRecord, RoomState, SharedStore, StoreError};
 use crate::user::User;
 use delivery::{Delivery, Logged};
@@ -58,7 +58,7 @@ struct MemberState {
     sessions: HashMap<SessionId, SessionHandle>,
 }
 
-/// A send (or v3 commit) that is in the store and waits for its turn to be
+/// A send (or commit) that is in the store and waits for its turn to be
 /// released.
 struct Pending {
     ticket: u64,
@@ -116,7 +116,7 @@ pub struct RoomActor {
     reloads: Reloads,
     /// Sessions to attach once the next reload is applied.
     waiting_attach: Vec<(String, SessionHandle)>,
-    /// The room's MLS group (`v3.rs`), loaded with the room.
+    /// The room's MLS group (`entries.rs`), loaded with the room.
     group: Option<GroupRoom>,
 }
 
@@ -180,8 +180,8 @@ impl RoomActor {
             .count()
     }
 
-    pub fn summary(&self) -> RoomSummary {
-        RoomSummary {
+    pub fn summary(&self) -> DirectorySummary {
+        DirectorySummary {
             room_id: self.record.room_id.clone(),
             name: self.record.name.clone(),
             owner: self.record.owner.clone(),
@@ -194,7 +194,7 @@ impl RoomActor {
         }
     }
 
-    fn member_objects(&self) -> Vec<Member3> {
+    fn member_objects(&self) -> Vec<Member> {
         self.members
             .iter()
             .map(|(name, m)| {
@@ -243,7 +243,7 @@ impl RoomActor {
     }
 
     /// Sends one event to every online member except `except`.
-    fn broadcast(&mut self, event: &ServerMsg, except: Option<&str>) {
+    fn broadcast(&mut self, event: &PlainMsg, except: Option<&str>) {
         self.broadcast_frame(&Bytes::from(event.encode()), except);
     }
 
@@ -394,7 +394,7 @@ impl RoomActor {
         if record.name != self.record.name {
             self.record.name = record.name.clone();
             self.broadcast(
-                &ServerMsg::RoomRenamed {
+                &PlainMsg::RoomRenamed {
                     room_id: room_id.clone(),
                     name: record.name,
                 },
@@ -404,7 +404,7 @@ impl RoomActor {
         if record.owner != self.record.owner {
             self.record.owner = record.owner.clone();
             self.broadcast(
-                &ServerMsg::OwnerChanged {
+                &PlainMsg::OwnerChanged {
                     room_id,
                     owner: record.owner,
                 },
@@ -428,7 +428,7 @@ impl RoomActor {
 
     fn presence(&mut self, username: &str, online: bool) {
         self.broadcast(
-            &ServerMsg::Presence {
+            &PlainMsg::Presence {
                 room_id: self.record.room_id.clone(),
                 username: username.to_owned(),
                 online,
@@ -441,7 +441,7 @@ impl RoomActor {
     /// gets `room_deleted`, and the actor stops.
     fn gone(&mut self, ctx: &mut Context<Self>) {
         self.broadcast(
-            &ServerMsg::RoomDeleted {
+            &PlainMsg::RoomDeleted {
                 room_id: self.record.room_id.clone(),
             },
             None,
@@ -459,7 +459,7 @@ impl RoomActor {
         self.remove_member_devices(username);
         if reason != "left" {
             let frame = Bytes::from(
-                ServerMsg::Removed {
+                PlainMsg::Removed {
                     room_id: self.record.room_id.clone(),
                     reason: reason.to_owned(),
                 }
@@ -470,7 +470,7 @@ impl RoomActor {
             }
         }
         self.broadcast(
-            &ServerMsg::MemberLeft {
+            &PlainMsg::MemberLeft {
                 room_id: self.record.room_id.clone(),
                 username: username.to_owned(),
                 reason: reason.to_owned(),
@@ -488,13 +488,13 @@ impl Actor for RoomActor {
         let room = self.store.load_room(&self.record.room_id);
         // The group is read after the room, so it is at least as new as the
         // room's last seq (entries in between are delivered by seq).
-        let group = v3::load_group(&self.store, &self.record.room_id);
+        let group = entries::load_group(&self.store, &self.record.room_id);
         let load = async move {
             let state = room.await?;
             Ok::<_, StoreError>((state, group.await?))
         };
         ctx.wait(load.into_actor(self).map(
-            |res: Result<(RoomState, v3::GroupLoad), StoreError>, act, ctx| match res {
+            |res: Result<(RoomState, entries::GroupLoad), StoreError>, act, ctx| match res {
                 Ok((state, group)) => {
                     let Some(record) = state.record.clone() else {
                         log::info!("room {} is gone", act.record.room_id);

@@ -4,7 +4,7 @@
 use actix::prelude::*;
 
 use super::{internal, RoomActor, RoomResult};
-use crate::protocol::{ErrorCode, ServerMsg};
+use crate::protocol::{ErrorCode, PlainMsg};
 use crate::store::{RoomUpdate, StoreError};
 
 /// An owner operation, already validated for form by the session.
@@ -129,7 +129,7 @@ impl Handler<OwnerOp> for RoomActor {
                     act.local_change(ctx);
                     act.record.name = name.clone();
                     act.broadcast(
-                        &ServerMsg::RoomRenamed {
+                        &PlainMsg::RoomRenamed {
                             room_id: act.record.room_id.clone(),
                             name: name.clone(),
                         },

@@ -1,6 +1,6 @@
 //! Logging in (PROTOCOL.md section 3, Account): the per-address budget of
 //! registrations, the login challenge, and going online once a proof holds
-//! (the proofs themselves are checked in `v3.rs`).
+//! (the proofs themselves are checked in `account.rs`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +12,7 @@ use super::{Challenge, Ctx, Session};
 use crate::crypto;
 use crate::handle::SessionHandle;
 use crate::metrics;
-use crate::protocol::{ErrorCode, Failure, Reply, RoomSummary, ServerMsg};
+use crate::protocol::{DirectorySummary, ErrorCode, Failure, PlainMsg, Reply};
 use crate::registry;
 use crate::room;
 use crate::user::User;
@@ -70,7 +70,7 @@ impl Session {
                     nonce,
                     expires: Instant::now() + ttl,
                 });
-                ServerMsg::Challenge {
+                PlainMsg::Challenge {
                     id,
                     nonce: ByteBuf::from(nonce.to_vec()),
                 }
@@ -79,7 +79,7 @@ impl Session {
     }
 
     /// A proved login: tell the Registry this session is `user`'s (it
-    /// attaches it to the user's rooms), then answer with `reply`. A v3
+    /// attaches it to the user's rooms), then answer with `reply`. A
     /// connection's `device` also gets each room's epoch and whether it has
     /// a leaf there (`in_group`), asked of the rooms at once.
     pub(super) fn go_online<R: Reply>(
@@ -88,7 +88,8 @@ impl Session {
         id: Option<u64>,
         user: Arc<User>,
         device: Option<Vec<u8>>,
-        reply: impl FnOnce(Option<u64>, String, Vec<(RoomSummary, Option<(u64, bool)>)>) -> R + 'static,
+        reply: impl FnOnce(Option<u64>, String, Vec<(DirectorySummary, Option<(u64, bool)>)>) -> R
+            + 'static,
     ) {
         let username = user.username.clone();
         let handle = SessionHandle::new(

@@ -7,13 +7,13 @@
 //! The session holds no chat state of its own: only who it is logged in as
 //! and which device it acts as, its pending challenge, and a cache of room
 //! addresses it has used. Files: this one (frames, limits, the requests that
-//! carry no MLS object), `login` (the challenge and going online), `v3`
+//! carry no MLS object), `login` (the challenge and going online), `account`
 //! (registration, proofs, devices, and the dispatch of every request),
-//! `rooms3` (rooms and their groups).
+//! `rooms` (rooms and their groups).
 
+mod account;
 mod login;
-mod rooms3;
-mod v3;
+mod rooms;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +28,7 @@ use crate::crypto::{self};
 use crate::handle::{Push, SessionId};
 use crate::metrics;
 use crate::peers::Slot;
-use crate::protocol::{decode_request_bounded, ErrorCode, Failure, Reply, Request, ServerMsg};
+use crate::protocol::{decode_request_bounded, ErrorCode, Failure, PlainMsg, PlainRequest, Reply};
 use crate::registry::{self, Registry};
 use crate::room::{OwnerAction, RoomActor};
 use crate::store::HistoryQuery;
@@ -102,7 +102,7 @@ pub struct Session {
     /// are never reassembled, but they count against `max_frame_bytes`).
     fragments: usize,
     /// The device this connection acts as, once proved.
-    device: Option<v3::ActingDevice>,
+    device: Option<account::ActingDevice>,
 }
 
 type Ctx = ws::WebsocketContext<Session>;
@@ -188,7 +188,7 @@ impl Session {
 
     /// Writes an `error` frame.
     fn fail(&self, ctx: &mut Ctx, id: Option<u64>, f: impl Into<Failure>) {
-        self.write(ctx, f.into().into_msg3(id));
+        self.write(ctx, f.into().into_msg(id));
     }
 
     fn username(&self) -> &str {
@@ -226,7 +226,7 @@ impl Session {
         }
         self.refused_in_row = 0;
         match decoded {
-            Ok((id, request)) => self.dispatch3(ctx, id, request),
+            Ok((id, request)) => self.dispatch(ctx, id, request),
             Err(e) => self.fail(ctx, e.id, e.failure),
         }
     }
@@ -310,8 +310,8 @@ impl Session {
 
     /// The requests that carry no MLS object: `ping` and `login` at any
     /// time, the rest once logged in.
-    fn dispatch(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
-        let before_login = matches!(request, Request::Ping | Request::Login { .. });
+    fn dispatch_plain(&mut self, ctx: &mut Ctx, id: Option<u64>, request: PlainRequest) {
+        let before_login = matches!(request, PlainRequest::Ping | PlainRequest::Login { .. });
         if !before_login && self.user.is_none() {
             return self.fail(ctx, id, ErrorCode::NotLoggedIn);
         }
@@ -319,43 +319,45 @@ impl Session {
             return self.fail(ctx, id, code);
         }
         match request {
-            Request::Ping => self.write(
+            PlainRequest::Ping => self.write(
                 ctx,
-                ServerMsg::Pong {
+                PlainMsg::Pong {
                     id,
                     server_time: now_ms(),
                 },
             ),
-            Request::Login { username } => self.login(ctx, id, username),
-            Request::LeaveRoom { room_id } => {
+            PlainRequest::Login { username } => self.login(ctx, id, username),
+            PlainRequest::LeaveRoom { room_id } => {
                 let msg = registry::LeaveRoom {
                     username: self.username().to_owned(),
                     room_id: room_id.clone(),
                 };
                 self.ask_registry(ctx, id, msg, move |act, ()| {
                     act.rooms.remove(&room_id);
-                    ServerMsg::Ok { id }
+                    PlainMsg::Ok { id }
                 });
             }
-            Request::Kick {
+            PlainRequest::Kick {
                 room_id,
                 username: target,
             } => self.owner_op(ctx, id, room_id, OwnerAction::Kick(target)),
-            Request::Ban {
+            PlainRequest::Ban {
                 room_id,
                 username: target,
             } => self.owner_op(ctx, id, room_id, OwnerAction::Ban(target)),
-            Request::Unban {
+            PlainRequest::Unban {
                 room_id,
                 username: target,
             } => self.owner_op(ctx, id, room_id, OwnerAction::Unban(target)),
-            Request::RenameRoom { room_id, name } => {
+            PlainRequest::RenameRoom { room_id, name } => {
                 self.owner_op(ctx, id, room_id, OwnerAction::Rename(name))
             }
-            Request::SetPassword { room_id, password } => {
+            PlainRequest::SetPassword { room_id, password } => {
                 self.owner_op(ctx, id, room_id, OwnerAction::SetPassword(password))
             }
-            Request::DeleteRoom { room_id } => self.owner_op(ctx, id, room_id, OwnerAction::Delete),
+            PlainRequest::DeleteRoom { room_id } => {
+                self.owner_op(ctx, id, room_id, OwnerAction::Delete)
+            }
             other => self.dispatch_rooms(ctx, id, other),
         }
     }
@@ -409,7 +411,7 @@ impl Session {
             room_id,
             action,
         };
-        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Ok { id });
+        self.ask_registry(ctx, id, msg, move |_, ()| PlainMsg::Ok { id });
     }
 }
 

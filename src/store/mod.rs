@@ -164,7 +164,7 @@ pub struct GroupChange {
     pub removed: bool,
 }
 
-/// A v3 entry to append.
+/// An entry to append.
 #[derive(Debug, Clone)]
 pub struct NewEntry {
     pub room_id: String,
@@ -173,7 +173,7 @@ pub struct NewEntry {
     pub commit: Option<GroupChange>,
 }
 
-/// A stored v3 entry.
+/// A stored entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEntry {
     pub seq: u64,
@@ -181,7 +181,7 @@ pub struct StoredEntry {
     pub entry: LogEntry,
 }
 
-/// A v3 `history` answer: a page of entries from the requester's
+/// A `history` answer: a page of entries from the requester's
 /// membership periods, and the oldest seq the room still stores (0 when its
 /// log is empty).
 #[derive(Debug, Clone, Default)]
@@ -446,7 +446,7 @@ impl StoreKind {
     }
 }
 
-/// The schema version of this server's databases: protocol v3's accounts
+/// The schema version of this server's databases: accounts
 /// (identity keys), MLS rooms and their logs. 2 was protocol v2's; 1 its
 /// predecessor's.
 pub const SCHEMA_VERSION: i64 = 3;

@@ -1,11 +1,11 @@
 //! Shared test harness: a real server on 127.0.0.1 (random port) with a real
 //! SQLite store in a temp dir, fixture RSA keys (made once, outside the
 //! tests, so no test waits for key generation), and logged-in devices
-//! (`phone3::Phone`).
+//! (`phone::Phone`).
 #![allow(dead_code)]
 
 pub mod cbor;
-pub mod phone3;
+pub mod phone;
 
 use std::path::Path;
 use std::sync::OnceLock;

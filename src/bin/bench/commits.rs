@@ -11,10 +11,10 @@
 use std::time::Instant;
 
 use clap::Args;
-use e2ee_chat::client::v3::{Client3, IdentityPair};
+use e2ee_chat::client::conn::{Conn, IdentityPair};
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::Request;
+use e2ee_chat::protocol::PlainRequest;
+use e2ee_chat::protocol::{Request, ServerMsg};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
 
@@ -54,7 +54,7 @@ pub async fn run(
     let ids: Vec<IdentityPair> = (0..max)
         .map(|i| IdentityPair::new(&format!("c{run}-{i}"), keys.sign.clone()))
         .collect();
-    let mut registrar = Client3::connect(url).await.map_err(|e| e.to_string())?;
+    let mut registrar = Conn::connect(url).await.map_err(|e| e.to_string())?;
     for id in &ids {
         registrar.register(id).await.map_err(|e| e.to_string())?;
     }
@@ -64,7 +64,7 @@ pub async fn run(
         .create_group(&provider, rand::random())
         .map_err(|e| e.to_string())?;
     let joined = owner
-        .request(&Request3::CreateRoom {
+        .request(&Request::CreateRoom {
             name: format!("commits {run}"),
             password: None,
             hidden: None,
@@ -73,7 +73,7 @@ pub async fn run(
         })
         .await
         .map_err(|e| e.to_string())?;
-    let ServerMsg3::Joined { room, .. } = joined else {
+    let ServerMsg::Joined { room, .. } = joined else {
         return Err(format!("not joined: {joined:?}"));
     };
     let room_id = room.room_id;
@@ -82,7 +82,7 @@ pub async fn run(
     for (i, id) in ids.iter().enumerate().skip(1) {
         let size = i + 1;
         let (mut c, device) = device_login(url, id).await?;
-        c.request(&Request3::Shared(Request::JoinRoom {
+        c.request(&Request::Shared(PlainRequest::JoinRoom {
             room_id: room_id.clone(),
             password: None,
         }))
@@ -97,7 +97,7 @@ pub async fn run(
             .map_err(|e| e.to_string())?;
         let mls = ms(m);
         match c.commit(&room_id, &join).await {
-            Ok(ServerMsg3::Committed { .. }) => {}
+            Ok(ServerMsg::Committed { .. }) => {}
             other => return Err(format!("external commit at {size}: {other:?}")),
         }
         if o.members
@@ -119,7 +119,7 @@ pub async fn run(
                 .map_err(|e| e.to_string())?;
             commit_bytes = objects.commit.len();
             match c.commit(&room_id, &objects).await {
-                Ok(ServerMsg3::Committed { .. }) => group
+                Ok(ServerMsg::Committed { .. }) => group
                     .merge_pending_commit(&provider)
                     .map_err(|e| format!("merge: {e:?}"))?,
                 other => return Err(format!("update commit at {size}: {other:?}")),

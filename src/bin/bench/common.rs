@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use e2ee_chat::client::conn::{Conn, IdentityPair};
 use e2ee_chat::client::mls::Device;
-use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request};
+use e2ee_chat::protocol::{ErrorCode, PlainRequest};
+use e2ee_chat::protocol::{Request, RoomSummary, ServerMsg};
 use openmls::prelude::MlsGroup;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
@@ -31,7 +31,7 @@ fn err(what: &str) -> impl Fn(e2ee_chat::client::ClientError) -> String + '_ {
 }
 
 /// Registers `id` on `c` (an existing name is fine).
-async fn register(c: &mut Client3, id: &IdentityPair) -> BenchResult<()> {
+async fn register(c: &mut Conn, id: &IdentityPair) -> BenchResult<()> {
     match c.register(id).await {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => Ok(()),
@@ -40,9 +40,9 @@ async fn register(c: &mut Client3, id: &IdentityPair) -> BenchResult<()> {
 }
 
 /// Connects and logs in as a new device of `id` (registered before).
-pub async fn device_login(url: &str, id: &IdentityPair) -> BenchResult<(Client3, Device)> {
+pub async fn device_login(url: &str, id: &IdentityPair) -> BenchResult<(Conn, Device)> {
     let device = Device::new(&id.username, |m| id.sign(m));
-    let mut c = Client3::connect(url).await.map_err(err("connect"))?;
+    let mut c = Conn::connect(url).await.map_err(err("connect"))?;
     c.timeout = Duration::from_secs(60);
     c.login(id, &device.certificate)
         .await
@@ -52,8 +52,8 @@ pub async fn device_login(url: &str, id: &IdentityPair) -> BenchResult<(Client3,
 
 /// Connects, registers (an existing name is fine) and logs in as a new
 /// device.
-pub async fn logged_in(url: &str, id: &IdentityPair) -> BenchResult<(Client3, Device)> {
-    let mut c = Client3::connect(url).await.map_err(err("connect"))?;
+pub async fn logged_in(url: &str, id: &IdentityPair) -> BenchResult<(Conn, Device)> {
+    let mut c = Conn::connect(url).await.map_err(err("connect"))?;
     register(&mut c, id).await?;
     drop(c);
     device_login(url, id).await
@@ -69,7 +69,7 @@ pub async fn register_all(url: &str, keys: &KeyPair, names: &[String]) -> BenchR
     for chunk in chunks {
         let (url, keys) = (url.to_owned(), keys.clone());
         tasks.push(tokio::spawn(async move {
-            let mut c = Client3::connect(&url).await.map_err(|e| e.to_string())?;
+            let mut c = Conn::connect(&url).await.map_err(|e| e.to_string())?;
             for name in chunk {
                 register(&mut c, &identity(&keys, &name)).await?;
             }
@@ -85,18 +85,18 @@ pub async fn register_all(url: &str, keys: &KeyPair, names: &[String]) -> BenchR
 /// A new room made by `device` on `c`, with its epoch-0 group: the room
 /// and the creator's group.
 pub async fn create_room(
-    c: &mut Client3,
+    c: &mut Conn,
     device: &Device,
     provider: &OpenMlsRustCrypto,
     name: &str,
     password: Option<&str>,
     hidden: bool,
-) -> BenchResult<(RoomSummary3, MlsGroup)> {
+) -> BenchResult<(RoomSummary, MlsGroup)> {
     let (group, objects) = device
         .create_group(provider, rand::random())
         .map_err(|e| e.to_string())?;
     let joined = c
-        .request(&Request3::CreateRoom {
+        .request(&Request::CreateRoom {
             name: name.to_owned(),
             password: password.map(str::to_owned),
             hidden: hidden.then_some(true),
@@ -106,14 +106,14 @@ pub async fn create_room(
         .await
         .map_err(err("create_room"))?;
     match joined {
-        ServerMsg3::Joined { room, .. } => Ok((room, group)),
+        ServerMsg::Joined { room, .. } => Ok((room, group)),
         other => Err(format!("create_room: {other:?}")),
     }
 }
 
 /// Joins a room (as a member: without a leaf in its group).
-pub async fn join_room(c: &mut Client3, room_id: &str, password: Option<&str>) -> BenchResult<()> {
-    c.request(&Request3::Shared(Request::JoinRoom {
+pub async fn join_room(c: &mut Conn, room_id: &str, password: Option<&str>) -> BenchResult<()> {
+    c.request(&Request::Shared(PlainRequest::JoinRoom {
         room_id: room_id.to_owned(),
         password: password.map(str::to_owned),
     }))

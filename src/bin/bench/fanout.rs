@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use e2ee_chat::client::conn::{Conn, IdentityPair};
 use e2ee_chat::client::mls::Device;
-use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::crypto::KeyPair;
 use e2ee_chat::message::{EntryKind, LogEntry};
-use e2ee_chat::protocol::v3::{Entry, Request3, ServerMsg3};
-use e2ee_chat::protocol::{peek_type, Request};
+use e2ee_chat::protocol::{peek_type, PlainRequest};
+use e2ee_chat::protocol::{Entry, Request, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use openmls::prelude::MlsGroup;
 use openmls_rust_crypto::OpenMlsRustCrypto;
@@ -257,7 +257,7 @@ struct Sender {
 /// The rooms as set up: connections (member order), room ids, senders'
 /// devices per room.
 struct Setup {
-    conns: Vec<Client3>,
+    conns: Vec<Conn>,
     room_ids: Vec<String>,
     senders: Vec<Vec<Sender>>,
 }
@@ -272,7 +272,7 @@ async fn setup(url: &str, keys: &KeyPair, o: &FanoutOpts) -> BenchResult<Setup> 
         let ids: Vec<IdentityPair> = (0..o.members)
             .map(|i| IdentityPair::new(&format!("g{run}-{r}-{i}"), keys.sign.clone()))
             .collect();
-        let mut registrar = Client3::connect(url)
+        let mut registrar = Conn::connect(url)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         for id in &ids {
@@ -288,7 +288,7 @@ async fn setup(url: &str, keys: &KeyPair, o: &FanoutOpts) -> BenchResult<Setup> 
             .create_group(&provider, rand::random())
             .map_err(|e| e.to_string())?;
         let joined = owner
-            .request(&Request3::CreateRoom {
+            .request(&Request::CreateRoom {
                 name: format!("bench3 {run} {r}"),
                 password: None,
                 hidden: None,
@@ -297,7 +297,7 @@ async fn setup(url: &str, keys: &KeyPair, o: &FanoutOpts) -> BenchResult<Setup> 
             })
             .await
             .map_err(|e| format!("create room: {e}"))?;
-        let ServerMsg3::Joined { room, .. } = joined else {
+        let ServerMsg::Joined { room, .. } = joined else {
             return Err(format!("not joined: {joined:?}"));
         };
         let mut room_senders = vec![Sender {
@@ -308,7 +308,7 @@ async fn setup(url: &str, keys: &KeyPair, o: &FanoutOpts) -> BenchResult<Setup> 
         conns.push(owner);
         for (i, id) in ids.iter().enumerate().skip(1) {
             let (mut c, device) = common::device_login(&common::spread(url, i), id).await?;
-            c.request(&Request3::Shared(Request::JoinRoom {
+            c.request(&Request::Shared(PlainRequest::JoinRoom {
                 room_id: room.room_id.clone(),
                 password: None,
             }))
@@ -324,7 +324,7 @@ async fn setup(url: &str, keys: &KeyPair, o: &FanoutOpts) -> BenchResult<Setup> 
                     .join_external(&provider, &group_info, &ratchet_tree)
                     .map_err(|e| e.to_string())?;
                 match c.commit(&room.room_id, &join).await {
-                    Ok(ServerMsg3::Committed { .. }) => {}
+                    Ok(ServerMsg::Committed { .. }) => {}
                     other => return Err(format!("external commit: {other:?}")),
                 }
                 for s in &mut room_senders {
@@ -419,7 +419,7 @@ pub async fn run(
     let frames = sealed
         .iter()
         .map(|(idx, r, _, msg_id, m)| {
-            Request3::Send {
+            Request::Send {
                 room_id: setup.room_ids[*r].clone(),
                 msg_id: ByteBuf::from(msg_id.to_vec()),
                 message: ByteBuf::from(m.clone()),
@@ -446,7 +446,7 @@ pub async fn run(
         .collect();
     let server_plan = prepared(&sealed, frames);
     let relay_plan = prepared(&sealed, relay_frames);
-    let ws = setup.conns.into_iter().map(Client3::into_ws).collect();
+    let ws = setup.conns.into_iter().map(Conn::into_ws).collect();
     let before = common::CommitStats::snapshot(url).await;
     let server = drive("server", ws, server_plan, o, pid).await?;
     println!(

@@ -11,10 +11,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2ee_chat::client::v3::Client3;
+use e2ee_chat::client::conn::Conn;
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::{peek_type, Request};
+use e2ee_chat::protocol::{peek_type, PlainRequest};
+use e2ee_chat::protocol::{Request, ServerMsg};
 use futures_util::{SinkExt, StreamExt};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
@@ -54,7 +54,7 @@ struct Paced {
 
 /// Sends `frames` (ids 0..n) at `per_sec` on `client`'s connection and
 /// times each answer by its id.
-async fn paced(client: Client3, frames: Vec<Vec<u8>>, per_sec: f64, ok: &'static [u8]) -> Paced {
+async fn paced(client: Conn, frames: Vec<Vec<u8>>, per_sec: f64, ok: &'static [u8]) -> Paced {
     let (mut sink, mut stream) = client.into_ws().split();
     let total = frames.len();
     let stamps: Arc<Mutex<Vec<Option<Instant>>>> = Arc::new(Mutex::new(vec![None; total]));
@@ -74,7 +74,7 @@ async fn paced(client: Client3, frames: Vec<Vec<u8>>, per_sec: f64, ok: &'static
                     }
                     break;
                 };
-                let Ok(msg) = ServerMsg3::decode(&f) else {
+                let Ok(msg) = ServerMsg::decode(&f) else {
                     continue;
                 };
                 let Some(id) = msg.reply_id() else { continue };
@@ -83,7 +83,7 @@ async fn paced(client: Client3, frames: Vec<Vec<u8>>, per_sec: f64, ok: &'static
                 if peek_type(&f) == ok {
                     out.ok
                         .push(at.map_or(0, |t| t.elapsed().as_micros() as u64));
-                } else if let ServerMsg3::Error { code, .. } = msg {
+                } else if let ServerMsg::Error { code, .. } = msg {
                     out.errors.push(format!("{code:?}"));
                 }
             }
@@ -128,7 +128,7 @@ pub async fn run(
         .encrypt(&provider, &mut group, b"history bench")
         .map_err(|e| e.to_string())?;
     let frame = |id: u64| {
-        Request3::Send {
+        Request::Send {
             room_id: rid.clone(),
             msg_id: ByteBuf::from(e2ee_chat::crypto::random_bytes::<16>().to_vec()),
             message: ByteBuf::from(message.clone()),
@@ -149,7 +149,7 @@ pub async fn run(
         match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
             Ok(Some(Ok(WsMessage::Binary(f)))) => match peek_type(&f) {
                 b"sent" => acked += 1,
-                b"error" => return Err(format!("filling: {:?}", ServerMsg3::decode(&f))),
+                b"error" => return Err(format!("filling: {:?}", ServerMsg::decode(&f))),
                 _ => {}
             },
             Ok(Some(Ok(_))) => {}
@@ -161,7 +161,7 @@ pub async fn run(
     // The owner sends on a new connection of its device (one that did not
     // read its events during the fill would be disconnected as a slow
     // reader).
-    let mut bystander = Client3::connect(url).await.map_err(|e| e.to_string())?;
+    let mut bystander = Conn::connect(url).await.map_err(|e| e.to_string())?;
     bystander
         .login(&writer_id, &device.certificate)
         .await
@@ -176,7 +176,7 @@ pub async fn run(
     let per_conn = (o.rate * o.secs as f64 / flooders.len() as f64).ceil() as usize;
     let conn_rate = o.rate / flooders.len() as f64;
     let history = |i: usize| {
-        Request3::Shared(Request::History {
+        Request::Shared(PlainRequest::History {
             room_id: rid.clone(),
             after_seq: None,
             before_seq: None,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use e2ee_chat::client::v3::Client3;
+use e2ee_chat::client::conn::Conn;
 use e2ee_chat::crypto::KeyPair;
 use futures_util::{stream, StreamExt};
 
@@ -29,7 +29,7 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &IdleOpts) -> B
     // each login records a new device, which is in "after".
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = common::usage(pid);
-    let clients: Vec<Result<Client3, String>> = stream::iter(names.iter().cloned())
+    let clients: Vec<Result<Conn, String>> = stream::iter(names.iter().cloned())
         .map(|name| {
             let (url, keys) = (url.to_owned(), keys.clone());
             async move {

@@ -89,8 +89,8 @@ where
 /// login before the timed phase, so the timed logins are the everyday kind
 /// (a known device).
 pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> BenchResult<bool> {
+    use e2ee_chat::client::conn::{Conn, IdentityPair};
     use e2ee_chat::client::mls::Device;
-    use e2ee_chat::client::v3::{Client3, IdentityPair};
     let run = hex::encode(e2ee_chat::crypto::random_bytes::<3>());
     let users: Vec<(IdentityPair, Vec<u8>)> = (0..o.users)
         .map(|i| {
@@ -101,13 +101,13 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> 
         .collect();
     // Set-up: register and record every device, a few connections at a time.
     for chunk in users.chunks(users.len().div_ceil(8).max(1)) {
-        let mut c = Client3::connect(url).await.map_err(|e| e.to_string())?;
+        let mut c = Conn::connect(url).await.map_err(|e| e.to_string())?;
         for (id, _) in chunk {
             c.register(id).await.map_err(|e| format!("register: {e}"))?;
         }
         drop(c);
         for (id, cert) in chunk {
-            let mut c = Client3::connect(url).await.map_err(|e| e.to_string())?;
+            let mut c = Conn::connect(url).await.map_err(|e| e.to_string())?;
             c.login(id, cert)
                 .await
                 .map_err(|e| format!("first login: {e}"))?;
@@ -116,7 +116,7 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> 
     let mut conns = Vec::with_capacity(o.users);
     for _ in 0..o.users {
         conns.push(
-            Client3::connect(url)
+            Conn::connect(url)
                 .await
                 .map_err(|e| format!("connect: {e}"))?,
         );
@@ -127,7 +127,7 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &LoginOpts) -> 
         pid,
         items,
         o,
-        |((id, cert), mut c): ((IdentityPair, Vec<u8>), Client3)| async move {
+        |((id, cert), mut c): ((IdentityPair, Vec<u8>), Conn)| async move {
             let ok = c.login(&id, &cert).await.is_ok();
             (ok, ((id, cert), c))
         },

@@ -1,8 +1,8 @@
-//! `mls`: protocol v3's Delivery Service core in process, no server: a room
+//! `mls`: the Delivery Service core in process, no server: a room
 //! of N devices built by external joins, then the sizes the server stores
 //! and relays and the CPU it spends per commit (load the row, check and
 //! merge the commit, write the row), beside a device's time per external
-//! join. Numbers for BENCHMARKS.md ("protocol v3").
+//! join. Numbers for BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
 

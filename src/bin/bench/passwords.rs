@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request};
+use e2ee_chat::protocol::{ErrorCode, PlainRequest};
+use e2ee_chat::protocol::{Request, ServerMsg};
 
 use crate::common::{self, BenchResult};
 
@@ -95,7 +95,7 @@ pub async fn run(
                     return Ok::<_, String>((checked, limited, other));
                 }
                 for k in 0..per_user {
-                    let req = Request3::Shared(Request::JoinRoom {
+                    let req = Request::Shared(PlainRequest::JoinRoom {
                         room_id: rooms[(u + k) % rooms.len()].clone(),
                         password: Some(format!("wrong-{k}")),
                     });
@@ -105,7 +105,7 @@ pub async fn run(
                 }
                 let (mut checked, mut limited, mut other) = (0usize, 0usize, 0usize);
                 while checked + limited + other < per_user {
-                    if let ServerMsg3::Error {
+                    if let ServerMsg::Error {
                         id: Some(_), code, ..
                     } = c.read().await.map_err(|e| e.to_string())?
                     {

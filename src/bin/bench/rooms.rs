@@ -6,8 +6,8 @@
 use std::time::Instant;
 
 use e2ee_chat::crypto::KeyPair;
-use e2ee_chat::protocol::v3::{Request3, ServerMsg3};
-use e2ee_chat::protocol::Request;
+use e2ee_chat::protocol::PlainRequest;
+use e2ee_chat::protocol::{Request, ServerMsg};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
 use crate::common::{self, percentiles, BenchResult, Meter};
@@ -52,12 +52,12 @@ pub async fn run(url: &str, pid: Option<u32>, keys: &KeyPair, o: &RoomsOpts) -> 
             for i in 0..per_worker {
                 let offset = (i * 97 % 40) as u64 * 100;
                 let started = Instant::now();
-                let req = Request3::Shared(Request::ListRooms {
+                let req = Request::Shared(PlainRequest::ListRooms {
                     offset: Some(offset),
                     limit: Some(100),
                 });
                 match c.request(&req).await {
-                    Ok(ServerMsg3::Rooms { .. }) => {}
+                    Ok(ServerMsg::Rooms { .. }) => {}
                     other => return Err(format!("list_rooms: {other:?}")),
                 }
                 latencies.push(started.elapsed().as_micros() as u64);

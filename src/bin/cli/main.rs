@@ -3,17 +3,17 @@
 //! decrypted here, and every credential is checked here (PROTOCOL.md
 //! section 7). `chat` is the interactive full-screen mode.
 //!
-//! Files: this one (arguments and dispatch), `v3` (the one-shot
-//! subcommands), `tui` (`chat`'s screen; its network side is `tui3`),
+//! Files: this one (arguments and dispatch), `commands` (the one-shot
+//! subcommands), `tui` (`chat`'s screen; its network side is `tui_net`),
 //! `show` (what both print), `profile` (the profile directory), `transfer`
 //! (the portable profile file and its export and import).
 
+mod commands;
 mod profile;
 mod show;
 mod transfer;
 mod tui;
-mod tui3;
-mod v3;
+mod tui_net;
 
 use std::path::PathBuf;
 
@@ -204,7 +204,7 @@ async fn run(cli: Cli) -> CliResult<()> {
     }
     let keys = profile.keys()?;
     if let Command::Chat = &cli.command {
-        return tui3::run(profile, url, keys).await;
+        return tui_net::run(profile, url, keys).await;
     }
-    v3::run(profile, &url, keys, cli.command).await
+    commands::run(profile, &url, keys, cli.command).await
 }

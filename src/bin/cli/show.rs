@@ -2,7 +2,7 @@
 //! fingerprints typed by the user, how a message is shown, and the owner
 //! operations.
 
-use e2ee_chat::protocol::Request;
+use e2ee_chat::protocol::PlainRequest;
 
 use crate::profile::{CliResult, Profile};
 use crate::DEFAULT_SERVER;
@@ -73,15 +73,15 @@ pub enum OwnerCmd {
 }
 
 /// The protocol request for an owner operation in `room_id`.
-pub fn owner_request(cmd: OwnerCmd, room_id: &str) -> Request {
+pub fn owner_request(cmd: OwnerCmd, room_id: &str) -> PlainRequest {
     let room_id = room_id.to_owned();
     match cmd {
-        OwnerCmd::Kick(username) => Request::Kick { room_id, username },
-        OwnerCmd::Ban(username) => Request::Ban { room_id, username },
-        OwnerCmd::Unban(username) => Request::Unban { room_id, username },
-        OwnerCmd::Rename(name) => Request::RenameRoom { room_id, name },
-        OwnerCmd::Password(password) => Request::SetPassword { room_id, password },
-        OwnerCmd::Delete => Request::DeleteRoom { room_id },
+        OwnerCmd::Kick(username) => PlainRequest::Kick { room_id, username },
+        OwnerCmd::Ban(username) => PlainRequest::Ban { room_id, username },
+        OwnerCmd::Unban(username) => PlainRequest::Unban { room_id, username },
+        OwnerCmd::Rename(name) => PlainRequest::RenameRoom { room_id, name },
+        OwnerCmd::Password(password) => PlainRequest::SetPassword { room_id, password },
+        OwnerCmd::Delete => PlainRequest::DeleteRoom { room_id },
     }
 }
 

@@ -1,7 +1,7 @@
 //! `e2ee-chat chat`: the interactive full-screen client (ratatui + crossterm).
 //!
-//! Two halves joined by channels: a network task per protocol (`tui2`,
-//! `tui3`) owns the connection and the crypto, and tells the screen what to
+//! Two halves joined by channels: a network task (`tui_net`) owns the
+//! connection and the crypto, and tells the screen what to
 //! show (`Ui`); this file is the screen, which only draws, reads keys and
 //! asks the network task to act (`Cmd`).
 
@@ -10,7 +10,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
-use e2ee_chat::protocol::RoomSummary;
+use e2ee_chat::protocol::DirectorySummary;
 use ratatui::layout::{Constraint, Direction, Layout};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -25,7 +25,7 @@ use crate::{fmt_time, parse_fingerprint, OwnerCmd, Shown};
 /// What the network task tells the screen.
 pub enum Ui {
     Status(String),
-    Rooms(Vec<RoomSummary>),
+    Rooms(Vec<DirectorySummary>),
     Members(String, Vec<(String, bool)>),
     Message(String, Shown),
     Info(Option<String>, String),
@@ -71,7 +71,7 @@ where
 struct Screen {
     me: String,
     status: String,
-    rooms: Vec<RoomSummary>,
+    rooms: Vec<DirectorySummary>,
     current: usize,
     /// Lines scrolled up from the newest in the current room (PageUp/PageDown).
     scroll: usize,

@@ -154,7 +154,7 @@ pub(super) async fn add_member(
     {
         return Err(StoreError::Banned);
     }
-    // Where this membership's reading of a v3 log begins (see
+    // Where this membership's reading of the log begins (see
     // `reads::entry_history`); the room actor orders this join and appends.
     let from_seq = c
         .rooms
@@ -491,14 +491,14 @@ pub(super) async fn remove_device(
         .map_err(err)
 }
 
-/// What a v3 append found, inside its transaction.
+/// What an append found, inside its transaction.
 enum EntryOutcome {
     Stored(Appended),
     Stale(u64),
     NoRoom,
 }
 
-/// A v3 entry in one transaction: the duplicate check, the commit's move
+/// An entry in one transaction: the duplicate check, the commit's move
 /// of the group from its epoch (the first commit for an epoch wins), the
 /// room's next seq, the entry.
 pub(super) async fn append_entry(

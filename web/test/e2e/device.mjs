@@ -1,4 +1,4 @@
-// A protocol v3 device for Node tests, on the page's MLS layer
+// A device for Node tests, on the page's MLS layer
 // (src/mls.js, ts-mls): a websocket with request ids (Node's WebSocket,
 // `--experimental-websocket` on Node 20), the account steps, and one room's
 // group applied in log order with section 7's checks. What the page will

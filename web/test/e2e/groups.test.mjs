@@ -1,4 +1,4 @@
-// The page on a protocol v3 server (rooms are MLS groups, ts-mls in the
+// The page with rooms as MLS groups, ts-mls in the
 // browser): two browsers and the terminal client (openmls) in one room.
 // Register, create, join by external commit, talk every way, new devices
 // named, a kick followed by the removal commit, and a reload that shows the

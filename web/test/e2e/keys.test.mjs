@@ -1,4 +1,4 @@
-// The page's section 7 duties on protocol v3, against a hostile server (a
+// The page's section 7 duties against a hostile server (a
 // man in the middle rewriting what the real server says, as in
 // hostile.test.mjs) and with a second device of one user:
 // - a member served with another identity key in one room blocks that room

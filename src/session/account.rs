@@ -1,10 +1,9 @@
-//! What a session does differently in protocol v3 (`PROTOCOL-v3.md`
-//! section 3, Account): registration with a proof of possession of the
-//! identity key, login proofs that carry a device certificate (the
-//! connection then acts as that device), `list_devices` and
-//! `remove_device`, and the v3 dispatch. Requests that are the same as in
-//! version 2 (`login`, `ping`, leaving, owner operations) go through version
-//! 2's code; rooms' requests are in `rooms3.rs`.
+//! Accounts and devices (`PROTOCOL.md` section 3, Account): registration
+//! with a proof of possession of the identity key, login proofs that carry
+//! a device certificate (the connection then acts as that device),
+//! `list_devices` and `remove_device`; and the dispatch of every request:
+//! those that carry no MLS object go to `mod.rs` (`login`, `ping`, leaving,
+//! owner operations), rooms' to `rooms.rs`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,14 +16,14 @@ use crate::identity::{
     login_signature_input, register_proof_input, DeviceCertificate, IdentityKey,
 };
 use crate::metrics;
-use crate::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
-use crate::protocol::{ErrorCode, Failure, ServerMsg};
+use crate::protocol::{ErrorCode, Failure, PlainMsg};
+use crate::protocol::{Request, RoomSummary, ServerMsg};
 use crate::registry;
 use crate::user::User;
 use crate::util::now_ms;
 use crate::validate;
 
-/// The device a v3 connection acts as, once its login is proved: rooms
+/// The device a connection acts as, once its login is proved: rooms
 /// check its commits and GroupInfos against it.
 pub(super) struct ActingDevice {
     pub device_id: Vec<u8>,
@@ -33,17 +32,17 @@ pub(super) struct ActingDevice {
 }
 
 impl Session {
-    pub(super) fn dispatch3(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request3) {
+    pub(super) fn dispatch(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
         match request {
-            Request3::Register {
+            Request::Register {
                 username,
                 identity_key,
                 proof,
-            } => self.register3(ctx, id, username, &identity_key, &proof),
-            Request3::Prove { signature, device } => self.prove3(ctx, id, &signature, device),
-            Request3::Shared(request) => self.dispatch(ctx, id, request),
+            } => self.register(ctx, id, username, &identity_key, &proof),
+            Request::Prove { signature, device } => self.prove(ctx, id, &signature, device),
+            Request::Shared(request) => self.dispatch_plain(ctx, id, request),
             _ if self.user.is_none() => self.fail(ctx, id, ErrorCode::NotLoggedIn),
-            Request3::ListDevices { username } => {
+            Request::ListDevices { username } => {
                 if let Err(code) = validate::username(&username) {
                     return self.fail(ctx, id, code);
                 }
@@ -53,46 +52,46 @@ impl Session {
                     registry::ListDevices {
                         username: username.clone(),
                     },
-                    move |_, devices| ServerMsg3::Devices {
+                    move |_, devices| ServerMsg::Devices {
                         id,
                         username,
                         devices,
                     },
                 );
             }
-            Request3::RemoveDevice { device_id } => {
+            Request::RemoveDevice { device_id } => {
                 let msg = registry::RemoveDevice {
                     username: self.username().to_owned(),
                     device_id: device_id.into_vec(),
                 };
-                self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Ok { id });
+                self.ask_registry(ctx, id, msg, move |_, ()| PlainMsg::Ok { id });
             }
-            Request3::CreateRoom {
+            Request::CreateRoom {
                 name,
                 password,
                 hidden,
                 group_info,
                 ratchet_tree,
-            } => self.create_room3(ctx, id, name, password, hidden, &group_info, &ratchet_tree),
-            Request3::GroupState { room_id } => self.group_state3(ctx, id, room_id),
-            Request3::Commit {
+            } => self.create_room(ctx, id, name, password, hidden, &group_info, &ratchet_tree),
+            Request::GroupState { room_id } => self.group_state(ctx, id, room_id),
+            Request::Commit {
                 room_id,
                 commit,
                 group_info,
-            } => self.commit3(ctx, id, room_id, commit.into_vec(), group_info.into_vec()),
-            Request3::Send {
+            } => self.commit(ctx, id, room_id, commit.into_vec(), group_info.into_vec()),
+            Request::Send {
                 room_id,
                 msg_id,
                 message,
-            } => self.send3(ctx, id, room_id, msg_id.into_vec(), message.into_vec()),
-            Request3::PublishGroupInfo {
+            } => self.send(ctx, id, room_id, msg_id.into_vec(), message.into_vec()),
+            Request::PublishGroupInfo {
                 room_id,
                 group_info,
-            } => self.publish3(ctx, id, room_id, group_info.into_vec()),
+            } => self.publish_group_info(ctx, id, room_id, group_info.into_vec()),
         }
     }
 
-    fn register3(
+    fn register(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
@@ -128,13 +127,13 @@ impl Session {
             username: username.clone(),
             identity,
         };
-        self.ask_registry(ctx, id, msg, move |_, ()| ServerMsg::Registered {
+        self.ask_registry(ctx, id, msg, move |_, ()| PlainMsg::Registered {
             id,
             username,
         });
     }
 
-    fn prove3(&mut self, ctx: &mut Ctx, id: Option<u64>, signature: &[u8], device: ByteBuf) {
+    fn prove(&mut self, ctx: &mut Ctx, id: Option<u64>, signature: &[u8], device: ByteBuf) {
         if self.user.is_some() {
             return self.fail(ctx, id, ErrorCode::AlreadyLoggedIn);
         }
@@ -175,7 +174,7 @@ impl Session {
         ctx.spawn(find.into_actor(self).map(move |res, act, ctx| {
             match res.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) {
                 Ok(Some(known)) if known.mls_key == certificate.mls_key => {
-                    act.online3(ctx, id, user, known.device_id, known.certificate)
+                    act.go_online_as(ctx, id, user, known.device_id, known.certificate)
                 }
                 Ok(Some(_)) => act.fail(
                     ctx,
@@ -216,13 +215,13 @@ impl Session {
         });
         ctx.spawn(add.into_actor(self).map(move |res, act, ctx| {
             match res.unwrap_or_else(|_| Err(ErrorCode::Internal.into())) {
-                Ok(kept) => act.online3(ctx, id, user, device_id, kept),
+                Ok(kept) => act.go_online_as(ctx, id, user, device_id, kept),
                 Err(f) => act.fail(ctx, id, f),
             }
         }));
     }
 
-    fn online3(
+    fn go_online_as(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
@@ -236,7 +235,7 @@ impl Session {
         });
         let device = Some(device_id.clone());
         self.go_online(ctx, id, user, device, move |id, username, rooms| {
-            ServerMsg3::LoggedIn {
+            ServerMsg::LoggedIn {
                 id,
                 username,
                 device_id: ByteBuf::from(device_id),
@@ -245,7 +244,7 @@ impl Session {
                     .into_iter()
                     .map(|(summary, view)| {
                         let (epoch, in_group) = view.unwrap_or_default();
-                        RoomSummary3::new(summary, epoch, Some(in_group))
+                        RoomSummary::new(summary, epoch, Some(in_group))
                     })
                     .collect(),
             }

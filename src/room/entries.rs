@@ -17,8 +17,8 @@ use bytes::Bytes;
 use super::group::{Devices, SendRefusal};
 use super::{internal, GroupRoom, RoomActor, RoomResult};
 use crate::mls::{CommitError, Committer};
-use crate::protocol::v3::Member3;
-use crate::protocol::v3::ServerMsg3;
+use crate::protocol::Member;
+use crate::protocol::ServerMsg;
 use crate::protocol::{ErrorCode, Failure};
 use crate::store::{
     Appended, EntryHistory, EntryKind, HistoryQuery, LogEntry, NewEntry, SharedStore, StoreError,
@@ -136,16 +136,18 @@ impl RoomActor {
     }
 
     /// The `member_joined` event.
-    pub(super) fn member_joined_frame(&self, member: Member3) -> Bytes {
+    pub(super) fn member_joined_frame(&self, member: Member) -> Bytes {
         let room_id = self.record.room_id.clone();
-        Bytes::from(ServerMsg3::MemberJoined { room_id, member }.encode())
+        Bytes::from(ServerMsg::MemberJoined { room_id, member }.encode())
     }
 
     fn member_group(&self, username: &str) -> RoomResult<&GroupRoom> {
         if !self.members.contains_key(username) {
             return Err(ErrorCode::NotMember.into());
         }
-        self.group.as_ref().ok_or_else(|| internal("not a v3 room"))
+        self.group
+            .as_ref()
+            .ok_or_else(|| internal("a room without its group"))
     }
 
     fn member_group_mut(&mut self, username: &str) -> RoomResult<&mut GroupRoom> {
@@ -206,13 +208,13 @@ impl Handler<GroupState> for RoomActor {
 }
 
 /// The device a request comes from (the connection's proved device).
-pub struct From3 {
+pub struct FromDevice {
     pub username: String,
     pub device_id: Vec<u8>,
     pub certificate: Vec<u8>,
 }
 
-impl From3 {
+impl FromDevice {
     fn committer(&self) -> Committer<'_> {
         Committer {
             user: &self.username,
@@ -226,7 +228,7 @@ impl From3 {
 #[derive(Message)]
 #[rtype(result = "RoomResult<(u64, u64)>")]
 pub struct Commit {
-    pub from: From3,
+    pub from: FromDevice,
     pub commit: Vec<u8>,
     pub group_info: Vec<u8>,
 }
@@ -333,26 +335,26 @@ impl From<Refused> for Failure {
 /// `send`: one application PrivateMessage.
 #[derive(Message)]
 #[rtype(result = "RoomResult<Appended>")]
-pub struct Send3 {
+pub struct SendMessage {
     pub username: String,
     pub device_id: Vec<u8>,
     pub msg_id: Vec<u8>,
     pub message: Vec<u8>,
 }
 
-impl Handler<Send3> for RoomActor {
+impl Handler<SendMessage> for RoomActor {
     type Result = ResponseActFuture<Self, RoomResult<Appended>>;
 
-    fn handle(&mut self, msg: Send3, ctx: &mut Self::Context) -> Self::Result {
-        self.send3(msg, true, ctx)
+    fn handle(&mut self, msg: SendMessage, ctx: &mut Self::Context) -> Self::Result {
+        self.send_entry(msg, true, ctx)
     }
 }
 
 impl RoomActor {
-    /// `send` (see [`Send3`]); `may_reload` as for [`RoomActor::commit`].
-    fn send3(
+    /// `send` (see [`SendMessage`]); `may_reload` as for [`RoomActor::commit`].
+    fn send_entry(
         &mut self,
-        msg: Send3,
+        msg: SendMessage,
         may_reload: bool,
         ctx: &mut Context<Self>,
     ) -> ResponseActFuture<Self, RoomResult<Appended>> {
@@ -376,7 +378,7 @@ impl RoomActor {
             Err(Refused::Send(SendRefusal::Ahead(_))) if may_reload && self.cluster.is_some() => {
                 return Box::pin(
                     self.with_stored_group()
-                        .then(move |(), act, ctx| act.send3(msg, false, ctx)),
+                        .then(move |(), act, ctx| act.send_entry(msg, false, ctx)),
                 );
             }
             Err(Refused::Send(
@@ -416,7 +418,7 @@ impl RoomActor {
 #[derive(Message)]
 #[rtype(result = "RoomResult<()>")]
 pub struct PublishGroupInfo {
-    pub from: From3,
+    pub from: FromDevice,
     pub group_info: Vec<u8>,
 }
 
@@ -447,18 +449,18 @@ impl Handler<PublishGroupInfo> for RoomActor {
     }
 }
 
-/// v3 `history`: the room's entries from the requester's membership periods.
+/// `history`: the room's entries from the requester's membership periods.
 #[derive(Message)]
 #[rtype(result = "RoomResult<EntryHistory>")]
-pub struct History3 {
+pub struct History {
     pub username: String,
     pub query: HistoryQuery,
 }
 
-impl Handler<History3> for RoomActor {
+impl Handler<History> for RoomActor {
     type Result = ResponseFuture<RoomResult<EntryHistory>>;
 
-    fn handle(&mut self, msg: History3, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: History, _: &mut Self::Context) -> Self::Result {
         if let Err(f) = self.member_group(&msg.username) {
             return Box::pin(async move { Err(f) });
         }

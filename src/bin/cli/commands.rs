@@ -1,19 +1,19 @@
-//! The one-shot subcommands over protocol v3 (`--protocol 3`): the
-//! profile's signing key is the user's identity key, and this profile's
+//! The one-shot subcommands: the profile's signing key is the user's
+//! identity key, and this profile's
 //! device (its MLS key, its groups, what it decrypted) lives in
-//! `device.db` beside the keys. The work is `client::member3::Member3`'s;
-//! this file parses, prints and escapes. The `chat` screen on v3 is
-//! `tui3`; `export-profile` and `import-profile` need no server (the
-//! imported profile's first v3 login makes a new device).
+//! `device.db` beside the keys. The work is `client::chat::Chat`'s;
+//! this file parses, prints and escapes. The `chat` screen's network side
+//! is `tui_net`; `export-profile` and `import-profile` need no server (the
+//! imported profile's first login makes a new device).
 
+use e2ee_chat::client::chat::Chat;
+use e2ee_chat::client::conn::{Conn, IdentityPair};
 use e2ee_chat::client::device_store::DeviceStore;
 use e2ee_chat::client::display::escape;
-use e2ee_chat::client::member3::Member3;
-use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::crypto::{fingerprint_display, KeyPair};
 use e2ee_chat::identity::IdentityKey;
-use e2ee_chat::protocol::v3::{Request3, RoomSummary3, ServerMsg3};
-use e2ee_chat::protocol::Request;
+use e2ee_chat::protocol::PlainRequest;
+use e2ee_chat::protocol::{Request, RoomSummary, ServerMsg};
 use serde_bytes::ByteBuf;
 
 use crate::profile::{CliResult, Profile};
@@ -24,7 +24,7 @@ use crate::Command;
 pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -> CliResult<()> {
     let identity = IdentityPair::new(&profile.config.username, keys.sign.clone());
     if let Command::Register = command {
-        let mut c = Client3::connect(url)
+        let mut c = Conn::connect(url)
             .await
             .map_err(|e| format!("cannot reach {url}: {e}"))?;
         c.register(&identity)
@@ -51,7 +51,7 @@ pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -
         println!("{name}: {}", fingerprint_display(&key.fingerprint()));
         return Ok(());
     }
-    let mut m = Member3::open(url, &identity, &profile.dir.join("device.db")).await?;
+    let mut m = Chat::open(url, &identity, &profile.dir.join("device.db")).await?;
     let result = command3(&mut m, command).await;
     for notice in m.notices.drain(..) {
         eprintln!("{notice}");
@@ -60,12 +60,12 @@ pub async fn run(profile: Profile, url: &str, keys: KeyPair, command: Command) -
 }
 
 /// The first 1,000 rooms listed, and how many there are.
-async fn list(m: &mut Member3) -> CliResult<(Vec<RoomSummary3>, u64)> {
+async fn list(m: &mut Chat) -> CliResult<(Vec<RoomSummary>, u64)> {
     m.c.list_rooms(Some(1000)).await.map_err(|e| e.to_string())
 }
 
 /// A room named by id (`r-...`) or by its listed name.
-async fn resolve(m: &mut Member3, room: &str) -> CliResult<String> {
+async fn resolve(m: &mut Chat, room: &str) -> CliResult<String> {
     if room.starts_with("r-") {
         return Ok(room.to_owned());
     }
@@ -77,7 +77,7 @@ async fn resolve(m: &mut Member3, room: &str) -> CliResult<String> {
         .ok_or_else(|| format!("no room named {room:?}"))
 }
 
-async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
+async fn command3(m: &mut Chat, command: Command) -> CliResult<()> {
     match command {
         Command::Rooms => {
             let (rooms, total) = list(m).await?;
@@ -145,12 +145,12 @@ async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
         Command::Devices { user } => {
             let user = user.unwrap_or_else(|| m.device.user.clone());
             let reply =
-                m.c.request(&Request3::ListDevices {
+                m.c.request(&Request::ListDevices {
                     username: user.clone(),
                 })
                 .await
                 .map_err(|e| e.to_string())?;
-            let ServerMsg3::Devices { devices, .. } = reply else {
+            let ServerMsg::Devices { devices, .. } = reply else {
                 return Err("not a device list".into());
             };
             for d in devices {
@@ -168,7 +168,7 @@ async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
         }
         Command::RemoveDevice { device_id } => {
             let id = hex::decode(device_id.trim()).map_err(|_| "a device id is 32 hex digits")?;
-            m.c.request(&Request3::RemoveDevice {
+            m.c.request(&Request::RemoveDevice {
                 device_id: ByteBuf::from(id),
             })
             .await
@@ -219,7 +219,7 @@ async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
         }
         Command::Leave { room } => {
             let id = resolve(m, &room).await?;
-            m.c.request(&Request3::Shared(Request::LeaveRoom {
+            m.c.request(&Request::Shared(PlainRequest::LeaveRoom {
                 room_id: id.clone(),
             }))
             .await
@@ -238,7 +238,7 @@ async fn command3(m: &mut Member3, command: Command) -> CliResult<()> {
             };
             let id = resolve(m, &room).await?;
             let done = cmd.done(&room);
-            m.c.request(&Request3::Shared(owner_request(cmd, &id)))
+            m.c.request(&Request::Shared(owner_request(cmd, &id)))
                 .await
                 .map_err(|e| e.to_string())?;
             println!("{done}");

@@ -1,8 +1,9 @@
-//! A protocol v3 connection (`PROTOCOL-v3.md`): the subprotocol
-//! `e2ee-chat.v3`, requests with ids, events queued in arrival order, and
-//! the account steps (register with a proof, login proved by the identity
-//! key with this device's certificate). The MLS side of a device is
-//! [`super::mls::Device`]; rooms over v3 come with the server's v3 rooms.
+//! One connection (`PROTOCOL.md`): the subprotocol `e2ee-chat.v3`,
+//! requests with ids, events queued in arrival order, and the account steps
+//! (register with a proof, login proved by the identity key with this
+//! device's certificate). The MLS side of a device is
+//! [`super::mls::Device`]; a device at work over one connection is
+//! [`super::chat::Chat`].
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -16,10 +17,10 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use super::{ClientError, Result, Ws};
 use crate::crypto;
 use crate::identity::{login_signature_input, register_proof_input};
-use crate::protocol::v3::{Request3, ServerMsg3};
+use crate::protocol::{PlainMsg, PlainRequest};
 use crate::protocol::{Request, ServerMsg};
 
-/// The subprotocol of version 3.
+/// The subprotocol (PROTOCOL.md section 1).
 pub const SUBPROTOCOL: &str = "e2ee-chat.v3";
 
 /// A user's identity key pair (RSA-PSS); the private half stays here.
@@ -52,25 +53,25 @@ impl IdentityPair {
     }
 }
 
-/// One v3 websocket connection.
-pub struct Client3 {
+/// One websocket connection.
+pub struct Conn {
     ws: Ws,
     host: String,
     next_id: u64,
-    events: VecDeque<ServerMsg3>,
+    events: VecDeque<ServerMsg>,
     pub timeout: Duration,
 }
 
-impl Client3 {
+impl Conn {
     /// Connects to a `ws://` (or `wss://`) URL asking for `e2ee-chat.v3`,
     /// with TCP_NODELAY.
-    pub async fn connect(url: &str) -> Result<Client3> {
+    pub async fn connect(url: &str) -> Result<Conn> {
         Self::connect_with_headers(url, &[]).await
     }
 
     /// Connects with extra HTTP headers on the upgrade request (e.g. what a
     /// proxy adds, for tests).
-    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Client3> {
+    pub async fn connect_with_headers(url: &str, headers: &[(&str, &str)]) -> Result<Conn> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
         let host = crypto::host_of_url(url).ok_or(ClientError::NoHost)?;
@@ -87,7 +88,7 @@ impl Client3 {
             );
         }
         let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await?;
-        Ok(Client3 {
+        Ok(Conn {
             ws,
             host,
             next_id: 1,
@@ -119,14 +120,14 @@ impl Client3 {
     }
 
     /// Reads the next server frame from the socket (not the queue).
-    pub async fn read(&mut self) -> Result<ServerMsg3> {
+    pub async fn read(&mut self) -> Result<ServerMsg> {
         let frame = super::next_binary(&mut self.ws, self.timeout).await?;
-        ServerMsg3::decode(&frame).map_err(ClientError::Decode)
+        ServerMsg::decode(&frame).map_err(ClientError::Decode)
     }
 
     /// Sends a request and waits for its reply (an `error` reply too);
     /// events read meanwhile are queued.
-    pub async fn request_raw(&mut self, req: &Request3) -> Result<ServerMsg3> {
+    pub async fn request_raw(&mut self, req: &Request) -> Result<ServerMsg> {
         let id = self.next_id;
         self.next_id += 1;
         self.send_raw(req.encode(Some(id))).await?;
@@ -141,15 +142,15 @@ impl Client3 {
     }
 
     /// Like `request_raw`, but an `error` reply becomes `Err(Server{..})`.
-    pub async fn request(&mut self, req: &Request3) -> Result<ServerMsg3> {
+    pub async fn request(&mut self, req: &Request) -> Result<ServerMsg> {
         match self.request_raw(req).await? {
-            ServerMsg3::Error { code, message, .. } => Err(ClientError::Server { code, message }),
+            ServerMsg::Error { code, message, .. } => Err(ClientError::Server { code, message }),
             other => Ok(other),
         }
     }
 
     /// The next event: queued first, then from the socket.
-    pub async fn next_event(&mut self) -> Result<ServerMsg3> {
+    pub async fn next_event(&mut self) -> Result<ServerMsg> {
         if let Some(e) = self.events.pop_front() {
             return Ok(e);
         }
@@ -161,15 +162,15 @@ impl Client3 {
     pub async fn list_rooms(
         &mut self,
         limit: Option<u64>,
-    ) -> Result<(Vec<crate::protocol::v3::RoomSummary3>, u64)> {
+    ) -> Result<(Vec<crate::protocol::RoomSummary>, u64)> {
         match self
-            .request(&Request3::Shared(Request::ListRooms {
+            .request(&Request::Shared(PlainRequest::ListRooms {
                 offset: None,
                 limit,
             }))
             .await?
         {
-            ServerMsg3::Rooms { rooms, total, .. } => Ok((rooms, total)),
+            ServerMsg::Rooms { rooms, total, .. } => Ok((rooms, total)),
             other => Err(ClientError::Decode(format!("not rooms: {other:?}"))),
         }
     }
@@ -177,12 +178,12 @@ impl Client3 {
     /// `group_state`: (epoch, GroupInfo, ratchet tree).
     pub async fn group_state(&mut self, room_id: &str) -> Result<(u64, Vec<u8>, Vec<u8>)> {
         match self
-            .request(&Request3::GroupState {
+            .request(&Request::GroupState {
                 room_id: room_id.into(),
             })
             .await?
         {
-            ServerMsg3::GroupState {
+            ServerMsg::GroupState {
                 epoch,
                 group_info,
                 ratchet_tree,
@@ -198,8 +199,8 @@ impl Client3 {
         &mut self,
         room_id: &str,
         objects: &super::mls::CommitObjects,
-    ) -> Result<ServerMsg3> {
-        self.request_raw(&Request3::Commit {
+    ) -> Result<ServerMsg> {
+        self.request_raw(&Request::Commit {
             room_id: room_id.into(),
             commit: ByteBuf::from(objects.commit.clone()),
             group_info: ByteBuf::from(objects.group_info.clone()),
@@ -210,7 +211,7 @@ impl Client3 {
     /// `register` with the proof of possession of the identity key.
     pub async fn register(&mut self, identity: &IdentityPair) -> Result<()> {
         let proof = identity.sign(&register_proof_input(&self.host, &identity.username));
-        self.request(&Request3::Register {
+        self.request(&Request::Register {
             username: identity.username.clone(),
             identity_key: ByteBuf::from(identity.der.clone()),
             proof: ByteBuf::from(proof),
@@ -225,19 +226,19 @@ impl Client3 {
         &mut self,
         identity: &IdentityPair,
         certificate: &[u8],
-    ) -> Result<ServerMsg3> {
+    ) -> Result<ServerMsg> {
         let challenge = self
-            .request(&Request3::Shared(Request::Login {
+            .request(&Request::Shared(PlainRequest::Login {
                 username: identity.username.clone(),
             }))
             .await?;
-        let ServerMsg3::Shared(ServerMsg::Challenge { nonce, .. }) = challenge else {
+        let ServerMsg::Shared(PlainMsg::Challenge { nonce, .. }) = challenge else {
             return Err(ClientError::Decode(format!(
                 "not a challenge: {challenge:?}"
             )));
         };
         let input = login_signature_input(&self.host, &identity.username, &nonce);
-        self.request(&Request3::Prove {
+        self.request(&Request::Prove {
             signature: ByteBuf::from(identity.sign(&input)),
             device: ByteBuf::from(certificate.to_vec()),
         })

@@ -1,4 +1,4 @@
-//! A device's side of section 7 of `PROTOCOL-v3.md` for one room: what it
+//! A device's side of section 7 of `PROTOCOL.md` for one room: what it
 //! checks before it trusts what the server relays. [`RoomLog`] applies the
 //! room's log entries to the device's group strictly in seq order and
 //!
@@ -23,7 +23,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 
 use super::mls::{Device, Processed};
 use crate::identity::{DeviceCertificate, IdentityKey};
-use crate::protocol::v3::{Entry, EntryKind};
+use crate::protocol::{Entry, EntryKind};
 
 /// The identity keys this device pinned, by username.
 pub trait Pins {

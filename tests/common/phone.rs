@@ -1,30 +1,25 @@
-//! A protocol v3 device for socket tests: a `Client3` connection, the
+//! A device for socket tests: a `Conn` connection, the
 //! user's identity key, an openmls device with its own provider, and its
 //! group in one room. It does what a real client does (section 7 in
 //! brief): applies the log in order, merges its own commit only after
 //! `committed`, and joins by external commit from `group_state`.
 
+use e2ee_chat::client::conn::{Conn, IdentityPair};
 use e2ee_chat::client::mls::{CommitObjects, Device, Processed};
-use e2ee_chat::client::v3::{Client3, IdentityPair};
 use e2ee_chat::client::ClientError;
-use e2ee_chat::protocol::v3::{Entry, EntryKind, Request3, RoomSummary3, ServerMsg3};
-use e2ee_chat::protocol::{ErrorCode, Request, ServerMsg};
+use e2ee_chat::protocol::{Entry, EntryKind, Request, RoomSummary, ServerMsg};
+use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
 use openmls::prelude::{MlsGroup, OpenMlsProvider};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
 
-/// A test server with `tweak` applied.
-pub fn v3_server_with(tweak: impl FnOnce(&mut e2ee_chat::config::Settings)) -> super::TestServer {
-    super::TestServer::with(tweak)
-}
-
-pub fn identity3(name: &str, n: usize) -> IdentityPair {
+pub fn identity(name: &str, n: usize) -> IdentityPair {
     let pairs = &super::fixtures().pairs;
     IdentityPair::new(name, pairs[n % pairs.len()].sign.clone())
 }
 
 pub struct Phone {
-    pub c: Client3,
+    pub c: Conn,
     pub id: IdentityPair,
     pub dev: Device,
     pub provider: OpenMlsRustCrypto,
@@ -45,9 +40,9 @@ pub struct Refusal {
     pub remove: Option<Vec<u32>>,
 }
 
-pub fn refusal(msg: ServerMsg3) -> Refusal {
+pub fn refusal(msg: ServerMsg) -> Refusal {
     match msg {
-        ServerMsg3::Error {
+        ServerMsg::Error {
             code,
             epoch,
             remove,
@@ -61,7 +56,7 @@ pub fn refusal(msg: ServerMsg3) -> Refusal {
     }
 }
 
-pub fn code(result: Result<ServerMsg3, ClientError>) -> ErrorCode {
+pub fn code(result: Result<ServerMsg, ClientError>) -> ErrorCode {
     match result {
         Err(e) => e
             .code()
@@ -72,7 +67,7 @@ pub fn code(result: Result<ServerMsg3, ClientError>) -> ErrorCode {
 
 /// The next event matching `pred` (others are dropped), within the
 /// connection's timeout.
-pub async fn wait_event(c: &mut Client3, pred: impl Fn(&ServerMsg3) -> bool) -> ServerMsg3 {
+pub async fn wait_event(c: &mut Conn, pred: impl Fn(&ServerMsg) -> bool) -> ServerMsg {
     loop {
         let e = c.next_event().await.expect("an event");
         if pred(&e) {
@@ -82,7 +77,7 @@ pub async fn wait_event(c: &mut Client3, pred: impl Fn(&ServerMsg3) -> bool) -> 
 }
 
 /// Asserts no event matching `pred` arrives within `ms`.
-pub async fn no_event(c: &mut Client3, ms: u64, pred: impl Fn(&ServerMsg3) -> bool) {
+pub async fn no_event(c: &mut Conn, ms: u64, pred: impl Fn(&ServerMsg) -> bool) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(ms);
     loop {
         match tokio::time::timeout_at(deadline, c.next_event()).await {
@@ -94,16 +89,19 @@ pub async fn no_event(c: &mut Client3, ms: u64, pred: impl Fn(&ServerMsg3) -> bo
 }
 
 /// A ping gets its pong.
-pub async fn still_serves(c: &mut Client3) {
-    let pong = c.request(&Request3::Shared(Request::Ping)).await.unwrap();
+pub async fn still_serves(c: &mut Conn) {
+    let pong = c
+        .request(&Request::Shared(PlainRequest::Ping))
+        .await
+        .unwrap();
     assert!(
-        matches!(pong, ServerMsg3::Shared(ServerMsg::Pong { .. })),
+        matches!(pong, ServerMsg::Shared(PlainMsg::Pong { .. })),
         "{pong:?}"
     );
 }
 
 /// Reads until the server closes: the close frame's code and reason.
-pub async fn read_until_closed(c: &mut Client3) -> String {
+pub async fn read_until_closed(c: &mut Conn) -> String {
     loop {
         match c.read().await {
             Ok(_) => continue,
@@ -113,16 +111,16 @@ pub async fn read_until_closed(c: &mut Client3) -> String {
     }
 }
 
-/// A request that carries no MLS object, as a v3 request.
-pub fn shared(req: Request) -> Request3 {
-    Request3::Shared(req)
+/// A request that carries no MLS object, as a request.
+pub fn shared(req: PlainRequest) -> Request {
+    Request::Shared(req)
 }
 
 impl Phone {
     /// `name` registered if new, and logged in as a new device.
     pub async fn user(url: &str, name: &str, n: usize) -> Phone {
-        let id = identity3(name, n);
-        let mut c = Client3::connect(url).await.expect("connects");
+        let id = identity(name, n);
+        let mut c = Conn::connect(url).await.expect("connects");
         match c.register(&id).await {
             Ok(()) => {}
             Err(e) if e.code() == Some(ErrorCode::UsernameTaken) => {}
@@ -132,8 +130,8 @@ impl Phone {
     }
 
     /// A request that carries no MLS object; an `error` reply is `Err`.
-    pub async fn ask(&mut self, req: Request) -> Result<ServerMsg3, ClientError> {
-        self.c.request(&Request3::Shared(req)).await
+    pub async fn ask(&mut self, req: PlainRequest) -> Result<ServerMsg, ClientError> {
+        self.c.request(&Request::Shared(req)).await
     }
 
     /// `create_room` with a new group, a password and `hidden`; on success
@@ -143,14 +141,14 @@ impl Phone {
         name: &str,
         password: Option<&str>,
         hidden: bool,
-    ) -> Result<RoomSummary3, ClientError> {
+    ) -> Result<RoomSummary, ClientError> {
         let (group, objects) = self
             .dev
             .create_group(&self.provider, rand::random())
             .expect("creates a group");
         let joined = self
             .c
-            .request(&Request3::CreateRoom {
+            .request(&Request::CreateRoom {
                 name: name.into(),
                 password: password.map(str::to_owned),
                 hidden: hidden.then_some(true),
@@ -158,7 +156,7 @@ impl Phone {
                 ratchet_tree: ByteBuf::from(objects.ratchet_tree),
             })
             .await?;
-        let ServerMsg3::Joined { room, .. } = joined else {
+        let ServerMsg::Joined { room, .. } = joined else {
             panic!("not joined: {joined:?}");
         };
         self.group = Some(group);
@@ -173,14 +171,14 @@ impl Phone {
         &mut self,
         room_id: &str,
         password: Option<&str>,
-    ) -> Result<RoomSummary3, ClientError> {
+    ) -> Result<RoomSummary, ClientError> {
         let joined = self
-            .ask(Request::JoinRoom {
+            .ask(PlainRequest::JoinRoom {
                 room_id: room_id.into(),
                 password: password.map(str::to_owned),
             })
             .await?;
-        let ServerMsg3::Joined { room, .. } = joined else {
+        let ServerMsg::Joined { room, .. } = joined else {
             panic!("not joined: {joined:?}");
         };
         self.room = room_id.to_owned();
@@ -191,13 +189,13 @@ impl Phone {
     /// `get_members` of `room_id`: (name, online), in join order.
     pub async fn online(&mut self, room_id: &str) -> Vec<(String, bool)> {
         match self
-            .ask(Request::GetMembers {
+            .ask(PlainRequest::GetMembers {
                 room_id: room_id.into(),
             })
             .await
             .expect("members")
         {
-            ServerMsg3::Members { members, .. } => members
+            ServerMsg::Members { members, .. } => members
                 .into_iter()
                 .map(|m| (m.username, m.online))
                 .collect(),
@@ -210,13 +208,13 @@ impl Phone {
         &mut self,
         offset: Option<u64>,
         limit: Option<u64>,
-    ) -> (Vec<RoomSummary3>, u64, u64) {
+    ) -> (Vec<RoomSummary>, u64, u64) {
         match self
-            .ask(Request::ListRooms { offset, limit })
+            .ask(PlainRequest::ListRooms { offset, limit })
             .await
             .expect("rooms")
         {
-            ServerMsg3::Rooms {
+            ServerMsg::Rooms {
                 rooms,
                 total,
                 connected,
@@ -228,8 +226,8 @@ impl Phone {
 
     /// `name` registered (first device) and logged in.
     pub async fn register(url: &str, name: &str, n: usize) -> Phone {
-        let id = identity3(name, n);
-        let mut c = Client3::connect(url).await.expect("connects");
+        let id = identity(name, n);
+        let mut c = Conn::connect(url).await.expect("connects");
         c.register(&id).await.expect("registers");
         Phone::login(url, id).await
     }
@@ -237,7 +235,7 @@ impl Phone {
     /// A new device of an existing user, logged in.
     pub async fn login(url: &str, id: IdentityPair) -> Phone {
         let dev = Device::new(&id.username, |m| id.sign(m));
-        let mut c = Client3::connect(url).await.expect("connects");
+        let mut c = Conn::connect(url).await.expect("connects");
         c.login(&id, &dev.certificate).await.expect("logs in");
         Phone {
             c,
@@ -252,8 +250,8 @@ impl Phone {
     }
 
     /// Another connection of this same device (same certificate).
-    pub async fn second_connection(&self, url: &str) -> Client3 {
-        let mut c = Client3::connect(url).await.expect("connects");
+    pub async fn second_connection(&self, url: &str) -> Conn {
+        let mut c = Conn::connect(url).await.expect("connects");
         c.login(&self.id, &self.dev.certificate)
             .await
             .expect("logs in");
@@ -269,23 +267,23 @@ impl Phone {
     }
 
     /// `create_room` with a new group: the `joined` summary.
-    pub async fn create(&mut self, name: &str) -> RoomSummary3 {
+    pub async fn create(&mut self, name: &str) -> RoomSummary {
         self.create_with(name, None, false)
             .await
             .expect("creates the room")
     }
 
     /// `join_room`: the `joined` summary.
-    pub async fn join_room(&mut self, room_id: &str) -> RoomSummary3 {
+    pub async fn join_room(&mut self, room_id: &str) -> RoomSummary {
         let joined = self
             .c
-            .request(&Request3::Shared(Request::JoinRoom {
+            .request(&Request::Shared(PlainRequest::JoinRoom {
                 room_id: room_id.into(),
                 password: None,
             }))
             .await
             .expect("joins");
-        let ServerMsg3::Joined { room, .. } = joined else {
+        let ServerMsg::Joined { room, .. } = joined else {
             panic!("not joined: {joined:?}");
         };
         self.room = room_id.to_owned();
@@ -307,7 +305,7 @@ impl Phone {
     }
 
     /// `commit` of `objects`: the raw reply.
-    pub async fn send_commit(&mut self, objects: &CommitObjects) -> ServerMsg3 {
+    pub async fn send_commit(&mut self, objects: &CommitObjects) -> ServerMsg {
         self.c.commit(&self.room, objects).await.expect("a reply")
     }
 
@@ -315,7 +313,7 @@ impl Phone {
     pub async fn enter(&mut self) -> u64 {
         let (group, objects) = self.external_commit().await;
         match self.send_commit(&objects).await {
-            ServerMsg3::Committed { seq, epoch, .. } => {
+            ServerMsg::Committed { seq, epoch, .. } => {
                 self.group = Some(group);
                 self.entered_at = seq;
                 self.catch_up_to(seq).await;
@@ -329,7 +327,7 @@ impl Phone {
     pub async fn commit(&mut self, remove: &[u32]) -> u64 {
         let objects = self.build_commit(remove);
         match self.send_commit(&objects).await {
-            ServerMsg3::Committed { seq, epoch, .. } => {
+            ServerMsg::Committed { seq, epoch, .. } => {
                 self.merge_pending();
                 self.catch_up_to(seq).await;
                 epoch
@@ -369,7 +367,7 @@ impl Phone {
     }
 
     /// Sends `text` with a new msg_id: the raw reply.
-    pub async fn try_say(&mut self, text: &str) -> ServerMsg3 {
+    pub async fn try_say(&mut self, text: &str) -> ServerMsg {
         let message = self.encrypt(text);
         self.send_raw(rand::random(), message).await
     }
@@ -386,9 +384,9 @@ impl Phone {
     }
 
     /// `send` of `message` with `msg_id`: the raw reply.
-    pub async fn send_raw(&mut self, msg_id: [u8; 16], message: Vec<u8>) -> ServerMsg3 {
+    pub async fn send_raw(&mut self, msg_id: [u8; 16], message: Vec<u8>) -> ServerMsg {
         self.c
-            .request_raw(&Request3::Send {
+            .request_raw(&Request::Send {
                 room_id: self.room.clone(),
                 msg_id: ByteBuf::from(msg_id.to_vec()),
                 message: ByteBuf::from(message),
@@ -401,7 +399,7 @@ impl Phone {
     pub async fn say(&mut self, text: &str) -> u64 {
         let message = self.encrypt(text);
         match self.send_raw(rand::random(), message).await {
-            ServerMsg3::Shared(ServerMsg::Sent { seq, .. }) => {
+            ServerMsg::Shared(PlainMsg::Sent { seq, .. }) => {
                 self.catch_up_to(seq).await;
                 seq
             }
@@ -418,7 +416,7 @@ impl Phone {
     ) -> (Vec<Entry>, bool) {
         let reply = self
             .c
-            .request(&Request3::Shared(Request::History {
+            .request(&Request::Shared(PlainRequest::History {
                 room_id: self.room.clone(),
                 after_seq: after,
                 before_seq: before,
@@ -426,7 +424,7 @@ impl Phone {
             }))
             .await
             .expect("history");
-        let ServerMsg3::History {
+        let ServerMsg::History {
             entries, has_more, ..
         } = reply
         else {
@@ -439,12 +437,12 @@ impl Phone {
     pub async fn member_names(&mut self, room_id: &str) -> Vec<String> {
         let reply = self
             .c
-            .request(&Request3::Shared(Request::GetMembers {
+            .request(&Request::Shared(PlainRequest::GetMembers {
                 room_id: room_id.into(),
             }))
             .await
             .expect("members");
-        let ServerMsg3::Members { members, .. } = reply else {
+        let ServerMsg::Members { members, .. } = reply else {
             panic!("not members: {reply:?}");
         };
         members.into_iter().map(|m| m.username).collect()
@@ -454,7 +452,7 @@ impl Phone {
     pub async fn next_entry(&mut self) -> Entry {
         loop {
             match self.c.next_event().await.expect("an event") {
-                ServerMsg3::Entry(e) if e.room_id == self.room => return e,
+                ServerMsg::Entry(e) if e.room_id == self.room => return e,
                 _ => continue,
             }
         }
@@ -509,7 +507,7 @@ impl Phone {
             let from = out.last().map_or(after, |e| e.seq);
             let page = self
                 .c
-                .request(&Request3::Shared(Request::History {
+                .request(&Request::Shared(PlainRequest::History {
                     room_id: self.room.clone(),
                     after_seq: Some(from),
                     before_seq: None,
@@ -517,7 +515,7 @@ impl Phone {
                 }))
                 .await
                 .expect("history");
-            let ServerMsg3::History {
+            let ServerMsg::History {
                 entries, has_more, ..
             } = page
             else {

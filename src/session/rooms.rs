@@ -1,9 +1,9 @@
-//! What a v3 session asks of rooms (`PROTOCOL-v3.md` section 3, Rooms, The
-//! room log, History): `create_room` with the creator's group (checked
-//! here, on the connection's worker, before the Registry sees it),
-//! `join_room`, `list_rooms` and `get_members` in version 3's shapes,
-//! `group_state`, `commit`, `send`, `publish_group_info` and `history`.
-//! Leaving and the owner operations are version 2's.
+//! What a session asks of rooms (`PROTOCOL.md` section 3, Rooms, The room
+//! log, History): `create_room` with the creator's group (checked here, on
+//! the connection's worker, before the Registry sees it), `join_room`,
+//! `list_rooms`, `get_members`, `group_state`, `commit`, `send`,
+//! `publish_group_info` and `history`. Leaving and the owner operations are
+//! in `mod.rs`.
 
 use serde_bytes::ByteBuf;
 
@@ -11,10 +11,10 @@ use super::{Ctx, Session};
 use crate::identity::room_id_of_group_id;
 use crate::metrics;
 use crate::mls::{Committer, RoomGroup};
-use crate::protocol::v3::{Entry, RoomSummary3, ServerMsg3};
-use crate::protocol::{ErrorCode, Failure, Request, ServerMsg};
+use crate::protocol::{Entry, RoomSummary, ServerMsg};
+use crate::protocol::{ErrorCode, Failure, PlainMsg, PlainRequest};
 use crate::registry;
-use crate::room::{self, From3};
+use crate::room::{self, FromDevice};
 use crate::store::GroupRow;
 use crate::validate;
 
@@ -24,16 +24,16 @@ const NEW_GROUP_BYTES: usize = 16 * 1024;
 
 impl Session {
     /// The connection's proved device as the rooms need it.
-    fn from3(&self) -> From3 {
-        let device = self.device.as_ref().expect("a v3 login sets the device");
-        From3 {
+    fn acting_device(&self) -> FromDevice {
+        let device = self.device.as_ref().expect("a login sets the device");
+        FromDevice {
             username: self.username().to_owned(),
             device_id: device.device_id.clone(),
             certificate: device.certificate.clone(),
         }
     }
 
-    pub(super) fn group_state3(&mut self, ctx: &mut Ctx, id: Option<u64>, room_id: String) {
+    pub(super) fn group_state(&mut self, ctx: &mut Ctx, id: Option<u64>, room_id: String) {
         let username = self.username().to_owned();
         let rid = room_id.clone();
         self.ask_room(
@@ -41,7 +41,7 @@ impl Session {
             id,
             room_id,
             room::GroupState { username },
-            move |_, (epoch, group_info, tree)| ServerMsg3::GroupState {
+            move |_, (epoch, group_info, tree)| ServerMsg::GroupState {
                 id,
                 room_id: rid,
                 epoch,
@@ -51,7 +51,7 @@ impl Session {
         );
     }
 
-    pub(super) fn commit3(
+    pub(super) fn commit(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
@@ -60,13 +60,13 @@ impl Session {
         group_info: Vec<u8>,
     ) {
         let msg = room::Commit {
-            from: self.from3(),
+            from: self.acting_device(),
             commit,
             group_info,
         };
         let rid = room_id.clone();
         self.ask_room(ctx, id, room_id, msg, move |_, (seq, epoch)| {
-            ServerMsg3::Committed {
+            ServerMsg::Committed {
                 id,
                 room_id: rid,
                 seq,
@@ -75,7 +75,7 @@ impl Session {
         });
     }
 
-    pub(super) fn send3(
+    pub(super) fn send(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
@@ -83,8 +83,8 @@ impl Session {
         msg_id: Vec<u8>,
         message: Vec<u8>,
     ) {
-        let from = self.from3();
-        let msg = room::Send3 {
+        let from = self.acting_device();
+        let msg = room::SendMessage {
             username: from.username,
             device_id: from.device_id,
             msg_id: msg_id.clone(),
@@ -95,7 +95,7 @@ impl Session {
             if !appended.duplicate {
                 metrics::inc(&metrics::MESSAGES_SENT);
             }
-            ServerMsg::Sent {
+            PlainMsg::Sent {
                 id,
                 room_id: rid,
                 msg_id: ByteBuf::from(msg_id),
@@ -105,7 +105,7 @@ impl Session {
         });
     }
 
-    pub(super) fn publish3(
+    pub(super) fn publish_group_info(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
@@ -113,14 +113,14 @@ impl Session {
         group_info: Vec<u8>,
     ) {
         let msg = room::PublishGroupInfo {
-            from: self.from3(),
+            from: self.acting_device(),
             group_info,
         };
-        self.ask_room(ctx, id, room_id, msg, move |_, ()| ServerMsg::Ok { id });
+        self.ask_room(ctx, id, room_id, msg, move |_, ()| PlainMsg::Ok { id });
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn create_room3(
+    pub(super) fn create_room(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
@@ -145,7 +145,7 @@ impl Session {
                 ),
             );
         }
-        let from = self.from3();
+        let from = self.acting_device();
         let created = RoomGroup::create(
             group_info,
             ratchet_tree,
@@ -184,65 +184,65 @@ impl Session {
             hidden: hidden.unwrap_or(false),
             group: row,
         };
-        self.ask_registry(ctx, id, msg, move |act, joined| act.joined3(id, joined));
+        self.ask_registry(ctx, id, msg, move |act, joined| act.joined(id, joined));
     }
 
-    /// `joined` in version 3's shape; the room's address is kept.
-    fn joined3(&mut self, id: Option<u64>, joined: registry::JoinedRoom) -> ServerMsg3 {
+    /// `joined`; the room's address is kept.
+    fn joined(&mut self, id: Option<u64>, joined: registry::JoinedRoom) -> ServerMsg {
         self.rooms
             .insert(joined.room.room_id.clone(), joined.addr.clone());
         let (epoch, in_group) = joined.group.unwrap_or_default();
-        ServerMsg3::Joined {
+        ServerMsg::Joined {
             id,
-            room: RoomSummary3::new(joined.room, epoch, Some(in_group)),
+            room: RoomSummary::new(joined.room, epoch, Some(in_group)),
             members: joined.members,
         }
     }
 
     /// `list_rooms`, `join_room`, `get_members` and `history`: the
     /// requests about rooms that carry no MLS object.
-    pub(super) fn dispatch_rooms(&mut self, ctx: &mut Ctx, id: Option<u64>, request: Request) {
+    pub(super) fn dispatch_rooms(&mut self, ctx: &mut Ctx, id: Option<u64>, request: PlainRequest) {
         let username = self.username().to_owned();
         match request {
-            Request::ListRooms { offset, limit } => {
+            PlainRequest::ListRooms { offset, limit } => {
                 let fut = self.list_rooms(offset, limit);
-                self.answer(ctx, id, fut, move |_, listed| ServerMsg3::Rooms {
+                self.answer(ctx, id, fut, move |_, listed| ServerMsg::Rooms {
                     id,
                     rooms: listed
                         .rooms
                         .into_iter()
                         .zip(listed.epochs)
-                        .map(|(s, epoch)| RoomSummary3::new(s, epoch, None))
+                        .map(|(s, epoch)| RoomSummary::new(s, epoch, None))
                         .collect(),
                     total: listed.total,
                     connected: listed.connected,
                 });
             }
-            Request::JoinRoom { room_id, password } => {
+            PlainRequest::JoinRoom { room_id, password } => {
                 let msg = registry::JoinRoom {
                     user: self.user.clone().expect("logged in"),
                     room_id,
                     password,
                     ip: self.peer.ip,
-                    device: Some(self.from3().device_id),
+                    device: Some(self.acting_device().device_id),
                 };
-                self.ask_registry(ctx, id, msg, move |act, joined| act.joined3(id, joined));
+                self.ask_registry(ctx, id, msg, move |act, joined| act.joined(id, joined));
             }
-            Request::GetMembers { room_id } => {
+            PlainRequest::GetMembers { room_id } => {
                 let rid = room_id.clone();
                 self.ask_room(
                     ctx,
                     id,
                     room_id,
                     room::GetMembers { username },
-                    move |_, members| ServerMsg3::Members {
+                    move |_, members| ServerMsg::Members {
                         id,
                         room_id: rid,
                         members,
                     },
                 );
             }
-            Request::History {
+            PlainRequest::History {
                 room_id,
                 after_seq,
                 before_seq,
@@ -257,10 +257,10 @@ impl Session {
                     ctx,
                     id,
                     room_id,
-                    room::History3 { username, query },
+                    room::History { username, query },
                     move |_, history| {
                         drop(slot);
-                        ServerMsg3::History {
+                        ServerMsg::History {
                             id,
                             entries: history
                                 .page

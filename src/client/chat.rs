@@ -1,5 +1,5 @@
-//! A v3 device at work, as the terminal client drives it: one connection
-//! (`Client3`), the device's state on disk (`DeviceStore`: its key, its
+//! A device at work, as the terminal client drives it: one connection
+//! (`Conn`), the device's state on disk (`DeviceStore`: its key, its
 //! groups, where it is in each room's log, the identity keys it pinned and
 //! what it decrypted), and section 7 per room (`RoomLog`).
 //!
@@ -17,16 +17,16 @@ use openmls::prelude::{GroupId, MlsGroup, OpenMlsProvider};
 use openmls_rust_crypto::OpenMlsRustCrypto;
 use serde_bytes::ByteBuf;
 
+use super::conn::{Conn, IdentityPair};
 use super::device_store::{DeviceStore, Plaintext, RoomMark};
 use super::mls::Device;
-use super::room3::{Applied, Leaf, LogError, RoomLog};
-use super::v3::{Client3, IdentityPair};
+use super::room_log::{Applied, Leaf, LogError, RoomLog};
 use crate::identity::IdentityKey;
-use crate::protocol::v3::{Entry, Member3 as MemberInfo, Request3, RoomSummary3, ServerMsg3};
-use crate::protocol::{ErrorCode, Request, ServerMsg};
+use crate::protocol::{Entry, Member as MemberInfo, Request, RoomSummary, ServerMsg};
+use crate::protocol::{ErrorCode, PlainMsg, PlainRequest};
 
 /// A failure, for people.
-pub type Result3<T> = std::result::Result<T, String>;
+pub type ChatResult<T> = std::result::Result<T, String>;
 
 fn because<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
     move |e| format!("{what}: {e}")
@@ -52,8 +52,8 @@ struct Room {
 /// where it is active.
 pub const UPDATE_EVERY_MS: u64 = 7 * 24 * 3600 * 1000;
 
-pub struct Member3 {
-    pub c: Client3,
+pub struct Chat {
+    pub c: Conn,
     pub device: Device,
     store: DeviceStore,
     provider: OpenMlsRustCrypto,
@@ -62,7 +62,7 @@ pub struct Member3 {
     /// What the user must be told (a resync), for the caller to show.
     pub notices: Vec<String>,
     /// The user's rooms when this device logged in (`logged_in`).
-    pub mine: Vec<RoomSummary3>,
+    pub mine: Vec<RoomSummary>,
     /// Every message decrypted, by whatever call read it (a send or a
     /// commit reads the log first): for a screen to drain and show.
     pub received: Vec<Plaintext>,
@@ -104,10 +104,10 @@ pub fn decode_plaintext(bytes: &[u8]) -> Option<(String, u64)> {
     Some((text, sent_at))
 }
 
-impl Member3 {
+impl Chat {
     /// Opens the device file at `path` (making the device on first use),
     /// connects to `url` and logs in as this device.
-    pub async fn open(url: &str, identity: &IdentityPair, path: &Path) -> Result3<Member3> {
+    pub async fn open(url: &str, identity: &IdentityPair, path: &Path) -> ChatResult<Chat> {
         let (mut store, provider) = DeviceStore::open(path).map_err(because("device store"))?;
         let device = match store.device(&provider).map_err(because("device store"))? {
             Some(d) if d.user == identity.username => d,
@@ -120,7 +120,7 @@ impl Member3 {
                 d
             }
         };
-        let mut c = Client3::connect(url).await.map_err(because("connect"))?;
+        let mut c = Conn::connect(url).await.map_err(because("connect"))?;
         let logged_in =
             c.login(identity, &device.certificate)
                 .await
@@ -131,7 +131,7 @@ impl Member3 {
                     ),
                     _ => format!("login failed: {e}"),
                 })?;
-        let ServerMsg3::LoggedIn { rooms: mine, .. } = logged_in else {
+        let ServerMsg::LoggedIn { rooms: mine, .. } = logged_in else {
             return Err(format!("not logged in: {logged_in:?}"));
         };
         let mut pins = HashMap::new();
@@ -146,7 +146,7 @@ impl Member3 {
             .pin(&identity.username, &identity.der)
             .map_err(because("device store"))?;
         pins.entry(identity.username.clone()).or_insert(me);
-        Ok(Member3 {
+        Ok(Chat {
             c,
             device,
             store,
@@ -161,7 +161,7 @@ impl Member3 {
 
     /// Pins the members' identity keys on first use; a member whose key
     /// changed is refused (section 7).
-    pub fn pin_members(&mut self, members: &[MemberInfo]) -> Result3<()> {
+    pub fn pin_members(&mut self, members: &[MemberInfo]) -> ChatResult<()> {
         for m in members {
             match self.pins.get(&m.username) {
                 Some(k) if k.der() == m.identity_key.as_slice() => {}
@@ -193,7 +193,12 @@ impl Member3 {
     /// Pins `identity_key` for `user` in place of the key pinned before,
     /// if its fingerprint is `fingerprint`, which the user compared with
     /// them. Rooms are checked again with the new pin.
-    pub fn trust(&mut self, user: &str, identity_key: &[u8], fingerprint: [u8; 32]) -> Result3<()> {
+    pub fn trust(
+        &mut self,
+        user: &str,
+        identity_key: &[u8],
+        fingerprint: [u8; 32],
+    ) -> ChatResult<()> {
         let key = IdentityKey::parse(identity_key).map_err(because("identity key"))?;
         if key.fingerprint() != fingerprint {
             return Err(format!(
@@ -211,7 +216,7 @@ impl Member3 {
     /// New devices in the room's group not yet shown to the user: they
     /// are returned once (to show now) and kept as told. The send path
     /// shows them too, before it sends; a screen shows them as they come.
-    pub fn take_announcements(&mut self, room_id: &str) -> Result3<Vec<Leaf>> {
+    pub fn take_announcements(&mut self, room_id: &str) -> ChatResult<Vec<Leaf>> {
         let room = self.room(room_id)?;
         let Err(Ok(leaves)) = room.log.may_send() else {
             return Ok(Vec::new());
@@ -223,7 +228,7 @@ impl Member3 {
 
     /// The devices in the room's group as this device checked them: (leaf
     /// index, user, device id).
-    pub fn devices_in(&mut self, room_id: &str) -> Result3<Vec<(u32, String, Vec<u8>)>> {
+    pub fn devices_in(&mut self, room_id: &str) -> ChatResult<Vec<(u32, String, Vec<u8>)>> {
         Ok(self
             .room(room_id)?
             .log
@@ -234,16 +239,16 @@ impl Member3 {
     }
 
     /// `get_members`: the room's members with their identity keys.
-    pub async fn members(&mut self, room_id: &str) -> Result3<Vec<MemberInfo>> {
+    pub async fn members(&mut self, room_id: &str) -> ChatResult<Vec<MemberInfo>> {
         match self
             .c
-            .request(&Request3::Shared(Request::GetMembers {
+            .request(&Request::Shared(PlainRequest::GetMembers {
                 room_id: room_id.into(),
             }))
             .await
             .map_err(because("members"))?
         {
-            ServerMsg3::Members { members, .. } => Ok(members),
+            ServerMsg::Members { members, .. } => Ok(members),
             other => Err(format!("not members: {other:?}")),
         }
     }
@@ -253,7 +258,7 @@ impl Member3 {
         room_id: &str,
         plaintexts: &[Plaintext],
         told: Vec<(String, Vec<u8>)>,
-    ) -> Result3<()> {
+    ) -> ChatResult<()> {
         let room = &self.rooms[room_id];
         let mark = RoomMark {
             room_id: room_id.to_owned(),
@@ -269,7 +274,7 @@ impl Member3 {
     }
 
     /// The room's group and log, from memory or the device file.
-    fn room(&mut self, room_id: &str) -> Result3<&mut Room> {
+    fn room(&mut self, room_id: &str) -> ChatResult<&mut Room> {
         if !self.rooms.contains_key(room_id) {
             let RoomMark {
                 group_id,
@@ -305,14 +310,14 @@ impl Member3 {
         name: &str,
         password: Option<String>,
         hidden: bool,
-    ) -> Result3<RoomSummary3> {
+    ) -> ChatResult<RoomSummary> {
         let (group, objects) = self
             .device
             .create_group(&self.provider, rand::random())
             .map_err(because("MLS"))?;
         let joined = self
             .c
-            .request(&Request3::CreateRoom {
+            .request(&Request::CreateRoom {
                 name: name.into(),
                 password,
                 hidden: hidden.then_some(true),
@@ -321,7 +326,7 @@ impl Member3 {
             })
             .await
             .map_err(because("create"))?;
-        let ServerMsg3::Joined { room, .. } = joined else {
+        let ServerMsg::Joined { room, .. } = joined else {
             return Err(format!("not joined: {joined:?}"));
         };
         let log = RoomLog::new(&self.device, &group, &self.pins, 0).map_err(|e| e.to_string())?;
@@ -340,16 +345,20 @@ impl Member3 {
 
     /// `join_room`, then this device enters the group by external commit
     /// (a refused one is dropped and tried again from a fresh state).
-    pub async fn join(&mut self, room_id: &str, password: Option<String>) -> Result3<RoomSummary3> {
+    pub async fn join(
+        &mut self,
+        room_id: &str,
+        password: Option<String>,
+    ) -> ChatResult<RoomSummary> {
         let joined = self
             .c
-            .request(&Request3::Shared(Request::JoinRoom {
+            .request(&Request::Shared(PlainRequest::JoinRoom {
                 room_id: room_id.into(),
                 password,
             }))
             .await
             .map_err(because("join"))?;
-        let ServerMsg3::Joined { room, members, .. } = joined else {
+        let ServerMsg::Joined { room, members, .. } = joined else {
             return Err(format!("not joined: {joined:?}"));
         };
         self.pin_members(&members)?;
@@ -366,7 +375,7 @@ impl Member3 {
 
     /// An external commit into the room's group (a join, or a resync that
     /// removes this device's old leaf).
-    pub async fn enter(&mut self, room_id: &str) -> Result3<()> {
+    pub async fn enter(&mut self, room_id: &str) -> ChatResult<()> {
         for _ in 0..5 {
             let (_, group_info, ratchet_tree) = self
                 .c
@@ -383,7 +392,7 @@ impl Member3 {
                 .await
                 .map_err(because("commit"))?;
             match reply {
-                ServerMsg3::Committed { seq, .. } => {
+                ServerMsg::Committed { seq, .. } => {
                     let log = RoomLog::new(&self.device, &group, &self.pins, seq)
                         .map_err(|e| e.to_string())?;
                     let updated = crate::util::now_ms();
@@ -398,7 +407,7 @@ impl Member3 {
                     return self.save(room_id, &[], Vec::new());
                 }
                 // Section 7: a refused join's state is thrown away.
-                ServerMsg3::Error {
+                ServerMsg::Error {
                     code: ErrorCode::StaleEpoch,
                     ..
                 } => {
@@ -413,13 +422,13 @@ impl Member3 {
 
     /// Applies the room's log from history up to now; the messages of
     /// others come back (and are kept on the device).
-    pub async fn sync(&mut self, room_id: &str) -> Result3<Vec<Plaintext>> {
+    pub async fn sync(&mut self, room_id: &str) -> ChatResult<Vec<Plaintext>> {
         let mut out = Vec::new();
         loop {
             let after = self.room(room_id)?.log.applied;
             let page = self
                 .c
-                .request(&Request3::Shared(Request::History {
+                .request(&Request::Shared(PlainRequest::History {
                     room_id: room_id.into(),
                     after_seq: Some(after),
                     before_seq: None,
@@ -427,7 +436,7 @@ impl Member3 {
                 }))
                 .await
                 .map_err(because("history"))?;
-            let ServerMsg3::History {
+            let ServerMsg::History {
                 entries, has_more, ..
             } = page
             else {
@@ -447,7 +456,7 @@ impl Member3 {
 
     /// Applies `e` and saves what it did in one transaction: its message,
     /// if any (`Some`), or `None` when the device had to rejoin.
-    async fn take(&mut self, room_id: &str, e: &Entry) -> Result3<Option<Vec<Plaintext>>> {
+    async fn take(&mut self, room_id: &str, e: &Entry) -> ChatResult<Option<Vec<Plaintext>>> {
         match self.apply(room_id, e) {
             Ok(p) => {
                 self.save(room_id, p.as_slice(), Vec::new())?;
@@ -487,7 +496,7 @@ impl Member3 {
     /// with what is missing from history if it is not, ignored if applied
     /// already or if this device is not in the room. The messages of others
     /// come back.
-    pub async fn receive(&mut self, e: &Entry) -> Result3<Vec<Plaintext>> {
+    pub async fn receive(&mut self, e: &Entry) -> ChatResult<Vec<Plaintext>> {
         if !self.is_in(&e.room_id)? {
             return Ok(Vec::new());
         }
@@ -502,7 +511,7 @@ impl Member3 {
     }
 
     /// Whether this device is in `room_id`'s group (in memory or on file).
-    pub fn is_in(&self, room_id: &str) -> Result3<bool> {
+    pub fn is_in(&self, room_id: &str) -> ChatResult<bool> {
         Ok(self.rooms.contains_key(room_id)
             || self
                 .store
@@ -515,7 +524,7 @@ impl Member3 {
     /// still holds any (section 7: a member left, was kicked or banned).
     /// Every other member's device may race to do the same: the first
     /// commit wins, and the others find nothing left to remove.
-    pub async fn remove_user(&mut self, room_id: &str, user: &str) -> Result3<()> {
+    pub async fn remove_user(&mut self, room_id: &str, user: &str) -> ChatResult<()> {
         if !self.is_in(room_id)? {
             return Ok(());
         }
@@ -567,7 +576,7 @@ impl Member3 {
     /// now; on a retry they are found again by device, since a leaf index
     /// may be reused by a device that entered meanwhile (and one already
     /// removed by another member's commit is not removed twice).
-    pub async fn commit(&mut self, room_id: &str, remove: &[u32]) -> Result3<u64> {
+    pub async fn commit(&mut self, room_id: &str, remove: &[u32]) -> ChatResult<u64> {
         let mut devices: Option<Vec<(String, Vec<u8>)>> = None;
         for _ in 0..5 {
             self.sync(room_id).await?;
@@ -607,7 +616,7 @@ impl Member3 {
                 .map_err(because("commit"))?;
             let room = self.rooms.get_mut(room_id).expect("loaded");
             match reply {
-                ServerMsg3::Committed { seq, epoch, .. } => {
+                ServerMsg::Committed { seq, epoch, .. } => {
                     room.group
                         .merge_pending_commit(&self.provider)
                         .map_err(|e| format!("merge: {e:?}"))?;
@@ -621,7 +630,7 @@ impl Member3 {
                     self.save(room_id, &[], Vec::new())?;
                     return Ok(epoch);
                 }
-                ServerMsg3::Error {
+                ServerMsg::Error {
                     code: ErrorCode::StaleEpoch,
                     ..
                 } => {
@@ -641,7 +650,7 @@ impl Member3 {
     /// Sends `text`: applies the log first, announces new devices (they
     /// come back in `Sent`), commits the Removes the server asks for, and
     /// follows a moving epoch.
-    pub async fn send(&mut self, room_id: &str, text: &str) -> Result3<Sent> {
+    pub async fn send(&mut self, room_id: &str, text: &str) -> ChatResult<Sent> {
         let members = self.members(room_id).await?;
         self.pin_members(&members)?;
         let mut sent = Sent::default();
@@ -674,7 +683,7 @@ impl Member3 {
             self.save(room_id, &[], Vec::new())?;
             let reply = self
                 .c
-                .request_raw(&Request3::Send {
+                .request_raw(&Request::Send {
                     room_id: room_id.into(),
                     msg_id: ByteBuf::from(rand::random::<[u8; 16]>().to_vec()),
                     message: ByteBuf::from(message),
@@ -682,7 +691,7 @@ impl Member3 {
                 .await
                 .map_err(because("send"))?;
             match reply {
-                ServerMsg3::Shared(ServerMsg::Sent { seq, ts, .. }) => {
+                ServerMsg::Shared(PlainMsg::Sent { seq, ts, .. }) => {
                     // Its own text, kept with the others' (it cannot
                     // decrypt its own message later).
                     let mine = Plaintext {
@@ -699,14 +708,14 @@ impl Member3 {
                     sent.seq = seq;
                     return Ok(sent);
                 }
-                ServerMsg3::Error {
+                ServerMsg::Error {
                     code: ErrorCode::CommitRequired,
                     remove: Some(remove),
                     ..
                 } => {
                     self.commit(room_id, &remove).await?;
                 }
-                ServerMsg3::Error {
+                ServerMsg::Error {
                     code: ErrorCode::StaleEpoch,
                     ..
                 } => {}
@@ -718,13 +727,13 @@ impl Member3 {
 
     /// Pretends this device last updated its leaf in `room_id` at `at` (ms):
     /// for tests of the weekly update.
-    pub fn set_updated(&mut self, room_id: &str, at: u64) -> Result3<()> {
+    pub fn set_updated(&mut self, room_id: &str, at: u64) -> ChatResult<()> {
         self.room(room_id)?.updated = at;
         self.save(room_id, &[], Vec::new())
     }
 
     /// What this device decrypted in the room, in seq order.
-    pub fn history(&self, room_id: &str) -> Result3<Vec<Plaintext>> {
+    pub fn history(&self, room_id: &str) -> ChatResult<Vec<Plaintext>> {
         self.store
             .plaintexts(room_id)
             .map_err(because("device store"))

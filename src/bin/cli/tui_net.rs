@@ -1,4 +1,4 @@
-//! The network half of `chat` on protocol v3: one `Member3` (this
+//! The network half of `chat`: one `Chat` (this
 //! profile's device, its groups in `device.db`) drives section 7 while the
 //! screen shows what it decrypted. Entry events are applied as they come
 //! (a gap reads history first); new devices are shown as their commits
@@ -12,14 +12,14 @@ use std::collections::HashMap;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use e2ee_chat::client::chat::Chat;
+use e2ee_chat::client::conn::IdentityPair;
 use e2ee_chat::client::device_store::Plaintext;
 use e2ee_chat::client::display::escape;
-use e2ee_chat::client::member3::Member3;
-use e2ee_chat::client::room3::Leaf;
-use e2ee_chat::client::v3::IdentityPair;
+use e2ee_chat::client::room_log::Leaf;
 use e2ee_chat::crypto::{fingerprint_display, KeyPair};
-use e2ee_chat::protocol::v3::{Member3 as MemberInfo, Request3, RoomSummary3, ServerMsg3};
-use e2ee_chat::protocol::{Request, RoomSummary, ServerMsg};
+use e2ee_chat::protocol::{DirectorySummary, PlainMsg, PlainRequest};
+use e2ee_chat::protocol::{Member as MemberInfo, Request, RoomSummary, ServerMsg};
 use tokio::sync::mpsc;
 
 use crate::profile::{CliResult, Profile};
@@ -35,9 +35,9 @@ pub async fn run(profile: Profile, url: String, keys: KeyPair) -> CliResult<()> 
     .await
 }
 
-/// The screen's room list shows names; version 2's summary carries them.
-fn summary(r: &RoomSummary3) -> RoomSummary {
-    RoomSummary {
+/// The screen's room list shows names; the directory's summary carries them.
+fn summary(r: &RoomSummary) -> DirectorySummary {
+    DirectorySummary {
         room_id: r.room_id.clone(),
         name: r.name.clone(),
         owner: r.owner.clone(),
@@ -67,7 +67,7 @@ fn shown(p: Plaintext) -> (String, Shown) {
 /// What the network side keeps across reconnects.
 #[derive(Default)]
 struct State {
-    rooms: Vec<RoomSummary3>,
+    rooms: Vec<RoomSummary>,
     members: HashMap<String, Vec<(String, bool)>>,
 }
 
@@ -83,12 +83,12 @@ async fn network(
     let mut shown_history = false;
     loop {
         let _ = ui.send(Ui::Status(format!("connecting to {url}...")));
-        match Member3::open(&url, &identity, &path).await {
+        match Chat::open(&url, &identity, &path).await {
             Ok(mut m) => {
                 backoff = 1;
                 m.c.timeout = Duration::from_secs(60);
                 let _ = ui.send(Ui::Status(format!(
-                    "connected to {url} as {} (protocol v3)",
+                    "connected to {url} as {}",
                     identity.username
                 )));
                 state.rooms = std::mem::take(&mut m.mine);
@@ -117,7 +117,7 @@ async fn network(
 
 /// One connection's work.
 struct Net<'a> {
-    m: Member3,
+    m: Chat,
     ui: &'a std_mpsc::Sender<Ui>,
     state: &'a mut State,
 }
@@ -233,13 +233,13 @@ impl Net<'_> {
         }
     }
 
-    async fn event(&mut self, ev: ServerMsg3) -> CliResult<()> {
+    async fn event(&mut self, ev: ServerMsg) -> CliResult<()> {
         match ev {
-            ServerMsg3::Entry(e) => {
+            ServerMsg::Entry(e) => {
                 self.m.receive(&e).await?;
                 self.tell(&e.room_id);
             }
-            ServerMsg3::MemberJoined { room_id, member } => {
+            ServerMsg::MemberJoined { room_id, member } => {
                 if let Err(e) = self.m.pin_members(std::slice::from_ref(&member)) {
                     self.info(Some(&room_id), format!("WARNING: {}", escape(&e)));
                 }
@@ -256,15 +256,15 @@ impl Net<'_> {
                 self.state.members.insert(room_id.clone(), list.clone());
                 let _ = self.ui.send(Ui::Members(room_id, list));
             }
-            ServerMsg3::Shared(msg) => self.shared(msg).await?,
+            ServerMsg::Shared(msg) => self.shared(msg).await?,
             _ => {}
         }
         Ok(())
     }
 
-    async fn shared(&mut self, msg: ServerMsg) -> CliResult<()> {
+    async fn shared(&mut self, msg: PlainMsg) -> CliResult<()> {
         match msg {
-            ServerMsg::MemberLeft {
+            PlainMsg::MemberLeft {
                 room_id,
                 username,
                 reason,
@@ -282,7 +282,7 @@ impl Net<'_> {
                 self.m.remove_user(&room_id, &username).await?;
                 self.tell(&room_id);
             }
-            ServerMsg::Presence {
+            PlainMsg::Presence {
                 room_id,
                 username,
                 online,
@@ -294,25 +294,25 @@ impl Net<'_> {
                     let _ = self.ui.send(Ui::Members(room_id, list.clone()));
                 }
             }
-            ServerMsg::OwnerChanged { room_id, owner } => {
+            PlainMsg::OwnerChanged { room_id, owner } => {
                 self.info(
                     Some(&room_id),
                     format!("{} is now the owner", escape(&owner)),
                 );
             }
-            ServerMsg::RoomRenamed { room_id, name } => {
+            PlainMsg::RoomRenamed { room_id, name } => {
                 if let Some(r) = self.state.rooms.iter_mut().find(|r| r.room_id == room_id) {
                     r.name = name.clone();
                 }
                 self.show_rooms();
                 self.info(Some(&room_id), format!("room renamed to {}", escape(&name)));
             }
-            ServerMsg::Removed { room_id, reason } => {
+            PlainMsg::Removed { room_id, reason } => {
                 self.state.rooms.retain(|r| r.room_id != room_id);
                 self.show_rooms();
                 self.info(None, format!("you were {} from a room", escape(&reason)));
             }
-            ServerMsg::RoomDeleted { room_id } => {
+            PlainMsg::RoomDeleted { room_id } => {
                 self.state.rooms.retain(|r| r.room_id != room_id);
                 self.show_rooms();
                 self.info(None, "a room you were in was deleted".into());
@@ -340,7 +340,7 @@ impl Net<'_> {
             .ok_or_else(|| format!("no room named {:?}", escape(room)))
     }
 
-    fn add_room(&mut self, room: RoomSummary3) {
+    fn add_room(&mut self, room: RoomSummary) {
         if !self.state.rooms.iter().any(|r| r.room_id == room.room_id) {
             self.state.rooms.push(room);
         }
@@ -381,7 +381,7 @@ impl Net<'_> {
             Cmd::Leave(room_id) => {
                 self.m
                     .c
-                    .request(&Request3::Shared(Request::LeaveRoom {
+                    .request(&Request::Shared(PlainRequest::LeaveRoom {
                         room_id: room_id.clone(),
                     }))
                     .await
@@ -418,7 +418,7 @@ impl Net<'_> {
             Cmd::Owner(room_id, op) => {
                 self.m
                     .c
-                    .request(&Request3::Shared(owner_request(op, &room_id)))
+                    .request(&Request::Shared(owner_request(op, &room_id)))
                     .await
                     .map_err(|e| e.to_string())?;
                 self.info(Some(&room_id), "done".into());

@@ -1,21 +1,21 @@
 //! The whole wire (`PROTOCOL.md` sections 3–4): every request
-//! ([`Request3`]) and every server frame ([`ServerMsg3`]). Those that carry
+//! ([`Request`]) and every server frame ([`ServerMsg`]). Those that carry
 //! MLS objects, devices or identity keys are variants here; each enum ends
 //! in a `Shared` variant holding the frames that carry none (login, ping,
-//! rooms, owner operations, presence...: `super::Request`,
-//! `super::ServerMsg`). Requests are decoded strictly by
+//! rooms, owner operations, presence...: `super::PlainRequest`,
+//! `super::PlainMsg`). Requests are decoded strictly by
 //! `decode::decode_request`.
 
 use ciborium::Value;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use super::{ErrorCode, Request, ServerMsg};
+use super::{ErrorCode, PlainMsg, PlainRequest};
 
-/// Every v3 client request (without its `id`).
+/// Every client request (without its `id`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Request3 {
+pub enum Request {
     Register {
         username: String,
         identity_key: ByteBuf,
@@ -61,13 +61,13 @@ pub enum Request3 {
     /// A request that carries no MLS object (never `register`,
     /// `prove`, `create_room` or `send`).
     #[serde(untagged)]
-    Shared(Request),
+    Shared(PlainRequest),
 }
 
-impl Request3 {
+impl Request {
     /// Encodes the request as one CBOR frame, with `id` when given.
     pub fn encode(&self, id: Option<u64>) -> Vec<u8> {
-        if let Request3::Shared(request) = self {
+        if let Request::Shared(request) = self {
             return request.encode(id);
         }
         let mut value = Value::serialized(self).expect("requests always serialize");
@@ -82,7 +82,7 @@ impl Request3 {
 
 /// 4.1 Room summary: the directory's summary and the group's epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoomSummary3 {
+pub struct RoomSummary {
     pub room_id: String,
     pub name: String,
     pub owner: String,
@@ -98,10 +98,10 @@ pub struct RoomSummary3 {
     pub in_group: Option<bool>,
 }
 
-impl RoomSummary3 {
+impl RoomSummary {
     /// The directory's summary with the group's epoch (and `in_group`).
-    pub fn new(s: super::RoomSummary, epoch: u64, in_group: Option<bool>) -> Self {
-        RoomSummary3 {
+    pub fn new(s: super::DirectorySummary, epoch: u64, in_group: Option<bool>) -> Self {
+        RoomSummary {
             room_id: s.room_id,
             name: s.name,
             owner: s.owner,
@@ -119,7 +119,7 @@ impl RoomSummary3 {
 
 /// 4.2 Member object: one identity key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Member3 {
+pub struct Member {
     pub username: String,
     pub identity_key: ByteBuf,
     pub online: bool,
@@ -204,7 +204,7 @@ impl Entry {
     /// The `entry` event's bytes: the same for every member, so a room
     /// encodes it once and shares them.
     pub fn event(self) -> bytes::Bytes {
-        bytes::Bytes::from(ServerMsg3::Entry(self).encode())
+        bytes::Bytes::from(ServerMsg::Entry(self).encode())
     }
 }
 
@@ -212,33 +212,33 @@ impl Entry {
 /// keys here, and the rest as `Shared`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMsg3 {
+pub enum ServerMsg {
     LoggedIn {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         username: String,
         device_id: ByteBuf,
         server_time: u64,
-        rooms: Vec<RoomSummary3>,
+        rooms: Vec<RoomSummary>,
     },
     Rooms {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
-        rooms: Vec<RoomSummary3>,
+        rooms: Vec<RoomSummary>,
         total: u64,
         connected: u64,
     },
     Joined {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
-        room: RoomSummary3,
-        members: Vec<Member3>,
+        room: RoomSummary,
+        members: Vec<Member>,
     },
     Members {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         room_id: String,
-        members: Vec<Member3>,
+        members: Vec<Member>,
     },
     History {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -283,20 +283,20 @@ pub enum ServerMsg3 {
     },
     MemberJoined {
         room_id: String,
-        member: Member3,
+        member: Member,
     },
     Entry(Entry),
     /// A frame that carries none of those (`registered`, `challenge`,
     /// `pong`, `ok`, `sent`, `member_left`, `owner_changed`, `presence`,
     /// `removed`, `room_renamed`, `room_deleted`).
     #[serde(untagged)]
-    Shared(ServerMsg),
+    Shared(PlainMsg),
 }
 
-impl ServerMsg3 {
+impl ServerMsg {
     /// The request id this message answers, if it is a direct reply.
     pub fn reply_id(&self) -> Option<u64> {
-        use ServerMsg3::*;
+        use ServerMsg::*;
         match self {
             LoggedIn { id, .. }
             | Rooms { id, .. }
@@ -313,7 +313,7 @@ impl ServerMsg3 {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        if let ServerMsg3::Shared(msg) = self {
+        if let ServerMsg::Shared(msg) = self {
             return msg.encode();
         }
         let mut out = Vec::with_capacity(128);
@@ -321,7 +321,7 @@ impl ServerMsg3 {
         out
     }
 
-    pub fn decode(frame: &[u8]) -> Result<ServerMsg3, String> {
+    pub fn decode(frame: &[u8]) -> Result<ServerMsg, String> {
         ciborium::from_reader(frame).map_err(|e| e.to_string())
     }
 }
@@ -338,50 +338,50 @@ mod tests {
     #[test]
     fn every_v3_request_round_trips() {
         let requests = [
-            Request3::Register {
+            Request::Register {
                 username: "alice".into(),
                 identity_key: b(b"der"),
                 proof: b(b"proof"),
             },
-            Request3::Prove {
+            Request::Prove {
                 signature: b(b"sig"),
                 device: b(b"cert"),
             },
-            Request3::CreateRoom {
+            Request::CreateRoom {
                 name: "lobby".into(),
                 password: Some("pw".into()),
                 hidden: Some(true),
                 group_info: b(b"gi"),
                 ratchet_tree: b(b"tree"),
             },
-            Request3::Send {
+            Request::Send {
                 room_id: "r-1".into(),
                 msg_id: b(&[1; 16]),
                 message: b(b"private message"),
             },
-            Request3::Commit {
+            Request::Commit {
                 room_id: "r-1".into(),
                 commit: b(b"commit"),
                 group_info: b(b"gi"),
             },
-            Request3::GroupState {
+            Request::GroupState {
                 room_id: "r-1".into(),
             },
-            Request3::PublishGroupInfo {
+            Request::PublishGroupInfo {
                 room_id: "r-1".into(),
                 group_info: b(b"gi"),
             },
-            Request3::RemoveDevice {
+            Request::RemoveDevice {
                 device_id: b(&[2; 16]),
             },
-            Request3::ListDevices {
+            Request::ListDevices {
                 username: "bob".into(),
             },
-            Request3::Shared(Request::JoinRoom {
+            Request::Shared(PlainRequest::JoinRoom {
                 room_id: "r-1".into(),
                 password: None,
             }),
-            Request3::Shared(Request::Login {
+            Request::Shared(PlainRequest::Login {
                 username: "alice".into(),
             }),
         ];
@@ -395,8 +395,8 @@ mod tests {
     }
 
     #[test]
-    fn v2_shapes_are_malformed_in_v3() {
-        // Version 2's `send` and `prove` shapes lack version 3's fields.
+    fn version_2_shapes_are_malformed() {
+        // Version 2's `send` and `prove` shapes lack today's fields.
         let v2_send = Value::Map(vec![
             (Value::Text("type".into()), Value::Text("send".into())),
             (Value::Text("id".into()), Value::Integer(3.into())),
@@ -445,10 +445,7 @@ mod tests {
         assert_eq!(entry.kind, EntryKind::Message);
         assert_eq!((entry.seq, entry.ts, entry.epoch), (9, 77, 3));
         let bytes = entry.clone().event();
-        assert_eq!(
-            ServerMsg3::decode(&bytes).unwrap(),
-            ServerMsg3::Entry(entry)
-        );
+        assert_eq!(ServerMsg::decode(&bytes).unwrap(), ServerMsg::Entry(entry));
         assert_eq!(crate::protocol::peek_type(&bytes), b"entry");
     }
 
@@ -467,43 +464,43 @@ mod tests {
             group_info: Some(b(b"gi")),
         };
         let messages = [
-            ServerMsg3::Entry(entry.clone()),
-            ServerMsg3::Committed {
+            ServerMsg::Entry(entry.clone()),
+            ServerMsg::Committed {
                 id: Some(1),
                 room_id: "r-1".into(),
                 seq: 7,
                 epoch: 5,
             },
-            ServerMsg3::Error {
+            ServerMsg::Error {
                 id: Some(2),
                 code: ErrorCode::CommitRequired,
                 message: "remove first".into(),
                 epoch: None,
                 remove: Some(vec![1, 4]),
             },
-            ServerMsg3::History {
+            ServerMsg::History {
                 id: None,
                 room_id: "r-1".into(),
                 entries: vec![entry],
                 has_more: false,
                 first_seq: 1,
             },
-            ServerMsg3::Shared(ServerMsg::Ok { id: Some(9) }),
-            ServerMsg3::Shared(ServerMsg::Registered {
+            ServerMsg::Shared(PlainMsg::Ok { id: Some(9) }),
+            ServerMsg::Shared(PlainMsg::Registered {
                 id: Some(1),
                 username: "alice".into(),
             }),
         ];
         for msg in messages {
             let frame = msg.encode();
-            assert_eq!(ServerMsg3::decode(&frame).unwrap(), msg);
+            assert_eq!(ServerMsg::decode(&frame).unwrap(), msg);
         }
         // A shared frame has the plain enum's bytes.
-        let ok = ServerMsg::Ok { id: Some(9) };
-        assert_eq!(ServerMsg3::Shared(ok.clone()).encode(), ok.encode());
+        let ok = PlainMsg::Ok { id: Some(9) };
+        assert_eq!(ServerMsg::Shared(ok.clone()).encode(), ok.encode());
         assert_eq!(
             crate::protocol::peek_type(
-                &ServerMsg3::Committed {
+                &ServerMsg::Committed {
                     id: None,
                     room_id: "r".into(),
                     seq: 1,
