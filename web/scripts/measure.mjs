@@ -1,12 +1,21 @@
-// Numbers for BENCHMARKS.md, protocol v3 in the page: what ts-mls costs in
+// Numbers for BENCHMARKS.md: the page's weight (what dist/ holds, and
+// gzipped), and what ts-mls costs in
 // Debian's Chromium on this machine, through the page's own MLS layer
 // (src/mls.js, bundled here as the page bundles it): a device's external
 // join into a room of N members, applying another device's commit,
 // encrypting and opening a message. The page's CSP allows no inline
 // script, so this one context bypasses it to load the layer.
 //   cargo build --bins && cd web && npm run measure [-- 100]
+import { readFileSync, readdirSync } from 'node:fs'
+import { gzipSync } from 'node:zlib'
 import * as esbuild from 'esbuild'
 import * as t from '../test/e2e/harness.mjs'
+
+const dist = new URL('../dist/', import.meta.url).pathname
+for (const f of ['index.html', ...readdirSync(dist + 'assets').map((a) => 'assets/' + a)]) {
+  const bytes = readFileSync(dist + f)
+  console.log(`${f}: ${bytes.length} bytes, ${gzipSync(bytes).length} gzipped`)
+}
 
 const members = Number(process.argv[2] || 100)
 const { outputFiles } = await esbuild.build({
