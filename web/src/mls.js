@@ -1,5 +1,5 @@
 // @ts-check
-// Protocol v3's MLS side for the page (docs/PROTOCOL-v3.md sections 2, 3
+// The page's MLS side (docs/PROTOCOL.md sections 2, 3
 // and 7) on ts-mls over WebCrypto: a device (its own Ed25519 key and the
 // certificate by which the user's RSA-PSS identity key vouches for it), a
 // room's group (create, join by external commit, commit, encrypt, open),
@@ -47,7 +47,7 @@ export function cipherSuite () {
 
 /**
  * Whether this browser's WebCrypto has Ed25519 (Chromium 137 or later,
- * Firefox 129, Safari 17): a v3 device's key is one.
+ * Firefox 129, Safari 17): a device's key is one.
  */
 export async function ed25519Supported () {
   try {
