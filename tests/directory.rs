@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::phone::{no_event, wait_event, Phone};
+use common::phone::{err_code, no_event, wait_event, Phone};
 use common::TestServer;
 use e2ee_chat::client::conn::Conn;
 use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
@@ -17,16 +17,6 @@ use e2ee_chat::protocol::{RoomSummary, ServerMsg};
 fn leave(room_id: &str) -> PlainRequest {
     PlainRequest::LeaveRoom {
         room_id: room_id.into(),
-    }
-}
-
-#[track_caller]
-fn code_of<T: std::fmt::Debug>(r: Result<T, e2ee_chat::client::ClientError>) -> ErrorCode {
-    match r {
-        Err(e) => e
-            .code()
-            .unwrap_or_else(|| panic!("not an error reply: {e}")),
-        Ok(v) => panic!("expected an error, got {v:?}"),
     }
 }
 
@@ -158,11 +148,11 @@ async fn a_hidden_room_is_joined_by_id_with_its_password() {
         .await
         .unwrap();
     assert_eq!(
-        code_of(bob.join(&room.room_id, None).await),
+        err_code(bob.join(&room.room_id, None).await),
         ErrorCode::WrongPassword
     );
     assert_eq!(
-        code_of(bob.join(&room.room_id, Some("nope")).await),
+        err_code(bob.join(&room.room_id, Some("nope")).await),
         ErrorCode::WrongPassword
     );
     let joined = bob.join(&room.room_id, Some("s3cret")).await.unwrap();
@@ -251,7 +241,7 @@ async fn leave_passes_ownership_and_the_last_leave_deletes() {
     );
     // Alice is no longer a member.
     assert_eq!(
-        code_of(
+        err_code(
             alice
                 .ask(PlainRequest::GetMembers {
                     room_id: rid.clone()
@@ -265,6 +255,9 @@ async fn leave_passes_ownership_and_the_last_leave_deletes() {
     // Gone: not listed, not joinable.
     let (rooms, total, _) = alice.rooms(None, None).await;
     assert!(rooms.is_empty() && total == 0);
-    assert_eq!(code_of(alice.join(&rid, None).await), ErrorCode::NoSuchRoom);
+    assert_eq!(
+        err_code(alice.join(&rid, None).await),
+        ErrorCode::NoSuchRoom
+    );
     t.stop().await;
 }

@@ -10,10 +10,9 @@ mod common;
 
 use ciborium::Value;
 use common::cbor::map;
-use common::phone::{code, identity, read_until_closed, refusal, still_serves, Phone};
+use common::phone::{code, err_code, identity, read_until_closed, refusal, still_serves, Phone};
 use common::TestServer;
 use e2ee_chat::client::conn::Conn;
-use e2ee_chat::client::ClientError;
 use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
 use e2ee_chat::protocol::{Request, ServerMsg};
 use serde_bytes::ByteBuf;
@@ -151,15 +150,6 @@ async fn an_oversized_frame_closes_with_1009_and_others_are_served() {
     t.stop().await;
 }
 
-/// The code of an `error` reply.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    match r {
-        Err(e) => e.code().expect("an error reply"),
-        Ok(v) => panic!("succeeded: {v:?}"),
-    }
-}
-
 /// `login` for `username`: the challenge's nonce.
 async fn challenge(c: &mut Conn, username: &str) -> Vec<u8> {
     match c
@@ -271,22 +261,22 @@ async fn room_creation_errors() {
         &"x".repeat(65),
     ] {
         assert_eq!(
-            refused(alice.create_with(bad, None, false).await),
+            err_code(alice.create_with(bad, None, false).await),
             ErrorCode::InvalidRoomName
         );
     }
     assert_eq!(
-        refused(alice.create_with("Pw", Some(""), false).await),
+        err_code(alice.create_with("Pw", Some(""), false).await),
         ErrorCode::InvalidPassword
     );
     assert_eq!(
-        refused(alice.create_with("Pw", Some(&"p".repeat(129)), false).await),
+        err_code(alice.create_with("Pw", Some(&"p".repeat(129)), false).await),
         ErrorCode::InvalidPassword
     );
     alice.create_with("General", None, false).await.unwrap();
     for taken in ["general", "GENERAL"] {
         assert_eq!(
-            refused(alice.create_with(taken, None, false).await),
+            err_code(alice.create_with(taken, None, false).await),
             ErrorCode::RoomExists
         );
     }
@@ -296,13 +286,13 @@ async fn room_creation_errors() {
         .unwrap();
     // too_many_rooms on create and on join.
     assert_eq!(
-        refused(alice.create_with("Third", None, false).await),
+        err_code(alice.create_with("Third", None, false).await),
         ErrorCode::TooManyRooms
     );
     let mut bob = Phone::register(&url, "bob", 1).await;
     let other = bob.create_with("Bobs", None, false).await.unwrap();
     assert_eq!(
-        refused(alice.join(&other.room_id, None).await),
+        err_code(alice.join(&other.room_id, None).await),
         ErrorCode::TooManyRooms
     );
     // Exactly the rooms that succeeded exist.
@@ -324,7 +314,7 @@ async fn join_and_membership_errors() {
     let mut bob = Phone::register(&url, "bob", 1).await;
     let mut carol = Phone::register(&url, "carol", 2).await;
     assert_eq!(
-        refused(bob.join("r-doesnotexist", None).await),
+        err_code(bob.join("r-doesnotexist", None).await),
         ErrorCode::NoSuchRoom
     );
     let room = alice.create_with("Small", Some("pw"), false).await.unwrap();
@@ -344,7 +334,7 @@ async fn join_and_membership_errors() {
             room_id: rid.clone(),
         },
     ] {
-        assert_eq!(refused(bob.ask(req).await), ErrorCode::NotMember);
+        assert_eq!(err_code(bob.ask(req).await), ErrorCode::NotMember);
     }
     assert_eq!(
         code(
@@ -356,17 +346,17 @@ async fn join_and_membership_errors() {
         ErrorCode::NotMember
     );
     assert_eq!(
-        refused(bob.join(&rid, Some("PW")).await),
+        err_code(bob.join(&rid, Some("PW")).await),
         ErrorCode::WrongPassword
     );
     bob.join(&rid, Some("pw")).await.unwrap();
     assert_eq!(
-        refused(carol.join(&rid, Some("pw")).await),
+        err_code(carol.join(&rid, Some("pw")).await),
         ErrorCode::RoomFull
     );
     assert_eq!(alice.online(&rid).await.len(), 2);
     assert_eq!(
-        refused(
+        err_code(
             bob.ask(PlainRequest::LeaveRoom {
                 room_id: "r-doesnotexist".into()
             })

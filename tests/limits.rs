@@ -9,23 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::phone::{identity, read_until_closed, still_serves, Phone};
+use common::phone::{err_code, identity, read_until_closed, still_serves, Phone};
 use common::TestServer;
 use e2ee_chat::client::conn::Conn;
 use e2ee_chat::client::Ws;
 use e2ee_chat::protocol::{ErrorCode, PlainMsg, PlainRequest};
 use e2ee_chat::protocol::{Request, ServerMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-#[track_caller]
-fn code_of<T: std::fmt::Debug>(r: Result<T, e2ee_chat::client::ClientError>) -> ErrorCode {
-    match r {
-        Err(e) => e
-            .code()
-            .unwrap_or_else(|| panic!("not an error reply: {e}")),
-        Ok(v) => panic!("expected an error, got {v:?}"),
-    }
-}
 
 #[tokio::test]
 async fn half_open_handshakes_are_dropped_and_others_served() {
@@ -60,12 +50,12 @@ async fn too_many_connections_for_one_user() {
     let second = alice.second_connection(&url).await;
     let mut third = Conn::connect(&url).await.unwrap();
     assert_eq!(
-        code_of(third.login(&alice.id, &alice.dev.certificate).await),
+        err_code(third.login(&alice.id, &alice.dev.certificate).await),
         ErrorCode::RateLimited
     );
     // Still logged out.
     assert_eq!(
-        code_of(
+        err_code(
             third
                 .request(&Request::Shared(PlainRequest::ListRooms {
                     offset: None,
@@ -143,12 +133,12 @@ async fn unicode_tricks_in_names() {
     // Case folding: É/é and the Kelvin sign (U+212A) fold onto plain letters.
     alice.create_with("Café", None, false).await.unwrap();
     assert_eq!(
-        code_of(alice.create_with("CAFÉ", None, false).await),
+        err_code(alice.create_with("CAFÉ", None, false).await),
         ErrorCode::RoomExists
     );
     alice.create_with("kitchen", None, false).await.unwrap();
     assert_eq!(
-        code_of(alice.create_with("\u{212A}itchen", None, false).await),
+        err_code(alice.create_with("\u{212A}itchen", None, false).await),
         ErrorCode::RoomExists
     );
     // Direction marks, zero-width and control characters are not name characters.
@@ -160,7 +150,7 @@ async fn unicode_tricks_in_names() {
         "new\nline",
     ] {
         assert_eq!(
-            code_of(alice.create_with(bad, None, false).await),
+            err_code(alice.create_with(bad, None, false).await),
             ErrorCode::InvalidRoomName
         );
     }
@@ -168,7 +158,7 @@ async fn unicode_tricks_in_names() {
     let mut c = Conn::connect(&url).await.unwrap();
     for bad in ["\u{430}lice", "al\0ce", "ALICE", "alice\u{202e}"] {
         let id = identity(bad, 1);
-        assert_eq!(code_of(c.register(&id).await), ErrorCode::InvalidUsername);
+        assert_eq!(err_code(c.register(&id).await), ErrorCode::InvalidUsername);
     }
     let (rooms, total, _) = alice.rooms(None, None).await;
     assert_eq!(total, 2, "{rooms:?}");
@@ -375,7 +365,7 @@ async fn connections_and_registrations_are_limited_per_address() {
     again.register(&identity("reg-one", 0)).await.unwrap();
     again.register(&identity("reg-two", 1)).await.unwrap();
     assert_eq!(
-        code_of(again.register(&identity("reg-three", 2)).await),
+        err_code(again.register(&identity("reg-three", 2)).await),
         ErrorCode::RateLimited
     );
     other.register(&identity("reg-four", 3)).await.unwrap();
@@ -507,11 +497,11 @@ async fn hidden_room_names_cannot_be_probed() {
     // A listed room's name is still taken, whatever the case, for rooms
     // listed or hidden...
     assert_eq!(
-        code_of(mallory.create_with("merger TALKS", None, false).await),
+        err_code(mallory.create_with("merger TALKS", None, false).await),
         ErrorCode::RoomExists
     );
     assert_eq!(
-        code_of(mallory.create_with("lobby", None, false).await),
+        err_code(mallory.create_with("lobby", None, false).await),
         ErrorCode::RoomExists
     );
     // ...and a hidden room may be renamed to a hidden room's name.
@@ -526,13 +516,13 @@ async fn hidden_room_names_cannot_be_probed() {
         room_id: public.room_id.clone(),
         name: "Merger talks".into(),
     };
-    assert_eq!(code_of(alice.ask(rename).await), ErrorCode::RoomExists);
+    assert_eq!(err_code(alice.ask(rename).await), ErrorCode::RoomExists);
     // After a restart the same holds (the name keys are stored).
     drop((alice, mallory));
     t.restart().await;
     let mut eve = Phone::register(&t.url(), "eve", 2).await;
     assert_eq!(
-        code_of(eve.create_with("Merger Talks", None, false).await),
+        err_code(eve.create_with("Merger Talks", None, false).await),
         ErrorCode::RoomExists
     );
     eve.create_with("Merger Talks", None, true).await.unwrap();

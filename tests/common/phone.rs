@@ -56,6 +56,17 @@ pub fn refusal(msg: ServerMsg) -> Refusal {
     }
 }
 
+/// The code of an `error` reply, whatever the success type.
+#[track_caller]
+pub fn err_code<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ErrorCode {
+    match result {
+        Err(e) => e
+            .code()
+            .unwrap_or_else(|| panic!("not an error reply: {e}")),
+        Ok(v) => panic!("expected an error, got {v:?}"),
+    }
+}
+
 pub fn code(result: Result<ServerMsg, ClientError>) -> ErrorCode {
     match result {
         Err(e) => e

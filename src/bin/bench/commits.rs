@@ -16,7 +16,6 @@ use e2ee_chat::crypto::KeyPair;
 use e2ee_chat::protocol::PlainRequest;
 use e2ee_chat::protocol::{Request, ServerMsg};
 use openmls_rust_crypto::OpenMlsRustCrypto;
-use serde_bytes::ByteBuf;
 
 use crate::common::device_login;
 use crate::common::{self, BenchResult, Meter};
@@ -60,22 +59,9 @@ pub async fn run(
     }
     let (mut owner, owner_dev) = device_login(url, &ids[0]).await?;
     let provider = OpenMlsRustCrypto::default();
-    let (_group, objects) = owner_dev
-        .create_group(&provider, rand::random())
-        .map_err(|e| e.to_string())?;
-    let joined = owner
-        .request(&Request::CreateRoom {
-            name: format!("commits {run}"),
-            password: None,
-            hidden: None,
-            group_info: ByteBuf::from(objects.group_info),
-            ratchet_tree: ByteBuf::from(objects.ratchet_tree),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let ServerMsg::Joined { room, .. } = joined else {
-        return Err(format!("not joined: {joined:?}"));
-    };
+    let name = format!("commits {run}");
+    let (room, _) =
+        crate::common::create_room(&mut owner, &owner_dev, &provider, &name, None, false).await?;
     let room_id = room.room_id;
     let (mut join_ms, mut mls_ms) = (Vec::new(), Vec::new());
     let started = Instant::now();

@@ -284,22 +284,9 @@ async fn setup(url: &str, keys: &KeyPair, o: &FanoutOpts) -> BenchResult<Setup> 
         // The owner creates the room with its group.
         let (mut owner, owner_dev) = common::device_login(url, &ids[0]).await?;
         let provider = OpenMlsRustCrypto::default();
-        let (group, objects) = owner_dev
-            .create_group(&provider, rand::random())
-            .map_err(|e| e.to_string())?;
-        let joined = owner
-            .request(&Request::CreateRoom {
-                name: format!("bench3 {run} {r}"),
-                password: None,
-                hidden: None,
-                group_info: ByteBuf::from(objects.group_info),
-                ratchet_tree: ByteBuf::from(objects.ratchet_tree),
-            })
-            .await
-            .map_err(|e| format!("create room: {e}"))?;
-        let ServerMsg::Joined { room, .. } = joined else {
-            return Err(format!("not joined: {joined:?}"));
-        };
+        let name = format!("bench {run} {r}");
+        let (room, group) =
+            common::create_room(&mut owner, &owner_dev, &provider, &name, None, false).await?;
         let mut room_senders = vec![Sender {
             device: owner_dev,
             provider,
