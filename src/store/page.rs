@@ -2,14 +2,14 @@
 //! return ([`HistoryQuery::seq_range`]), how many rows a store reads at a
 //! time ([`HistoryQuery::fetch`]), the walk over the requester's membership
 //! periods ([`read_page`]) and the count and byte limits ([`PageBuilder`]).
-//! A store supplies only its dialect: [`MessageRows::chunk`].
+//! A store supplies only its dialect: [`MessageRows::chunk`]. Every entry
+//! of a member's periods is theirs to read (the group decides what a
+//! device can decrypt).
 
 use super::{StoreError, StoredEntry};
 
-/// Rows read beyond the page's size per query: one to know `has_more`, and
-/// spares for rows without the requester's key (a member who joined while
-/// that message was in flight), which are skipped.
-const SPARE_ROWS: usize = 16;
+/// Rows read beyond the page's size per query: one, to know `has_more`.
+const SPARE_ROWS: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryQuery {
@@ -49,6 +49,8 @@ impl HistoryQuery {
 /// What a history page holds (log entries; a trait so the walk is tested
 /// with plain numbers).
 pub trait PageItem {
+    /// Its place in the room's log.
+    fn seq(&self) -> u64;
     /// About what it costs on the wire.
     fn wire_len(&self) -> usize;
 }
@@ -57,6 +59,10 @@ pub trait PageItem {
 const FRAMING: usize = 128;
 
 impl PageItem for StoredEntry {
+    fn seq(&self) -> u64 {
+        self.seq
+    }
+
     fn wire_len(&self) -> usize {
         self.entry.len() + FRAMING
     }
@@ -128,19 +134,6 @@ impl<T> Default for HistoryPage<T> {
     }
 }
 
-/// One row of a room's log as the page walk sees it: its seq, and the
-/// item the requester may read (`None` when the row holds no key for the
-/// requester; it is skipped).
-pub(crate) type KeyedRow<T = StoredEntry> = (i64, Option<T>);
-
-/// Log entries as the page walk reads them: a member may read every one.
-pub(crate) fn readable(entries: Vec<StoredEntry>) -> Vec<KeyedRow<StoredEntry>> {
-    entries
-        .into_iter()
-        .map(|e| (e.seq as i64, Some(e)))
-        .collect()
-}
-
 /// What a store answers for the page walk, in its own dialect.
 pub(crate) trait MessageRows<T = StoredEntry> {
     /// Up to `n` of the room's rows with seq in `a..=b`, ascending or
@@ -151,7 +144,7 @@ pub(crate) trait MessageRows<T = StoredEntry> {
         b: i64,
         n: usize,
         ascending: bool,
-    ) -> Result<Vec<KeyedRow<T>>, StoreError>;
+    ) -> Result<Vec<T>, StoreError>;
 }
 
 /// Fills a page from the requester's membership `periods` (seq ranges, both
@@ -175,16 +168,15 @@ pub(crate) async fn read_page<T: PageItem, R: MessageRows<T>>(
         while a <= b {
             let chunk = rows.chunk(a, b, fetch, ascending).await?;
             let read = chunk.len();
-            for (seq, message) in chunk {
+            for item in chunk {
+                let seq = item.seq().min(i64::MAX as u64) as i64;
                 if ascending {
                     a = seq.saturating_add(1);
                 } else {
                     b = seq - 1;
                 }
-                if let Some(m) = message {
-                    if !page.push(m) {
-                        return Ok(page.finish());
-                    }
+                if !page.push(item) {
+                    return Ok(page.finish());
                 }
             }
             if read < fetch {
@@ -200,11 +192,10 @@ mod tests {
     use super::*;
     use futures_util::FutureExt;
 
-    /// A room log in memory: every seq in `1..=last`, with a key for the
-    /// requester unless the seq is in `keyless`.
+    /// A room log in memory: every seq in `1..=last` but the `purged` ones.
     struct Log {
         last: i64,
-        keyless: Vec<i64>,
+        purged: Vec<i64>,
         reads: usize,
     }
 
@@ -215,31 +206,28 @@ mod tests {
             b: i64,
             n: usize,
             ascending: bool,
-        ) -> Result<Vec<KeyedRow>, StoreError> {
+        ) -> Result<Vec<StoredEntry>, StoreError> {
             self.reads += 1;
             let b = b.min(self.last);
-            let mut seqs: Vec<i64> = (a..=b).collect();
+            let mut seqs: Vec<i64> = (a..=b).filter(|s| !self.purged.contains(s)).collect();
             if !ascending {
                 seqs.reverse();
             }
             Ok(seqs
                 .into_iter()
                 .take(n)
-                .map(|seq| {
-                    let m = (!self.keyless.contains(&seq)).then(|| StoredEntry {
-                        seq: seq as u64,
-                        ts: 0,
-                        entry: crate::message::LogEntry {
-                            kind: crate::message::EntryKind::Message,
-                            sender: "alice".into(),
-                            device_id: vec![],
-                            epoch: 0,
-                            data: vec![0; 100],
-                            msg_id: None,
-                            group_info: None,
-                        },
-                    });
-                    (seq, m)
+                .map(|seq| StoredEntry {
+                    seq: seq as u64,
+                    ts: 0,
+                    entry: crate::message::LogEntry {
+                        kind: crate::message::EntryKind::Message,
+                        sender: "alice".into(),
+                        device_id: vec![],
+                        epoch: 0,
+                        data: vec![0; 100],
+                        msg_id: None,
+                        group_info: None,
+                    },
                 })
                 .collect())
         }
@@ -263,10 +251,10 @@ mod tests {
     }
 
     #[test]
-    fn pages_keep_inside_periods_and_skip_rows_without_a_key() {
+    fn pages_keep_inside_periods_and_pass_over_purged_rows() {
         let mut log = Log {
             last: 100,
-            keyless: vec![7, 95],
+            purged: vec![7, 95],
             reads: 0,
         };
         let periods = [(5, 10), (90, i64::MAX)];
@@ -296,14 +284,21 @@ mod tests {
     fn long_ranges_are_read_in_chunks_of_the_fetch_size() {
         let mut log = Log {
             last: 1000,
-            keyless: (1..=900).collect(),
+            purged: vec![],
             reads: 0,
         };
         let (seqs, more) = page(&mut log, &[(1, i64::MAX)], q(Some(0), None, 10));
-        assert_eq!(seqs, (901..=910).collect::<Vec<u64>>());
+        assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
         assert!(more);
-        // 26 rows a read: 35 reach seq 910, the 36th finds the 11th message.
-        assert_eq!(log.reads, 36);
+        // 11 rows a read: the first holds the page and the one that says more.
+        assert_eq!(log.reads, 1);
+        // Many short periods: one read each, until the page is full.
+        log.reads = 0;
+        let periods: Vec<(i64, i64)> = (0..20).map(|i| (i * 10 + 1, i * 10 + 2)).collect();
+        let (seqs, more) = page(&mut log, &periods, q(Some(0), None, 10));
+        assert_eq!(seqs, [1, 2, 11, 12, 21, 22, 31, 32, 41, 42]);
+        assert!(more);
+        assert_eq!(log.reads, 6);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use mongodb::bson::{doc, Bson, Document};
 use mongodb::Collection;
 
 use super::docs::{collect, err, get_bin, get_str, get_u64, room_from, user_from, Collections};
-use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
+use crate::store::page::{read_page, MessageRows};
 use crate::store::{
     DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryQuery, LogEntry,
     MemberRecord, RoomState, StoreError, StoredEntry, UserRecord,
@@ -253,10 +253,8 @@ impl MessageRows<StoredEntry> for EntryRows<'_> {
         b: i64,
         n: usize,
         ascending: bool,
-    ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
-        Ok(readable(
-            entry_docs(self.c, self.room_id, a, b, n, ascending).await?,
-        ))
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        entry_docs(self.c, self.room_id, a, b, n, ascending).await
     }
 }
 

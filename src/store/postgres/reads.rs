@@ -4,7 +4,7 @@
 use tokio_postgres::Row;
 
 use super::err;
-use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
+use crate::store::page::{read_page, MessageRows};
 use crate::store::{
     DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryQuery, LogEntry,
     MemberRecord, RoomRecord, RoomState, StoreError, StoredEntry, UserRecord,
@@ -151,7 +151,7 @@ async fn entry_rows(
     .collect())
 }
 
-/// The page walk over `entries`: every row is readable by a member.
+/// The page walk over `entries`.
 struct EntryRows<'c> {
     client: &'c Client,
     room_id: &'c str,
@@ -164,10 +164,8 @@ impl MessageRows<StoredEntry> for EntryRows<'_> {
         b: i64,
         n: usize,
         ascending: bool,
-    ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
-        Ok(readable(
-            entry_rows(self.client, self.room_id, a, b, n, ascending).await?,
-        ))
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        entry_rows(self.client, self.room_id, a, b, n, ascending).await
     }
 }
 

@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::schema::backend;
-use crate::store::page::{read_page, readable, KeyedRow, MessageRows};
+use crate::store::page::{read_page, MessageRows};
 use crate::store::{
     DeviceRecord, DirectoryEntry, EntryHistory, EntryKind, GroupRow, HistoryQuery, LogEntry,
     MemberRecord, RoomRecord, RoomState, StoreError, StoredEntry, UserRecord,
@@ -118,7 +118,7 @@ fn entry_rows(
         .map_err(backend)
 }
 
-/// The page walk over `entries`: every row is readable by a member.
+/// The page walk over `entries`.
 struct EntryRows<'c> {
     conn: &'c Connection,
     room_id: &'c str,
@@ -131,15 +131,8 @@ impl MessageRows<StoredEntry> for EntryRows<'_> {
         b: i64,
         n: usize,
         ascending: bool,
-    ) -> Result<Vec<KeyedRow<StoredEntry>>, StoreError> {
-        Ok(readable(entry_rows(
-            self.conn,
-            self.room_id,
-            a,
-            b,
-            n,
-            ascending,
-        )?))
+    ) -> Result<Vec<StoredEntry>, StoreError> {
+        entry_rows(self.conn, self.room_id, a, b, n, ascending)
     }
 }
 
