@@ -538,7 +538,7 @@ pub struct JoinRoom {
     /// The client's address (its password attempts are budgeted by it too).
     pub ip: std::net::IpAddr,
     /// The connection's device (for `in_group`).
-    pub device: Option<Vec<u8>>,
+    pub device: Vec<u8>,
 }
 
 impl Handler<JoinRoom> for Registry {

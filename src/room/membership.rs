@@ -34,19 +34,19 @@ pub struct Join {
     /// The client's address, for the password attempt budget.
     pub ip: std::net::IpAddr,
     /// The connection's device (for `in_group`).
-    pub device: Option<Vec<u8>>,
+    pub device: Vec<u8>,
 }
 
 impl RoomActor {
-    fn joined(&self, username: &str, device: Option<&[u8]>, added: bool) -> Joined {
+    fn joined(&self, username: &str, device: &[u8], added: bool) -> Joined {
         Joined {
             room: self.summary(),
             members: self.member_objects(),
             added,
-            group: self.group.as_ref().map(|g| {
-                let in_group = device.is_some_and(|d| g.in_group(username, d));
-                (g.epoch(), in_group)
-            }),
+            group: self
+                .group
+                .as_ref()
+                .map(|g| (g.epoch(), g.in_group(username, device))),
         }
     }
 
@@ -69,11 +69,7 @@ impl Handler<Join> for RoomActor {
         let username = msg.user.username.clone();
         if self.members.contains_key(&username) {
             self.attach_all(&username, msg.sessions);
-            return Box::pin(fut::ready(Ok(self.joined(
-                &username,
-                msg.device.as_deref(),
-                false,
-            ))));
+            return Box::pin(fut::ready(Ok(self.joined(&username, &msg.device, false))));
         }
         let refuse = |f: Failure| -> Self::Result { Box::pin(fut::ready(Err(f))) };
         if self.bans.contains(&username) {
@@ -164,7 +160,7 @@ impl Handler<Join> for RoomActor {
             }
             if act.members.contains_key(&username) {
                 act.attach_all(&username, sessions);
-                return Ok(act.joined(&username, device.as_deref(), false));
+                return Ok(act.joined(&username, &device, false));
             }
             // The joiner's sessions are attached as it is added: `member_joined`
             // already says whether it is online, so no presence event follows.
@@ -184,7 +180,7 @@ impl Handler<Join> for RoomActor {
             act.broadcast_frame(&frame, Some(&username));
             act.add_member_devices(devices.unwrap_or_default());
             act.local_change(ctx);
-            Ok(act.joined(&username, device.as_deref(), true))
+            Ok(act.joined(&username, &device, true))
         }))
     }
 }

@@ -233,9 +233,12 @@ impl Session {
             device_id: device_id.clone(),
             certificate,
         });
-        let device = Some(device_id.clone());
-        self.go_online(ctx, id, user, device, move |id, username, rooms| {
-            ServerMsg::LoggedIn {
+        self.go_online(
+            ctx,
+            id,
+            user,
+            device_id.clone(),
+            move |id, username, rooms| ServerMsg::LoggedIn {
                 id,
                 username,
                 device_id: ByteBuf::from(device_id),
@@ -247,7 +250,7 @@ impl Session {
                         RoomSummary::new(summary, epoch, Some(in_group))
                     })
                     .collect(),
-            }
-        });
+            },
+        );
     }
 }

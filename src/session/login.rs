@@ -79,15 +79,15 @@ impl Session {
     }
 
     /// A proved login: tell the Registry this session is `user`'s (it
-    /// attaches it to the user's rooms), then answer with `reply`. A
-    /// connection's `device` also gets each room's epoch and whether it has
-    /// a leaf there (`in_group`), asked of the rooms at once.
+    /// attaches it to the user's rooms), then answer with `reply`, with
+    /// each room's epoch and whether the connection's `device` has a leaf
+    /// there (`in_group`), asked of the rooms at once.
     pub(super) fn go_online<R: Reply>(
         &mut self,
         ctx: &mut Ctx,
         id: Option<u64>,
         user: Arc<User>,
-        device: Option<Vec<u8>>,
+        device: Vec<u8>,
         reply: impl FnOnce(Option<u64>, String, Vec<(DirectorySummary, Option<(u64, bool)>)>) -> R
             + 'static,
     ) {
@@ -109,27 +109,24 @@ impl Session {
             let info = online
                 .await
                 .unwrap_or_else(|_| Err(ErrorCode::Internal.into()))?;
-            let mut views = vec![None; info.rooms.len()];
-            if let Some(device) = device {
-                let asks = info.rooms.iter().map(|summary| {
-                    let addr = info
-                        .addrs
-                        .iter()
-                        .find(|(id, _)| *id == summary.room_id)
-                        .map(|(_, a)| a.clone());
-                    let view = room::GroupView {
-                        username: name.clone(),
-                        device_id: device.clone(),
-                    };
-                    async move {
-                        match addr {
-                            Some(a) => a.send(view).await.ok().flatten(),
-                            None => None,
-                        }
+            let asks = info.rooms.iter().map(|summary| {
+                let addr = info
+                    .addrs
+                    .iter()
+                    .find(|(id, _)| *id == summary.room_id)
+                    .map(|(_, a)| a.clone());
+                let view = room::GroupView {
+                    username: name.clone(),
+                    device_id: device.clone(),
+                };
+                async move {
+                    match addr {
+                        Some(a) => a.send(view).await.ok().flatten(),
+                        None => None,
                     }
-                });
-                views = futures_util::future::join_all(asks).await;
-            }
+                }
+            });
+            let views = futures_util::future::join_all(asks).await;
             Ok::<_, Failure>((info, views))
         };
         self.answer(ctx, id, fut, move |act, (info, views)| {

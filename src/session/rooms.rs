@@ -224,7 +224,7 @@ impl Session {
                     room_id,
                     password,
                     ip: self.peer.ip,
-                    device: Some(self.acting_device().device_id),
+                    device: self.acting_device().device_id,
                 };
                 self.ask_registry(ctx, id, msg, move |act, joined| act.joined(id, joined));
             }
