@@ -329,18 +329,25 @@ impl Chat {
         let ServerMsg::Joined { room, .. } = joined else {
             return Err(format!("not joined: {joined:?}"));
         };
-        let log = RoomLog::new(&self.device, &group, &self.pins, 0).map_err(|e| e.to_string())?;
+        self.begin(&room.room_id, group, 0)?;
+        Ok(room)
+    }
+
+    /// A group this device just made or entered: its log starts after
+    /// `applied`, and both are saved at once.
+    fn begin(&mut self, room_id: &str, group: MlsGroup, applied: u64) -> ChatResult<()> {
+        let log =
+            RoomLog::new(&self.device, &group, &self.pins, applied).map_err(|e| e.to_string())?;
         let updated = crate::util::now_ms();
         self.rooms.insert(
-            room.room_id.clone(),
+            room_id.to_owned(),
             Room {
                 group,
                 log,
                 updated,
             },
         );
-        self.save(&room.room_id, &[], Vec::new())?;
-        Ok(room)
+        self.save(room_id, &[], Vec::new())
     }
 
     /// `join_room`, then this device enters the group by external commit
@@ -392,20 +399,7 @@ impl Chat {
                 .await
                 .map_err(because("commit"))?;
             match reply {
-                ServerMsg::Committed { seq, .. } => {
-                    let log = RoomLog::new(&self.device, &group, &self.pins, seq)
-                        .map_err(|e| e.to_string())?;
-                    let updated = crate::util::now_ms();
-                    self.rooms.insert(
-                        room_id.to_owned(),
-                        Room {
-                            group,
-                            log,
-                            updated,
-                        },
-                    );
-                    return self.save(room_id, &[], Vec::new());
-                }
+                ServerMsg::Committed { seq, .. } => return self.begin(room_id, group, seq),
                 // Section 7: a refused join's state is thrown away.
                 ServerMsg::Error {
                     code: ErrorCode::StaleEpoch,
