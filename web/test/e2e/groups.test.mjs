@@ -81,14 +81,7 @@ test('two browsers and the terminal client in one MLS room', async () => {
 
   // The server restarts on the same store and port: what alice writes
   // meanwhile waits, and goes (once) when she is back.
-  await server.stop({ keep: true })
-  await alice.waitForSelector('#status:not([data-state=online])')
-  await alice.fill('#message', 'written while offline')
-  await alice.press('#message', 'Enter')
-  await alice.waitForSelector('#timeline li.sys >> text=will be sent when the connection is back')
-  server = await t.startServer({ dir: server.dir, port: server.port })
-  await t.online(alice)
-  await t.online(bob)
+  server = await t.restartWhileWriting(server, alice, 'written while offline', [alice, bob])
   await t.seeMessage(bob, 'written while offline')
   await t.send(bob, 'after the restart')
   await t.seeMessage(alice, 'after the restart')

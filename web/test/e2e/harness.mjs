@@ -109,6 +109,22 @@ export async function online (page) {
   await page.waitForSelector('#status[data-state=online]', { timeout: 30000 })
 }
 
+/**
+ * Stops `server` (its store and port kept), has `writer` send `text` while
+ * it is down (the page says the message waits), starts it again and waits
+ * until every page of `pages` is back online. Returns the new server.
+ */
+export async function restartWhileWriting (server, writer, text, pages) {
+  await server.stop({ keep: true })
+  await writer.waitForSelector('#status:not([data-state=online])')
+  await writer.fill('#message', text)
+  await writer.press('#message', 'Enter')
+  await writer.waitForSelector('#timeline li.sys >> text=will be sent when the connection is back')
+  const restarted = await startServer({ dir: server.dir, port: server.port })
+  for (const page of pages) await online(page)
+  return restarted
+}
+
 export async function openForms (page) {
   await page.$eval('#sidebar details', (d) => { d.open = true })
 }

@@ -49,15 +49,8 @@ test('a reload keeps the profile and catches up; a restart reconnects', async ()
 
   // The server restarts on the same store and port: both pages reconnect
   // by themselves, log in again and go on, with nothing shown twice.
-  await server.stop({ keep: true })
-  await alice.waitForSelector('#status:not([data-state=online])')
   // What alice sends meanwhile waits, and goes once she is back.
-  await alice.fill('#message', 'written while offline')
-  await alice.press('#message', 'Enter')
-  await alice.waitForSelector('#timeline li.sys >> text=will be sent when the connection is back')
-  server = await t.startServer({ dir: server.dir, port: server.port })
-  await t.online(alice)
-  await t.online(bob)
+  server = await t.restartWhileWriting(server, alice, 'written while offline', [alice, bob])
   await bob.click(`#room-list [data-room="${main}"]`)
   await t.seeMessage(bob, 'written while offline')
   await t.send(bob, 'after the restart')
